@@ -1,0 +1,5 @@
+import sys
+
+from quantforge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""The command line: a thin typer layer over the library.
+
+Every command module registers itself on ``app`` and imports its library stage lazily,
+inside the command function, so that ``quantforge --help`` starts fast. Library errors
+(``QuantforgeError``) are caught here, once, and rendered as one line on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from quantforge.errors import Interrupted, QuantforgeError
+
+app = typer.Typer(
+    name="quantforge",
+    help=(
+        "Declarative GGUF quant recipes: plan exact sizes and hardware fit, build with "
+        "llama-quantize, evaluate PPL/KLD and speed, publish to Hugging Face.\n\n"
+        "Examples:\n\n"
+        "  quantforge demo\n\n"
+        "  quantforge recipe show recipes/smollm2-135m.toml\n\n"
+        "  quantforge plan recipes/deepseek-r1-0528.toml --quant IQ2_K_R4 --target hw_targets/256gb-24gb.toml --ctx 32768"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_DEBUG = False
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+) -> None:
+    global _DEBUG
+    _DEBUG = debug or _DEBUG
+
+
+def _register() -> None:
+    # Each module adds its commands to ``app``; they import only typer at module level.
+    from quantforge.cli import (  # noqa: F401
+        cmd_build,
+        cmd_demo,
+        cmd_eval,
+        cmd_fit,
+        cmd_inventory,
+        cmd_publish,
+        cmd_recipe,
+    )
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turn library errors into one line and an exit code."""
+    global _DEBUG
+    args = list(sys.argv[1:] if argv is None else argv)
+    _DEBUG = "--debug" in args or os.environ.get("QUANTFORGE_DEBUG") == "1"
+    try:
+        app(args=args, prog_name="quantforge", standalone_mode=False)
+    except QuantforgeError as exc:
+        if _DEBUG:
+            raise
+        print(f"quantforge: error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if _DEBUG:
+            raise
+        print(f"quantforge: error: {Interrupted('interrupted').one_line()}", file=sys.stderr)
+        return 130
+    except _click_exceptions() as exc:  # usage errors from click/typer
+        return _render_click(exc)
+    return 0
+
+
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    import click
+
+    return (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort)
+
+
+def _render_click(exc: BaseException) -> int:
+    import click
+
+    if isinstance(exc, click.exceptions.Exit):
+        return int(exc.exit_code or 0)
+    if isinstance(exc, click.exceptions.Abort):
+        print("quantforge: error: aborted", file=sys.stderr)
+        return 130
+    assert isinstance(exc, click.exceptions.ClickException)
+    msg = exc.format_message().replace("\n", " ")
+    ctx = getattr(exc, "ctx", None)
+    cmd = f" (see 'quantforge {ctx.command_path.split(' ', 1)[1]} --help')" if ctx and " " in ctx.command_path else ""
+    print(f"quantforge: error: {msg}{cmd}", file=sys.stderr)
+    return 2 if isinstance(exc, click.exceptions.UsageError) else exc.exit_code
