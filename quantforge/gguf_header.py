@@ -1,0 +1,571 @@
+"""Reading and writing GGUF headers, bounded, for any tensor type id.
+
+gguf-py's ``GGUFReader`` maps the whole file and refuses type ids it does not know (every
+ik_llama.cpp-only type: 139 ``iq4_k``, 339 ``iq4_k_r4`` ...), so it cannot list an ik quant.
+This reader streams only the header from any file-like object (a local file, or an HTTP range
+reader for ``hf://`` sources), keeps raw type ids (names are resolved by the catalogue), and
+checks every count and length against fixed limits and the bytes left in the file before it
+allocates anything: a mutated or hostile header ends in ``InventoryError``, never in a huge
+allocation or a crash.
+
+The writer half (``header_bytes``, ``serialized_header_size``) serializes a KV set and tensor
+infos exactly as ggml does, so the planner can predict a quantized file's header size and the
+miniature-model writer can produce real GGUFs.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import struct
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from quantforge.errors import InventoryError
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+
+# Bounds checked before any allocation (ggml's gguf.cpp has similar ones; ours are stricter
+# where a real model never comes close).
+MAX_STRING_BYTES = 64 * 1024 * 1024
+MAX_ARRAY_COUNT = 1 << 27
+MAX_TENSOR_COUNT = 1 << 20
+MAX_KV_COUNT = 1 << 20
+MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_ARRAY_NESTING = 8
+MAX_ELEMENTS = (1 << 63) - 1
+
+
+class ValueType:
+    """GGUF metadata value type ids (``enum gguf_type``)."""
+
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
+
+# value type -> (struct format, array typecode, byte size) for fixed-size scalars.
+_SCALAR: dict[int, tuple[str, str, int]] = {
+    ValueType.UINT8: ("<B", "B", 1),
+    ValueType.INT8: ("<b", "b", 1),
+    ValueType.UINT16: ("<H", "H", 2),
+    ValueType.INT16: ("<h", "h", 2),
+    ValueType.UINT32: ("<I", "I", 4),
+    ValueType.INT32: ("<i", "i", 4),
+    ValueType.FLOAT32: ("<f", "f", 4),
+    ValueType.BOOL: ("<?", "B", 1),
+    ValueType.UINT64: ("<Q", "Q", 8),
+    ValueType.INT64: ("<q", "q", 8),
+    ValueType.FLOAT64: ("<d", "d", 8),
+}
+_TYPE_NAMES = {
+    v: k.lower() for k, v in vars(ValueType).items() if not k.startswith("_") and isinstance(v, int)
+}
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+class GGUFValue(BaseModel):
+    """One metadata value with its GGUF type, so it can be re-serialized byte for byte.
+
+    ``value`` is a Python scalar, a ``str`` (undecodable bytes kept as surrogate escapes), or a
+    list for arrays (of scalars, strings, or ``GGUFValue`` for nested arrays).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: int
+    value: Any
+    #: Element type of an array (None for scalars).
+    sub_type: int | None = None
+    #: Serialized size of the value (type tag and key excluded); filled in by the reader.
+    nbytes: int | None = None
+
+    @classmethod
+    def of(cls, value: Any, type: int, sub_type: int | None = None) -> GGUFValue:
+        return cls.model_construct(type=type, value=value, sub_type=sub_type, nbytes=None)
+
+    def size(self) -> int:
+        """Bytes this value takes in a GGUF file (after its type tag)."""
+        if self.nbytes is not None:
+            return self.nbytes
+        return _value_size(self.type, self.value, self.sub_type)
+
+    def plain(self) -> Any:
+        """The value without type information (nested arrays unwrapped)."""
+        if self.type == ValueType.ARRAY and self.sub_type == ValueType.ARRAY:
+            return [v.plain() for v in self.value]
+        return self.value
+
+    @property
+    def type_name(self) -> str:
+        name = _TYPE_NAMES.get(self.type, str(self.type))
+        if self.type == ValueType.ARRAY:
+            return f"array[{_TYPE_NAMES.get(self.sub_type or 0, str(self.sub_type))}]"
+        return name
+
+
+class GGUFTensorInfo(BaseModel):
+    """One tensor info record: name, ggml shape (ne0 first), raw type id, data offset."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    shape: tuple[int, ...]
+    #: Raw ``ggml_type`` id, known to gguf-py or not (139 = ik ``iq4_k`` ...).
+    type_id: int
+    #: Offset of the tensor data relative to the start of the data section.
+    offset: int
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class GGUFHeader(BaseModel):
+    """The parsed header of one GGUF file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str | None
+    version: int
+    kv: dict[str, GGUFValue]
+    tensors: tuple[GGUFTensorInfo, ...]
+    alignment: int
+    #: Bytes from the start of the file to the end of the last tensor info (no padding).
+    header_size: int
+    #: Start of the tensor data: ``header_size`` rounded up to ``alignment``.
+    data_offset: int
+    #: Total file size when the source knows it.
+    file_size: int | None
+    #: Bytes actually read from the source to parse the header (over HTTP: bytes fetched).
+    bytes_read: int
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The plain value of a KV key, or ``default``."""
+        v = self.kv.get(key)
+        return default if v is None else v.plain()
+
+    @property
+    def architecture(self) -> str | None:
+        arch = self.get("general.architecture")
+        return arch if isinstance(arch, str) else None
+
+
+class _Readable(Protocol):
+    def read(self, n: int = ..., /) -> bytes: ...
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+class _Cursor:
+    """A forward-only buffered reader over a file-like object that knows what it is parsing.
+
+    Data is pulled in chunks that grow with what has been read so far (so that a remote
+    source fetches less than twice the header), and every length is checked against the
+    bytes left in the file before it is requested.
+    """
+
+    def __init__(self, f: _Readable, *, size: int | None, where: str, first_chunk: int) -> None:
+        self.f = f
+        self.size = size
+        self.where = where
+        self.buf = b""
+        self.off = 0
+        self.base = 0  # file position of buf[0]
+        self.fetched = 0
+        self.first_chunk = first_chunk
+        self.context = "the file header"
+
+    @property
+    def pos(self) -> int:
+        return self.base + self.off
+
+    def left(self) -> int | None:
+        return None if self.size is None else self.size - self.pos
+
+    def fail(self, message: str, hint: str | None = None) -> InventoryError:
+        return InventoryError(message, where=self.where, hint=hint)
+
+    def truncated(self) -> InventoryError:
+        return self.fail(
+            f"truncated GGUF header at byte {self.pos}: file ends inside {self.context}",
+            hint="the file is incomplete; download it again",
+        )
+
+    def fill(self, n: int) -> None:
+        """Make ``n`` bytes available at ``off`` or raise the truncation error."""
+        avail = len(self.buf) - self.off
+        if avail >= n:
+            return
+        if self.size is not None and self.pos + n > self.size:
+            raise self.truncated()
+        want = max(n - avail, self.first_chunk, self.fetched)
+        if self.size is not None:
+            want = min(want, self.size - self.base - len(self.buf))
+        parts = [self.buf[self.off :]]
+        got = 0
+        while got < n - avail:
+            chunk = self.f.read(want - got)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        self.fetched += got
+        self.base += self.off
+        self.buf = b"".join(parts)
+        self.off = 0
+        if len(self.buf) < n:
+            raise self.truncated()
+
+    def take(self, n: int) -> bytes:
+        self.fill(n)
+        b = self.buf[self.off : self.off + n]
+        self.off += n
+        return b
+
+    def u32(self) -> int:
+        self.fill(4)
+        (v,) = _U32.unpack_from(self.buf, self.off)
+        self.off += 4
+        return int(v)
+
+    def u64(self) -> int:
+        self.fill(8)
+        (v,) = _U64.unpack_from(self.buf, self.off)
+        self.off += 8
+        return int(v)
+
+    def string(self, what: str) -> str:
+        n = self.u64()
+        self.check_string_len(n, what)
+        return self.take(n).decode("utf-8", errors="surrogateescape")
+
+    def check_string_len(self, n: int, what: str) -> None:
+        if n > MAX_STRING_BYTES:
+            raise self.fail(f"absurd GGUF header: {what} has a string length of {n} bytes (limit {MAX_STRING_BYTES})")
+        left = self.left()
+        if left is not None and n > left:
+            raise self.fail(
+                f"absurd GGUF header: {what} has a string length of {n} bytes but only {left} bytes are left "
+                f"(at byte {self.pos})"
+            )
+
+    def check_count(self, count: int, min_item: int, limit: int, what: str) -> None:
+        if count > limit:
+            raise self.fail(f"absurd GGUF header: {what} is {count} (limit {limit})")
+        left = self.left()
+        if left is not None and count * min_item > left:
+            raise self.fail(
+                f"absurd GGUF header: {what} is {count} but only {left} bytes are left (at byte {self.pos})"
+            )
+
+    def strings(self, count: int, what: str) -> tuple[list[str], int]:
+        """``count`` length-prefixed strings; returns them and their serialized size."""
+        out: list[str] = []
+        append = out.append
+        unpack = _U64.unpack_from
+        start = self.pos
+        buf, off = self.buf, self.off
+        for _ in range(count):
+            if len(buf) - off < 8:
+                self.off = off
+                self.fill(8)
+                buf, off = self.buf, self.off
+            (n,) = unpack(buf, off)
+            off += 8
+            if len(buf) - off < n:
+                self.off = off
+                self.check_string_len(n, what)
+                self.fill(n)
+                buf, off = self.buf, self.off
+            elif n > MAX_STRING_BYTES:
+                self.off = off
+                self.check_string_len(n, what)
+            append(buf[off : off + n].decode("utf-8", errors="surrogateescape"))
+            off += n
+        self.off = off
+        return out, self.pos - start
+
+
+def _read_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> GGUFValue:
+    start = cur.pos
+    if vtype in _SCALAR:
+        fmt, _, size = _SCALAR[vtype]
+        cur.fill(size)
+        (v,) = struct.unpack_from(fmt, cur.buf, cur.off)
+        cur.off += size
+        return GGUFValue.model_construct(type=vtype, value=v, sub_type=None, nbytes=size)
+    if vtype == ValueType.STRING:
+        s = cur.string(what)
+        return GGUFValue.model_construct(type=vtype, value=s, sub_type=None, nbytes=cur.pos - start)
+    if vtype == ValueType.ARRAY:
+        if depth >= MAX_ARRAY_NESTING:
+            raise cur.fail(f"absurd GGUF header: {what} nests arrays deeper than {MAX_ARRAY_NESTING}")
+        sub = cur.u32()
+        count = cur.u64()
+        if sub in _SCALAR:
+            _, code, size = _SCALAR[sub]
+            cur.check_count(count, size, MAX_ARRAY_COUNT, f"the element count of {what}")
+            raw = cur.take(count * size)
+            arr = array.array(code)
+            arr.frombytes(raw)
+            if sys.byteorder != "little":
+                arr.byteswap()
+            values: list[Any] = arr.tolist()
+            if sub == ValueType.BOOL:
+                values = [bool(x) for x in values]
+        elif sub == ValueType.STRING:
+            cur.check_count(count, 8, MAX_ARRAY_COUNT, f"the element count of {what}")
+            values, _ = cur.strings(count, what)
+        elif sub == ValueType.ARRAY:
+            cur.check_count(count, 12, MAX_ARRAY_COUNT, f"the element count of {what}")
+            values = [_read_value(cur, sub, what, depth + 1) for _ in range(count)]
+        else:
+            raise cur.fail(f"unknown GGUF value type {sub} in the elements of {what}")
+        return GGUFValue.model_construct(type=vtype, value=values, sub_type=sub, nbytes=cur.pos - start)
+    raise cur.fail(f"unknown GGUF value type {vtype} in {what}", hint="the file is damaged or not a GGUF")
+
+
+def read_header(
+    source: str | os.PathLike[str] | BinaryIO | _Readable,
+    *,
+    size: int | None = None,
+    where: str | None = None,
+    first_chunk: int = 1 << 20,
+) -> GGUFHeader:
+    """Parse the header of a GGUF file (a path or a binary file-like object positioned at 0).
+
+    Reads only the header. ``size`` (the file size) enables the bytes-left checks; for a path
+    or a real file it is found with ``stat``. ``first_chunk`` is the first read's size; later
+    reads grow with the total read so far.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        label = where or str(path)
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                return _parse(f, size=st.st_size, where=label, path=str(path), first_chunk=first_chunk)
+        except FileNotFoundError:
+            raise InventoryError("no such file", where=label, hint="check the path") from None
+        except IsADirectoryError:
+            raise InventoryError("is a directory, not a GGUF file", where=label, hint="give the .gguf file") from None
+        except PermissionError:
+            raise InventoryError("permission denied", where=label, hint="check the file's permissions") from None
+    label = where or str(getattr(source, "name", "<stream>"))
+    if size is None:
+        try:
+            size = os.fstat(source.fileno()).st_size  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            size = None
+    return _parse(source, size=size, where=label, path=None, first_chunk=first_chunk)
+
+
+def _parse(f: _Readable, *, size: int | None, where: str, path: str | None, first_chunk: int) -> GGUFHeader:
+    cur = _Cursor(f, size=size, where=where, first_chunk=min(first_chunk, 8 << 20))
+    cur.context = "the magic number"
+    if size is not None and size < 4:
+        raise cur.fail(f"not a GGUF file ({size} bytes long)", hint="give a .gguf model file")
+    magic = cur.take(4)
+    if magic != GGUF_MAGIC:
+        raise cur.fail(f"not a GGUF file (magic {magic!r})", hint="give a .gguf model file")
+    cur.context = "the version"
+    version = cur.u32()
+    if version not in SUPPORTED_VERSIONS:
+        if version & 0xFFFF == 0 and (version >> 24) in SUPPORTED_VERSIONS:
+            raise cur.fail("big-endian GGUF files are not supported", hint="use a little-endian GGUF")
+        raise cur.fail(
+            f"unsupported GGUF version {version} (supported: {', '.join(map(str, SUPPORTED_VERSIONS))})",
+            hint="re-convert the model with a current convert_hf_to_gguf.py",
+        )
+    cur.context = "the tensor and KV counts"
+    n_tensors = cur.u64()
+    n_kv = cur.u64()
+    # A KV pair takes at least 8 (key len) + 4 (type) + 1 bytes; a tensor info 8 + 4 + 4 + 8.
+    cur.check_count(n_kv, 13, MAX_KV_COUNT, "the KV count")
+    cur.check_count(n_tensors, 24, MAX_TENSOR_COUNT, "the tensor count")
+
+    kv: dict[str, GGUFValue] = {}
+    for i in range(n_kv):
+        cur.context = f"KV {i}"
+        key = cur.string(f"the key of KV {i}")
+        cur.context = f"KV {i} ({key})"
+        if key in kv:
+            raise cur.fail(f"duplicate KV key {key!r}")
+        vtype = cur.u32()
+        kv[key] = _read_value(cur, vtype, f"KV {i} ({key})")
+
+    alignment = DEFAULT_ALIGNMENT
+    if "general.alignment" in kv:
+        a = kv["general.alignment"]
+        if a.type != ValueType.UINT32 or not isinstance(a.value, int) or a.value <= 0 or a.value & (a.value - 1):
+            raise cur.fail(f"general.alignment must be a power-of-two uint32, got {a.value!r}")
+        alignment = a.value
+
+    tensors: list[GGUFTensorInfo] = []
+    names: set[str] = set()
+    for i in range(n_tensors):
+        cur.context = f"tensor info {i}"
+        name = cur.string(f"the name of tensor info {i}")
+        if name in names:
+            raise cur.fail(f"duplicate tensor name {name!r}")
+        names.add(name)
+        n_dims = cur.u32()
+        if n_dims > MAX_DIMS:
+            raise cur.fail(f"absurd GGUF header: tensor {name!r} has {n_dims} dimensions (ggml allows {MAX_DIMS})")
+        cur.fill(8 * n_dims + 12)
+        dims = struct.unpack_from(f"<{n_dims}Q", cur.buf, cur.off)
+        cur.off += 8 * n_dims
+        n = 1
+        for d in dims:
+            if d <= 0:
+                raise cur.fail(f"absurd GGUF header: tensor {name!r} has a dimension of {d}")
+            n *= d
+            if n > MAX_ELEMENTS:
+                raise cur.fail(f"absurd GGUF header: tensor {name!r} has more than 2^63 elements ({list(dims)})")
+        type_id = cur.u32()
+        offset = cur.u64()
+        tensors.append(GGUFTensorInfo(name=name, shape=tuple(int(d) for d in dims), type_id=type_id, offset=offset))
+
+    header_size = cur.pos
+    data_offset = _align(header_size, alignment)
+    if size is not None and data_offset > size:
+        cur.context = "the padding before the tensor data"
+        raise cur.truncated()
+    return GGUFHeader(
+        path=path,
+        version=version,
+        kv=kv,
+        tensors=tuple(tensors),
+        alignment=alignment,
+        header_size=header_size,
+        data_offset=data_offset,
+        file_size=size,
+        bytes_read=cur.fetched,
+    )
+
+
+def _align(n: int, alignment: int) -> int:
+    return (n + alignment - 1) // alignment * alignment
+
+
+# --------------------------------------------------------------------------------------------
+# writing / sizing
+
+
+def _value_size(vtype: int, value: Any, sub_type: int | None) -> int:
+    if vtype in _SCALAR:
+        return _SCALAR[vtype][2]
+    if vtype == ValueType.STRING:
+        return 8 + len(str(value).encode("utf-8", errors="surrogateescape"))
+    if vtype == ValueType.ARRAY:
+        if sub_type is None:
+            raise ValueError("an array value needs sub_type")
+        n = 12
+        if sub_type in _SCALAR:
+            return n + _SCALAR[sub_type][2] * len(value)
+        if sub_type == ValueType.STRING:
+            return n + sum(8 + len(s.encode("utf-8", errors="surrogateescape")) for s in value)
+        if sub_type == ValueType.ARRAY:
+            return n + sum(v.size() for v in value)
+    raise ValueError(f"unknown GGUF value type {vtype}")
+
+
+class _HasShape(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
+def _kv_items(kv: Mapping[str, GGUFValue] | Iterable[tuple[str, GGUFValue]]) -> list[tuple[str, GGUFValue]]:
+    return list(kv.items()) if isinstance(kv, Mapping) else list(kv)
+
+
+def serialized_header_size(
+    kv_items: Mapping[str, GGUFValue] | Iterable[tuple[str, GGUFValue]],
+    tensor_infos: Iterable[_HasShape],
+    alignment: int = DEFAULT_ALIGNMENT,
+) -> int:
+    """Exact bytes before the tensor data of a GGUF with these KVs and tensors (padding included).
+
+    Equals ``GGUFHeader.data_offset`` of a file ggml (or ``header_bytes``) writes with them.
+    """
+    n = 4 + 4 + 8 + 8
+    for key, value in _kv_items(kv_items):
+        n += 8 + len(key.encode("utf-8")) + 4 + value.size()
+    for t in tensor_infos:
+        n += 8 + len(t.name.encode("utf-8")) + 4 + 8 * len(t.shape) + 4 + 8
+    return _align(n, alignment)
+
+
+def _write_value(out: list[bytes], vtype: int, value: Any, sub_type: int | None) -> None:
+    if vtype in _SCALAR:
+        out.append(struct.pack(_SCALAR[vtype][0], value))
+    elif vtype == ValueType.STRING:
+        b = str(value).encode("utf-8", errors="surrogateescape")
+        out.append(_U64.pack(len(b)) + b)
+    elif vtype == ValueType.ARRAY:
+        if sub_type is None:
+            raise ValueError("an array value needs sub_type")
+        out.append(_U32.pack(sub_type) + _U64.pack(len(value)))
+        if sub_type in _SCALAR:
+            fmt = _SCALAR[sub_type][0]
+            out.append(struct.pack(f"<{len(value)}{fmt[1]}", *value))
+        elif sub_type == ValueType.STRING:
+            for s in value:
+                b = s.encode("utf-8", errors="surrogateescape")
+                out.append(_U64.pack(len(b)) + b)
+        elif sub_type == ValueType.ARRAY:
+            for v in value:
+                _write_value(out, v.type, v.value, v.sub_type)
+        else:
+            raise ValueError(f"unknown GGUF value type {sub_type}")
+    else:
+        raise ValueError(f"unknown GGUF value type {vtype}")
+
+
+def header_bytes(
+    kv_items: Mapping[str, GGUFValue] | Iterable[tuple[str, GGUFValue]],
+    tensor_infos: Iterable[GGUFTensorInfo],
+    alignment: int = DEFAULT_ALIGNMENT,
+    *,
+    version: int = 3,
+) -> bytes:
+    """Serialize a GGUF header (magic to the padded start of the tensor data)."""
+    items = _kv_items(kv_items)
+    infos = list(tensor_infos)
+    out: list[bytes] = [GGUF_MAGIC, _U32.pack(version), _U64.pack(len(infos)), _U64.pack(len(items))]
+    for key, value in items:
+        kb = key.encode("utf-8")
+        out.append(_U64.pack(len(kb)) + kb + _U32.pack(value.type))
+        _write_value(out, value.type, value.value, value.sub_type)
+    for t in infos:
+        nb = t.name.encode("utf-8")
+        out.append(_U64.pack(len(nb)) + nb + _U32.pack(len(t.shape)))
+        out.append(struct.pack(f"<{len(t.shape)}Q", *t.shape))
+        out.append(_U32.pack(t.type_id) + _U64.pack(t.offset))
+    blob = b"".join(out)
+    return blob + b"\0" * (_align(len(blob), alignment) - len(blob))
