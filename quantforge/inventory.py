@@ -9,9 +9,16 @@ cost a few megabytes.
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from quantforge.errors import InventoryError
+from quantforge.gguf_header import GGUFHeader, read_header
 
 # Same alias as ``quantforge.catalogue.Engine`` (the catalogue owns it); spelled here so the
 # contract models import without loading the catalogue's tables.
@@ -53,3 +60,347 @@ class TensorInventory(BaseModel):
     bytes_fetched: int | None = None
     #: Number of files of a split set (1 for a single file).
     n_shards: int = 1
+
+    def kv_value(self, key: str, default: Any = None) -> Any:
+        """The plain value of a GGUF KV key of a real source (``kv`` holds typed ``GGUFValue``)."""
+        if self.kv is None or key not in self.kv:
+            return default
+        v = self.kv[key]
+        return v.plain() if hasattr(v, "plain") else v
+
+    @property
+    def n_params(self) -> int:
+        total = 0
+        for t in self.tensors:
+            n = 1
+            for d in t.shape:
+                n *= d
+            total += n
+        return total
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+_SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+_HF_RE = re.compile(r"^hf://(?P<org>[^/@]+)/(?P<repo>[^/@]+)(?:@(?P<rev>[^/]+))?/(?P<path>.+\.gguf)$")
+# An HF model id ("org/name") or a shipped inventory name: no scheme, not a .gguf path.
+_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def load_inventory(source: str | os.PathLike[str], *, engine: Engine | None = None) -> TensorInventory:
+    """The tensor inventory of ``source``.
+
+    - a local ``.gguf`` path (one file, or any shard of a ``-0000K-of-0000N`` split set);
+    - ``hf://org/repo[@revision]/path.gguf`` (all shards of a split set), header bytes only;
+    - an HF model id or shipped name (``deepseek-ai/DeepSeek-R1-0528``): a synthesized
+      inventory from ``quantforge.inventory_synth``.
+
+    ``engine`` picks the catalogue that names type ids (default: ik, then mainline) and, for
+    synthesized inventories, the converter layout.
+    """
+    text = os.fspath(source)
+    if text.startswith("hf://"):
+        return _load_remote(text, engine=engine)
+    path = Path(text).expanduser()
+    if path.exists() or text.endswith(".gguf") or os.sep in text and not _ID_RE.match(text):
+        return _load_local(path, source=text, engine=engine)
+    if _ID_RE.match(text):
+        from quantforge import inventory_synth
+
+        return inventory_synth.shipped_inventory(text, engine=engine)
+    raise InventoryError(
+        "not a GGUF path, hf:// URL or model id",
+        where=text,
+        hint="give a .gguf file, hf://org/repo/file.gguf, or an HF id such as deepseek-ai/DeepSeek-R1-0528",
+    )
+
+
+def split_siblings(path: Path) -> list[Path] | None:
+    """All shard paths of the split set ``path`` belongs to (None if it is no split name)."""
+    m = _SPLIT_RE.match(path.name)
+    if m is None:
+        return None
+    count = int(m["count"])
+    return [path.with_name(f"{m['prefix']}-{k:05d}-of-{count:05d}.gguf") for k in range(1, count + 1)]
+
+
+def _load_local(path: Path, *, source: str, engine: Engine | None) -> TensorInventory:
+    shards = split_siblings(path) or [path]
+    if len(shards) > 1:
+        for p in shards:
+            if not p.is_file():
+                raise InventoryError(
+                    f"shard {p.name} of the split set is missing",
+                    where=str(path),
+                    hint=f"put all {len(shards)} shards in {p.parent}",
+                )
+    headers = [read_header(p) for p in shards]
+    return inventory_from_headers(headers, source=source, engine=engine, names=[str(p) for p in shards])
+
+
+def inventory_from_headers(
+    headers: Sequence[GGUFHeader],
+    *,
+    source: str,
+    engine: Engine | None,
+    names: Sequence[str],
+    bytes_fetched: int | None = None,
+) -> TensorInventory:
+    """Assemble an inventory from the parsed headers of one file or of every shard, in order."""
+    first = headers[0]
+    where = names[0]
+    if len(headers) > 1:
+        _check_split(headers, names)
+    elif "split.count" in first.kv and int(first.get("split.count")) > 1:
+        raise InventoryError(
+            f"this file is shard {int(first.get('split.no', 0)) + 1} of a {first.get('split.count')}-file split set "
+            "but its name has no -0000K-of-0000N suffix",
+            where=where,
+            hint="keep the names llama-gguf-split gave the shards",
+        )
+    arch = first.architecture
+    if arch is None:
+        raise InventoryError("general.architecture is missing", where=where, hint="re-convert the model")
+    tensors: list[TensorEntry] = []
+    for shard, h in enumerate(headers):
+        for t in h.tensors:
+            tensors.append(TensorEntry(name=t.name, shape=t.shape, dtype=type_name(t.type_id, engine), shard=shard))
+    names_seen: set[str] = set()
+    for t in tensors:
+        if t.name in names_seen:
+            raise InventoryError(f"tensor {t.name} appears in two shards", where=where)
+        names_seen.add(t.name)
+    return TensorInventory(
+        source=source,
+        arch=arch,
+        layout=detect_layout(arch, [t.name for t in tensors]),
+        hparams=extract_hparams(first, arch, tensors),
+        tensors=tuple(tensors),
+        kv=dict(first.kv),
+        metadata_bytes=first.data_offset,
+        bytes_fetched=bytes_fetched,
+        n_shards=len(headers),
+    )
+
+
+def _check_split(headers: Sequence[GGUFHeader], names: Sequence[str]) -> None:
+    count = len(headers)
+    total = sum(len(h.tensors) for h in headers)
+    for k, (h, name) in enumerate(zip(headers, names, strict=True)):
+        no, cnt = h.get("split.no"), h.get("split.count")
+        if no is None or cnt is None:
+            raise InventoryError("split.no / split.count are missing from a shard", where=name,
+                                 hint="the shards were not written by llama-gguf-split")
+        if int(no) != k or int(cnt) != count:
+            raise InventoryError(f"shard says it is {int(no) + 1} of {cnt}, expected {k + 1} of {count}", where=name,
+                                 hint="the shards come from different split sets; download them again")
+    expected = headers[0].get("split.tensors.count")
+    if expected is not None and int(expected) != total:
+        raise InventoryError(f"the split set holds {total} tensors but split.tensors.count is {expected}",
+                             where=names[0], hint="a shard is from another split set")
+
+
+def type_name(type_id: int, engine: Engine | None = None) -> str:
+    """The catalogue spelling of a ggml type id (ik first, then mainline, when no engine is given)."""
+    from quantforge.catalogue import catalogue
+
+    for eng in ((engine,) if engine else ("ik", "mainline")):
+        qt = catalogue(eng).by_id(type_id)
+        if qt is not None:
+            return qt.name
+    # Unknown to both engines: keep the id visible rather than failing to list the file.
+    return f"type{type_id}"
+
+
+def detect_layout(arch: str, names: Sequence[str]) -> Engine | None:
+    """The converter layout of an MLA model: ik keeps ``attn_kv_b`` next to ``attn_k_b``/``attn_v_b``."""
+    has_kv_b = any(n.endswith(".attn_kv_b.weight") for n in names)
+    has_k_b = any(n.endswith(".attn_k_b.weight") for n in names)
+    if not (has_kv_b or has_k_b):
+        return None
+    return "ik" if has_kv_b and has_k_b else "mainline"
+
+
+def extract_hparams(header: GGUFHeader, arch: str, tensors: Sequence[TensorEntry]) -> dict[str, int | float | bool | str]:
+    """Architecture hyper-parameters from the ``{arch}.*`` KVs.
+
+    Naming: the key without the arch prefix, ``attention.`` dropped, other dots as
+    underscores (``llama.attention.head_count`` -> ``head_count``, ``deepseek2.rope.dimension_count``
+    -> ``rope_dimension_count``). Per-layer arrays with one value become that value.
+    """
+    out: dict[str, int | float | bool | str] = {}
+    prefix = f"{arch}."
+    for key, v in header.kv.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        if name.startswith("attention."):
+            name = name[len("attention.") :]
+        name = name.replace(".", "_")
+        value = v.plain()
+        if isinstance(value, list):
+            if value and all(isinstance(x, (int, float)) and x == value[0] for x in value):
+                value = value[0]
+            else:
+                continue
+        if isinstance(value, (bool, int, float, str)):
+            out[name] = value
+    if "vocab_size" not in out:
+        tokens = header.kv.get("tokenizer.ggml.tokens")
+        if tokens is not None and isinstance(tokens.value, list):
+            out["vocab_size"] = len(tokens.value)
+        else:
+            emb = next((t for t in tensors if t.name == "token_embd.weight"), None)
+            if emb is not None and len(emb.shape) == 2:
+                out["vocab_size"] = emb.shape[1]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# remote: hf://org/repo[@revision]/path.gguf, header bytes only, through HTTP range requests
+
+#: First range request; later ones grow with the bytes fetched so far, so a header of H bytes
+#: costs less than 2*H + this.
+REMOTE_FIRST_CHUNK = 64 * 1024
+
+
+class _RangeReader:
+    """A file-like ``read`` over HTTP ``Range:`` GETs through huggingface_hub's session."""
+
+    def __init__(self, *, url: str, size: int, headers: dict[str, str], where: str) -> None:
+        from huggingface_hub.utils import get_session
+
+        self.session = get_session()
+        self.url = url
+        self.size = size
+        self.headers = headers
+        self.where = where
+        self.pos = 0
+        self.fetched = 0
+        self.requests = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        if n < 0:
+            n = self.size - self.pos
+        n = min(n, self.size - self.pos)
+        if n <= 0:
+            return b""
+        headers = {**self.headers, "Range": f"bytes={self.pos}-{self.pos + n - 1}"}
+        with _hub_errors(self.where):
+            response = self.session.get(self.url, headers=headers, follow_redirects=True)
+            from huggingface_hub.utils import hf_raise_for_status
+
+            hf_raise_for_status(response)
+        self.requests += 1
+        if response.status_code != 206:
+            # A 200 would carry the whole file: refuse rather than download hundreds of GB.
+            raise InventoryError(
+                f"the server ignored the byte range request (HTTP {response.status_code})",
+                where=self.where,
+                hint="HF_ENDPOINT must point at a server that supports Range requests",
+            )
+        data = bytes(response.content)
+        if len(data) > n:
+            data = data[:n]
+        self.pos += len(data)
+        self.fetched += len(data)
+        return data
+
+
+class _hub_errors:
+    """Turn huggingface_hub / transport exceptions into one InventoryError with the fix."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, InventoryError):
+            return False
+        from huggingface_hub import errors as e
+
+        w = self.where
+        if isinstance(exc, e.OfflineModeIsEnabled):
+            raise InventoryError("offline mode is on (HF_HUB_OFFLINE=1)", where=w,
+                                 hint="unset HF_HUB_OFFLINE, or give a local .gguf path") from None
+        if isinstance(exc, e.GatedRepoError):
+            raise InventoryError("the repository is gated", where=w,
+                                 hint="accept its terms on huggingface.co and set HF_TOKEN") from None
+        if isinstance(exc, e.RepositoryNotFoundError):
+            raise InventoryError("repository not found (or private)", where=w,
+                                 hint="check the org/repo spelling; for a private repo set HF_TOKEN") from None
+        if isinstance(exc, e.RevisionNotFoundError):
+            raise InventoryError("revision not found", where=w, hint="check the @revision (branch, tag or commit)") from None
+        if isinstance(exc, e.EntryNotFoundError):
+            raise InventoryError("file not found in the repository", where=w,
+                                 hint="check the path; `hf download --dry-run` lists the files") from None
+        if isinstance(exc, e.HfHubHTTPError):
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if status in (401, 403):
+                raise InventoryError(f"access denied (HTTP {status})", where=w,
+                                     hint="set HF_TOKEN to a token that can read this repository") from None
+            raise InventoryError(f"the Hub answered HTTP {status}: {str(exc).splitlines()[0]}", where=w,
+                                 hint="try again later") from None
+        if isinstance(exc, (OSError, ConnectionError)) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore"):
+            raise InventoryError(f"cannot reach the Hub: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                                 where=w, hint="check the network connection or HF_ENDPOINT") from None
+        return False
+
+
+def parse_hf_url(url: str) -> tuple[str, str | None, str]:
+    """``hf://org/repo[@rev]/path.gguf`` -> (repo_id, revision, path)."""
+    m = _HF_RE.match(url)
+    if m is None:
+        raise InventoryError(
+            "malformed hf:// source",
+            where=url,
+            hint="write hf://org/repo/path/to/file.gguf (optionally hf://org/repo@revision/...)",
+        )
+    return f"{m['org']}/{m['repo']}", m["rev"], m["path"]
+
+
+def _load_remote(url: str, *, engine: Engine | None) -> TensorInventory:
+    from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    repo_id, revision, path = parse_hf_url(url)
+    if constants.is_offline_mode():
+        raise InventoryError("offline mode is on (HF_HUB_OFFLINE=1)", where=url,
+                             hint="unset HF_HUB_OFFLINE, or give a local .gguf path")
+    # Read at call time (not at import, like huggingface_hub does) so a changed HF_ENDPOINT counts.
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    files = [path]
+    m = _SPLIT_RE.match(path.rsplit("/", 1)[-1])
+    if m is not None:
+        folder = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+        count = int(m["count"])
+        files = [f"{folder}{m['prefix']}-{k:05d}-of-{count:05d}.gguf" for k in range(1, count + 1)]
+        with _hub_errors(url):
+            info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision)
+        present = {s.rfilename for s in (info.siblings or [])}
+        for f in files:
+            if f not in present:
+                raise InventoryError(f"shard {f} of the split set is missing from {repo_id}", where=url,
+                                     hint="the upload is incomplete; pick another revision or repository")
+        # Pin every shard to the commit the listing came from.
+        revision = info.sha or revision
+    headers_http = build_hf_headers()
+    headers_http["Accept-Encoding"] = "identity"
+    headers: list[GGUFHeader] = []
+    fetched = 0
+    rev_label = f"@{parse_hf_url(url)[1]}" if parse_hf_url(url)[1] else ""
+    for f in files:
+        where = f"hf://{repo_id}{rev_label}/{f}"
+        file_url = hf_hub_url(repo_id, f, revision=revision, endpoint=endpoint)
+        with _hub_errors(where):
+            meta = get_hf_file_metadata(file_url, endpoint=endpoint)
+        if meta.size is None:
+            raise InventoryError("the Hub did not report the file size", where=where, hint="try again later")
+        reader = _RangeReader(url=file_url, size=meta.size, headers=headers_http, where=where)
+        headers.append(read_header(reader, size=meta.size, where=where, first_chunk=REMOTE_FIRST_CHUNK))
+        fetched += reader.fetched
+    return inventory_from_headers(headers, source=url, engine=engine, names=[f"hf://{repo_id}/{f}" for f in files],
+                                  bytes_fetched=fetched)

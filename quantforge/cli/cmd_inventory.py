@@ -1,3 +1,129 @@
-"""CLI commands of the inventory stage (placeholder until the stage lands)."""
+"""``quantforge inventory``: list a model's tensors from a GGUF header, hf:// URL or model id."""
 
 from __future__ import annotations
+
+import re
+from typing import Any
+
+import typer
+
+from quantforge.cli import app
+
+_BLK = re.compile(r"^blk\.(\d+)\.")
+
+
+@app.command(
+    "inventory",
+    help=(
+        "Show the tensor inventory of a model: a local GGUF (any shard of a split set), "
+        "hf://org/repo/file.gguf (reads only the header bytes), or an HF id with a shipped inventory.\n\n"
+        "Examples:\n\n"
+        "  quantforge inventory SmolLM2-135M-Instruct-f16.gguf\n\n"
+        "  quantforge inventory hf://unsloth/DeepSeek-R1-0528-GGUF/BF16/DeepSeek-R1-0528-BF16-00001-of-00030.gguf\n\n"
+        "  quantforge inventory deepseek-ai/DeepSeek-R1-0528 --engine ik --json"
+    ),
+)
+def inventory(
+    source: str = typer.Argument(..., help="Path to a .gguf, hf://org/repo[@rev]/file.gguf, or an HF model id."),
+    engine: str | None = typer.Option(None, "--engine", help="ik or mainline: names type ids and picks the layout."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the collapsed view."),
+) -> None:
+    from quantforge.cli._output import emit
+    from quantforge.errors import UsageError
+    from quantforge.inventory import load_inventory
+
+    if engine not in (None, "ik", "mainline"):
+        raise UsageError(f"unknown engine {engine!r}", where="--engine", hint="use --engine ik or --engine mainline")
+    inv = load_inventory(source, engine=engine)  # type: ignore[arg-type]
+    emit(_as_dict(inv), as_json=as_json, human=_render)
+
+
+def _tensor_bytes(dtype: str, shape: tuple[int, ...], engine: Any) -> int | None:
+    from quantforge.catalogue import catalogue
+
+    for eng in ((engine,) if engine else ("ik", "mainline")):
+        qt = catalogue(eng).find(dtype)
+        if qt is not None:
+            return int(qt.tensor_bytes(shape))
+    return None
+
+
+def _as_dict(inv: Any) -> dict[str, Any]:
+    engine = inv.layout
+    sizes = [_tensor_bytes(t.dtype, t.shape, engine) for t in inv.tensors]
+    out: dict[str, Any] = {
+        "source": inv.source,
+        "arch": inv.arch,
+        "layout": inv.layout,
+        "hparams": inv.hparams,
+        "n_tensors": len(inv.tensors),
+        "n_params": inv.n_params,
+        "tensor_bytes": None if None in sizes else sum(s for s in sizes if s is not None),
+        "n_shards": inv.n_shards,
+        "metadata_bytes": inv.metadata_bytes,
+        "tensors": [
+            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "shard": t.shard, "bytes": b}
+            for t, b in zip(inv.tensors, sizes, strict=True)
+        ],
+    }
+    if inv.bytes_fetched is not None:
+        out["bytes_fetched"] = inv.bytes_fetched
+    return out
+
+
+def _layers(ids: list[int]) -> str:
+    """Compact ranges: [0, 1, 2, 5] -> "0-2,5"."""
+    ids = sorted(set(ids))
+    parts: list[str] = []
+    start = prev = ids[0]
+    for i in ids[1:] + [None]:  # type: ignore[list-item]
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        parts.append(f"{start}-{prev}" if prev != start else str(start))
+        if i is not None:
+            start = prev = i
+    return ",".join(parts)
+
+
+def _render(d: dict[str, Any]) -> str:
+    from quantforge.cli._output import human_bytes
+
+    groups: dict[tuple[str, tuple[int, ...], str], dict[str, Any]] = {}
+    for t in d["tensors"]:
+        m = _BLK.match(t["name"])
+        key_name = _BLK.sub("blk.*.", t["name"]) if m else t["name"]
+        key = (key_name, tuple(t["shape"]), t["dtype"])
+        g = groups.setdefault(key, {"n": 0, "layers": [], "bytes": 0})
+        g["n"] += 1
+        if m:
+            g["layers"].append(int(m.group(1)))
+        g["bytes"] = None if g["bytes"] is None or t["bytes"] is None else g["bytes"] + t["bytes"]
+    rows = []
+    for (name, shape, dtype), g in groups.items():
+        count = f"×{g['n']}" if g["layers"] else ""
+        layers = f"layers {_layers(g['layers'])}" if g["layers"] else ""
+        size = human_bytes(g["bytes"]) if g["bytes"] is not None else "?"
+        rows.append((name, count, "[" + ", ".join(map(str, shape)) + "]", dtype, layers, size))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)] if rows else [0] * 6
+    shards = f", {d['n_shards']} shards" if d["n_shards"] > 1 else ""
+    layout = f", layout {d['layout']}" if d["layout"] else ""
+    lines = [f"{d['source']}: {d['arch']}{layout}{shards}"]
+    hp = d["hparams"]
+    if hp:
+        lines.append("  " + "  ".join(f"{k}={v}" for k, v in hp.items()))
+    lines.append("")
+    for r in rows:
+        lines.append(
+            f"  {r[0]:<{widths[0]}} {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:<{widths[3]}}  "
+            f"{r[4]:<{widths[4]}}  {r[5]:>{widths[5]}}".rstrip()
+        )
+    lines.append("")
+    total = human_bytes(d["tensor_bytes"]) if d["tensor_bytes"] is not None else "?"
+    tail = f"{d['n_tensors']} tensors, {d['n_params']:,} parameters, {total} of tensor data"
+    if d.get("metadata_bytes") is not None:
+        tail += f", {d['metadata_bytes']:,} header bytes"
+    if d.get("bytes_fetched") is not None:
+        tail += f"; fetched {d['bytes_fetched']:,} bytes"
+    lines.append(tail)
+    return "\n".join(lines)
