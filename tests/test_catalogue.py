@@ -159,9 +159,17 @@ def test_resolve_matches_every_custom_tensor_in_ik_logs(ik_fixtures: Path) -> No
 
 def test_mainline_fallbacks_differ_from_ik() -> None:
     ik, ml = catalogue("ik"), catalogue("mainline")
-    assert ik.fallback_for("q5_K", 576) == "q6_0"
-    assert ml.fallback_for("q5_K", 576) == "q5_1"
-    assert ik.fallback_for("q2_K", 256) is None
+    # change_type_if_necessary (ik) vs tensor_type_fallback (mainline)
+    assert (ik.fallback_for("q2_K", 576), ml.fallback_for("q2_K", 576)) == ("iq4_nl", "q4_0")
+    assert (ik.fallback_for("q5_K", 576), ml.fallback_for("q5_K", 576)) == ("q6_0", "q5_1")
+    assert ik.fallback_for("q2_K", 256) is None and ml.fallback_for("q2_K", 512) is None
+    # mainline: a fallback whose block still does not divide becomes f16; a 32-block type too.
+    assert ml.fallback_for("q2_K", 4300) == "f16"
+    assert ml.fallback_for("q8_0", 4304) == "f16"
+    with pytest.raises(RecipeError, match="no fallback"):
+        ik.fallback_for("q8_0", 4304)  # ik does not check 32-block types: ggml asserts
+    with pytest.raises(RecipeError, match="no fallback"):
+        ml.fallback_for("q1_0", 576)
     # Bitnet: ik checks ne0 % 64 and has no substitute.
     assert ik.fallback_for("iq2_bn", 128) is None
     with pytest.raises(RecipeError, match="no fallback"):
@@ -196,6 +204,11 @@ def test_needs_imatrix_and_cuda() -> None:
         "iq1_m", "iq1_m_r4", "iq1_kt", "iq2_kt",
     }  # fmt: skip
     assert not ik.needs_imatrix("iq2_xxs", tensor_name="token_embd.weight")
+    ml = catalogue("mainline")
+    ml_need = {t.name for t in ml.types() if ml.needs_imatrix(t.name, tensor_name="blk.0.ffn_up.weight")}
+    assert ml_need == {"iq2_xxs", "iq2_xs", "iq2_s", "iq1_s", "iq1_m", "iq3_xxs"}
+    assert not ml.needs_imatrix("q2_K", tensor_name="blk.0.ffn_up.weight", ftype="Q2_K_M")
+    assert not ml.needs_imatrix("iq1_s", tensor_name="per_layer_token_embd.weight")
     assert ik.needs_imatrix("q2_K", tensor_name="blk.0.ffn_up.weight", ftype="Q2_K_S")
     cuda_r = {t.name for t in ik.types() if t.interleave > 1 and t.cuda_matmul}
     assert cuda_r == {"iq2_k_r4", "iq3_k_r4", "iq4_k_r4", "iq5_k_r4", "iq4_ks_r4", "iq5_ks_r4", "iq1_s_r4", "iq1_m_r4"}
@@ -282,6 +295,9 @@ def test_ik_ftypes_match_bundled_help(ik_quantize: Path, ik_fixtures: Path) -> N
     assert ftype("ik", "q4_k_m").default_type == "q4_K"
     assert ftype("ik", "IQ2_K_R4").value == 338
     assert ftype("ik", "COPY").value is None
+    assert ftype("ik", "15").name == "Q4_K"  # by number: the first listed, as try_parse_ftype
+    assert ftype("ik", "IQ3_KL").default_type == "iq3_k"
+    assert not ftypes("ik")["Q1_0_G128"].listed
 
 
 def test_mainline_ftypes_match_help(mainline_bin_dir: Path) -> None:
