@@ -1,0 +1,487 @@
+"""Expansion of a recipe variant against a tensor inventory: exact types, bytes, lint, command.
+
+``expand`` predicts, for every tensor, the type the engine's ``llama-quantize`` really writes
+(rules first-match-wins, the recipe's ``default`` as the final catch-all, row-length
+fallbacks, ``_rN`` -> base where rows do not divide, token_embd never interleaved) and the
+exact output file size (header serialized with the changed KV + tensor data padded to the
+alignment). ``quantize_args``/``quantize_command`` emit the arguments that make the engine
+do exactly that; ``lint`` reports what is valid but probably wrong.
+
+Emission choice: the variant's ``default`` is always emitted as a last ``.*=default`` rule
+(``--custom-q`` on ik, ``--tensor-type`` on mainline). Rules only ever reach quantizable
+tensors (both engines decide "quantize or copy" before looking at rules), so the catch-all
+never quantizes a norm or a 1-D tensor, and the ftype mixture never decides a type. A
+variant whose ``default`` is ``"mixture"`` (``MIXTURE``) asks for the engine's own ftype
+mixture instead; ``quantforge.plan._engine`` replicates it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from quantforge.errors import InputError, RecipeError
+from quantforge.plan._engine import MixtureState, count_attention_wv, mixture_type, skip_reason
+
+Engine = Literal["ik", "mainline"]
+Group = Literal["token_embd", "output", "attention", "shared_experts", "routed_experts", "dense_ffn", "norms", "other"]
+#: ``QuantVariant.default`` value that asks for the engine's own ftype mixture (no catch-all).
+MIXTURE = "mixture"
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class TensorPlan(BaseModel):
+    """One tensor of the planned output."""
+
+    model_config = _FROZEN
+
+    name: str
+    shape: tuple[int, ...]
+    source_dtype: str
+    requested_type: str | None  # what the rule/default asked for (None: never quantized)
+    type: str  # what llama-quantize really writes (after fallbacks, _rN -> base)
+    bytes: int
+    rule: str  # "rules[3]" | "default" | "mixture" | "not quantized: 1-D" | ...
+    note: str | None = None  # why type != requested_type
+    place: Literal["cpu", "gpu"] | None = None
+    group: Group
+    layer: int | None = None
+
+
+class QuantPlan(BaseModel):
+    """A variant expanded against an inventory."""
+
+    model_config = _FROZEN
+
+    name: str
+    engine: Engine
+    ftype: str
+    tensors: tuple[TensorPlan, ...]
+    n_params: int
+    tensor_bytes: int
+    file_bytes: int | None
+    file_bytes_exact: bool
+    bpw: float  # tensor bits / total elements, as publishers print it
+    quantize_args: list[str]  # rule arguments (--custom-q … / --tensor-type …) without paths
+    header_bytes: int | None = None
+    imatrix: str | None = None  # the imatrix path the size prediction assumed (its KV string)
+    source: str | None = None
+
+
+class ImatrixMeta(BaseModel):
+    """What llama-quantize copies from an imatrix into the output's ``quantize.imatrix.*`` KV."""
+
+    model_config = _FROZEN
+
+    path: str
+    entries: tuple[str, ...]
+    chunks: int
+    dataset: str
+
+
+class LintFinding(BaseModel):
+    model_config = _FROZEN
+
+    severity: Literal["error", "warning"]
+    code: str
+    message: str
+    where: str | None = None
+    count: int = 0
+    examples: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------------------- helpers
+
+_LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+
+
+def tensor_group(name: str) -> Group:
+    """The human-view group of a tensor name."""
+    if name.startswith("token_embd"):
+        return "token_embd"
+    if name.startswith("output.") or name == "output.weight":
+        return "output"
+    if "_norm" in name or name.endswith("norm.weight"):
+        return "norms"
+    if "_shexp" in name:
+        return "shared_experts"
+    if "_exps" in name or "ffn_gate_inp" in name or "exp_probs" in name:
+        return "routed_experts"
+    if ".attn_" in name:
+        return "attention"
+    if ".ffn_" in name:
+        return "dense_ffn"
+    return "other"
+
+
+def read_imatrix_meta(path: str | Path) -> ImatrixMeta:
+    """Entries, chunk count and dataset name of an imatrix (legacy ``.dat`` or GGUF).
+
+    Legacy layout (ik ``load_imatrix``): i32 n_entries, then per entry i32 name length, the
+    name, i32 ncall, i32 nval, nval floats; optionally i32 last_call (chunks), i32 length
+    and the dataset name.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read imatrix: {exc.strerror}", where=str(path), hint="check the path") from None
+    if data[:4] == b"GGUF":
+        from quantforge.gguf_header import read_header
+
+        h = read_header(p)
+        names = tuple(sorted(t.name[: -len(".in_sum2")] for t in h.tensors if t.name.endswith(".in_sum2")))
+        ds = h.get("imatrix.datasets") or []
+        return ImatrixMeta(
+            path=str(path),
+            entries=names,
+            chunks=int(h.get("imatrix.chunk_count") or 0),
+            dataset=str(ds[0]) if ds else "",
+        )
+    try:
+        (n,) = struct.unpack_from("<i", data, 0)
+        off = 4
+        names_l: list[str] = []
+        for _ in range(n):
+            (ln,) = struct.unpack_from("<i", data, off)
+            off += 4
+            names_l.append(data[off : off + ln].decode("utf-8", "replace"))
+            off += ln
+            _ncall, nval = struct.unpack_from("<ii", data, off)
+            off += 8 + 4 * nval
+        chunks, dataset = 0, ""
+        if off < len(data):
+            chunks, dlen = struct.unpack_from("<ii", data, off)
+            dataset = data[off + 8 : off + 8 + dlen].decode("utf-8", "replace")
+        if n < 1 or off > len(data):
+            raise struct.error("bad entry count")
+    except struct.error:
+        raise InputError(
+            "not an importance matrix (legacy .dat or GGUF)", where=str(path), hint="pass the file llama-imatrix wrote"
+        ) from None
+    return ImatrixMeta(path=str(path), entries=tuple(names_l), chunks=chunks, dataset=dataset)
+
+
+def _imatrix_has(entries: frozenset[str], name: str) -> bool:
+    # ik's lookup, with its aliases (merged gate/up experts, ffn_gate -> ffn_up, MLA kv_b <-> v_b).
+    if name in entries:
+        return True
+    for a, b in (("ffn_up_exps.weight", "ffn_gate_up_exps.weight"), ("ffn_gate_exps.weight", "ffn_gate_up_exps.weight"),
+                 ("ffn_gate_exps.weight", "ffn_up_exps.weight"), ("ffn_gate_up_exps.weight", "ffn_up_exps.weight"),
+                 ("ffn_gate.weight", "ffn_up.weight"), (".attn_v_b.weight", ".attn_kv_b.weight"),
+                 (".attn_kv_b.weight", ".attn_v_b.weight")):  # fmt: skip
+        if a in name and name.replace(a, b) in entries:
+            return True
+    return False
+
+
+def _compile(pattern: str, where: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise RecipeError(f"bad match regex {pattern!r}: {exc}", where=where, hint="fix the regex") from None
+
+
+def _hparam(inv: Any, *keys: str, default: int = 0) -> int:
+    for k in keys:
+        v = inv.hparams.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return int(v)
+        if isinstance(v, list) and v:  # per-layer arrays (e.g. head_count_kv)
+            return int(max(v))
+    return default
+
+
+# ------------------------------------------------------------------------------- expansion
+
+
+def expand(
+    recipe: Any,
+    variant: str | None,
+    inventory: Any,
+    *,
+    imatrix: str | Path | ImatrixMeta | None | Literal[False] = None,
+) -> QuantPlan:
+    """Expand ``variant`` of ``recipe`` against ``inventory``.
+
+    ``imatrix``: the imatrix passed to llama-quantize (its path string goes into the output's
+    KV, so the exact size depends on it). ``None`` uses the recipe's ``[imatrix] file`` when it
+    exists locally; ``False`` plans without one.
+    """
+    from quantforge.catalogue import catalogue, ftype as lookup_ftype
+
+    v = recipe.variant(variant)
+    engine: Engine = recipe.engine
+    cat = catalogue(engine)
+    ft = lookup_ftype(engine, v.ftype)
+    imeta = _resolve_imatrix(recipe, imatrix)
+    entries = frozenset(imeta.entries) if imeta else frozenset()
+
+    rules = [(r, _compile(r.pattern, r.where)) for r in v.rules]
+    use_mixture = v.default == MIXTURE
+    default_type = ft.default_type or "f16"
+    default_q = cat.get(default_type)
+    # ik/mainline apply rules and mixture only when the ftype's own type is a quantized one.
+    rules_active = default_q.block_size > 1
+
+    names = [t.name for t in inventory.tensors]
+    has_output = "output.weight" in names
+    st = MixtureState(
+        engine=engine,
+        ftype=ft.name,
+        arch=inventory.arch,
+        n_layer=_hparam(inventory, "block_count", "n_layer"),
+        n_expert=_hparam(inventory, "expert_count", "n_expert"),
+        n_gqa=max(1, _hparam(inventory, "head_count") // max(1, _hparam(inventory, "head_count_kv", "head_count"))),
+        has_output=has_output,
+        has_imatrix=imeta is not None,
+        n_attention_wv=count_attention_wv(engine, names),
+    )
+    get = cat.get
+    plans: list[TensorPlan] = []
+    n_params = 0
+    total = 0
+    for t in inventory.tensors:
+        shape = tuple(t.shape)
+        ne = 1
+        for d in shape:
+            ne *= d
+        n_params += ne
+        layer_m = _LAYER_RE.match(t.name)
+        layer = int(layer_m.group(1)) if layer_m else None
+        group = tensor_group(t.name)
+        why = skip_reason(engine, t.name, shape, t.dtype)
+        place = None
+        if why is not None or not rules_active:
+            requested: str | None = None
+            typ = t.dtype if why is not None else get(default_type).name
+            rule_label = why or f"ftype {ft.name} (not a quantized type)"
+            note = None
+            if why is None:
+                requested = typ
+        else:
+            matched = None
+            for r, rx in rules:
+                if rx.search(t.name):
+                    matched = r
+                    break
+            mix = None
+            if engine == "ik" and use_mixture:
+                # ik runs the mixture for every quantized tensor (its counters advance even
+                # when a --custom-q rule then overrides the result); mainline skips it on a match.
+                mix = mixture_type(st, default_type, t.name, shape, default_q.block_size)
+            if matched is not None:
+                requested = matched.type
+                rule_label = f"rules[{matched.index}]"
+                place = matched.place
+            elif not use_mixture:
+                requested = v.default
+                rule_label = "default"
+            else:
+                if mix is None:
+                    mix = mixture_type(st, default_type, t.name, shape, default_q.block_size)
+                requested = mix
+                rule_label = "mixture"
+            typ, note = _resolve(cat, engine, requested, shape, t.name)
+        nbytes = get(typ).tensor_bytes(shape)
+        total += nbytes
+        plans.append(
+            TensorPlan.model_construct(
+                name=t.name, shape=shape, source_dtype=t.dtype, requested_type=requested, type=typ,
+                bytes=nbytes, rule=rule_label, note=note, place=place, group=group, layer=layer,
+            )
+        )  # fmt: skip
+    args = quantize_args_for(engine, v, cat)
+    header, exact = _header_size(inventory, plans, cat, ft.value, imeta)
+    file_bytes = None
+    if header is not None:
+        align = _alignment(inventory)
+        file_bytes = header + sum((p.bytes + align - 1) // align * align for p in plans)
+    else:
+        # Estimate: tensor data padded + the source's header block if known.
+        meta = inventory.metadata_bytes or 0
+        file_bytes = meta + sum((p.bytes + 31) // 32 * 32 for p in plans)
+    return QuantPlan.model_construct(
+        name=v.name,
+        engine=engine,
+        ftype=ft.name,
+        tensors=tuple(plans),
+        n_params=n_params,
+        tensor_bytes=total,
+        file_bytes=file_bytes,
+        file_bytes_exact=exact,
+        bpw=(8.0 * total / n_params) if n_params else 0.0,
+        quantize_args=args,
+        header_bytes=header,
+        imatrix=imeta.path if imeta else None,
+        source=inventory.source,
+    )
+
+
+def _resolve(cat: Any, engine: str, requested: str, shape: tuple[int, ...], name: str) -> tuple[str, str | None]:
+    if engine == "ik":
+        try:
+            return cat.resolve(requested, shape, tensor_name=name)  # type: ignore[no-any-return]
+        except RecipeError as exc:
+            raise RecipeError(exc.message, where=name, hint=exc.hint) from None
+    ne0 = shape[0]
+    fb = cat.fallback_for(requested, ne0)
+    if fb is not None:
+        return fb, f"fallback: {ne0} columns not divisible by {cat.get(requested).row_multiple} for {requested}"
+    return requested, None
+
+
+def _resolve_imatrix(recipe: Any, imatrix: Any) -> ImatrixMeta | None:
+    if imatrix is False:
+        return None
+    if isinstance(imatrix, ImatrixMeta):
+        return imatrix
+    if imatrix is not None:
+        return read_imatrix_meta(imatrix)
+    spec = getattr(recipe, "imatrix", None)
+    f = getattr(spec, "file", None) if spec is not None else None
+    if not f or str(f).startswith("hf://"):
+        return None
+    path = recipe.resolve_path(f) if hasattr(recipe, "resolve_path") else f
+    if not Path(path).is_file():
+        return None
+    return read_imatrix_meta(path)
+
+
+def _alignment(inventory: Any) -> int:
+    kv = inventory.kv or {}
+    a = kv.get("general.alignment")
+    a = getattr(a, "value", a)
+    return int(a) if isinstance(a, int) and a > 0 else 32
+
+
+def _header_size(
+    inventory: Any, plans: Sequence[TensorPlan], cat: Any, ftype_value: int | None, imeta: ImatrixMeta | None
+) -> tuple[int | None, bool]:
+    """Exact size of the output header, from the source KV with llama-quantize's changes."""
+    from quantforge.gguf_header import GGUFValue, ValueType, serialized_header_size
+
+    kv_src = inventory.kv
+    if not kv_src or not all(isinstance(x, GGUFValue) for x in kv_src.values()):
+        kv_src = _source_kv(inventory)
+    if kv_src is None:
+        return None, False
+    kv: dict[str, GGUFValue] = dict(kv_src)
+    for k in ("split.no", "split.count", "split.tensors.count"):
+        kv.pop(k, None)
+    kv["general.quantization_version"] = GGUFValue.of(2, ValueType.UINT32)
+    if ftype_value is not None:
+        kv["general.file_type"] = GGUFValue.of(ftype_value, ValueType.UINT32)
+    if imeta is not None:
+        # quantize.cpp copies these through KV overrides; strings are cut at 127 bytes.
+        kv["quantize.imatrix.file"] = GGUFValue.of(_cut127(imeta.path), ValueType.STRING)
+        if imeta.dataset:
+            kv["quantize.imatrix.dataset"] = GGUFValue.of(_cut127(imeta.dataset), ValueType.STRING)
+        kv["quantize.imatrix.entries_count"] = GGUFValue.of(len(imeta.entries), ValueType.INT32)
+        if imeta.chunks > 0:
+            kv["quantize.imatrix.chunks_count"] = GGUFValue.of(imeta.chunks, ValueType.INT32)
+    return serialized_header_size(kv, plans, _alignment(inventory)), True
+
+
+def _cut127(s: str) -> str:
+    b = s.encode("utf-8")
+    return b[:127].decode("utf-8", "ignore") if len(b) > 127 else s
+
+
+def _source_kv(inventory: Any) -> dict[str, Any] | None:
+    src = str(inventory.source or "")
+    if not src.endswith(".gguf") or not Path(src).is_file():
+        return None
+    from quantforge.gguf_header import read_header
+
+    return dict(read_header(src).kv)
+
+
+# ------------------------------------------------------------------------------- emission
+
+
+def quantize_args_for(engine: str, variant: Any, cat: Any) -> list[str]:
+    """The rule arguments that make ``engine``'s llama-quantize reproduce the expansion."""
+    pairs: list[tuple[str, str, str]] = [(r.pattern, cat.get(r.type).name, r.where) for r in variant.rules]
+    if variant.default != MIXTURE:
+        pairs.append((".*", cat.get(variant.default).name, getattr(variant, "where", "default")))
+    if not pairs:
+        return []
+    for pattern, _t, where in pairs:
+        if "=" in pattern:
+            raise RecipeError(
+                "llama-quantize splits rules at '=', so a pattern cannot contain '='",
+                where=where,
+                hint="rewrite the regex without '='",
+            )
+    if engine == "ik":
+        for pattern, _t, where in pairs:
+            if "," in pattern:
+                raise RecipeError(
+                    f"ik --custom-q splits rules at ',', so the pattern {pattern!r} cannot be passed",
+                    where=where,
+                    hint="write {1,2} as (a|aa) or split the rule in two",
+                )
+        return ["--custom-q", ",".join(f"{p}={t}" for p, t, _w in pairs)]
+    out: list[str] = []
+    for pattern, t, where in pairs:
+        if pattern.lower() != pattern:
+            raise RecipeError(
+                f"llama.cpp lower-cases --tensor-type patterns, so {pattern!r} would change meaning",
+                where=where,
+                hint="write the pattern in lower case (tensor names are lower case)",
+            )
+        if any(c.isspace() for c in pattern):
+            raise RecipeError("a --tensor-type pattern cannot contain spaces", where=where, hint="use \\s")
+        out += ["--tensor-type", f"{pattern}={t}"]
+    return out
+
+
+def quantize_command(
+    plan: QuantPlan,
+    *,
+    binary: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    imatrix: str | Path | None = None,
+    threads: int | None = None,
+) -> list[str]:
+    """The full ``llama-quantize`` argument list (never a shell string; see ``shell_join``)."""
+    cmd = [str(binary)]
+    if imatrix is not None:
+        cmd += ["--imatrix", str(imatrix)]
+    cmd += list(plan.quantize_args)
+    cmd += [str(input_path), str(output_path), plan.ftype]
+    if threads:
+        cmd.append(str(threads))
+    return cmd
+
+
+def shell_join(cmd: Sequence[str]) -> str:
+    """A copy-pasteable rendering of an argument list."""
+    return shlex.join(list(cmd))
+
+
+from quantforge.plan._lint import lint  # noqa: E402  (needs the models above)
+
+__all__ = [
+    "MIXTURE",
+    "ImatrixMeta",
+    "LintFinding",
+    "QuantPlan",
+    "TensorPlan",
+    "expand",
+    "lint",
+    "quantize_args_for",
+    "quantize_command",
+    "read_imatrix_meta",
+    "shell_join",
+    "tensor_group",
+]
