@@ -1,0 +1,631 @@
+"""The TOML recipe format: what a quant author writes, validated and resolved.
+
+Two layers of models:
+
+* the *file* models (``RecipeFile`` …) describe exactly what may be written in the TOML;
+  they give the JSON Schema (``quantforge recipe schema``) and reject unknown keys;
+* the *resolved* models (``Recipe``, ``QuantVariant``, ``Rule``) are what the planner uses:
+  ``extends`` is resolved, type names are normalised to the engine's spelling, layer
+  ranges are compiled into the regex a human would write, and every rule knows the
+  TOML line it came from so errors and lint findings can point at it.
+
+Rules keep the engines' semantics: an ordered list, each ``match`` is a regex searched in
+the tensor name (``std::regex_search`` in both engines), first match wins.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from quantforge.errors import RecipeError
+
+Engine = Literal["ik", "mainline"]
+Place = Literal["cpu", "gpu"]
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+# --------------------------------------------------------------------------- file models
+
+
+class RuleSpec(BaseModel):
+    """One rule as written: ``{ match = 'ffn_down_exps', layers = "3-60", type = "iq3_k" }``."""
+
+    model_config = _FROZEN
+    match: str = Field(description="Regex searched in the tensor name (first matching rule wins).")
+    type: str = Field(description="Quant type, any case; normalised to the engine's ggml spelling.")
+    layers: str | None = Field(
+        default=None,
+        description='Layer range such as "3-60" or "0-2,61"; the match is then anchored right after "blk.N.".',
+    )
+    place: Place | None = Field(default=None, description="Where the tensor should live at run time.")
+    repack: bool | None = Field(
+        default=None, description="ik only: use the _r4/_r8 twin of the type (overrides the variant's repack_cpu)."
+    )
+    comment: str | None = None
+
+
+class ModelSection(BaseModel):
+    model_config = _FROZEN
+    id: str | None = Field(default=None, description="Shipped offline inventory or Hugging Face model id.")
+    base: str | None = Field(default=None, description="Base GGUF: a local path (relative to the recipe) or hf://org/repo/file.gguf.")
+    engine: Engine = Field(default="ik", description="ik (ik_llama.cpp) or mainline (llama.cpp).")
+    name: str | None = Field(default=None, description="Display name used for output files and the card.")
+
+
+class ImatrixSection(BaseModel):
+    model_config = _FROZEN
+    file: str | None = Field(default=None, description="Existing imatrix (legacy .dat or GGUF), path or hf://.")
+    corpus: str | None = Field(default=None, description="Calibration text used to compute one with llama-imatrix.")
+    chunks: int | None = Field(default=None, gt=0)
+    ctx: int | None = Field(default=None, gt=0)
+
+
+class QuantSection(BaseModel):
+    model_config = _FROZEN
+    name: str = Field(description="Variant name, e.g. IQ2_K_R4; also the output file suffix.")
+    ftype: str | None = Field(default=None, description="llama-quantize's base type argument, e.g. IQ2_K_R4.")
+    default: str | None = Field(default=None, description="Type for every quantizable tensor that no rule matches.")
+    extends: str | None = Field(default=None, description="Name of a variant whose rules follow this one's.")
+    repack_cpu: bool | None = Field(default=None, description="ik: cpu-placed rule types become their _r4/_r8 twin.")
+    description: str | None = None
+    rules: list[RuleSpec] = Field(default_factory=list)
+
+
+class EvalSection(BaseModel):
+    model_config = _FROZEN
+    corpus: str | None = None
+    ctx: int | None = Field(default=None, gt=0)
+    chunks: int | None = Field(default=None, gt=0)
+
+
+class PublishSection(BaseModel):
+    model_config = _FROZEN
+    repo: str | None = None
+    base_model: str | None = None
+    license: str | None = None
+    quantized_by: str | None = None
+    pipeline_tag: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    targets: list[str] = Field(default_factory=list, description="Hardware targets shown in the card's fit table.")
+    ctx: int | None = Field(default=None, gt=0, description="Context used for the card's fit table.")
+
+
+class RecipeFile(BaseModel):
+    """The whole TOML document."""
+
+    model_config = _FROZEN
+    model: ModelSection
+    imatrix: ImatrixSection | None = None
+    quant: list[QuantSection] = Field(min_length=1)
+    eval: EvalSection | None = None
+    publish: PublishSection | None = None
+
+
+# --------------------------------------------------------------------------- resolved models
+
+
+class Rule(BaseModel):
+    model_config = _FROZEN
+    match: str
+    layers: str | None = None
+    type: str
+    declared_type: str
+    place: Place | None = None
+    repack: bool | None = None
+    pattern: str
+    where: str
+    index: int
+
+
+class QuantVariant(BaseModel):
+    model_config = _FROZEN
+    name: str
+    ftype: str
+    default: str
+    rules: tuple[Rule, ...]
+    repack_cpu: bool = False
+    extends: str | None = None
+    description: str | None = None
+    where: str
+
+
+class Recipe(BaseModel):
+    model_config = _FROZEN
+    path: str | None
+    sha256: str
+    engine: Engine
+    model: ModelSection
+    imatrix: ImatrixSection | None
+    quants: tuple[QuantVariant, ...]
+    eval: EvalSection | None = None
+    publish: PublishSection | None = None
+
+    def variant(self, name: str | None = None) -> QuantVariant:
+        """The variant called ``name`` (case-insensitive); ``None`` gives the first."""
+        if name is None:
+            return self.quants[0]
+        for q in self.quants:
+            if q.name == name or q.name.lower() == name.lower():
+                return q
+        names = [q.name for q in self.quants]
+        near = difflib.get_close_matches(name, names, n=1)
+        raise RecipeError(
+            f"no variant named {name!r} in this recipe",
+            where=self.path,
+            hint=f"did you mean {near[0]}?" if near else f"variants: {', '.join(names)}",
+        )
+
+    def resolve_path(self, value: str | None) -> str | None:
+        """A path written in the recipe, made relative to the recipe's folder (hf:// kept)."""
+        if value is None or value.startswith("hf://") or self.path is None:
+            return value
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else Path(self.path).parent / p)
+
+
+# --------------------------------------------------------------------------- layer ranges
+
+
+def parse_layers(spec: str) -> list[int]:
+    """``"3-60"`` → [3..60]; ``"0-2,61"`` → [0, 1, 2, 61]. Raises ValueError on bad input."""
+    out: set[int] = set()
+    for part in spec.replace(" ", "").split(","):
+        if not part:
+            raise ValueError(f"empty item in layer range {spec!r}")
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"bad layer range item {part!r} (write e.g. \"3-60\" or \"0-2,61\")")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise ValueError(f"layer range {part!r} runs backwards")
+        if hi > 100_000:
+            raise ValueError(f"layer {hi} is absurdly large")
+        out.update(range(lo, hi + 1))
+    return sorted(out)
+
+
+def _digits(a: int, b: int) -> str:
+    return str(a) if a == b else f"[{a}-{b}]"
+
+
+def _same_width_pieces(lo: str, hi: str) -> list[str]:
+    """Alternatives matching lo..hi, both written with the same number of digits."""
+    if lo == hi:
+        return [lo]
+    if len(lo) == 1:
+        return [_digits(int(lo), int(hi))]
+    if lo[0] == hi[0]:
+        return [lo[0] + p for p in _same_width_pieces(lo[1:], hi[1:])]
+    n = len(lo) - 1
+    out: list[str] = []
+    first_full = int(lo[0])
+    if lo[1:] != "0" * n:
+        out += [lo[0] + p for p in _same_width_pieces(lo[1:], "9" * n)]
+        first_full += 1
+    last_full = int(hi[0]) if hi[1:] == "9" * n else int(hi[0]) - 1
+    if first_full <= last_full:
+        out.append(_digits(first_full, last_full) + "[0-9]" * n)
+    if hi[1:] != "9" * n:
+        out += [hi[0] + p for p in _same_width_pieces("0" * n, hi[1:])]
+    return out
+
+
+def layers_regex(layers: Iterable[int]) -> str:
+    """The alternation a human would write: [3..60] → ``[3-9]|[1-5][0-9]|60``."""
+    nums = sorted(set(layers))
+    if not nums:
+        raise ValueError("empty layer set")
+    runs: list[tuple[int, int]] = []
+    start = prev = nums[0]
+    for n in nums[1:]:
+        if n == prev + 1:
+            prev = n
+            continue
+        runs.append((start, prev))
+        start = prev = n
+    runs.append((start, prev))
+    alts: list[str] = []
+    for lo, hi in runs:
+        # Split at powers of ten so each piece has a fixed number of digits.
+        while lo <= hi:
+            width_top = 10 ** len(str(lo)) - 1
+            seg_hi = min(hi, width_top)
+            alts.extend(_same_width_pieces(str(lo), str(seg_hi)))
+            lo = seg_hi + 1
+    return "|".join(alts)
+
+
+def compile_layers(spec: str) -> str:
+    """``"3-60"`` → ``blk\\.([3-9]|[1-5][0-9]|60)\\.``, the prefix a rule's match follows."""
+    alt = layers_regex(parse_layers(spec))
+    return rf"blk\.({alt})\." if "|" in alt else rf"blk\.{alt}\."
+
+
+# --------------------------------------------------------------------------- regex checks
+
+# Constructs Python's ``re`` accepts but ECMAScript ``std::regex`` (both engines) does not.
+_NON_ECMA = [
+    (re.compile(r"\(\?P[<=>]"), "named groups (?P<…>) are Python-only"),
+    (re.compile(r"\(\?<[=!]"), "lookbehind is not supported by std::regex"),
+    (re.compile(r"\(\?[aiLmsux-]+[):]"), "inline flags such as (?i) are Python-only"),
+    (re.compile(r"\\[AZ]"), r"\A and \Z are Python-only (use ^ and $)"),
+    (re.compile(r"\(\?#"), "comments (?#…) are Python-only"),
+]
+
+
+def check_regex(pattern: str) -> re.Pattern[str]:
+    """Compile ``pattern`` or raise ValueError saying why it cannot be used.
+
+    Besides syntax errors this refuses constructs the C++ engines would parse differently
+    and nested unbounded quantifiers such as ``(a+)+``, which can backtrack for hours.
+    """
+    if not pattern:
+        raise ValueError("empty regex")
+    for probe, why in _NON_ECMA:
+        if probe.search(pattern):
+            raise ValueError(why)
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regex: {exc}") from exc
+    if _has_nested_unbounded_repeat(pattern):
+        raise ValueError("nested unbounded quantifiers (like (a+)+) can backtrack catastrophically; simplify the regex")
+    return compiled
+
+
+def _has_nested_unbounded_repeat(pattern: str) -> bool:
+    try:
+        import re._parser as sre_parse  # Python ≥ 3.11
+    except ImportError:  # pragma: no cover
+        import sre_parse  # type: ignore[no-redef]
+    from re._constants import MAX_REPEAT, MAXREPEAT, MIN_REPEAT  # type: ignore[attr-defined]
+
+    def walk(items: Any, inside_unbounded: bool) -> bool:
+        for op, av in items:
+            if op in (MAX_REPEAT, MIN_REPEAT):
+                lo, hi, sub = av
+                unbounded = hi == MAXREPEAT or hi > 1000
+                if unbounded and inside_unbounded and _can_repeat_nonempty(sub):
+                    return True
+                if walk(sub, inside_unbounded or unbounded):
+                    return True
+            elif isinstance(av, (list, tuple)):
+                for x in av:
+                    if isinstance(x, sre_parse.SubPattern) and walk(x, inside_unbounded):
+                        return True
+                    if isinstance(x, (list, tuple)):
+                        for y in x:
+                            if isinstance(y, sre_parse.SubPattern) and walk(y, inside_unbounded):
+                                return True
+            elif isinstance(av, sre_parse.SubPattern) and walk(av, inside_unbounded):
+                return True
+        return False
+
+    return walk(sre_parse.parse(pattern), False)
+
+
+def _can_repeat_nonempty(sub: Any) -> bool:
+    lo, hi = sub.getwidth()
+    return hi > 0
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read, validate and resolve a recipe file. Raises ``RecipeError`` pointing at the spot."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found", where=str(p), hint="check the path") from None
+    except IsADirectoryError:
+        raise RecipeError("is a folder, not a recipe file", where=str(p), hint="give a .toml file") from None
+    except UnicodeDecodeError:
+        raise RecipeError("recipe is not UTF-8 text", where=str(p), hint="save the recipe as UTF-8 TOML") from None
+    return parse_recipe(text, path=str(p))
+
+
+def parse_recipe(text: str, *, path: str | None = None) -> Recipe:
+    import tomllib
+
+    label = path or "<recipe>"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        where = f"{label}:{m.group(1)}:{m.group(2)}" if m else label
+        raise RecipeError(
+            f"malformed TOML: {re.sub(r' ?[(]at line.*', '', msg)}", where=where, hint="fix the TOML syntax"
+        ) from None
+    locate = _Locator(text)
+    try:
+        spec = RecipeFile.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc, label, locate) from None
+    return _resolve(spec, text=text, path=path, label=label, locate=locate)
+
+
+def _validation_error(exc: ValidationError, label: str, locate: _Locator) -> RecipeError:
+    err = exc.errors()[0]
+    loc = err["loc"]
+    field = _loc_str(loc)
+    line = locate.line_of(loc)
+    where = f"{label}:{line} {field}" if line else f"{label} {field}"
+    hint = None
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        key = str(loc[-1])
+        near = difflib.get_close_matches(key, list(parent.model_fields), n=1) if parent else []
+        msg = f"unknown key {key!r}"
+        hint = f"did you mean {near[0]!r}?" if near else (f"valid keys: {', '.join(parent.model_fields)}" if parent else None)
+    elif err["type"] == "missing":
+        msg = f"required field {str(loc[-1])!r} is missing"
+        hint = "add it"
+    else:
+        msg = err["msg"]
+        if "input" in err and not isinstance(err["input"], (dict, list)):
+            msg = f"{msg} (got {err['input']!r})"
+        hint = "see `quantforge recipe schema` for the allowed values"
+    return RecipeError(msg, where=where, hint=hint)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = RecipeFile
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        sub = _first_model(ann)
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
+def _first_model(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _loc_str(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _Locator:
+    """Finds the TOML line of a field path like ``quant[1].rules[3].match`` (best effort).
+
+    tomllib gives no positions, so this scans the text: the k-th ``[[quant]]`` header, then
+    the ``rules`` key inside it, then the n-th inline table of that array.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def line_of(self, loc: tuple[Any, ...] | list[Any]) -> int | None:
+        loc = tuple(loc)
+        if not loc:
+            return None
+        head = str(loc[0])
+        if head == "quant":
+            starts = [i for i, ln in enumerate(self.lines) if re.match(r"\s*\[\[\s*quant\s*\]\]", ln)]
+            if len(loc) < 2 or not isinstance(loc[1], int) or loc[1] >= len(starts):
+                return starts[0] + 1 if starts else None
+            start = starts[loc[1]]
+            end = starts[loc[1] + 1] if loc[1] + 1 < len(starts) else len(self.lines)
+            if len(loc) >= 3:
+                key = str(loc[2])
+                key_line = self._key_line(key, start, end)
+                if key == "rules" and key_line is not None and len(loc) >= 4 and isinstance(loc[3], int):
+                    return self._nth_inline_table(key_line, end, loc[3]) or key_line + 1
+                return (key_line + 1) if key_line is not None else start + 1
+            return start + 1
+        sec = [i for i, ln in enumerate(self.lines) if re.match(rf"\s*\[\s*{re.escape(head)}\s*\]", ln)]
+        if not sec:
+            return None
+        start = sec[0]
+        if len(loc) >= 2:
+            nxt = next((i for i in range(start + 1, len(self.lines)) if re.match(r"\s*\[", self.lines[i])), len(self.lines))
+            key_line = self._key_line(str(loc[1]), start, nxt)
+            if key_line is not None:
+                return key_line + 1
+        return start + 1
+
+    def _key_line(self, key: str, start: int, end: int) -> int | None:
+        pat = re.compile(rf"\s*{re.escape(key)}\s*=")
+        for i in range(start, end):
+            if pat.match(self.lines[i]):
+                return i
+        return None
+
+    def _nth_inline_table(self, from_line: int, end: int, n: int) -> int | None:
+        count = -1
+        depth = 0
+        for i in range(from_line, end):
+            line = re.sub(r"'[^']*'|\"(?:[^\"\\]|\\.)*\"", "''", self.lines[i])
+            line = line.split("#", 1)[0]
+            for ch in line:
+                if ch == "{":
+                    if depth == 0:
+                        count += 1
+                        if count == n:
+                            return i + 1
+                    depth += 1
+                elif ch == "}":
+                    depth -= 1
+        return None
+
+
+def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locate: _Locator) -> Recipe:
+    from quantforge.catalogue import catalogue
+
+    if spec.model.id is None and spec.model.base is None:
+        raise RecipeError(
+            "the [model] section needs `id` (a shipped inventory or HF id) or `base` (a GGUF path or hf:// URL)",
+            where=f"{label}:{locate.line_of(('model',)) or 1} model",
+            hint='add e.g. id = "deepseek-ai/DeepSeek-R1-0528"',
+        )
+    engine = spec.model.engine
+    cat = catalogue(engine)
+    by_name: dict[str, tuple[int, QuantSection]] = {}
+    for i, q in enumerate(spec.quant):
+        if q.name in by_name:
+            raise RecipeError(
+                f"two variants are named {q.name!r}",
+                where=f"{label}:{locate.line_of(('quant', i, 'name'))} quant[{i}].name",
+                hint="give each [[quant]] a unique name",
+            )
+        by_name[q.name] = (i, q)
+
+    def chain(i: int, q: QuantSection) -> list[tuple[int, QuantSection]]:
+        seen = [q.name]
+        out = [(i, q)]
+        cur = q
+        while cur.extends is not None:
+            if cur.extends not in by_name:
+                j = out[-1][0]
+                near = difflib.get_close_matches(cur.extends, list(by_name), n=1)
+                raise RecipeError(
+                    f"extends unknown variant {cur.extends!r}",
+                    where=f"{label}:{locate.line_of(('quant', j, 'extends'))} quant[{j}].extends",
+                    hint=f"did you mean {near[0]!r}?" if near else f"variants: {', '.join(by_name)}",
+                )
+            if cur.extends in seen:
+                raise RecipeError(
+                    f"variants extend each other in a cycle: {' -> '.join([*seen, cur.extends])}",
+                    where=f"{label}:{locate.line_of(('quant', i, 'extends'))} quant[{i}].extends",
+                    hint="remove one of the extends",
+                )
+            seen.append(cur.extends)
+            j, cur = by_name[cur.extends]
+            out.append((j, cur))
+        return out
+
+    variants: list[QuantVariant] = []
+    for i, q in enumerate(spec.quant):
+        lineage = chain(i, q)
+        ftype = next((x.ftype for _, x in lineage if x.ftype), None)
+        default = next((x.default for _, x in lineage if x.default), None)
+        repack_cpu = next((x.repack_cpu for _, x in lineage if x.repack_cpu is not None), False)
+        qwhere = f"{label}:{locate.line_of(('quant', i))} quant[{i}]"
+        if default is None:
+            raise RecipeError(
+                f"variant {q.name!r} has no `default` type for tensors no rule matches",
+                where=qwhere,
+                hint='add e.g. default = "iq4_ks" (an explicit default is required)',
+            )
+        default_t = _type(cat, default, f"{label}:{locate.line_of(('quant', i, 'default'))} quant[{i}].default")
+        if ftype is None:
+            ftype = default_t.upper()
+        from quantforge.catalogue import ftype as lookup_ftype
+
+        try:
+            ft = lookup_ftype(engine, ftype)
+        except RecipeError as exc:
+            raise RecipeError(
+                exc.message, where=f"{label}:{locate.line_of(('quant', i, 'ftype'))} quant[{i}].ftype", hint=exc.hint
+            ) from None
+        rules: list[Rule] = []
+        for j, x in lineage:
+            for k, r in enumerate(x.rules):
+                rwhere = f"{label}:{locate.line_of(('quant', j, 'rules', k))} quant[{x.name}].rules[{k}]"
+                rules.append(_rule(cat, r, engine=engine, repack_cpu=repack_cpu, where=rwhere, index=len(rules)))
+        variants.append(
+            QuantVariant(
+                name=q.name,
+                ftype=ft.name,
+                default=default_t,
+                rules=tuple(rules),
+                repack_cpu=repack_cpu,
+                extends=q.extends,
+                description=q.description,
+                where=qwhere,
+            )
+        )
+    return Recipe(
+        path=path,
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        engine=engine,
+        model=spec.model,
+        imatrix=spec.imatrix,
+        quants=tuple(variants),
+        eval=spec.eval,
+        publish=spec.publish,
+    )
+
+
+def _type(cat: Any, name: str, where: str) -> str:
+    try:
+        return str(cat.get(name).name)
+    except RecipeError as exc:
+        raise RecipeError(exc.message, where=where, hint=exc.hint) from None
+
+
+def _rule(cat: Any, r: RuleSpec, *, engine: Engine, repack_cpu: bool, where: str, index: int) -> Rule:
+    declared = _type(cat, r.type, f"{where}.type")
+    try:
+        check_regex(r.match)
+    except ValueError as exc:
+        raise RecipeError(f"bad match regex {r.match!r}: {exc}", where=f"{where}.match", hint="fix the regex") from None
+    if r.layers is not None:
+        try:
+            prefix = compile_layers(r.layers)
+        except ValueError as exc:
+            raise RecipeError(str(exc), where=f"{where}.layers", hint='write e.g. layers = "3-60"') from None
+        pattern = prefix + r.match
+    else:
+        pattern = r.match
+    effective = declared
+    want_repack = r.repack if r.repack is not None else (repack_cpu and r.place == "cpu")
+    if want_repack:
+        if engine != "ik":
+            raise RecipeError(
+                "row-interleaved (_r4/_r8) repacking exists only in ik_llama.cpp",
+                where=f"{where}.repack",
+                hint='set engine = "ik" or drop repack',
+            )
+        twin = cat.repacked_twin(declared)
+        if twin is None and r.repack:
+            raise RecipeError(
+                f"{declared} has no row-interleaved twin", where=f"{where}.repack", hint="drop repack for this rule"
+            )
+        effective = twin or declared
+    return Rule(
+        match=r.match,
+        layers=r.layers,
+        type=effective,
+        declared_type=declared,
+        place=r.place,
+        repack=r.repack,
+        pattern=pattern,
+        where=where,
+        index=index,
+    )
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """JSON Schema of the recipe file, for editors (``quantforge recipe schema``)."""
+    schema = RecipeFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "quantforge recipe"
+    return schema
