@@ -1,0 +1,430 @@
+"""Uploading a built recipe to Hugging Face: staging layout, upload plan, commits.
+
+The layout follows what publishers do: a variant that is one file sits at the repo root
+(``SmolLM2-135M-Q4_K_M.gguf``); a split variant gets its own folder holding its
+``-0000N-of-0000M.gguf`` shards; plots and the importance matrix sit beside them; the card
+(``README.md``) is committed last so it never links to files that are not there yet.
+
+Uploads go through ``huggingface_hub`` (LFS or Xet, whichever the client picks; resumable
+because blobs already in storage are skipped by the library), one commit per variant (split
+further when a variant has many shards), each message carrying the recipe sha256. Files whose
+sha256 the Hub already lists at the same path are left out of the commits altogether.
+
+The token comes from ``HF_TOKEN`` or the huggingface_hub login. It is never put into a model,
+a log line or an error message: every message that leaves this module goes through ``_scrub``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from quantforge.constants import HF_MAX_FILE_BYTES
+from quantforge.errors import PublishError, UsageError
+
+#: The Hub's repo-id grammar (namespace/name): letters, digits, "-", "_", "." ; no "--" or "..";
+#: no leading/trailing "-" or "."; name at most 96 characters.
+_REPO_PART = r"(?!.*(?:--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+REPO_ID_RE = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
+SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+#: At most this many files in one commit (the Hub handles more, but small commits resume better).
+MAX_FILES_PER_COMMIT = 50
+
+FileKind = Literal["gguf", "card", "plot", "imatrix", "other"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LocalFile(_Frozen):
+    """A file to publish, as a manifest lists it."""
+
+    path: str  # local path (never shown in the card or in commit messages)
+    bytes: int
+    sha256: str
+
+
+class VariantFiles(_Frozen):
+    """The built files of one variant (one GGUF, or the shards of a split set)."""
+
+    name: str
+    files: tuple[LocalFile, ...]
+
+
+class StagedFile(_Frozen):
+    path_in_repo: str
+    bytes: int
+    sha256: str
+    kind: FileKind
+    variant: str | None = None
+    #: Local source (absent for generated files such as the card, whose text is in the plan).
+    source: str | None = None
+
+
+class CommitPlan(_Frozen):
+    summary: str
+    description: str
+    paths: tuple[str, ...]
+    bytes: int
+
+
+class UploadPlan(_Frozen):
+    """What ``publish`` uploads, in which commits and in which order (the card last)."""
+
+    repo: str
+    private: bool
+    recipe_sha256: str
+    files: tuple[StagedFile, ...]
+    commits: tuple[CommitPlan, ...]
+    total_bytes: int
+    max_file_bytes: int
+    staging: str | None = None
+    card: str  # README.md text
+
+    def file(self, path_in_repo: str) -> StagedFile:
+        for f in self.files:
+            if f.path_in_repo == path_in_repo:
+                return f
+        raise KeyError(path_in_repo)
+
+
+class CommitDone(_Frozen):
+    summary: str
+    oid: str | None  # None: nothing changed, no commit made
+    uploaded: tuple[str, ...]
+    skipped: tuple[str, ...]
+
+
+class UploadResult(_Frozen):
+    repo: str
+    url: str
+    plan: UploadPlan
+    commits: tuple[CommitDone, ...]
+    uploaded: tuple[str, ...]
+    skipped: tuple[str, ...]
+    bytes_uploaded: int
+    dry_run: bool = False
+
+
+# -- validation ---------------------------------------------------------------------------
+
+
+def check_repo_id(repo: str) -> str:
+    """``ORG/NAME`` or raise ``UsageError`` naming the rule it breaks."""
+    if not REPO_ID_RE.match(repo or "") or len(repo.split("/")[1]) > 96:
+        raise UsageError(
+            f"repo id {repo!r} is malformed",
+            where="--repo",
+            hint="use ORG/NAME with letters, digits, '-', '_', '.', e.g. --repo my-org/SmolLM2-135M-GGUF",
+        )
+    return repo
+
+
+def layout_variant(variant: VariantFiles, *, max_file_bytes: int = HF_MAX_FILE_BYTES) -> list[StagedFile]:
+    """Repo paths for one variant's files; refuses files over the per-file limit."""
+    if not variant.files:
+        raise PublishError(f"variant {variant.name} has no built files", where=variant.name,
+                           hint=f"run: quantforge build RECIPE --quant {variant.name}")
+    split = len(variant.files) > 1 or bool(SPLIT_RE.search(Path(variant.files[0].path).name))
+    out: list[StagedFile] = []
+    for f in variant.files:
+        name = Path(f.path).name
+        if f.bytes > max_file_bytes:
+            raise PublishError(
+                f"{name} is {f.bytes} bytes, over the Hub's per-file limit of {max_file_bytes} bytes, "
+                "and is not a split GGUF shard that could be uploaded as is",
+                where=variant.name,
+                hint="rebuild it split: llama-gguf-split --split --split-max-size 45G IN.gguf OUT "
+                "(or quantforge build with splitting), then publish again",
+            )
+        if split:
+            m = SPLIT_RE.search(name)
+            if not m or int(m.group(2)) != len(variant.files):
+                raise PublishError(
+                    f"variant {variant.name} has {len(variant.files)} files but {name} is not named "
+                    f"-0000N-of-{len(variant.files):05d}.gguf",
+                    where=variant.name,
+                    hint="publish the complete split set as llama-gguf-split wrote it",
+                )
+        out.append(
+            StagedFile(
+                path_in_repo=f"{variant.name}/{name}" if split else name,
+                bytes=f.bytes,
+                sha256=f.sha256,
+                kind="gguf",
+                variant=variant.name,
+                source=f.path,
+            )
+        )
+    return out
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- plan ---------------------------------------------------------------------------------
+
+
+def build_plan(
+    *,
+    repo: str,
+    recipe_sha256: str,
+    card: str,
+    variants: Sequence[VariantFiles],
+    extras: Sequence[tuple[str, str, FileKind]] = (),
+    private: bool = False,
+    max_file_bytes: int = HF_MAX_FILE_BYTES,
+    staging: str | None = None,
+) -> UploadPlan:
+    """The upload plan: every file with its repo path, size and sha256, and the commit order.
+
+    ``extras`` are ``(path_in_repo, local_path, kind)`` (plots, the importance matrix); they are
+    committed after the variants and before the card.
+    """
+    check_repo_id(repo)
+    files: list[StagedFile] = []
+    commits: list[CommitPlan] = []
+    seen: set[str] = set()
+
+    def add_commit(summary: str, group: list[StagedFile]) -> None:
+        for i in range(0, len(group), MAX_FILES_PER_COMMIT):
+            chunk = group[i : i + MAX_FILES_PER_COMMIT]
+            part = f" (part {i // MAX_FILES_PER_COMMIT + 1})" if len(group) > MAX_FILES_PER_COMMIT else ""
+            commits.append(
+                CommitPlan(
+                    summary=f"{summary}{part} [recipe sha256 {recipe_sha256}]",
+                    description=f"Generated by quantforge from a recipe with sha256 {recipe_sha256}.",
+                    paths=tuple(f.path_in_repo for f in chunk),
+                    bytes=sum(f.bytes for f in chunk),
+                )
+            )
+
+    def claim(f: StagedFile) -> None:
+        if f.path_in_repo in seen:
+            raise PublishError(f"two files would be uploaded as {f.path_in_repo}", where=f.variant or f.path_in_repo,
+                               hint="give the variants distinct output names")
+        seen.add(f.path_in_repo)
+        files.append(f)
+
+    for v in variants:
+        group = layout_variant(v, max_file_bytes=max_file_bytes)
+        for f in group:
+            claim(f)
+        add_commit(f"Add {v.name} ({len(group)} file{'s' if len(group) != 1 else ''})", group)
+
+    assets: list[StagedFile] = []
+    for path_in_repo, local, kind in extras:
+        size = os.path.getsize(local)
+        if size > max_file_bytes:
+            raise PublishError(f"{path_in_repo} is {size} bytes, over the per-file limit of {max_file_bytes} bytes "
+                               "and cannot be split", where=path_in_repo, hint="leave it out of the upload")
+        f = StagedFile(path_in_repo=path_in_repo, bytes=size, sha256=sha256_file(local), kind=kind, source=local)
+        claim(f)
+        assets.append(f)
+    if assets:
+        add_commit(f"Add {len(assets)} asset file{'s' if len(assets) != 1 else ''} (plots, imatrix)", assets)
+
+    data = card.encode()
+    card_file = StagedFile(path_in_repo="README.md", bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), kind="card")
+    claim(card_file)
+    add_commit("Update model card", [card_file])
+
+    return UploadPlan(
+        repo=repo,
+        private=private,
+        recipe_sha256=recipe_sha256,
+        files=tuple(files),
+        commits=tuple(commits),
+        total_bytes=sum(f.bytes for f in files),
+        max_file_bytes=max_file_bytes,
+        staging=staging,
+        card=card,
+    )
+
+
+def write_staging(plan: UploadPlan, staging: Path, *, force: bool = False) -> UploadPlan:
+    """Write the exact folder that would be uploaded, plus ``upload-plan.json`` beside it.
+
+    GGUFs are hard-linked when staging is on the same file system (a 300 GB quant is not
+    copied), else copied. The plan file lists files, sizes, hashes and commit order.
+    """
+    staging = Path(staging)
+    if staging.exists() and any(staging.iterdir()):
+        if not force:
+            raise UsageError(f"staging folder {staging} is not empty", where="--staging",
+                             hint="give an empty or new folder, or --force to replace it")
+        shutil.rmtree(staging)
+    tmp = staging.with_name(staging.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "repo").mkdir(parents=True)
+    for f in plan.files:
+        dst = tmp / "repo" / f.path_in_repo
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if f.kind == "card":
+            dst.write_text(plan.card, encoding="utf-8")
+            continue
+        assert f.source is not None
+        try:
+            os.link(f.source, dst)
+        except OSError:
+            shutil.copyfile(f.source, dst)
+    out = plan.model_copy(update={"staging": str(staging)})
+    (tmp / "upload-plan.json").write_text(json.dumps(plan_json(out), indent=2) + "\n", encoding="utf-8")
+    if staging.exists():
+        staging.rmdir()
+    os.replace(tmp, staging)
+    return out
+
+
+def plan_json(plan: UploadPlan) -> dict[str, Any]:
+    """The plan as written to ``upload-plan.json``: no local paths, no card text, no token."""
+    return {
+        "repo": plan.repo,
+        "private": plan.private,
+        "recipe_sha256": plan.recipe_sha256,
+        "total_bytes": plan.total_bytes,
+        "max_file_bytes": plan.max_file_bytes,
+        "files": [
+            {"path": f.path_in_repo, "bytes": f.bytes, "sha256": f.sha256, "kind": f.kind, "variant": f.variant}
+            for f in plan.files
+        ],
+        "commits": [c.model_dump() for c in plan.commits],
+    }
+
+
+# -- upload -------------------------------------------------------------------------------
+
+
+def hub_endpoint() -> str | None:
+    """``HF_ENDPOINT`` at call time (huggingface_hub freezes it at import; tests and mirrors set it later)."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def resolve_token() -> str:
+    """The token from ``HF_TOKEN`` or the huggingface_hub login; ``UsageError`` when there is none."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise UsageError("no Hugging Face token found", where="HF_TOKEN",
+                         hint="set HF_TOKEN or run `hf auth login`; or use --dry-run to stage without uploading")
+    return token
+
+
+def _scrub(text: str, token: str | None) -> str:
+    """Remove the token (and anything that looks like one) from text meant for a user."""
+    if token:
+        text = text.replace(token, "hf_***")
+    return re.sub(r"\bhf_[A-Za-z0-9]{6,}\b", "hf_***", text)
+
+
+def _remote_state(api: Any, repo: str, paths: Sequence[str]) -> dict[str, tuple[str | None, str]]:
+    """``path -> (lfs sha256 or None, git blob id)`` of the files the Hub already holds."""
+    out: dict[str, tuple[str | None, str]] = {}
+    for i in range(0, len(paths), 100):
+        for entry in api.get_paths_info(repo, list(paths[i : i + 100])):
+            if getattr(entry, "lfs", None) is not None:
+                out[entry.path] = (entry.lfs.sha256, entry.blob_id)
+            elif hasattr(entry, "blob_id"):
+                out[entry.path] = (None, entry.blob_id)
+    return out
+
+
+def _git_blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _same(f: StagedFile, remote: tuple[str | None, str] | None, card: bytes) -> bool:
+    if remote is None:
+        return False
+    lfs_sha, blob_id = remote
+    if lfs_sha is not None:
+        return lfs_sha == f.sha256
+    if f.kind == "card":
+        return blob_id == _git_blob_id(card)
+    assert f.source is not None
+    return blob_id == _git_blob_id(Path(f.source).read_bytes()) if f.bytes < 10 * 1024 * 1024 else False
+
+
+def execute(plan: UploadPlan, *, token: str, progress: bool = False) -> UploadResult:
+    """Create the repo if needed and run the plan's commits in order (the card last)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    if hf_constants.is_offline_mode():
+        raise PublishError("huggingface_hub is in offline mode (HF_HUB_OFFLINE is set)", where="HF_HUB_OFFLINE",
+                           hint="unset HF_HUB_OFFLINE to upload, or use --dry-run")
+    api = HfApi(endpoint=hub_endpoint(), token=token, library_name="quantforge")
+    was_disabled = are_progress_bars_disabled()
+    if not progress:
+        disable_progress_bars()
+    card = plan.card.encode()
+    done: list[CommitDone] = []
+    uploaded: list[str] = []
+    skipped: list[str] = []
+    try:
+        url = str(api.create_repo(plan.repo, private=plan.private, exist_ok=True, repo_type="model"))
+        remote = _remote_state(api, plan.repo, [f.path_in_repo for f in plan.files])
+        by_path = {f.path_in_repo: f for f in plan.files}
+        for c in plan.commits:
+            ops: list[Any] = []
+            c_up: list[str] = []
+            c_skip: list[str] = []
+            for p in c.paths:
+                f = by_path[p]
+                if _same(f, remote.get(p), card):
+                    c_skip.append(p)
+                    continue
+                src: Any = card if f.kind == "card" else f.source
+                ops.append(CommitOperationAdd(path_in_repo=p, path_or_fileobj=src))
+                c_up.append(p)
+            oid = None
+            if ops:
+                info = api.create_commit(plan.repo, ops, commit_message=c.summary, commit_description=c.description,
+                                         repo_type="model")
+                oid = info.oid
+            done.append(CommitDone(summary=c.summary, oid=oid, uploaded=tuple(c_up), skipped=tuple(c_skip)))
+            uploaded += c_up
+            skipped += c_skip
+    except Exception as exc:  # the library raises HTTP, OS and value errors; one scrubbed line for the user
+        if isinstance(exc, PublishError | UsageError):
+            raise
+        msg = _scrub(" ".join(f"{type(exc).__name__}: {exc}".split()), token)
+        raise PublishError(f"upload to {plan.repo} failed: {msg[:400]}", where=plan.repo,
+                           hint="run the same publish again: files already uploaded are skipped") from None
+    finally:
+        if not progress and not was_disabled:
+            enable_progress_bars()
+    return UploadResult(
+        repo=plan.repo,
+        url=url,
+        plan=plan,
+        commits=tuple(done),
+        uploaded=tuple(uploaded),
+        skipped=tuple(skipped),
+        bytes_uploaded=sum(by_path[p].bytes for p in uploaded),
+    )
+
+
+def iter_plan_lines(plan: UploadPlan) -> Iterator[str]:
+    """Human view of a plan: files with sizes and hashes, then the commit order."""
+    for f in plan.files:
+        yield f"{f.path_in_repo:60s} {f.bytes:>14d}  {f.sha256}"
+    for i, c in enumerate(plan.commits, 1):
+        yield f"commit {i}: {c.summary} — {len(c.paths)} file(s), {c.bytes} bytes"
