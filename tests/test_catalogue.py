@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quantforge.catalogue import catalogue, ftype, ftypes
+from quantforge.catalogue import QK_K, catalogue, ftype, ftypes
 from quantforge.errors import RecipeError
 
 NE0S = (256, 512, 1536, 7168)
@@ -317,3 +318,147 @@ def test_unknown_ftype() -> None:
     with pytest.raises(RecipeError) as e:
         ftype("mainline", "IQ2_K_R4")
     assert str(e.value) == 'ftype IQ2_K_R4 exists only in ik_llama.cpp (set engine = "ik")'
+
+
+# ---------------------------------------------------------------- the real ik llama-quantize (dry run)
+
+_DRY_TENSOR = re.compile(
+    r"\]\s+(\S+) - \[\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\], type =\s+\S+, Using custom type (\S+) for tensor \S+\n"
+    r"(?:.*\n)*?.*?converting to (\S+) \.\. size =\s+[\d.]+ MiB ->\s+([\d.]+) MiB"
+)
+
+
+def _ik_dry_run(ik_quantize: Path, smol_f16: Path, tmp_path: Path, rules: list[str], imatrix: Path | None):
+    args = [str(ik_quantize), "--dry-run"]
+    if imatrix is not None:
+        args += ["--imatrix", str(imatrix)]
+    args += ["--custom-q", ",".join(rules), str(smol_f16), str(tmp_path / "dry.gguf"), "Q8_0"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
+def _bundled_ik_types() -> list[str]:
+    return [
+        t.name
+        for t in catalogue("ik").types()
+        if t.quantizable and t.block_size > 1 and t.name not in IK_NEWER_THAN_BUNDLED
+    ]
+
+
+def test_every_ik_type_through_real_quantize_dry_run(
+    ik_quantize: Path, smol_f16: Path, smol_imatrix: Path, tmp_path: Path
+) -> None:
+    """Each quantizable ik type on ffn_down (ne0 = 1536) and ffn_gate (ne0 = 576): the type
+    llama-quantize writes (fallbacks) and its size equal resolve() and tensor_bytes()."""
+    cat = catalogue("ik")
+    names = _bundled_ik_types()
+    assert len(names) > 65
+    checked = 0
+    for start in range(0, len(names), 30):
+        chunk = names[start : start + 30]
+        rules = [f"blk\\.{i}\\.ffn_(down|gate)={n}" for i, n in enumerate(chunk)]
+        proc = _ik_dry_run(ik_quantize, smol_f16, tmp_path, rules, smol_imatrix)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        found = {m[1]: m for m in _DRY_TENSOR.finditer(proc.stdout + proc.stderr)}
+        for i, n in enumerate(chunk):
+            for tensor in (f"blk.{i}.ffn_down.weight", f"blk.{i}.ffn_gate.weight"):
+                m = found[tensor]
+                assert m[6] == n
+                shape = (int(m[2]), int(m[3]), int(m[4]), int(m[5]))
+                try:
+                    want, _ = cat.resolve(n, shape, tensor_name=tensor)
+                except RecipeError:
+                    continue  # ik would abort when really quantizing; a dry run does not
+                assert (tensor, m[7]) == (tensor, want)
+                assert m[8] == f"{cat.get(want).tensor_bytes(shape) / 1024 / 1024:.2f}", (tensor, n)
+                checked += 1
+    assert checked >= 2 * len(names) - 10
+
+
+def test_ik_imatrix_refusal_matches_real_quantize(ik_quantize: Path, smol_f16: Path, tmp_path: Path) -> None:
+    cat = catalogue("ik")
+    refused = set()
+    for n in _bundled_ik_types():
+        proc = _ik_dry_run(ik_quantize, smol_f16, tmp_path, [f"blk\\.0\\.ffn_down={n}"], None)
+        if "Missing importance matrix for tensor blk.0.ffn_down.weight" in proc.stdout + proc.stderr:
+            assert proc.returncode != 0
+            refused.add(n)
+        else:
+            assert proc.returncode == 0, (n, proc.stderr[-1000:])
+    assert refused == {n for n in _bundled_ik_types() if cat.needs_imatrix(n, tensor_name="blk.0.ffn_down.weight")}
+
+
+# ---------------------------------------------------------------- the ik sources (when checked out)
+
+IK_SRC = Path(os.environ.get("QUANTFORGE_IK_SRC", "/tmp/src/ik"))
+
+
+def _ik_source(rel: str) -> str:
+    path = IK_SRC / rel
+    if not path.is_file():
+        pytest.skip(f"ik_llama.cpp source not at {IK_SRC} (set QUANTFORGE_IK_SRC)")
+    return path.read_text(errors="replace")
+
+
+def _enum_names() -> dict[str, str]:
+    """GGML_TYPE_* enum name -> catalogue name, through the id in ik's ggml.h (Q4_0_4_4 is "q4_0_4x4")."""
+    header = _ik_source("ggml/include/ggml.h")
+    cat = catalogue("ik")
+    out = {}
+    for enum, value in re.findall(r"^\s+GGML_TYPE_(\w+)\s*=\s*(\d+),", header, re.M):
+        t = cat.by_id(int(value))
+        if t is not None:
+            out[enum] = t.name.lower()
+    return out
+
+
+def _ggml_types(text: str) -> set[str]:
+    names = _enum_names()
+    return {names[m] for m in re.findall(r"GGML_TYPE_(\w+)", text) if m != "COUNT"}
+
+
+def test_ik_cuda_matmul_matches_supports_op() -> None:
+    src = _ik_source("ggml/src/ggml-cuda.cu")
+    body = src[src.index("case GGML_OP_MUL_MAT:\n        case GGML_OP_MUL_MAT_ID:") :]
+    switch = body[body.index("switch (a->type)") : body.index("return true;", body.index("switch (a->type)"))]
+    want = _ggml_types(switch)
+    got = {t.name.lower() for t in catalogue("ik").types() if t.cuda_matmul}
+    assert got == want
+
+
+def test_ik_tables_match_llama_quantize_source() -> None:
+    src = _ik_source("src/llama-quantize.cpp")
+    cat = catalogue("ik")
+    # interleaved_properties
+    names = _enum_names()
+    pairs = re.findall(r"\{ GGML_TYPE_(\w+),\s*\{ GGML_TYPE_(\w+),\s*(\d+)\} \}", src)
+    assert {names[a]: (names[b], int(n)) for a, b, n in pairs} == {
+        t.name.lower(): (t.base.lower(), t.interleave) for t in cat.types() if t.base
+    }
+    # change_type_if_necessary: the QK_K list and the switch
+    fn = src[src.index("static ggml_type change_type_if_necessary") : src.index("static ggml_type llama_tensor_get_type")]
+    qk_k = _ggml_types(fn[: fn.index("if (nx % QK_K != 0)")])
+    assert qk_k == {t.name.lower() for t in cat.types() if t.fallback and t.row_multiple == QK_K}
+    for group, target in re.findall(r"((?:case GGML_TYPE_\w+:\s*)+)new_type = GGML_TYPE_(\w+);", fn):
+        for name in _ggml_types(group):
+            assert (name, (cat.get(name).fallback or "").lower()) == (name, names[target])
+    # the per-tensor imatrix refusal
+    chk = src[src.index("bool is_very_low_bpw_quant") : src.index("if (is_very_low_bpw_quant")]
+    assert _ggml_types(chk) - {"q2_k"} == {t.name.lower() for t in cat.types() if t.needs_imatrix}
+    # ftype -> default type switch
+    sw = src[src.index("switch (ftype) {\n        case LLAMA_FTYPE_MOSTLY_Q4_0: default_type") :]
+    sw = sw[: sw.index("default: throw")]
+    table = ftypes("ik")
+    for group, target in re.findall(r"((?:case LLAMA_FTYPE_(?:MOSTLY_)?\w+:\s*)+)default_type = GGML_TYPE_(\w+);", sw):
+        for ft in re.findall(r"LLAMA_FTYPE_(?:MOSTLY_|ALL_)?(\w+)", group):
+            assert (ft, (table[ft].default_type or "").lower()) == (ft, names[target])
+
+
+def test_ik_repack_map_matches_iqk_source() -> None:
+    src = _ik_source("ggml/src/iqk/iqk_quantize.cpp")
+    fn = src[src.index("const Repack * get_repack_info(ggml_type type)") :]
+    fn = fn[: fn.index("#ifdef __AVX512BF16__")]
+    names = _enum_names()
+    pairs = {names[a]: names[b] for a, b in re.findall(r"\{ GGML_TYPE_(\w+),\s*\{ GGML_TYPE_(\w+),", fn)}
+    pairs.pop("q8_k")  # q8_K is never stored, so never repacked from a file
+    got = {t.name.lower(): t.repacked.lower() for t in catalogue("ik").types() if t.repacked and t.name != "bf16"}
+    assert got == pairs
