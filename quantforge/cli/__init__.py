@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
 
@@ -79,23 +80,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _click_exceptions() -> tuple[type[BaseException], ...]:
-    import click
+def _click() -> Any:
+    # typer >= 0.29 vendors click as typer._click; older typers use the click package.
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions
+    return exceptions
 
-    return (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort)
+
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    ex = _click()
+    return (ex.ClickException, typer.Exit, typer.Abort)
 
 
 def _render_click(exc: BaseException) -> int:
-    import click
-
-    if isinstance(exc, click.exceptions.Exit):
+    ex = _click()
+    if isinstance(exc, typer.Exit):
         return int(exc.exit_code or 0)
-    if isinstance(exc, click.exceptions.Abort):
+    if isinstance(exc, typer.Abort):
         print("quantforge: error: aborted", file=sys.stderr)
         return 130
-    assert isinstance(exc, click.exceptions.ClickException)
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        # `quantforge recipe` with no subcommand: the help text is the answer.
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            print(ctx.get_help())
+        return 0
+    assert isinstance(exc, ex.ClickException)
     msg = exc.format_message().replace("\n", " ")
     ctx = getattr(exc, "ctx", None)
     cmd = f" (see 'quantforge {ctx.command_path.split(' ', 1)[1]} --help')" if ctx and " " in ctx.command_path else ""
     print(f"quantforge: error: {msg}{cmd}", file=sys.stderr)
-    return 2 if isinstance(exc, click.exceptions.UsageError) else exc.exit_code
+    return 2 if isinstance(exc, ex.UsageError) else exc.exit_code
