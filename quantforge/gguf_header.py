@@ -208,9 +208,10 @@ class _Cursor:
     def fail(self, message: str, hint: str | None = None) -> InventoryError:
         return InventoryError(message, where=self.where, hint=hint)
 
-    def truncated(self) -> InventoryError:
+    def truncated(self, detail: str | None = None) -> InventoryError:
+        extra = f" ({detail})" if detail else ""
         return self.fail(
-            f"truncated GGUF header at byte {self.pos}: file ends inside {self.context}",
+            f"truncated GGUF header at byte {self.pos}: file ends inside {self.context}{extra}",
             hint="the file is incomplete; download it again",
         )
 
@@ -267,19 +268,14 @@ class _Cursor:
             raise self.fail(f"absurd GGUF header: {what} has a string length of {n} bytes (limit {MAX_STRING_BYTES})")
         left = self.left()
         if left is not None and n > left:
-            raise self.fail(
-                f"absurd GGUF header: {what} has a string length of {n} bytes but only {left} bytes are left "
-                f"(at byte {self.pos})"
-            )
+            raise self.truncated()
 
     def check_count(self, count: int, min_item: int, limit: int, what: str) -> None:
         if count > limit:
             raise self.fail(f"absurd GGUF header: {what} is {count} (limit {limit})")
         left = self.left()
         if left is not None and count * min_item > left:
-            raise self.fail(
-                f"absurd GGUF header: {what} is {count} but only {left} bytes are left (at byte {self.pos})"
-            )
+            raise self.truncated(f"{what} is {count} but only {left} bytes are left")
 
     def strings(self, count: int, what: str) -> tuple[list[str], int]:
         """``count`` length-prefixed strings; returns them and their serialized size."""
