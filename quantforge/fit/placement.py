@@ -1,0 +1,257 @@
+"""Which tensor goes to which device, the exact bytes each buffer takes, and the ``-ot`` arguments.
+
+Policy (the community default for MoE models on CPU + GPU rigs): ``token_embd`` always in
+RAM; attention, norms, shared experts, dense layers and the output on the GPU that holds the
+layer; routed experts on the CPU; then the remaining VRAM of each GPU is filled with whole
+expert layers (``ffn_up/gate/down_exps`` of one layer; if a whole layer no longer fits, its
+``up``+``gate`` pair, which are always kept together). Every expert byte moved to a GPU saves
+the same CPU read per token, so the fill order is simply ascending layers on the GPU that
+owns the layer (no extra transfer), then any GPU with room. An interleaved type without a
+CUDA matmul kernel is never placed on a GPU (it would run on the CPU anyway, over PCIe).
+
+Buffer bytes replicate the loaders: CUDA pads every quantized row-length to a multiple of 512
+(``MATRIX_ROW_PADDING``, one extra partial row per tensor) and aligns tensors to 128 bytes;
+CPU buffers align to 32. A tied output (no ``output.weight``) is a second copy of
+``token_embd`` on the output device when that is a GPU (or when mmap is off).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from quantforge.catalogue import Engine, catalogue
+
+_EXPERT_RE = re.compile(r"^blk\.(\d+)\.ffn_(up|gate|down|gate_up)_exps\.")
+_LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+CUDA_ROW_PADDING = 512
+
+
+@dataclass(frozen=True)
+class FitTensor:
+    """What placement needs of one tensor (a ``TensorPlan`` or a tensor-listing line)."""
+
+    name: str
+    shape: tuple[int, ...]
+    type: str
+    bytes: int
+    layer: int | None
+    place: str | None = None  # a recipe rule's explicit "cpu" / "gpu"
+
+
+def fit_tensors(plan_or_tensors: Any) -> list[FitTensor]:
+    """``FitTensor``s of a ``QuantPlan`` (or any sequence of objects with name/shape/type/bytes)."""
+    items = getattr(plan_or_tensors, "tensors", plan_or_tensors)
+    out = []
+    for t in items:
+        m = _LAYER_RE.match(t.name)
+        out.append(
+            FitTensor(
+                name=t.name, shape=tuple(t.shape), type=t.type, bytes=int(t.bytes),
+                layer=int(m.group(1)) if m else None, place=getattr(t, "place", None),
+            )
+        )  # fmt: skip
+    return out
+
+
+def expert_part(name: str) -> str | None:
+    m = _EXPERT_RE.match(name)
+    return m.group(2) if m else None
+
+
+def _pad(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+@dataclass
+class Unit:
+    """Routed-expert tensors of one layer that move together."""
+
+    layer: int
+    parts: tuple[str, ...]
+    idx: list[int]
+    cpu_bytes: int
+    gpu_bytes: int
+    cuda_ok: bool
+    forced: str | None  # "cpu" / "gpu" from a recipe rule
+
+
+@dataclass
+class Prepared:
+    """Per-tensor bytes on each kind of buffer and per-layer aggregates (computed once per plan)."""
+
+    engine: Engine
+    tensors: list[FitTensor]
+    cpu_bytes: list[int]
+    gpu_bytes: list[int]
+    cuda_ok: list[bool]
+    interleaved: list[bool]
+    n_layer: int
+    layer_base_gpu: list[int]  # non-expert tensors of each layer that may live on a GPU
+    layer_base_cpu: list[int]
+    layer_base_idx: list[list[int]]
+    forced_cpu_idx: list[int]  # non-expert tensors that must stay on the CPU
+    embd_idx: int | None
+    out_idx: list[int]  # output.weight, output_norm.weight and other non-layer tensors
+    tied_output: bool
+    units: list[Unit] = field(default_factory=list)
+    layer_expert_cpu: list[int] = field(default_factory=list)  # all routed-expert bytes of a layer (CPU)
+
+
+def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None = None) -> Prepared:
+    cat = catalogue(engine)
+    types: dict[str, Any] = {}
+    cpu_b, gpu_b, cuda_ok, inter = [], [], [], []
+    for t in tensors:
+        qt = types.get(t.type)
+        if qt is None:
+            qt = types[t.type] = cat.get(t.type)
+        ne0 = t.shape[0] if t.shape else 1
+        extra = 0
+        if qt.block_size > 1 and ne0 % CUDA_ROW_PADDING:
+            extra = qt.row_bytes(CUDA_ROW_PADDING - ne0 % CUDA_ROW_PADDING)
+        cpu_b.append(_pad(t.bytes, 32))
+        gpu_b.append(_pad(t.bytes + extra, 128))
+        inter.append(qt.interleave > 1)
+        cuda_ok.append(qt.cuda_matmul or qt.block_size == 1)
+    layers = [t.layer for t in tensors if t.layer is not None]
+    nl = n_layer if n_layer is not None else (max(layers) + 1 if layers else 0)
+    p = Prepared(
+        engine=engine, tensors=list(tensors), cpu_bytes=cpu_b, gpu_bytes=gpu_b, cuda_ok=cuda_ok,
+        interleaved=inter, n_layer=nl, layer_base_gpu=[0] * nl, layer_base_cpu=[0] * nl,
+        layer_base_idx=[[] for _ in range(nl)], forced_cpu_idx=[], embd_idx=None, out_idx=[],
+        tied_output=not any(t.name == "output.weight" for t in tensors), layer_expert_cpu=[0] * nl,
+    )  # fmt: skip
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, t in enumerate(tensors):
+        part = expert_part(t.name)
+        if part is not None and t.layer is not None and t.layer < nl:
+            key = (t.layer, "down" if part == "down" else "gate_up")
+            groups.setdefault(key, []).append(i)
+            p.layer_expert_cpu[t.layer] += cpu_b[i]
+            continue
+        if t.name == "token_embd.weight":
+            p.embd_idx = i
+            continue
+        no_gpu = (inter[i] and not cuda_ok[i]) or t.place == "cpu"
+        if no_gpu:
+            p.forced_cpu_idx.append(i)
+        elif t.layer is not None and t.layer < nl:
+            p.layer_base_gpu[t.layer] += gpu_b[i]
+            p.layer_base_cpu[t.layer] += cpu_b[i]
+            p.layer_base_idx[t.layer].append(i)
+        else:
+            p.out_idx.append(i)
+    for (layer, kind), idx in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "gate_up")):
+        forced = {tensors[i].place for i in idx} - {None}
+        p.units.append(
+            Unit(
+                layer=layer, parts=("gate", "up") if kind == "gate_up" else ("down",), idx=idx,
+                cpu_bytes=sum(cpu_b[i] for i in idx), gpu_bytes=sum(gpu_b[i] for i in idx),
+                cuda_ok=all(cuda_ok[i] or not inter[i] for i in idx),
+                forced=forced.pop() if len(forced) == 1 else None,
+            )
+        )  # fmt: skip
+    return p
+
+
+def split_layers(n_layer: int, vram: Sequence[int]) -> list[int]:
+    """Layers per GPU, proportional to VRAM (largest remainder), as ``-ts`` will be given."""
+    if not vram:
+        return []
+    total = sum(vram)
+    raw = [n_layer * v / total for v in vram]
+    counts = [int(r) for r in raw]
+    order = sorted(range(len(vram)), key=lambda i: raw[i] - counts[i], reverse=True)
+    for i in order[: n_layer - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+@lru_cache(maxsize=256)
+def _layer_map(counts: tuple[int, ...]) -> tuple[int, ...]:
+    import numpy as np
+
+    n = sum(counts)
+    cum = np.cumsum(np.asarray(counts, dtype=np.float32)) / np.float32(n)
+    out = []
+    for layer in range(n):
+        x = np.float32(layer) / np.float32(n)
+        out.append(next((j for j, c in enumerate(cum) if c > x), len(counts) - 1))
+    return tuple(out)
+
+
+def layer_device(layer: int, counts: Sequence[int]) -> int:
+    """GPU index of ``layer`` under llama.cpp's ``-ts`` split with these counts: the first split
+    whose cumulative fraction (float32) is above ``layer / n_layer`` (``std::upper_bound``)."""
+    m = _layer_map(tuple(counts))
+    return m[layer] if layer < len(m) else len(counts) - 1
+
+
+def gpu_names(n: int, *, backend: str = "CUDA") -> list[str]:
+    return [f"{backend}{i}" for i in range(n)]
+
+
+def _alternation(values: Sequence[int]) -> str:
+    vals = sorted(set(values))
+    return vals and ("(" + "|".join(str(v) for v in vals) + ")") or ""
+
+
+def override_args(
+    prep: Prepared,
+    unit_dev: dict[int, str],
+    *,
+    cpu_name: str = "CPU",
+) -> list[str]:
+    """The ordered ``-ot`` arguments: GPU-resident expert layers per GPU first, explicit CPU
+    tensors next, the CPU catch-all for routed experts last. Anchored patterns; first match wins."""
+    args: list[str] = []
+    by_dev: dict[str, dict[tuple[str, ...], list[int]]] = {}
+    any_cpu_expert = False
+    for ui, u in enumerate(prep.units):
+        dev = unit_dev.get(ui, cpu_name)
+        if dev == cpu_name:
+            any_cpu_expert = True
+            continue
+        by_dev.setdefault(dev, {}).setdefault(u.parts, []).append(u.layer)
+    for dev in sorted(by_dev):
+        parts_map = by_dev[dev]
+        full = set(parts_map.get(("gate", "up"), [])) & set(parts_map.get(("down",), []))
+        if full:
+            args.append(rf"^blk\.{_alternation(sorted(full))}\.ffn_(up|gate|down)_exps\.weight$={dev}")
+        gu = sorted(set(parts_map.get(("gate", "up"), [])) - full)
+        if gu:
+            args.append(rf"^blk\.{_alternation(gu)}\.ffn_(up|gate)_exps\.weight$={dev}")
+        dn = sorted(set(parts_map.get(("down",), [])) - full)
+        if dn:
+            args.append(rf"^blk\.{_alternation(dn)}\.ffn_down_exps\.weight$={dev}")
+    for i in prep.forced_cpu_idx:
+        args.append("^" + re.escape(prep.tensors[i].name).replace(r"\_", "_") + f"$={cpu_name}")
+    if any_cpu_expert:
+        args.append(rf"^blk\.[0-9]+\.ffn_(up|gate|down)_exps\.weight$={cpu_name}")
+    return args
+
+
+def apply_overrides(
+    names: Sequence[str], ot_args: Sequence[str], default: Callable[[str], str]
+) -> dict[str, str]:
+    """llama.cpp's matching, reimplemented: each ``pattern=BUFT`` in order, ``std::regex_search``
+    (ECMAScript; Python's ``re.search`` agrees on the patterns emitted here), first match wins;
+    an unmatched tensor goes to ``default(name)`` (its layer's device)."""
+    compiled = []
+    for a in ot_args:
+        for piece in a.split(","):
+            pat, _, buft = piece.rpartition("=")
+            compiled.append((re.compile(pat), buft))
+    out = {}
+    for n in names:
+        for rx, buft in compiled:
+            if rx.search(n):
+                out[n] = buft
+                break
+        else:
+            out[n] = default(n)
+    return out
