@@ -629,3 +629,64 @@ def recipe_json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "quantforge recipe"
     return schema
+
+
+# --------------------------------------------------------------------------- rewriting (tomlkit)
+
+
+def variant_table(variant: QuantSection, *, comment: str | None = None) -> Any:
+    """A tomlkit table for one ``[[quant]]`` entry; rules as one inline table per line."""
+    import tomlkit
+
+    table = tomlkit.table()
+    if comment:
+        for line in comment.splitlines():
+            table.add(tomlkit.comment(line))
+    data = variant.model_dump(exclude_none=True, exclude={"rules"})
+    for key in ("name", "ftype", "default", "extends", "repack_cpu", "description"):
+        if key in data:
+            table.add(key, data[key])
+    rules = tomlkit.array()
+    rules.multiline(True)
+    for r in variant.rules:
+        inline = tomlkit.inline_table()
+        for key, value in r.model_dump(exclude_none=True).items():
+            inline.append(key, tomlkit.string(value, literal=True) if key == "match" else value)
+        rules.append(inline)
+    table.add("rules", rules)
+    return table
+
+
+def add_variant(
+    path: str | Path, variant: QuantSection, *, comment: str | None = None, replace: bool = False
+) -> Recipe:
+    """Append (or with ``replace`` swap) a ``[[quant]]`` in the recipe file, keeping its comments.
+
+    The result is validated before it is written; the file is replaced atomically.
+    """
+    import tomlkit
+
+    from quantforge.fsutil import atomic_write_text
+
+    p = Path(path)
+    doc = tomlkit.parse(p.read_text(encoding="utf-8"))
+    quants = doc.get("quant")
+    if quants is None:
+        quants = tomlkit.aot()
+        doc.append("quant", quants)
+    names = [str(q.get("name")) for q in quants]
+    new = variant_table(variant, comment=comment)
+    if variant.name in names:
+        if not replace:
+            raise RecipeError(
+                f"variant {variant.name!r} already exists",
+                where=str(p),
+                hint="choose another name or pass --force to replace it",
+            )
+        quants[names.index(variant.name)] = new
+    else:
+        quants.append(new)
+    text = tomlkit.dumps(doc)
+    recipe = parse_recipe(text, path=str(p))
+    atomic_write_text(p, text)
+    return recipe
