@@ -378,16 +378,23 @@ def test_every_ik_type_through_real_quantize_dry_run(
 
 
 def test_ik_imatrix_refusal_matches_real_quantize(ik_quantize: Path, smol_f16: Path, tmp_path: Path) -> None:
+    """Without --imatrix, ik refuses exactly the needs_imatrix types (one run each) and
+    quantizes all the others (one run for all of them, one tensor per type)."""
     cat = catalogue("ik")
-    refused = set()
-    for n in _bundled_ik_types():
+    names = _bundled_ik_types()
+    refused = [n for n in names if cat.needs_imatrix(n, tensor_name="blk.0.ffn_down.weight")]
+    assert len(refused) == 12
+    for n in refused:
         proc = _ik_dry_run(ik_quantize, smol_f16, tmp_path, [f"blk\\.0\\.ffn_down={n}"], None)
-        if "Missing importance matrix for tensor blk.0.ffn_down.weight" in proc.stdout + proc.stderr:
-            assert proc.returncode != 0
-            refused.add(n)
-        else:
-            assert proc.returncode == 0, (n, proc.stderr[-1000:])
-    assert refused == {n for n in _bundled_ik_types() if cat.needs_imatrix(n, tensor_name="blk.0.ffn_down.weight")}
+        assert proc.returncode != 0
+        assert "Missing importance matrix for tensor blk.0.ffn_down.weight" in proc.stdout + proc.stderr
+    allowed = [n for n in names if n not in refused]
+    tensors = [f"blk\\.{layer}\\.{t}" for layer in range(30) for t in ("ffn_down", "ffn_gate", "ffn_up")]
+    assert len(allowed) <= len(tensors)
+    proc = _ik_dry_run(ik_quantize, smol_f16, tmp_path, [f"{t}={n}" for t, n in zip(tensors, allowed)], None)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Missing importance matrix" not in proc.stdout + proc.stderr
+    assert (proc.stdout + proc.stderr).count("Using custom type") == len(allowed)
 
 
 # ---------------------------------------------------------------- the ik sources (when checked out)
