@@ -9,6 +9,7 @@ The result is byte-identical to the ``smol-f16.gguf`` used for the recorded ik f
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -89,3 +90,82 @@ def dequantize_gguf(src: Path, dst: Path, *, dtype: Literal["f16", "bf16"] = "f1
     writer.close()
     os.replace(tmp, dst)
     return dst
+
+
+# ---------------------------------------------------------------------------------------
+# base models: local paths and Hugging Face downloads
+
+_SPLIT_NAME_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def split_set(path: Path) -> list[Path]:
+    """All shards of a split GGUF named like ``x-00001-of-00003.gguf`` (or ``[path]``)."""
+    m = _SPLIT_NAME_RE.match(path.name)
+    if m is None:
+        return [path]
+    count = int(m["count"])
+    return [path.with_name(f"{m['prefix']}-{k:05d}-of-{count:05d}.gguf") for k in range(1, count + 1)]
+
+
+def resolve_base(source: str, *, base_dir: Path | None = None, progress: bool = True) -> Path:
+    """A base model as a local path (the first shard of a split set).
+
+    ``source`` is a local path (relative to ``base_dir``) or ``hf://org/repo[@rev]/file.gguf``;
+    a split set downloads every shard. Missing local shards are an ``InputError``.
+    """
+    if source.startswith("hf://"):
+        return hf_download(source, progress=progress)
+    p = Path(source).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p
+    if not p.is_file():
+        raise InputError(f"base model {p} does not exist", where=source, hint="give the path of an F16/BF16 GGUF, or hf://org/repo/file.gguf")
+    missing = [s.name for s in split_set(p) if not s.is_file()]
+    if missing:
+        raise InputError(f"split set is incomplete: {', '.join(missing[:3])} missing", where=str(p), hint="download every shard into the same folder")
+    return p.resolve()
+
+
+def hf_download(url: str, *, progress: bool = True) -> Path:
+    """Download ``hf://[datasets/]org/repo[@rev]/path`` (all shards of a split GGUF) into the HF cache.
+
+    huggingface_hub resumes interrupted downloads, reads ``HF_TOKEN``/``HF_HOME`` and honours
+    ``HF_HUB_OFFLINE`` (then only the cache is used); ``HF_ENDPOINT`` is read at call time.
+    Returns the local path of the (first) file.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import HfHubHTTPError
+
+    repo_type = "model"
+    rest = url[len("hf://") :]
+    if rest.startswith("datasets/"):
+        repo_type, rest = "dataset", rest[len("datasets/") :]
+    parts = rest.split("/")
+    if len(parts) < 3:
+        raise InputError("malformed hf:// source", where=url, hint="write hf://org/repo/path/file.gguf (hf://datasets/org/repo/file.txt for a dataset)")
+    org, repo, path = parts[0], parts[1], "/".join(parts[2:])
+    revision = None
+    if "@" in repo:
+        repo, revision = repo.split("@", 1)
+    repo_id = f"{org}/{repo}"
+    files = [path]
+    m = _SPLIT_NAME_RE.match(path.rsplit("/", 1)[-1])
+    if m is not None:
+        folder = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+        count = int(m["count"])
+        files = [f"{folder}{m['prefix']}-{k:05d}-of-{count:05d}.gguf" for k in range(1, count + 1)]
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    local: list[Path] = []
+    for f in files:
+        try:
+            got = hf_hub_download(repo_id, f, repo_type=repo_type, revision=revision, endpoint=endpoint)
+        except HfHubHTTPError as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            hint = "set HF_TOKEN to a token that can read this repository" if status in (401, 403) else "check the repository and file name"
+            raise InputError(f"download failed (HTTP {status})", where=f"hf://{repo_id}/{f}", hint=hint) from None
+        except (OSError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"download failed: {first}", where=f"hf://{repo_id}/{f}",
+                             hint="check the network, or unset HF_HUB_OFFLINE if the file is not cached yet") from None
+        local.append(Path(got))
+    return local[0]

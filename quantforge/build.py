@@ -1,0 +1,808 @@
+"""Building GGUF variants: run ``llama-quantize`` reliably, verify, split, write manifests.
+
+The runner (``run_tool``) starts a tool in its own process group with stdout+stderr merged
+into a log file, reports ``[ i/ N]`` progress as the lines stream, enforces an optional
+timeout, and on Ctrl-C / SIGTERM / timeout kills the whole group and removes the partial
+output before raising. A failure raises ``BuildError`` carrying the tool's own error line
+and the log path.
+
+A build (``build``) resolves the base, toolchain and imatrix once, then per variant: plans
+it, refuses what would fail (existing output, missing imatrix data for a type that needs
+it, a type the engine lacks, too little disk), runs ``llama-quantize`` into
+``<output>.partial``, reads the header back and compares every tensor's type and byte
+size and the file total with the plan, checks the ``general.*`` / ``quantize.*`` metadata,
+splits it with ``llama-gguf-split`` above the size limit, renames into place and writes
+``<output>.manifest.json``. Outputs that already verify against their manifest are
+skipped, so an interrupted ladder resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from quantforge.constants import CACHE_DIR, HF_MAX_FILE_BYTES
+from quantforge.errors import BuildError, InputError, Interrupted, QuantforgeError, ToolError, UsageError
+
+#: progress(kind, done, total): kind is "quantize", "imatrix", "split" or "hash".
+Progress = Callable[[str, int, int], None]
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_PROGRESS_RE = re.compile(rb"^\[\s*(\d+)/\s*(\d+)\]")
+_IMATRIX_TOTAL_RE = re.compile(rb"computing over (\d+) chunks")
+_IMATRIX_STEP_RE = re.compile(rb"\[(\d+)\]\s*[0-9.]+")
+#: Error lines, most specific first: the first pattern with a match names the failure.
+_ERROR_PATTERNS = [
+    re.compile(p, re.I)
+    for p in (
+        r"GGML_ASSERT.*",
+        r"Missing importance matrix.*",
+        r"Please do not use .*",
+        r"Invalid quantization type.*",
+        r"invalid ggml_type.*",
+        r"Invalid custom quantization.*",
+        r"unknown argument.*",
+        r"failed to quantize: .*",
+        r"\berror\b.*",
+        r"\bfailed\b.*",
+        r"\bterminate called.*",
+        r"Segmentation fault.*",
+    )
+]
+#: Kept free on the output disk on top of the planned bytes, unless --min-free says otherwise.
+DEFAULT_MARGIN_BYTES = 256 * 1024 * 1024
+
+
+class ToolRun(BaseModel):
+    model_config = _FROZEN
+    command: list[str]
+    returncode: int
+    seconds: float
+    log: str
+    last_progress: tuple[int, int] | None = None
+
+
+class BuildResult(BaseModel):
+    """One variant's outcome."""
+
+    model_config = _FROZEN
+    variant: str
+    status: Literal["built", "skipped"]
+    output: str  # nominal output path (split sets: see files)
+    files: tuple[str, ...]
+    manifest: str
+    log: str
+    planned_file_bytes: int | None
+    actual_file_bytes: int
+    command: list[str]
+    seconds: float
+
+
+class LadderResult(BaseModel):
+    model_config = _FROZEN
+    recipe: str | None
+    engine: str
+    toolchain: str
+    base: str
+    imatrix: str | None
+    results: tuple[BuildResult, ...]
+
+
+class Verification(BaseModel):
+    model_config = _FROZEN
+    tensors: int
+    tensor_bytes: int
+    file_bytes: int
+    metadata: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------
+# the runner
+
+
+def error_line(lines: Sequence[str]) -> str | None:
+    """The tool's own error line from its output tail (None if it printed nothing useful)."""
+    for pat in _ERROR_PATTERNS:
+        for line in reversed(lines):
+            m = pat.search(line)
+            if m:
+                return line.strip().strip("=").strip()
+    for line in reversed(lines):
+        if line.strip() and not set(line.strip()) <= set("=-"):
+            return line.strip()
+    return None
+
+
+class _Terminate(BaseException):
+    """SIGTERM while a child runs: handled like Ctrl-C."""
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for p in paths:
+        try:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+        except OSError:
+            pass
+
+
+def run_tool(
+    cmd: Sequence[str],
+    *,
+    log_path: Path,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    progress_kind: Literal["quantize", "imatrix", "none"] = "quantize",
+    partials: Sequence[Path] = (),
+    env: dict[str, str] | None = None,
+) -> ToolRun:
+    """Run ``cmd`` (an argument list, never a shell string), logging and reporting progress.
+
+    Raises ``ToolError`` when the binary cannot start, ``BuildError`` on a non-zero exit,
+    a signal or the timeout, ``Interrupted`` on Ctrl-C/SIGTERM; in each case ``partials``
+    are removed and the log is kept.
+    """
+    tool = Path(cmd[0]).name
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab", buffering=0)
+    stamp = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    log.write(f"# quantforge {stamp}: {shlex.join(list(cmd))}\n".encode())
+    if cwd is not None:
+        log.write(f"# cwd: {cwd}\n".encode())
+    tail: collections.deque[str] = collections.deque(maxlen=400)
+    last: list[tuple[int, int] | None] = [None]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=cwd, env=env, start_new_session=True,
+        )  # fmt: skip
+    except OSError as exc:
+        log.write(f"# quantforge: cannot start {cmd[0]}: {exc}\n".encode())
+        log.close()
+        raise ToolError(f"cannot run {cmd[0]}: {exc.strerror or exc}", where=cmd[0], hint="check the toolchain with `quantforge doctor`") from exc
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        imatrix_total = 0
+        for raw in iter(proc.stdout.readline, b""):
+            log.write(raw)
+            tail.append(raw.decode("utf-8", errors="replace").rstrip("\n"))
+            if progress_kind == "quantize":
+                m = _PROGRESS_RE.match(raw)
+                if m:
+                    last[0] = (int(m.group(1)), int(m.group(2)))
+                    if progress is not None:
+                        progress(*last[0])
+            elif progress_kind == "imatrix":
+                mt = _IMATRIX_TOTAL_RE.search(raw)
+                if mt:
+                    imatrix_total = int(mt.group(1))
+                steps = _IMATRIX_STEP_RE.findall(raw)
+                if steps and imatrix_total:
+                    last[0] = (int(steps[-1]), imatrix_total)
+                    if progress is not None:
+                        progress(*last[0])
+
+    reader = threading.Thread(target=pump, name=f"{tool}-log", daemon=True)
+    reader.start()
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+
+        def on_term(signum: int, frame: object) -> None:
+            raise _Terminate()
+
+        old_term = signal.signal(signal.SIGTERM, on_term)
+    deadline = None if timeout is None else t0 + timeout
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=0.25)
+                break
+            except subprocess.TimeoutExpired:
+                if deadline is not None and time.monotonic() > deadline:
+                    _kill_group(proc, grace=2.0)
+                    reader.join(timeout=5)
+                    log.write(f"# quantforge: timed out after {timeout:.0f} s; stopped\n".encode())
+                    _remove(partials)
+                    raise BuildError(
+                        f"{tool} did not finish within {timeout:.0f} s and was stopped",
+                        where=str(log_path),
+                        hint="raise --timeout, or check the log for a hang",
+                    ) from None
+    except (KeyboardInterrupt, _Terminate) as exc:
+        _kill_group(proc)
+        reader.join(timeout=5)
+        what = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+        log.write(f"# quantforge: {what}: stopped {tool}, removed partial output\n".encode())
+        _remove(partials)
+        raise Interrupted(f"{what}: stopped {tool} and removed the partial output", where=str(log_path), hint="run the same command again to resume") from None
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    reader.join()
+    seconds = time.monotonic() - t0
+    log.write(f"# quantforge: exit status {rc} after {seconds:.2f} s\n".encode())
+    log.close()
+    if rc != 0:
+        _remove(partials)
+        if rc < 0:
+            try:
+                signame = signal.Signals(-rc).name
+            except ValueError:
+                signame = f"signal {-rc}"
+            line = error_line(list(tail))
+            msg = f"{tool} was killed by {signame}" + (f" after: {line}" if line else "")
+            hint = "out of memory? check `dmesg`; the partial output was removed"
+        else:
+            line = error_line(list(tail)) or "no error message"
+            msg = f"{tool} failed (exit {rc}): {line}"
+            hint = "the full output is in the log"
+        raise BuildError(msg, where=str(log_path), hint=hint)
+    return ToolRun(command=list(cmd), returncode=rc, seconds=seconds, log=str(log_path), last_progress=last[0])
+
+
+# ---------------------------------------------------------------------------------------
+# hashing with a cache (bases are hashed once, not per variant or per run)
+
+
+def _hash_cache_path() -> Path:
+    return CACHE_DIR / "sha256-cache.json"
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of ``path``, cached by (real path, size, mtime); free for Hub-cache LFS blobs."""
+    real = path.resolve()
+    # huggingface_hub stores LFS files as blobs named by their sha256.
+    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
+        return real.name
+    st = real.stat()
+    key = f"{real}:{st.st_size}:{st.st_mtime_ns}"
+    cache_file = _hash_cache_path()
+    cache: dict[str, str] = {}
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    from quantforge.imatrix import sha256_file
+
+    digest = sha256_file(real)
+    cache[key] = digest
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
+    return digest
+
+
+# ---------------------------------------------------------------------------------------
+# verification
+
+
+def _pad(n: int, align: int) -> int:
+    return (n + align - 1) // align * align
+
+
+def verify_output(
+    paths: Sequence[Path],
+    plan: Any,
+    *,
+    expect_kv: dict[str, Any] | None = None,
+    exact_file_bytes: bool = True,
+) -> Verification:
+    """Read the written header(s) back and compare with the plan; BuildError naming differences."""
+    from quantforge.catalogue import catalogue
+    from quantforge.gguf_header import read_header
+
+    cat = catalogue(plan.engine)
+    found: dict[str, tuple[str, tuple[int, ...], int]] = {}
+    layout_errors: list[str] = []
+    total_file = 0
+    first_kv: dict[str, Any] = {}
+    for i, p in enumerate(paths):
+        try:
+            h = read_header(p)
+        except QuantforgeError as exc:
+            raise BuildError(f"the output cannot be read back: {exc.message}", where=str(p), hint="see the log") from None
+        if i == 0:
+            first_kv = {k: v.value for k, v in h.kv.items()}
+        size = p.stat().st_size
+        total_file += size
+        ordered = sorted(h.tensors, key=lambda t: t.offset)
+        for j, t in enumerate(ordered):
+            qt = cat.by_id(t.type_id)
+            tname = qt.name if qt is not None else f"type id {t.type_id}"
+            nbytes = qt.tensor_bytes(t.shape) if qt is not None else -1
+            found[t.name] = (tname, tuple(t.shape), nbytes)
+            # The bytes the file really holds for this tensor: up to the next one (or the end).
+            end = ordered[j + 1].offset if j + 1 < len(ordered) else size - h.data_offset
+            if nbytes >= 0 and end - t.offset != _pad(nbytes, h.alignment):
+                layout_errors.append(f"{t.name} occupies {end - t.offset} bytes, {tname} {list(t.shape)} needs {_pad(nbytes, h.alignment)}")
+    problems: list[str] = []
+    planned = {t.name: t for t in plan.tensors}
+    missing = [n for n in planned if n not in found]
+    extra = [n for n in found if n not in planned]
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:5])}" + (f" (+{len(missing) - 5})" if len(missing) > 5 else ""))
+    if extra:
+        problems.append(f"unplanned tensors: {', '.join(extra[:5])}" + (f" (+{len(extra) - 5})" if len(extra) > 5 else ""))
+    diffs: list[str] = []
+    for name, t in planned.items():
+        if name not in found:
+            continue
+        tname, shape, nbytes = found[name]
+        if tname != t.type or nbytes != t.bytes or shape != tuple(t.shape):
+            diffs.append(f"{name}: planned {t.type} {t.bytes} B, written {tname} {nbytes} B")
+    if diffs:
+        problems.append(f"{len(diffs)} tensor(s) differ from the plan: " + "; ".join(diffs[:5]) + (f" (+{len(diffs) - 5} more)" if len(diffs) > 5 else ""))
+    if layout_errors:
+        problems.append("tensor data layout: " + "; ".join(layout_errors[:3]))
+    tensor_bytes = sum(v[2] for v in found.values())
+    if not diffs and not missing and tensor_bytes != plan.tensor_bytes:
+        problems.append(f"tensor bytes {tensor_bytes} != planned {plan.tensor_bytes}")
+    if exact_file_bytes and plan.file_bytes_exact and plan.file_bytes is not None and len(paths) == 1 and total_file != plan.file_bytes:
+        problems.append(f"file is {total_file} bytes, planned {plan.file_bytes}")
+    meta = {k: first_kv.get(k) for k in ("general.architecture", "general.name", "general.file_type", "general.quantization_version")}
+    for key, want in (expect_kv or {}).items():
+        got = first_kv.get(key)
+        if got != want:
+            problems.append(f"metadata {key} = {got!r}, expected {want!r}")
+        meta[key] = got
+    if problems:
+        raise BuildError(
+            "the output does not match the plan: " + " | ".join(problems),
+            where=str(paths[0]),
+            hint="the planner and this llama-quantize disagree; report it with the log and the plan (`quantforge plan --json`)",
+        )
+    return Verification(tensors=len(found), tensor_bytes=tensor_bytes, file_bytes=total_file, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------
+# names, base, imatrix
+
+
+_BASE_SUFFIX_RE = re.compile(r"([-_.](f16|bf16|f32|fp16|bf-16))?(-\d{5}-of-\d{5})?$", re.I)
+
+
+def output_stem(recipe: Any, base_path: Path) -> str:
+    name = getattr(recipe.model, "name", None)
+    if name:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
+    stem = base_path.name[: -len(".gguf")] if base_path.name.endswith(".gguf") else base_path.stem
+    return _BASE_SUFFIX_RE.sub("", stem) or stem
+
+
+def split_names(output: Path, n: int) -> list[Path]:
+    stem = output.name[: -len(".gguf")] if output.name.endswith(".gguf") else output.name
+    return [output.with_name(f"{stem}-{k:05d}-of-{n:05d}.gguf") for k in range(1, n + 1)]
+
+
+def existing_outputs(output: Path) -> list[Path]:
+    """The output or its split shards as they exist on disk."""
+    if output.is_file():
+        return [output]
+    stem = output.name[: -len(".gguf")] if output.name.endswith(".gguf") else output.name
+    shards = sorted(output.parent.glob(f"{stem}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].gguf"))
+    return shards
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """``"50G"``/``"40M"``/``"1.5T"``/``"123"`` → bytes (decimal units, like llama-gguf-split and the Hub)."""
+    if text is None or isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*", text)
+    if not m:
+        raise UsageError(f"bad size {text!r}", hint="write e.g. 50G, 40M, 500000000")
+    base = 1024 if m.group(3) else 1000
+    power = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}[m.group(2).lower()]
+    return int(float(m.group(1)) * base**power)
+
+
+def _human(n: int | float) -> str:
+    from quantforge.cli._output import human_bytes
+
+    return human_bytes(n)
+
+
+def check_disk(out_dir: Path, needed: int, *, min_free: int | None) -> None:
+    """BuildError when ``out_dir`` lacks ``needed`` bytes plus the free-space reserve."""
+    reserve = DEFAULT_MARGIN_BYTES if min_free is None else min_free
+    free = shutil.disk_usage(out_dir).free
+    if free < needed + reserve:
+        raise BuildError(
+            f"not enough free disk space in {out_dir}: {_human(free)} free, {_human(needed)} planned + {_human(reserve)} kept free",
+            where=str(out_dir),
+            hint="free some space, choose another --out, or lower --min-free",
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# the build
+
+
+class _Context(BaseModel):
+    """Everything a ladder shares between variants (resolved once)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    recipe: Any
+    toolchain: Any
+    base_path: Path
+    base_source: str
+    inventory: Any
+    imatrix: Any | None  # ImatrixInfo
+    out_dir: Path
+    threads: int
+
+
+def _imatrix_meta(info: Any) -> Any:
+    from quantforge.plan import ImatrixMeta
+
+    # llama-quantize runs in the imatrix's folder and gets the bare file name, so the
+    # output's quantize.imatrix.file holds no local path (and the plan predicts it exactly).
+    return ImatrixMeta(path=Path(info.path).name, entries=tuple(sorted(info.names())), chunks=max(info.chunk_count, 0), dataset=info.dataset or "")
+
+
+def _check_types(plan: Any, toolchain: Any) -> None:
+    """Refuse a plan whose types this engine's binary does not have."""
+    from quantforge.catalogue import catalogue
+
+    if plan.engine != toolchain.engine:
+        other = catalogue(toolchain.engine)
+        bad = sorted({t.type for t in plan.tensors if other.find(t.type) is None})
+        if bad:
+            raise BuildError(
+                f"{toolchain.label} at {toolchain.bin_dir} has no type {', '.join(bad)} (the recipe is for {plan.engine})",
+                where=f"quant[{plan.name}]",
+                hint="use a toolchain of the recipe's engine (quantforge doctor), or change the rule types",
+            )
+        raise BuildError(
+            f"the recipe is for {plan.engine} but the toolchain at {toolchain.bin_dir} is {toolchain.engine}",
+            where=f"quant[{plan.name}]",
+            hint="point --bin-dir at a build of the recipe's engine",
+        )
+    if toolchain.ftypes and plan.ftype.upper() not in toolchain.ftypes:
+        raise BuildError(
+            f"this {toolchain.label} llama-quantize ({toolchain.version}) does not accept the base type {plan.ftype}",
+            where=f"quant[{plan.name}].ftype",
+            hint="update the toolchain or choose a listed ftype (llama-quantize --help)",
+        )
+
+
+def prepare(
+    recipe: Any,
+    *,
+    out_dir: Path | None = None,
+    base: str | None = None,
+    imatrix: str | None = None,
+    bin_dir: str | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> _Context:
+    """Resolve toolchain, base, inventory and imatrix once for a ladder."""
+    from quantforge.acquire import resolve_base
+    from quantforge.imatrix import read_imatrix, resolve_corpus  # noqa: F401
+    from quantforge.inventory import load_inventory
+    from quantforge.toolchain import find_toolchain
+
+    recipe_dir = Path(recipe.path).parent if recipe.path else Path.cwd()
+    tc = find_toolchain(recipe.engine, bin_dir=bin_dir, recipe_bin_dir=getattr(recipe.model, "bin_dir", None))
+    source = base or recipe.model.base
+    if not source:
+        raise InputError(
+            "the recipe names no base model to quantize",
+            where=f"{recipe.path or 'recipe'}: model.base",
+            hint='set [model] base = "path/to/model-bf16.gguf" (or hf://org/repo/file.gguf), or pass --base',
+        )
+    base_path = resolve_base(source, base_dir=None if base else recipe_dir)
+    inventory = load_inventory(base_path, engine=recipe.engine)
+    info = None
+    im_source = imatrix or (recipe.imatrix.file if recipe.imatrix is not None else None)
+    if im_source:
+        if im_source.startswith("hf://"):
+            from quantforge.acquire import hf_download
+
+            im_path = hf_download(im_source)
+        else:
+            p = Path(im_source).expanduser()
+            im_path = p if (imatrix or p.is_absolute()) else recipe_dir / p
+        info = read_imatrix(im_path, with_sha256=True)
+    out = Path(out_dir) if out_dir else recipe_dir
+    out.mkdir(parents=True, exist_ok=True)
+    return _Context(
+        recipe=recipe, toolchain=tc, base_path=base_path, base_source=source, inventory=inventory,
+        imatrix=info, out_dir=out.resolve(), threads=threads or os.cpu_count() or 1,
+    )  # fmt: skip
+
+
+def _expected_kv(ctx: _Context, plan: Any) -> dict[str, Any]:
+    from quantforge.catalogue import ftype as lookup_ftype
+
+    kv: dict[str, Any] = {"general.architecture": ctx.inventory.arch, "general.quantization_version": 2}
+    ft = lookup_ftype(plan.engine, plan.ftype)
+    if ft.value is not None:
+        kv["general.file_type"] = ft.value
+    src_kv = ctx.inventory.kv or {}
+    name = src_kv.get("general.name")
+    name = getattr(name, "value", name)
+    if name is not None:
+        kv["general.name"] = name
+    if ctx.imatrix is not None:
+        kv["quantize.imatrix.file"] = Path(ctx.imatrix.path).name[:127]
+        kv["quantize.imatrix.entries_count"] = ctx.imatrix.entries_count
+        if ctx.imatrix.dataset:
+            kv["quantize.imatrix.dataset"] = ctx.imatrix.dataset[:127]
+        if ctx.imatrix.chunk_count > 0:
+            kv["quantize.imatrix.chunks_count"] = ctx.imatrix.chunk_count
+    return kv
+
+
+def _manifest_matches(man_path: Path, command: list[str], files: list[Path]) -> bool:
+    from quantforge.manifest import read_manifest, resolve_file
+
+    try:
+        man = read_manifest(man_path)
+    except QuantforgeError:
+        return False
+    if man.command != command or not man.verification.get("ok"):
+        return False
+    listed = [resolve_file(man_path, f.path) for f in man.files]
+    if sorted(str(p) for p in listed) != sorted(str(p.resolve()) for p in files):
+        return False
+    return all(p.is_file() and p.stat().st_size == f.bytes for p, f in zip(listed, man.files))
+
+
+def build_variant(
+    ctx: _Context,
+    variant: str,
+    *,
+    force: bool = False,
+    min_free: int | None = None,
+    split_max_bytes: int | None = HF_MAX_FILE_BYTES,
+    timeout: float | None = None,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Build one variant (or skip it when its output already verifies)."""
+    from quantforge import __version__
+    from quantforge.imatrix import coverage, refusal_error
+    from quantforge.manifest import Manifest, ManifestFile, manifest_path, relative_to_manifest, write_manifest
+    from quantforge.plan import expand, quantize_command
+
+    t_start = time.monotonic()
+    recipe, tc = ctx.recipe, ctx.toolchain
+    v = recipe.variant(variant)
+    output = ctx.out_dir / f"{output_stem(recipe, ctx.base_path)}-{v.name}.gguf"
+    log_path = output.with_name(output.name + ".log")
+    man_path = manifest_path(output)
+    partial = output.with_name(output.name + ".partial")
+
+    def fail(exc: QuantforgeError) -> QuantforgeError:
+        try:
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write(f"# quantforge: error: {exc.one_line()}\n")
+        except OSError:
+            pass
+        return exc
+
+    try:
+        imeta = _imatrix_meta(ctx.imatrix) if ctx.imatrix is not None else False
+        plan = expand(recipe, v.name, ctx.inventory, imatrix=imeta)
+        im_arg = Path(ctx.imatrix.path).name if ctx.imatrix is not None else None
+        cmd_final = quantize_command(plan, binary=tc.quantize, input_path=ctx.base_path, output_path=output, imatrix=im_arg, threads=ctx.threads)
+        cmd_run = quantize_command(plan, binary=tc.quantize, input_path=ctx.base_path, output_path=partial, imatrix=im_arg, threads=ctx.threads)
+
+        existing = existing_outputs(output)
+        if existing and not force:
+            if _manifest_matches(man_path, cmd_final, existing):
+                verify_output(existing, plan, expect_kv=_expected_kv(ctx, plan))
+                return BuildResult(
+                    variant=v.name, status="skipped", output=str(output), files=tuple(str(p) for p in existing),
+                    manifest=str(man_path), log=str(log_path), planned_file_bytes=plan.file_bytes,
+                    actual_file_bytes=sum(p.stat().st_size for p in existing), command=cmd_final,
+                    seconds=time.monotonic() - t_start,
+                )  # fmt: skip
+            raise BuildError(
+                f"{existing[0].name} already exists and is not this variant's verified build",
+                where=str(existing[0]),
+                hint="pass --force to overwrite it, or choose another --out",
+            )
+        # A fresh log per attempt; pre-flight failures are written to it too.
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(f"# quantforge {__version__}: building {v.name} ({plan.ftype}, {tc.label} {tc.version})\n", encoding="utf-8")
+        _check_types(plan, tc)
+        cov = coverage(ctx.imatrix, plan)
+        if cov.refused:
+            raise refusal_error(cov, plan, have_imatrix=ctx.imatrix is not None)
+        planned = plan.file_bytes or plan.tensor_bytes
+        will_split = split_max_bytes is not None and planned > split_max_bytes
+        check_disk(ctx.out_dir, planned * (2 if will_split else 1), min_free=min_free)
+        _remove([partial])
+        for old in existing:  # --force: the old output goes only now, after every check passed
+            _remove([old])
+        _remove([man_path])
+
+        t_q = time.monotonic()
+        run = run_tool(
+            cmd_run, log_path=log_path,
+            cwd=Path(ctx.imatrix.path).resolve().parent if ctx.imatrix is not None else None,
+            timeout=timeout, progress=(lambda i, n: progress("quantize", i, n)) if progress else None,
+            partials=[partial],
+        )  # fmt: skip
+        quantize_s = time.monotonic() - t_q
+        if not partial.is_file():
+            raise BuildError("llama-quantize exited 0 but wrote no output", where=str(log_path), hint="read the log")
+        t_v = time.monotonic()
+        try:
+            ver = verify_output([partial], plan, expect_kv=_expected_kv(ctx, plan))
+        except BuildError:
+            _remove([partial])
+            raise
+        verify_s = time.monotonic() - t_v
+        split_s = 0.0
+        size = partial.stat().st_size
+        if split_max_bytes is not None and size > split_max_bytes:
+            t_s = time.monotonic()
+            files = _split(ctx, plan, partial, output, split_max_bytes, log_path, timeout=timeout)
+            split_s = time.monotonic() - t_s
+        else:
+            os.replace(partial, output)
+            files = [output]
+        t_h = time.monotonic()
+        from quantforge.imatrix import sha256_file
+
+        entries = [ManifestFile(path=relative_to_manifest(man_path, p), bytes=p.stat().st_size, sha256=sha256_file(p)) for p in files]
+        hash_s = time.monotonic() - t_h
+        base_sha = cached_sha256(ctx.base_path)
+        type_counts = collections.Counter(t.type for t in plan.tensors)
+        im = ctx.imatrix
+        man = Manifest(
+            quantforge_version=__version__,
+            name=v.name,
+            output=output.name,
+            files=entries,
+            planned_file_bytes=plan.file_bytes,
+            planned_tensor_bytes=plan.tensor_bytes,
+            actual_file_bytes=sum(e.bytes for e in entries),
+            file_bytes_exact=plan.file_bytes_exact,
+            command=cmd_final,
+            engine=tc.engine,
+            engine_build=tc.build_number,
+            engine_commit=tc.commit,
+            toolchain={"source": tc.source, "quantize": tc.quantize, "version": tc.version, "compiler": tc.compiler},
+            recipe={"path": recipe.path, "sha256": recipe.sha256, "variant": v.name, "ftype": plan.ftype},
+            base={
+                "source": ctx.base_source, "path": relative_to_manifest(man_path, ctx.base_path),
+                "bytes": ctx.base_path.stat().st_size, "sha256": base_sha,
+            },
+            imatrix=None if im is None else {
+                "path": relative_to_manifest(man_path, im.path), "sha256": im.sha256, "format": im.format,
+                "dataset": im.dataset, "chunk_count": im.chunk_count, "entries": im.entries_count,
+                "coverage": {"covered": cov.covered, "total": cov.total, "missing": [g.tensor for g in cov.missing]},
+            },
+            plan={"n_tensors": len(plan.tensors), "n_params": plan.n_params, "bpw": round(plan.bpw, 4), "types": dict(type_counts)},
+            verification={"ok": True, "tensors": ver.tensors, "tensor_bytes": ver.tensor_bytes, "file_bytes": ver.file_bytes, "metadata": ver.metadata},
+            timings={"quantize_s": round(quantize_s, 3), "verify_s": round(verify_s, 3), "split_s": round(split_s, 3),
+                     "hash_s": round(hash_s, 3), "total_s": round(time.monotonic() - t_start, 3)},
+            log=relative_to_manifest(man_path, log_path),
+            created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        )  # fmt: skip
+        write_manifest(man_path, man)
+        return BuildResult(
+            variant=v.name, status="built", output=str(output), files=tuple(str(p) for p in files),
+            manifest=str(man_path), log=str(log_path), planned_file_bytes=plan.file_bytes,
+            actual_file_bytes=man.actual_file_bytes, command=cmd_final, seconds=time.monotonic() - t_start,
+        )  # fmt: skip
+    except QuantforgeError as exc:
+        _remove([partial])
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        _remove([partial])
+        raise fail(Interrupted("Ctrl-C: build stopped, partial output removed", where=str(log_path))) from None
+
+
+def _split(ctx: _Context, plan: Any, partial: Path, output: Path, max_bytes: int, log_path: Path, *, timeout: float | None) -> list[Path]:
+    """Split ``partial`` into ``<stem>-0000k-of-0000N.gguf`` shards with llama-gguf-split."""
+    from quantforge.catalogue import catalogue
+    from quantforge.toolchain import find_toolchain
+
+    binary = ctx.toolchain.gguf_split
+    if binary is None:
+        # A mainline gguf-split copies tensors verbatim but must know every type id.
+        main_cat = catalogue("mainline")
+        if all(main_cat.find(t.type) is not None and main_cat.get(t.type).type_id == catalogue(plan.engine).get(t.type).type_id for t in plan.tensors):
+            try:
+                binary = find_toolchain("mainline").gguf_split
+            except ToolError:
+                binary = None
+    if binary is None:
+        _remove([partial])
+        raise BuildError(
+            f"the output ({partial.stat().st_size if partial.exists() else 0} bytes) is over the split limit but no usable llama-gguf-split was found",
+            where=str(log_path),
+            hint="add an ik_llama.cpp build with llama-gguf-split via --bin-dir, or raise --split-max",
+        )
+    stem = output.name[: -len(".gguf")] if output.name.endswith(".gguf") else output.name
+    work = output.with_name(f".{stem}.splitting")
+    _remove([work])
+    work.mkdir()
+    # gguf-split counts M as 10^6 bytes; give it whole megabytes, rounded down to stay under.
+    size_arg = f"{max(1, max_bytes // 1_000_000)}M"
+    try:
+        run_tool([binary, "--split", "--split-max-size", size_arg, str(partial), str(work / stem)], log_path=log_path, timeout=timeout, progress_kind="none", partials=[work])
+        shards = sorted(work.glob(f"{stem}-*-of-*.gguf"))
+        if not shards:
+            raise BuildError("llama-gguf-split wrote no shards", where=str(log_path))
+        verify_output(shards, plan, exact_file_bytes=False)
+        finals = split_names(output, len(shards))
+        for s, f in zip(shards, finals):
+            os.replace(s, f)
+    finally:
+        _remove([work, partial])
+    return finals
+
+
+def build(
+    recipe: Any,
+    *,
+    variants: Sequence[str] | None = None,
+    out_dir: Path | None = None,
+    base: str | None = None,
+    imatrix: str | None = None,
+    bin_dir: str | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    min_free: int | None = None,
+    split_max_bytes: int | None = HF_MAX_FILE_BYTES,
+    timeout: float | None = None,
+    progress: Progress | None = None,
+    on_result: Callable[[BuildResult], None] | None = None,
+) -> LadderResult:
+    """Build ``variants`` (None: the first variant) of ``recipe``; resolve shared inputs once."""
+    ctx = prepare(recipe, out_dir=out_dir, base=base, imatrix=imatrix, bin_dir=bin_dir, threads=threads, progress=progress)
+    names = list(variants) if variants else [recipe.variant(None).name]
+    results: list[BuildResult] = []
+    for name in names:
+        r = build_variant(ctx, name, force=force, min_free=min_free, split_max_bytes=split_max_bytes, timeout=timeout, progress=progress)
+        results.append(r)
+        if on_result is not None:
+            on_result(r)
+    return LadderResult(
+        recipe=recipe.path, engine=ctx.toolchain.engine, toolchain=f"{ctx.toolchain.label} {ctx.toolchain.version} ({ctx.toolchain.source})",
+        base=str(ctx.base_path), imatrix=ctx.imatrix.path if ctx.imatrix else None, results=tuple(results),
+    )  # fmt: skip
