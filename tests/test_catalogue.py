@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quantforge.catalogue import QK_K, catalogue, ftype, ftypes
+from quantforge.catalogue import QK_K, catalogue, ftype, ftype_for_value, ftypes
 from quantforge.errors import RecipeError
 
 NE0S = (256, 512, 1536, 7168)
@@ -302,6 +302,9 @@ def test_ik_ftypes_match_bundled_help(ik_quantize: Path, ik_fixtures: Path) -> N
     assert ftype("ik", "15").name == "Q4_K"  # by number: the first listed, as try_parse_ftype
     assert ftype("ik", "IQ3_KL").default_type == "iq3_k"
     assert not ftypes("ik")["Q1_0_G128"].listed
+    assert ftype_for_value("ik", 15).name == "Q4_K_M"  # not the alias Q4_K
+    assert ftype_for_value("mainline", 38).name == "MXFP4_MOE"
+    assert ftype_for_value("ik", 999) is None
 
 
 def test_mainline_ftypes_match_help(mainline_bin_dir: Path) -> None:
