@@ -179,26 +179,27 @@ def test_qwen3_30b_a3b_and_f32_counts() -> None:
 def test_smollm2_equals_the_real_gguf_headers(smol_q4_1: Path, smol_f16: Path) -> None:
     from gguf import GGUFReader
 
+    from quantforge.gguf_header import read_header
+
     inv = shipped_inventory("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert inv.arch == "llama" and inv.layout is None and len(inv.tensors) == 272
     syn = rows_of(inv)
     q4 = GGUFReader(str(smol_q4_1))
     # Names, shapes and order of the real Q4_1 file (one safetensors file: sorted HF names).
     assert [(t.name, tuple(int(x) for x in t.shape)) for t in q4.tensors] == [(n, s) for n, s, _ in syn]
-    f16 = GGUFReader(str(smol_f16))
-    # And exactly the F16 base quantforge builds from: the F32 norms, F16 for the rest.
-    assert [(t.name, tuple(int(x) for x in t.shape), t.tensor_type.name.lower()) for t in f16.tensors] == syn
+    # And exactly the F16 base quantforge builds from: the F32 norms (type 0), F16 (1) for the rest.
+    f16 = read_header(smol_f16)
+    assert [(t.name, t.shape, {0: "f32", 1: "f16"}[t.type_id]) for t in f16.tensors] == syn
     names = [n for n, _, _ in syn]
     assert names.index("blk.10.attn_norm.weight") < names.index("blk.2.attn_norm.weight")
     assert "output.weight" not in names  # tied embeddings
-    kv = {k: f.contents() for k, f in f16.fields.items() if k.startswith("llama.")}
-    for key, value in inv.hparams.items():
-        if f"llama.{key}" in kv:
-            assert kv[f"llama.{key}"] == pytest.approx(value), key
-    assert {k for k in inv.hparams} >= {k.removeprefix("llama.") for k in kv}
+    kv = {k.removeprefix("llama."): f16.get(k) for k in f16.kv if k.startswith("llama.")}
+    assert set(inv.hparams) >= set(kv)
+    for key, value in kv.items():
+        assert inv.hparams[key] == pytest.approx(value), key
     # The header size is an estimate; it lands within 0.5 % of the real one (1,785,664 bytes).
-    real_header = f16.tensors[0].data_offset
-    assert inv.metadata_bytes is not None and abs(inv.metadata_bytes - real_header) / real_header < 0.005
+    assert f16.data_offset == 1785664
+    assert inv.metadata_bytes is not None and abs(inv.metadata_bytes - f16.data_offset) / f16.data_offset < 0.005
 
 
 def test_metadata_estimate_is_plausible_for_big_models() -> None:
