@@ -59,10 +59,10 @@ _UNITS: dict[str, int] = {
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?i?b)\s*(?:/s)?\s*$", re.IGNORECASE)
 
 
-def parse_size(value: object, *, field: str = "size") -> int:
+def parse_size(value: object) -> int:
     """``"24 GiB"`` -> 25769803776; an int is taken as bytes. Units are required in strings."""
     if isinstance(value, bool):
-        raise ValueError(f"{field}: expected a size such as \"24 GiB\", got {value!r}")
+        raise ValueError(f"expected a size such as \"24 GiB\", got {value!r}")
     if isinstance(value, int):
         return value
     if isinstance(value, float):
@@ -70,10 +70,10 @@ def parse_size(value: object, *, field: str = "size") -> int:
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m is None:
-            raise ValueError(f'{field}: cannot read {value!r} as a size; write e.g. "24 GiB" or "25 GB/s"')
+            raise ValueError(f'cannot read {value!r} as a size; write e.g. "24 GiB" or "25 GB/s"')
         number, unit = m.groups()
         return int(round(float(number) * _UNITS[unit.lower()]))
-    raise ValueError(f"{field}: expected a size such as \"24 GiB\", got {value!r}")
+    raise ValueError(f"expected a size such as \"24 GiB\", got {value!r}")
 
 
 def _size(v: object) -> int:
@@ -211,7 +211,7 @@ def target_from_dict(data: dict[str, Any], *, where: str) -> HardwareTarget:
         return HardwareTarget.model_validate(data)
     except ValidationError as exc:
         loc, msg = _first_error(exc)
-        raise TargetError(f"{loc}: {msg}", where=where, hint="see docs/memory-validation.md (target fields) or hw_targets/256gb-24gb.toml") from None
+        raise TargetError(f"{loc}: {msg}", where=where, hint="see hw_targets/256gb-24gb.toml for the fields") from None
 
 
 def load_target(path: str | Path) -> HardwareTarget:

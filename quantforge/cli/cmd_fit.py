@@ -1,3 +1,202 @@
-"""CLI commands of the fit stage (placeholder until the stage lands)."""
+"""`quantforge plan` (fit a recipe variant to a hardware target), `quantforge fit`, `quantforge target …`."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from quantforge.cli import app
+
+target_app = typer.Typer(help="Hardware targets: detect this machine, list and show the shipped ones.", no_args_is_help=True)
+app.add_typer(target_app, name="target")
+
+
+def _settings(ctx: int, ctk: str, ctv: str, mla: int, fa: bool, ub: int, amb: int) -> Any:
+    from quantforge.fit.report import Settings
+
+    return Settings(n_ctx=ctx, ctk=ctk, ctv=ctv, mla=mla, flash_attn=fa, ub=ub, amb=amb)
+
+
+def _gib(n: float) -> str:
+    from quantforge.cli._output import human_bytes
+
+    return human_bytes(n)
+
+
+def _render_report(r: Any) -> str:
+    lines = [
+        f"{r.quant} on {r.target} at -c {r.settings.n_ctx}: {r.verdict.replace('_', ' ').upper()}"
+        + (f" (largest context that fits: {r.max_ctx})" if r.max_ctx else ""),
+        f"weights {_gib(r.weights_bytes)}, KV cache {_gib(r.kv_bytes)} (K {_gib(r.kv_k_bytes)}, V {_gib(r.kv_v_bytes)}, "
+        f"{r.kv_size} cells)",
+        "",
+        f"{'device':8s} {'weights':>11s} {'KV':>11s} {'compute':>11s} {'overhead':>11s} {'total':>11s} {'capacity':>11s} {'headroom':>11s}",
+    ]
+    for d in r.devices:
+        lines.append(
+            f"{d.name:8s} {_gib(d.weights_bytes):>11s} {_gib(d.kv_bytes):>11s} {_gib(d.compute_bytes):>11s} "
+            f"{_gib(d.overhead_bytes):>11s} {_gib(d.total_bytes):>11s} {_gib(d.capacity_bytes):>11s} "
+            f"{_gib(d.headroom_bytes):>11s}"
+            + (f"  experts of layers {_ranges(d.expert_layers)}" if d.expert_layers else "")
+            + ("  (pinned, mmap off)" if d.pinned else "")
+        )
+    if r.cheapest_change:
+        lines += ["", f"cheapest change: {r.cheapest_change}"]
+    lines += ["", f"token generation upper bound: {r.tg_tokens_per_s:.1f} t/s"]
+    for f in r.findings:
+        cost = f" (~{f.cost_ms_per_token} ms/token)" if f.cost_ms_per_token else ""
+        lines.append(f"- [{f.code}] {f.message}{cost}")
+    lines += ["", "command:", "  " + r.command_line]
+    return "\n".join(lines)
+
+
+def _ranges(xs: tuple[int, ...]) -> str:
+    out, start, prev = [], None, None
+    for x in list(xs) + [None]:  # type: ignore[list-item]
+        if start is None:
+            start = prev = x
+        elif x is not None and prev is not None and x == prev + 1:
+            prev = x
+        else:
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = prev = x
+    return ",".join(out)
+
+
+def _render_matrix(m: Any) -> str:
+    lines = [f"{m.model} at -c {m.n_ctx}", ""]
+    width = max(12, *(len(t) for t in m.targets))
+    lines.append(f"{'quant':18s} {'size':>10s}  " + "  ".join(f"{t:>{width}s}" for t in m.targets))
+    cells = {(c.quant, c.target): c for c in m.cells}
+    for q in m.quants:
+        first = next(c for c in m.cells if c.quant == q)
+        row = []
+        for t in m.targets:
+            c = cells[(q, t)]
+            mark = {"fits": "yes", "fits_smaller_ctx": f"ctx {c.max_ctx // 1024}k", "does_not_fit": "no"}[c.verdict]
+            row.append(f"{mark + (f' {c.tg_tokens_per_s:.0f}t/s' if c.verdict != 'does_not_fit' else ''):>{width}s}")
+        lines.append(f"{q:18s} {_gib(first.file_bytes):>10s}  " + "  ".join(row))
+    return "\n".join(lines)
+
+
+@app.command("plan")
+def plan_cmd(
+    recipe: Path = typer.Argument(..., help="Recipe TOML."),
+    quant: str = typer.Option(None, "--quant", "-q", help="Variant name (default: the first)."),
+    target: str = typer.Option(None, "--target", "-t", help="Hardware target TOML (or a shipped name)."),
+    ctx: int = typer.Option(32768, "--ctx", "-c", help="Context length in tokens."),
+    ctk: str = typer.Option("f16", "--ctk", help="K cache type."),
+    ctv: str = typer.Option("f16", "--ctv", help="V cache type."),
+    mla: int = typer.Option(3, "--mla", help="ik MLA mode for DeepSeek-style models (1, 2, 3)."),
+    fa: bool = typer.Option(True, "--fa/--no-fa", help="Flash attention."),
+    ub: int = typer.Option(512, "--ub", help="u-batch size."),
+    amb: int = typer.Option(512, "--amb", help="ik -amb (MiB) for MLA attention."),
+    matrix: bool = typer.Option(False, "--matrix", help="Every variant x every target (the breakpoint matrix)."),
+    targets: Path = typer.Option(None, "--targets", help="Folder of targets for --matrix (default: shipped)."),
+    placement: bool = typer.Option(False, "--placement", help="Include the tensor -> device map in the JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Does a recipe variant fit a machine? Memory per device, verdict, largest context, command.
+
+    Examples:
+
+      quantforge plan recipes/deepseek-r1-0528.toml --quant IQ2_K_R4 --target hw_targets/256gb-24gb.toml --ctx 32768
+
+      quantforge plan recipes/deepseek-r1-0528.toml --matrix --json
+    """
+    from quantforge.cli._output import emit
+    from quantforge.errors import UsageError
+    from quantforge.fit.api import fit_recipe, recipe_matrix
+
+    s = _settings(ctx, ctk, ctv, mla, fa, ub, amb)
+    if matrix:
+        m = recipe_matrix(recipe, targets_dir=targets, settings=s, quant=quant)
+        emit(m, as_json=as_json, human=_render_matrix)
+        return
+    if not target:
+        raise UsageError("--target is required (or use --matrix)", hint="e.g. --target hw_targets/256gb-24gb.toml")
+    r = fit_recipe(recipe, quant=quant, target=target, settings=s, placement=placement)
+    emit(r, as_json=as_json, human=_render_report)
+
+
+@app.command("fit")
+def fit_cmd(
+    recipe: Path = typer.Argument(..., help="Recipe TOML."),
+    target: str = typer.Option(..., "--target", "-t", help="Hardware target TOML (or a shipped name)."),
+    ctx: int = typer.Option(32768, "--ctx", "-c", help="Context length in tokens."),
+    quant: str = typer.Option(None, "--quant", "-q", help="Variant to start from (default: the first)."),
+    name: str = typer.Option(None, "--name", help="Name of the new variant (default: FIT-<target>)."),
+    sensitivity: Path = typer.Option(None, "--sensitivity", help="CSV of per-tensor KLD (tensor,kld)."),
+    ctk: str = typer.Option("f16", "--ctk", help="K cache type."),
+    ctv: str = typer.Option("f16", "--ctv", help="V cache type."),
+    write: bool = typer.Option(False, "--write", help="Append the variant to the recipe file."),
+    force: bool = typer.Option(False, "--force", help="Replace a variant of the same name."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Choose per-tensor types that fill a target's memory (weights + KV + compute + margin).
+
+    Example: quantforge fit recipes/deepseek-r1-0528.toml --target 256gb-24gb --ctx 32768 --write
+    """
+    from quantforge.cli._output import emit
+    from quantforge.fit.solver import solve_recipe
+
+    s = _settings(ctx, ctk, ctv, 3, True, 512, 512)
+    res = solve_recipe(
+        recipe, target=target, settings=s, quant=quant, name=name, sensitivity=sensitivity, write=write, force=force
+    )
+    emit(res, as_json=as_json, human=lambda r: r.summary())
+
+
+@target_app.command("detect")
+def target_detect(
+    output: Path = typer.Option(None, "--output", "-o", help="Write the TOML here (default: print it)."),
+    name: str = typer.Option(None, "--name", help="Target name (default: this-machine)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Write a target for this machine (RAM, cores, ISA; GPUs via nvidia-smi when present).
+
+    Example: quantforge target detect -o hw_targets/mine.toml
+    """
+    import sys
+
+    from quantforge.cli._output import emit
+    from quantforge.targets import detect_target, target_toml, write_target
+
+    t = detect_target(name=name)
+    if output:
+        write_target(t, output, force=force)
+    if as_json:
+        emit(t, as_json=True)
+    elif not output:
+        sys.stdout.write(target_toml(t))
+    else:
+        sys.stdout.write(f"wrote {output}: {t.summary()}\n")
+
+
+@target_app.command("list")
+def target_list(
+    directory: Path = typer.Option(None, "--dir", help="Folder of target TOMLs (default: shipped)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List hardware targets."""
+    from quantforge.cli._output import emit
+    from quantforge.targets import list_targets
+
+    ts = list_targets(directory)
+    emit(ts, as_json=as_json, human=lambda xs: "\n".join(f"{t.name:20s} {t.summary()}" for t in xs))
+
+
+@target_app.command("show")
+def target_show(
+    target: str = typer.Argument(..., help="Target TOML or shipped name."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show one target (validated)."""
+    from quantforge.cli._output import emit
+    from quantforge.targets import load_target, target_toml
+
+    t = load_target(target)
+    emit(t, as_json=as_json, human=target_toml)

@@ -77,6 +77,7 @@ class Unit:
     gpu_bytes: int
     cuda_ok: bool
     forced: str | None  # "cpu" / "gpu" from a recipe rule
+    raw_bytes: int = 0  # tensor bytes (what one generated token reads, times the active fraction)
 
 
 @dataclass
@@ -99,6 +100,10 @@ class Prepared:
     tied_output: bool
     units: list[Unit] = field(default_factory=list)
     layer_expert_cpu: list[int] = field(default_factory=list)  # all routed-expert bytes of a layer (CPU)
+    layer_base_raw: list[int] = field(default_factory=list)
+    out_raw: int = 0
+    forced_raw: int = 0
+    total_raw: int = 0
 
 
 def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None = None) -> Prepared:
@@ -124,6 +129,7 @@ def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None
         interleaved=inter, n_layer=nl, layer_base_gpu=[0] * nl, layer_base_cpu=[0] * nl,
         layer_base_idx=[[] for _ in range(nl)], forced_cpu_idx=[], embd_idx=None, out_idx=[],
         tied_output=not any(t.name == "output.weight" for t in tensors), layer_expert_cpu=[0] * nl,
+        layer_base_raw=[0] * nl, total_raw=sum(t.bytes for t in tensors),
     )  # fmt: skip
     groups: dict[tuple[int, str], list[int]] = {}
     for i, t in enumerate(tensors):
@@ -139,12 +145,15 @@ def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None
         no_gpu = (inter[i] and not cuda_ok[i]) or t.place == "cpu"
         if no_gpu:
             p.forced_cpu_idx.append(i)
+            p.forced_raw += t.bytes
         elif t.layer is not None and t.layer < nl:
             p.layer_base_gpu[t.layer] += gpu_b[i]
             p.layer_base_cpu[t.layer] += cpu_b[i]
+            p.layer_base_raw[t.layer] += t.bytes
             p.layer_base_idx[t.layer].append(i)
         else:
             p.out_idx.append(i)
+            p.out_raw += t.bytes
     for (layer, kind), idx in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "gate_up")):
         forced = {tensors[i].place for i in idx} - {None}
         p.units.append(
@@ -152,7 +161,7 @@ def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None
                 layer=layer, parts=("gate", "up") if kind == "gate_up" else ("down",), idx=idx,
                 cpu_bytes=sum(cpu_b[i] for i in idx), gpu_bytes=sum(gpu_b[i] for i in idx),
                 cuda_ok=all(cuda_ok[i] or not inter[i] for i in idx),
-                forced=forced.pop() if len(forced) == 1 else None,
+                forced=forced.pop() if len(forced) == 1 else None, raw_bytes=sum(tensors[i].bytes for i in idx),
             )
         )  # fmt: skip
     return p
@@ -254,4 +263,21 @@ def apply_overrides(
                 break
         else:
             out[n] = default(n)
+    return out
+
+
+def device_weight_bytes(prep: Prepared, device_of: dict[str, str], *, cpu_names: frozenset[str] = frozenset({"CPU"})) -> dict[str, int]:
+    """Weight bytes of each buffer for a tensor -> device map (``CPU`` buffers align to 32,
+    GPU buffers pad rows to 512 and align to 128). A tied output is a copy of ``token_embd``
+    on the device of the last layer when that is a GPU."""
+    out: dict[str, int] = {}
+    last_dev = None
+    for i, t in enumerate(prep.tensors):
+        dev = device_of[t.name]
+        b = prep.cpu_bytes[i] if dev in cpu_names else prep.gpu_bytes[i]
+        out[dev] = out.get(dev, 0) + b
+        if t.layer is not None and t.layer == prep.n_layer - 1 and dev not in cpu_names:
+            last_dev = dev
+    if prep.tied_output and prep.embd_idx is not None and last_dev is not None:
+        out[last_dev] = out.get(last_dev, 0) + prep.gpu_bytes[prep.embd_idx]
     return out

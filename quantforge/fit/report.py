@@ -288,52 +288,47 @@ def _command(
 
 
 def _findings(
-    prep: Prepared, dims: ModelDims, target: HardwareTarget, ev: _Eval, engine: Engine, s: Settings
+    prep: Prepared, dims: ModelDims, target: HardwareTarget, ev: _Eval, engine: Engine, s: Settings,
+    *, advice: bool = True,
 ) -> tuple[list[Finding], float, float | None]:
     cat = catalogue(engine)
     out: list[Finding] = []
-    gpu_names = {d.name for d in ev.devices if d.kind == "gpu"}
+    names = _names(target)
+    gpu_names = set(names) if target.gpu else set()
     cpu_bw = target.cpu.memory_bandwidth
-    # where each tensor lives (per-layer decisions expanded), and bytes read per token
     frac = (dims.n_expert_used / dims.n_expert) if dims.n_expert else 1.0
-    read = {d.name: 0.0 for d in ev.devices}
-    unit_of = {}
-    for ui, u in enumerate(prep.units):
-        for i in u.idx:
-            unit_of[i] = ui
-    plain_on_cpu: list[int] = []
-    mispacked: list[int] = []
-    for i, t in enumerate(prep.tensors):
-        if i == prep.embd_idx:
-            dev = "CPU"
-        elif i in unit_of:
-            dev = ev.unit_dev.get(unit_of[i], "CPU")
-            if not prep.units[unit_of[i]].cuda_ok and gpu_names:
-                mispacked.append(i)
-        elif i in prep.forced_cpu_idx:
-            dev = "CPU"
-            if prep.interleaved[i] and not prep.cuda_ok[i] and gpu_names:
-                mispacked.append(i)
-        elif not gpu_names:
-            dev = "CPU"
-        elif t.layer is not None and t.layer < prep.n_layer:
-            dev = _names(target)[ev.layer_gpu[t.layer]]
-        else:
-            dev = _names(target)[-1]
-        if i != prep.embd_idx:
-            read[dev] += t.bytes * (frac if i in unit_of else 1.0)
-        if dev == "CPU" and not gpu_names and engine == "ik" and i != prep.embd_idx and len(t.shape) > 1:
-            qt = cat.get(t.type)
-            if qt.interleave == 1 and qt.repacked is not None:
-                plain_on_cpu.append(i)
-    # KV is read whole for every generated token
-    for d in ev.devices:
-        read[d.name] += d.kv_bytes
+    # bytes read per generated token on each device, from the per-layer aggregates
+    read = {d.name: float(d.kv_bytes) for d in ev.devices}
+    if not gpu_names:
+        read["CPU"] += (
+            sum(prep.layer_base_raw) + prep.out_raw + prep.forced_raw + frac * sum(u.raw_bytes for u in prep.units)
+        )
+    else:
+        for layer, b in enumerate(prep.layer_base_raw):
+            read[names[ev.layer_gpu[layer]]] += b
+        read[names[-1]] += prep.out_raw
+        read["CPU"] += prep.forced_raw
+        for ui, u in enumerate(prep.units):
+            read[ev.unit_dev.get(ui, "CPU")] += frac * u.raw_bytes
     secs = 0.0
     for d in ev.devices:
-        bw = cpu_bw if d.kind == "cpu" else target.gpu[_names(target).index(d.name)].memory_bandwidth
+        bw = cpu_bw if d.kind == "cpu" else target.gpu[names.index(d.name)].memory_bandwidth
         secs += read[d.name] / bw
     tg = 1.0 / secs if secs > 0 else 0.0
+    plain_on_cpu: list[int] = []
+    mispacked: list[int] = []
+    unit_of = {i: ui for ui, u in enumerate(prep.units) for i in u.idx} if advice else {}
+    if advice and gpu_names:
+        for ui, u in enumerate(prep.units):
+            if not u.cuda_ok:
+                mispacked += [i for i in u.idx if prep.interleaved[i] and not prep.cuda_ok[i]]
+        mispacked += [i for i in prep.forced_cpu_idx if prep.interleaved[i] and not prep.cuda_ok[i]]
+    if advice and not gpu_names and engine == "ik":
+        for i, t in enumerate(prep.tensors):
+            if i != prep.embd_idx and len(t.shape) > 1:
+                qt = cat.get(t.type)
+                if qt.interleave == 1 and qt.repacked is not None:
+                    plain_on_cpu.append(i)
     if plain_on_cpu:
         b = sum(prep.tensors[i].bytes for i in plain_on_cpu)
         twins = sorted({f"{prep.tensors[i].type}->{cat.get(prep.tensors[i].type).repacked}" for i in plain_on_cpu})
@@ -393,6 +388,7 @@ def plan_fit(
     prepared: Prepared | None = None,
     with_placement: bool = False,
     max_ctx_cap: int | None = None,
+    advice: bool = True,
 ) -> FitReport:
     """Does ``plan`` fit ``target`` at ``settings``: per-device bytes, verdict, command, advice."""
     from quantforge.fit.placement import fit_tensors, prepare
@@ -410,18 +406,18 @@ def plan_fit(
         verdict = "fits_smaller_ctx"
     else:
         verdict = "does_not_fit"
-    cheapest = None if ev.fits else _cheapest(prep, dims, target, s, eng, ev, max_ctx)
-    ot = override_args(prep, ev.unit_dev) if target.gpu and not target.unified_memory else []
+    cheapest = None if ev.fits or not advice else _cheapest(prep, dims, target, s, eng, ev, max_ctx)
+    ot = override_args(prep, ev.unit_dev) if advice and target.gpu and not target.unified_memory else []
     ngl = 99
     cmd = _command(engine=eng, dims=dims, target=target, s=s, ot=ot, counts=ev.counts, n_ctx=s.n_ctx, ngl=ngl)
-    findings, tg, pp = _findings(prep, dims, target, ev, eng, s)
-    ncmoe = _ncmoe_note(prep, ev, eng)
+    findings, tg, pp = _findings(prep, dims, target, ev, eng, s, advice=advice)
+    ncmoe = _ncmoe_note(prep, ev, eng) if advice else None
     if ncmoe:
         findings.append(ncmoe)
     placement = None
     if with_placement:
         placement = _placement_map(prep, ev, target)
-    weights = sum(t.bytes for t in prep.tensors)
+    weights = prep.total_raw
     return FitReport(
         quant=getattr(plan, "name", "plan"), target=target.name, engine=eng, settings=s, verdict=verdict,
         max_ctx=max_ctx, kv_bytes=ev.kv.total, kv_k_bytes=ev.kv.k_bytes, kv_v_bytes=ev.kv.v_bytes,

@@ -1,0 +1,113 @@
+"""Entry points over recipes: one fit report, and the breakpoint matrix (variants x targets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from quantforge.fit.dims import ModelDims, dims_from_hparams
+from quantforge.fit.report import FitReport, Settings, Verdict, plan_fit
+from quantforge.targets import HardwareTarget, list_targets, load_target
+
+
+def recipe_inventory(recipe: Any) -> Any:
+    """The inventory a recipe plans against: the shipped/offline one for ``model.id`` when it
+    is known, else ``model.base`` (a local GGUF relative to the recipe, or hf://)."""
+    from quantforge.inventory import load_inventory
+
+    engine = recipe.engine
+    if recipe.model.id:
+        try:
+            from quantforge.inventory_synth import shipped_ids
+
+            if recipe.model.id in shipped_ids():
+                return load_inventory(recipe.model.id, engine=engine)
+        except ImportError:  # pragma: no cover - the synth module ships with the package
+            pass
+    base = recipe.model.base
+    if base and not base.startswith("hf://") and recipe.path:
+        p = Path(base)
+        if not p.is_absolute():
+            p = Path(recipe.path).parent / p
+        if p.exists():
+            return load_inventory(str(p), engine=engine)
+    return load_inventory(recipe.model.id or base, engine=engine)
+
+
+def recipe_plans(recipe: Any, quant: str | None = None) -> tuple[list[Any], ModelDims]:
+    """Expanded plans of one (or every) variant and the model's dims."""
+    from quantforge.plan import expand
+
+    inv = recipe_inventory(recipe)
+    dims = dims_from_hparams(inv.arch, inv.hparams)
+    names = [recipe.variant(quant).name] if quant else [q.name for q in recipe.quants]
+    return [expand(recipe, n, inv, imatrix=False) for n in names], dims
+
+
+def fit_recipe(
+    recipe_path: str | Path, *, quant: str | None, target: str | Path, settings: Settings, placement: bool = False
+) -> FitReport:
+    from quantforge.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    tgt = load_target(target)
+    plans, dims = recipe_plans(recipe, quant)
+    return plan_fit(plans[0], dims, tgt, settings=settings, engine=recipe.engine, with_placement=placement)
+
+
+class MatrixCell(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    quant: str
+    target: str
+    verdict: Verdict
+    headroom_bytes: int  # smallest headroom over the devices (negative: short)
+    max_ctx: int
+    tg_tokens_per_s: float
+    file_bytes: int
+
+
+class BreakpointMatrix(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    n_ctx: int
+    quants: list[str]
+    targets: list[str]
+    cells: list[MatrixCell]
+
+
+def breakpoint_matrix(
+    plans: list[Any], dims: ModelDims, targets: list[HardwareTarget], *, settings: Settings, model: str = ""
+) -> BreakpointMatrix:
+    """Every plan x every target at ``settings`` (the model card's table)."""
+    from quantforge.fit.placement import fit_tensors, prepare
+
+    cells = []
+    for p in plans:
+        prep = prepare(fit_tensors(p), engine=p.engine, n_layer=dims.n_layer)
+        for t in targets:
+            r = plan_fit(p, dims, t, settings=settings, engine=p.engine, prepared=prep, advice=False)
+            cells.append(
+                MatrixCell(
+                    quant=p.name, target=t.name, verdict=r.verdict,
+                    headroom_bytes=min(d.headroom_bytes for d in r.devices), max_ctx=r.max_ctx,
+                    tg_tokens_per_s=r.tg_tokens_per_s, file_bytes=p.file_bytes or p.tensor_bytes,
+                )
+            )  # fmt: skip
+    return BreakpointMatrix(
+        model=model, n_ctx=settings.n_ctx, quants=[p.name for p in plans], targets=[t.name for t in targets], cells=cells
+    )
+
+
+def recipe_matrix(
+    recipe_path: str | Path, *, targets_dir: str | Path | None, settings: Settings, quant: str | None = None
+) -> BreakpointMatrix:
+    from quantforge.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    plans, dims = recipe_plans(recipe, quant)
+    model = recipe.model.name or recipe.model.id or str(recipe_path)
+    return breakpoint_matrix(plans, dims, list_targets(targets_dir), settings=settings, model=model)
