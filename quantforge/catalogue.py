@@ -478,6 +478,10 @@ class FType(BaseModel):
     listed: bool  # printed in `llama-quantize --help` (ik lists all but Q1_0_G128)
     needs_imatrix: bool  # quantize.cpp refuses this ftype without --imatrix
     alias_of: str | None = None  # Q4_K -> Q4_K_M
+    # Whether per-tensor rules apply at all: both engines run the mixture rules, --custom-q /
+    # --tensor-type and the row-length fallbacks only when the default type is quantized
+    # (ggml_is_quantized); under F32/F16/BF16/BF16_R16/COPY every rule is silently ignored.
+    rules_apply: bool = True
 
 
 # (name, llama_ftype value, default ggml type) in the order `llama-quantize --help` prints
@@ -560,14 +564,22 @@ def ftypes(engine: Engine) -> dict[str, FType]:
         rows, unlisted, imat = _MAINLINE_FTYPES, (), _MAINLINE_FTYPE_IMATRIX
     else:
         raise RecipeError(f"unknown engine '{engine}'", hint='use engine = "ik" or engine = "mainline"')
+    cat = catalogue(engine)
+
+    def quantized(default: str | None) -> bool:
+        return default is not None and cat.get(default).block_size > 1
+
     out: dict[str, FType] = {}
     for name, value, default in rows:
         out[name] = FType(
             name=name, value=value, default_type=default, listed=True,
-            needs_imatrix=name in imat, alias_of=_FTYPE_ALIASES.get(name),
+            needs_imatrix=name in imat, alias_of=_FTYPE_ALIASES.get(name), rules_apply=quantized(default),
         )  # fmt: skip
     for name, value, default in unlisted:
-        out[name] = FType(name=name, value=value, default_type=default, listed=False, needs_imatrix=False)
+        out[name] = FType(
+            name=name, value=value, default_type=default, listed=False, needs_imatrix=False,
+            rules_apply=quantized(default),
+        )  # fmt: skip
     return out
 
 

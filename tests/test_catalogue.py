@@ -484,11 +484,13 @@ _ML_DRY = re.compile(
 )
 
 
-def _ml_dry_run(bin_dir: Path, smol_f16: Path, rules: list[str]) -> subprocess.CompletedProcess[str]:
+def _ml_dry_run(
+    bin_dir: Path, smol_f16: Path, rules: list[str], ftype_name: str = "Q8_0"
+) -> subprocess.CompletedProcess[str]:
     args = [str(bin_dir / "llama-quantize"), "--dry-run"]
     for r in rules:
         args += ["--tensor-type", r]
-    return subprocess.run(args + [str(smol_f16), "Q8_0"], capture_output=True, text=True, timeout=120)
+    return subprocess.run(args + [str(smol_f16), ftype_name], capture_output=True, text=True, timeout=120)
 
 
 def test_every_mainline_type_through_real_quantize_dry_run(mainline_bin_dir: Path, smol_f16: Path) -> None:
@@ -518,3 +520,24 @@ def test_every_mainline_type_through_real_quantize_dry_run(mainline_bin_dir: Pat
             assert needs == ml.needs_imatrix(want, tensor_name=tensor), (tensor, n)
             checked += 1
     assert checked == 2 * len(names)
+
+
+def test_rules_apply_only_under_quantized_ftypes(
+    ik_quantize: Path, mainline_bin_dir: Path, smol_f16: Path, tmp_path: Path
+) -> None:
+    """Both engines ignore --custom-q / --tensor-type when the ftype's default type is not quantized."""
+    assert {n for n, f in ftypes("ik").items() if not f.rules_apply} == {"F32", "F16", "BF16", "BF16_R16", "COPY"}
+    assert {n for n, f in ftypes("mainline").items() if not f.rules_apply} == {"F32", "F16", "BF16", "COPY"}
+    for ft in ("BF16", "Q8_0"):
+        ik = subprocess.run(
+            [str(ik_quantize), "--dry-run", "--custom-q", "blk\\.0\\.ffn_down=q4_0", str(smol_f16),
+             str(tmp_path / "x.gguf"), ft],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        ml = _ml_dry_run(mainline_bin_dir, smol_f16, ["blk\\.0\\.ffn_down=q4_0"], ft)
+        ik_type = re.search(r"blk\.0\.ffn_down\.weight - .*?converting to (\S+) \.\.", ik.stdout + ik.stderr, re.S)
+        ml_type = {m[1]: m[7] for m in _ML_DRY.finditer(ml.stdout + ml.stderr)}["blk.0.ffn_down.weight"]
+        assert ik_type is not None
+        applied = ftype("ik", ft).rules_apply
+        assert applied == ftype("mainline", ft).rules_apply
+        assert (ik_type[1], ml_type) == (("q4_0", "q4_0") if applied else ("bf16", "bf16"))
