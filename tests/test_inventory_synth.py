@@ -343,3 +343,24 @@ def test_missing_or_bad_fields_are_named(tmp_path: Path) -> None:
     assert exc.value.where == f"{bad}:3:22"
     with pytest.raises(InventoryError, match="config.json not found"):
         inventory_from_config_file(tmp_path / "nope" / "config.json", engine="ik")
+
+
+def test_cli_unknown_model_id_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from quantforge.cli import main
+
+    assert main(["inventory", "moonshotai/Kimi-K3-Instruct"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(
+        "quantforge: error: moonshotai/Kimi-K3-Instruct: no shipped inventory for 'moonshotai/Kimi-K3-Instruct' "
+        "(did you mean moonshotai/Kimi-K2-Instruct? shipped: HuggingFaceTB/SmolLM2-135M-Instruct, "
+    )
+
+
+def test_cli_lists_a_shipped_inventory(capsys: pytest.CaptureFixture[str]) -> None:
+    from quantforge.cli import main
+
+    assert main(["inventory", "deepseek-ai/DeepSeek-R1-0528", "--engine", "ik", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    text = json.dumps(data)
+    assert "blk.0.attn_kv_b.weight" in text and "deepseek2" in text
