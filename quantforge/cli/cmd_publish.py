@@ -1,3 +1,95 @@
-"""CLI commands of the publish stage (placeholder until the stage lands)."""
+"""`quantforge card`, `quantforge publish`, `quantforge recipe import|diff` (the publish stage)."""
 
 from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from quantforge.cli import app
+from quantforge.cli.cmd_recipe import recipe_app
+
+_QUANT_HELP = "Variant to include (repeat; default: every variant of the recipe)."
+_OUT_DIR_HELP = "Folder holding the built GGUFs and their manifests (default: the recipe's folder)."
+
+
+@app.command("card")
+def card_cmd(
+    recipe: str = typer.Argument(..., help="Recipe TOML whose variants were built (and evaluated)."),
+    quant: list[str] = typer.Option(None, "--quant", "-q", help=_QUANT_HELP),
+    repo: str = typer.Option(None, "--repo", help="ORG/NAME shown in the download instructions."),
+    out_dir: str = typer.Option(None, "--out-dir", help=_OUT_DIR_HELP),
+    output: str = typer.Option("README.md", "--output", "-o", help="Where to write the card ('-' for stdout)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+) -> None:
+    """Generate the model card (README.md) from the recipe and the build/eval manifests.
+
+    Example: quantforge card recipes/smollm2-135m.toml --repo my-org/SmolLM2-135M-GGUF
+    """
+    import sys
+
+    from quantforge.publish.upload import make_card
+
+    res = make_card(recipe, repo=repo, quants=quant or None, out_dir=out_dir,
+                    output=None if output == "-" else output, force=force)
+    if res.path is None:
+        sys.stdout.write(res.text)
+    else:
+        print(f"wrote {res.path} ({len(res.variants)} variant(s): {', '.join(res.variants)})")
+
+
+@app.command("publish")
+def publish_cmd(
+    recipe: str = typer.Argument(..., help="Recipe TOML whose variants were built."),
+    repo: str = typer.Option(None, "--repo", help="Hugging Face repo ORG/NAME (created if needed)."),
+    quant: list[str] = typer.Option(None, "--quant", "-q", help=_QUANT_HELP),
+    private: bool = typer.Option(False, "--private", help="Create the repo private."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Plan (and stage) only; no network."),
+    staging: str = typer.Option(None, "--staging", help="With --dry-run: write the exact upload folder here."),
+    out_dir: str = typer.Option(None, "--out-dir", help=_OUT_DIR_HELP),
+    no_imatrix: bool = typer.Option(False, "--no-imatrix", help="Do not upload the importance matrix."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty staging folder."),
+    max_file_bytes: int = typer.Option(None, "--max-file-bytes", hidden=True, help="Per-file limit (default 50 GB)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Upload the built variants and the generated card to Hugging Face (card last).
+
+    The token comes from HF_TOKEN or `hf auth login`; files already on the Hub with the same
+    sha256 are skipped, so an interrupted publish is resumed by running it again.
+
+    Examples:
+
+      quantforge publish recipes/smollm2-135m.toml --repo my-org/SmolLM2-135M-GGUF --dry-run --staging stage/
+
+      quantforge publish recipes/smollm2-135m.toml --repo my-org/SmolLM2-135M-GGUF --quant IQ4_KS
+    """
+    import sys
+
+    from quantforge.cli._output import emit
+    from quantforge.constants import HF_MAX_FILE_BYTES
+    from quantforge.errors import UsageError
+    from quantforge.publish.upload import publish
+
+    if staging and not dry_run:
+        raise UsageError("--staging needs --dry-run", where="--staging", hint="add --dry-run")
+    res = publish(recipe, repo=repo, quants=quant or None, private=private, dry_run=dry_run, staging=staging,
+                  out_dir=out_dir, include_imatrix=not no_imatrix, force=force,
+                  max_file_bytes=max_file_bytes or HF_MAX_FILE_BYTES, progress=sys.stderr.isatty())
+    emit(res.model_dump(mode="json", exclude={"plan": {"card"}}), as_json=as_json, human=lambda _: _human(res))
+
+
+def _human(res: Any) -> str:
+    from quantforge.cli._output import human_bytes
+    from quantforge.publish.upload import iter_plan_lines
+
+    plan = res.plan
+    if res.dry_run:
+        head = f"dry run: {len(plan.files)} file(s), {human_bytes(plan.total_bytes)} for {plan.repo}"
+        if plan.staging:
+            head += f"; staged in {plan.staging} (upload-plan.json beside repo/)"
+        return "\n".join([head, *iter_plan_lines(plan)])
+    lines = [f"published {res.repo}: {len(res.uploaded)} file(s) uploaded ({human_bytes(res.bytes_uploaded)}), "
+             f"{len(res.skipped)} already there"]
+    for c in res.commits:
+        lines.append(f"  {c.oid[:12] if c.oid else 'no change   '}  {c.summary}")
+    return "\n".join(lines)

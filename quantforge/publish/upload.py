@@ -428,3 +428,198 @@ def iter_plan_lines(plan: UploadPlan) -> Iterator[str]:
         yield f"{f.path_in_repo:60s} {f.bytes:>14d}  {f.sha256}"
     for i, c in enumerate(plan.commits, 1):
         yield f"commit {i}: {c.summary} — {len(c.paths)} file(s), {c.bytes} bytes"
+
+
+# -- the stage: recipe + manifests -> card + plan -> staging or Hub --------------------------
+
+
+class CardResult(_Frozen):
+    path: str | None
+    text: str
+    variants: tuple[str, ...]
+
+
+class Collected(_Frozen):
+    """What a publish of ``recipe`` would contain, before any network call."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    card: str
+    variants: tuple[VariantFiles, ...]
+    extras: tuple[tuple[str, str, FileKind], ...]
+    manifests: tuple[str, ...]
+    recipe_sha256: str
+
+
+def find_manifests(recipe: Any, names: Sequence[str] | None, *, out_dir: str | Path | None = None) -> list[tuple[Path, Any]]:
+    """The build manifest of each named variant (all variants when ``names`` is None) in ``out_dir``."""
+    from quantforge.errors import InputError
+    from quantforge.manifest import MANIFEST_SUFFIX, read_manifest
+
+    folder = Path(out_dir) if out_dir else (Path(recipe.path).parent if recipe.path else Path.cwd())
+    wanted = list(names) if names else [v.name for v in recipe.quants]
+    for n in wanted:
+        recipe.variant(n)  # RecipeError naming the variants when unknown
+    found: dict[str, tuple[Path, Any]] = {}
+    stale: dict[str, str] = {}
+    for p in sorted(folder.glob(f"*{MANIFEST_SUFFIX}")) if folder.is_dir() else []:
+        try:
+            man = read_manifest(p)
+        except InputError:
+            continue
+        if man.name not in wanted:
+            continue
+        if man.recipe.get("sha256") not in (None, recipe.sha256):
+            stale[man.name] = p.name
+            continue
+        found[man.name] = (p, man)
+    out = []
+    for n in wanted:
+        if n not in found:
+            why = f" ({stale[n]} was built from another version of the recipe)" if n in stale else ""
+            raise InputError(f"variant {n} is not built yet{why}", where=f"{folder}",
+                             hint=f"run: quantforge build {recipe.path or 'RECIPE'} --quant {n}")
+        out.append(found[n])
+    return out
+
+
+def _variant_files(man_path: Path, man: Any) -> VariantFiles:
+    from quantforge.errors import InputError
+    from quantforge.manifest import resolve_file
+
+    files = []
+    for f in man.files:
+        p = resolve_file(man_path, f.path)
+        if not p.is_file() or p.stat().st_size != f.bytes:
+            raise InputError(f"{p.name} is missing or its size differs from the build manifest", where=man_path.name,
+                             hint=f"rebuild it: quantforge build RECIPE --quant {man.name} --force")
+        files.append(LocalFile(path=str(p), bytes=f.bytes, sha256=f.sha256))
+    return VariantFiles(name=man.name, files=tuple(files))
+
+
+def collect(
+    recipe: Any,
+    *,
+    repo: str | None,
+    quants: Sequence[str] | None = None,
+    out_dir: str | Path | None = None,
+    max_file_bytes: int = HF_MAX_FILE_BYTES,
+    include_imatrix: bool = True,
+) -> Collected:
+    """Read the manifests, lay out the files and render the card (no network)."""
+    from quantforge.publish.card import Plot, card_data_from_manifests, render_card
+
+    mans = find_manifests(recipe, quants, out_dir=out_dir)
+    variants = [_variant_files(p, m) for p, m in mans]
+    files_in_repo = {v.name: tuple(f.path_in_repo for f in layout_variant(v, max_file_bytes=max_file_bytes)) for v in variants}
+    extras: list[tuple[str, str, FileKind]] = []
+    plots: list[Plot] = []
+    from quantforge.publish.card import plot_files
+
+    for p, m in mans:
+        for png in plot_files(p, m):
+            rel = f"plots/{png.name}"
+            if rel not in [e[0] for e in extras]:
+                extras.append((rel, str(png), "plot"))
+                plots.append(Plot(title=png.stem.replace("_", " ").replace("-", " "), path=rel))
+    if include_imatrix:
+        from quantforge.manifest import resolve_file
+
+        for p, m in mans:
+            if m.imatrix and m.imatrix.get("path"):
+                im = resolve_file(p, m.imatrix["path"])
+                if im.is_file():
+                    extras.append((im.name, str(im), "imatrix"))
+                break
+    data = card_data_from_manifests(recipe, mans, repo=repo, files_in_repo=files_in_repo, plots=plots)
+    return Collected(
+        card=render_card(data),
+        variants=tuple(variants),
+        extras=tuple(extras),
+        manifests=tuple(str(p) for p, _ in mans),
+        recipe_sha256=recipe.sha256,
+    )
+
+
+def make_card(
+    recipe_path: str | Path,
+    *,
+    repo: str | None = None,
+    quants: Sequence[str] | None = None,
+    out_dir: str | Path | None = None,
+    output: str | Path | None = None,
+    force: bool = False,
+) -> CardResult:
+    """Render README.md for the built variants; write it to ``output`` when given."""
+    from quantforge.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    repo = repo or (recipe.publish.repo if recipe.publish else None)
+    if repo:
+        check_repo_id(repo)
+    col = collect(recipe, repo=repo, quants=quants, out_dir=out_dir)
+    path = None
+    if output is not None:
+        out = Path(output)
+        if out.exists() and not force:
+            raise UsageError(f"{out} exists", where="--output", hint="pass --force to overwrite it")
+        tmp = out.with_name(out.name + ".partial")
+        tmp.write_text(col.card, encoding="utf-8")
+        os.replace(tmp, out)
+        path = str(out)
+    return CardResult(path=path, text=col.card, variants=tuple(v.name for v in col.variants))
+
+
+def publish(
+    recipe_path: str | Path,
+    *,
+    repo: str | None = None,
+    quants: Sequence[str] | None = None,
+    private: bool = False,
+    dry_run: bool = False,
+    staging: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    max_file_bytes: int = HF_MAX_FILE_BYTES,
+    include_imatrix: bool = True,
+    force: bool = False,
+    progress: bool = False,
+) -> UploadResult:
+    """Publish the built variants of a recipe: card + files, card last.
+
+    Every check (repo id, manifests, files, per-file limit, token) runs before the first
+    request, so bad input uploads nothing. ``dry_run`` writes ``staging`` (when given) and
+    returns the plan without touching the network.
+    """
+    from quantforge.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    repo = repo or (recipe.publish.repo if recipe.publish else None)
+    if not repo:
+        raise UsageError("no repo to publish to", where="--repo",
+                         hint="pass --repo ORG/NAME or set [publish] repo in the recipe")
+    check_repo_id(repo)
+    col = collect(recipe, repo=repo, quants=quants, out_dir=out_dir, max_file_bytes=max_file_bytes,
+                  include_imatrix=include_imatrix)
+    plan = build_plan(repo=repo, recipe_sha256=col.recipe_sha256, card=col.card, variants=col.variants,
+                      extras=col.extras, private=private, max_file_bytes=max_file_bytes)
+    if dry_run:
+        if staging is not None:
+            plan = write_staging(plan, Path(staging), force=force)
+        return UploadResult(repo=repo, url="", plan=plan, commits=(), uploaded=(), skipped=(), bytes_uploaded=0,
+                            dry_run=True)
+    token = resolve_token()
+    result = execute(plan, token=token, progress=progress)
+    _record(col, result)
+    return result
+
+
+def _record(col: Collected, result: UploadResult) -> None:
+    """Add a ``publish`` section to each manifest: repo, paths, commit (never the token)."""
+    from quantforge.manifest import update_manifest
+
+    last = next((c.oid for c in reversed(result.commits) if c.oid), None)
+    for mp, v in zip(col.manifests, col.variants):
+        paths = [f.path_in_repo for f in result.plan.files if f.variant == v.name]
+        try:
+            update_manifest(mp, publish={"repo": result.repo, "paths": paths, "head_commit": last})
+        except Exception:  # a read-only output folder must not turn a finished upload into a failure
+            pass
