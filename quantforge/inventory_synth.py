@@ -123,7 +123,7 @@ class _Config:
             hint="give the model's complete config.json from Hugging Face",
         )
 
-    def int(self, *keys: str) -> int:
+    def num(self, *keys: str) -> int:
         value = self.req(*keys)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InventoryError(
@@ -257,12 +257,12 @@ def _common_hparams(c: _Config, *, n_blocks: int, hidden: int, n_head: int, n_kv
 
 
 def _synth_dense(c: _Config, arch: str) -> _Synth:
-    hidden = c.int("hidden_size")
-    n_layer = c.int("num_hidden_layers")
-    n_head = c.int("num_attention_heads")
+    hidden = c.num("hidden_size")
+    n_layer = c.num("num_hidden_layers")
+    n_head = c.num("num_attention_heads")
     n_kv = int(c.opt("num_key_value_heads", n_head))
-    ff = c.int("intermediate_size")
-    vocab = c.int("vocab_size")
+    ff = c.num("intermediate_size")
+    vocab = c.num("vocab_size")
     head_dim = int(c.opt("head_dim", hidden // n_head if n_head else 0))
     tied = bool(c.opt("tie_word_embeddings", False))
     qk_norm = arch == "qwen3"
@@ -292,13 +292,13 @@ def _synth_dense(c: _Config, arch: str) -> _Synth:
 
 
 def _synth_qwen3moe(c: _Config) -> _Synth:
-    hidden = c.int("hidden_size")
-    n_layer = c.int("num_hidden_layers")
-    n_head = c.int("num_attention_heads")
+    hidden = c.num("hidden_size")
+    n_layer = c.num("num_hidden_layers")
+    n_head = c.num("num_attention_heads")
     n_kv = int(c.opt("num_key_value_heads", n_head))
-    vocab = c.int("vocab_size")
-    n_exp = c.int("num_experts")
-    moe_ff = c.int("moe_intermediate_size")
+    vocab = c.num("vocab_size")
+    n_exp = c.num("num_experts")
+    moe_ff = c.num("moe_intermediate_size")
     head_dim = int(c.opt("head_dim", hidden // n_head if n_head else 0))
     if c.opt("mlp_only_layers") or int(c.opt("decoder_sparse_step", 1)) != 1:
         raise InventoryError(
@@ -353,19 +353,19 @@ def _moe_shared_block(
 
 
 def _synth_deepseek2(c: _Config, layout: Engine) -> _Synth:
-    hidden = c.int("hidden_size")
-    n_layer = c.int("num_hidden_layers")
-    n_head = c.int("num_attention_heads")
+    hidden = c.num("hidden_size")
+    n_layer = c.num("num_hidden_layers")
+    n_head = c.num("num_attention_heads")
     n_kv = int(c.opt("num_key_value_heads", n_head))
-    vocab = c.int("vocab_size")
-    kv_lora = c.int("kv_lora_rank")
+    vocab = c.num("vocab_size")
+    kv_lora = c.num("kv_lora_rank")
     q_lora = c.opt("q_lora_rank")
-    nope = c.int("qk_nope_head_dim")
-    rope = c.int("qk_rope_head_dim")
-    v_dim = c.int("v_head_dim")
-    ff = c.int("intermediate_size")
+    nope = c.num("qk_nope_head_dim")
+    rope = c.num("qk_rope_head_dim")
+    v_dim = c.num("v_head_dim")
+    ff = c.num("intermediate_size")
     n_exp = int(c.opt("n_routed_experts", 0))
-    moe_ff = c.int("moe_intermediate_size") if n_exp else 0
+    moe_ff = c.num("moe_intermediate_size") if n_exp else 0
     n_shared = int(c.opt("n_shared_experts", 0))
     first_dense = int(c.opt("first_k_dense_replace", 0 if n_exp else n_layer))
     freq = int(c.opt("moe_layer_freq", 1)) or 1
@@ -444,15 +444,15 @@ def _synth_deepseek2(c: _Config, layout: Engine) -> _Synth:
 
 
 def _synth_glm4moe(c: _Config) -> _Synth:
-    hidden = c.int("hidden_size")
-    n_layer = c.int("num_hidden_layers")
+    hidden = c.num("hidden_size")
+    n_layer = c.num("num_hidden_layers")
     n_nextn = int(c.opt("num_nextn_predict_layers", 0))
-    n_head = c.int("num_attention_heads")
+    n_head = c.num("num_attention_heads")
     n_kv = int(c.opt("num_key_value_heads", n_head))
-    vocab = c.int("vocab_size")
-    ff = c.int("intermediate_size")
-    n_exp = c.int("n_routed_experts")
-    moe_ff = c.int("moe_intermediate_size")
+    vocab = c.num("vocab_size")
+    ff = c.num("intermediate_size")
+    n_exp = c.num("n_routed_experts")
+    moe_ff = c.num("moe_intermediate_size")
     n_shared = int(c.opt("n_shared_experts", 0))
     first_dense = int(c.opt("first_k_dense_replace", 0))
     head_dim = int(c.opt("head_dim", hidden // n_head if n_head else 0))
