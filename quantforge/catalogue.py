@@ -408,7 +408,9 @@ class Catalogue:
             return ftype is not None and ftype.upper() == "Q2_K_S"
         return t.needs_imatrix
 
-    def resolve(self, name: str, shape: Sequence[int], *, tensor_name: str | None = None) -> tuple[str, str | None]:
+    def resolve(
+        self, name: str, shape: Sequence[int], *, tensor_name: str | None = None
+    ) -> tuple[str, str | None]:
         """The type llama-quantize really writes for a tensor of ``shape`` and why.
 
         Order as in ik's llama-quantize: row-length fallback first, token embeddings lose

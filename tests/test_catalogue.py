@@ -46,7 +46,9 @@ def _library_types(lib: ctypes.CDLL, max_id: int) -> dict[int, str]:
     return out
 
 
-def _check_library(lib: ctypes.CDLL, engine: str, max_id: int, *, newer: frozenset[str] = frozenset()) -> None:
+def _check_library(
+    lib: ctypes.CDLL, engine: str, max_id: int, *, newer: frozenset[str] = frozenset()
+) -> None:
     cat = catalogue(engine)  # type: ignore[arg-type]
     named = _library_types(lib, max_id)
     mismatches = []
@@ -61,7 +63,9 @@ def _check_library(lib: ctypes.CDLL, engine: str, max_id: int, *, newer: frozens
             mismatches.append(f"id {type_id}: library {got} catalogue {want}")
         for ne0 in NE0S:
             if ne0 % t.block_size == 0 and lib.ggml_row_size(type_id, ne0) != t.row_bytes(ne0):
-                mismatches.append(f"{name} row_size({ne0}) = {lib.ggml_row_size(type_id, ne0)} != {t.row_bytes(ne0)}")
+                mismatches.append(
+                    f"{name} row_size({ne0}) = {lib.ggml_row_size(type_id, ne0)} != {t.row_bytes(ne0)}"
+                )
     for t in cat.types():
         if named.get(t.type_id) != t.name and t.name not in newer:
             mismatches.append(f"catalogue {t.name} (id {t.type_id}) not in the library")
@@ -142,7 +146,9 @@ def test_fallbacks_match_ik_quantize_logs(ik_fixtures: Path) -> None:
     }  # fmt: skip
 
 
-_TENSOR = re.compile(r"\]\s+(\S+) - \[\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\], type =\s+\S+, Using custom type (\S+) for")
+_TENSOR = re.compile(
+    r"\]\s+(\S+) - \[\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\], type =\s+\S+, Using custom type (\S+) for"
+)
 _CONVERTED = re.compile(r"converting to (\S+) \.\.")
 
 
@@ -215,13 +221,27 @@ def test_needs_imatrix_and_cuda() -> None:
     assert not ml.needs_imatrix("iq1_s", tensor_name="per_layer_token_embd.weight")
     assert ik.needs_imatrix("q2_K", tensor_name="blk.0.ffn_up.weight", ftype="Q2_K_S")
     cuda_r = {t.name for t in ik.types() if t.interleave > 1 and t.cuda_matmul}
-    assert cuda_r == {"iq2_k_r4", "iq3_k_r4", "iq4_k_r4", "iq5_k_r4", "iq4_ks_r4", "iq5_ks_r4", "iq1_s_r4", "iq1_m_r4"}
-    assert not any(ik.get(n).cuda_matmul for n in ("iq3_s_r4", "iq3_xxs_r4", "q4_k_r4", "q6_k_r4", "iq4_xs_r8"))
+    assert cuda_r == {
+        "iq2_k_r4",
+        "iq3_k_r4",
+        "iq4_k_r4",
+        "iq5_k_r4",
+        "iq4_ks_r4",
+        "iq5_ks_r4",
+        "iq1_s_r4",
+        "iq1_m_r4",
+    }
+    assert not any(
+        ik.get(n).cuda_matmul for n in ("iq3_s_r4", "iq3_xxs_r4", "q4_k_r4", "q6_k_r4", "iq4_xs_r8")
+    )
 
 
 def test_ik_refuses_iq2_xxs_without_imatrix(ik_fixtures: Path) -> None:
     text = (ik_fixtures / "logs" / "quantize-g-IQ2_XXS-no-imatrix.log").read_text()
-    assert "Please do not use IQ1_S, IQ1_M, IQ2_S, IQ2_XXS, IQ2_XS or Q2_K_S quantization without an importance matrix" in text
+    assert (
+        "Please do not use IQ1_S, IQ1_M, IQ2_S, IQ2_XXS, IQ2_XS or Q2_K_S quantization without an importance matrix"
+        in text
+    )
     assert ftype("ik", "IQ2_XXS").needs_imatrix
     assert not ftype("ik", "IQ2_M").needs_imatrix
 
@@ -394,7 +414,13 @@ def test_ik_imatrix_refusal_matches_real_quantize(ik_quantize: Path, smol_f16: P
     allowed = [n for n in names if n not in refused]
     tensors = [f"blk\\.{layer}\\.{t}" for layer in range(30) for t in ("ffn_down", "ffn_gate", "ffn_up")]
     assert len(allowed) <= len(tensors)
-    proc = _ik_dry_run(ik_quantize, smol_f16, tmp_path, [f"{t}={n}" for t, n in zip(tensors, allowed)], None)
+    proc = _ik_dry_run(
+        ik_quantize,
+        smol_f16,
+        tmp_path,
+        [f"{t}={n}" for t, n in zip(tensors[: len(allowed)], allowed, strict=True)],
+        None,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Missing importance matrix" not in proc.stdout + proc.stderr
     assert (proc.stdout + proc.stderr).count("Using custom type") == len(allowed)
@@ -448,7 +474,11 @@ def test_ik_tables_match_llama_quantize_source() -> None:
         t.name.lower(): (t.base.lower(), t.interleave) for t in cat.types() if t.base
     }
     # change_type_if_necessary: the QK_K list and the switch
-    fn = src[src.index("static ggml_type change_type_if_necessary") : src.index("static ggml_type llama_tensor_get_type")]
+    fn = src[
+        src.index("static ggml_type change_type_if_necessary") : src.index(
+            "static ggml_type llama_tensor_get_type"
+        )
+    ]
     qk_k = _ggml_types(fn[: fn.index("if (nx % QK_K != 0)")])
     assert qk_k == {t.name.lower() for t in cat.types() if t.fallback and t.row_multiple == QK_K}
     for group, target in re.findall(r"((?:case GGML_TYPE_\w+:\s*)+)new_type = GGML_TYPE_(\w+);", fn):
@@ -461,7 +491,9 @@ def test_ik_tables_match_llama_quantize_source() -> None:
     sw = src[src.index("switch (ftype) {\n        case LLAMA_FTYPE_MOSTLY_Q4_0: default_type") :]
     sw = sw[: sw.index("default: throw")]
     table = ftypes("ik")
-    for group, target in re.findall(r"((?:case LLAMA_FTYPE_(?:MOSTLY_)?\w+:\s*)+)default_type = GGML_TYPE_(\w+);", sw):
+    for group, target in re.findall(
+        r"((?:case LLAMA_FTYPE_(?:MOSTLY_)?\w+:\s*)+)default_type = GGML_TYPE_(\w+);", sw
+    ):
         for ft in re.findall(r"LLAMA_FTYPE_(?:MOSTLY_|ALL_)?(\w+)", group):
             assert (ft, (table[ft].default_type or "").lower()) == (ft, names[target])
 
@@ -473,7 +505,9 @@ def test_ik_repack_map_matches_iqk_source() -> None:
     names = _enum_names()
     pairs = {names[a]: names[b] for a, b in re.findall(r"\{ GGML_TYPE_(\w+),\s*\{ GGML_TYPE_(\w+),", fn)}
     pairs.pop("q8_k")  # q8_K is never stored, so never repacked from a file
-    got = {t.name.lower(): t.repacked.lower() for t in catalogue("ik").types() if t.repacked and t.name != "bf16"}
+    got = {
+        t.name.lower(): t.repacked.lower() for t in catalogue("ik").types() if t.repacked and t.name != "bf16"
+    }
     assert got == pairs
 
 
@@ -526,7 +560,13 @@ def test_rules_apply_only_under_quantized_ftypes(
     ik_quantize: Path, mainline_bin_dir: Path, smol_f16: Path, tmp_path: Path
 ) -> None:
     """Both engines ignore --custom-q / --tensor-type when the ftype's default type is not quantized."""
-    assert {n for n, f in ftypes("ik").items() if not f.rules_apply} == {"F32", "F16", "BF16", "BF16_R16", "COPY"}
+    assert {n for n, f in ftypes("ik").items() if not f.rules_apply} == {
+        "F32",
+        "F16",
+        "BF16",
+        "BF16_R16",
+        "COPY",
+    }
     assert {n for n, f in ftypes("mainline").items() if not f.rules_apply} == {"F32", "F16", "BF16", "COPY"}
     for ft in ("BF16", "Q8_0"):
         ik = subprocess.run(
@@ -535,7 +575,9 @@ def test_rules_apply_only_under_quantized_ftypes(
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         ml = _ml_dry_run(mainline_bin_dir, smol_f16, ["blk\\.0\\.ffn_down=q4_0"], ft)
-        ik_type = re.search(r"blk\.0\.ffn_down\.weight - .*?converting to (\S+) \.\.", ik.stdout + ik.stderr, re.S)
+        ik_type = re.search(
+            r"blk\.0\.ffn_down\.weight - .*?converting to (\S+) \.\.", ik.stdout + ik.stderr, re.S
+        )
         ml_type = {m[1]: m[7] for m in _ML_DRY.finditer(ml.stdout + ml.stderr)}["blk.0.ffn_down.weight"]
         assert ik_type is not None
         applied = ftype("ik", ft).rules_apply
