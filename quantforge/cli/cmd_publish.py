@@ -93,3 +93,63 @@ def _human(res: Any) -> str:
     for c in res.commits:
         lines.append(f"  {c.oid[:12] if c.oid else 'no change   '}  {c.summary}")
     return "\n".join(lines)
+
+
+@recipe_app.command("import")
+def import_cmd(
+    source: str = typer.Argument(..., help="A GGUF (local, split set, or hf://org/repo[@rev]/file.gguf)."),
+    output: str = typer.Option(None, "--output", "-o", help="Write the recipe here (default: stdout)."),
+    name: str = typer.Option(None, "--name", help="Variant name (default: from the file name)."),
+    engine: str = typer.Option(None, "--engine", help="ik or mainline (default: ik when an ik-only type is used)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+) -> None:
+    """Write a recipe that reproduces an existing quant's per-tensor types (header bytes only).
+
+    Example: quantforge recipe import hf://ubergarm/DeepSeek-R1-0528-GGUF/IQ2_K_R4/DeepSeek-R1-0528-IQ2_K_R4-00001-of-00005.gguf -o r1.toml
+    """
+    import sys
+
+    from quantforge.publish.importer import import_recipe
+
+    res = import_recipe(source, name=name, engine=engine, output=output, force=force)
+    if res.path is None:
+        sys.stdout.write(res.text)
+    else:
+        print(f"wrote {res.path}: variant {res.name}, default {res.default}, {len(res.rules)} rule(s) "
+              f"for {res.n_tensors} tensors")
+    if res.mismatches:
+        print(f"warning: {len(res.mismatches)} tensor(s) would re-expand differently, e.g. {res.mismatches[0]}",
+              file=sys.stderr)
+
+
+@recipe_app.command("diff")
+def diff_cmd(
+    a: str = typer.Argument(..., help="First quant (GGUF path or hf://)."),
+    b: str = typer.Argument(..., help="Second quant (GGUF path or hf://)."),
+    as_json: bool = typer.Option(False, "--json", help="Print every differing tensor as JSON."),
+) -> None:
+    """List the tensors whose type differs between two quants, grouped, with byte totals.
+
+    Example: quantforge recipe diff A-IQ4_KS.gguf B-IQ4_KS.gguf
+    """
+    from quantforge.cli._output import emit
+    from quantforge.publish.importer import diff_quants
+
+    emit(diff_quants(a, b), as_json=as_json, human=_human_diff)
+
+
+def _human_diff(d: Any) -> str:
+    from quantforge.cli._output import human_bytes
+
+    lines = [f"A: {d.a}", f"B: {d.b}"]
+    if not d.tensors:
+        lines.append(f"identical tensor types ({d.n_same} tensors)")
+        return "\n".join(lines)
+    for g in d.groups:
+        where = f" layers {g.layers}" if g.layers else ""
+        lines.append(f"{g.pattern}{where} ×{g.count}  {g.type_a or '-'} -> {g.type_b or '-'}  "
+                     f"{human_bytes(g.bytes_a)} -> {human_bytes(g.bytes_b)}")
+    sign = "+" if d.delta_bytes >= 0 else "-"
+    lines.append(f"{len(d.tensors)} tensor(s) differ, {d.n_same} same; B - A = {sign}{human_bytes(abs(d.delta_bytes))} "
+                 f"(A {human_bytes(d.bytes_a)}, B {human_bytes(d.bytes_b)})")
+    return "\n".join(lines)
