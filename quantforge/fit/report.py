@@ -185,7 +185,20 @@ def _evaluate(prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settin
         return [home] + [k for k in range(n_gpu) if k != home]
 
     pending: list[int] = []
+    left: list[int] = []
+    # pass 1: each GPU takes whole expert layers of its own layers (no cross-device hop)
     for layer in sorted(by_layer):
+        uis = by_layer[layer]
+        need = sum(prep.units[ui].gpu_bytes for ui in uis)
+        home = layer_gpu[layer] if layer < nl else 0
+        if room[home] >= need:
+            for ui in uis:
+                unit_dev[ui] = names[home]
+            room[home] -= need
+        else:
+            left.append(layer)
+    # pass 2: whole layers to any GPU with room left
+    for layer in left:
         uis = by_layer[layer]
         need = sum(prep.units[ui].gpu_bytes for ui in uis)
         for k in order(layer):
