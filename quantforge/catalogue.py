@@ -589,7 +589,8 @@ def ftype_for_value(engine: Engine, value: int) -> FType | None:
     """The ftype a ``general.file_type`` value names (``15`` -> ``Q4_K_M``, not the alias ``Q4_K``)."""
     matches = [f for f in ftypes(engine).values() if f.value == value and f.name != "COPY"]
     plain = [f for f in matches if f.alias_of is None]
-    return (plain or matches or [None])[0]
+    best = plain or matches
+    return best[0] if best else None
 
 
 def ftype(engine: Engine, name: str) -> FType:
