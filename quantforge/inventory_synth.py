@@ -153,8 +153,11 @@ def detect_arch(config: Mapping[str, Any], *, source: str) -> str:
         f"cannot synthesize a tensor list for {what}",
         where=f"{source}: {'architectures' if archs else 'model_type'}",
         hint=(
-            "supported: " + ", ".join(sorted(HF_ARCHITECTURES)) + " (model_type "
-            + ", ".join(sorted(HF_MODEL_TYPES)) + "); for other models give a GGUF file or hf:// URL"
+            "supported: "
+            + ", ".join(sorted(HF_ARCHITECTURES))
+            + " (model_type "
+            + ", ".join(sorted(HF_MODEL_TYPES))
+            + "); for other models give a GGUF file or hf:// URL"
         ),
     )
 
@@ -200,7 +203,16 @@ def _experts(p: str, b: str, hidden: int, ff: int, n: int) -> list[_T]:
 
 
 def _gqa_attention(
-    p: str, b: str, hidden: int, n_head: int, n_kv: int, head_dim: int, *, qk_norm: bool, qkv_bias: bool, o_bias: bool = False
+    p: str,
+    b: str,
+    hidden: int,
+    n_head: int,
+    n_kv: int,
+    head_dim: int,
+    *,
+    qk_norm: bool,
+    qkv_bias: bool,
+    o_bias: bool = False,
 ) -> list[_T]:
     q, kv = n_head * head_dim, n_kv * head_dim
     out = [
@@ -235,7 +247,9 @@ class _Synth:
     tail: list[_T]
 
 
-def _common_hparams(c: _Config, *, n_blocks: int, hidden: int, n_head: int, n_kv: int, vocab: int) -> dict[str, Any]:
+def _common_hparams(
+    c: _Config, *, n_blocks: int, hidden: int, n_head: int, n_kv: int, vocab: int
+) -> dict[str, Any]:
     hp: dict[str, Any] = {
         "block_count": n_blocks,
         "embedding_length": hidden,
@@ -281,7 +295,9 @@ def _synth_dense(c: _Config, arch: str) -> _Synth:
                 _vec(f"{p}input_layernorm.weight", f"{b}attn_norm.weight", hidden),
                 _vec(f"{p}post_attention_layernorm.weight", f"{b}ffn_norm.weight", hidden),
                 *_dense_ffn(p, b, hidden, ff),
-                *_gqa_attention(p, b, hidden, n_head, n_kv, head_dim, qk_norm=qk_norm, qkv_bias=qkv_bias, o_bias=o_bias),
+                *_gqa_attention(
+                    p, b, hidden, n_head, n_kv, head_dim, qk_norm=qk_norm, qkv_bias=qkv_bias, o_bias=o_bias
+                ),
             ]
         )
     hp = _common_hparams(c, n_blocks=n_layer, hidden=hidden, n_head=n_head, n_kv=n_kv, vocab=vocab)
@@ -381,7 +397,9 @@ def _synth_deepseek2(c: _Config, layout: Engine) -> _Synth:
             _vec(f"{p}input_layernorm.weight", f"{b}attn_norm.weight", hidden),
             _vec(f"{p}post_attention_layernorm.weight", f"{b}ffn_norm.weight", hidden),
             _vec(f"{p}self_attn.kv_a_layernorm.weight", f"{b}attn_kv_a_norm.weight", kv_lora),
-            _mat(f"{p}self_attn.kv_a_proj_with_mqa.weight", f"{b}attn_kv_a_mqa.weight", hidden, kv_lora + rope),
+            _mat(
+                f"{p}self_attn.kv_a_proj_with_mqa.weight", f"{b}attn_kv_a_mqa.weight", hidden, kv_lora + rope
+            ),
             _mat(f"{p}self_attn.o_proj.weight", f"{b}attn_output.weight", n_head * v_dim, hidden),
         ]
         kvb = f"{p}self_attn.kv_b_proj.weight"
@@ -401,12 +419,19 @@ def _synth_deepseek2(c: _Config, layout: Engine) -> _Synth:
             t += [
                 _vec(f"{p}self_attn.q_a_layernorm.weight", f"{b}attn_q_a_norm.weight", int(q_lora)),
                 _mat(f"{p}self_attn.q_a_proj.weight", f"{b}attn_q_a.weight", hidden, int(q_lora)),
-                _mat(f"{p}self_attn.q_b_proj.weight", f"{b}attn_q_b.weight", int(q_lora), n_head * (nope + rope)),
+                _mat(
+                    f"{p}self_attn.q_b_proj.weight",
+                    f"{b}attn_q_b.weight",
+                    int(q_lora),
+                    n_head * (nope + rope),
+                ),
             ]
         else:
             t.append(_mat(f"{p}self_attn.q_proj.weight", f"{b}attn_q.weight", hidden, n_head * (nope + rope)))
         if n_exp and i >= first_dense and i % freq == 0:
-            t += _moe_shared_block(c, p, b, hidden, n_exp=n_exp, moe_ff=moe_ff, n_shared=n_shared, score_bias=score_bias)
+            t += _moe_shared_block(
+                c, p, b, hidden, n_exp=n_exp, moe_ff=moe_ff, n_shared=n_shared, score_bias=score_bias
+            )
         else:
             t += _dense_ffn(p, b, hidden, ff)
         blocks.append(t)
@@ -470,7 +495,9 @@ def _synth_glm4moe(c: _Config) -> _Synth:
             *_gqa_attention(p, b, hidden, n_head, n_kv, head_dim, qk_norm=qk_norm, qkv_bias=bias),
         ]
         if i >= first_dense:
-            t += _moe_shared_block(c, p, b, hidden, n_exp=n_exp, moe_ff=moe_ff, n_shared=n_shared, score_bias=True)
+            t += _moe_shared_block(
+                c, p, b, hidden, n_exp=n_exp, moe_ff=moe_ff, n_shared=n_shared, score_bias=True
+            )
         else:
             t += _dense_ffn(p, b, hidden, ff)
         if i >= n_layer:
@@ -568,7 +595,9 @@ def synthesize_inventory(
     ``chat_template_bytes`` for the metadata estimate.
     """
     if not isinstance(config, Mapping):
-        raise InventoryError("config.json is not a JSON object", where=source, hint="give the model's config.json")
+        raise InventoryError(
+            "config.json is not a JSON object", where=source, hint="give the model's config.json"
+        )
     text_config = config.get("text_config")
     if "hidden_size" not in config and isinstance(text_config, Mapping):
         raise InventoryError(
@@ -594,7 +623,10 @@ def synthesize_inventory(
     # skipping validation keeps a 1,800-tensor inventory at a few milliseconds.
     tensors = tuple(
         TensorEntry.model_construct(
-            name=t.name, shape=t.shape, dtype="f32" if (t.f32 or t.name.endswith("_norm.weight")) else dtype, shard=0
+            name=t.name,
+            shape=t.shape,
+            dtype="f32" if (t.f32 or t.name.endswith("_norm.weight")) else dtype,
+            shard=0,
         )
         for t in _ordered(s, order)
     )
@@ -632,7 +664,9 @@ def _read_json(path: Path, *, what: str) -> Any:
     except FileNotFoundError:
         raise InventoryError(f"{what} not found", where=str(path), hint="check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise InventoryError(f"cannot read {what}: {exc}", where=str(path), hint="give a readable UTF-8 JSON file") from None
+        raise InventoryError(
+            f"cannot read {what}: {exc}", where=str(path), hint="give a readable UTF-8 JSON file"
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

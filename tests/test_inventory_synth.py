@@ -51,8 +51,8 @@ def diff_report(real: list[Row], syn: list[Row]) -> str:
 
 def assert_same_tensors(real: list[Row], syn: list[Row]) -> None:
     assert len({n for n, _, _ in syn}) == len(syn), "duplicate names in the synthesized list"
-    assert len(real) == len(syn) and {n: (s, d) for n, s, d in real} == {n: (s, d) for n, s, d in syn}, diff_report(
-        real, syn
+    assert len(real) == len(syn) and {n: (s, d) for n, s, d in real} == {n: (s, d) for n, s, d in syn}, (
+        diff_report(real, syn)
     )
 
 
@@ -144,15 +144,27 @@ def test_hparams_use_gguf_keys_for_kv_cache_sizing() -> None:
     assert r1["attention.kv_lora_rank"] == 512 and r1["rope.dimension_count"] == 64
     assert r1["attention.q_lora_rank"] == 1536
     # mainline writes MLA as one KV head of kv_lora_rank + rope dims.
-    assert (r1["attention.head_count_kv"], r1["attention.key_length"], r1["attention.value_length"]) == (1, 576, 512)
+    assert (r1["attention.head_count_kv"], r1["attention.key_length"], r1["attention.value_length"]) == (
+        1,
+        576,
+        512,
+    )
     assert (r1["attention.key_length_mla"], r1["attention.value_length_mla"]) == (192, 128)
     assert (r1["expert_count"], r1["expert_used_count"], r1["expert_shared_count"]) == (256, 8, 1)
     assert r1["expert_feed_forward_length"] == 2048 and r1["vocab_size"] == 129280
     assert r1["context_length"] == 163840 and r1["expert_gating_func"] == 2
     ik = shipped_inventory("deepseek-ai/DeepSeek-R1-0528", engine="ik").hparams
-    assert (ik["attention.head_count_kv"], ik["attention.key_length"], ik["attention.value_length"]) == (128, 192, 128)
+    assert (ik["attention.head_count_kv"], ik["attention.key_length"], ik["attention.value_length"]) == (
+        128,
+        192,
+        128,
+    )
     kimi = shipped_inventory("moonshotai/Kimi-K2-Instruct").hparams
-    assert (kimi["expert_count"], kimi["leading_dense_block_count"], kimi["attention.head_count"]) == (384, 1, 64)
+    assert (kimi["expert_count"], kimi["leading_dense_block_count"], kimi["attention.head_count"]) == (
+        384,
+        1,
+        64,
+    )
     assert kimi["vocab_size"] == 163840
     q = shipped_inventory("Qwen/Qwen3-235B-A22B").hparams
     assert (q["block_count"], q["attention.head_count_kv"], q["attention.key_length"]) == (94, 4, 128)
@@ -199,7 +211,9 @@ def test_smollm2_equals_the_real_gguf_headers(smol_q4_1: Path, smol_f16: Path) -
         assert inv.hparams[key] == pytest.approx(value), key
     # The header size is an estimate; it lands within 0.5 % of the real one (1,785,664 bytes).
     assert f16.data_offset == 1785664
-    assert inv.metadata_bytes is not None and abs(inv.metadata_bytes - f16.data_offset) / f16.data_offset < 0.005
+    assert (
+        inv.metadata_bytes is not None and abs(inv.metadata_bytes - f16.data_offset) / f16.data_offset < 0.005
+    )
 
 
 def test_metadata_estimate_is_plausible_for_big_models() -> None:
@@ -247,7 +261,11 @@ def test_dense_qwen2_qwen3_llama3_layouts() -> None:
     }  # fmt: skip
     inv = synthesize_inventory(llama32, engine="ik", source="llama-3.2-1b", order="single_file")
     assert len(inv.tensors) == 1 + 16 * 9 + 2 == 147
-    assert (inv.tensors[0].name, inv.tensors[0].shape, inv.tensors[0].dtype) == ("rope_freqs.weight", (32,), "f32")
+    assert (inv.tensors[0].name, inv.tensors[0].shape, inv.tensors[0].dtype) == (
+        "rope_freqs.weight",
+        (32,),
+        "f32",
+    )
     untied = {**llama32, "tie_word_embeddings": False}
     sharded = synthesize_inventory(untied, engine="ik", source="x", order="sharded").tensors
     assert sharded[-2].name == "output.weight" and sharded[-2].shape == (2048, 128256)
@@ -275,7 +293,9 @@ def test_inventory_from_config_file(tmp_path: Path) -> None:
     cfg.write_text(json.dumps(raw))
     inv = inventory_from_config_file(cfg, engine="ik")
     assert inv.source == str(cfg) and inv.layout == "ik"
-    assert [t.name for t in inv.tensors] == [t.name for t in shipped_inventory("moonshotai/Kimi-K2-Instruct", engine="ik").tensors]
+    assert [t.name for t in inv.tensors] == [
+        t.name for t in shipped_inventory("moonshotai/Kimi-K2-Instruct", engine="ik").tensors
+    ]
     # A single-file checkpoint beside the config switches to its sorted order.
     smol = {k: v for k, v in shipped_models()["smollm2-135m"].config.items()}
     d = tmp_path / "smol"
@@ -297,7 +317,9 @@ def test_shipped_lookup_aliases_case_and_cache() -> None:
     assert shipped_inventory("hf://moonshotai/Kimi-K2-Instruct", engine="mainline") is a
     assert shipped_inventory("moonshotai/Kimi-K2-Thinking").source == "moonshotai/Kimi-K2-Instruct"
     # Non-deepseek architectures have one layout for both engines.
-    assert rows_of(shipped_inventory("zai-org/GLM-4.5", engine="ik")) == rows_of(shipped_inventory("zai-org/GLM-4.5"))
+    assert rows_of(shipped_inventory("zai-org/GLM-4.5", engine="ik")) == rows_of(
+        shipped_inventory("zai-org/GLM-4.5")
+    )
 
 
 # ---- bad input -----------------------------------------------------------------------
@@ -308,7 +330,9 @@ def test_unknown_shipped_id_lists_known_and_nearest() -> None:
         shipped_inventory("deepseek-ai/DeepSeek-R1-0529")
     line = exc.value.one_line()
     assert exc.value.exit_code == 2
-    assert line.startswith("deepseek-ai/DeepSeek-R1-0529: no shipped inventory for 'deepseek-ai/DeepSeek-R1-0529'")
+    assert line.startswith(
+        "deepseek-ai/DeepSeek-R1-0529: no shipped inventory for 'deepseek-ai/DeepSeek-R1-0529'"
+    )
     assert "did you mean deepseek-ai/DeepSeek-R1-0528?" in line
     assert "zai-org/GLM-4.5-Air" in line and "config.json" in line
     with pytest.raises(InventoryError, match=r"did you mean Qwen/Qwen3-235B-A22B\?"):
@@ -317,11 +341,17 @@ def test_unknown_shipped_id_lists_known_and_nearest() -> None:
 
 def test_unsupported_architecture_names_the_supported_ones() -> None:
     with pytest.raises(InventoryError) as exc:
-        synthesize_inventory({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3"}, engine="ik", source="cfg.json")
+        synthesize_inventory(
+            {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3"}, engine="ik", source="cfg.json"
+        )
     line = exc.value.one_line()
-    assert line.startswith("cfg.json: architectures: cannot synthesize a tensor list for architectures ['Gemma3ForCausalLM']")
+    assert line.startswith(
+        "cfg.json: architectures: cannot synthesize a tensor list for architectures ['Gemma3ForCausalLM']"
+    )
     assert "DeepseekV3ForCausalLM" in line and "glm4_moe" in line and "qwen3_moe" in line
-    with pytest.raises(InventoryError, match=r"cfg.json: model_type: cannot synthesize a tensor list for model_type 'mamba'"):
+    with pytest.raises(
+        InventoryError, match=r"cfg.json: model_type: cannot synthesize a tensor list for model_type 'mamba'"
+    ):
         synthesize_inventory({"model_type": "mamba"}, engine="ik", source="cfg.json")
 
 
@@ -334,7 +364,10 @@ def test_missing_or_bad_fields_are_named(tmp_path: Path) -> None:
         "r1/config.json: kv_lora_rank: config.json lacks the field 'kv_lora_rank' "
         "(give the model's complete config.json from Hugging Face)"
     )
-    with pytest.raises(InventoryError, match=r"x: hidden_size: config.json field 'hidden_size' must be a non-negative integer, not '4096'"):
+    with pytest.raises(
+        InventoryError,
+        match=r"x: hidden_size: config.json field 'hidden_size' must be a non-negative integer, not '4096'",
+    ):
         synthesize_inventory({"model_type": "qwen3", "hidden_size": "4096"}, engine="ik", source="x")
     bad = tmp_path / "config.json"
     bad.write_text('{\n  "model_type": "llama",\n  "hidden_size": 576,,\n}')
