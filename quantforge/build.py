@@ -114,13 +114,18 @@ class Verification(BaseModel):
 # the runner
 
 
-def error_line(lines: Sequence[str]) -> str | None:
-    """The tool's own error line from its output tail (None if it printed nothing useful)."""
+def error_line(lines: Sequence[str], *, fallback: bool = True) -> str | None:
+    """The tool's own error line from its output tail (None if it printed nothing useful).
+
+    ``fallback``: without a recognisable error line, the last non-decorative line.
+    """
     for pat in _ERROR_PATTERNS:
         for line in reversed(lines):
             m = pat.search(line)
             if m:
                 return line.strip().strip("=").strip()
+    if not fallback:
+        return None
     for line in reversed(lines):
         if line.strip() and not set(line.strip()) <= set("=-"):
             return line.strip()
@@ -263,8 +268,9 @@ def run_tool(
                 signame = signal.Signals(-rc).name
             except ValueError:
                 signame = f"signal {-rc}"
-            line = error_line(list(tail))
-            msg = f"{tool} was killed by {signame}" + (f" after: {line}" if line else "")
+            line = error_line(list(tail), fallback=False)
+            at = f" at tensor {last[0][0]}/{last[0][1]}" if last[0] and progress_kind == "quantize" else ""
+            msg = f"{tool} was killed by {signame}{at}" + (f": {line}" if line else "")
             hint = "out of memory? check `dmesg`; the partial output was removed"
         else:
             line = error_line(list(tail)) or "no error message"
@@ -517,7 +523,7 @@ def prepare(
 ) -> _Context:
     """Resolve toolchain, base, inventory and imatrix once for a ladder."""
     from quantforge.acquire import resolve_base
-    from quantforge.imatrix import read_imatrix, resolve_corpus  # noqa: F401
+    from quantforge.imatrix import read_imatrix
     from quantforge.inventory import load_inventory
     from quantforge.toolchain import find_toolchain
 
@@ -543,6 +549,12 @@ def prepare(
             p = Path(im_source).expanduser()
             im_path = p if (imatrix or p.is_absolute()) else recipe_dir / p
         info = read_imatrix(im_path, with_sha256=True)
+    elif recipe.imatrix is not None and recipe.imatrix.corpus:
+        from quantforge.imatrix import default_output
+
+        computed = default_output(recipe, base_path)  # written by `quantforge imatrix RECIPE`
+        if computed.is_file():
+            info = read_imatrix(computed, with_sha256=True)
     out = Path(out_dir) if out_dir else recipe_dir
     out.mkdir(parents=True, exist_ok=True)
     return _Context(
@@ -573,14 +585,26 @@ def _expected_kv(ctx: _Context, plan: Any) -> dict[str, Any]:
     return kv
 
 
-def _manifest_matches(man_path: Path, command: list[str], files: list[Path]) -> bool:
+def _build_key(ctx: _Context, plan: Any) -> dict[str, Any]:
+    """What makes two builds of a variant the same (paths excluded, so a moved folder resumes)."""
+    return {
+        "quantize_args": list(plan.quantize_args),
+        "ftype": plan.ftype,
+        "engine": ctx.toolchain.engine,
+        "engine_commit": ctx.toolchain.commit,
+        "base_sha256": cached_sha256(ctx.base_path),
+        "imatrix_sha256": ctx.imatrix.sha256 if ctx.imatrix is not None else None,
+    }
+
+
+def _manifest_matches(man_path: Path, key: dict[str, Any], files: list[Path]) -> bool:
     from quantforge.manifest import read_manifest, resolve_file
 
     try:
         man = read_manifest(man_path)
     except QuantforgeError:
         return False
-    if man.command != command or not man.verification.get("ok"):
+    if man.plan.get("build_key") != key or not man.verification.get("ok"):
         return False
     listed = [resolve_file(man_path, f.path) for f in man.files]
     if sorted(str(p) for p in listed) != sorted(str(p.resolve()) for p in files):
@@ -629,7 +653,7 @@ def build_variant(
 
         existing = existing_outputs(output)
         if existing and not force:
-            if _manifest_matches(man_path, cmd_final, existing):
+            if _manifest_matches(man_path, _build_key(ctx, plan), existing):
                 verify_output(existing, plan, expect_kv=_expected_kv(ctx, plan))
                 return BuildResult(
                     variant=v.name, status="skipped", output=str(output), files=tuple(str(p) for p in existing),
@@ -715,7 +739,8 @@ def build_variant(
                 "dataset": im.dataset, "chunk_count": im.chunk_count, "entries": im.entries_count,
                 "coverage": {"covered": cov.covered, "total": cov.total, "missing": [g.tensor for g in cov.missing]},
             },
-            plan={"n_tensors": len(plan.tensors), "n_params": plan.n_params, "bpw": round(plan.bpw, 4), "types": dict(type_counts)},
+            plan={"n_tensors": len(plan.tensors), "n_params": plan.n_params, "bpw": round(plan.bpw, 4),
+                  "types": dict(type_counts), "build_key": _build_key(ctx, plan)},
             verification={"ok": True, "tensors": ver.tensors, "tensor_bytes": ver.tensor_bytes, "file_bytes": ver.file_bytes, "metadata": ver.metadata},
             timings={"quantize_s": round(quantize_s, 3), "verify_s": round(verify_s, 3), "split_s": round(split_s, 3),
                      "hash_s": round(hash_s, 3), "total_s": round(time.monotonic() - t_start, 3)},
@@ -777,6 +802,25 @@ def _split(ctx: _Context, plan: Any, partial: Path, output: Path, max_bytes: int
     return finals
 
 
+def _log_early_failure(recipe: Any, names: Sequence[str], exc: QuantforgeError, *, out_dir: Path | None, base: str | None) -> None:
+    """Record a failure before any variant started (no toolchain, no base …) in their logs."""
+    source = base or getattr(recipe.model, "base", None)
+    if not source:
+        return
+    rdir = Path(recipe.path).parent if recipe.path else Path.cwd()
+    folder = Path(out_dir) if out_dir else rdir
+    if not folder.is_dir():
+        return
+    stem = output_stem(recipe, Path(source.rsplit("/", 1)[-1]))
+    for name in names:
+        log = folder / f"{stem}-{name}.gguf.log"
+        try:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(f"# quantforge: error: {exc.one_line()}\n")
+        except OSError:
+            pass
+
+
 def build(
     recipe: Any,
     *,
@@ -794,8 +838,12 @@ def build(
     on_result: Callable[[BuildResult], None] | None = None,
 ) -> LadderResult:
     """Build ``variants`` (None: the first variant) of ``recipe``; resolve shared inputs once."""
-    ctx = prepare(recipe, out_dir=out_dir, base=base, imatrix=imatrix, bin_dir=bin_dir, threads=threads, progress=progress)
-    names = list(variants) if variants else [recipe.variant(None).name]
+    names = [recipe.variant(n).name for n in variants] if variants else [recipe.variant(None).name]
+    try:
+        ctx = prepare(recipe, out_dir=out_dir, base=base, imatrix=imatrix, bin_dir=bin_dir, threads=threads, progress=progress)
+    except QuantforgeError as exc:
+        _log_early_failure(recipe, names, exc, out_dir=out_dir, base=base)
+        raise
     results: list[BuildResult] = []
     for name in names:
         r = build_variant(ctx, name, force=force, min_free=min_free, split_max_bytes=split_max_bytes, timeout=timeout, progress=progress)

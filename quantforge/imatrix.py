@@ -345,6 +345,14 @@ def resolve_corpus(corpus: str, *, base_dir: Path | None = None) -> Path:
     return p
 
 
+def default_output(recipe: object, base_path: Path) -> Path:
+    """Where ``quantforge imatrix RECIPE`` writes a computed imatrix (and ``build`` looks for it)."""
+    rpath = getattr(recipe, "path", None)
+    rdir = Path(rpath).parent if rpath else Path.cwd()
+    stem = base_path.name[: -len(".gguf")] if base_path.name.endswith(".gguf") else base_path.stem
+    return rdir / f"{stem}.imatrix.gguf"
+
+
 def imatrix_command(
     *,
     binary: str,

