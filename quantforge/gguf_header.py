@@ -275,7 +275,7 @@ class _Cursor:
             raise self.fail(f"absurd GGUF header: {what} is {count} (limit {limit})")
         left = self.left()
         if left is not None and count * min_item > left:
-            raise self.truncated(f"{what} is {count} but only {left} bytes are left")
+            raise self.truncated(f"{count} items need at least {count * min_item} bytes, {left} are left")
 
     def strings(self, count: int, what: str) -> tuple[list[str], int]:
         """``count`` length-prefixed strings; returns them and their serialized size."""
@@ -400,8 +400,10 @@ def _parse(f: _Readable, *, size: int | None, where: str, path: str | None, firs
     n_tensors = cur.u64()
     n_kv = cur.u64()
     # A KV pair takes at least 8 (key len) + 4 (type) + 1 bytes; a tensor info 8 + 4 + 4 + 8.
+    if n_tensors > MAX_TENSOR_COUNT:
+        raise cur.fail(f"absurd GGUF header: the tensor count is {n_tensors} (limit {MAX_TENSOR_COUNT})")
+    cur.context = "the KV pairs"
     cur.check_count(n_kv, 13, MAX_KV_COUNT, "the KV count")
-    cur.check_count(n_tensors, 24, MAX_TENSOR_COUNT, "the tensor count")
 
     kv: dict[str, GGUFValue] = {}
     for i in range(n_kv):
@@ -420,6 +422,8 @@ def _parse(f: _Readable, *, size: int | None, where: str, path: str | None, firs
             raise cur.fail(f"general.alignment must be a power-of-two uint32, got {a.value!r}")
         alignment = a.value
 
+    cur.context = "the tensor infos"
+    cur.check_count(n_tensors, 24, MAX_TENSOR_COUNT, "the tensor count")
     tensors: list[GGUFTensorInfo] = []
     names: set[str] = set()
     for i in range(n_tensors):

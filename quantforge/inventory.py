@@ -225,9 +225,11 @@ def detect_layout(arch: str, names: Sequence[str]) -> Engine | None:
 def extract_hparams(header: GGUFHeader, arch: str, tensors: Sequence[TensorEntry]) -> dict[str, int | float | bool | str]:
     """Architecture hyper-parameters from the ``{arch}.*`` KVs.
 
-    Naming: the key without the arch prefix, ``attention.`` dropped, other dots as
-    underscores (``llama.attention.head_count`` -> ``head_count``, ``deepseek2.rope.dimension_count``
-    -> ``rope_dimension_count``). Per-layer arrays with one value become that value.
+    Naming: the GGUF key without the ``{arch}.`` prefix (``llama.attention.head_count`` ->
+    ``attention.head_count``, ``deepseek2.rope.dimension_count`` -> ``rope.dimension_count``), the
+    same spelling ``inventory_synth`` uses, so real and synthesized inventories compare equal.
+    Per-layer arrays become one number (their value, or their maximum when layers differ, which
+    is what memory planning needs). ``vocab_size`` is added from the token list when absent.
     """
     out: dict[str, int | float | bool | str] = {}
     prefix = f"{arch}."
@@ -235,15 +237,12 @@ def extract_hparams(header: GGUFHeader, arch: str, tensors: Sequence[TensorEntry
         if not key.startswith(prefix):
             continue
         name = key[len(prefix) :]
-        if name.startswith("attention."):
-            name = name[len("attention.") :]
-        name = name.replace(".", "_")
         value = v.plain()
         if isinstance(value, list):
-            if value and all(isinstance(x, (int, float)) and x == value[0] for x in value):
-                value = value[0]
-            else:
+            nums = [x for x in value if isinstance(x, (int, float)) and not isinstance(x, bool)]
+            if not value or len(nums) != len(value):
                 continue
+            value = max(nums)
         if isinstance(value, (bool, int, float, str)):
             out[name] = value
     if "vocab_size" not in out:

@@ -226,11 +226,11 @@ def _kv_string(key: str) -> bytes:
     [
         (_header_prefix(1 << 40, 0) + b"\0" * 64, r"the tensor count is 1099511627776 \(limit 1048576\)"),
         (_header_prefix(0, 1 << 40) + b"\0" * 64, r"the KV count is 1099511627776 \(limit 1048576\)"),
-        (_header_prefix(0, 1000) + b"\0" * 64, r"the KV count is 1000 but only 64 bytes are left"),
+        (_header_prefix(0, 1000) + b"\0" * 64, r"file ends inside the KV pairs \(1000 items need at least 13000 bytes, 64 are left\)"),
         (_header_prefix(0, 1) + struct.pack("<Q", 1 << 40) + b"\0" * 64, r"string length of 1099511627776 bytes"),
         (
             _header_prefix(0, 1) + _kv_string("a") + struct.pack("<IIQ", 9, 8, 1 << 26) + b"\0" * 64,
-            r"the element count of KV 0 \(a\) is 67108864 but only 64 bytes are left",
+            r"file ends inside KV 0 \(a\) \(67108864 items need at least 536870912 bytes, 64 are left\)",
         ),
         (
             _header_prefix(0, 1) + _kv_string("a") + struct.pack("<IIQ", 9, 6, 1 << 40) + b"\0" * 64,

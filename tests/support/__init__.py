@@ -15,14 +15,19 @@ TEST_CACHE = Path(os.environ.get("QUANTFORGE_TEST_CACHE", REPO / ".qf-cache"))
 def cached_quant(binary: Path, src: Path, ftype: str, *, imatrix: Path | None = None,
                  extra: tuple[str, ...] = ()) -> Path:
     """Run the real ``llama-quantize`` once for these inputs; later calls reuse the output."""
-    args = [*extra, *(["--imatrix", str(imatrix)] if imatrix else [])]
-    key_src = f"{binary}:{binary.stat().st_size}:{src.name}:{src.stat().st_size}:{args}:{ftype}"
+    # Run next to the imatrix and name it relatively, as the fixtures' commands did, so the
+    # output's quantize.imatrix.file KV (and so the file size) equals theirs.
+    args = [*(["--imatrix", imatrix.name] if imatrix else []), *extra]
+    cwd = imatrix.parent if imatrix else None
+    key_src = f"v2:{binary}:{binary.stat().st_size}:{src.name}:{src.stat().st_size}:{imatrix}:{args}:{ftype}"
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     TEST_CACHE.mkdir(parents=True, exist_ok=True)
     out = TEST_CACHE / f"{src.stem}-{ftype}-{key}.gguf"
     if not out.is_file():
         tmp = out.with_name(out.name + ".partial")
-        proc = subprocess.run([str(binary), *args, str(src), str(tmp), ftype], capture_output=True, text=True)
+        proc = subprocess.run(
+            [str(binary), *args, str(src.resolve()), str(tmp.resolve()), ftype], capture_output=True, text=True, cwd=cwd
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         os.replace(tmp, out)
     return out
