@@ -31,3 +31,150 @@ def schema_cmd(
         atomic_write_text(Path(output), json.dumps(schema, indent=2) + "\n")
     else:
         emit(schema, as_json=True)
+
+
+# -- plan commands: lint, show, args (the plan stage) --------------------------------------
+
+
+def _load(recipe: str, inventory: str | None, imatrix: str | None, quant: str | None):  # type: ignore[no-untyped-def]
+    from quantforge.plan import recipe_inventory
+    from quantforge.recipe import load_recipe
+
+    r = load_recipe(recipe)
+    names = [r.variant(quant).name] if quant else [q.name for q in r.quants]
+    inv = recipe_inventory(r, inventory)
+    imx = imatrix if imatrix else None
+    return r, inv, names, imx
+
+
+@recipe_app.command("lint")
+def lint_cmd(
+    recipe: str = typer.Argument(..., help="Recipe TOML file."),
+    quant: str = typer.Option(None, "--quant", "-q", help="Only this variant (default: all)."),
+    inventory: str = typer.Option(None, "--inventory", help="Plan against this GGUF / hf:// / model id instead of [model]."),
+    imatrix: str = typer.Option(None, "--imatrix", help="Importance matrix to assume (default: [imatrix] file)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Check a recipe against its model: unknown types, bad regexes, rules that match nothing or are
+    shadowed, fallbacks, imatrix refusals, _r4 on token_embd, up/gate mismatch, no CUDA kernel.
+    Exit status 2 when there is an error, 0 with only warnings.
+
+    Example: quantforge recipe lint recipes/smollm2-135m.toml --quant IQ4_K
+    """
+    from quantforge.cli._output import emit
+    from quantforge.errors import RecipeError
+    from quantforge.plan import lint
+
+    r, inv, names, imx = _load(recipe, inventory, imatrix, quant)
+    result = [{"quant": n, "findings": lint(r, n, inv, imatrix=imx)} for n in names]
+    emit({"recipe": r.path, "quants": result}, as_json=as_json, human=_render_lint)
+    n_err = sum(1 for q in result for f in q["findings"] if f.severity == "error")
+    if n_err:
+        first = next(f for q in result for f in q["findings"] if f.severity == "error")
+        raise RecipeError(f"{n_err} lint error(s), first: {first.message}", where=first.where or r.path)
+
+
+def _render_lint(data: dict) -> str:  # type: ignore[type-arg]
+    lines = []
+    for q in data["quants"]:
+        if not q["findings"]:
+            lines.append(f"[{q['quant']}] ok")
+        for f in q["findings"]:
+            where = f"{f.where}: " if f.where else ""
+            ex = f" ({f.count} tensors, e.g. {', '.join(f.examples)})" if f.count else ""
+            lines.append(f"[{q['quant']}] {where}{f.severity}[{f.code}]: {f.message}{ex}")
+    return "\n".join(lines)
+
+
+@recipe_app.command("show")
+def show_cmd(
+    recipe: str = typer.Argument(..., help="Recipe TOML file."),
+    quant: str = typer.Option(None, "--quant", "-q", help="Only this variant (default: all)."),
+    inventory: str = typer.Option(None, "--inventory", help="Plan against this GGUF / hf:// / model id instead of [model]."),
+    imatrix: str = typer.Option(None, "--imatrix", help="Importance matrix to assume (default: [imatrix] file)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: every tensor's type, bytes and rule."),
+) -> None:
+    """Expand a recipe: per-tensor types llama-quantize will write, exact bytes, file size, BPW.
+
+    Example: quantforge recipe show recipes/smollm2-135m.toml --json
+    """
+    from quantforge.cli._output import emit
+    from quantforge.plan import expand
+
+    r, inv, names, imx = _load(recipe, inventory, imatrix, quant)
+    plans = [expand(r, n, inv, imatrix=imx) for n in names]
+    data = {"quants": [_plan_json(p) for p in plans]}
+    emit(data if as_json else plans, as_json=as_json, human=_render_show)
+
+
+def _plan_json(p) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    return {
+        "name": p.name,
+        "engine": p.engine,
+        "ftype": p.ftype,
+        "tensor_bytes": p.tensor_bytes,
+        "file_bytes": p.file_bytes,
+        "file_bytes_exact": p.file_bytes_exact,
+        "bpw": round(p.bpw, 4),
+        "n_params": p.n_params,
+        "quantize_args": p.quantize_args,
+        "tensors": [
+            {"name": t.name, "shape": list(t.shape), "type": t.type, "requested_type": t.requested_type,
+             "bytes": t.bytes, "rule": t.rule, "note": t.note, "group": t.group, "layer": t.layer, "place": t.place}
+            for t in p.tensors
+        ],  # fmt: skip
+    }
+
+
+def _render_show(plans: list) -> str:  # type: ignore[type-arg]
+    from quantforge.cli._output import human_bytes
+    from quantforge.plan import collapse, group_totals
+
+    out = []
+    for p in plans:
+        size = human_bytes(p.file_bytes) + ("" if p.file_bytes_exact else " (estimate)")
+        out.append(
+            f"{p.name}  [{p.engine} {p.ftype}]  {size} ({p.file_bytes:,} bytes)  {p.bpw:.3f} BPW  "
+            f"{p.n_params / 1e9:.3f} B params"
+        )
+        totals = group_totals(p)
+        out.append("  " + "  ".join(f"{g} {human_bytes(b)}" for g, b in totals.items()))
+        rows = collapse(p)
+        width = max((len(r.pattern) for r in rows), default=10)
+        for row in rows:
+            mult = f"×{row.count}" if row.count > 1 else ""
+            req = f"  (asked {row.requested_type}: {row.note})" if row.note else ""
+            out.append(f"  {row.pattern:<{width}} {mult:>5}  {row.type:<10} {human_bytes(row.bytes):>11}{req}")
+        out.append("")
+    return "\n".join(out)
+
+
+@recipe_app.command("args")
+def args_cmd(
+    recipe: str = typer.Argument(..., help="Recipe TOML file."),
+    quant: str = typer.Option(None, "--quant", "-q", help="Only this variant (default: all)."),
+    inventory: str = typer.Option(None, "--inventory", help="Plan against this GGUF / hf:// / model id instead of [model]."),
+    imatrix: str = typer.Option(None, "--imatrix", help="Importance matrix to pass (default: [imatrix] file)."),
+    binary: str = typer.Option("llama-quantize", "--binary", help="llama-quantize to name in the command."),
+    output: str = typer.Option(None, "--output", "-o", help="Output file (default: <model>-<variant>.gguf)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON with the argument lists."),
+) -> None:
+    """Print the exact llama-quantize command for each variant (ik --custom-q / mainline --tensor-type).
+
+    Example: quantforge recipe args recipes/smollm2-135m.toml --quant IQ4_K
+    """
+    from pathlib import Path
+
+    from quantforge.cli._output import emit
+    from quantforge.plan import expand, quantize_command, shell_join
+
+    r, inv, names, imx = _load(recipe, inventory, imatrix, quant)
+    base = r.resolve_path(r.model.base) if r.model.base else (inventory or r.model.id or "model.gguf")
+    stem = r.model.name or Path(str(base)).name.removesuffix(".gguf")
+    items = []
+    for n in names:
+        p = expand(r, n, inv, imatrix=imx)
+        out = output if (output and len(names) == 1) else f"{stem}-{n}.gguf"
+        cmd = quantize_command(p, binary=binary, input_path=str(base), output_path=out, imatrix=p.imatrix)
+        items.append({"name": n, "args": cmd, "command": shell_join(cmd)})
+    emit({"quants": items}, as_json=as_json, human=lambda d: "\n".join(i["command"] for i in d["quants"]))

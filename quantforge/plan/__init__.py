@@ -469,10 +469,14 @@ def shell_join(cmd: Sequence[str]) -> str:
     return shlex.join(list(cmd))
 
 
-from quantforge.plan._lint import lint  # noqa: E402  (needs the models above)
 
 __all__ = [
     "MIXTURE",
+    "CollapsedRow",
+    "collapse",
+    "group_totals",
+    "layer_totals",
+    "recipe_inventory",
     "ImatrixMeta",
     "LintFinding",
     "QuantPlan",
@@ -485,3 +489,88 @@ __all__ = [
     "shell_join",
     "tensor_group",
 ]
+
+
+# ------------------------------------------------------------------------------- views
+
+
+class CollapsedRow(BaseModel):
+    """Tensors that differ only in their layer number, for the human view."""
+
+    model_config = _FROZEN
+
+    pattern: str  # "blk.[3-60].ffn_down_exps.weight" or a plain name
+    count: int
+    type: str
+    requested_type: str | None
+    bytes: int
+    group: str
+    note: str | None = None
+
+
+def _ranges(layers: list[int]) -> str:
+    out: list[str] = []
+    start = prev = layers[0]
+    for x in layers[1:] + [None]:  # type: ignore[list-item]
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if x is not None:
+            start = prev = x
+    return ",".join(out)
+
+
+def collapse(plan: QuantPlan) -> list[CollapsedRow]:
+    """Rows of tensors sharing name (minus the layer), type and requested type, in file order."""
+    groups: dict[tuple[str, str, str | None], list[TensorPlan]] = {}
+    for t in plan.tensors:
+        key_name = _LAYER_RE.sub("blk.*.", t.name) if t.layer is not None else t.name
+        groups.setdefault((key_name, t.type, t.requested_type), []).append(t)
+    rows = []
+    for (key_name, typ, req), ts in groups.items():
+        layers = sorted({t.layer for t in ts if t.layer is not None})
+        name = key_name.replace("blk.*.", f"blk.[{_ranges(layers)}].", 1) if layers and len(layers) > 1 else ts[0].name
+        rows.append(
+            CollapsedRow(pattern=name, count=len(ts), type=typ, requested_type=req, bytes=sum(t.bytes for t in ts),
+                         group=ts[0].group, note=ts[0].note)  # fmt: skip
+        )
+    return rows
+
+
+def group_totals(plan: QuantPlan) -> dict[str, int]:
+    """Bytes per group (token_embd, output, attention, shared/routed experts, dense FFN, norms, other)."""
+    out: dict[str, int] = {}
+    for t in plan.tensors:
+        out[t.group] = out.get(t.group, 0) + t.bytes
+    return out
+
+
+def layer_totals(plan: QuantPlan) -> dict[int, int]:
+    """Bytes per layer."""
+    out: dict[int, int] = {}
+    for t in plan.tensors:
+        if t.layer is not None:
+            out[t.layer] = out.get(t.layer, 0) + t.bytes
+    return out
+
+
+def recipe_inventory(recipe: Any, source: str | None = None) -> Any:
+    """The inventory a recipe is planned against: ``source`` if given, else ``[model] base``
+    (relative to the recipe), else ``[model] id`` (shipped/synthesized)."""
+    from quantforge.inventory import load_inventory
+
+    if source is None:
+        base = getattr(recipe.model, "base", None)
+        if base:
+            source = recipe.resolve_path(base)
+        else:
+            source = getattr(recipe.model, "id", None)
+    if not source:
+        raise RecipeError(
+            "the recipe names no model", where=recipe.path, hint="set [model] base or id, or pass --inventory"
+        )
+    return load_inventory(source, engine=recipe.engine)
+
+
+from quantforge.plan._lint import lint  # noqa: E402  (needs the models above)

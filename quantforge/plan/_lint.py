@@ -95,22 +95,25 @@ def lint(
     imeta = _resolve_imatrix(recipe, imatrix)
     entries = frozenset(imeta.entries) if imeta else None
 
-    # fallbacks, grouped by (requested -> written, reason)
-    fb: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    # fallbacks, grouped by (rule, requested -> written, reason)
+    rule_where = {f"rules[{r.index}]": r.where for r in v.rules}
+    rule_where["default"] = getattr(v, "where", None)
+    fb: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
     for p in plan.tensors:
         if p.requested_type is not None and p.type != p.requested_type and p.note:
-            fb[(p.requested_type, p.type, p.note.split(":")[0])].append(p.name)
-    for (req, got, why), names in fb.items():
+            fb[(p.rule, p.requested_type, p.type, p.note.split(":")[0])].append(p.name)
+    for (rule, req, got, why), names in fb.items():
+        where = rule_where.get(rule)
         if why.startswith("fallback"):
             msg = f"{req} falls back to {got} on {len(names)} tensors (row length not a multiple of {cat.get(req).row_multiple})"
-            add("warning", "fallback", msg, None, names)
+            add("warning", "fallback", msg, where, names)
         elif "token_embd" in why:
             add("warning", "interleaved-token-embd", f"token_embd cannot be row-interleaved: {req} is written as {got}",
-                None, names)  # fmt: skip
+                where, names)  # fmt: skip
         else:
             add("warning", "deinterleaved",
                 f"{req} becomes {got} on {len(names)} tensors (row count not a multiple of {cat.get(req).interleave})",
-                None, names)  # fmt: skip
+                where, names)  # fmt: skip
 
     by_name = {p.name: p for p in plan.tensors}
     # imatrix refusals
