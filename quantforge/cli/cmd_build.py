@@ -236,7 +236,7 @@ def build_cmd(
 
     def on_result(res: Any) -> None:
         bars.close()
-        if not as_json:
+        if bars.enabled and not as_json:
             word = "built  " if res.status == "built" else "skipped"
             print(f"{word} {res.variant:12} {human_bytes(res.actual_file_bytes):>11}  {res.output}", file=sys.stderr)
 
