@@ -191,7 +191,8 @@ def _compile(pattern: str, where: str) -> re.Pattern[str]:
 
 def _hparam(inv: Any, *keys: str, default: int = 0) -> int:
     for k in keys:
-        v = inv.hparams.get(k)
+        # shipped inventories name them "head_count", GGUF-read ones "attention.head_count"
+        v = inv.hparams.get(k, inv.hparams.get(f"attention.{k}"))
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return int(v)
         if isinstance(v, list) and v:  # per-layer arrays (e.g. head_count_kv)
@@ -248,16 +249,9 @@ def expand(
     plans: list[TensorPlan] = []
     n_params = 0
     total = 0
-    for t in inventory.tensors:
-        shape = tuple(t.shape)
-        ne = 1
-        for d in shape:
-            ne *= d
+    memo: dict[tuple[str, tuple[int, ...], str], tuple[str, str | None]] = {}
+    for t, shape, ne, layer, group, why in _static(inventory, engine):
         n_params += ne
-        layer_m = _LAYER_RE.match(t.name)
-        layer = int(layer_m.group(1)) if layer_m else None
-        group = tensor_group(t.name)
-        why = skip_reason(engine, t.name, shape, t.dtype)
         place = None
         if why is not None or not rules_active:
             requested: str | None = None
@@ -289,14 +283,18 @@ def expand(
                     mix = mixture_type(st, default_type, t.name, shape, default_q.block_size)
                 requested = mix
                 rule_label = "mixture"
-            typ, note = _resolve(cat, engine, requested, shape, t.name)
+            rkey = (requested, shape, t.name if t.name.endswith("token_embd.weight") else "")
+            hit = memo.get(rkey)
+            if hit is None:
+                hit = memo[rkey] = _resolve(cat, engine, requested, shape, t.name)
+            typ, note = hit
         nbytes = get(typ).tensor_bytes(shape)
         total += nbytes
         plans.append(
-            TensorPlan.model_construct(
-                name=t.name, shape=shape, source_dtype=t.dtype, requested_type=requested, type=typ,
-                bytes=nbytes, rule=rule_label, note=note, place=place, group=group, layer=layer,
-            )
+            _fast(TensorPlan, {
+                "name": t.name, "shape": shape, "source_dtype": t.dtype, "requested_type": requested, "type": typ,
+                "bytes": nbytes, "rule": rule_label, "note": note, "place": place, "group": group, "layer": layer,
+            })
         )  # fmt: skip
     args = quantize_args_for(engine, v, cat)
     header, exact = _header_size(inventory, plans, cat, ft.value, imeta)
@@ -323,6 +321,44 @@ def expand(
         imatrix=imeta.path if imeta else None,
         source=inventory.source,
     )
+
+
+_TP_FIELDS = frozenset(TensorPlan.model_fields)
+
+
+def _fast(cls: type[TensorPlan], values: dict[str, Any]) -> TensorPlan:
+    # The values are built above from validated inputs; pydantic's model_construct costs
+    # ~20 µs a tensor, which alone would eat the 100 ms budget for a 1000-tensor MoE x 5.
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(_TP_FIELDS))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
+
+
+# Per-inventory facts that do not depend on the recipe (shape, elements, layer, group, skip
+# reason), kept for the few inventories in use so a ladder of variants pays for them once.
+_STATIC: dict[tuple[int, str], tuple[Any, list[tuple[Any, tuple[int, ...], int, int | None, Any, str | None]]]] = {}
+
+
+def _static(inventory: Any, engine: str) -> list[tuple[Any, tuple[int, ...], int, int | None, Any, str | None]]:
+    key = (id(inventory.tensors), engine)
+    hit = _STATIC.get(key)
+    if hit is not None and hit[0] is inventory.tensors:
+        return hit[1]
+    rows = []
+    for t in inventory.tensors:
+        shape = tuple(t.shape)
+        ne = 1
+        for d in shape:
+            ne *= d
+        m = _LAYER_RE.match(t.name)
+        rows.append((t, shape, ne, int(m.group(1)) if m else None, tensor_group(t.name), skip_reason(engine, t.name, shape, t.dtype)))
+    if len(_STATIC) >= 8:
+        _STATIC.pop(next(iter(_STATIC)))
+    _STATIC[key] = (inventory.tensors, rows)
+    return rows
 
 
 def _resolve(cat: Any, engine: str, requested: str, shape: tuple[int, ...], name: str) -> tuple[str, str | None]:
