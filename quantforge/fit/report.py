@@ -119,7 +119,6 @@ def _evaluate(prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settin
     kv = kv_cache(dims, n_ctx=n_ctx, type_k=s.ctk, type_v=s.ctv, flash_attn=s.flash_attn, mla=s.mla, engine=engine)
     n_gpu = len(target.gpu)
     nl = prep.n_layer
-    t = prep.tensors
     per_layer_kv = list(kv.per_layer[:nl]) + [0] * max(0, nl - len(kv.per_layer))
     embd_cpu = prep.cpu_bytes[prep.embd_idx] if prep.embd_idx is not None else 0
     embd_gpu = prep.gpu_bytes[prep.embd_idx] if prep.embd_idx is not None else 0
@@ -332,7 +331,7 @@ def _findings(
     mispacked: list[int] = []
     unit_of = {i: ui for ui, u in enumerate(prep.units) for i in u.idx} if advice else {}
     if advice and gpu_names:
-        for ui, u in enumerate(prep.units):
+        for u in prep.units:
             if not u.cuda_ok:
                 mispacked += [i for i in u.idx if prep.interleaved[i] and not prep.cuda_ok[i]]
         mispacked += [i for i in prep.forced_cpu_idx if prep.interleaved[i] and not prep.cuda_ok[i]]
