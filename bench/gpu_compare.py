@@ -45,7 +45,9 @@ def main(argv: list[str]) -> int:
         if not b.params:
             continue
         ot = [a for a in re.findall(r"-ot (\S+)", log.name)]  # names carry no args; read them from the script
-        cmd = next((ln for ln in Path("bench/gpu_validate.sh").read_text().splitlines() if log.stem in ln), "")
+        cmd = next(
+            (ln for ln in Path("bench/gpu_validate.sh").read_text().splitlines() if log.stem in ln), ""
+        )
         args = shlex.split(cmd)
         ot = [args[i + 1] for i, a in enumerate(args) if a == "-ot"]
         ctk = args[args.index("-ctk") + 1] if "-ctk" in args else "f16"
@@ -60,8 +62,16 @@ def main(argv: list[str]) -> int:
             ("weights CUDA0", b.weights_mib.get("CUDA0"), w.get("CUDA0", 0)),
             ("weights host", b.weights_mib.get("CUDA_Host", b.weights_mib.get("CPU")), w.get("CPU", 0)),
             ("KV", b.kv_self_mib, kv.total),
-            ("compute CUDA0", b.compute_mib.get("CUDA0"), compute_buffer(dims, kv_size=kv.kv_size, ub=ub, flash_attn=fa)),
-            ("compute CUDA_Host", b.compute_mib.get("CUDA_Host"), host_compute_buffer(dims, kv_size=kv.kv_size, ub=ub, flash_attn=fa)),
+            (
+                "compute CUDA0",
+                b.compute_mib.get("CUDA0"),
+                compute_buffer(dims, kv_size=kv.kv_size, ub=ub, flash_attn=fa),
+            ),
+            (
+                "compute CUDA_Host",
+                b.compute_mib.get("CUDA_Host"),
+                host_compute_buffer(dims, kv_size=kv.kv_size, ub=ub, flash_attn=fa),
+            ),
         ]
         for label, logged, pred in rows:
             if logged is None:

@@ -45,7 +45,9 @@ def cut_layers(src: Path, dst: Path, n_layer: int) -> None:
     for t in r.tensors:
         if t.name.startswith("blk.") and int(t.name.split(".")[1]) >= n_layer:
             continue
-        w.add_tensor(t.name, t.data, raw_shape=list(reversed([int(x) for x in t.shape])), raw_dtype=t.tensor_type)
+        w.add_tensor(
+            t.name, t.data, raw_shape=list(reversed([int(x) for x in t.shape])), raw_dtype=t.tensor_type
+        )
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

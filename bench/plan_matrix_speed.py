@@ -33,7 +33,9 @@ def main(argv: list[str]) -> int:
         m = breakpoint_matrix(plans, dims, targets, settings=Settings(n_ctx=32768))
         cells += len(m.cells)
     t2 = time.perf_counter()
-    print(f"{len(files)} recipes, {sum(len(p) for p, _ in loaded)} variants x {len(targets)} targets = {cells} cells")
+    print(
+        f"{len(files)} recipes, {sum(len(p) for p, _ in loaded)} variants x {len(targets)} targets = {cells} cells"
+    )
     print(f"expand {t1 - t0:.3f} s, fit matrix {t2 - t1:.3f} s, total {t2 - t0:.3f} s")
     return 0 if t2 - t1 < 1.0 else 1
 

@@ -70,7 +70,7 @@ _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?i?b)\s*(?:/s)?\s*$",
 def parse_size(value: object) -> int:
     """``"24 GiB"`` -> 25769803776; an int is taken as bytes. Units are required in strings."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a size such as \"24 GiB\", got {value!r}")
+        raise ValueError(f'expected a size such as "24 GiB", got {value!r}')
     if isinstance(value, int):
         return value
     if isinstance(value, float):
@@ -81,7 +81,7 @@ def parse_size(value: object) -> int:
             raise ValueError(f'cannot read {value!r} as a size; write e.g. "24 GiB" or "25 GB/s"')
         number, unit = m.groups()
         return int(round(float(number) * _UNITS[unit.lower()]))
-    raise ValueError(f"expected a size such as \"24 GiB\", got {value!r}")
+    raise ValueError(f'expected a size such as "24 GiB", got {value!r}')
 
 
 def _size(v: object) -> int:
@@ -142,7 +142,7 @@ class GPU(BaseModel):
     @classmethod
     def _cc(cls, v: str) -> str:
         if not re.fullmatch(r"[0-9]+\.[0-9]+", str(v)):
-            raise ValueError(f"gpu.compute_capability: expected e.g. \"8.6\", got {v!r}")
+            raise ValueError(f'gpu.compute_capability: expected e.g. "8.6", got {v!r}')
         return str(v)
 
 
@@ -219,7 +219,9 @@ def target_from_dict(data: dict[str, Any], *, where: str) -> HardwareTarget:
         return HardwareTarget.model_validate(data)
     except ValidationError as exc:
         loc, msg = _first_error(exc)
-        raise TargetError(f"{loc}: {msg}", where=where, hint="see hw_targets/256gb-24gb.toml for the fields") from None
+        raise TargetError(
+            f"{loc}: {msg}", where=where, hint="see hw_targets/256gb-24gb.toml for the fields"
+        ) from None
 
 
 def load_target(path: str | Path) -> HardwareTarget:
@@ -299,9 +301,15 @@ def _nvidia_gpus(nvidia_smi: str | None) -> list[dict[str, Any]]:
         return []
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=name,memory.total,compute_cap,pcie.link.gen.max,pcie.link.width.max",
-             "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
+            [
+                exe,
+                "--query-gpu=name,memory.total,compute_cap,pcie.link.gen.max,pcie.link.width.max",
+                "--format=csv,noheader,nounits",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
@@ -364,17 +372,31 @@ def target_toml(t: HardwareTarget) -> str:
         lines.append("unified_memory = true")
     if t.server:
         lines.append("server = true")
-    lines += ["", "[ram]", f"total = {_fmt_size(t.ram.total)}", f"os_reserved = {_fmt_size(t.ram.os_reserved)}"]
+    lines += [
+        "",
+        "[ram]",
+        f"total = {_fmt_size(t.ram.total)}",
+        f"os_reserved = {_fmt_size(t.ram.os_reserved)}",
+    ]
     c = t.cpu
     isa = ", ".join(f'"{x}"' for x in c.isa)
     lines += [
-        "", "[cpu]", f'name = "{c.name}"', f"physical_cores = {c.physical_cores}", f"sockets = {c.sockets}",
-        f"memory_bandwidth = {_fmt_rate(c.memory_bandwidth)}", f"isa = [{isa}]",
+        "",
+        "[cpu]",
+        f'name = "{c.name}"',
+        f"physical_cores = {c.physical_cores}",
+        f"sockets = {c.sockets}",
+        f"memory_bandwidth = {_fmt_rate(c.memory_bandwidth)}",
+        f"isa = [{isa}]",
     ]
     for g in t.gpu:
         lines += [
-            "", "[[gpu]]", f'name = "{g.name}"', f"vram = {_fmt_size(g.vram)}",
-            f'compute_capability = "{g.compute_capability}"', f"pcie_bandwidth = {_fmt_rate(g.pcie_bandwidth)}",
+            "",
+            "[[gpu]]",
+            f'name = "{g.name}"',
+            f"vram = {_fmt_size(g.vram)}",
+            f'compute_capability = "{g.compute_capability}"',
+            f"pcie_bandwidth = {_fmt_rate(g.pcie_bandwidth)}",
             f"memory_bandwidth = {_fmt_rate(g.memory_bandwidth)}",
         ]
     return "\n".join(lines) + "\n"

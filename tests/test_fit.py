@@ -68,7 +68,9 @@ def test_kv_cache_matches_llama_logs() -> None:
 
 def test_context_padding() -> None:
     assert padded_ctx(1000, True) == 1024 and padded_ctx(1000, False) == 1024
-    assert padded_ctx(1001, False) == 1024 and padded_ctx(1025, False) == 1056 and padded_ctx(1025, True) == 1280
+    assert (
+        padded_ctx(1001, False) == 1024 and padded_ctx(1025, False) == 1056 and padded_ctx(1025, True) == 1280
+    )
 
 
 def test_kv_cache_matches_fixture_logs(ik_fixtures: Path, smol_dims: Any) -> None:
@@ -91,7 +93,15 @@ def _listing(path: Path) -> list[FitTensor]:
     for line in path.read_text().splitlines():
         name, typ, shape, nbytes = line.split()
         layer = int(name.split(".")[1]) if name.startswith("blk.") else None
-        out.append(FitTensor(name=name, shape=tuple(int(x) for x in shape.split("x")), type=typ, bytes=int(nbytes), layer=layer))
+        out.append(
+            FitTensor(
+                name=name,
+                shape=tuple(int(x) for x in shape.split("x")),
+                type=typ,
+                bytes=int(nbytes),
+                layer=layer,
+            )
+        )
     return out
 
 
@@ -125,7 +135,12 @@ def _close(pred: int, logged_mib: float) -> bool:
 
 
 def test_compute_buffers_vs_fixture_logs(ik_fixtures: Path, smol_dims: Any) -> None:
-    for log in ("gpu-sweep-full.log", "gpu-sweep-hybrid-ub512.log", "gpu-sweep-hybrid-ub2048.log", "sweep-cpu.log"):
+    for log in (
+        "gpu-sweep-full.log",
+        "gpu-sweep-hybrid-ub512.log",
+        "gpu-sweep-hybrid-ub2048.log",
+        "sweep-cpu.log",
+    ):
         b = parse_buffer_log((ik_fixtures / "logs" / log).read_text())
         fa = bool(b.params["flash_attn"])
         kv_size = padded_ctx(b.params["n_ctx"], fa)
@@ -140,9 +155,18 @@ def test_compute_buffers_vs_fixture_logs(ik_fixtures: Path, smol_dims: Any) -> N
 
 @pytest.mark.parametrize(
     ("n_ctx", "ub", "fa"),
-    [(512, 512, True), (4096, 128, True), (4096, 2048, True), (16384, 512, True), (8192, 512, False), (8192, 256, False)],
+    [
+        (512, 512, True),
+        (4096, 128, True),
+        (4096, 2048, True),
+        (16384, 512, True),
+        (8192, 512, False),
+        (8192, 256, False),
+    ],
 )
-def test_real_cpu_load_matches_prediction(smol_f16: Path, smol_dims: Any, n_ctx: int, ub: int, fa: bool) -> None:
+def test_real_cpu_load_matches_prediction(
+    smol_f16: Path, smol_dims: Any, n_ctx: int, ub: int, fa: bool
+) -> None:
     """The bundled ik libllama really allocates what the planner predicts (SmolLM2 F16)."""
     b = probe_load(smol_f16, n_ctx=n_ctx, n_ubatch=ub, flash_attn=fa)
     kv = kv_cache(smol_dims, n_ctx=n_ctx, flash_attn=fa)
@@ -207,7 +231,9 @@ def test_interleaved_without_cuda_matmul_never_on_gpu(r1: tuple[list[Any], Any])
 def test_gate_and_up_stay_together(r1: tuple[list[Any], Any]) -> None:
     plans, dims = r1
     for p in plans:
-        r = plan_fit(p, dims, load_target("256gb-3x24gb"), settings=Settings(n_ctx=16384), with_placement=True)
+        r = plan_fit(
+            p, dims, load_target("256gb-3x24gb"), settings=Settings(n_ctx=16384), with_placement=True
+        )
         assert r.placement is not None
         for layer in range(dims.n_layer):
             g = r.placement.get(f"blk.{layer}.ffn_gate_exps.weight")
@@ -298,13 +324,24 @@ def test_cpu_only_r4_advice(smol_dims: Any) -> None:
 def test_cli_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    assert main(["plan", str(R1), "--quant", "IQ1_S_R4", "--target", "256gb-24gb", "--ctx", "32768", "--json"]) == 0
+    assert (
+        main(["plan", str(R1), "--quant", "IQ1_S_R4", "--target", "256gb-24gb", "--ctx", "32768", "--json"])
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["verdict"] == "fits" and data["kv_bytes"] == 2196 * MIB
     assert data["max_ctx"] >= 32768
     assert {d["name"]: d["kind"] for d in data["devices"]} == {"CPU": "cpu", "CUDA0": "gpu"}
     for d in data["devices"]:
-        assert set(d) >= {"name", "kind", "weights_bytes", "kv_bytes", "compute_bytes", "total_bytes", "capacity_bytes"}
+        assert set(d) >= {
+            "name",
+            "kind",
+            "weights_bytes",
+            "kv_bytes",
+            "compute_bytes",
+            "total_bytes",
+            "capacity_bytes",
+        }
     assert data["command"][0] == "llama-server"
 
 

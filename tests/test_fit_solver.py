@@ -28,15 +28,35 @@ def test_fit_writes_a_variant_that_fits(tmp_path: Path, capsys: pytest.CaptureFi
     # the budget is filled: less than one ladder step of one layer left on the tightest device
     assert 0 <= res["headroom_bytes"] < 2 << 30
     # the written variant, planned again from the file, fits with the same weights
-    assert main(["plan", str(recipe), "--quant", "FIT-256gb-24gb", "--target", "256gb-24gb", "--ctx", "32768", "--json"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                str(recipe),
+                "--quant",
+                "FIT-256gb-24gb",
+                "--target",
+                "256gb-24gb",
+                "--ctx",
+                "32768",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rep = json.loads(capsys.readouterr().out)
     assert rep["verdict"] == "fits" and rep["weights_bytes"] == res["weights_bytes"]
     assert "# quantforge fit: FIT-256gb-24gb fills 256gb-24gb" in recipe.read_text()
 
 
-def test_fit_with_sensitivity_raises_sensitive_layers_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fit_with_sensitivity_raises_sensitive_layers_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     csv = tmp_path / "kld.csv"
-    csv.write_text("tensor,kld\n" + "".join(f"blk.{i}.ffn_down_exps.weight,{1.0 if i >= 50 else 0.01}\n" for i in range(3, 61)))
+    csv.write_text(
+        "tensor,kld\n"
+        + "".join(f"blk.{i}.ffn_down_exps.weight,{1.0 if i >= 50 else 0.01}\n" for i in range(3, 61))
+    )
     assert main(["fit", str(DATA / "deepseek-r1-0528.toml"), "--target", "256gb-24gb", "--ctx", "8192",
                  "--sensitivity", str(csv), "--json"]) == 0  # fmt: skip
     res = json.loads(capsys.readouterr().out)
@@ -49,6 +69,18 @@ def test_fit_with_sensitivity_raises_sensitive_layers_first(tmp_path: Path, caps
 
 
 def test_fit_bad_sensitivity_file(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["fit", str(DATA / "deepseek-r1-0528.toml"), "--target", "256gb-24gb", "--sensitivity", "nope.csv"]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                str(DATA / "deepseek-r1-0528.toml"),
+                "--target",
+                "256gb-24gb",
+                "--sensitivity",
+                "nope.csv",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.csv: no such sensitivity file" in err[0]

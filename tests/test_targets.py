@@ -33,7 +33,11 @@ def test_shipped_targets_cover_the_named_breakpoints() -> None:
     assert len(ts["512gb-4x24gb"].gpu) == 4 and ts["512gb-4x24gb"].ram.total == 512 * GIB
     assert len(ts["1tb-epyc-2x24gb"].gpu) == 2 and ts["1tb-epyc-2x24gb"].ram.total == 1024 * GIB
     rtx8000 = ts["2s-epyc-rtx8000"]
-    assert rtx8000.cpu.sockets == 2 and rtx8000.gpu[0].vram == 48 * GIB and rtx8000.gpu[0].compute_capability == "7.5"
+    assert (
+        rtx8000.cpu.sockets == 2
+        and rtx8000.gpu[0].vram == 48 * GIB
+        and rtx8000.gpu[0].compute_capability == "7.5"
+    )
     assert ts["mac-512gb-unified"].unified_memory and ts["mac-512gb-unified"].ram.total == 512 * GIB
     # a 3090 has 24 GiB = 24576 MiB
     assert ts["64gb-24gb"].gpu[0].vram == 24576 << 20
@@ -67,7 +71,10 @@ def test_cli_target_detect_list_show(tmp_path: Path, capsys: pytest.CaptureFixtu
         ('name = "x"\n[ram]\ntotal = "-4 GiB"\n', "ram.total: cannot read '-4 GiB' as a size"),
         ('name = "x"\n[ram]\ntotal = -4\n', "ram.total: Input should be greater than 0"),
         ('name = "x"\n[ram]\ntotal = "64 GiB"\n[[gpu]]\nname = "RTX 3090"\n', "gpu.0.vram: Field required"),
-        ('name = "x"\n[ram]\ntotal = "64 GiB"\n[[gpu]]\nname = "g"\nvram = "0 GiB"\n', "gpu.0.vram: Input should be greater than 0"),
+        (
+            'name = "x"\n[ram]\ntotal = "64 GiB"\n[[gpu]]\nname = "g"\nvram = "0 GiB"\n',
+            "gpu.0.vram: Input should be greater than 0",
+        ),
     ],
 )
 def test_bad_target_exits_2_with_one_line(
@@ -84,7 +91,9 @@ def test_bad_target_exits_2_with_one_line(
 def test_unknown_target_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["target", "show", "no/such.toml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("quantforge: error: no/such.toml: no such target file (shipped targets: ")
+    assert len(err) == 1 and err[0].startswith(
+        "quantforge: error: no/such.toml: no such target file (shipped targets: "
+    )
 
 
 def test_targets_dir_is_shipped() -> None:

@@ -9,7 +9,9 @@ import typer
 
 from quantforge.cli import app
 
-target_app = typer.Typer(help="Hardware targets: detect this machine, list and show the shipped ones.", no_args_is_help=True)
+target_app = typer.Typer(
+    help="Hardware targets: detect this machine, list and show the shipped ones.", no_args_is_help=True
+)
 app.add_typer(target_app, name="target")
 
 
@@ -75,8 +77,12 @@ def _render_matrix(m: Any) -> str:
         row = []
         for t in m.targets:
             c = cells[(q, t)]
-            mark = {"fits": "yes", "fits_smaller_ctx": f"ctx {c.max_ctx // 1024}k", "does_not_fit": "no"}[c.verdict]
-            row.append(f"{mark + (f' {c.tg_tokens_per_s:.0f}t/s' if c.verdict != 'does_not_fit' else ''):>{width}s}")
+            mark = {"fits": "yes", "fits_smaller_ctx": f"ctx {c.max_ctx // 1024}k", "does_not_fit": "no"}[
+                c.verdict
+            ]
+            row.append(
+                f"{mark + (f' {c.tg_tokens_per_s:.0f}t/s' if c.verdict != 'does_not_fit' else ''):>{width}s}"
+            )
         lines.append(f"{q:18s} {_gib(first.file_bytes):>10s}  " + "  ".join(row))
     return "\n".join(lines)
 
@@ -93,9 +99,15 @@ def plan_cmd(
     fa: bool = typer.Option(True, "--fa/--no-fa", help="Flash attention."),
     ub: int = typer.Option(512, "--ub", help="u-batch size."),
     amb: int = typer.Option(512, "--amb", help="ik -amb (MiB) for MLA attention."),
-    matrix: bool = typer.Option(False, "--matrix", help="Every variant x every target (the breakpoint matrix)."),
-    targets: Path = typer.Option(None, "--targets", help="Folder of targets for --matrix (default: shipped)."),
-    placement: bool = typer.Option(False, "--placement", help="Include the tensor -> device map in the JSON."),
+    matrix: bool = typer.Option(
+        False, "--matrix", help="Every variant x every target (the breakpoint matrix)."
+    ),
+    targets: Path = typer.Option(
+        None, "--targets", help="Folder of targets for --matrix (default: shipped)."
+    ),
+    placement: bool = typer.Option(
+        False, "--placement", help="Include the tensor -> device map in the JSON."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Does a recipe variant fit a machine? Memory per device, verdict, largest context, command.
@@ -116,7 +128,9 @@ def plan_cmd(
         emit(m, as_json=as_json, human=_render_matrix)
         return
     if not target:
-        raise UsageError("--target is required (or use --matrix)", hint="e.g. --target hw_targets/256gb-24gb.toml")
+        raise UsageError(
+            "--target is required (or use --matrix)", hint="e.g. --target hw_targets/256gb-24gb.toml"
+        )
     r = fit_recipe(recipe, quant=quant, target=target, settings=s, placement=placement)
     emit(r, as_json=as_json, human=_render_report)
 
@@ -144,7 +158,14 @@ def fit_cmd(
 
     s = _settings(ctx, ctk, ctv, 3, True, 512, 512)
     res = solve_recipe(
-        recipe, target=target, settings=s, quant=quant, name=name, sensitivity=sensitivity, write=write, force=force
+        recipe,
+        target=target,
+        settings=s,
+        quant=quant,
+        name=name,
+        sensitivity=sensitivity,
+        write=write,
+        force=force,
     )
     emit(res, as_json=as_json, human=lambda r: r.summary())
 

@@ -47,7 +47,12 @@ def recipe_plans(recipe: Any, quant: str | None = None) -> tuple[list[Any], Mode
 
 
 def fit_recipe(
-    recipe_path: str | Path, *, quant: str | None, target: str | Path, settings: Settings, placement: bool = False
+    recipe_path: str | Path,
+    *,
+    quant: str | None,
+    target: str | Path,
+    settings: Settings,
+    placement: bool = False,
 ) -> FitReport:
     from quantforge.recipe import load_recipe
 
@@ -98,7 +103,11 @@ def breakpoint_matrix(
                 )
             )  # fmt: skip
     return BreakpointMatrix(
-        model=model, n_ctx=settings.n_ctx, quants=[p.name for p in plans], targets=[t.name for t in targets], cells=cells
+        model=model,
+        n_ctx=settings.n_ctx,
+        quants=[p.name for p in plans],
+        targets=[t.name for t in targets],
+        cells=cells,
     )
 
 

@@ -22,7 +22,9 @@ _MIB = 1 << 20
 CUDA_CONTEXT_BYTES = 384 * _MIB
 
 
-def _attention_peak(dims: ModelDims, *, kv_size: int, ub: int, flash_attn: bool, mla: int, amb_mib: int) -> int:
+def _attention_peak(
+    dims: ModelDims, *, kv_size: int, ub: int, flash_attn: bool, mla: int, amb_mib: int
+) -> int:
     hidden = 2 * dims.n_embd * ub * _F32
     if flash_attn:
         if dims.is_mla and mla >= 2:
@@ -64,7 +66,9 @@ def compute_buffer(
     if has_output:
         peaks.append(dims.n_vocab * ub * _F32 + (2 * dims.n_embd * ub * _F32))
     if has_layers:
-        peaks.append(_attention_peak(dims, kv_size=kv_size, ub=ub, flash_attn=flash_attn, mla=mla, amb_mib=amb_mib))
+        peaks.append(
+            _attention_peak(dims, kv_size=kv_size, ub=ub, flash_attn=flash_attn, mla=mla, amb_mib=amb_mib)
+        )
         peaks.append(_ffn_peak(dims, ub=ub))
     return max(peaks)
 

@@ -62,7 +62,9 @@ def check_kv_type(name: str, engine: Engine, *, flag: str) -> str:
     for a in allowed:
         if a.lower() == name.lower():
             return a
-    raise UsageError(f"{flag} {name}: not a KV cache type of {engine}", hint=f"use one of {', '.join(allowed)}")
+    raise UsageError(
+        f"{flag} {name}: not a KV cache type of {engine}", hint=f"use one of {', '.join(allowed)}"
+    )
 
 
 def kv_cache(

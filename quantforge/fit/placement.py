@@ -266,7 +266,9 @@ def apply_overrides(
     return out
 
 
-def device_weight_bytes(prep: Prepared, device_of: dict[str, str], *, cpu_names: frozenset[str] = frozenset({"CPU"})) -> dict[str, int]:
+def device_weight_bytes(
+    prep: Prepared, device_of: dict[str, str], *, cpu_names: frozenset[str] = frozenset({"CPU"})
+) -> dict[str, int]:
     """Weight bytes of each buffer for a tensor -> device map (``CPU`` buffers align to 32,
     GPU buffers pad rows to 512 and align to 128). A tied output is a copy of ``token_embd``
     on the device of the last layer when that is a GPU."""

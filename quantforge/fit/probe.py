@@ -20,12 +20,16 @@ from pydantic import BaseModel, ConfigDict
 from quantforge.errors import ToolError
 
 _MIB = 1 << 20
-_BUF_RE = re.compile(r"^(llm_load_tensors|load_tensors):\s+(\S+) (?:model )?buffer size =\s+([0-9.]+) MiB", re.M)
+_BUF_RE = re.compile(
+    r"^(llm_load_tensors|load_tensors):\s+(\S+) (?:model )?buffer size =\s+([0-9.]+) MiB", re.M
+)
 _KVBUF_RE = re.compile(r"llama_kv_cache_init:\s+(\S+) KV buffer size =\s+([0-9.]+) MiB")
 _KVSELF_RE = re.compile(r"KV self size\s+=\s+([0-9.]+) MiB")
 _COMPUTE_RE = re.compile(r"\s(\S+) compute buffer size =\s+([0-9.]+) MiB")
 _OUTPUT_RE = re.compile(r"\s(\S+)\s+output buffer size =\s+([0-9.]+) MiB")
-_CTX_RE = re.compile(r"llama_init_from_model: (n_ctx|n_batch|n_ubatch|flash_attn|mla_attn|attn_max_b)\s+=\s+(\d+)")
+_CTX_RE = re.compile(
+    r"llama_init_from_model: (n_ctx|n_batch|n_ubatch|flash_attn|mla_attn|attn_max_b)\s+=\s+(\d+)"
+)
 
 
 class LoadBuffers(BaseModel):

@@ -115,8 +115,12 @@ def _names(target: HardwareTarget) -> list[str]:
     return [f"CUDA{i}" for i in range(len(target.gpu))]
 
 
-def _evaluate(prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settings, n_ctx: int, engine: Engine) -> _Eval:
-    kv = kv_cache(dims, n_ctx=n_ctx, type_k=s.ctk, type_v=s.ctv, flash_attn=s.flash_attn, mla=s.mla, engine=engine)
+def _evaluate(
+    prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settings, n_ctx: int, engine: Engine
+) -> _Eval:
+    kv = kv_cache(
+        dims, n_ctx=n_ctx, type_k=s.ctk, type_v=s.ctv, flash_attn=s.flash_attn, mla=s.mla, engine=engine
+    )
     n_gpu = len(target.gpu)
     nl = prep.n_layer
     per_layer_kv = list(kv.per_layer[:nl]) + [0] * max(0, nl - len(kv.per_layer))
@@ -130,7 +134,9 @@ def _evaluate(prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settin
 
     if n_gpu == 0:
         weights = embd_cpu + out_cpu + forced_cpu + sum(prep.layer_base_cpu) + sum(prep.layer_expert_cpu)
-        comp = compute_buffer(dims, kv_size=kv.kv_size, ub=s.ub, flash_attn=s.flash_attn, mla=s.mla, amb_mib=s.amb)
+        comp = compute_buffer(
+            dims, kv_size=kv.kv_size, ub=s.ub, flash_attn=s.flash_attn, mla=s.mla, amb_mib=s.amb
+        )
         total = weights + kv.total + comp + out_buf
         dev = DeviceUsage(
             name="CPU", kind="cpu", weights_bytes=weights, kv_bytes=kv.total, compute_bytes=comp,
@@ -258,7 +264,9 @@ def _evaluate(prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settin
     return _Eval(devices, unit_dev, layer_gpu, counts, short == 0, kv, short)
 
 
-def _max_ctx(prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settings, engine: Engine, cap: int) -> int:
+def _max_ctx(
+    prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settings, engine: Engine, cap: int
+) -> int:
     step = kv_padding(s.flash_attn)
     lo, hi = 0, cap // step  # in units of step; lo fits (0 = nothing fits)
     if _evaluate(prep, dims, target, s, hi * step, engine).fits:
@@ -295,13 +303,30 @@ def _command(
             cmd += ["-mla", str(s.mla), "-amb", str(s.amb)]
     elif s.flash_attn:
         cmd += ["-fa", "on"]
-    cmd += ["-ctk", s.ctk, "-ctv", s.ctv, "-b", str(s.batch), "-ub", str(s.ub), "-t", str(target.cpu.physical_cores)]
+    cmd += [
+        "-ctk",
+        s.ctk,
+        "-ctv",
+        s.ctv,
+        "-b",
+        str(s.batch),
+        "-ub",
+        str(s.ub),
+        "-t",
+        str(target.cpu.physical_cores),
+    ]
     return cmd
 
 
 def _findings(
-    prep: Prepared, dims: ModelDims, target: HardwareTarget, ev: _Eval, engine: Engine, s: Settings,
-    *, advice: bool = True,
+    prep: Prepared,
+    dims: ModelDims,
+    target: HardwareTarget,
+    ev: _Eval,
+    engine: Engine,
+    s: Settings,
+    *,
+    advice: bool = True,
 ) -> tuple[list[Finding], float, float | None]:
     cat = catalogue(engine)
     out: list[Finding] = []
@@ -313,7 +338,10 @@ def _findings(
     read = {d.name: float(d.kv_bytes) for d in ev.devices}
     if not gpu_names:
         read["CPU"] += (
-            sum(prep.layer_base_raw) + prep.out_raw + prep.forced_raw + frac * sum(u.raw_bytes for u in prep.units)
+            sum(prep.layer_base_raw)
+            + prep.out_raw
+            + prep.forced_raw
+            + frac * sum(u.raw_bytes for u in prep.units)
         )
     else:
         for layer, b in enumerate(prep.layer_base_raw):
@@ -343,7 +371,9 @@ def _findings(
                     plain_on_cpu.append(i)
     if plain_on_cpu:
         b = sum(prep.tensors[i].bytes for i in plain_on_cpu)
-        twins = sorted({f"{prep.tensors[i].type}->{cat.get(prep.tensors[i].type).repacked}" for i in plain_on_cpu})
+        twins = sorted(
+            {f"{prep.tensors[i].type}->{cat.get(prep.tensors[i].type).repacked}" for i in plain_on_cpu}
+        )
         out.append(
             Finding(
                 code="r4-cpu-plain",
@@ -482,11 +512,22 @@ def _ncmoe_note(prep: Prepared, ev: _Eval, engine: Engine) -> Finding | None:
 
 
 def _cheapest(
-    prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settings, engine: Engine, ev: _Eval, max_ctx: int
+    prep: Prepared,
+    dims: ModelDims,
+    target: HardwareTarget,
+    s: Settings,
+    engine: Engine,
+    ev: _Eval,
+    max_ctx: int,
 ) -> str:
     tries: list[tuple[str, Settings]] = []
     if s.ctk == "f16" or s.ctv == "f16":
-        tries.append(("-ctk q8_0 -ctv q8_0", s.model_copy(update={"ctk": "q8_0", "ctv": "q8_0" if s.flash_attn else s.ctv})))
+        tries.append(
+            (
+                "-ctk q8_0 -ctv q8_0",
+                s.model_copy(update={"ctk": "q8_0", "ctv": "q8_0" if s.flash_attn else s.ctv}),
+            )
+        )
     if s.ub > 256:
         tries.append((f"-ub {s.ub // 2}", s.model_copy(update={"ub": s.ub // 2})))
     if dims.is_mla and engine == "ik" and not s.flash_attn:
@@ -505,7 +546,9 @@ def _cheapest(
 
 def _check(s: Settings, dims: ModelDims, engine: Engine) -> None:
     if s.n_ctx <= 0:
-        raise UsageError(f"--ctx {s.n_ctx}: the context must be a positive number of tokens", hint="e.g. --ctx 32768")
+        raise UsageError(
+            f"--ctx {s.n_ctx}: the context must be a positive number of tokens", hint="e.g. --ctx 32768"
+        )
     if s.n_ctx > MAX_CTX:
         raise UsageError(
             f"--ctx {s.n_ctx}: absurdly large (limit {MAX_CTX})",

@@ -95,7 +95,13 @@ def _with_levels(
 
 
 def solve(
-    plan: Any, dims: Any, target: Any, *, settings: Settings, engine: Engine, sensitivity: dict[int, float] | None = None
+    plan: Any,
+    dims: Any,
+    target: Any,
+    *,
+    settings: Settings,
+    engine: Engine,
+    sensitivity: dict[int, float] | None = None,
 ) -> tuple[dict[int, int], FitReport, list[FitTensor]]:
     ladder = LADDERS[engine]
     base = fit_tensors(plan)
@@ -149,7 +155,9 @@ def _rules(levels: dict[int, int], ladder: tuple[str, ...]) -> list[dict[str, st
     rules = []
     for lvl in sorted(by_level, reverse=True):
         spec = _ranges(sorted(by_level[lvl]))
-        rules.append({"match": "ffn_down_exps", "layers": spec, "type": ladder[min(lvl + 1, len(ladder) - 1)]})
+        rules.append(
+            {"match": "ffn_down_exps", "layers": spec, "type": ladder[min(lvl + 1, len(ladder) - 1)]}
+        )
         rules.append({"match": "ffn_(gate|up)_exps", "layers": spec, "type": ladder[lvl]})
     return rules
 
