@@ -169,3 +169,73 @@ def test_mainline_prediction_is_exact(  # type: ignore[no-untyped-def]
 
 def test_test_recipes_cover_the_acceptance() -> None:
     assert len(IK_RECIPES) >= 6 and len(MAINLINE_RECIPES) >= 3
+
+
+# -- miniature models of the big architectures -----------------------------------------------
+
+_MINI_RULES = {
+    "ik": """rules = [
+  { match = 'token_embd\\.weight', type = "q8_0" },
+  { match = 'output\\.weight', type = "q6_K" },
+  { match = 'attn_', type = "q6_0" },
+  { match = '_shexp', type = "q8_0_r8" },
+  { match = 'ffn_down_exps', type = "iq4_ks_r4" },
+  { match = 'ffn_(gate|up)_exps', type = "iq3_k_r4" },
+  { match = 'ffn_down', type = "q5_k_r4" },
+]""",
+    "mainline": """rules = [
+  { match = 'token_embd\\.weight', type = "q8_0" },
+  { match = 'attn_', type = "q8_0" },
+  { match = '_shexp', type = "q5_K" },
+  { match = 'ffn_down_exps', type = "q4_K" },
+  { match = 'ffn_(gate|up)_exps', type = "iq4_xs" },
+]""",
+}
+_MINIS = [
+    ("llama", "ik", "ik"),
+    ("qwen3moe", "ik", "ik"),
+    ("deepseek2", "ik", "ik"),
+    ("glm4moe", "ik", "ik"),
+    ("llama", "mainline", "mainline"),
+    ("qwen3moe", "mainline", "mainline"),
+    ("deepseek2", "mainline", "mainline"),
+    ("glm4moe", "mainline", "mainline"),
+]
+
+
+def _miniature(arch: str, layout: str) -> Path:
+    from quantforge.miniature import write_miniature
+
+    d = CACHE.parent / "plan-mini"
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / f"{arch}-{layout}.gguf"
+    if not p.is_file():
+        write_miniature(arch, p, seed=1, layout=layout)  # type: ignore[arg-type]
+    return p
+
+
+@pytest.mark.parametrize("mode", ["rules", "mixture"])
+@pytest.mark.parametrize(("arch", "layout", "engine"), _MINIS, ids=[f"{a}-{e}" for a, _l, e in _MINIS])
+def test_miniature_prediction_is_exact(  # type: ignore[no-untyped-def]
+    arch: str, layout: str, engine: str, mode: str, ik_quantize: Path, request, tmp_path: Path
+) -> None:
+    binary = ik_quantize if engine == "ik" else request.getfixturevalue("mainline_bin_dir") / "llama-quantize"
+    base = _miniature(arch, layout)
+    rules = _MINI_RULES[engine] if mode == "rules" else ""
+    default = "iq4_k" if engine == "ik" else "q6_K"
+    text = f'[model]\nbase = "{base}"\nengine = "{engine}"\n[[quant]]\nname = "{mode}"\nftype = "Q4_K_M"\ndefault = "{default}"\n{rules}\n'
+    recipe = parse_recipe(text, path=str(tmp_path / f"{arch}.toml"))
+    if mode == "mixture":
+        recipe = recipe.model_copy(update={"quants": (recipe.quants[0].model_copy(update={"default": MIXTURE}),)})
+    inventory = load_inventory(base, engine=engine)  # type: ignore[arg-type]
+    plan = expand(recipe, None, inventory, imatrix=False)
+    cmd = quantize_command(plan, binary=binary, input_path=base, output_path="@OUT@", threads=2)
+    key = "|".join(["mini", arch, layout, engine, mode, hashlib.sha256(base.read_bytes()[:1 << 20]).hexdigest(),
+                    str(base.stat().st_size), _binary_key(binary), *cmd])  # fmt: skip
+    out = _quantize(cmd, key, tmp_path / "mini.gguf")
+    h = read_header(out)
+    cat = catalogue(engine)  # type: ignore[arg-type]
+    want = {t.name: t.type for t in plan.tensors}
+    got = {t.name: cat.by_id(t.type_id).name for t in h.tensors}  # type: ignore[union-attr]
+    assert got == want
+    assert out.stat().st_size == plan.file_bytes
