@@ -786,14 +786,23 @@ def _split(ctx: _Context, plan: Any, partial: Path, output: Path, max_bytes: int
     work = output.with_name(f".{stem}.splitting")
     _remove([work])
     work.mkdir()
-    # gguf-split counts M as 10^6 bytes; give it whole megabytes, rounded down to stay under.
-    size_arg = f"{max(1, max_bytes // 1_000_000)}M"
+    # gguf-split counts only tensor data against --split-max-size (M = 10^6 bytes), while the
+    # first shard also carries the whole KV header: leave room for it so no shard passes the cap.
+    header = plan.header_bytes or 64 * 1024 * 1024
+    size_arg = f"{max(1, (max_bytes - header - 1_000_000) // 1_000_000)}M"
     try:
         run_tool([binary, "--split", "--split-max-size", size_arg, str(partial), str(work / stem)], log_path=log_path, timeout=timeout, progress_kind="none", partials=[work])
         shards = sorted(work.glob(f"{stem}-*-of-*.gguf"))
         if not shards:
             raise BuildError("llama-gguf-split wrote no shards", where=str(log_path))
         verify_output(shards, plan, exact_file_bytes=False)
+        over = [s.name for s in shards if s.stat().st_size > max_bytes]
+        if over:
+            raise BuildError(
+                f"llama-gguf-split wrote shard(s) over {max_bytes} bytes: {', '.join(over)}",
+                where=str(log_path),
+                hint="a single tensor is larger than the limit; raise --split-max",
+            )
         finals = split_names(output, len(shards))
         for s, f in zip(shards, finals):
             os.replace(s, f)
