@@ -58,7 +58,9 @@ def _moe_inventory() -> TensorInventory:
     )  # fmt: skip
 
 
-def _recipe(rules: str = "", *, engine: str = "ik", ftype: str = "IQ4_K", default: str = "iq4_k", extra: str = ""):  # type: ignore[no-untyped-def]
+def _recipe(
+    rules: str = "", *, engine: str = "ik", ftype: str = "IQ4_K", default: str = "iq4_k", extra: str = ""
+):  # type: ignore[no-untyped-def]
     text = (
         f'[model]\nbase = "x.gguf"\nengine = "{engine}"\n{extra}\n[[quant]]\nname = "v"\nftype = "{ftype}"\n'
         f'default = "{default}"\nrules = [\n{rules}\n]\n'
@@ -106,19 +108,32 @@ def test_expand_smol_numbers(smol: TensorInventory) -> None:
     assert len(plan.tensors) == 272
     assert plan.bpw == pytest.approx(8 * plan.tensor_bytes / plan.n_params)
     down = next(t for t in plan.tensors if t.name == "blk.7.ffn_down.weight")
-    assert (down.type, down.bytes, down.rule, down.layer, down.group) == ("q6_K", 725_760, "rules[0]", 7, "dense_ffn")
+    assert (down.type, down.bytes, down.rule, down.layer, down.group) == (
+        "q6_K",
+        725_760,
+        "rules[0]",
+        7,
+        "dense_ffn",
+    )
     q = next(t for t in plan.tensors if t.name == "blk.7.attn_q.weight")
     assert (q.requested_type, q.type, q.rule) == ("iq4_k", "q5_0", "default")
     assert q.note == "fallback: 576 columns not divisible by 256 for iq4_k"
     norm = next(t for t in plan.tensors if t.name == "blk.7.attn_norm.weight")
-    assert (norm.requested_type, norm.type, norm.rule, norm.bytes) == (None, "f32", "not quantized: 1-D", 2304)
+    assert (norm.requested_type, norm.type, norm.rule, norm.bytes) == (
+        None,
+        "f32",
+        "not quantized: 1-D",
+        2304,
+    )
     assert sum(group_totals(plan).values()) == plan.tensor_bytes
     assert len(layer_totals(plan)) == 30
     assert plan.file_bytes_exact and plan.file_bytes is not None
 
 
 def test_collapse_rows(smol: TensorInventory) -> None:
-    rows = collapse(expand(_recipe('{match="ffn_down", layers="0-9", type="q6_K"},'), None, smol, imatrix=False))
+    rows = collapse(
+        expand(_recipe('{match="ffn_down", layers="0-9", type="q6_K"},'), None, smol, imatrix=False)
+    )
     by = {r.pattern: r for r in rows}
     assert by["blk.[0-9].ffn_down.weight"].count == 10
     assert by["blk.[0-9].ffn_down.weight"].type == "q6_K"
@@ -129,7 +144,9 @@ def test_collapse_rows(smol: TensorInventory) -> None:
 
 def test_moe_rules_experts_and_deinterleave() -> None:
     inv = _moe_inventory()
-    plan = expand(_recipe('{match="exps", type="iq4_k_r4"},{match="attn_kv_a_mqa", type="q8_0_r8"},'), None, inv)
+    plan = expand(
+        _recipe('{match="exps", type="iq4_k_r4"},{match="attn_kv_a_mqa", type="q8_0_r8"},'), None, inv
+    )
     by = {t.name: t for t in plan.tensors}
     assert by["blk.0.ffn_up_exps.weight"].type == "iq4_k_r4"
     assert by["blk.0.ffn_up_exps.weight"].bytes == 4 * 256 * (512 // 256 * 144)
@@ -159,7 +176,9 @@ def test_imatrix_path_changes_the_size(smol: TensorInventory, smol_imatrix: Path
     a = expand(r, None, smol, imatrix=str(smol_imatrix))
     b = expand(r, None, smol, imatrix=False)
     # quantize.imatrix.{file,dataset,entries_count,chunks_count} are added to the header
-    extra = (8 + 21 + 4 + 8 + len(str(smol_imatrix))) + (8 + 24 + 4 + 8 + 9) + (8 + 30 + 4 + 4) + (8 + 29 + 4 + 4)
+    extra = (
+        (8 + 21 + 4 + 8 + len(str(smol_imatrix))) + (8 + 24 + 4 + 8 + 9) + (8 + 30 + 4 + 4) + (8 + 29 + 4 + 4)
+    )
     assert a.header_bytes - b.header_bytes in range(extra - 31, extra + 32)
 
 
@@ -167,15 +186,38 @@ def test_imatrix_path_changes_the_size(smol: TensorInventory, smol_imatrix: Path
 
 
 def test_ik_emission_and_command(smol: TensorInventory) -> None:
-    plan = expand(_recipe('{match="ffn_down", type="Q6_K"},{match="attn_", layers="0-2,29", type="q8_0"},'), None, smol)
+    plan = expand(
+        _recipe('{match="ffn_down", type="Q6_K"},{match="attn_", layers="0-2,29", type="q8_0"},'), None, smol
+    )
     assert plan.quantize_args == ["--custom-q", r"ffn_down=q6_K,blk\.([0-2]|29)\.attn_=q8_0,.*=iq4_k"]
-    cmd = quantize_command(plan, binary="/b/llama-quantize", input_path="in.gguf", output_path="out.gguf", imatrix="i.dat", threads=2)
-    assert cmd == ["/b/llama-quantize", "--imatrix", "i.dat", "--custom-q", plan.quantize_args[1], "in.gguf", "out.gguf", "IQ4_K", "2"]
+    cmd = quantize_command(
+        plan,
+        binary="/b/llama-quantize",
+        input_path="in.gguf",
+        output_path="out.gguf",
+        imatrix="i.dat",
+        threads=2,
+    )
+    assert cmd == [
+        "/b/llama-quantize",
+        "--imatrix",
+        "i.dat",
+        "--custom-q",
+        plan.quantize_args[1],
+        "in.gguf",
+        "out.gguf",
+        "IQ4_K",
+        "2",
+    ]
     assert shell_join(cmd).startswith("/b/llama-quantize --imatrix i.dat --custom-q 'ffn_down=q6_K,")
 
 
 def test_mainline_emission(smol: TensorInventory) -> None:
-    plan = expand(_recipe('{match="ffn_down", type="q6_k"},', engine="mainline", ftype="Q4_K_M", default="q4_K"), None, smol)
+    plan = expand(
+        _recipe('{match="ffn_down", type="q6_k"},', engine="mainline", ftype="Q4_K_M", default="q4_K"),
+        None,
+        smol,
+    )
     assert plan.quantize_args == ["--tensor-type", "ffn_down=q6_K", "--tensor-type", ".*=q4_K"]
 
 
@@ -187,7 +229,13 @@ def test_ik_comma_in_regex_cannot_be_emitted(smol: TensorInventory) -> None:
 
 def test_mainline_uppercase_regex_cannot_be_emitted(smol: TensorInventory) -> None:
     with pytest.raises(RecipeError, match="lower-cases"):
-        expand(_recipe(r'{match="ffn_down\\S*", type="q6_K"},', engine="mainline", ftype="Q4_K_M", default="q4_K"), None, smol)
+        expand(
+            _recipe(
+                r'{match="ffn_down\\S*", type="q6_K"},', engine="mainline", ftype="Q4_K_M", default="q4_K"
+            ),
+            None,
+            smol,
+        )
 
 
 def test_equals_in_regex_cannot_be_emitted(smol: TensorInventory) -> None:
@@ -209,7 +257,9 @@ def test_lint_matches_nothing(smol: TensorInventory) -> None:
 
 
 def test_lint_shadowed(smol: TensorInventory) -> None:
-    f = lint(_recipe('{match="ffn_", type="q8_0"},{match="ffn_down", type="q6_K"},', default="q8_0"), None, smol)
+    f = lint(
+        _recipe('{match="ffn_", type="q8_0"},{match="ffn_down", type="q6_K"},', default="q8_0"), None, smol
+    )
     assert _codes(f) == ["shadowed"]
     assert f[0].count == 30 and f[0].examples[0] == "blk.0.ffn_down.weight"
 
@@ -234,7 +284,15 @@ def test_lint_needs_imatrix(smol: TensorInventory) -> None:
 
 
 def test_lint_needs_imatrix_satisfied(smol: TensorInventory, smol_imatrix: Path) -> None:
-    assert lint(_recipe('{match="ffn_down", type="iq2_xxs"},', default="q8_0"), None, smol, imatrix=str(smol_imatrix)) == []
+    assert (
+        lint(
+            _recipe('{match="ffn_down", type="iq2_xxs"},', default="q8_0"),
+            None,
+            smol,
+            imatrix=str(smol_imatrix),
+        )
+        == []
+    )
 
 
 def test_lint_fmoe_mismatch() -> None:

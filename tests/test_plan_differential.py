@@ -61,7 +61,15 @@ _R4 = r"""rules = [{match='blk\.[0-9]\.ffn_.*', type="iq4_k_r4"}, {match='blk\.[
     [
         ("Q4_K_M", "Q4_K_M", "q4_K", "", True, False, {("q4_K", "q5_0"): 166, ("q6_K", "q8_0"): 14}),
         ("IQ4_K", "IQ4_K", "iq4_k", "", True, True, {("iq4_k", "q5_0"): 150, ("iq5_k", "q6_0"): 30}),
-        ("custom", "IQ4_K", "iq4_k", _CUSTOM, False, True, {("iq4_ks", "iq4_nl"): 120, ("iq3_k", "iq4_nl"): 60}),
+        (
+            "custom",
+            "IQ4_K",
+            "iq4_k",
+            _CUSTOM,
+            False,
+            True,
+            {("iq4_ks", "iq4_nl"): 120, ("iq3_k", "iq4_nl"): 60},
+        ),
         ("r4", "IQ4_K", "iq4_k", _R4, True, True, {("iq4_k_r4", "q5_0"): 20, ("q4_k_r4", "q5_0"): 40}),
     ],
 )
@@ -97,7 +105,13 @@ def test_fixture_custom_command_is_the_recorded_one(smol_inventory, ik_fixtures:
         "--custom-q",
         "ffn_down=q6_K,attn_.*=iq4_ks,ffn_(gate|up)=iq3_k,token_embd=q8_0,.*=iq4_k",
     ]
-    cmd = quantize_command(plan, binary="llama-quantize", input_path="smol-f16.gguf", output_path="o.gguf", imatrix="smol.imatrix")
+    cmd = quantize_command(
+        plan,
+        binary="llama-quantize",
+        input_path="smol-f16.gguf",
+        output_path="o.gguf",
+        imatrix="smol.imatrix",
+    )
     assert cmd[-3:] == ["smol-f16.gguf", "o.gguf", "IQ4_K"]
     assert cmd[1:3] == ["--imatrix", "smol.imatrix"]
 
@@ -119,7 +133,9 @@ def _quantize(cmd: list[str], key: str, out: Path) -> Path:
     cmd = [c if c != "@OUT@" else str(tmp) for c in cmd]
     env = dict(os.environ)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, f"llama-quantize failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"llama-quantize failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     os.replace(tmp, cached)
     return cached
 
@@ -131,7 +147,9 @@ def _check_against_binary(recipe_path: Path, inventory, base: Path, binary: Path
     for v in recipe.quants:
         plan = expand(recipe, v.name, inventory)
         imx = plan.imatrix
-        cmd = quantize_command(plan, binary=binary, input_path=base, output_path="@OUT@", imatrix=imx, threads=2)
+        cmd = quantize_command(
+            plan, binary=binary, input_path=base, output_path="@OUT@", imatrix=imx, threads=2
+        )
         key = "|".join([recipe.sha256, SMOLLM2_F16_SHA256, _binary_key(binary), *cmd])
         out = _quantize(cmd, key, tmp_path / f"{v.name}.gguf")
         h = read_header(out)
@@ -155,7 +173,9 @@ def _check_against_binary(recipe_path: Path, inventory, base: Path, binary: Path
 
 
 @pytest.mark.parametrize("recipe_path", IK_RECIPES, ids=lambda p: p.stem)
-def test_ik_prediction_is_exact(recipe_path: Path, smol_inventory, smol_f16: Path, ik_quantize: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_ik_prediction_is_exact(
+    recipe_path: Path, smol_inventory, smol_f16: Path, ik_quantize: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     _check_against_binary(recipe_path, smol_inventory, smol_f16, ik_quantize, tmp_path)
 
 
@@ -226,7 +246,9 @@ def test_miniature_prediction_is_exact(  # type: ignore[no-untyped-def]
     text = f'[model]\nbase = "{base}"\nengine = "{engine}"\n[[quant]]\nname = "{mode}"\nftype = "Q4_K_M"\ndefault = "{default}"\n{rules}\n'
     recipe = parse_recipe(text, path=str(tmp_path / f"{arch}.toml"))
     if mode == "mixture":
-        recipe = recipe.model_copy(update={"quants": (recipe.quants[0].model_copy(update={"default": MIXTURE}),)})
+        recipe = recipe.model_copy(
+            update={"quants": (recipe.quants[0].model_copy(update={"default": MIXTURE}),)}
+        )
     inventory = load_inventory(base, engine=engine)  # type: ignore[arg-type]
     plan = expand(recipe, None, inventory, imatrix=False)
     cmd = quantize_command(plan, binary=binary, input_path=base, output_path="@OUT@", threads=2)

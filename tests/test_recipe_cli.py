@@ -12,7 +12,9 @@ from quantforge.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _write(tmp_path: Path, base: Path, rules: str, *, engine: str = "ik", default: str = "q8_0", ftype: str = "IQ4_K") -> Path:
+def _write(
+    tmp_path: Path, base: Path, rules: str, *, engine: str = "ik", default: str = "q8_0", ftype: str = "IQ4_K"
+) -> Path:
     p = tmp_path / "r.toml"
     p.write_text(
         f'[model]\nbase = "{base}"\nengine = "{engine}"\nname = "smol"\n\n[[quant]]\nname = "v"\nftype = "{ftype}"\n'
@@ -48,17 +50,30 @@ def test_show_human_collapses(smol_f16: Path, tmp_path: Path, capsys: pytest.Cap
 def test_args_ik(smol_f16: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     r = _write(tmp_path, smol_f16, '{match="ffn_down", type="Q6_K"},')
     assert main(["recipe", "args", str(r)]) == 0
-    assert capsys.readouterr().out == f"llama-quantize --custom-q 'ffn_down=q6_K,.*=q8_0' {smol_f16} smol-v.gguf IQ4_K\n"
+    assert (
+        capsys.readouterr().out
+        == f"llama-quantize --custom-q 'ffn_down=q6_K,.*=q8_0' {smol_f16} smol-v.gguf IQ4_K\n"
+    )
     assert main(["recipe", "args", str(r), "--json", "-o", "x.gguf"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["quants"][0]["args"] == ["llama-quantize", "--custom-q", "ffn_down=q6_K,.*=q8_0", str(smol_f16), "x.gguf", "IQ4_K"]
+    assert data["quants"][0]["args"] == [
+        "llama-quantize",
+        "--custom-q",
+        "ffn_down=q6_K,.*=q8_0",
+        str(smol_f16),
+        "x.gguf",
+        "IQ4_K",
+    ]
 
 
 def test_args_mainline_test_recipe(capsys: pytest.CaptureFixture[str], smol_f16: Path) -> None:
     r = REPO / "recipes" / "test" / "smol-mainline-a-q4k.toml"
     assert main(["recipe", "args", str(r)]) == 0
     out = capsys.readouterr().out
-    assert "--tensor-type ffn_down=q6_K --tensor-type attn_v=q8_0 --tensor-type token_embd=q6_K --tensor-type '.*=q4_K'" in out
+    assert (
+        "--tensor-type ffn_down=q6_K --tensor-type attn_v=q8_0 --tensor-type token_embd=q6_K --tensor-type '.*=q4_K'"
+        in out
+    )
     assert out.rstrip().endswith("smol-f16-Q4_K-rules.gguf Q4_K_M")
 
 

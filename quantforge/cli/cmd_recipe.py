@@ -12,7 +12,9 @@ app.add_typer(recipe_app, name="recipe")
 
 @recipe_app.command("schema")
 def schema_cmd(
-    output: str = typer.Option(None, "--output", "-o", help="Write the schema to this file instead of stdout."),
+    output: str = typer.Option(
+        None, "--output", "-o", help="Write the schema to this file instead of stdout."
+    ),
 ) -> None:
     """Print the JSON Schema of recipe files (for editor validation and completion).
 
@@ -51,8 +53,12 @@ def _load(recipe: str, inventory: str | None, imatrix: str | None, quant: str | 
 def lint_cmd(
     recipe: str = typer.Argument(..., help="Recipe TOML file."),
     quant: str = typer.Option(None, "--quant", "-q", help="Only this variant (default: all)."),
-    inventory: str = typer.Option(None, "--inventory", help="Plan against this GGUF / hf:// / model id instead of [model]."),
-    imatrix: str = typer.Option(None, "--imatrix", help="Importance matrix to assume (default: [imatrix] file)."),
+    inventory: str = typer.Option(
+        None, "--inventory", help="Plan against this GGUF / hf:// / model id instead of [model]."
+    ),
+    imatrix: str = typer.Option(
+        None, "--imatrix", help="Importance matrix to assume (default: [imatrix] file)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Check a recipe against its model: unknown types, bad regexes, rules that match nothing or are
@@ -90,8 +96,12 @@ def _render_lint(data: dict) -> str:  # type: ignore[type-arg]
 def show_cmd(
     recipe: str = typer.Argument(..., help="Recipe TOML file."),
     quant: str = typer.Option(None, "--quant", "-q", help="Only this variant (default: all)."),
-    inventory: str = typer.Option(None, "--inventory", help="Plan against this GGUF / hf:// / model id instead of [model]."),
-    imatrix: str = typer.Option(None, "--imatrix", help="Importance matrix to assume (default: [imatrix] file)."),
+    inventory: str = typer.Option(
+        None, "--inventory", help="Plan against this GGUF / hf:// / model id instead of [model]."
+    ),
+    imatrix: str = typer.Option(
+        None, "--imatrix", help="Importance matrix to assume (default: [imatrix] file)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: every tensor's type, bytes and rule."),
 ) -> None:
     """Expand a recipe: per-tensor types llama-quantize will write, exact bytes, file size, BPW.
@@ -119,8 +129,18 @@ def _plan_json(p) -> dict:  # type: ignore[no-untyped-def, type-arg]
         "n_params": p.n_params,
         "quantize_args": p.quantize_args,
         "tensors": [
-            {"name": t.name, "shape": list(t.shape), "type": t.type, "requested_type": t.requested_type,
-             "bytes": t.bytes, "rule": t.rule, "note": t.note, "group": t.group, "layer": t.layer, "place": t.place}
+            {
+                "name": t.name,
+                "shape": list(t.shape),
+                "type": t.type,
+                "requested_type": t.requested_type,
+                "bytes": t.bytes,
+                "rule": t.rule,
+                "note": t.note,
+                "group": t.group,
+                "layer": t.layer,
+                "place": t.place,
+            }
             for t in p.tensors
         ],  # fmt: skip
     }
@@ -144,7 +164,9 @@ def _render_show(plans: list) -> str:  # type: ignore[type-arg]
         for row in rows:
             mult = f"×{row.count}" if row.count > 1 else ""
             req = f"  (asked {row.requested_type}: {row.note})" if row.note else ""
-            out.append(f"  {row.pattern:<{width}} {mult:>5}  {row.type:<10} {human_bytes(row.bytes):>11}{req}")
+            out.append(
+                f"  {row.pattern:<{width}} {mult:>5}  {row.type:<10} {human_bytes(row.bytes):>11}{req}"
+            )
         out.append("")
     return "\n".join(out)
 
@@ -153,8 +175,12 @@ def _render_show(plans: list) -> str:  # type: ignore[type-arg]
 def args_cmd(
     recipe: str = typer.Argument(..., help="Recipe TOML file."),
     quant: str = typer.Option(None, "--quant", "-q", help="Only this variant (default: all)."),
-    inventory: str = typer.Option(None, "--inventory", help="Plan against this GGUF / hf:// / model id instead of [model]."),
-    imatrix: str = typer.Option(None, "--imatrix", help="Importance matrix to pass (default: [imatrix] file)."),
+    inventory: str = typer.Option(
+        None, "--inventory", help="Plan against this GGUF / hf:// / model id instead of [model]."
+    ),
+    imatrix: str = typer.Option(
+        None, "--imatrix", help="Importance matrix to pass (default: [imatrix] file)."
+    ),
     binary: str = typer.Option("llama-quantize", "--binary", help="llama-quantize to name in the command."),
     output: str = typer.Option(None, "--output", "-o", help="Output file (default: <model>-<variant>.gguf)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON with the argument lists."),

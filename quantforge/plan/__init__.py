@@ -30,7 +30,9 @@ from quantforge.errors import InputError, RecipeError
 from quantforge.plan._engine import MixtureState, count_attention_wv, mixture_type, skip_reason
 
 Engine = Literal["ik", "mainline"]
-Group = Literal["token_embd", "output", "attention", "shared_experts", "routed_experts", "dense_ffn", "norms", "other"]
+Group = Literal[
+    "token_embd", "output", "attention", "shared_experts", "routed_experts", "dense_ffn", "norms", "other"
+]
 #: ``QuantVariant.default`` value that asks for the engine's own ftype mixture (no catch-all).
 MIXTURE = "mixture"
 
@@ -132,7 +134,9 @@ def read_imatrix_meta(path: str | Path) -> ImatrixMeta:
     try:
         data = p.read_bytes()
     except OSError as exc:
-        raise InputError(f"cannot read imatrix: {exc.strerror}", where=str(path), hint="check the path") from None
+        raise InputError(
+            f"cannot read imatrix: {exc.strerror}", where=str(path), hint="check the path"
+        ) from None
     if data[:4] == b"GGUF":
         from quantforge.gguf_header import read_header
 
@@ -164,7 +168,9 @@ def read_imatrix_meta(path: str | Path) -> ImatrixMeta:
             raise struct.error("bad entry count")
     except struct.error:
         raise InputError(
-            "not an importance matrix (legacy .dat or GGUF)", where=str(path), hint="pass the file llama-imatrix wrote"
+            "not an importance matrix (legacy .dat or GGUF)",
+            where=str(path),
+            hint="pass the file llama-imatrix wrote",
         ) from None
     return ImatrixMeta(path=str(path), entries=tuple(names_l), chunks=chunks, dataset=dataset)
 
@@ -216,14 +222,14 @@ def expand(
     KV, so the exact size depends on it). ``None`` uses the recipe's ``[imatrix] file`` when it
     exists locally; ``False`` plans without one.
     """
-    from quantforge.catalogue import catalogue, ftype as lookup_ftype
+    from quantforge.catalogue import catalogue
+    from quantforge.catalogue import ftype as lookup_ftype
 
     v = recipe.variant(variant)
     engine: Engine = recipe.engine
     cat = catalogue(engine)
     ft = lookup_ftype(engine, v.ftype)
     imeta = _resolve_imatrix(recipe, imatrix)
-    entries = frozenset(imeta.entries) if imeta else frozenset()
 
     rules = [(r, _compile(r.pattern, r.where)) for r in v.rules]
     use_mixture = v.default == MIXTURE
@@ -240,7 +246,9 @@ def expand(
         arch=inventory.arch,
         n_layer=_hparam(inventory, "block_count", "n_layer"),
         n_expert=_hparam(inventory, "expert_count", "n_expert"),
-        n_gqa=max(1, _hparam(inventory, "head_count") // max(1, _hparam(inventory, "head_count_kv", "head_count"))),
+        n_gqa=max(
+            1, _hparam(inventory, "head_count") // max(1, _hparam(inventory, "head_count_kv", "head_count"))
+        ),
         has_output=has_output,
         has_imatrix=imeta is not None,
         n_attention_wv=count_attention_wv(engine, names),
@@ -339,10 +347,14 @@ def _fast(cls: type[TensorPlan], values: dict[str, Any]) -> TensorPlan:
 
 # Per-inventory facts that do not depend on the recipe (shape, elements, layer, group, skip
 # reason), kept for the few inventories in use so a ladder of variants pays for them once.
-_STATIC: dict[tuple[int, str], tuple[Any, list[tuple[Any, tuple[int, ...], int, int | None, Any, str | None]]]] = {}
+_STATIC: dict[
+    tuple[int, str], tuple[Any, list[tuple[Any, tuple[int, ...], int, int | None, Any, str | None]]]
+] = {}
 
 
-def _static(inventory: Any, engine: str) -> list[tuple[Any, tuple[int, ...], int, int | None, Any, str | None]]:
+def _static(
+    inventory: Any, engine: str
+) -> list[tuple[Any, tuple[int, ...], int, int | None, Any, str | None]]:
     key = (id(inventory.tensors), engine)
     hit = _STATIC.get(key)
     if hit is not None and hit[0] is inventory.tensors:
@@ -354,14 +366,25 @@ def _static(inventory: Any, engine: str) -> list[tuple[Any, tuple[int, ...], int
         for d in shape:
             ne *= d
         m = _LAYER_RE.match(t.name)
-        rows.append((t, shape, ne, int(m.group(1)) if m else None, tensor_group(t.name), skip_reason(engine, t.name, shape, t.dtype)))
+        rows.append(
+            (
+                t,
+                shape,
+                ne,
+                int(m.group(1)) if m else None,
+                tensor_group(t.name),
+                skip_reason(engine, t.name, shape, t.dtype),
+            )
+        )
     if len(_STATIC) >= 8:
         _STATIC.pop(next(iter(_STATIC)))
     _STATIC[key] = (inventory.tensors, rows)
     return rows
 
 
-def _resolve(cat: Any, engine: str, requested: str, shape: tuple[int, ...], name: str) -> tuple[str, str | None]:
+def _resolve(
+    cat: Any, engine: str, requested: str, shape: tuple[int, ...], name: str
+) -> tuple[str, str | None]:
     if engine == "ik":
         try:
             return cat.resolve(requested, shape, tensor_name=name)  # type: ignore[no-any-return]
@@ -370,7 +393,10 @@ def _resolve(cat: Any, engine: str, requested: str, shape: tuple[int, ...], name
     ne0 = shape[0]
     fb = cat.fallback_for(requested, ne0)
     if fb is not None:
-        return fb, f"fallback: {ne0} columns not divisible by {cat.get(requested).row_multiple} for {requested}"
+        return (
+            fb,
+            f"fallback: {ne0} columns not divisible by {cat.get(requested).row_multiple} for {requested}",
+        )
     return requested, None
 
 
@@ -505,7 +531,6 @@ def shell_join(cmd: Sequence[str]) -> str:
     return shlex.join(list(cmd))
 
 
-
 __all__ = [
     "MIXTURE",
     "CollapsedRow",
@@ -547,7 +572,8 @@ class CollapsedRow(BaseModel):
 def _ranges(layers: list[int]) -> str:
     out: list[str] = []
     start = prev = layers[0]
-    for x in layers[1:] + [None]:  # type: ignore[list-item]
+    nxt: list[int | None] = [*layers[1:], None]
+    for x in nxt:
         if x is not None and x == prev + 1:
             prev = x
             continue
@@ -566,10 +592,21 @@ def collapse(plan: QuantPlan) -> list[CollapsedRow]:
     rows = []
     for (key_name, typ, req), ts in groups.items():
         layers = sorted({t.layer for t in ts if t.layer is not None})
-        name = key_name.replace("blk.*.", f"blk.[{_ranges(layers)}].", 1) if layers and len(layers) > 1 else ts[0].name
+        name = (
+            key_name.replace("blk.*.", f"blk.[{_ranges(layers)}].", 1)
+            if layers and len(layers) > 1
+            else ts[0].name
+        )
         rows.append(
-            CollapsedRow(pattern=name, count=len(ts), type=typ, requested_type=req, bytes=sum(t.bytes for t in ts),
-                         group=ts[0].group, note=ts[0].note)  # fmt: skip
+            CollapsedRow(
+                pattern=name,
+                count=len(ts),
+                type=typ,
+                requested_type=req,
+                bytes=sum(t.bytes for t in ts),
+                group=ts[0].group,
+                note=ts[0].note,
+            )  # fmt: skip
         )
     return rows
 

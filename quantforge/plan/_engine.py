@@ -141,9 +141,13 @@ _IK_IQ2_FAMILY = frozenset({"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1
 _IK_OUT_LOWBIT = frozenset({"IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M", "IQ2_K", "IQ3_K",
                             "IQ2_KS", "IQ3_K_R4", "IQ3_KS", "IQ2_K_R4", "IQ3_XXS_R4", "IQ2_KL", "IQ2_M_R4",
                             "IQ1_S_R4", "IQ1_M_R4", "IQ2_KT", "IQ3_KT", "IQ1_KT"})  # fmt: skip
-_IK_OUT_IQ5K_TIED = frozenset({"IQ3_S", "IQ3_M", "IQ3_KL", "IQ4_XS", "IQ3_S_R4", "IQ4_KS", "IQ4_KSS", "IQ4_KS_R4"})
+_IK_OUT_IQ5K_TIED = frozenset(
+    {"IQ3_S", "IQ3_M", "IQ3_KL", "IQ4_XS", "IQ3_S_R4", "IQ4_KS", "IQ4_KSS", "IQ4_KS_R4"}
+)
 _IK_OUT_KEEP = frozenset({"q8_0", "q8_0_r8", "iq6_k", "q6_k_r4", "q8_k_r8", "q8_KV", "q8_KV_r8"})
-_IK_TOK_Q2K = frozenset({"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "IQ2_XXS_R4", "IQ2_XS_R4", "IQ1_S_R4", "IQ1_M_R4"})
+_IK_TOK_Q2K = frozenset(
+    {"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "IQ2_XXS_R4", "IQ2_XS_R4", "IQ1_S_R4", "IQ1_M_R4"}
+)
 _IK_ATTN_OUT_MOE_Q5K = frozenset({"Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M",
                                   "IQ3_S", "IQ3_M", "IQ4_XS", "IQ4_K", "IQ4_KSS", "IQ4_KS", "IQ4_KS_R4", "IQ5_KS",
                                   "IQ5_KS_R4", "IQ2_K", "IQ3_K", "IQ3_KL", "Q4_K_R4", "IQ4_NL_R4", "IQ4_XS_R8",
@@ -232,13 +236,23 @@ def _ik_mixture(st: MixtureState, t: str, name: str, ne0: int) -> str:  # noqa: 
         if f == "Q2_K_R4" and gqa >= 4:
             return "q4_k_r4"
         if f == "IQ3_XXS":
-            return "q4_K" if gqa >= 4 else "iq3_k" if gqa >= 2 else "iq3_s" if not st.has_imatrix else "iq3_xxs"
+            return (
+                "q4_K" if gqa >= 4 else "iq3_k" if gqa >= 2 else "iq3_s" if not st.has_imatrix else "iq3_xxs"
+            )
         if f == "IQ3_KT":
             return "iq4_k" if gqa >= 4 else "iq3_k"
         if f == "IQ4_KT":
             return "iq5_k" if gqa >= 4 else "iq4_k"
         if f == "IQ3_XXS_R4":
-            return "q4_k_r4" if gqa >= 4 else "iq3_k_r4" if gqa >= 2 else "iq3_k_r4" if not st.has_imatrix else "iq3_xxs_r4"
+            return (
+                "q4_k_r4"
+                if gqa >= 4
+                else "iq3_k_r4"
+                if gqa >= 2
+                else "iq3_k_r4"
+                if not st.has_imatrix
+                else "iq3_xxs_r4"
+            )
         table = {"IQ3_XS": "iq4_k", "IQ3_S": "iq4_k", "IQ3_S_R4": "iq4_k_r4", "IQ3_K": "iq4_k",
                  "IQ3_KS": "iq4_ks", "IQ2_KL": "iq4_ks", "IQ3_K_R4": "iq4_k_r4"}  # fmt: skip
         if f in table and gqa >= 2:
@@ -296,7 +310,9 @@ def _ik_mixture(st: MixtureState, t: str, name: str, ne0: int) -> str:  # noqa: 
             return "iq3_k"
         return dense.get(f, t)
     if "attn_qkv.weight" in name:
-        return {"Q3_K_M": "q4_K", "Q3_K_L": "q4_K", "IQ3_M": "iq4_k", "Q4_K_M": "q5_K", "Q5_K_M": "q6_K"}.get(f, t)
+        return {"Q3_K_M": "q4_K", "Q3_K_L": "q4_K", "IQ3_M": "iq4_k", "Q4_K_M": "q5_K", "Q5_K_M": "q6_K"}.get(
+            f, t
+        )
     for kind in ("ffn_gate", "ffn_up"):
         if kind in name:
             i, n = _layer(st, kind, name)
@@ -335,7 +351,11 @@ def _ik_ffn_down(st: MixtureState, f: str, t: str, i: int, n: int) -> str:  # no
         if falcon:
             return "q6_K" if i < n // 16 else "q5_K" if _more_bits(i, n) else "q4_K"
         return "q6_K" if _more_bits(i, n) else t
-    if i < n // 8 and not st.has_imatrix and f in ("IQ4_NL", "IQ4_XS", "IQ4_KS", "IQ4_KSS", "IQ4_NL_R4", "IQ4_XS_R8"):
+    if (
+        i < n // 8
+        and not st.has_imatrix
+        and f in ("IQ4_NL", "IQ4_XS", "IQ4_KS", "IQ4_KSS", "IQ4_NL_R4", "IQ4_XS_R8")
+    ):
         return "q5_K"
     if f == "IQ4_KS_R4" and i < n // 8 and not st.has_imatrix:
         return "q5_k_r4"
@@ -478,7 +498,9 @@ def _ml_mixture(st: MixtureState, t: str, name: str, shape: Sequence[int], block
             return "q4_K" if f == "Q3_K_L" else t
         if nexp == 8:
             return "q5_K" if f in _ML_ATTN_OUT_MOE_Q5K else t
-        return {"Q2_K": "q3_K", "IQ3_XXS": "iq3_s", "Q3_K_M": "q4_K", "Q3_K_L": "q5_K", "IQ3_M": "q4_K"}.get(f, t)
+        return {"Q2_K": "q3_K", "IQ3_XXS": "iq3_s", "Q3_K_M": "q4_K", "Q3_K_L": "q5_K", "IQ3_M": "q4_K"}.get(
+            f, t
+        )
     if cat in ("ffn_gate", "ffn_up"):
         i, n = _layer(st, cat, name)
         st.counters[cat] += 1
@@ -495,7 +517,9 @@ def count_attention_wv(engine: str, names: Sequence[str]) -> int:
     return sum(1 for n in names if _ml_category(n) == "attn_v")
 
 
-def mixture_type(st: MixtureState, default_type: str, name: str, shape: Sequence[int], block_size: int) -> str:
+def mixture_type(
+    st: MixtureState, default_type: str, name: str, shape: Sequence[int], block_size: int
+) -> str:
     """The type the ftype mixture gives ``name`` (before fallbacks); updates the counters."""
     if st.engine == "ik":
         return _ik_mixture(st, default_type, name, shape[0])

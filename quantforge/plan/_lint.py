@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Any
+from typing import Any, Literal
 
 from quantforge.errors import RecipeError
 
@@ -22,7 +22,8 @@ def lint(
 ) -> list[Any]:
     """Findings for one variant (errors first). Never raises for a finding; raises only when
     the inventory or recipe cannot be read at all."""
-    from quantforge.catalogue import catalogue, ftype as lookup_ftype
+    from quantforge.catalogue import catalogue
+    from quantforge.catalogue import ftype as lookup_ftype
     from quantforge.plan import MIXTURE, LintFinding, _resolve_imatrix, expand, quantize_args_for
     from quantforge.plan._engine import skip_reason
 
@@ -31,11 +32,23 @@ def lint(
     engine = recipe.engine
     cat = catalogue(engine)
 
-    def add(severity: str, code: str, message: str, where: str | None = None, names: list[str] | None = None) -> None:
+    def add(
+        severity: Literal["error", "warning"],
+        code: str,
+        message: str,
+        where: str | None = None,
+        names: list[str] | None = None,
+    ) -> None:
         names = names or []
         out.append(
-            LintFinding(severity=severity, code=code, message=message, where=where, count=len(names),  # type: ignore[arg-type]
-                        examples=_examples(names))  # fmt: skip
+            LintFinding(
+                severity=severity,
+                code=code,
+                message=message,
+                where=where,
+                count=len(names),
+                examples=_examples(names),
+            )  # fmt: skip
         )
 
     # unknown types / bad regexes (the loader normally stops on these; lint reports them all)
@@ -44,7 +57,12 @@ def lint(
     for r in v.rules:
         if cat.find(r.type) is None:
             close = cat.suggest(r.type)
-            add("error", "unknown-type", f"unknown quant type {r.type!r}" + (f" (did you mean {close[0]}?)" if close else ""), r.where)
+            add(
+                "error",
+                "unknown-type",
+                f"unknown quant type {r.type!r}" + (f" (did you mean {close[0]}?)" if close else ""),
+                r.where,
+            )
             bad = True
         try:
             compiled.append((r, re.compile(r.pattern)))
@@ -68,7 +86,9 @@ def lint(
             f"ftype {ft.name} is not a quantized type: llama-quantize ignores every rule and writes {ft.default_type}",
             getattr(v, "where", None))  # fmt: skip
 
-    quantizable = [t for t in inventory.tensors if skip_reason(engine, t.name, tuple(t.shape), t.dtype) is None]
+    quantizable = [
+        t for t in inventory.tensors if skip_reason(engine, t.name, tuple(t.shape), t.dtype) is None
+    ]
     qnames = [t.name for t in quantizable]
 
     # rules matching nothing / fully shadowed by earlier rules
@@ -123,7 +143,9 @@ def lint(
     for p in plan.tensors:
         if p.requested_type is None or p.type == p.source_dtype:
             continue
-        if cat.needs_imatrix(p.type, tensor_name=p.name, ftype=ft.name) and (entries is None or not _imatrix_has(entries, p.name)):
+        if cat.needs_imatrix(p.type, tensor_name=p.name, ftype=ft.name) and (
+            entries is None or not _imatrix_has(entries, p.name)
+        ):
             need.append(p.name)
     if need:
         t0 = by_name[need[0]].type
@@ -142,7 +164,11 @@ def lint(
             add("warning", "fmoe-mismatch", "ffn_up_exps and ffn_gate_exps differ in type: ik's fused -fmoe kernel is not used",
                 None, diff)  # fmt: skip
         # interleaved type without CUDA matmul on a GPU-placed tensor
-        slow = [p.name for p in plan.tensors if p.place == "gpu" and cat.get(p.type).interleave > 1 and not cat.get(p.type).cuda_matmul]
+        slow = [
+            p.name
+            for p in plan.tensors
+            if p.place == "gpu" and cat.get(p.type).interleave > 1 and not cat.get(p.type).cuda_matmul
+        ]
         if slow:
             add("warning", "no-cuda-kernel",
                 f"{by_name[slow[0]].type} has no CUDA matmul: these GPU-placed tensors will run on the CPU", None, slow)  # fmt: skip
