@@ -491,10 +491,12 @@ def _check_types(plan: Any, toolchain: Any) -> None:
 
     if plan.engine != toolchain.engine:
         other = catalogue(toolchain.engine)
-        bad = sorted({t.type for t in plan.tensors if other.find(t.type) is None})
+        bad_tensors = [t for t in plan.tensors if other.find(t.type) is None]
+        bad = sorted({t.type for t in bad_tensors})
         if bad:
             raise BuildError(
-                f"{toolchain.label} at {toolchain.bin_dir} has no type {', '.join(bad)} (the recipe is for {plan.engine})",
+                f"{toolchain.label} at {toolchain.bin_dir} has no type {', '.join(bad)} (the recipe is for {plan.engine}), "
+                f"needed by {len(bad_tensors)} tensor(s), e.g. {bad_tensors[0].name}",
                 where=f"quant[{plan.name}]",
                 hint="use a toolchain of the recipe's engine (quantforge doctor), or change the rule types",
             )
@@ -528,7 +530,7 @@ def prepare(
     from quantforge.toolchain import find_toolchain
 
     recipe_dir = Path(recipe.path).parent if recipe.path else Path.cwd()
-    tc = find_toolchain(recipe.engine, bin_dir=bin_dir, recipe_bin_dir=getattr(recipe.model, "bin_dir", None))
+    tc = find_toolchain(recipe.engine, bin_dir=bin_dir, recipe_bin_dir=getattr(recipe.model, "bin_dir", None), allow_other_engine=True)
     source = base or recipe.model.base
     if not source:
         raise InputError(
@@ -818,7 +820,9 @@ def _log_early_failure(recipe: Any, names: Sequence[str], exc: QuantforgeError, 
         return
     rdir = Path(recipe.path).parent if recipe.path else Path.cwd()
     folder = Path(out_dir) if out_dir else rdir
-    if not folder.is_dir():
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
         return
     stem = output_stem(recipe, Path(source.rsplit("/", 1)[-1]))
     for name in names:

@@ -281,11 +281,14 @@ def candidates(engine: Engine, *, bin_dir: str | None = None, recipe_bin_dir: st
     return out
 
 
-def find_toolchain(engine: Engine, *, bin_dir: str | None = None, recipe_bin_dir: str | None = None) -> Toolchain:
+def find_toolchain(
+    engine: Engine, *, bin_dir: str | None = None, recipe_bin_dir: str | None = None, allow_other_engine: bool = False
+) -> Toolchain:
     """The first toolchain of ``engine`` in the search order.
 
     An explicit ``--bin-dir`` (or recipe bin dir) must exist and hold ``llama-quantize``; if
-    it is the other engine, the error says so instead of silently falling back.
+    it is the other engine, the error says so instead of silently falling back (or, with
+    ``allow_other_engine``, it is returned so the caller can name what that engine lacks).
     """
     tried: list[str] = []
     for source, d in candidates(engine, bin_dir=bin_dir, recipe_bin_dir=recipe_bin_dir):
@@ -297,6 +300,8 @@ def find_toolchain(engine: Engine, *, bin_dir: str | None = None, recipe_bin_dir
             continue
         tc = describe(d, source=source)
         if tc.engine != engine:
+            if source in ("--bin-dir", "recipe") and allow_other_engine:
+                return tc
             if source in ("--bin-dir", "recipe"):
                 raise ToolError(
                     f"{q} is {ENGINE_LABEL[tc.engine]}, but the recipe needs {ENGINE_LABEL[engine]}",
