@@ -32,10 +32,9 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from huggingface_hub import constants
 
     server = HubStandIn(tmp_path / "hub", token=TOKEN).start()
-    # Plain LFS transfer (the stand-in speaks no Xet), online, and every default URL on loopback.
+    # Plain LFS transfer (the stand-in speaks no Xet), online; HF_ENDPOINT is read at call time.
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", server.url)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     yield server
