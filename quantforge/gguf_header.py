@@ -373,7 +373,7 @@ def read_header(
     label = where or str(getattr(source, "name", "<stream>"))
     if size is None:
         try:
-            size = os.fstat(source.fileno()).st_size  # type: ignore[union-attr]
+            size = os.fstat(source.fileno()).st_size  # type: ignore[attr-defined]
         except (AttributeError, OSError, ValueError):
             size = None
     return _parse(source, size=size, where=label, path=None, first_chunk=first_chunk)
@@ -489,7 +489,7 @@ def _value_size(vtype: int, value: Any, sub_type: int | None) -> int:
         if sub_type == ValueType.STRING:
             return n + sum(8 + len(s.encode("utf-8", errors="surrogateescape")) for s in value)
         if sub_type == ValueType.ARRAY:
-            return n + sum(v.size() for v in value)
+            return n + sum(int(v.size()) for v in value)
     raise ValueError(f"unknown GGUF value type {vtype}")
 
 

@@ -167,10 +167,10 @@ def inventory_from_headers(
         for t in h.tensors:
             tensors.append(TensorEntry(name=t.name, shape=t.shape, dtype=type_name(t.type_id, engine), shard=shard))
     names_seen: set[str] = set()
-    for t in tensors:
-        if t.name in names_seen:
-            raise InventoryError(f"tensor {t.name} appears in two shards", where=where)
-        names_seen.add(t.name)
+    for entry in tensors:
+        if entry.name in names_seen:
+            raise InventoryError(f"tensor {entry.name} appears in two shards", where=where)
+        names_seen.add(entry.name)
     return TensorInventory(
         source=source,
         arch=arch,
@@ -268,7 +268,7 @@ class _RangeReader:
     """A file-like ``read`` over HTTP ``Range:`` GETs through huggingface_hub's session."""
 
     def __init__(self, *, url: str, size: int, headers: dict[str, str], where: str) -> None:
-        from huggingface_hub.utils import get_session
+        from huggingface_hub import get_session
 
         self.session = get_session()
         self.url = url
@@ -288,7 +288,7 @@ class _RangeReader:
         headers = {**self.headers, "Range": f"bytes={self.pos}-{self.pos + n - 1}"}
         with _hub_errors(self.where):
             response = self.session.get(self.url, headers=headers, follow_redirects=True)
-            from huggingface_hub.utils import hf_raise_for_status
+            from huggingface_hub.utils import hf_raise_for_status  # type: ignore[attr-defined]
 
             hf_raise_for_status(response)
         self.requests += 1
@@ -316,7 +316,7 @@ class _hub_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: Any) -> Literal[False]:
         if exc is None or isinstance(exc, InventoryError):
             return False
         from huggingface_hub import errors as e
@@ -363,7 +363,7 @@ def parse_hf_url(url: str) -> tuple[str, str | None, str]:
 
 def _load_remote(url: str, *, engine: Engine | None) -> TensorInventory:
     from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
     repo_id, revision, path = parse_hf_url(url)
     if constants.is_offline_mode():

@@ -343,9 +343,9 @@ def write_miniature(
                         data = w.astype("<f2").tobytes()
                     else:
                         # bf16: the upper half of the float32 bits, rounded to nearest even.
-                        bits = w.view(np.uint32)
-                        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-                        data = bits.astype("<u2").tobytes()
+                        bits = w.view(np.uint32).astype(np.uint64)
+                        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+                        data = rounded.astype("<u2").tobytes()
                 f.write(data)
                 f.write(b"\0" * (_pad(len(data)) - len(data)))
         os.replace(tmp, out)

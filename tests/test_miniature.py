@@ -187,3 +187,36 @@ def test_ik_llama_quantize_accepts_the_miniature(
     # Exact file size: header + each tensor's catalogue bytes padded to 32.
     data = sum((cat.by_id(t.type_id).tensor_bytes(t.shape) + 31) // 32 * 32 for t in q.tensors)  # type: ignore[union-attr]
     assert out.stat().st_size == q.data_offset + data
+
+
+@pytest.mark.parametrize("key", ["deepseek2-ik", "glm4moe-ik"])
+def test_ik_libllama_loads_the_miniature(minis: dict[str, Path], key: str) -> None:
+    # The bundled ik libllama builds the model (tensors, KV cache) and its tokenizer works.
+    from ik_llama_cpp import IkLlama
+
+    llm = IkLlama(str(minis[key]), n_ctx=256, n_threads=2, verbose=False)
+    try:
+        assert llm.tokenize("Hello world") == [19556, 905]
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("key", ["llama-ik", "qwen3moe-ik", "deepseek2-mainline", "glm4moe-ik"])
+def test_mainline_llama_bench_runs_the_miniature(
+    minis: dict[str, Path], key: str, mainline_bin_dir: Path
+) -> None:
+    import csv
+    import io
+
+    proc = subprocess.run(
+        [str(mainline_bin_dir / "llama-bench"), "-m", str(minis[key]), "-p", "8", "-n", "2", "-r", "1", "-t", "2",
+         "-o", "csv"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    inv = load_inventory(minis[key])
+    arch = key.split("-")[0]
+    assert rows and all(r["model_type"] == f"{arch} ?B BF16" for r in rows)
+    assert int(rows[0]["model_n_params"]) == inv.n_params
+    assert int(rows[0]["model_size"]) == sum(t.n_elements * (4 if t.type_id == 0 else 2) for t in read_header(minis[key]).tensors)

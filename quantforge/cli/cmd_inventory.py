@@ -76,7 +76,8 @@ def _layers(ids: list[int]) -> str:
     ids = sorted(set(ids))
     parts: list[str] = []
     start = prev = ids[0]
-    for i in ids[1:] + [None]:  # type: ignore[list-item]
+    nxt: list[int | None] = [*ids[1:], None]
+    for i in nxt:
         if i is not None and i == prev + 1:
             prev = i
             continue
