@@ -109,7 +109,7 @@ def test_lint_error_exit_2(smol_f16: Path, tmp_path: Path, capsys: pytest.Captur
         ('{match="ffn_(down", type="q6_K"},', [], "bad match regex"),
         (r'{match="blk\\.[0-9]{1,2}\\.ffn_down", type="q6_K"},', [], "splits rules at ','"),
         ('{match="ffn_down", type="q6_K"},', ["--quant", "nope"], "no variant named 'nope'"),
-        ('{match="ffn_down", type="q6_K"},', ["--imatrix", "/nonexistent.imatrix"], "cannot read imatrix"),
+        ('{match="ffn_down", type="q6_K"},', ["--imatrix", "/nonexistent.imatrix"], "does not exist"),
     ],
 )
 @pytest.mark.parametrize("command", ["show", "args", "lint"])

@@ -118,6 +118,8 @@ def show_cmd(
 
 
 def _plan_json(p) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    from quantforge.plan import group_totals, layer_totals
+
     return {
         "name": p.name,
         "engine": p.engine,
@@ -128,6 +130,8 @@ def _plan_json(p) -> dict:  # type: ignore[no-untyped-def, type-arg]
         "bpw": round(p.bpw, 4),
         "n_params": p.n_params,
         "quantize_args": p.quantize_args,
+        "groups": group_totals(p),
+        "layers": {str(k): v for k, v in sorted(layer_totals(p).items())},
         "tensors": [
             {
                 "name": t.name,

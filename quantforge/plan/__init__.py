@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import re
 import shlex
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from quantforge.errors import InputError, RecipeError
+from quantforge.errors import RecipeError
 from quantforge.plan._engine import MixtureState, count_attention_wv, mixture_type, skip_reason
 
 Engine = Literal["ik", "mainline"]
@@ -124,55 +123,17 @@ def tensor_group(name: str) -> Group:
 
 
 def read_imatrix_meta(path: str | Path) -> ImatrixMeta:
-    """Entries, chunk count and dataset name of an imatrix (legacy ``.dat`` or GGUF).
+    """Entries, chunk count and dataset name of an imatrix (legacy ``.dat`` or GGUF), read by
+    ``quantforge.imatrix``; ``path`` is kept as given because llama-quantize stores that string."""
+    from quantforge.imatrix import read_imatrix
 
-    Legacy layout (ik ``load_imatrix``): i32 n_entries, then per entry i32 name length, the
-    name, i32 ncall, i32 nval, nval floats; optionally i32 last_call (chunks), i32 length
-    and the dataset name.
-    """
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise InputError(
-            f"cannot read imatrix: {exc.strerror}", where=str(path), hint="check the path"
-        ) from None
-    if data[:4] == b"GGUF":
-        from quantforge.gguf_header import read_header
-
-        h = read_header(p)
-        names = tuple(sorted(t.name[: -len(".in_sum2")] for t in h.tensors if t.name.endswith(".in_sum2")))
-        ds = h.get("imatrix.datasets") or []
-        return ImatrixMeta(
-            path=str(path),
-            entries=names,
-            chunks=int(h.get("imatrix.chunk_count") or 0),
-            dataset=str(ds[0]) if ds else "",
-        )
-    try:
-        (n,) = struct.unpack_from("<i", data, 0)
-        off = 4
-        names_l: list[str] = []
-        for _ in range(n):
-            (ln,) = struct.unpack_from("<i", data, off)
-            off += 4
-            names_l.append(data[off : off + ln].decode("utf-8", "replace"))
-            off += ln
-            _ncall, nval = struct.unpack_from("<ii", data, off)
-            off += 8 + 4 * nval
-        chunks, dataset = 0, ""
-        if off < len(data):
-            chunks, dlen = struct.unpack_from("<ii", data, off)
-            dataset = data[off + 8 : off + 8 + dlen].decode("utf-8", "replace")
-        if n < 1 or off > len(data):
-            raise struct.error("bad entry count")
-    except struct.error:
-        raise InputError(
-            "not an importance matrix (legacy .dat or GGUF)",
-            where=str(path),
-            hint="pass the file llama-imatrix wrote",
-        ) from None
-    return ImatrixMeta(path=str(path), entries=tuple(names_l), chunks=chunks, dataset=dataset)
+    info = read_imatrix(path)
+    return ImatrixMeta(
+        path=str(path),
+        entries=tuple(sorted(info.names())),
+        chunks=max(0, info.chunk_count),
+        dataset=info.dataset or "",
+    )
 
 
 def _imatrix_has(entries: frozenset[str], name: str) -> bool:
@@ -306,6 +267,9 @@ def expand(
         )  # fmt: skip
     args = quantize_args_for(engine, v, cat)
     header, exact = _header_size(inventory, plans, cat, ft.value, imeta)
+    spec = getattr(recipe, "imatrix", None)
+    if imatrix is None and imeta is None and spec is not None and (spec.file or spec.corpus):
+        exact = False  # the build will add quantize.imatrix.* KV we cannot size yet
     file_bytes = None
     if header is not None:
         align = _alignment(inventory)
@@ -506,6 +470,10 @@ def quantize_args_for(engine: str, variant: Any, cat: Any) -> list[str]:
     return out
 
 
+#: DESIGN.md's name for the emitter.
+quantize_args = quantize_args_for
+
+
 def quantize_command(
     plan: QuantPlan,
     *,
@@ -544,6 +512,7 @@ __all__ = [
     "TensorPlan",
     "expand",
     "lint",
+    "quantize_args",
     "quantize_args_for",
     "quantize_command",
     "read_imatrix_meta",

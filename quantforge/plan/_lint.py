@@ -95,6 +95,10 @@ def lint(
     claimed: set[str] = set()
     for r, rx in compiled:
         hits = [n for n in qnames if rx.search(n)]
+        if f"quant[{v.name}]" not in r.where:
+            # inherited through `extends`: the child's own rules override them on purpose
+            claimed.update(hits)
+            continue
         if not hits:
             add("warning", "matches-nothing", f"rule {r.pattern!r} matches no quantizable tensor", r.where)
         elif all(n in claimed for n in hits):
@@ -114,6 +118,9 @@ def lint(
         return _sorted(out)
     imeta = _resolve_imatrix(recipe, imatrix)
     entries = frozenset(imeta.entries) if imeta else None
+    # A recipe that names an imatrix we cannot read here (hf://, or one to compute from a
+    # corpus) will have one at build time: assume it covers every tensor.
+    declared = imatrix is None and _declares_imatrix(recipe)
 
     # fallbacks, grouped by (rule, requested -> written, reason)
     rule_where = {f"rules[{r.index}]": r.where for r in v.rules}
@@ -142,6 +149,8 @@ def lint(
     need: list[str] = []
     for p in plan.tensors:
         if p.requested_type is None or p.type == p.source_dtype:
+            continue
+        if entries is None and declared:
             continue
         if cat.needs_imatrix(p.type, tensor_name=p.name, ftype=ft.name) and (
             entries is None or not _imatrix_has(entries, p.name)
@@ -173,6 +182,11 @@ def lint(
             add("warning", "no-cuda-kernel",
                 f"{by_name[slow[0]].type} has no CUDA matmul: these GPU-placed tensors will run on the CPU", None, slow)  # fmt: skip
     return _sorted(out)
+
+
+def _declares_imatrix(recipe: Any) -> bool:
+    spec = getattr(recipe, "imatrix", None)
+    return spec is not None and bool(getattr(spec, "file", None) or getattr(spec, "corpus", None))
 
 
 def _sorted(out: list[Any]) -> list[Any]:
