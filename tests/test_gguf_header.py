@@ -272,3 +272,51 @@ def test_unknown_size_stream_still_bounded() -> None:
     data = _header_prefix(0, 1) + struct.pack("<Q", (64 << 20) + 1)
     with pytest.raises(InventoryError, match="limit 67108864"):
         read_header(io.BufferedReader(io.BytesIO(data)), where="pipe")  # type: ignore[arg-type]
+
+
+def _mutate_strategy() -> object:
+    from hypothesis import strategies as st
+
+    data = _small_header()
+    edits = st.lists(
+        st.tuples(
+            st.integers(0, len(data) - 1),
+            st.one_of(
+                st.binary(min_size=1, max_size=1),
+                # 8-byte little-endian counts/lengths: the values that would make a naive reader allocate.
+                st.sampled_from([1 << 63, 1 << 40, (1 << 27) + 1, 2**64 - 1, 0, 5]).map(
+                    lambda v: struct.pack("<Q", v)
+                ),
+            ),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+    return st.tuples(st.just(data), edits, st.integers(0, len(data)))
+
+
+def test_mutated_headers_never_crash_or_allocate_unboundedly() -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_mutate_strategy())
+    def check(case: tuple[bytes, list[tuple[int, bytes]], int]) -> None:
+        data, edits, cut = case
+        buf = bytearray(data)
+        for pos, patch in edits:
+            buf[pos : pos + len(patch)] = patch
+        blob = bytes(buf[: max(cut, 4)])
+        tracemalloc.start()
+        try:
+            try:
+                h = read_header(io.BytesIO(blob), size=len(blob), where="m.gguf")
+            except InventoryError as e:
+                assert e.where == "m.gguf" and e.message
+            else:
+                assert h.data_offset <= len(blob)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20, peak
+
+    check()
