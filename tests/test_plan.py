@@ -331,3 +331,29 @@ def test_lint_mixture_without_default(smol: TensorInventory) -> None:
     f = lint(r, None, smol)
     assert _codes(f)[0] == "no-default"
     assert f[0].count == 181  # 120 attn + 60 ffn_gate/ffn_up + token_embd
+
+
+def test_lint_ignores_rules_overridden_through_extends(smol: TensorInventory) -> None:
+    text = """[model]
+base = "x.gguf"
+engine = "ik"
+[[quant]]
+name = "big"
+ftype = "IQ4_K"
+default = "q8_0"
+rules = [{ match = "ffn_down", type = "q6_K" }]
+[[quant]]
+name = "small"
+extends = "big"
+rules = [{ match = "ffn_down", type = "iq4_k" }]
+"""
+    r = parse_recipe(text, path="t.toml")
+    assert lint(r, "small", smol) == []
+    plan = expand(r, "small", smol)
+    assert plan.quantize_args == ["--custom-q", "ffn_down=iq4_k,ffn_down=q6_K,.*=q8_0"]
+
+
+def test_lint_trusts_a_declared_imatrix(smol: TensorInventory) -> None:
+    r = _recipe('{match="ffn_down", type="iq2_xxs"},', default="q8_0", extra='[imatrix]\ncorpus = "calib.txt"\n')
+    assert lint(r, None, smol) == []
+    assert not expand(r, None, smol).file_bytes_exact  # the imatrix KV strings are not known yet
