@@ -617,7 +617,7 @@ def _record(col: Collected, result: UploadResult) -> None:
     from quantforge.manifest import update_manifest
 
     last = next((c.oid for c in reversed(result.commits) if c.oid), None)
-    for mp, v in zip(col.manifests, col.variants):
+    for mp, v in zip(col.manifests, col.variants, strict=True):
         paths = [f.path_in_repo for f in result.plan.files if f.variant == v.name]
         try:
             update_manifest(mp, publish={"repo": result.repo, "paths": paths, "head_commit": last})
