@@ -309,3 +309,22 @@ def test_cli_bad_inputs_exit_2_one_line(
     assert capsys.readouterr().err == (
         "quantforge: error: --engine: unknown engine 'vllm' (use --engine ik or --engine mainline)\n"
     )
+
+
+def test_remote_private_repo_needs_hf_token(
+    monkeypatch: pytest.MonkeyPatch, smol_f16: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import huggingface_hub.constants
+
+    with RangeServer({"qf-test/priv": {"smol-f16.gguf": smol_f16}}, private={"qf-test/priv": "hf_qf_test"}) as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.url)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        assert main(["inventory", "hf://qf-test/priv/smol-f16.gguf"]) == 2
+        assert capsys.readouterr().err == (
+            "quantforge: error: hf://qf-test/priv/smol-f16.gguf: access denied (HTTP 401) "
+            "(set HF_TOKEN to a token that can read this repository)\n"
+        )
+        # The real client sends HF_TOKEN as a bearer token on the HEAD and on every range request.
+        monkeypatch.setenv("HF_TOKEN", "hf_qf_test")
+        assert len(load_inventory("hf://qf-test/priv/smol-f16.gguf").tensors) == 272

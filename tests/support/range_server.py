@@ -31,10 +31,12 @@ class RangeServer:
     """``with RangeServer({"org/repo": {"file.gguf": Path(...)}}) as srv: ... srv.url``."""
 
     def __init__(self, repos: Mapping[str, Mapping[str, Path]], *, commit: str = COMMIT,
-                 honour_ranges: bool = True) -> None:
+                 honour_ranges: bool = True, private: Mapping[str, str] | None = None) -> None:
         self.repos = {r: dict(files) for r, files in repos.items()}
         self.commit = commit
         self.honour_ranges = honour_ranges
+        #: repo -> the token that may read it (others get 401, as the Hub answers).
+        self.private = dict(private or {})
         self.bytes_sent = 0
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self._lock = threading.Lock()
@@ -93,6 +95,10 @@ class RangeServer:
                 rng = self.headers.get("Range")
                 with server._lock:
                     server.requests.append((self.command, path, rng))
+                repo_m = re.match(r"^/(?:api/models/)?([^/]+/[^/]+)", path)
+                if repo_m and repo_m[1] in server.private:
+                    if self.headers.get("Authorization") != f"Bearer {server.private[repo_m[1]]}":
+                        return self._error(401, "", "Invalid username or password.", head=head)
                 m = re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?$", path)
                 if m:
                     return self._model_info(m[1], m[2], head=head)
