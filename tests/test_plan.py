@@ -354,6 +354,13 @@ rules = [{ match = "ffn_down", type = "iq4_k" }]
 
 
 def test_lint_trusts_a_declared_imatrix(smol: TensorInventory) -> None:
-    r = _recipe('{match="ffn_down", type="iq2_xxs"},', default="q8_0", extra='[imatrix]\ncorpus = "calib.txt"\n')
+    r = _recipe(
+        '{match="ffn_down", type="iq2_xxs"},', default="q8_0", extra='[imatrix]\ncorpus = "calib.txt"\n'
+    )
     assert lint(r, None, smol) == []
     assert not expand(r, None, smol).file_bytes_exact  # the imatrix KV strings are not known yet
+
+
+def test_python_only_regex_cannot_be_emitted(smol: TensorInventory) -> None:
+    with pytest.raises(RecipeError, match="std::regex"):
+        expand(_recipe('{match="(?<=blk\\\\.0\\\\.)ffn_down", type="q6_K"},'), None, smol)

@@ -433,6 +433,11 @@ def _source_kv(inventory: Any) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------- emission
 
 
+# Python-only regex syntax: std::regex (ECMAScript) has no lookbehind, named groups,
+# comments, \A/\Z anchors or inline flags.
+_NOT_ECMASCRIPT = ("(?<", "(?P", "(?#", "\\A", "\\Z", "(?i", "(?s", "(?m", "(?x", "(?a", "(?u", "(?L")
+
+
 def quantize_args_for(engine: str, variant: Any, cat: Any) -> list[str]:
     """The rule arguments that make ``engine``'s llama-quantize reproduce the expansion."""
     pairs: list[tuple[str, str, str]] = [(r.pattern, cat.get(r.type).name, r.where) for r in variant.rules]
@@ -441,6 +446,13 @@ def quantize_args_for(engine: str, variant: Any, cat: Any) -> list[str]:
     if not pairs:
         return []
     for pattern, _t, where in pairs:
+        bad = next((x for x in _NOT_ECMASCRIPT if x in pattern), None)
+        if bad is not None:
+            raise RecipeError(
+                f"{bad!r} is Python regex syntax that llama-quantize's std::regex (ECMAScript) rejects",
+                where=where,
+                hint="use plain groups, alternation and classes",
+            )
         if "=" in pattern:
             raise RecipeError(
                 "llama-quantize splits rules at '=', so a pattern cannot contain '='",
