@@ -328,3 +328,12 @@ def test_remote_private_repo_needs_hf_token(
         # The real client sends HF_TOKEN as a bearer token on the HEAD and on every range request.
         monkeypatch.setenv("HF_TOKEN", "hf_qf_test")
         assert len(load_inventory("hf://qf-test/priv/smol-f16.gguf").tensors) == 272
+
+
+def test_cli_shipped_id_marks_the_header_estimate(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inventory", "deepseek-ai/DeepSeek-R1-0528", "--engine", "ik"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "deepseek-ai/DeepSeek-R1-0528: deepseek2, layout ik"
+    assert "blk.*.ffn_down_exps.weight ×58" in "\n".join(out)
+    assert out[-1].startswith("1147 tensors, 672,049,829,376 parameters, ")
+    assert out[-1].endswith(" header bytes (estimated)")

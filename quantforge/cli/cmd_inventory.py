@@ -61,6 +61,8 @@ def _as_dict(inv: Any) -> dict[str, Any]:
         "tensor_bytes": None if None in sizes else sum(s for s in sizes if s is not None),
         "n_shards": inv.n_shards,
         "metadata_bytes": inv.metadata_bytes,
+        # Synthesized inventories (no GGUF KV) only estimate the header.
+        "metadata_bytes_exact": inv.kv is not None,
         "tensors": [
             {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "shard": t.shard, "bytes": b}
             for t, b in zip(inv.tensors, sizes, strict=True)
@@ -123,7 +125,7 @@ def _render(d: dict[str, Any]) -> str:
     total = human_bytes(d["tensor_bytes"]) if d["tensor_bytes"] is not None else "?"
     tail = f"{d['n_tensors']} tensors, {d['n_params']:,} parameters, {total} of tensor data"
     if d.get("metadata_bytes") is not None:
-        tail += f", {d['metadata_bytes']:,} header bytes"
+        tail += f", {d['metadata_bytes']:,} header bytes" + ("" if d["metadata_bytes_exact"] else " (estimated)")
     if d.get("bytes_fetched") is not None:
         tail += f"; fetched {d['bytes_fetched']:,} bytes"
     lines.append(tail)
