@@ -278,7 +278,91 @@ def check_regex(pattern: str) -> re.Pattern[str]:
         raise ValueError(f"invalid regex: {exc}") from exc
     if _has_nested_unbounded_repeat(pattern):
         raise ValueError("nested unbounded quantifiers (like (a+)+) can backtrack catastrophically; simplify the regex")
+    if _backtrack_paths(pattern) > _MAX_PATHS:
+        raise ValueError(
+            "ambiguous repetition (like (.|..)*, (.?){30} or many .* in a row) can backtrack for hours on a tensor name; "
+            "simplify the regex"
+        )
     return compiled
+
+
+# GGML_MAX_NAME: tensor names are at most 64 bytes, so no repeat can run more often than that.
+_NAME_MAX = 64
+# Worst-case number of ways the pattern can match at one position of a 64-byte name
+# (three `.*` in a row: 65**3 ≈ 2.7e5, matched against 1147 DeepSeek names in well under a second).
+_MAX_PATHS = 1e6
+
+
+def _backtrack_paths(pattern: str) -> float:
+    """Upper bound of the match paths a backtracking engine may try at one start position.
+
+    Sequences multiply, alternatives add (or take the max when their first characters are
+    disjoint, since then only one can proceed), a repeat of a body with one way to match costs
+    one path per iteration count, and a repeat of an ambiguous body costs ``paths ** count``.
+    Subjects are tensor names, at most ``_NAME_MAX`` bytes, which bounds every count.
+    """
+    import re._parser as sre_parse
+    from re import _constants as c
+
+    cap = 1e300
+    anything = None  # first-character set "any character"
+
+    def first(items: Any) -> set[int] | None:
+        for op, av in items:
+            if op is c.LITERAL:
+                return {av}
+            if op is c.IN:
+                chars: set[int] = set()
+                for iop, iav in av:
+                    if iop is c.LITERAL:
+                        chars.add(iav)
+                    elif iop is c.RANGE:
+                        chars.update(range(iav[0], iav[1] + 1))
+                    else:  # NEGATE, CATEGORY: too wide to reason about
+                        return anything
+                return chars
+            if op is c.SUBPATTERN:
+                return first(av[-1])
+            if op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] > 0:
+                return first(av[2])
+            return anything
+        return anything
+
+    def paths(items: Any) -> float:
+        total = 1.0
+        for op, av in items:
+            total = min(cap, total * node(op, av))
+        return total
+
+    def node(op: Any, av: Any) -> float:
+        if op is c.SUBPATTERN:
+            return paths(av[-1])
+        if op is c.BRANCH:
+            alts = av[1]
+            counts = [paths(a) for a in alts]
+            firsts = [first(a) for a in alts]
+            disjoint = all(f is not None for f in firsts) and sum(len(f) for f in firsts if f) == len(
+                set().union(*[f for f in firsts if f])
+            )
+            return max(counts) if disjoint else min(cap, sum(counts))
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
+            lo, hi, sub = av
+            body = paths(sub)
+            count = min(hi, _NAME_MAX) - min(lo, _NAME_MAX) + 1
+            if body <= 1:  # one way to match at any position: one path per iteration count
+                return float(max(count, 1))
+            # An ambiguous or variable-width body: every iteration may split differently.
+            per = body * (sub.getwidth()[1] - sub.getwidth()[0] + 1 if sub.getwidth()[1] < 1 << 16 else _NAME_MAX)
+            return min(cap, float(float(max(per, 2)) ** min(hi, _NAME_MAX)))
+        if op in (c.ASSERT, c.ASSERT_NOT):
+            return paths(av[1])
+        if op is getattr(c, "ATOMIC_GROUP", None):
+            return 1.0
+        if op is c.GROUPREF_EXISTS:
+            return min(cap, paths(av[1]) + (paths(av[2]) if av[2] is not None else 1.0))
+        return 1.0
+
+    return paths(sre_parse.parse(pattern))
 
 
 def _has_nested_unbounded_repeat(pattern: str) -> bool:
@@ -356,7 +440,9 @@ def parse_recipe(text: str, *, path: str | None = None) -> Recipe:
 
 
 def _validation_error(exc: ValidationError, label: str, locate: _Locator) -> RecipeError:
-    err = exc.errors()[0]
+    errors = exc.errors()
+    # A misspelt key also makes its correct spelling "missing": name the typo, it is the fix.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = err["loc"]
     field = _loc_str(loc)
     line = locate.line_of(loc)
