@@ -146,6 +146,9 @@ class GPU(BaseModel):
         return str(v)
 
 
+_MAX_GPUS = 64
+
+
 class HardwareTarget(BaseModel):
     """A machine a quant should run on."""
 
@@ -172,6 +175,9 @@ class HardwareTarget(BaseModel):
         out: list[Any] = []
         for g in v or ():
             if isinstance(g, dict) and int(g.get("count", 1) or 1) > 1:
+                if int(g["count"]) > _MAX_GPUS:
+                    # Expanding an absurd count would allocate one entry per GPU (MemoryError).
+                    raise ValueError(f"gpu.count {g['count']} is impossible (at most {_MAX_GPUS} GPUs in one machine)")
                 out += [{**g, "count": 1}] * int(g["count"])
             else:
                 out.append(g)
