@@ -197,7 +197,11 @@ def run_tool(
     except OSError as exc:
         log.write(f"# quantforge: cannot start {cmd[0]}: {exc}\n".encode())
         log.close()
-        raise ToolError(f"cannot run {cmd[0]}: {exc.strerror or exc}", where=cmd[0], hint="check the toolchain with `quantforge doctor`") from exc
+        raise ToolError(
+            f"cannot run {cmd[0]}: {exc.strerror or exc}",
+            where=cmd[0],
+            hint="check the toolchain with `quantforge doctor`",
+        ) from exc
 
     def pump() -> None:
         assert proc.stdout is not None
@@ -253,7 +257,11 @@ def run_tool(
         what = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
         log.write(f"# quantforge: {what}: stopped {tool}, removed partial output\n".encode())
         _remove(partials)
-        raise Interrupted(f"{what}: stopped {tool} and removed the partial output", where=str(log_path), hint="run the same command again to resume") from None
+        raise Interrupted(
+            f"{what}: stopped {tool} and removed the partial output",
+            where=str(log_path),
+            hint="run the same command again to resume",
+        ) from None
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
@@ -277,7 +285,9 @@ def run_tool(
             msg = f"{tool} failed (exit {rc}): {line}"
             hint = "the full output is in the log"
         raise BuildError(msg, where=str(log_path), hint=hint)
-    return ToolRun(command=list(cmd), returncode=rc, seconds=seconds, log=str(log_path), last_progress=last[0])
+    return ToolRun(
+        command=list(cmd), returncode=rc, seconds=seconds, log=str(log_path), last_progress=last[0]
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -346,7 +356,9 @@ def verify_output(
         try:
             h = read_header(p)
         except QuantforgeError as exc:
-            raise BuildError(f"the output cannot be read back: {exc.message}", where=str(p), hint="see the log") from None
+            raise BuildError(
+                f"the output cannot be read back: {exc.message}", where=str(p), hint="see the log"
+            ) from None
         if i == 0:
             first_kv = {k: v.value for k, v in h.kv.items()}
         size = p.stat().st_size
@@ -360,15 +372,22 @@ def verify_output(
             # The bytes the file really holds for this tensor: up to the next one (or the end).
             end = ordered[j + 1].offset if j + 1 < len(ordered) else size - h.data_offset
             if nbytes >= 0 and end - t.offset != _pad(nbytes, h.alignment):
-                layout_errors.append(f"{t.name} occupies {end - t.offset} bytes, {tname} {list(t.shape)} needs {_pad(nbytes, h.alignment)}")
+                layout_errors.append(
+                    f"{t.name} occupies {end - t.offset} bytes, {tname} {list(t.shape)} needs {_pad(nbytes, h.alignment)}"
+                )
     problems: list[str] = []
     planned = {t.name: t for t in plan.tensors}
     missing = [n for n in planned if n not in found]
     extra = [n for n in found if n not in planned]
     if missing:
-        problems.append(f"missing tensors: {', '.join(missing[:5])}" + (f" (+{len(missing) - 5})" if len(missing) > 5 else ""))
+        problems.append(
+            f"missing tensors: {', '.join(missing[:5])}"
+            + (f" (+{len(missing) - 5})" if len(missing) > 5 else "")
+        )
     if extra:
-        problems.append(f"unplanned tensors: {', '.join(extra[:5])}" + (f" (+{len(extra) - 5})" if len(extra) > 5 else ""))
+        problems.append(
+            f"unplanned tensors: {', '.join(extra[:5])}" + (f" (+{len(extra) - 5})" if len(extra) > 5 else "")
+        )
     diffs: list[str] = []
     for name, t in planned.items():
         if name not in found:
@@ -377,15 +396,28 @@ def verify_output(
         if tname != t.type or nbytes != t.bytes or shape != tuple(t.shape):
             diffs.append(f"{name}: planned {t.type} {t.bytes} B, written {tname} {nbytes} B")
     if diffs:
-        problems.append(f"{len(diffs)} tensor(s) differ from the plan: " + "; ".join(diffs[:5]) + (f" (+{len(diffs) - 5} more)" if len(diffs) > 5 else ""))
+        problems.append(
+            f"{len(diffs)} tensor(s) differ from the plan: "
+            + "; ".join(diffs[:5])
+            + (f" (+{len(diffs) - 5} more)" if len(diffs) > 5 else "")
+        )
     if layout_errors:
         problems.append("tensor data layout: " + "; ".join(layout_errors[:3]))
     tensor_bytes = sum(v[2] for v in found.values())
     if not diffs and not missing and tensor_bytes != plan.tensor_bytes:
         problems.append(f"tensor bytes {tensor_bytes} != planned {plan.tensor_bytes}")
-    if exact_file_bytes and plan.file_bytes_exact and plan.file_bytes is not None and len(paths) == 1 and total_file != plan.file_bytes:
+    if (
+        exact_file_bytes
+        and plan.file_bytes_exact
+        and plan.file_bytes is not None
+        and len(paths) == 1
+        and total_file != plan.file_bytes
+    ):
         problems.append(f"file is {total_file} bytes, planned {plan.file_bytes}")
-    meta = {k: first_kv.get(k) for k in ("general.architecture", "general.name", "general.file_type", "general.quantization_version")}
+    meta = {
+        k: first_kv.get(k)
+        for k in ("general.architecture", "general.name", "general.file_type", "general.quantization_version")
+    }
     for key, want in (expect_kv or {}).items():
         got = first_kv.get(key)
         if got != want:
@@ -482,7 +514,12 @@ def _imatrix_meta(info: Any) -> Any:
 
     # llama-quantize runs in the imatrix's folder and gets the bare file name, so the
     # output's quantize.imatrix.file holds no local path (and the plan predicts it exactly).
-    return ImatrixMeta(path=Path(info.path).name, entries=tuple(sorted(info.names())), chunks=max(info.chunk_count, 0), dataset=info.dataset or "")
+    return ImatrixMeta(
+        path=Path(info.path).name,
+        entries=tuple(sorted(info.names())),
+        chunks=max(info.chunk_count, 0),
+        dataset=info.dataset or "",
+    )
 
 
 def _check_types(plan: Any, toolchain: Any) -> None:
@@ -530,7 +567,12 @@ def prepare(
     from quantforge.toolchain import find_toolchain
 
     recipe_dir = Path(recipe.path).parent if recipe.path else Path.cwd()
-    tc = find_toolchain(recipe.engine, bin_dir=bin_dir, recipe_bin_dir=getattr(recipe.model, "bin_dir", None), allow_other_engine=True)
+    tc = find_toolchain(
+        recipe.engine,
+        bin_dir=bin_dir,
+        recipe_bin_dir=getattr(recipe.model, "bin_dir", None),
+        allow_other_engine=True,
+    )
     source = base or recipe.model.base
     if not source:
         raise InputError(
@@ -611,7 +653,7 @@ def _manifest_matches(man_path: Path, key: dict[str, Any], files: list[Path]) ->
     listed = [resolve_file(man_path, f.path) for f in man.files]
     if sorted(str(p) for p in listed) != sorted(str(p.resolve()) for p in files):
         return False
-    return all(p.is_file() and p.stat().st_size == f.bytes for p, f in zip(listed, man.files))
+    return all(p.is_file() and p.stat().st_size == f.bytes for p, f in zip(listed, man.files, strict=False))
 
 
 def build_variant(
@@ -627,7 +669,13 @@ def build_variant(
     """Build one variant (or skip it when its output already verifies)."""
     from quantforge import __version__
     from quantforge.imatrix import coverage, refusal_error
-    from quantforge.manifest import Manifest, ManifestFile, manifest_path, relative_to_manifest, write_manifest
+    from quantforge.manifest import (
+        Manifest,
+        ManifestFile,
+        manifest_path,
+        relative_to_manifest,
+        write_manifest,
+    )
     from quantforge.plan import expand, quantize_command
 
     t_start = time.monotonic()
@@ -650,8 +698,22 @@ def build_variant(
         imeta = _imatrix_meta(ctx.imatrix) if ctx.imatrix is not None else False
         plan = expand(recipe, v.name, ctx.inventory, imatrix=imeta)
         im_arg = Path(ctx.imatrix.path).name if ctx.imatrix is not None else None
-        cmd_final = quantize_command(plan, binary=tc.quantize, input_path=ctx.base_path, output_path=output, imatrix=im_arg, threads=ctx.threads)
-        cmd_run = quantize_command(plan, binary=tc.quantize, input_path=ctx.base_path, output_path=partial, imatrix=im_arg, threads=ctx.threads)
+        cmd_final = quantize_command(
+            plan,
+            binary=tc.quantize,
+            input_path=ctx.base_path,
+            output_path=output,
+            imatrix=im_arg,
+            threads=ctx.threads,
+        )
+        cmd_run = quantize_command(
+            plan,
+            binary=tc.quantize,
+            input_path=ctx.base_path,
+            output_path=partial,
+            imatrix=im_arg,
+            threads=ctx.threads,
+        )
 
         existing = existing_outputs(output)
         if existing and not force:
@@ -670,7 +732,10 @@ def build_variant(
             )
         # A fresh log per attempt; pre-flight failures are written to it too.
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text(f"# quantforge {__version__}: building {v.name} ({plan.ftype}, {tc.label} {tc.version})\n", encoding="utf-8")
+        log_path.write_text(
+            f"# quantforge {__version__}: building {v.name} ({plan.ftype}, {tc.label} {tc.version})\n",
+            encoding="utf-8",
+        )
         _check_types(plan, tc)
         cov = coverage(ctx.imatrix, plan)
         if cov.refused:
@@ -684,7 +749,7 @@ def build_variant(
         _remove([man_path])
 
         t_q = time.monotonic()
-        run = run_tool(
+        run_tool(
             cmd_run, log_path=log_path,
             cwd=Path(ctx.imatrix.path).resolve().parent if ctx.imatrix is not None else None,
             timeout=timeout, progress=(lambda i, n: progress("quantize", i, n)) if progress else None,
@@ -692,13 +757,24 @@ def build_variant(
         )  # fmt: skip
         quantize_s = time.monotonic() - t_q
         if not partial.is_file():
-            raise BuildError("llama-quantize exited 0 but wrote no output", where=str(log_path), hint="read the log")
+            raise BuildError(
+                "llama-quantize exited 0 but wrote no output", where=str(log_path), hint="read the log"
+            )
         t_v = time.monotonic()
-        try:
-            ver = verify_output([partial], plan, expect_kv=_expected_kv(ctx, plan))
-        except BuildError:
-            _remove([partial])
-            raise
+        from concurrent.futures import ThreadPoolExecutor
+
+        from quantforge.imatrix import sha256_file
+
+        # hashlib releases the GIL: hash the (likely unsplit) output while its header is verified.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            early_hash = pool.submit(sha256_file, partial)
+            try:
+                ver = verify_output([partial], plan, expect_kv=_expected_kv(ctx, plan))
+            except BuildError:
+                early_hash.cancel()
+                _remove([partial])
+                raise
+            partial_sha = early_hash.result()
         verify_s = time.monotonic() - t_v
         split_s = 0.0
         size = partial.stat().st_size
@@ -710,9 +786,13 @@ def build_variant(
             os.replace(partial, output)
             files = [output]
         t_h = time.monotonic()
-        from quantforge.imatrix import sha256_file
-
-        entries = [ManifestFile(path=relative_to_manifest(man_path, p), bytes=p.stat().st_size, sha256=sha256_file(p)) for p in files]
+        entries = [
+            ManifestFile(
+                path=relative_to_manifest(man_path, p), bytes=p.stat().st_size,
+                sha256=partial_sha if p == output else sha256_file(p),
+            )
+            for p in files
+        ]  # fmt: skip
         hash_s = time.monotonic() - t_h
         base_sha = cached_sha256(ctx.base_path)
         type_counts = collections.Counter(t.type for t in plan.tensors)
@@ -760,10 +840,21 @@ def build_variant(
         raise fail(exc) from None
     except KeyboardInterrupt:
         _remove([partial])
-        raise fail(Interrupted("Ctrl-C: build stopped, partial output removed", where=str(log_path))) from None
+        raise fail(
+            Interrupted("Ctrl-C: build stopped, partial output removed", where=str(log_path))
+        ) from None
 
 
-def _split(ctx: _Context, plan: Any, partial: Path, output: Path, max_bytes: int, log_path: Path, *, timeout: float | None) -> list[Path]:
+def _split(
+    ctx: _Context,
+    plan: Any,
+    partial: Path,
+    output: Path,
+    max_bytes: int,
+    log_path: Path,
+    *,
+    timeout: float | None,
+) -> list[Path]:
     """Split ``partial`` into ``<stem>-0000k-of-0000N.gguf`` shards with llama-gguf-split."""
     from quantforge.catalogue import catalogue
     from quantforge.toolchain import find_toolchain
@@ -772,7 +863,11 @@ def _split(ctx: _Context, plan: Any, partial: Path, output: Path, max_bytes: int
     if binary is None:
         # A mainline gguf-split copies tensors verbatim but must know every type id.
         main_cat = catalogue("mainline")
-        if all(main_cat.find(t.type) is not None and main_cat.get(t.type).type_id == catalogue(plan.engine).get(t.type).type_id for t in plan.tensors):
+        if all(
+            main_cat.find(t.type) is not None
+            and main_cat.get(t.type).type_id == catalogue(plan.engine).get(t.type).type_id
+            for t in plan.tensors
+        ):
             try:
                 binary = find_toolchain("mainline").gguf_split
             except ToolError:
@@ -793,7 +888,13 @@ def _split(ctx: _Context, plan: Any, partial: Path, output: Path, max_bytes: int
     header = plan.header_bytes or 64 * 1024 * 1024
     size_arg = f"{max(1, (max_bytes - header - 1_000_000) // 1_000_000)}M"
     try:
-        run_tool([binary, "--split", "--split-max-size", size_arg, str(partial), str(work / stem)], log_path=log_path, timeout=timeout, progress_kind="none", partials=[work])
+        run_tool(
+            [binary, "--split", "--split-max-size", size_arg, str(partial), str(work / stem)],
+            log_path=log_path,
+            timeout=timeout,
+            progress_kind="none",
+            partials=[work],
+        )
         shards = sorted(work.glob(f"{stem}-*-of-*.gguf"))
         if not shards:
             raise BuildError("llama-gguf-split wrote no shards", where=str(log_path))
@@ -806,14 +907,16 @@ def _split(ctx: _Context, plan: Any, partial: Path, output: Path, max_bytes: int
                 hint="a single tensor is larger than the limit; raise --split-max",
             )
         finals = split_names(output, len(shards))
-        for s, f in zip(shards, finals):
+        for s, f in zip(shards, finals, strict=False):
             os.replace(s, f)
     finally:
         _remove([work, partial])
     return finals
 
 
-def _log_early_failure(recipe: Any, names: Sequence[str], exc: QuantforgeError, *, out_dir: Path | None, base: str | None) -> None:
+def _log_early_failure(
+    recipe: Any, names: Sequence[str], exc: QuantforgeError, *, out_dir: Path | None, base: str | None
+) -> None:
     """Record a failure before any variant started (no toolchain, no base …) in their logs."""
     source = base or getattr(recipe.model, "base", None)
     if not source:
@@ -853,13 +956,29 @@ def build(
     """Build ``variants`` (None: the first variant) of ``recipe``; resolve shared inputs once."""
     names = [recipe.variant(n).name for n in variants] if variants else [recipe.variant(None).name]
     try:
-        ctx = prepare(recipe, out_dir=out_dir, base=base, imatrix=imatrix, bin_dir=bin_dir, threads=threads, progress=progress)
+        ctx = prepare(
+            recipe,
+            out_dir=out_dir,
+            base=base,
+            imatrix=imatrix,
+            bin_dir=bin_dir,
+            threads=threads,
+            progress=progress,
+        )
     except QuantforgeError as exc:
         _log_early_failure(recipe, names, exc, out_dir=out_dir, base=base)
         raise
     results: list[BuildResult] = []
     for name in names:
-        r = build_variant(ctx, name, force=force, min_free=min_free, split_max_bytes=split_max_bytes, timeout=timeout, progress=progress)
+        r = build_variant(
+            ctx,
+            name,
+            force=force,
+            min_free=min_free,
+            split_max_bytes=split_max_bytes,
+            timeout=timeout,
+            progress=progress,
+        )
         results.append(r)
         if on_result is not None:
             on_result(r)

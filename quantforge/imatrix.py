@@ -123,7 +123,11 @@ def read_imatrix(path: str | os.PathLike[str], *, with_sha256: bool = False) -> 
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"imatrix file {p} does not exist", where=str(p), hint="give an existing imatrix file or compute one with `quantforge imatrix RECIPE`")
+        raise InputError(
+            f"imatrix file {p} does not exist",
+            where=str(p),
+            hint="give an existing imatrix file or compute one with `quantforge imatrix RECIPE`",
+        )
     size = p.stat().st_size
     with open(p, "rb") as f:
         magic = f.read(4)
@@ -145,19 +149,31 @@ def _read_legacy(p: Path, size: int) -> ImatrixInfo:
     def i32(what: str) -> int:
         nonlocal pos
         if pos + 4 > len(data):
-            raise InputError(f"truncated imatrix: {what} at byte {pos}", where=where, hint="the file is incomplete; recompute it")
+            raise InputError(
+                f"truncated imatrix: {what} at byte {pos}",
+                where=where,
+                hint="the file is incomplete; recompute it",
+            )
         (v,) = struct.unpack_from("<i", data, pos)
         pos += 4
         return int(v)
 
     n_entries = i32("entry count")
     if n_entries < 1 or n_entries > _MAX_ENTRIES or n_entries * 12 > size:
-        raise InputError(f"not an imatrix file (entry count {n_entries})", where=where, hint="give a legacy .dat or GGUF imatrix")
+        raise InputError(
+            f"not an imatrix file (entry count {n_entries})",
+            where=where,
+            hint="give a legacy .dat or GGUF imatrix",
+        )
     entries: list[ImatrixEntry] = []
     for i in range(n_entries):
         n = i32(f"name length of entry {i}")
         if n < 1 or n > _MAX_NAME or pos + n > len(data):
-            raise InputError(f"bad name length {n} for imatrix entry {i} at byte {pos - 4}", where=where, hint="the file is corrupt; recompute it")
+            raise InputError(
+                f"bad name length {n} for imatrix entry {i} at byte {pos - 4}",
+                where=where,
+                hint="the file is corrupt; recompute it",
+            )
         try:
             name = data[pos : pos + n].decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -166,7 +182,11 @@ def _read_legacy(p: Path, size: int) -> ImatrixInfo:
         ncall = i32(f"ncall of {name}")
         nval = i32(f"value count of {name}")
         if nval < 1 or pos + 4 * nval > len(data):
-            raise InputError(f"truncated imatrix: {name} claims {nval} values at byte {pos - 4}", where=where, hint="the file is incomplete; recompute it")
+            raise InputError(
+                f"truncated imatrix: {name} claims {nval} values at byte {pos - 4}",
+                where=where,
+                hint="the file is incomplete; recompute it",
+            )
         pos += 4 * nval
         entries.append(ImatrixEntry(name=name, n_values=nval, ncall=ncall))
     chunk_count = -1
@@ -180,7 +200,14 @@ def _read_legacy(p: Path, size: int) -> ImatrixInfo:
             if n > 0:
                 datasets = (data[pos : pos + n].decode("utf-8", errors="replace"),)
             pos += n
-    return ImatrixInfo(path=str(p), format="dat", bytes=size, entries=tuple(entries), datasets=datasets, chunk_count=chunk_count)
+    return ImatrixInfo(
+        path=str(p),
+        format="dat",
+        bytes=size,
+        entries=tuple(entries),
+        datasets=datasets,
+        chunk_count=chunk_count,
+    )
 
 
 def _read_gguf(p: Path, size: int) -> ImatrixInfo:
@@ -193,7 +220,11 @@ def _read_gguf(p: Path, size: int) -> ImatrixInfo:
         raise InputError(f"cannot read imatrix GGUF: {exc.message}", where=str(p), hint=exc.hint) from exc
     gtype = header.get("general.type")
     if gtype not in (None, "imatrix"):
-        raise InputError(f"GGUF has general.type = {gtype!r}, not an imatrix", where=str(p), hint="give the imatrix file, not a model")
+        raise InputError(
+            f"GGUF has general.type = {gtype!r}, not an imatrix",
+            where=str(p),
+            hint="give the imatrix file, not a model",
+        )
     datasets = header.get("imatrix.datasets") or ()
     if isinstance(datasets, str):
         datasets = (datasets,)
@@ -341,7 +372,11 @@ def resolve_corpus(corpus: str, *, base_dir: Path | None = None) -> Path:
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
     if not p.is_file():
-        raise InputError(f"calibration corpus {p} does not exist", where=corpus, hint="give a text file or hf://owner/repo/file.txt")
+        raise InputError(
+            f"calibration corpus {p} does not exist",
+            where=corpus,
+            hint="give a text file or hf://owner/repo/file.txt",
+        )
     return p
 
 
@@ -413,7 +448,15 @@ def compute_imatrix(
         chunks=chunks, ctx=ctx, threads=threads or os.cpu_count() or 1,
     )  # fmt: skip
     try:
-        run_tool(cmd, log_path=log, cwd=corpus.resolve().parent, timeout=timeout, progress=progress, progress_kind="imatrix", partials=[tmp])
+        run_tool(
+            cmd,
+            log_path=log,
+            cwd=corpus.resolve().parent,
+            timeout=timeout,
+            progress=progress,
+            progress_kind="imatrix",
+            partials=[tmp],
+        )
         if not tmp.is_file():
             raise BuildError("llama-imatrix exited 0 but wrote no file", where=str(log), hint="read the log")
         info = read_imatrix(tmp, with_sha256=True)

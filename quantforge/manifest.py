@@ -107,20 +107,32 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise InputError(f"no manifest at {p}", where=str(p), hint="build the variant with `quantforge build RECIPE --quant NAME`") from exc
+        raise InputError(
+            f"no manifest at {p}",
+            where=str(p),
+            hint="build the variant with `quantforge build RECIPE --quant NAME`",
+        ) from exc
     except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read manifest: {exc}", where=str(p), hint="rebuild the variant or fix the JSON") from exc
+        raise InputError(
+            f"cannot read manifest: {exc}", where=str(p), hint="rebuild the variant or fix the JSON"
+        ) from exc
     if not isinstance(data, dict):
         raise InputError("manifest is not a JSON object", where=str(p))
     version = data.get("schema_version")
     if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise InputError(f"manifest schema_version {version} is newer than this quantforge understands ({SCHEMA_VERSION})", where=str(p), hint="upgrade quantforge")
+        raise InputError(
+            f"manifest schema_version {version} is newer than this quantforge understands ({SCHEMA_VERSION})",
+            where=str(p),
+            hint="upgrade quantforge",
+        )
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise InputError(f"invalid manifest field {loc}: {first['msg']}", where=str(p), hint="rebuild the variant") from exc
+        raise InputError(
+            f"invalid manifest field {loc}: {first['msg']}", where=str(p), hint="rebuild the variant"
+        ) from exc
 
 
 def update_manifest(path: str | os.PathLike[str], **sections: Any) -> Manifest:
@@ -138,6 +150,8 @@ def update_manifest(path: str | os.PathLike[str], **sections: Any) -> Manifest:
         updated = Manifest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise InputError(f"invalid manifest update {'.'.join(str(x) for x in first['loc'])}: {first['msg']}", where=str(p)) from exc
+        raise InputError(
+            f"invalid manifest update {'.'.join(str(x) for x in first['loc'])}: {first['msg']}", where=str(p)
+        ) from exc
     write_manifest(p, updated)
     return updated

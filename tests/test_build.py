@@ -50,7 +50,9 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def ik_ladder(tmp_path_factory: pytest.TempPathFactory, smol_f16: Path, smol_imatrix: Path) -> dict[str, object]:
+def ik_ladder(
+    tmp_path_factory: pytest.TempPathFactory, smol_f16: Path, smol_imatrix: Path
+) -> dict[str, object]:
     """Build Q8_0 alone (a ladder 'interrupted' after its first variant), then the whole ladder."""
     d = tmp_path_factory.mktemp("ik-ladder")
     recipe = d / "smol.toml"
@@ -68,8 +70,12 @@ def ik_ladder(tmp_path_factory: pytest.TempPathFactory, smol_f16: Path, smol_ima
     with contextlib.redirect_stdout(second):
         rc2 = main(["build", str(recipe), "--all", "--out", str(out), "--json"])
     return {
-        "recipe": recipe, "out": out, "rc": (rc1, rc2), "first": json.loads(first.getvalue()),
-        "second": json.loads(second.getvalue()), "q8_stat": (st1.st_ino, st1.st_mtime_ns),
+        "recipe": recipe,
+        "out": out,
+        "rc": (rc1, rc2),
+        "first": json.loads(first.getvalue()),
+        "second": json.loads(second.getvalue()),
+        "q8_stat": (st1.st_ino, st1.st_mtime_ns),
     }
 
 
@@ -77,14 +83,21 @@ def test_ladder_resumes_without_redoing_the_first_variant(ik_ladder: dict) -> No
     assert ik_ladder["rc"] == (0, 0)
     assert [r["status"] for r in ik_ladder["first"]["results"]] == ["built"]
     res = ik_ladder["second"]["results"]
-    assert [(r["variant"], r["status"]) for r in res] == [("Q8_0", "skipped"), ("Q4_0", "built"), ("IQ2_XXS-mix", "built")]
+    assert [(r["variant"], r["status"]) for r in res] == [
+        ("Q8_0", "skipped"),
+        ("Q4_0", "built"),
+        ("IQ2_XXS-mix", "built"),
+    ]
     q8 = ik_ladder["out"] / "smol-Q8_0.gguf"
     st = q8.stat()
     assert (st.st_ino, st.st_mtime_ns) == ik_ladder["q8_stat"]
 
 
 def test_every_output_matches_the_plan_exactly(ik_ladder: dict) -> None:
-    sizes = {r["variant"]: (r["planned_file_bytes"], r["actual_file_bytes"]) for r in ik_ladder["second"]["results"]}
+    sizes = {
+        r["variant"]: (r["planned_file_bytes"], r["actual_file_bytes"])
+        for r in ik_ladder["second"]["results"]
+    }
     for planned, actual in sizes.values():
         assert planned == actual
     out = ik_ladder["out"]
@@ -142,7 +155,9 @@ def test_manifest_update_round_trip(ik_ladder: dict, tmp_path: Path) -> None:
     assert read_manifest(tmp_path / "smol-Q4_0.gguf").name == "Q4_0"  # the output path works too
 
 
-def test_second_run_skips_everything_and_a_moved_folder_still_resumes(ik_ladder: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_second_run_skips_everything_and_a_moved_folder_still_resumes(
+    ik_ladder: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import shutil
 
     moved = tmp_path / "moved"
@@ -153,7 +168,13 @@ def test_second_run_skips_everything_and_a_moved_folder_still_resumes(ik_ladder:
 
 
 @pytest.mark.mainline
-def test_mainline_imatrix_then_quantize_and_split(tmp_path: Path, smol_f16: Path, ik_fixtures: Path, mainline_bin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_mainline_imatrix_then_quantize_and_split(
+    tmp_path: Path,
+    smol_f16: Path,
+    ik_fixtures: Path,
+    mainline_bin_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     (tmp_path / "calib-small.txt").write_text((ik_fixtures / "corpus.txt").read_text()[:20000])
     recipe = tmp_path / "m.toml"
     recipe.write_text(
@@ -170,17 +191,26 @@ def test_mainline_imatrix_then_quantize_and_split(tmp_path: Path, smol_f16: Path
     r = res["results"][0]
     assert res["engine"] == "mainline" and res["imatrix"].endswith("smol-f16.imatrix.gguf")
     shards = [Path(p).name for p in r["files"]]
-    assert shards == ["smol-Q4_0-imat-00001-of-00003.gguf", "smol-Q4_0-imat-00002-of-00003.gguf", "smol-Q4_0-imat-00003-of-00003.gguf"]
+    assert shards == [
+        "smol-Q4_0-imat-00001-of-00003.gguf",
+        "smol-Q4_0-imat-00002-of-00003.gguf",
+        "smol-Q4_0-imat-00003-of-00003.gguf",
+    ]
     assert not (out / "smol-Q4_0-imat.gguf").exists()
     assert all((out / s).stat().st_size <= 40_000_000 for s in shards)
     m = read_manifest(out / "smol-Q4_0-imat.gguf.manifest.json")
     assert [f.path for f in m.files] == shards
     assert all(f.sha256 == sha256(out / f.path) for f in m.files)
     assert m.engine == "mainline" and m.command[1:3] == ["--imatrix", "smol-f16.imatrix.gguf"]
-    assert m.imatrix is not None and m.imatrix["format"] == "gguf" and m.imatrix["dataset"] == "calib-small.txt"
+    assert (
+        m.imatrix is not None and m.imatrix["format"] == "gguf" and m.imatrix["dataset"] == "calib-small.txt"
+    )
     h0 = read_header(out / shards[0])
     assert h0.get("split.count") == 3
-    assert h0.get("quantize.imatrix.dataset") == "calib-small.txt" and h0.get("quantize.imatrix.chunks_count") == 4
+    assert (
+        h0.get("quantize.imatrix.dataset") == "calib-small.txt"
+        and h0.get("quantize.imatrix.chunks_count") == 4
+    )
     ids = {t.name: t.type_id for s in shards for t in read_header(out / s).tensors}
     assert len(ids) == 272 and ids["blk.0.ffn_down.weight"] == 16 and ids["blk.2.ffn_down.weight"] == 2
     # Resume recognises a split set as well.
@@ -195,4 +225,7 @@ def test_base_command_makes_the_f16_base(tmp_path: Path, capsys: pytest.CaptureF
     assert data["sha256"] == "fea43f3ffef83a020894679eb91b2ab0127287d657a7313b47ba9c411dd4d47f"
     assert data["bytes"] == 270_885_952
     assert main(["base", str(out)]) == 1
-    assert capsys.readouterr().err.strip() == f"quantforge: error: {out}: {out} already exists (pass --force to overwrite it)"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"quantforge: error: {out}: {out} already exists (pass --force to overwrite it)"
+    )

@@ -31,7 +31,12 @@ def test_legacy_ik_imatrix_is_read_exactly(smol_imatrix: Path) -> None:
 def _legacy(path: Path, entries: list[tuple[str, int]], tail: bytes = b"") -> Path:
     blob = struct.pack("<i", len(entries))
     for name, nval in entries:
-        blob += struct.pack("<i", len(name)) + name.encode() + struct.pack("<ii", 1, nval) + b"\0\0\x80\x3f" * nval
+        blob += (
+            struct.pack("<i", len(name))
+            + name.encode()
+            + struct.pack("<ii", 1, nval)
+            + b"\0\0\x80\x3f" * nval
+        )
     path.write_bytes(blob + tail)
     return path
 
@@ -58,10 +63,14 @@ def test_coverage_names_tensors_that_would_be_refused(tmp_path: Path, smol_f16: 
     recipe = tmp_path / "r.toml"
     recipe.write_text(
         f'[model]\nbase = "{smol_f16}"\nengine = "ik"\n\n[[quant]]\nname = "X"\nftype = "Q4_0"\ndefault = "q4_0"\n'
-        "rules = [ { match = 'ffn_down', layers = \"0-1\", type = \"iq2_xxs\" } ]\n"
+        'rules = [ { match = \'ffn_down\', layers = "0-1", type = "iq2_xxs" } ]\n'
     )
     # An imatrix with data for layer 0 only (and one entry of another model).
-    im = _legacy(tmp_path / "part.imatrix", [("blk.0.ffn_down.weight", 1536), ("blk.99.ffn_down.weight", 1536)], struct.pack("<ii", 3, 1) + b"x")
+    im = _legacy(
+        tmp_path / "part.imatrix",
+        [("blk.0.ffn_down.weight", 1536), ("blk.99.ffn_down.weight", 1536)],
+        struct.pack("<ii", 3, 1) + b"x",
+    )
     info = read_imatrix(im)
     plan = expand(load_recipe(recipe), "X", load_inventory(smol_f16, engine="ik"), imatrix=False)
     cov = coverage(info, plan)
@@ -74,7 +83,9 @@ def test_coverage_names_tensors_that_would_be_refused(tmp_path: Path, smol_f16: 
     assert coverage(None, plan).refused == ("blk.0.ffn_down.weight", "blk.1.ffn_down.weight")
 
 
-def test_imatrix_cli_reports_coverage_of_the_given_file(tmp_path: Path, smol_f16: Path, smol_imatrix: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_imatrix_cli_reports_coverage_of_the_given_file(
+    tmp_path: Path, smol_f16: Path, smol_imatrix: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     recipe = tmp_path / "r.toml"
     recipe.write_text(
         f'[model]\nbase = "{smol_f16}"\nengine = "ik"\n\n[imatrix]\nfile = "{smol_imatrix}"\n\n'
@@ -86,22 +97,35 @@ def test_imatrix_cli_reports_coverage_of_the_given_file(tmp_path: Path, smol_f16
     assert out[1] == "  A            210/211 weights covered; no data: token_embd.weight"
 
 
-def test_imatrix_cli_fails_when_a_variant_would_be_refused(tmp_path: Path, smol_f16: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    im = _legacy(tmp_path / "part.imatrix", [("blk.0.ffn_down.weight", 1536)], struct.pack("<ii", 3, 1) + b"x")
+def test_imatrix_cli_fails_when_a_variant_would_be_refused(
+    tmp_path: Path, smol_f16: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    im = _legacy(
+        tmp_path / "part.imatrix", [("blk.0.ffn_down.weight", 1536)], struct.pack("<ii", 3, 1) + b"x"
+    )
     recipe = tmp_path / "r.toml"
     recipe.write_text(
         f'[model]\nbase = "{smol_f16}"\nengine = "ik"\n\n[imatrix]\nfile = "part.imatrix"\n\n'
-        "[[quant]]\nname = \"L\"\nftype = \"Q4_0\"\ndefault = \"q4_0\"\nrules = [ { match = 'ffn_down', type = \"iq2_xs\" } ]\n"
+        '[[quant]]\nname = "L"\nftype = "Q4_0"\ndefault = "q4_0"\nrules = [ { match = \'ffn_down\', type = "iq2_xs" } ]\n'
     )
     assert main(["imatrix", str(recipe), "--json"]) == 1
     cap = capsys.readouterr()
     data = json.loads(cap.out)
     assert len(data["variants"][0]["coverage"]["refused"]) == 29
-    assert cap.err.strip() == f"quantforge: error: {im}: variant L: 29 tensor(s) need imatrix data this file lacks (use an imatrix computed on this model, or change those tensors' types)"
+    assert (
+        cap.err.strip()
+        == f"quantforge: error: {im}: variant L: 29 tensor(s) need imatrix data this file lacks (use an imatrix computed on this model, or change those tensors' types)"
+    )
 
 
 @pytest.mark.mainline
-def test_mainline_llama_imatrix_computes_a_gguf_imatrix(tmp_path: Path, smol_f16: Path, ik_fixtures: Path, mainline_bin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_mainline_llama_imatrix_computes_a_gguf_imatrix(
+    tmp_path: Path,
+    smol_f16: Path,
+    ik_fixtures: Path,
+    mainline_bin_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     corpus = tmp_path / "calib-small.txt"
     corpus.write_text((ik_fixtures / "corpus.txt").read_text()[:20000])
     recipe = tmp_path / "m.toml"

