@@ -600,7 +600,14 @@ def prepare(
         if computed.is_file():
             info = read_imatrix(computed, with_sha256=True)
     out = Path(out_dir) if out_dir else recipe_dir
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only file system, /proc, a file in the way, permission denied
+        raise InputError(
+            f"cannot create the output folder: {exc.strerror or exc}",
+            where=str(out),
+            hint="choose a writable folder with --out",
+        ) from None
     return _Context(
         recipe=recipe, toolchain=tc, base_path=base_path, base_source=source, inventory=inventory,
         imatrix=info, out_dir=out.resolve(), threads=threads or os.cpu_count() or 1,
