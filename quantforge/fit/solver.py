@@ -63,17 +63,20 @@ def read_sensitivity(path: str | Path) -> dict[int, float]:
     if not p.is_file():
         raise InputError("no such sensitivity file", where=str(p), hint="a CSV of tensor,kld rows")
     out: dict[int, float] = {}
-    with p.open(newline="") as f:
-        for n, row in enumerate(csv.reader(f), 1):
-            if not row or row[0].startswith("#") or row[0] == "tensor":
-                continue
-            try:
-                m = re.match(r"blk\.(\d+)\.", row[0])
-                kld = float(row[1])
-            except (IndexError, ValueError):
-                raise InputError("expected tensor,kld", where=f"{p}:{n}") from None
-            if m and expert_part(row[0]):
-                out[int(m.group(1))] = out.get(int(m.group(1)), 0.0) + kld
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError("sensitivity file is not UTF-8 text", where=str(p), hint="give a CSV of tensor,kld rows") from None
+    for n, row in enumerate(csv.reader(text.splitlines()), 1):
+        if not row or row[0].startswith("#") or row[0] == "tensor":
+            continue
+        try:
+            m = re.match(r"blk\.(\d+)\.", row[0])
+            kld = float(row[1])
+        except (IndexError, ValueError):
+            raise InputError("expected tensor,kld", where=f"{p}:{n}", hint="write one tensor,kld row per line") from None
+        if m and expert_part(row[0]):
+            out[int(m.group(1))] = out.get(int(m.group(1)), 0.0) + kld
     return out
 
 
