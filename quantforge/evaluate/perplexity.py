@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,7 +53,8 @@ def find_perplexity(engine: Literal["ik", "mainline"], *, binary: str | None = N
 # ---------------------------------------------------------------- subprocess
 
 
-def _run(cmd: list[str], *, where: str, timeout: float | None = None) -> tuple[str, float]:
+def _run(cmd: list[str], *, where: str, timeout: float | None = None,
+         check: Callable[[str], None] | None = None) -> tuple[str, float]:
     """Run a tool; its whole output (stdout + stderr) and wall seconds. EvalError on crash or failure."""
     t0 = time.perf_counter()
     try:
@@ -73,6 +75,8 @@ def _run(cmd: list[str], *, where: str, timeout: float | None = None) -> tuple[s
         proc.wait()
         raise EvalError(f"{Path(cmd[0]).name} did not finish within {timeout:.0f} s; nothing was stored", where=where) from None
     wall = time.perf_counter() - t0
+    if check is not None:
+        check(out)  # a known failure explained better than by the exit status
     if proc.returncode != 0:
         name = Path(cmd[0]).name
         if proc.returncode < 0:
@@ -134,8 +138,7 @@ def perplexity_binary(
     if kl_divergence:
         cmd += ["--kl-divergence"]
     cmd += list(extra_args or [])
-    out, wall = _run(cmd, where=str(model_p), timeout=timeout)
-    _check_too_short(out, ctx, corpus)
+    out, wall = _run(cmd, where=str(model_p), timeout=timeout, check=lambda o: _check_too_short(o, ctx, corpus))
     log = parse_perplexity_log(out, where=f"{Path(binary).name} on {model_p.name}")
     if kl_divergence and log.kld is None:
         raise EvalError("the KLD run printed no statistics (fewer than 100 scored tokens?)", where=str(model_p),
