@@ -484,11 +484,12 @@ def find_manifests(recipe: Any, names: Sequence[str] | None, *, out_dir: str | P
 
 def _variant_files(man_path: Path, man: Any) -> VariantFiles:
     from quantforge.errors import InputError
-    from quantforge.manifest import resolve_file
+    from quantforge.fsutil import confined
 
     files = []
     for f in man.files:
-        p = resolve_file(man_path, f.path)
+        # A manifest names files next to itself; an edited one must not make us upload ../../.ssh/id_rsa.
+        p = confined(man_path.resolve().parent, f.path)
         if not p.is_file() or p.stat().st_size != f.bytes:
             raise InputError(f"{p.name} is missing or its size differs from the build manifest", where=man_path.name,
                              hint=f"rebuild it: quantforge build RECIPE --quant {man.name} --force")
