@@ -1,0 +1,148 @@
+"""Speed sweeps: statistics, compare verdicts, the bundled CPU sweep through libllama, JSONL and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from scipy import stats as sps
+
+from quantforge.cli import main
+from quantforge.evaluate.models import SweepResult, SweepRow
+from quantforge.evaluate.stats import compare, summarize, welch
+from quantforge.evaluate.sweep import read_raw_jsonl
+
+
+def _result(label: str, runs: list[list[tuple[float, float]]]) -> SweepResult:
+    rr = tuple(
+        tuple(SweepRow(pp=128, tg=16, n_kv=i * 128, t_pp=128 / pp, s_pp=pp, t_tg=16 / tg, s_tg=tg) for i, (pp, tg) in enumerate(run))
+        for run in runs
+    )
+    return SweepResult(label=label, engine="bundled", ctx=512, ubatch=128, tg=16, runs=rr, summary=summarize(rr),
+                       created="2026-01-01T00:00:00+00:00")
+
+
+def test_summarize_mean_and_sample_std() -> None:
+    r = _result("a", [[(100, 10), (90, 9)], [(102, 11), (92, 9)], [(98, 12), (88, 9)]])
+    s0, s1 = r.summary
+    assert (s0.n_kv, s0.n, s0.s_pp_mean, s0.s_pp_std) == (0, 3, 100.0, 2.0)
+    assert (s0.s_tg_mean, s0.s_tg_std) == (11.0, 1.0)
+    assert (s1.n_kv, s1.s_pp_mean, s1.s_pp_std, s1.s_tg_std) == (128, 90.0, 2.0, 0.0)
+
+
+def test_welch_matches_scipy() -> None:
+    a, b = [100.0, 103.0, 98.0, 101.0], [106.0, 109.0, 104.0]
+    diff, lo, hi, p, sig = welch(a, b)
+    ref = sps.ttest_ind(b, a, equal_var=False)
+    assert diff == pytest.approx(106.33333333333333 - 100.5)
+    assert p == pytest.approx(ref.pvalue, rel=1e-12)
+    assert sig == pytest.approx(abs(ref.statistic), rel=1e-12)
+    ci = ref.confidence_interval(0.95)
+    assert (lo, hi) == (pytest.approx(ci.low, rel=1e-9), pytest.approx(ci.high, rel=1e-9))
+
+
+def test_verdicts() -> None:
+    base = _result("base", [[(100, 10)] * 4, [(101, 10.1)] * 4, [(99, 9.9)] * 4])
+    faster = _result("fast", [[(120, 12)] * 4, [(121, 12.1)] * 4, [(119, 11.9)] * 4])
+    noisy = _result("noisy", [[(100.5, 10.05)] * 4, [(99.2, 9.95)] * 4, [(100.4, 10.0)] * 4])
+    up = compare(base, faster)
+    assert {m.verdict for m in up.rows} == {"improvement"} and {m.verdict for m in up.overall} == {"improvement"}
+    pp = up.overall[0]
+    assert pp.metric == "pp" and pp.change_pct == pytest.approx(20.0, abs=0.01)
+    assert pp.ci_low_pct < 20.0 < pp.ci_high_pct
+    down = compare(faster, base)
+    assert {m.verdict for m in down.overall} == {"regression"} and down.overall[1].change_pct < 0
+    same = compare(base, noisy)
+    assert {m.verdict for m in [*same.rows, *same.overall]} == {"no significant change"}
+    # one run each: nothing can be said
+    single = compare(_result("a", [[(100, 10)]]), _result("b", [[(150, 15)]]))
+    assert {m.verdict for m in single.overall} == {"no significant change"} and single.overall[0].p_value is None
+
+
+def test_compare_fixture_logs(ik_fixtures: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stored results can be tool logs: the ik CPU sweep without and with -rtr."""
+    logs = ik_fixtures / "logs"
+    rc = main(["sweep", "compare", str(logs / "sweep-cpu.log"), str(logs / "sweep-cpu-rtr.log"), "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rep = json.loads(out)
+    assert [(r["n_kv"], r["metric"]) for r in rep["rows"][:2]] == [(0, "pp"), (0, "tg")]
+    first = rep["rows"][0]
+    assert (first["baseline_mean"], first["candidate_mean"]) == (3631.51, 2977.68)
+    assert first["change_pct"] == pytest.approx((2977.68 / 3631.51 - 1) * 100)
+    assert {r["verdict"] for r in rep["rows"] + rep["overall"]} == {"no significant change"}  # n = 1: no test possible
+
+
+@pytest.fixture(scope="module")
+def q8(smol_f16: Path, ik_quantize: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import subprocess
+
+    dst = tmp_path_factory.mktemp("sweep") / "smol-Q8_0.gguf"
+    subprocess.run([str(ik_quantize), str(smol_f16), str(dst), "Q8_0", "2"], check=True, capture_output=True)
+    return dst
+
+
+def test_bundled_sweep_three_runs_jsonl_and_plot(q8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "q8.json"
+    rc = main(["sweep", "--model", str(q8), "--repeat", "3", "--ctx", "512", "--ubatch", "128", "--tg", "16",
+               "--threads", "2", "-o", str(out), "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    res = SweepResult.model_validate_json(out.read_text())
+    assert json.loads(cap.out)["label"] == res.label == "smol-Q8_0"
+    assert len(res.runs) == 3 and [len(r) for r in res.runs] == [4, 4, 4]
+    assert [s.n_kv for s in res.summary] == [0, 128, 256, 384] and {s.n for s in res.summary} == {3}
+    assert all(r.pp == 128 and r.tg == 16 and r.s_pp > 0 and r.s_tg > 0 for run in res.runs for r in run)
+    assert all(r.s_pp == pytest.approx(128 / r.t_pp) for run in res.runs for r in run)
+    raw = tmp_path / "q8.jsonl"
+    assert res.raw_jsonl == str(raw)
+    lines = raw.read_text().splitlines()
+    assert len(lines) == 12 and json.loads(lines[0])["run"] == 0
+    assert read_raw_jsonl(raw)["smol-Q8_0"] == [list(r) for r in res.runs]
+
+    rc = main(["plot", "sweep", str(out), "-o", str(tmp_path / "speed")])
+    assert rc == 0
+    png, svg = tmp_path / "speed.png", tmp_path / "speed.svg"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert b"<svg" in svg.read_bytes()[:2000]
+
+
+def test_compare_identical_configurations(q8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["sweep", "compare", "--model", str(q8), "--a", "threads=1", "--b", "threads=1", "--repeat", "3",
+               "--ctx", "256", "--ubatch", "64", "--tg", "8", "-o", str(tmp_path / "same.json"), "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    rep = json.loads(cap.out)
+    assert [m["verdict"] for m in rep["overall"]] == ["no significant change", "no significant change"]
+    assert all(m["baseline_n"] == m["candidate_n"] == 3 for m in rep["overall"])
+    assert len((tmp_path / "same.jsonl").read_text().splitlines()) == 2 * 3 * 4
+
+
+def _idle() -> bool:
+    n = len(os.sched_getaffinity(0))
+    return os.getloadavg()[0] < 0.75 * n
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_compare_one_vs_two_threads(q8: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not _idle():
+        pytest.skip("the machine is busy: a 1 vs 2 thread speed comparison needs idle cores")
+    rc = main(["sweep", "compare", "--model", str(q8), "--a", "threads=1", "--b", "threads=2", "--repeat", "3",
+               "--ctx", "512", "--ubatch", "128", "--tg", "16", "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    pp = json.loads(cap.out)["overall"][0]
+    assert pp["metric"] == "pp" and pp["verdict"] == "improvement" and pp["change_pct"] > 20
+    assert pp["ci_low_pct"] > 0
+
+
+def test_sweep_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["sweep", "compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"quantforge: error: {tmp_path / 'a.json'}: sweep result not found "
+                               "(pass a JSON written by 'quantforge sweep' or a sweep-bench log)"]
+    rc = main(["sweep", "--cmd", str(tmp_path / "llama-sweep-bench") + " -m x.gguf", "--engine", "ik"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "llama-sweep-bench not found" in err[0]
