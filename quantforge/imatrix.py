@@ -385,7 +385,8 @@ def default_output(recipe: object, base_path: Path) -> Path:
     rpath = getattr(recipe, "path", None)
     rdir = Path(rpath).parent if rpath else Path.cwd()
     stem = base_path.name[: -len(".gguf")] if base_path.name.endswith(".gguf") else base_path.stem
-    return rdir / f"{stem}.imatrix.gguf"
+    # ik_llama.cpp's llama-quantize reads only the legacy format.
+    return rdir / (f"{stem}.imatrix" if getattr(recipe, "engine", None) == "ik" else f"{stem}.imatrix.gguf")
 
 
 def imatrix_command(
@@ -421,6 +422,7 @@ def compute_imatrix(
     force: bool = False,
     timeout: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    legacy: bool = False,
 ) -> ImatrixInfo:
     """Run ``llama-imatrix`` and return what it wrote.
 
@@ -447,6 +449,9 @@ def compute_imatrix(
         binary=str(binary), model=model.resolve(), corpus_name=corpus.name, output=tmp,
         chunks=chunks, ctx=ctx, threads=threads or os.cpu_count() or 1,
     )  # fmt: skip
+    if legacy and getattr(toolchain, "engine", None) == "mainline":
+        # For an ik recipe: mainline llama-imatrix writes the legacy format ik can read.
+        cmd += ["--output-format", "dat"]
     try:
         run_tool(
             cmd,

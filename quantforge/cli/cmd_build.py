@@ -162,7 +162,7 @@ def imatrix_cmd(
             info = compute_imatrix(
                 toolchain=tc, model=base_path, corpus=corpus_path, output=out,
                 chunks=chunks or (spec.chunks if spec else None), ctx=ctx or (spec.ctx if spec else None),
-                threads=threads, force=force, progress=lambda i, n: bars("imatrix", i, n),
+                threads=threads, force=force, progress=lambda i, n: bars("imatrix", i, n), legacy=r.engine == "ik",
             )  # fmt: skip
         finally:
             bars.close()
