@@ -35,8 +35,15 @@ def test_no_subprocess_goes_through_a_shell() -> None:
         for call in _calls(tree):
             name = _name(call.func)
             where = f"{path.relative_to(REPO)}:{call.lineno}"
-            if name in ("os.system", "os.popen", "os.spawnlp", "os.execlp", "commands.getoutput", "subprocess.getoutput",
-                        "subprocess.getstatusoutput"):
+            if name in (
+                "os.system",
+                "os.popen",
+                "os.spawnlp",
+                "os.execlp",
+                "commands.getoutput",
+                "subprocess.getoutput",
+                "subprocess.getstatusoutput",
+            ):
                 offenders.append(f"{where} {name}")
             for kw in call.keywords:
                 if kw.arg == "shell" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
@@ -68,7 +75,9 @@ def test_a_type_cannot_carry_arguments(tmp_path: Path, bad_type: str) -> None:
         parse_recipe(text, path="r.toml")
 
 
-@pytest.mark.parametrize("evil", ["attn_ --output /tmp/x", "attn_;rm -rf /tmp/x", "attn_$(touch pwned)", "--imatrix"])
+@pytest.mark.parametrize(
+    "evil", ["attn_ --output /tmp/x", "attn_;rm -rf /tmp/x", "attn_$(touch pwned)", "--imatrix"]
+)
 def test_a_match_stays_inside_one_argument(smol_f16: Path, evil: str) -> None:
     from quantforge.inventory import load_inventory
     from quantforge.plan import expand, quantize_command
@@ -104,7 +113,9 @@ def test_build_outputs_stay_in_the_output_folder(tmp_path: Path, smol_f16: Path)
 
     text = (REPO / "recipes" / "smollm2-135m.toml").read_text()
     for name in ("../../escape", "/etc/cron.d/x", "..", "a/../../b"):
-        recipe = parse_recipe(text.replace('name = "SmolLM2-135M-Instruct"', f'name = "{name}"'), path=str(tmp_path / "r.toml"))
+        recipe = parse_recipe(
+            text.replace('name = "SmolLM2-135M-Instruct"', f'name = "{name}"'), path=str(tmp_path / "r.toml")
+        )
         stem = output_stem(recipe, smol_f16)
         out = tmp_path / "out"
         assert (out / f"{stem}-IQ4_KS.gguf").resolve().parent == out.resolve(), stem
@@ -126,9 +137,8 @@ def ladder(smol_f16: Path, ik_quantize: Path, tmp_path: Path) -> Path:
     import sys
 
     sys.path.insert(0, str(REPO / "tests"))
-    from support.publish_ladder import build_ladder
-
     from conftest import TEST_CACHE
+    from support.publish_ladder import build_ladder
 
     recipe, outputs = build_ladder(TEST_CACHE, smol_f16, ik_quantize)
     d = tmp_path / "ladder"
