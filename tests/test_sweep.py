@@ -146,3 +146,49 @@ def test_sweep_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     rc = main(["sweep", "--cmd", str(tmp_path / "llama-sweep-bench") + " -m x.gguf", "--engine", "ik"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "llama-sweep-bench not found" in err[0]
+
+
+def test_sweep_command_from_planner_run_command() -> None:
+    from quantforge.evaluate.sweep import sweep_command_from_run
+
+    run = ["llama-server", "-m", "MODEL.gguf", "-c", "4096", "-ngl", "99", "-ot", "ffn_.*=CPU", "-fmoe", "-fa",
+           "-ctk", "f16", "-ctv", "f16", "-b", "2048", "-ub", "512", "-t", "16"]
+    assert sweep_command_from_run(run, model="/m/x.gguf", engine="ik", binary="/b/llama-sweep-bench") == [
+        "/b/llama-sweep-bench", "-m", "/m/x.gguf", "-c", "4096", "-ngl", "99", "-ot", "ffn_.*=CPU", "-fmoe", "-fa",
+        "-ctk", "f16", "-ctv", "f16", "-b", "2048", "-ub", "512", "-t", "16"]
+    assert sweep_command_from_run(run, model="/m/x.gguf", engine="mainline", binary="/b/llama-bench", tg=128) == [
+        "/b/llama-bench", "-m", "/m/x.gguf", "-p", "512", "-n", "128", "-d", "0,512,1024,1536,2048,2560,3072,3584",
+        "-ub", "512", "-o", "json", "-r", "1", "-b", "2048", "-t", "16", "-ngl", "99", "-ctk", "f16", "-ctv", "f16",
+        "-fa", "1", "-ot", "ffn_.*=CPU"]
+
+
+@pytest.mark.mainline
+def test_mainline_llama_bench_depth_real_output(q8: Path, mainline_bin_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Real mainline llama-bench output (JSON and markdown, with -d depths) parsed, then swept through the CLI."""
+    import re
+    import subprocess
+
+    from quantforge.evaluate.parsers import bench_to_sweep_rows, parse_bench_json, parse_bench_markdown
+
+    bench = mainline_bin_dir / "llama-bench"
+    base = [str(bench), "-m", str(q8), "-p", "64", "-n", "8", "-d", "0,64", "-r", "2", "-t", "2"]
+    js = subprocess.run([*base, "-o", "json"], capture_output=True, text=True, check=True).stdout
+    rows = parse_bench_json(js)
+    raw = json.loads(js)
+    assert [(r.n_prompt, r.n_gen, r.n_depth) for r in rows] == [(64, 0, 0), (0, 8, 0), (64, 0, 64), (0, 8, 64)]
+    assert [r.avg_ts for r in rows] == [d["avg_ts"] for d in raw]
+    assert [list(r.samples_ts) for r in rows] == [d["samples_ts"] for d in raw]
+    assert [s.n_kv for s in bench_to_sweep_rows(rows)] == [0, 64]
+    md = subprocess.run([*base, "-o", "md"], capture_output=True, text=True, check=True).stdout
+    mrows = parse_bench_markdown(md)
+    printed = re.findall(r"\|\s*([\d.]+) ± ([\d.]+) \|", md)
+    assert [(r.avg_ts, r.stddev_ts) for r in mrows] == [(float(a), float(b)) for a, b in printed]
+    assert [r.test for r in mrows] == ["pp64 @ d0", "tg8 @ d0", "pp64 @ d64", "tg8 @ d64"] or \
+        [r.n_depth for r in mrows] == [0, 0, 64, 64]
+
+    out = tmp_path / "ml.json"
+    rc = main(["sweep", "--cmd", " ".join([*base, "-o", "json"]), "--engine", "mainline", "--repeat", "2", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    res = SweepResult.model_validate_json(out.read_text())
+    assert res.engine == "mainline" and len(res.runs) == 2 and [s.n_kv for s in res.summary] == [0, 64]

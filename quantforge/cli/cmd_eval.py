@@ -155,10 +155,11 @@ def sweep_cmd(
     engine: str = typer.Option("bundled", "--engine", help="bundled (CPU, libllama) | ik (llama-sweep-bench) | mainline (llama-bench -d)"),
     cmd: str = typer.Option(None, "--cmd", help="Your own llama-sweep-bench / llama-bench command line (quoted)."),
     repeat: int = typer.Option(3, "--repeat", "-r", help="Runs of the sweep."),
-    ctx: int = typer.Option(512, "--ctx", "-c", help="Context (bundled sweep)."),
+    ctx: int = typer.Option(512, "--ctx", "-c", help="Context (bundled sweep; with --target the planned context)."),
     ubatch: int = typer.Option(128, "--ubatch", "-ub", help="U-batch: PP size and N_KV step (bundled sweep)."),
     tg: int = typer.Option(16, "--tg", help="Generated tokens per row (bundled sweep)."),
     threads: int = _THREADS,
+    bin_dir: str = _BIN_DIR,
     out: str = typer.Option(None, "--out", "-o", help="Write the result JSON here (raw runs go to OUT.jsonl)."),
     no_manifest: bool = typer.Option(False, "--no-manifest", help="Do not record results in the manifest."),
     as_json: bool = _JSON,
@@ -196,7 +197,7 @@ def sweep_cmd(
     elif target:
         if path is None:
             raise UsageError("--target needs the model (--recipe/--quant or --model)", where="--target")
-        argv = _target_command(path, target, engine)
+        argv = _target_command(recipe, quant, path, target, engine, bin_dir, ctx, tg)
         runner = binary_runner(argv)
         meta["command"] = argv
         label = f"{path.stem} @ {Path(target).stem}"
@@ -224,16 +225,24 @@ def sweep_cmd(
     emit(res, as_json=as_json, human=_fmt_sweep)
 
 
-def _target_command(model: Path, target: str, engine: str) -> list[str]:
+def _target_command(recipe: str | None, quant: str | None, model: Path, target: str, engine: str,
+                    bin_dir: str | None, ctx: int, tg: int) -> list[str]:
     """The planner's run command for ``target``, turned into a sweep-bench (ik) / llama-bench (mainline) run."""
     from quantforge.errors import UsageError
+    from quantforge.evaluate.sweep import sweep_command_from_run
+    from quantforge.fit.api import fit_recipe
+    from quantforge.fit.report import Settings
+    from quantforge.toolchain import find_toolchain
 
-    try:
-        from quantforge.fit import plan_fit  # noqa: F401
-    except ImportError as exc:  # pragma: no cover
-        raise UsageError("the fit planner is not available in this build", where="--target") from exc
-    raise UsageError("--target sweeps need the planner's command; pass it with --cmd for now", where="--target",
-                     hint="quantforge fit ... prints the command; replace llama-server with llama-sweep-bench")
+    if not recipe:
+        raise UsageError("--target needs the recipe the variant was planned from", where="--target",
+                         hint="quantforge sweep --recipe R.toml --quant NAME --target T.toml")
+    if engine == "bundled":
+        raise UsageError("--target runs the engine's own sweep tool", where="--engine", hint="use --engine ik or mainline")
+    report = fit_recipe(Path(recipe), quant=quant, target=target, settings=Settings(n_ctx=ctx))
+    tc = find_toolchain(engine, bin_dir=bin_dir)  # type: ignore[arg-type]
+    binary = tc.require("sweep_bench" if engine == "ik" else "bench")
+    return sweep_command_from_run(report.command, model=model, engine=engine, binary=binary, tg=tg)
 
 
 def _fmt_compare(rep: Any) -> str:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from quantforge.errors import EvalError, InputError
@@ -20,12 +21,41 @@ def sha256_file(path: str | Path) -> str:
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()
+        try:  # the build stage's persistent cache: a base or variant is hashed once, across processes
+            from quantforge.build import cached_sha256
+
+            _HASHES[key] = cached_sha256(p)
+        except ImportError:  # pragma: no cover
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+            _HASHES[key] = h.hexdigest()
     return _HASHES[key]
+
+
+def sha256_background(path: str | Path) -> Callable[[], str]:
+    """Start hashing ``path`` in a thread (hashlib releases the GIL) while a run goes on; call the result to wait."""
+    import threading
+
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            box["v"] = sha256_file(path)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["e"] = exc
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+
+    def result() -> str:
+        t.join()
+        if "e" in box:
+            raise box["e"]  # type: ignore[misc]
+        return str(box["v"])
+
+    return result
 
 
 def now_iso() -> str:

@@ -392,6 +392,7 @@ def perplexity_bundled(
     t0 = time.perf_counter()
     text, corpus_sha = _util.read_corpus(corpus)
     model_p = _util.check_model_file(model)
+    model_sha = _util.sha256_background(model_p)
     first = ctx // 2
     with BundledModel(model_p, n_ctx=ctx, n_batch=batch or ctx, n_ubatch=ubatch, threads=threads) as m:
         tokens = m.tokenize(text)
@@ -444,7 +445,7 @@ def perplexity_bundled(
         ppl = float(np.exp(mean))
         err = float(np.sqrt(var / (count - 1))) * ppl if var > 0 else 0.0
         return EvalResult(
-            model=str(model_p), model_sha256=_util.sha256_file(model_p), model_bytes=model_p.stat().st_size,
+            model=str(model_p), model_sha256=model_sha(), model_bytes=model_p.stat().st_size,
             engine="bundled", binary=str(m.lib.path), engine_commit=bundled_version(), command=None,
             corpus=str(corpus), corpus_sha256=corpus_sha, ctx=ctx, chunks=n_chunk, n_tokens_scored=count,
             batch=m.n_batch, ubatch=m.n_ubatch, threads=m.threads, ppl=ppl, ppl_err=err,
@@ -462,6 +463,7 @@ def kld_bundled(
     base_p = Path(base_logits)
     n_ctx, n_vocab, n_chunk = _util.read_logits_header(base_p)
     model_p = _util.check_model_file(model)
+    model_sha = _util.sha256_background(model_p)
     first = n_ctx // 2
     n_scored = n_ctx - 1 - first
     row = _util.logits_row_u16(n_vocab)
@@ -489,7 +491,7 @@ def kld_bundled(
                 progress(i + 1, n_chunk)
         stats = kld_stats(acc)
         return EvalResult(
-            model=str(model_p), model_sha256=_util.sha256_file(model_p), model_bytes=model_p.stat().st_size,
+            model=str(model_p), model_sha256=model_sha(), model_bytes=model_p.stat().st_size,
             engine="bundled", binary=str(m.lib.path), engine_commit=bundled_version(), command=None,
             corpus=str(corpus) if corpus else None, corpus_sha256=corpus_sha256 or "", ctx=n_ctx, chunks=n_chunk,
             n_tokens_scored=acc.count, batch=m.n_batch, ubatch=m.n_ubatch, threads=m.threads, ppl=stats.ppl,

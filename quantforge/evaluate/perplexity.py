@@ -138,6 +138,7 @@ def perplexity_binary(
     if kl_divergence:
         cmd += ["--kl-divergence"]
     cmd += list(extra_args or [])
+    model_sha = _util.sha256_background(model_p)  # hashed while the tool runs: no added wall time
     out, wall = _run(cmd, where=str(model_p), timeout=timeout, check=lambda o: _check_too_short(o, ctx, corpus))
     log = parse_perplexity_log(out, where=f"{Path(binary).name} on {model_p.name}")
     if kl_divergence and log.kld is None:
@@ -146,7 +147,7 @@ def perplexity_binary(
     n_chunks = log.n_chunks
     first = ctx // 2
     result = EvalResult(
-        model=str(model_p), model_sha256=_util.sha256_file(model_p), model_bytes=model_p.stat().st_size,
+        model=str(model_p), model_sha256=model_sha(), model_bytes=model_p.stat().st_size,
         engine=engine, binary=binary, engine_commit=engine_version or log.build, command=cmd,
         corpus=str(corpus) if corpus else None, corpus_sha256=corpus_sha, ctx=log.n_ctx or ctx, chunks=n_chunks,
         n_tokens_scored=n_chunks * (ctx - 1 - first), batch=log.n_batch or batch, ubatch=ubatch,

@@ -181,3 +181,52 @@ def parse_option_set(text: str) -> dict[str, Any]:
 
 def split_command(text: str) -> list[str]:
     return shlex.split(text)
+
+
+def sweep_command_from_run(run_cmd: Sequence[str], *, model: str | Path, engine: str, binary: str,
+                           tg: int | None = None) -> list[str]:
+    """Turn the planner's ``llama-server`` run command into the matching speed sweep.
+
+    ik: ``llama-sweep-bench`` takes the same model/offload/cache flags (``-c``, ``-ngl``, ``-ot``,
+    ``-ctk``, ``-fa``, ``-mla``, ``-fmoe`` …). mainline: ``llama-bench`` with one test per depth
+    (``-d 0,ub,2ub,…``), ``-p ub -n tg``, JSON output; flags it lacks (``-c``) are dropped.
+    """
+    argv = list(run_cmd)
+    if not argv:
+        raise InputError("the planner produced no run command")
+    argv = [str(model) if a == "MODEL.gguf" else a for a in argv[1:]]
+    if engine == "ik":
+        out = [binary, *argv]
+        if tg and "-n" not in argv:
+            out += ["-n", str(tg)]
+        return out
+    # mainline llama-bench
+    opts: dict[str, str] = {}
+    ot: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        has_value = nxt is not None and not (nxt.startswith("-") and not nxt.lstrip("-").replace(".", "").isdigit())
+        if a == "-ot" and nxt is not None:
+            ot.append(nxt)
+            i += 2
+        elif a.startswith("-") and has_value:
+            opts[a] = str(nxt)
+            i += 2
+        else:
+            opts[a] = ""  # a switch such as -fa, -fmoe
+            i += 1
+    ctx = int(opts.get("-c", "4096"))
+    ub = int(opts.get("-ub", "512"))
+    depths = ",".join(str(d) for d in range(0, max(ctx - ub, 0) + 1, ub))
+    out = [binary, "-m", opts.get("-m", str(model)), "-p", str(ub), "-n", str(tg or max(ub // 4, 1)), "-d", depths,
+           "-ub", str(ub), "-o", "json", "-r", "1"]
+    for k in ("-b", "-t", "-ngl", "-ctk", "-ctv", "-ts"):
+        if k in opts:
+            out += [k, opts[k]]
+    if "-fa" in opts:
+        out += ["-fa", "1" if opts["-fa"] in ("on", "1", "") else "0"]
+    for o in ot:
+        out += ["-ot", o]
+    return out
