@@ -758,7 +758,8 @@ def build_variant(
         t_q = time.monotonic()
         run_tool(
             cmd_run, log_path=log_path,
-            cwd=Path(ctx.imatrix.path).resolve().parent if ctx.imatrix is not None else None,
+            # abspath, not resolve(): the command names the imatrix as the link, not its target.
+            cwd=Path(os.path.abspath(ctx.imatrix.path)).parent if ctx.imatrix is not None else None,
             timeout=timeout, progress=(lambda i, n: progress("quantize", i, n)) if progress else None,
             partials=[partial],
         )  # fmt: skip
