@@ -1,0 +1,146 @@
+"""Interruption: SIGINT / SIGKILL at a random (seeded) moment of the real CLI leaves no file
+under a final name and no corrupt manifest, and the next run resumes and completes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RNG = random.Random(7)
+
+
+def _smol(tmp_path: Path, smol_f16: Path, smol_imatrix: Path) -> Path:
+    d = tmp_path / "smol"
+    d.mkdir()
+    (d / "r.toml").write_text((REPO / "recipes" / "smollm2-135m.toml").read_text())
+    (d / "smollm2-135m-f16.gguf").symlink_to(smol_f16)
+    (d / "smollm2-135m.imatrix").symlink_to(smol_imatrix)
+    return d / "r.toml"
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "quantforge", *args], cwd=cwd, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+
+
+def _wait_for(pred: object, timeout: float = 60.0) -> None:
+    t0 = time.monotonic()
+    while not pred():  # type: ignore[operator]
+        assert time.monotonic() - t0 < timeout, "the run never reached the point to interrupt"
+        time.sleep(0.05)
+
+
+def _quantizing(out: Path) -> bool:
+    # llama-quantize has started converting tensors (its log names them as it goes).
+    logs = list(out.glob("*.gguf.log"))
+    return bool(logs) and "/ 272]" in logs[0].read_text(errors="replace")
+
+
+def _final_ggufs(out: Path) -> list[Path]:
+    return [p for p in out.glob("*.gguf")]
+
+
+def _manifests_parse(out: Path) -> None:
+    from quantforge.manifest import read_manifest
+
+    for m in out.glob("*.manifest.json"):
+        read_manifest(m)  # raises on a half-written one
+    for p in out.rglob("*.json"):
+        json.loads(p.read_text())
+
+
+def test_build_sigint_leaves_nothing_final(tmp_path: Path, smol_f16: Path, smol_imatrix: Path) -> None:
+    recipe = _smol(tmp_path, smol_f16, smol_imatrix)
+    out = tmp_path / "out"
+    proc = _start(["build", str(recipe), "--quant", "IQ4_KS", "-o", str(out), "--no-progress"], tmp_path)
+    _wait_for(lambda: _quantizing(out))
+    time.sleep(RNG.uniform(0.0, 2.0))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    lines = err.decode().strip().splitlines()
+    assert lines[-1].startswith("quantforge: error:") and "Traceback" not in err.decode()
+    assert _final_ggufs(out) == []
+    assert list(out.glob("*.partial")) == []
+    _manifests_parse(out)
+    assert not list(out.glob("*.manifest.json"))
+
+
+def test_build_sigkill_then_rerun_resumes(tmp_path: Path, smol_f16: Path, smol_imatrix: Path) -> None:
+    recipe = _smol(tmp_path, smol_f16, smol_imatrix)
+    out = tmp_path / "out"
+    args = ["build", str(recipe), "--quant", "IQ4_KS", "-o", str(out), "--no-progress"]
+    proc = _start(args, tmp_path)
+    _wait_for(lambda: _quantizing(out))
+    time.sleep(RNG.uniform(0.0, 3.0))
+    os.killpg(proc.pid, signal.SIGKILL)  # quantforge and llama-quantize die at once
+    proc.communicate(timeout=30)
+    assert _final_ggufs(out) == []  # only *.partial may be left behind
+    _manifests_parse(out)
+    rerun = _start(args, tmp_path)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err.decode()
+    finals = _final_ggufs(out)
+    assert [p.name for p in finals] == ["SmolLM2-135M-Instruct-IQ4_KS.gguf"]
+    assert list(out.glob("*.partial")) == [], "the rerun must clean stale partials"
+    _manifests_parse(out)
+    from quantforge.manifest import read_manifest
+
+    man = read_manifest(finals[0])
+    assert man.files[0].bytes == finals[0].stat().st_size == man.planned_file_bytes
+
+
+def test_publish_dry_run_sigkill_then_rerun(tmp_path: Path, smol_f16: Path, ik_quantize: Path) -> None:
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import TEST_CACHE
+    from support.publish_ladder import build_ladder
+
+    recipe, _ = build_ladder(TEST_CACHE, smol_f16, ik_quantize)
+    stage = tmp_path / "stage"
+    args = ["publish", str(recipe), "--repo", "org/Smol-GGUF", "--dry-run", "--staging", str(stage)]
+    proc = _start(args, tmp_path)
+    # Staging is quick (GGUFs are hard-linked): kill at a random moment of the whole run.
+    time.sleep(RNG.uniform(0.2, 1.5))
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it had already finished: the state must then be complete
+        pass
+    proc.communicate(timeout=30)
+    assert not stage.exists() or (stage / "repo" / "README.md").is_file(), "staging appears only complete"
+    rerun = _start([*args, "--force"], tmp_path)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err.decode()
+    assert (stage / "repo" / "README.md").is_file()
+    assert not (tmp_path / "stage.partial").exists()
+    _manifests_parse(stage)
+
+
+@pytest.mark.parametrize("fault,code", [("crash", 1), ("kill", 1)])
+def test_child_failure_leaves_nothing_final(tmp_path: Path, smol_f16: Path, smol_imatrix: Path, ik_quantize: Path,
+                                            fault: str, code: int) -> None:  # fmt: skip
+    recipe = _smol(tmp_path, smol_f16, smol_imatrix)
+    out = tmp_path / "out"
+    env_args = ["build", str(recipe), "--quant", "IQ4_KS", "-o", str(out), "--no-progress",
+                "--bin-dir", str(REPO / "tests" / "support" / "faulty_bin")]  # fmt: skip
+    os.environ["QF_REAL_QUANTIZE"], os.environ["QF_FAULT"] = str(ik_quantize), fault
+    try:
+        proc = _start(env_args, tmp_path)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        del os.environ["QF_REAL_QUANTIZE"], os.environ["QF_FAULT"]
+    assert proc.returncode == code, err.decode()
+    assert len(err.decode().strip().splitlines()) == 1
+    assert _final_ggufs(out) == [] and list(out.glob("*.partial")) == []
+    assert (out / "SmolLM2-135M-Instruct-IQ4_KS.gguf.log").is_file()
