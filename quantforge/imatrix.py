@@ -377,6 +377,19 @@ def resolve_corpus(corpus: str, *, base_dir: Path | None = None) -> Path:
             where=corpus,
             hint="give a text file or hf://owner/repo/file.txt",
         )
+    # llama-imatrix fails on an empty corpus without a message and happily tokenizes a binary one.
+    with open(p, "rb") as f:
+        head = f.read(1 << 16)
+    if not head.strip():
+        raise InputError("calibration corpus is empty", where=str(p), hint="give a text file with a few thousand tokens")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the 64 KiB boundary
+            raise InputError("calibration corpus is not UTF-8 text (a binary file?)", where=str(p),
+                             hint="give a plain text file") from None
+    if b"\0" in head:
+        raise InputError("calibration corpus contains NUL bytes (a binary file?)", where=str(p), hint="give a plain text file")
     return p
 
 
