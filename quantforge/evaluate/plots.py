@@ -20,6 +20,7 @@ def _plt() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"  # real text in SVG: selectable, searchable, small
     import matplotlib.pyplot as plt
 
     return plt
@@ -94,6 +95,10 @@ def plot_ladder(
                 capsize=3, color=_COLORS[0], lw=1.4)
     for i in order:
         ax.annotate(names[i], (xv(results[i]), results[i].ppl), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    base = next((r.kld.ppl_base for r in results if r.kld is not None), None)
+    if base is not None:
+        ax.axhline(base, color="0.4", ls="--", lw=1, label=f"base PPL {base:.4f}")
+        ax.legend(fontsize=8, loc="best")
     ax.set_ylabel("perplexity (lower is better)")
     ax.set_title(f"PPL vs size ({results[0].ctx} ctx, {results[0].chunks} chunks)")
     if has_kld:
@@ -108,6 +113,7 @@ def plot_ladder(
         ax2.set_ylabel("mean KL divergence vs base (lower is better)")
         ax2.set_title("KLD vs size")
     for a in axes[0]:
+        a.margins(x=0.12, y=0.1)
         a.set_xlabel("bits per weight" if x == "bpw" else "file size, GiB")
         a.grid(True, alpha=0.3)
     if title:
