@@ -214,3 +214,31 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], variants: dict[str, Pa
     assert rc == 2 and "an evaluation corpus is needed" in line
     rc, line = _fail(capsys, ["eval", "--model", str(variants["Q8_0"]), "--corpus", str(eval_corpus), "--engine", "vllm"])
     assert rc == 2 and "unknown engine 'vllm'" in line
+
+
+def test_eval_recipe_variant_uses_recipe_defaults(smol_f16: Path, variants: dict[str, Path], eval_corpus: Path,
+                                                  kld_cache: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`eval RECIPE --quant NAME --kld`: built file found next to the recipe, base/corpus/ctx/chunks from the recipe."""
+    from quantforge.manifest import Manifest, read_manifest, write_manifest
+
+    os.link(smol_f16, tmp_path / "smol-f16.gguf")
+    os.link(eval_corpus, tmp_path / "eval.txt")
+    out = tmp_path / "SmolLM2-Q8_0.gguf"
+    os.link(variants["Q8_0"], out)
+    man = Path(str(out) + ".manifest.json")
+    write_manifest(man, Manifest(quantforge_version="0", name="Q8_0", output=out.name, files=[],
+                                 planned_file_bytes=None, actual_file_bytes=out.stat().st_size, command=[], engine="ik"))
+    recipe = tmp_path / "smol.toml"
+    recipe.write_text(
+        '[model]\nid = "HuggingFaceTB/SmolLM2-135M-Instruct"\nbase = "smol-f16.gguf"\nengine = "ik"\nname = "SmolLM2"\n\n'
+        '[eval]\ncorpus = "eval.txt"\nctx = 256\nchunks = 2\n\n'
+        '[[quant]]\nname = "Q8_0"\nftype = "Q8_0"\ndefault = "q8_0"\n'
+    )
+    data = _eval_json(capsys, ["eval", str(recipe), "--quant", "Q8_0", "--kld"][1:])
+    assert (data["ctx"], data["chunks"], data["n_tokens_scored"]) == (256, 2, 254)
+    assert data["model"] == str(out) and data["base"] == str(tmp_path / "smol-f16.gguf")
+    assert data["kld"]["mean"] > 0 and data["kld"]["same_top_pct"] > 90
+    assert read_manifest(man).eval["latest"]["kld"]["mean"] == data["kld"]["mean"]
+    rc, line = _fail(capsys, ["eval", str(recipe), "--quant", "Q4_0", "--ppl"])
+    assert rc == 2 and "Q4_0" in line

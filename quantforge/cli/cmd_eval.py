@@ -61,6 +61,21 @@ def _recipe_variants(recipe_path: str, quant: str | None, all_: bool, out_dir: s
     return out, base
 
 
+def _recipe_eval(recipe_path: str) -> dict[str, Any]:
+    """The recipe's ``[eval]`` defaults (corpus relative to the recipe's folder)."""
+    from quantforge.recipe import load_recipe
+
+    r = load_recipe(recipe_path)
+    ev = getattr(r, "eval", None)
+    if ev is None:
+        return {}
+    out: dict[str, Any] = {"ctx": ev.ctx, "chunks": ev.chunks}
+    if ev.corpus:
+        p = Path(ev.corpus).expanduser()
+        out["corpus"] = str(p if p.is_absolute() else Path(recipe_path).resolve().parent / p)
+    return out
+
+
 @app.command("eval")
 def eval_cmd(
     recipe: str = typer.Argument(None, help="Recipe TOML whose built variants to evaluate (or use --model)."),
@@ -72,8 +87,8 @@ def eval_cmd(
     ppl: bool = typer.Option(False, "--ppl", help="Measure perplexity only."),
     kld: bool = typer.Option(False, "--kld", help="Measure KLD against --base (implies PPL)."),
     corpus: str = typer.Option(None, "--corpus", "-f", help="Evaluation text (UTF-8)."),
-    ctx: int = typer.Option(512, "--ctx", "-c", help="Context of each chunk (tokens)."),
-    chunks: int = typer.Option(None, "--chunks", help="Number of chunks (default: all)."),
+    ctx: int = typer.Option(None, "--ctx", "-c", help="Context of each chunk (tokens; default: the recipe's [eval] ctx, else 512)."),
+    chunks: int = typer.Option(None, "--chunks", help="Number of chunks (default: the recipe's [eval] chunks, else all)."),
     engine: str = typer.Option("bundled", "--engine", help="bundled | ik | mainline"),
     threads: int = _THREADS,
     batch: int = typer.Option(None, "--batch", "-b", help="Logical batch size."),
@@ -101,8 +116,6 @@ def eval_cmd(
         raise UsageError("give a RECIPE or --model FILE.gguf (one of them)", where="eval")
     if ppl and kld:
         raise UsageError("--ppl and --kld exclude each other (--kld reports PPL too)", where="eval")
-    if corpus is None:
-        raise UsageError("an evaluation corpus is needed", where="--corpus", hint="pass --corpus FILE (plain text)")
     targets: list[tuple[str, Path]]
     if model:
         targets = [(Path(model).stem, Path(model))]
@@ -110,6 +123,14 @@ def eval_cmd(
     else:
         targets, recipe_base = _recipe_variants(recipe, quant, all_, out_dir)
         base_model = base or (str(recipe_base) if recipe_base and (kld or base_logits) else None)
+        spec = _recipe_eval(recipe)
+        corpus = corpus or spec.get("corpus")
+        ctx = ctx or spec.get("ctx")
+        chunks = chunks or spec.get("chunks")
+    ctx = ctx or 512
+    if corpus is None:
+        raise UsageError("an evaluation corpus is needed", where="--corpus",
+                         hint="pass --corpus FILE (plain text) or set [eval] corpus in the recipe")
     want_kld = kld or (not ppl and (base_model is not None or base_logits is not None))
     if kld and base_model is None and base_logits is None:
         raise UsageError("--kld needs a reference model", where="--kld", hint="pass --base FILE.gguf")
@@ -220,8 +241,10 @@ def sweep_cmd(
         if man.is_file():
             from quantforge.manifest import read_manifest, update_manifest
 
-            prev = getattr(read_manifest(man), "sweeps", None) or []
-            update_manifest(man, sweeps=[*prev, res.model_dump(mode="json")])
+            prev = getattr(read_manifest(man), "sweeps", None) or {}
+            if not isinstance(prev, dict):
+                prev = {"runs": prev}
+            update_manifest(man, sweeps={**prev, f"{res.engine}:{res.label}": res.model_dump(mode="json")})
     emit(res, as_json=as_json, human=_fmt_sweep)
 
 
