@@ -86,9 +86,9 @@ def eval_cmd(
     base_logits: str = typer.Option(None, "--base-logits", help="An existing --kl-divergence-base file (its key is checked)."),
     ppl: bool = typer.Option(False, "--ppl", help="Measure perplexity only."),
     kld: bool = typer.Option(False, "--kld", help="Measure KLD against --base (implies PPL)."),
-    corpus: str = typer.Option(None, "--corpus", "-f", help="Evaluation text (UTF-8)."),
-    ctx: int = typer.Option(None, "--ctx", "-c", help="Context of each chunk (tokens; default: the recipe's [eval] ctx, else 512)."),
-    chunks: int = typer.Option(None, "--chunks", help="Number of chunks (default: the recipe's [eval] chunks, else all)."),
+    corpus: str | None = typer.Option(None, "--corpus", "-f", help="Evaluation text (UTF-8)."),
+    ctx: int | None = typer.Option(None, "--ctx", "-c", help="Context of each chunk (tokens; default: the recipe's [eval] ctx, else 512)."),
+    chunks: int | None = typer.Option(None, "--chunks", help="Number of chunks (default: the recipe's [eval] chunks, else all)."),
     engine: str = typer.Option("bundled", "--engine", help="bundled | ik | mainline"),
     threads: int = _THREADS,
     batch: int = typer.Option(None, "--batch", "-b", help="Logical batch size."),
@@ -117,6 +117,7 @@ def eval_cmd(
     if ppl and kld:
         raise UsageError("--ppl and --kld exclude each other (--kld reports PPL too)", where="eval")
     targets: list[tuple[str, Path]]
+    base_model: str | None
     if model:
         targets = [(Path(model).stem, Path(model))]
         base_model = base
@@ -135,8 +136,9 @@ def eval_cmd(
     if kld and base_model is None and base_logits is None:
         raise UsageError("--kld needs a reference model", where="--kld", hint="pass --base FILE.gguf")
     results = []
+    eng: Any = engine  # checked above: bundled | ik | mainline
     for _, path in targets:
-        res = evaluate(path, engine=engine, corpus=corpus, ctx=ctx, chunks=chunks, base=base_model if want_kld else None,
+        res = evaluate(path, engine=eng, corpus=corpus, ctx=ctx, chunks=chunks, base=base_model if want_kld else None,
                        base_logits=base_logits if want_kld else None, kld=want_kld, threads=threads, batch=batch,
                        binary=binary, bin_dir=bin_dir)
         results.append(res)
@@ -199,7 +201,13 @@ def sweep_cmd(
         return
     from quantforge.cli._output import emit
     from quantforge.errors import UsageError
-    from quantforge.evaluate.sweep import binary_runner, bundled_runner, run_sweeps, save_result, split_command
+    from quantforge.evaluate.sweep import (
+        binary_runner,
+        bundled_runner,
+        run_sweeps,
+        save_result,
+        split_command,
+    )
 
     if engine not in ("bundled", "ik", "mainline"):
         raise UsageError(f"unknown engine {engine!r}", where="--engine", hint="bundled, ik or mainline")
@@ -307,7 +315,14 @@ def sweep_compare_cmd(
     from quantforge.cli._output import emit
     from quantforge.errors import UsageError
     from quantforge.evaluate.stats import compare
-    from quantforge.evaluate.sweep import binary_runner, bundled_runner, load_result, parse_option_set, run_sweeps, split_command
+    from quantforge.evaluate.sweep import (
+        binary_runner,
+        bundled_runner,
+        load_result,
+        parse_option_set,
+        run_sweeps,
+        split_command,
+    )
 
     if baseline and candidate:
         if a or b or model:

@@ -59,7 +59,7 @@ def sha256_background(path: str | Path) -> Callable[[], str]:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
 def read_corpus(path: str | Path) -> tuple[str, str]:

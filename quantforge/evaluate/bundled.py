@@ -171,7 +171,8 @@ class BundledModel:
             cap = -n
             buf = (ctypes.c_int32 * cap)()
             n = self.lib.lib.llama_tokenize(self.model, data, len(data), buf, cap, True, False)
-        return np.frombuffer(buf, dtype=np.int32, count=n).copy()
+        out: np.ndarray = np.ctypeslib.as_array(buf)[:n].astype(np.int32)
+        return out
 
     def decode(self, tokens: np.ndarray, pos0: int, *, outputs: np.ndarray | None = None) -> None:
         n = len(tokens)
@@ -202,7 +203,8 @@ class BundledModel:
                 ptr = self.lib.lib.llama_get_logits_ith(self.ctx, int(np.argmax(want)))
                 arr = np.ctypeslib.as_array(ptr, shape=(n_out * self.n_vocab,)).reshape(n_out, self.n_vocab)
                 parts.append(arr if len(parts) == 0 and start + len(seg) >= n else arr.copy())
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        result: np.ndarray = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return result
 
 
 # ---------------------------------------------------------------- per-chunk maths (vectorised)
@@ -219,7 +221,8 @@ def _log_sum_exp(lg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def nll_rows(lg: np.ndarray, targets: np.ndarray) -> np.ndarray:
     mx, se = _log_sum_exp(lg)
     picked = lg[np.arange(len(targets)), targets]
-    return (mx.astype(np.float64) - picked.astype(np.float64)) + np.log(se)
+    out: np.ndarray = (mx.astype(np.float64) - picked.astype(np.float64)) + np.log(se)
+    return out
 
 
 def compress_rows(lg: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from quantforge.errors import EvalError
 from quantforge.evaluate.models import BenchRow, KLDChunkRow, KLDStats, PerplexityLog, SweepRow
@@ -102,7 +103,7 @@ def parse_perplexity_log(text: str, *, where: str = "llama-perplexity output") -
     threads = _THREADS.search(text)
     build = _BUILD.search(text)
     saving = _SAVING.search(text)
-    common = {
+    common: dict[str, Any] = {
         "n_batch": int(calc.group(3)) if calc else None,
         "n_seq": int(calc.group(4)) if calc else None,
         "n_threads": int(threads.group(1)) if threads else None,
@@ -255,7 +256,7 @@ def parse_bench_markdown(text: str, *, where: str = "llama-bench output") -> tup
         cells = [c.strip() for c in ln.strip("|").split("|")]
         if len(cells) != len(cols) or all(set(c) <= {"-", ":"} for c in cells):
             continue
-        row = dict(zip(cols, cells))
+        row = dict(zip(cols, cells, strict=False))
         test = row["test"]
         m = re.match(rf"({_NUM})\s*±\s*({_NUM})", row["t/s"])
         if not m:

@@ -18,7 +18,14 @@ from typing import Literal
 import numpy as np
 
 from quantforge.errors import InputError
-from quantforge.evaluate.models import CompareReport, MetricComparison, RowStats, SweepResult, SweepRow, Verdict
+from quantforge.evaluate.models import (
+    CompareReport,
+    MetricComparison,
+    RowStats,
+    SweepResult,
+    SweepRow,
+    Verdict,
+)
 
 ALPHA = 0.05
 SIGMA_RULE = 3.0
@@ -46,7 +53,7 @@ def summarize(runs: Sequence[Sequence[SweepRow]]) -> tuple[RowStats, ...]:
     return tuple(out)
 
 
-def welch(a: Sequence[float], b: Sequence[float], *, alpha: float = ALPHA) -> tuple[float, float, float, float | None, float | None]:
+def welch(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, alpha: float = ALPHA) -> tuple[float, float, float, float | None, float | None]:
     """(difference b-a, CI low, CI high, p-value, sigmas) with Welch's t-test; p/sigmas None when n < 2."""
     from scipy import stats
 
@@ -108,15 +115,16 @@ def compare(baseline: SweepResult, candidate: SweepResult, *, alpha: float = ALP
         raise InputError("the two results share no N_KV row, so they cannot be compared",
                          hint="run both with the same context and u-batch")
     rows = []
+    metrics: tuple[Literal["pp", "tg"], ...] = ("pp", "tg")
     for n_kv in common:
-        for metric in ("pp", "tg"):
-            rows.append(_compare(metric, n_kv, _per_row(baseline.runs, n_kv, metric),  # type: ignore[arg-type]
+        for metric in metrics:
+            rows.append(_compare(metric, n_kv, _per_row(baseline.runs, n_kv, metric),
                                  _per_row(candidate.runs, n_kv, metric), alpha=alpha, sigma_rule=sigma_rule))
     overall = []
-    for metric in ("pp", "tg"):
+    for metric in metrics:
         ga = [_geo(run, common, metric) for run in baseline.runs]
         gb = [_geo(run, common, metric) for run in candidate.runs]
-        overall.append(_compare(metric, None, ga, gb, alpha=alpha, sigma_rule=sigma_rule,  # type: ignore[arg-type]
+        overall.append(_compare(metric, None, ga, gb, alpha=alpha, sigma_rule=sigma_rule,
                                 log_space=True))
     return CompareReport(baseline=baseline.label, candidate=candidate.label, alpha=alpha, sigma_rule=sigma_rule,
                          rows=tuple(rows), overall=tuple(overall))

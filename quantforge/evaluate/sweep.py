@@ -86,7 +86,7 @@ def run_sweeps(
     runs: list[list[tuple[SweepRow, ...]]] = [[] for _ in configs]
     order = ([(r, i) for r in range(repeat) for i in range(len(configs))] if interleave
              else [(r, i) for i in range(len(configs)) for r in range(repeat)])
-    for k, (rep, i) in enumerate(order):
+    for k, (_rep, i) in enumerate(order):
         label, runner = configs[i]
         if progress:
             progress(label, k + 1, len(order))
