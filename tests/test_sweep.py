@@ -121,8 +121,10 @@ def test_compare_identical_configurations(q8: Path, tmp_path: Path, capsys: pyte
 
 
 def _idle() -> bool:
+    if os.environ.get("QUANTFORGE_SPEED_TESTS") == "1":  # force the speed comparison
+        return True
     n = len(os.sched_getaffinity(0))
-    return os.getloadavg()[0] < 0.75 * n
+    return os.getloadavg()[0] < n
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
