@@ -103,6 +103,23 @@ def test_bundled_agrees_with_mainline(results: dict, name: str) -> None:
 
 
 @pytest.mark.mainline
+def test_mainline_ppl_output_parsed_as_printed(variants: dict[str, Path], eval_corpus: Path,
+                                               mainline_bin_dir: Path) -> None:
+    import re
+
+    out = subprocess.run(
+        [str(mainline_bin_dir / "llama-perplexity"), "-m", str(variants["Q8_0"]), "-f", str(eval_corpus), "-c", "256",
+         "--chunks", "3", "-t", "2"], capture_output=True, text=True, check=True,
+    )
+    text = out.stdout + out.stderr
+    log = parse_perplexity_log(text)
+    ppl, err = re.search(r"Final estimate: PPL = (\S+) \+/- (\S+)", text).groups()  # type: ignore[union-attr]
+    assert (log.mode, log.ppl, log.ppl_err, log.n_chunks, log.n_ctx) == ("ppl", float(ppl), float(err), 3, 256)
+    assert log.chunk_ppl == tuple(float(x) for x in re.findall(r"\[\d+\]([\d.]+),", text))
+    assert log.n_threads == 2 and log.n_batch == 2048 and log.n_seq == 8
+
+
+@pytest.mark.mainline
 def test_mainline_reads_bundled_base(results: dict, kld_cache: Path, variants: dict[str, Path],
                                      mainline_bin_dir: Path) -> None:
     """Same file format: mainline llama-perplexity --kl-divergence on a base the bundled evaluator wrote."""
@@ -112,8 +129,21 @@ def test_mainline_reads_bundled_base(results: dict, kld_cache: Path, variants: d
         [str(mainline_bin_dir / "llama-perplexity"), "-m", str(variants["Q8_0"]), "-c", str(CTX), "-t", "2",
          "--kl-divergence-base", str(base), "--kl-divergence"], capture_output=True, text=True, check=True,
     )
-    log = parse_perplexity_log(out.stdout + out.stderr)
+    text = out.stdout + out.stderr
+    log = parse_perplexity_log(text)
     assert log.kld is not None and len(log.kld_chunks) == CHUNKS
+    # parsed numbers equal the printed ones (mainline log style: timestamps and level letters)
+    import re
+
+    mean, err = re.search(r"Mean    KLD:\s+(\S+) ±\s+(\S+)", text).groups()  # type: ignore[union-attr]
+    assert (log.kld.mean, log.kld.mean_err) == (float(mean), float(err))
+    top = re.search(r"Same top p:\s+(\S+) ±\s+(\S+) %", text).groups()  # type: ignore[union-attr]
+    assert (log.kld.same_top_pct, log.kld.same_top_pct_err) == (float(top[0]), float(top[1]))
+    p99 = re.search(r"99\.0%   KLD:\s+(\S+)", text).group(1)  # type: ignore[union-attr]
+    assert log.kld.percentiles["99.0"] == float(p99)
+    last = re.findall(r"^\s*(\d+)\s+(\S+) ±\s+(\S+)", text, re.M)[-1]
+    assert (log.kld_chunks[-1].chunk, log.kld_chunks[-1].ppl, log.kld_chunks[-1].ppl_err) == (
+        int(last[0]), float(last[1]), float(last[2]))
     assert log.kld.mean == pytest.approx(results[("bundled", "Q8_0")].kld.mean, rel=0.02)
 
 
