@@ -272,3 +272,23 @@ def test_eval_recipe_variant_uses_recipe_defaults(smol_f16: Path, variants: dict
     assert read_manifest(man).eval["latest"]["kld"]["mean"] == data["kld"]["mean"]
     rc, line = _fail(capsys, ["eval", str(recipe), "--quant", "Q4_0", "--ppl"])
     assert rc == 2 and "Q4_0" in line
+
+
+def test_bundled_kld_matches_ik_fixture(smol_f16: Path, smol_imatrix: Path, ik_quantize: Path, eval_corpus: Path,
+                                        kld_cache: Path, ik_fixtures: Path, tmp_path: Path) -> None:
+    """Quant c of the fixtures (same llama-quantize command, same imatrix): running KLD/PPL after 4 chunks as ik printed."""
+    from quantforge.evaluate.perplexity import evaluate
+
+    custom = tmp_path / "smol-custom.gguf"
+    subprocess.run([str(ik_quantize), "--imatrix", str(smol_imatrix), "--custom-q",
+                    "ffn_down=q6_K,attn_.*=iq4_ks,ffn_(gate|up)=iq3_k,token_embd=q8_0", str(smol_f16), str(custom), "IQ4_K"],
+                   check=True, capture_output=True)
+    assert custom.stat().st_size == 98_570_016  # sizes.txt
+    res = evaluate(custom, engine="bundled", corpus=eval_corpus, ctx=CTX, chunks=CHUNKS, base=smol_f16)
+    row = parse_perplexity_log((ik_fixtures / "logs" / "kld-custom.log").read_text()).kld_chunks[CHUNKS - 1]
+    assert (row.chunk, row.ppl, row.kld, row.same_top_pct) == (4, 5.2775, 0.05618, 91.961)
+    # KLD within 2 %. PPL: the bundled wheel is an AVX2 build whose iq4_nl/q6_K CPU kernels round differently
+    # from the fixture's AVX-512 build (and from mainline, which gives 5.2700 here): measured 0.8 %, so 1 %.
+    # The method itself agrees within 0.01 % where kernels do not differ (F16, test above).
+    assert res.kld is not None and res.kld.mean == pytest.approx(row.kld, rel=0.02)
+    assert res.ppl == pytest.approx(row.ppl, rel=0.01)
