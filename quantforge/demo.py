@@ -290,7 +290,7 @@ def run_demo(
                 ppl=e.get("ppl"),
                 ppl_err=e.get("ppl_err"),
                 kld_mean=kld.get("mean"),
-                kld_p99=kld.get("p99"),
+                kld_p99=(kld.get("percentiles") or {}).get("99.0"),
                 fits=sorted(fits.get(r.variant, [])),
             )
         )

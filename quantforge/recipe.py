@@ -29,6 +29,9 @@ from quantforge.errors import RecipeError
 Engine = Literal["ik", "mainline"]
 Place = Literal["cpu", "gpu"]
 
+#: ``default = "mixture"``: leave unmatched tensors to the engine's own ftype mixture rules.
+MIXTURE = "mixture"
+
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 # --------------------------------------------------------------------------- file models
@@ -71,7 +74,10 @@ class QuantSection(BaseModel):
     model_config = _FROZEN
     name: str = Field(description="Variant name, e.g. IQ2_K_R4; also the output file suffix.")
     ftype: str | None = Field(default=None, description="llama-quantize's base type argument, e.g. IQ2_K_R4.")
-    default: str | None = Field(default=None, description="Type for every quantizable tensor that no rule matches.")
+    default: str | None = Field(
+        default=None,
+        description='Type for every quantizable tensor that no rule matches, or "mixture" for the ftype\'s own mixture.',
+    )
     extends: str | None = Field(default=None, description="Name of a variant whose rules follow this one's.")
     repack_cpu: bool | None = Field(default=None, description="ik: cpu-placed rule types become their _r4/_r8 twin.")
     description: str | None = None
@@ -620,7 +626,17 @@ def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locat
                 where=qwhere,
                 hint='add e.g. default = "iq4_ks" (an explicit default is required)',
             )
-        default_t = _type(cat, default, f"{label}:{locate.line_of(('quant', i, 'default'))} quant[{i}].default")
+        if default.strip().lower() == MIXTURE:
+            # The engine's own ftype mixture decides every tensor no rule matches.
+            default_t = MIXTURE
+            if ftype is None:
+                raise RecipeError(
+                    f"variant {q.name!r} uses default = \"mixture\" but names no ftype",
+                    where=qwhere,
+                    hint='add e.g. ftype = "Q4_K_M" (the mixture is the ftype\'s)',
+                )
+        else:
+            default_t = _type(cat, default, f"{label}:{locate.line_of(('quant', i, 'default'))} quant[{i}].default")
         if ftype is None:
             ftype = default_t.upper()
         from quantforge.catalogue import ftype as lookup_ftype

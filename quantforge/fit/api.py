@@ -13,27 +13,10 @@ from quantforge.targets import HardwareTarget, list_targets, load_target
 
 
 def recipe_inventory(recipe: Any) -> Any:
-    """The inventory a recipe plans against: the shipped/offline one for ``model.id`` when it
-    is known, else ``model.base`` (a local GGUF relative to the recipe, or hf://)."""
-    from quantforge.inventory import load_inventory
+    """The inventory a recipe plans against (one policy, owned by the plan stage)."""
+    from quantforge.plan import recipe_inventory as plan_recipe_inventory
 
-    engine = recipe.engine
-    if recipe.model.id:
-        try:
-            from quantforge.inventory_synth import shipped_ids
-
-            if recipe.model.id in shipped_ids():
-                return load_inventory(recipe.model.id, engine=engine)
-        except ImportError:  # pragma: no cover - the synth module ships with the package
-            pass
-    base = recipe.model.base
-    if base and not base.startswith("hf://") and recipe.path:
-        p = Path(base)
-        if not p.is_absolute():
-            p = Path(recipe.path).parent / p
-        if p.exists():
-            return load_inventory(str(p), engine=engine)
-    return load_inventory(recipe.model.id or base, engine=engine)
+    return plan_recipe_inventory(recipe)
 
 
 def recipe_plans(recipe: Any, quant: str | None = None) -> tuple[list[Any], ModelDims]:

@@ -32,8 +32,7 @@ Engine = Literal["ik", "mainline"]
 Group = Literal[
     "token_embd", "output", "attention", "shared_experts", "routed_experts", "dense_ffn", "norms", "other"
 ]
-#: ``QuantVariant.default`` value that asks for the engine's own ftype mixture (no catch-all).
-MIXTURE = "mixture"
+from quantforge.recipe import MIXTURE  # noqa: E402  (the recipe format owns the sentinel)
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -610,21 +609,38 @@ def layer_totals(plan: QuantPlan) -> dict[int, int]:
 
 
 def recipe_inventory(recipe: Any, source: str | None = None) -> Any:
-    """The inventory a recipe is planned against: ``source`` if given, else ``[model] base``
-    (relative to the recipe), else ``[model] id`` (shipped/synthesized)."""
+    """The inventory a recipe is planned against, offline whenever possible.
+
+    ``source`` if given; else ``[model] base`` when it is a local GGUF that exists (exact sizes);
+    else the shipped offline inventory of ``[model] id``; else an ``hf://`` base (header bytes
+    only, over the network). A local base that does not exist yet and no shipped id is an error
+    naming the command that makes it.
+    """
     from quantforge.inventory import load_inventory
 
-    if source is None:
-        base = getattr(recipe.model, "base", None)
-        if base:
-            source = recipe.resolve_path(base)
-        else:
-            source = getattr(recipe.model, "id", None)
-    if not source:
+    engine = recipe.engine
+    if source is not None:
+        return load_inventory(source, engine=engine)
+    base = getattr(recipe.model, "base", None)
+    model_id = getattr(recipe.model, "id", None)
+    local = recipe.resolve_path(base) if base and not str(base).startswith("hf://") else None
+    if local is not None and Path(local).exists():
+        return load_inventory(local, engine=engine)
+    if model_id:
+        from quantforge.inventory_synth import shipped_ids
+
+        known = {i.lower() for i in shipped_ids()}
+        if model_id.lower().removeprefix("hf://") in known or not base:
+            return load_inventory(model_id, engine=engine)
+    if base and str(base).startswith("hf://"):
+        return load_inventory(str(base), engine=engine)
+    if local is not None:
         raise RecipeError(
-            "the recipe names no model", where=recipe.path, hint="set [model] base or id, or pass --inventory"
+            "the base GGUF does not exist yet",
+            where=local,
+            hint=f"make it (e.g. `quantforge base {local}`), fix [model] base, or set [model] id to plan offline",
         )
-    return load_inventory(source, engine=recipe.engine)
+    raise RecipeError("the recipe names no model", where=recipe.path, hint="set [model] base or id, or pass --inventory")
 
 
 from quantforge.plan._lint import lint  # noqa: E402  (needs the models above)
