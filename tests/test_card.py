@@ -88,7 +88,7 @@ def test_card_sections(card, ladder):
     assert "- chunks: 40" in card
     assert "- **R4**: ik_llama.cpp only" in card and "row-interleaved" in _section(card, "Compatibility")
     assert "hf download test-org/SmolLM2-135M-Instruct-GGUF --include SmolLM2-135M-Instruct-IQ5_KS.gguf" in card
-    assert card.count("<details>") == len(LADDER)
+    assert card.count("<details>") == 2 * len(LADDER)  # exact quantize command + run commands per variant
     assert str(Path.home()) not in card and "/work/" not in card and ".qf-cache" not in card
 
 
@@ -101,7 +101,7 @@ def test_card_renders_as_markdown(card):
 
     body = card.split("\n---\n", 1)[1]
     html = MarkdownIt("js-default", {"html": True}).render(body)
-    assert html.count("<tr>") == len(LADDER) + 1
+    assert html.count("<tr>") == 2 * (len(LADDER) + 1)  # the quant table and the fit matrix
     assert "<h2>Recipes</h2>" in html and "<code class=\"language-bash\">" in html
     assert "<details>" in html
 
@@ -144,3 +144,130 @@ def test_card_variant_not_built(ladder, tmp_path, capsys):
     assert main(["card", str(ladder[0]), "--out-dir", str(tmp_path), "-o", "-"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "variant IQ5_KS is not built yet" in err[0] and "quantforge build" in err[0]
+
+
+# -- hardware fit (the planner's verdicts, largest contexts and run commands) ----------------
+
+VERDICT_TEXT = {"fits": "fits (max {})", "fits_smaller_ctx": "only up to {}", "does_not_fit": "does not fit"}
+
+
+def _k(n: int) -> str:
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def _matrix(card: str) -> dict[tuple[str, str], str]:
+    rows = [ln for ln in _section(card, "Hardware fit").splitlines() if ln.startswith("| ")]
+    head = [c.strip() for c in rows[0].strip("|").split("|")]
+    out = {}
+    for ln in rows[2:]:  # after the header and the --- line
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        for target, cell in zip(head[1:], cells[1:], strict=True):
+            out[(cells[0], target)] = cell
+    return out
+
+
+def _run_commands(card: str) -> dict[tuple[str, str], str]:
+    out = {}
+    for block in _section(card, "Run").split("<summary>")[1:]:
+        name = block.split(":", 1)[0]
+        for target, cmd in re.findall(r"\*\*([^*]+)\*\* \([^)]*\):\n\n```bash\n(.*?)\n```", block, re.S):
+            out[(name, target)] = cmd
+    return out
+
+
+def _expected(recipe_path: Path, targets: list, n_ctx: int) -> tuple[dict, dict]:
+    """The planner's own answers: the breakpoint matrix and plan_fit's command per fitting cell."""
+    from quantforge.fit.api import breakpoint_matrix, recipe_plans
+    from quantforge.fit.report import Settings, plan_fit
+    from quantforge.recipe import load_recipe
+
+    plans, dims = recipe_plans(load_recipe(recipe_path))
+    m = breakpoint_matrix(plans, dims, targets, settings=Settings(n_ctx=n_ctx))
+    by_t = {t.name: t for t in targets}
+    by_p = {p.name: p for p in plans}
+    cells, cmds = {}, {}
+    for c in m.cells:
+        cells[(c.quant, c.target)] = VERDICT_TEXT[c.verdict].format(_k(c.max_ctx))
+        if c.verdict != "does_not_fit":
+            ctx = n_ctx if c.verdict == "fits" else c.max_ctx
+            argv = plan_fit(by_p[c.quant], dims, by_t[c.target], settings=Settings(n_ctx=ctx)).command
+            cmds[(c.quant, c.target)] = shlex.join(
+                [f"SmolLM2-135M-Instruct-{c.quant}.gguf" if a == "MODEL.gguf" else a for a in argv])
+    return cells, cmds
+
+
+def test_card_fit_matrix_is_the_planners_on_every_shipped_target(card, ladder):
+    from quantforge.targets import list_targets
+
+    shipped = list_targets()
+    cells, cmds = _expected(ladder[0], shipped, 8192)  # [publish] ctx = 8192 in the SmolLM2 recipe
+    assert _matrix(card) == cells
+    assert len(cells) == len(LADDER) * len(shipped) == 44
+    # SmolLM2 (0.1 GiB + 0.18 GiB of KV at 8K) fits every shipped machine at its full 8K context.
+    assert set(cells.values()) == {"fits (max 8K)"}
+    for name in LADDER:
+        assert _row(card, name)[6] == f"all {len(shipped)} targets: 8K"
+    assert _run_commands(card) == cmds
+    assert cmds[("IQ4_KS", "cpu-128gb")] == (
+        "llama-server -m SmolLM2-135M-Instruct-IQ4_KS.gguf -c 8192 -fa -ctk f16 -ctv f16 -b 2048 -ub 512 -t 16")
+    assert cmds[("IQ2_KS", "512gb-4x24gb")] == (
+        "llama-server -m SmolLM2-135M-Instruct-IQ2_KS.gguf -c 8192 -ngl 99 -ts 8,8,7,7 -fa -ctk f16 -ctv f16 "
+        "-b 2048 -ub 512 -t 32")
+    assert "Planned by quantforge at 8K context (-ctk f16 -ctv f16, -b 2048 -ub 512, flash attention)" in card
+
+
+TINY = """name = "{name}"
+[ram]
+total = "{mib} MiB"
+os_reserved = "0 MiB"
+[cpu]
+name = "SBC"
+physical_cores = 4
+memory_bandwidth = "10 GB/s"
+"""
+
+
+def test_card_fit_small_machines_give_every_verdict(ladder, tmp_path):
+    from quantforge.publish.upload import make_card
+    from quantforge.targets import load_target
+
+    for mib in (200, 370):
+        (tmp_path / f"sbc-{mib}.toml").write_text(TINY.format(name=f"sbc-{mib}", mib=mib))
+    names = ["cpu-128gb", str(tmp_path / "sbc-200.toml"), str(tmp_path / "sbc-370.toml")]
+    card = make_card(ladder[0], targets=names).text
+    cells, cmds = _expected(ladder[0], [load_target(n) for n in names], 8192)
+    assert _matrix(card) == cells
+    assert _run_commands(card) == cmds
+    # At 8K SmolLM2 needs 367-389 MiB of RAM (weights + 180 MiB of KV + buffers): exact planner answers.
+    assert {k: v for k, v in cells.items() if k[1] != "cpu-128gb"} == {
+        ("IQ5_KS", "sbc-200"): "does not fit", ("IQ5_KS", "sbc-370"): "only up to 7K",
+        ("IQ4_KS", "sbc-200"): "only up to 256", ("IQ4_KS", "sbc-370"): "only up to 7936",
+        ("IQ2_KS", "sbc-200"): "only up to 512", ("IQ2_KS", "sbc-370"): "fits (max 8K)",
+        ("R4", "sbc-200"): "does not fit", ("R4", "sbc-370"): "only up to 7680",
+    }
+    assert _row(card, "IQ5_KS")[6] == "8K: cpu-128gb<br>7K only: sbc-370"
+    assert _row(card, "IQ4_KS")[6] == "8K: cpu-128gb<br>256 only: sbc-200<br>7936 only: sbc-370"
+    assert _row(card, "IQ2_KS")[6] == "8K: cpu-128gb, sbc-370<br>512 only: sbc-200"
+    # A smaller context only: the command runs at the largest context that fits; none where nothing fits.
+    assert cmds[("IQ4_KS", "sbc-200")] == (
+        "llama-server -m SmolLM2-135M-Instruct-IQ4_KS.gguf -c 256 -fa -ctk f16 -ctv f16 -b 2048 -ub 512 -t 4")
+    assert ("IQ5_KS", "sbc-200") not in _run_commands(card)
+
+
+def test_card_fit_from_the_recipe_publish_section(ladder, tmp_path, capsys):
+    from quantforge.publish.card import card_targets
+    from quantforge.recipe import load_recipe
+
+    (tmp_path / "sbc-200.toml").write_text(TINY.format(name="sbc-200", mib=200))
+    text = ladder[0].read_text().replace("ctx = 8192\n", 'ctx = 4096\ntargets = ["32gb-16gb", "sbc-200.toml"]\n')
+    assert "sbc-200.toml" in text
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(text)
+    assert [t.name for t in card_targets(load_recipe(recipe))] == ["32gb-16gb", "sbc-200"]
+    # A misspelt target is an input error before anything is read (here nothing is built in tmp_path).
+    recipe.write_text(text.replace('"32gb-16gb"', '"32gb-16gib"'))
+    assert main(["card", str(recipe), "-o", "-"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"quantforge: error: {recipe}: publish.targets[0]: 32gb-16gib: no such target file")
+    assert "shipped targets: 128gb-24gb" in err[0]

@@ -33,6 +33,9 @@ class FitCell(_Frozen):
 
     target: str
     ctx: int | None
+    #: The planner's verdict at ``at_ctx``: fits | fits_smaller_ctx | does_not_fit (None: not planned).
+    verdict: str | None = None
+    at_ctx: int | None = None
 
 
 class RunCommand(_Frozen):
@@ -66,6 +69,15 @@ class ImatrixProvenance(_Frozen):
     entries: int | None = None
 
 
+class FitSetup(_Frozen):
+    """How the fit table was planned: the context, the run settings, the targets (name, summary)."""
+
+    ctx: int
+    settings: str  # the KV/batch flags the plan assumes, as on the command line
+    targets: tuple[tuple[str, str], ...]
+    note: str | None = None  # why nothing was planned (the planner could not read the model)
+
+
 class Plot(_Frozen):
     title: str
     path: str  # relative to the repo root
@@ -87,6 +99,7 @@ class CardData(_Frozen):
     plots: tuple[Plot, ...] = ()
     tools: tuple[tuple[str, str], ...] = ()  # (tool, version/commit)
     eval_setup: str | None = None
+    fit: FitSetup | None = None
 
 
 # -- compatibility -----------------------------------------------------------------------
@@ -149,14 +162,37 @@ def _ppl(v: VariantCardRow) -> str:
     return f"{v.ppl:.4f} ± {v.ppl_err:.4f}" if v.ppl_err is not None else f"{v.ppl:.4f}"
 
 
+def ctx_label(n: int) -> str:
+    """8192 -> "8K", 1792 -> "1792" (contexts are multiples of 256; K only when whole)."""
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
 def _fits(v: VariantCardRow) -> str:
+    """The quant table's cell: the targets the variant runs on, grouped by their largest context
+    (``8K: a, b``; ``2K only: c`` when only a smaller context than the table's fits)."""
     if not v.fits:
         return "not planned"
-    parts = []
+    groups: dict[str, list[str]] = {}
     for f in v.fits:
-        parts.append(f"{f.target}: {f.ctx // 1024 if f.ctx >= 1024 else f.ctx}{'K' if f.ctx >= 1024 else ''}"
-                     if f.ctx else f"{f.target}: does not fit")
-    return "<br>".join(parts)
+        if f.ctx:
+            label = ctx_label(f.ctx) + (" only" if f.verdict == "fits_smaller_ctx" else "")
+            groups.setdefault(label, []).append(f.target)
+    if not groups:
+        return f"none of the {len(v.fits)} targets"
+    if len(groups) == 1 and len(next(iter(groups.values()))) == len(v.fits) > 1:
+        return f"all {len(v.fits)} targets: {next(iter(groups))}"
+    return "<br>".join(f"{label}: {', '.join(names)}" for label, names in groups.items())
+
+
+def fit_cell_text(f: FitCell) -> str:
+    """The fit matrix cell for one planner verdict (the card's wording of each verdict)."""
+    if f.verdict == "fits":
+        return f"fits (max {ctx_label(f.ctx or 0)})"
+    if f.verdict == "fits_smaller_ctx":
+        return f"only up to {ctx_label(f.ctx or 0)}"
+    if f.verdict == "does_not_fit":
+        return "does not fit"
+    return "not planned"
 
 
 def _md_cell(s: str) -> str:
@@ -250,12 +286,22 @@ def render_card(data: CardData) -> str:
             lines += [f"*{NOT_MEASURED}: no build record*"]
         lines += ["", "</details>", ""]
 
+    if data.fit is not None:
+        lines += _fit_section(data)
+
     if any(v.run_commands for v in data.variants):
-        lines += ["## Run", ""]
+        lines += ["## Run", "",
+                  "Commands from quantforge's planner for each target the quant fits (ik_llama.cpp or llama.cpp "
+                  "`llama-server`; `-ot` keeps the listed tensors on the named device). Run them from the folder "
+                  "holding the downloaded files.", ""]  # fmt: skip
         for v in data.variants:
+            if not v.run_commands:
+                continue
+            lines += ["<details>", f"<summary>{v.name}: run commands ({len(v.run_commands)} targets)</summary>", ""]
             for rc in v.run_commands:
-                ctx = f", {rc.ctx} context" if rc.ctx else ""
-                lines += [f"**{v.name}** on {rc.target}{ctx}:", "", "```bash", rc.command, "```", ""]
+                ctx = f" ({ctx_label(rc.ctx)} context)" if rc.ctx else ""
+                lines += [f"**{rc.target}**{ctx}:", "", "```bash", rc.command, "```", ""]
+            lines += ["</details>", ""]
 
     lines += ["## Importance matrix", ""]
     if data.imatrix:
@@ -281,6 +327,29 @@ def render_card(data: CardData) -> str:
     text = "\n".join(lines)
     check_card(text)
     return text
+
+
+def _fit_section(data: CardData) -> list[str]:
+    fit = data.fit
+    assert fit is not None
+    lines = ["## Hardware fit", ""]
+    if fit.note:
+        return lines + [f"Not planned: {fit.note}", ""]
+    lines += [
+        f"Planned by quantforge at {ctx_label(fit.ctx)} context ({fit.settings}): weights and KV cache "
+        "exact, compute buffers estimated. *only up to N*: fits with a smaller context; the run commands "
+        "below use the context shown.",
+        "",
+        "| Quant | " + " | ".join(name for name, _ in fit.targets) + " |",
+        "| --- |" + " --- |" * len(fit.targets),
+    ]
+    for v in data.variants:
+        cells = {f.target: fit_cell_text(f) for f in v.fits}
+        lines.append(f"| {v.name} | " + " | ".join(cells.get(n, "not planned") for n, _ in fit.targets) + " |")
+    lines += ["", "Targets:", ""]
+    lines += [f"- **{name}**: {_md_cell(summary)}" for name, summary in fit.targets]
+    lines.append("")
+    return lines
 
 
 _ABS = re.compile(r"(?<![\w.:/])/(?:home|root|Users|tmp|mnt|data|work)/\S*")
@@ -371,6 +440,7 @@ def card_data_from_manifests(
     plots: Sequence[Plot] = (),
     fits: dict[str, tuple[FitCell, ...]] | None = None,
     run_commands: dict[str, tuple[RunCommand, ...]] | None = None,
+    fit: FitSetup | None = None,
 ) -> CardData:
     """Everything the card shows, taken from the recipe and the variants' manifests only."""
     pub = getattr(recipe, "publish", None)
@@ -441,4 +511,100 @@ def card_data_from_manifests(
         plots=tuple(plots),
         tools=tuple(sorted(tools.items())),
         eval_setup=eval_setup,
+        fit=fit,
     )
+
+
+# -- hardware fit: the planner's verdicts and run commands --------------------------------
+
+#: Models below this many parameters are planned at 8K context by default (they are trained
+#: for short contexts and run anywhere); larger ones at 32K, the context people ask about.
+SMALL_MODEL_PARAMS = 1_000_000_000
+MODEL_PLACEHOLDER = "MODEL.gguf"  # the planner's stand-in for the model path
+
+
+def default_fit_ctx(n_params: int) -> int:
+    return 8192 if n_params < SMALL_MODEL_PARAMS else 32768
+
+
+def card_targets(recipe: object, targets: Sequence[str] | None = None) -> list[object]:
+    """The hardware targets of the fit table: ``targets`` (names or TOML paths) when given, else
+    the recipe's ``[publish] targets``, else every shipped target. Paths are relative to the recipe."""
+    from quantforge.errors import TargetError
+    from quantforge.targets import list_targets, load_target
+
+    pub = getattr(recipe, "publish", None)
+    from_recipe = targets is None
+    names = list(targets) if targets is not None else list(pub.targets if pub else [])
+    if not names:
+        return list(list_targets())
+    rpath = getattr(recipe, "path", None)
+    rdir = Path(rpath).parent if rpath else Path.cwd()
+    out: list[object] = []
+    for i, n in enumerate(names):
+        p = Path(n).expanduser()
+        is_path = p.suffix == ".toml" or "/" in n or os.sep in n
+        src: str | Path = (p if p.is_absolute() else rdir / p) if is_path else n
+        try:
+            out.append(load_target(src))
+        except TargetError as exc:
+            where = f"{rpath or 'recipe'}: publish.targets[{i}]" if from_recipe else f"--target {n}"
+            raise TargetError(f"{n}: {exc.message}", where=where, hint=exc.hint) from None
+    return out
+
+
+def plan_card_fits(
+    recipe: object,
+    names: Sequence[str],
+    model_files: dict[str, str],
+    *,
+    targets: Sequence[str] | None = None,
+    ctx: int | None = None,
+) -> tuple[dict[str, tuple[FitCell, ...]], dict[str, tuple[RunCommand, ...]], FitSetup]:
+    """For each variant in ``names``: the planner's verdict and largest context on every target
+    at the card's context, and the run command per target it fits (at the card's context, or at
+    its largest context when only a smaller one fits), with ``model_files[name]`` (the published
+    file, first shard of a split set) in place of the model path.
+
+    The targets and the context come from ``[publish] targets`` / ``[publish] ctx`` unless given.
+    A bad target is an input error; a model the planner cannot read (an ``hf://`` base while
+    offline) leaves the table unplanned with the reason, so the card can still be written.
+    """
+    from quantforge.errors import QuantforgeError
+    from quantforge.fit.api import breakpoint_matrix, recipe_plans
+    from quantforge.fit.placement import fit_tensors, prepare
+    from quantforge.fit.report import Settings, plan_fit
+
+    tgts = card_targets(recipe, targets)
+    summaries = tuple((t.name, t.summary()) for t in tgts)  # type: ignore[attr-defined]
+    pub = getattr(recipe, "publish", None)
+    want_ctx = ctx or (pub.ctx if pub and pub.ctx else None)
+    try:
+        plans, dims = recipe_plans(recipe)
+    except QuantforgeError as exc:
+        setup = FitSetup(ctx=want_ctx or 0, settings="", targets=summaries, note=exc.one_line())
+        return {}, {}, setup
+    by_name = {p.name: p for p in plans}
+    sel = [by_name[n] for n in names]
+    n_ctx = want_ctx or default_fit_ctx(max((p.n_params for p in sel), default=0))
+    settings = Settings(n_ctx=n_ctx)
+    flags = f"-ctk {settings.ctk} -ctv {settings.ctv}, -b {settings.batch} -ub {settings.ub}"
+    flags += ", flash attention" if settings.flash_attn else ""
+    setup = FitSetup(ctx=n_ctx, settings=flags, targets=summaries)
+    matrix = breakpoint_matrix(sel, dims, tgts, settings=settings)  # type: ignore[arg-type]
+    tgt_by_name = {t.name: t for t in tgts}  # type: ignore[attr-defined]
+    fits: dict[str, list[FitCell]] = {n: [] for n in names}
+    runs: dict[str, list[RunCommand]] = {n: [] for n in names}
+    prepared = {p.name: prepare(fit_tensors(p), engine=p.engine, n_layer=dims.n_layer) for p in sel}
+    for cell in matrix.cells:
+        fits[cell.quant].append(FitCell(target=cell.target, ctx=cell.max_ctx or None, verdict=cell.verdict,
+                                        at_ctx=n_ctx))
+        if cell.verdict == "does_not_fit":
+            continue
+        run_ctx = n_ctx if cell.verdict == "fits" else cell.max_ctx
+        rep = plan_fit(by_name[cell.quant], dims, tgt_by_name[cell.target],  # type: ignore[arg-type]
+                       settings=settings.model_copy(update={"n_ctx": run_ctx}), engine=recipe.engine,  # type: ignore[attr-defined]
+                       prepared=prepared[cell.quant])
+        argv = [model_files[cell.quant] if a == MODEL_PLACEHOLDER else a for a in rep.command]
+        runs[cell.quant].append(RunCommand(target=cell.target, ctx=run_ctx, command=shlex.join(argv)))
+    return ({n: tuple(v) for n, v in fits.items()}, {n: tuple(v) for n, v in runs.items()}, setup)

@@ -505,9 +505,22 @@ def collect(
     out_dir: str | Path | None = None,
     max_file_bytes: int = HF_MAX_FILE_BYTES,
     include_imatrix: bool = True,
+    targets: Sequence[str] | None = None,
+    fit_ctx: int | None = None,
 ) -> Collected:
-    """Read the manifests, lay out the files and render the card (no network)."""
-    from quantforge.publish.card import Plot, card_data_from_manifests, render_card
+    """Read the manifests, lay out the files, plan the fit table and render the card (no network).
+
+    ``targets``/``fit_ctx`` override the recipe's ``[publish] targets``/``ctx`` for the fit table.
+    """
+    from quantforge.publish.card import (
+        Plot,
+        card_data_from_manifests,
+        card_targets,
+        plan_card_fits,
+        render_card,
+    )
+
+    card_targets(recipe, targets)  # a misspelt target is an input error before anything is read
 
     mans = find_manifests(recipe, quants, out_dir=out_dir)
     variants = [_variant_files(p, m) for p, m in mans]
@@ -531,7 +544,12 @@ def collect(
                 if im.is_file():
                     extras.append((im.name, str(im), "imatrix"))
                 break
-    data = card_data_from_manifests(recipe, mans, repo=repo, files_in_repo=files_in_repo, plots=plots)
+    # The run commands name the file a reader downloads (the first shard of a split set).
+    fits, runs, setup = plan_card_fits(recipe, [m.name for _, m in mans],
+                                       {n: files[0] for n, files in files_in_repo.items()},
+                                       targets=targets, ctx=fit_ctx)
+    data = card_data_from_manifests(recipe, mans, repo=repo, files_in_repo=files_in_repo, plots=plots,
+                                    fits=fits, run_commands=runs, fit=setup)
     return Collected(
         card=render_card(data),
         variants=tuple(variants),
@@ -549,6 +567,8 @@ def make_card(
     out_dir: str | Path | None = None,
     output: str | Path | None = None,
     force: bool = False,
+    targets: Sequence[str] | None = None,
+    fit_ctx: int | None = None,
 ) -> CardResult:
     """Render README.md for the built variants; write it to ``output`` when given."""
     from quantforge.recipe import load_recipe
@@ -557,7 +577,7 @@ def make_card(
     repo = repo or (recipe.publish.repo if recipe.publish else None)
     if repo:
         check_repo_id(repo)
-    col = collect(recipe, repo=repo, quants=quants, out_dir=out_dir)
+    col = collect(recipe, repo=repo, quants=quants, out_dir=out_dir, targets=targets, fit_ctx=fit_ctx)
     path = None
     if output is not None:
         out = Path(output)
@@ -583,6 +603,8 @@ def publish(
     include_imatrix: bool = True,
     force: bool = False,
     progress: bool = False,
+    targets: Sequence[str] | None = None,
+    fit_ctx: int | None = None,
 ) -> UploadResult:
     """Publish the built variants of a recipe: card + files, card last.
 
@@ -599,7 +621,7 @@ def publish(
                          hint="pass --repo ORG/NAME or set [publish] repo in the recipe")
     check_repo_id(repo)
     col = collect(recipe, repo=repo, quants=quants, out_dir=out_dir, max_file_bytes=max_file_bytes,
-                  include_imatrix=include_imatrix)
+                  include_imatrix=include_imatrix, targets=targets, fit_ctx=fit_ctx)
     plan = build_plan(repo=repo, recipe_sha256=col.recipe_sha256, card=col.card, variants=col.variants,
                       extras=col.extras, private=private, max_file_bytes=max_file_bytes)
     if dry_run:
