@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
-import json
 import os
 import re
 import shlex
@@ -35,8 +34,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from quantforge.constants import CACHE_DIR, HF_MAX_FILE_BYTES
+from quantforge import units
+from quantforge.constants import HF_MAX_FILE_BYTES
 from quantforge.errors import BuildError, InputError, Interrupted, QuantforgeError, ToolError, UsageError
+from quantforge.fsutil import cached_sha256, sha256_file
 
 #: progress(kind, done, total): kind is "quantize", "imatrix", "split" or "hash".
 Progress = Callable[[str, int, int], None]
@@ -291,44 +292,6 @@ def run_tool(
 
 
 # ---------------------------------------------------------------------------------------
-# hashing with a cache (bases are hashed once, not per variant or per run)
-
-
-def _hash_cache_path() -> Path:
-    return CACHE_DIR / "sha256-cache.json"
-
-
-def cached_sha256(path: Path) -> str:
-    """sha256 of ``path``, cached by (real path, size, mtime); free for Hub-cache LFS blobs."""
-    real = path.resolve()
-    # huggingface_hub stores LFS files as blobs named by their sha256.
-    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
-        return real.name
-    st = real.stat()
-    key = f"{real}:{st.st_size}:{st.st_mtime_ns}"
-    cache_file = _hash_cache_path()
-    cache: dict[str, str] = {}
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return cache[key]
-    from quantforge.imatrix import sha256_file
-
-    digest = sha256_file(real)
-    cache[key] = digest
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_file)
-    except OSError:
-        pass  # a read-only cache only costs a re-hash next time
-    return digest
-
-
-# ---------------------------------------------------------------------------------------
 # verification
 
 
@@ -463,20 +426,12 @@ def existing_outputs(output: Path) -> list[Path]:
 
 def parse_size(text: str | int | None) -> int | None:
     """``"50G"``/``"40M"``/``"1.5T"``/``"123"`` → bytes (decimal units, like llama-gguf-split and the Hub)."""
-    if text is None or isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*", text)
-    if not m:
-        raise UsageError(f"bad size {text!r}", hint="write e.g. 50G, 40M, 500000000")
-    base = 1024 if m.group(3) else 1000
-    power = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}[m.group(2).lower()]
-    return int(float(m.group(1)) * base**power)
-
-
-def _human(n: int | float) -> str:
-    from quantforge.cli._output import human_bytes
-
-    return human_bytes(n)
+    if text is None:
+        return None
+    try:
+        return units.parse_size(text, bare=True)
+    except ValueError:
+        raise UsageError(f"bad size {text!r}", hint="write e.g. 50G, 40M, 500000000") from None
 
 
 def check_disk(out_dir: Path, needed: int, *, min_free: int | None) -> None:
@@ -485,7 +440,7 @@ def check_disk(out_dir: Path, needed: int, *, min_free: int | None) -> None:
     free = shutil.disk_usage(out_dir).free
     if free < needed + reserve:
         raise BuildError(
-            f"not enough free disk space in {out_dir}: {_human(free)} free, {_human(needed)} planned + {_human(reserve)} kept free",
+            f"not enough free disk space in {out_dir}: {units.human_bytes(free)} free, {units.human_bytes(needed)} planned + {units.human_bytes(reserve)} kept free",
             where=str(out_dir),
             hint="free some space, choose another --out, or lower --min-free",
         )
@@ -770,8 +725,6 @@ def build_variant(
             )
         t_v = time.monotonic()
         from concurrent.futures import ThreadPoolExecutor
-
-        from quantforge.imatrix import sha256_file
 
         # hashlib releases the GIL: hash the (likely unsplit) output while its header is verified.
         with ThreadPoolExecutor(max_workers=1) as pool:

@@ -129,7 +129,7 @@ def run_demo(
     made_base = False
     if not (base.is_file() and marker.is_file() and marker.read_text().strip() == SMOLLM2_F16_SHA256):
         dequantize_gguf(smollm2_q4_1_path(), base, dtype="f16")
-        from quantforge.imatrix import sha256_file
+        from quantforge.fsutil import sha256_file
 
         marker.write_text(sha256_file(base) + "\n")
         made_base = True

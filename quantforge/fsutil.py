@@ -1,12 +1,62 @@
-"""Small file-system helpers every stage uses: atomic writes, confinement of output paths."""
+"""Small file-system helpers every stage uses: hashing, atomic writes, confinement of output paths."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
+from quantforge import constants
 from quantforge.errors import InputError
+
+_BLOB_NAME = re.compile(r"[0-9a-f]{64}")
+
+
+def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in ``chunk``-sized blocks (hashlib releases the GIL)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _hash_cache_path() -> Path:
+    # Read at call time: tests point constants.CACHE_DIR at a temporary folder.
+    return constants.CACHE_DIR / "sha256-cache.json"
+
+
+def cached_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of ``path``, cached on disk by (real path, size, mtime); free for Hub-cache LFS blobs.
+
+    A base or a built variant is hashed once across processes, not once per variant or run.
+    """
+    real = Path(path).resolve()
+    # huggingface_hub stores LFS files as blobs named by their sha256.
+    if real.parent.name == "blobs" and _BLOB_NAME.fullmatch(real.name):
+        return real.name
+    st = real.stat()
+    key = f"{real}:{st.st_size}:{st.st_mtime_ns}"
+    cache_file = _hash_cache_path()
+    try:
+        cache: dict[str, str] = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = sha256_file(real)
+    cache[key] = digest
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
+    return digest
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:

@@ -14,7 +14,6 @@ quantizing, which tensors have no data and which requested types would then be r
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import struct
@@ -25,6 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from quantforge.errors import BuildError, InputError
+from quantforge.fsutil import sha256_file  # re-exported: callers import it from here too
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -103,17 +103,6 @@ class ImatrixCoverage(BaseModel):
 
 # ---------------------------------------------------------------------------------------
 # reading
-
-
-def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_imatrix(path: str | os.PathLike[str], *, with_sha256: bool = False) -> ImatrixInfo:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from quantforge.errors import InputError
+from quantforge.fsutil import atomic_write_text
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -78,24 +78,9 @@ def resolve_file(manifest: str | os.PathLike[str], rel: str) -> Path:
     return (Path(manifest).resolve().parent / rel).resolve()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> Path:
     p = Path(path)
-    _atomic_write_text(p, json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    atomic_write_text(p, json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     return p
 
 

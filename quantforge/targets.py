@@ -48,47 +48,18 @@ from pydantic import (
     model_validator,
 )
 
+from quantforge import units
 from quantforge.errors import TargetError
 
 #: The shipped targets live next to the package (repository root ``hw_targets/``).
 TARGETS_DIR = Path(__file__).resolve().parents[1] / "hw_targets"
 
-_UNITS: dict[str, int] = {
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1 << 10,
-    "mib": 1 << 20,
-    "gib": 1 << 30,
-    "tib": 1 << 40,
-}
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?i?b)\s*(?:/s)?\s*$", re.IGNORECASE)
-
-
 def parse_size(value: object) -> int:
     """``"24 GiB"`` -> 25769803776; an int is taken as bytes. Units are required in strings."""
-    if isinstance(value, bool):
-        raise ValueError(f'expected a size such as "24 GiB", got {value!r}')
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value)
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m is None:
-            raise ValueError(f'cannot read {value!r} as a size; write e.g. "24 GiB" or "25 GB/s"')
-        number, unit = m.groups()
-        return int(round(float(number) * _UNITS[unit.lower()]))
-    raise ValueError(f'expected a size such as "24 GiB", got {value!r}')
+    return units.parse_size(value, rate=True)
 
 
-def _size(v: object) -> int:
-    return parse_size(v)
-
-
-Bytes = Annotated[int, BeforeValidator(_size)]
+Bytes = Annotated[int, BeforeValidator(parse_size)]
 
 
 class RAM(BaseModel):
@@ -359,10 +330,8 @@ def detect_target(*, name: str | None = None, nvidia_smi: str | None = None) -> 
 
 def _fmt_size(n: int) -> str:
     # exact: a value written and read back is the same number of bytes
-    for unit, f in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n % f == 0:
-            return f'"{n // f} {unit}"'
-    return str(n)
+    exact = units.exact_size(n)
+    return f'"{exact}"' if exact else str(n)
 
 
 def _fmt_rate(n: int) -> str:

@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from quantforge.units import human_bytes as human_bytes  # re-exported for cmd_fit, cmd_publish
+
 
 def to_jsonable(data: Any) -> Any:
     if isinstance(data, BaseModel):
@@ -28,12 +30,3 @@ def emit(data: Any, *, as_json: bool, human: Callable[[Any], str] | None = None)
         text = human(data)
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()
-
-
-def human_bytes(n: float) -> str:
-    """Binary units as publishers print them: ``1.61 GiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"

@@ -11,26 +11,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from quantforge.errors import EvalError, InputError
+from quantforge.fsutil import cached_sha256
 
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def sha256_file(path: str | Path) -> str:
-    """sha256 of a file, memoised per (path, size, mtime) so a ladder of runs hashes each file once."""
+    """sha256 of a file, memoised per (path, size, mtime) so a ladder of runs hashes each file once.
+
+    Behind the in-process memo is the on-disk cache of ``fsutil.cached_sha256``: a base or a
+    variant is hashed once across processes.
+    """
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:
-        try:  # the build stage's persistent cache: a base or variant is hashed once, across processes
-            from quantforge.build import cached_sha256
-
-            _HASHES[key] = cached_sha256(p)
-        except ImportError:  # pragma: no cover
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    h.update(block)
-            _HASHES[key] = h.hexdigest()
+        _HASHES[key] = cached_sha256(p)
     return _HASHES[key]
 
 
