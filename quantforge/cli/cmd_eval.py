@@ -8,10 +8,7 @@ from typing import Any
 import typer
 
 from quantforge.cli import app
-
-_JSON = typer.Option(False, "--json", help="Print the result as JSON.")
-_THREADS = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores).")
-_BIN_DIR = typer.Option(None, "--bin-dir", help="Folder of an ik_llama.cpp or llama.cpp build; overrides the bundled tools.")
+from quantforge.cli._options import BinDirOpt, JsonOpt, OutDirOpt, ThreadsOpt, VariantOpt
 
 
 def _fmt_eval(r: Any) -> str:
@@ -79,7 +76,7 @@ def _recipe_eval(recipe_path: str) -> dict[str, Any]:
 @app.command("eval")
 def eval_cmd(
     recipe: str = typer.Argument(None, help="Recipe TOML whose built variants to evaluate (or use --model)."),
-    quant: str = typer.Option(None, "--quant", help="Variant name of the recipe."),
+    quant: VariantOpt = None,
     all_: bool = typer.Option(False, "--all", help="Every variant of the recipe."),
     model: str = typer.Option(None, "--model", "-m", help="Any GGUF file to evaluate."),
     base: str = typer.Option(None, "--base", help="Reference GGUF for KLD (F16/BF16/Q8_0)."),
@@ -90,13 +87,13 @@ def eval_cmd(
     ctx: int | None = typer.Option(None, "--ctx", "-c", help="Context of each chunk (tokens; default: the recipe's [eval] ctx, else 512)."),
     chunks: int | None = typer.Option(None, "--chunks", help="Number of chunks (default: the recipe's [eval] chunks, else all)."),
     engine: str = typer.Option("bundled", "--engine", help="bundled | ik | mainline"),
-    threads: int = _THREADS,
+    threads: ThreadsOpt = None,
     batch: int = typer.Option(None, "--batch", "-b", help="Logical batch size."),
     binary: str = typer.Option(None, "--binary", help="Path of llama-perplexity (else the toolchain's)."),
-    bin_dir: str = _BIN_DIR,
-    out_dir: str = typer.Option(None, "--out-dir", help="Folder of the built variants (default: the recipe's folder)."),
+    bin_dir: BinDirOpt = None,
+    out_dir: OutDirOpt = None,
     no_manifest: bool = typer.Option(False, "--no-manifest", help="Do not record results in the variants' manifests."),
-    as_json: bool = _JSON,
+    as_json: JsonOpt = False,
 ) -> None:
     """PPL and KLD of built variants (or any GGUF), the way llama-perplexity computes them.
 
@@ -172,7 +169,7 @@ def _fmt_sweep(r: Any) -> str:
 def sweep_cmd(
     ctx_: typer.Context,
     recipe: str = typer.Option(None, "--recipe", help="Recipe TOML (with --quant) whose built variant to sweep."),
-    quant: str = typer.Option(None, "--quant", help="Variant name of the recipe."),
+    quant: VariantOpt = None,
     model: str = typer.Option(None, "--model", "-m", help="Any GGUF to sweep."),
     target: str = typer.Option(None, "--target", help="Hardware target TOML: run the command the planner generates for it."),
     engine: str = typer.Option("bundled", "--engine", help="bundled (CPU, libllama) | ik (llama-sweep-bench) | mainline (llama-bench -d)"),
@@ -181,11 +178,11 @@ def sweep_cmd(
     ctx: int = typer.Option(512, "--ctx", "-c", help="Context (bundled sweep; with --target the planned context)."),
     ubatch: int = typer.Option(128, "--ubatch", "-ub", help="U-batch: PP size and N_KV step (bundled sweep)."),
     tg: int = typer.Option(16, "--tg", help="Generated tokens per row (bundled sweep)."),
-    threads: int = _THREADS,
-    bin_dir: str = _BIN_DIR,
+    threads: ThreadsOpt = None,
+    bin_dir: BinDirOpt = None,
     out: str = typer.Option(None, "--out", "-o", help="Write the result JSON here (raw runs go to OUT.jsonl)."),
     no_manifest: bool = typer.Option(False, "--no-manifest", help="Do not record results in the manifest."),
-    as_json: bool = _JSON,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run a speed sweep N times; mean ± sd per N_KV row; raw runs in JSONL.
 
@@ -302,7 +299,7 @@ def sweep_compare_cmd(
     ubatch: int = typer.Option(128, "--ubatch", "-ub", help="U-batch (bundled)."),
     tg: int = typer.Option(16, "--tg", help="Generated tokens per row (bundled)."),
     out: str = typer.Option(None, "--out", "-o", help="Write the report JSON here."),
-    as_json: bool = _JSON,
+    as_json: JsonOpt = False,
 ) -> None:
     """Is a speed difference real? Per N_KV row and overall: change, 95% CI, verdict.
 

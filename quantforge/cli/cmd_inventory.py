@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from quantforge.cli import app
+from quantforge.cli._options import JsonOpt
 
 _BLK = re.compile(r"^blk\.(\d+)\.")
 
@@ -26,7 +27,7 @@ _BLK = re.compile(r"^blk\.(\d+)\.")
 def inventory(
     source: str = typer.Argument(..., help="Path to a .gguf, hf://org/repo[@rev]/file.gguf, or an HF model id."),
     engine: str | None = typer.Option(None, "--engine", help="ik or mainline: names type ids and picks the layout."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the collapsed view."),
+    as_json: JsonOpt = False,
 ) -> None:
     from quantforge.cli._output import emit
     from quantforge.errors import UsageError
@@ -90,7 +91,7 @@ def _layers(ids: list[int]) -> str:
 
 
 def _render(d: dict[str, Any]) -> str:
-    from quantforge.cli._output import human_bytes
+    from quantforge.units import human_bytes
 
     groups: dict[tuple[str, tuple[int, ...], str], dict[str, Any]] = {}
     for t in d["tensors"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from quantforge.cli import app
+from quantforge.cli._options import ImatrixOpt, InventoryOpt, JsonOpt, QuantOpt
 
 recipe_app = typer.Typer(help="Work with TOML quant recipes.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
@@ -52,14 +53,10 @@ def _load(recipe: str, inventory: str | None, imatrix: str | None, quant: str | 
 @recipe_app.command("lint")
 def lint_cmd(
     recipe: str = typer.Argument(..., help="Recipe TOML file."),
-    quant: str = typer.Option(None, "--quant", "-q", help="Only this variant (default: all)."),
-    inventory: str = typer.Option(
-        None, "--inventory", help="Plan against this GGUF / hf:// / model id instead of [model]."
-    ),
-    imatrix: str = typer.Option(
-        None, "--imatrix", help="Importance matrix to assume (default: [imatrix] file)."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    quant: QuantOpt = None,
+    inventory: InventoryOpt = None,
+    imatrix: ImatrixOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Check a recipe against its model: unknown types, bad regexes, rules that match nothing or are
     shadowed, fallbacks, imatrix refusals, _r4 on token_embd, up/gate mismatch, no CUDA kernel.
@@ -95,14 +92,10 @@ def _render_lint(data: dict) -> str:  # type: ignore[type-arg]
 @recipe_app.command("show")
 def show_cmd(
     recipe: str = typer.Argument(..., help="Recipe TOML file."),
-    quant: str = typer.Option(None, "--quant", "-q", help="Only this variant (default: all)."),
-    inventory: str = typer.Option(
-        None, "--inventory", help="Plan against this GGUF / hf:// / model id instead of [model]."
-    ),
-    imatrix: str = typer.Option(
-        None, "--imatrix", help="Importance matrix to assume (default: [imatrix] file)."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: every tensor's type, bytes and rule."),
+    quant: QuantOpt = None,
+    inventory: InventoryOpt = None,
+    imatrix: ImatrixOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Expand a recipe: per-tensor types llama-quantize will write, exact bytes, file size, BPW.
 
@@ -151,8 +144,8 @@ def _plan_json(p) -> dict:  # type: ignore[no-untyped-def, type-arg]
 
 
 def _render_show(plans: list) -> str:  # type: ignore[type-arg]
-    from quantforge.cli._output import human_bytes
     from quantforge.plan import collapse, group_totals
+    from quantforge.units import human_bytes
 
     out = []
     for p in plans:
@@ -178,16 +171,12 @@ def _render_show(plans: list) -> str:  # type: ignore[type-arg]
 @recipe_app.command("args")
 def args_cmd(
     recipe: str = typer.Argument(..., help="Recipe TOML file."),
-    quant: str = typer.Option(None, "--quant", "-q", help="Only this variant (default: all)."),
-    inventory: str = typer.Option(
-        None, "--inventory", help="Plan against this GGUF / hf:// / model id instead of [model]."
-    ),
-    imatrix: str = typer.Option(
-        None, "--imatrix", help="Importance matrix to pass (default: [imatrix] file)."
-    ),
+    quant: QuantOpt = None,
+    inventory: InventoryOpt = None,
+    imatrix: ImatrixOpt = None,
     binary: str = typer.Option("llama-quantize", "--binary", help="llama-quantize to name in the command."),
     output: str = typer.Option(None, "--output", "-o", help="Output file (default: <model>-<variant>.gguf)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON with the argument lists."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Print the exact llama-quantize command for each variant (ik --custom-q / mainline --tensor-type).
 
