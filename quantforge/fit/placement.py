@@ -78,6 +78,7 @@ class Unit:
     cuda_ok: bool
     forced: str | None  # "cpu" / "gpu" from a recipe rule
     raw_bytes: int = 0  # tensor bytes (what one generated token reads, times the active fraction)
+    max_gpu_tensor: int = 0  # the largest tensor's GPU bytes (the copy a large u-batch makes of it)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class Prepared:
     layer_base_cpu: list[int]
     layer_base_idx: list[list[int]]
     forced_cpu_idx: list[int]  # non-expert tensors that must stay on the CPU
+    forced_cpu_max_matrix: int  # the largest GPU bytes among the forced-CPU matrices (0: none)
     embd_idx: int | None
     out_idx: list[int]  # output.weight, output_norm.weight and other non-layer tensors
     tied_output: bool
@@ -127,7 +129,7 @@ def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None
     p = Prepared(
         engine=engine, tensors=list(tensors), cpu_bytes=cpu_b, gpu_bytes=gpu_b, cuda_ok=cuda_ok,
         interleaved=inter, n_layer=nl, layer_base_gpu=[0] * nl, layer_base_cpu=[0] * nl,
-        layer_base_idx=[[] for _ in range(nl)], forced_cpu_idx=[], embd_idx=None, out_idx=[],
+        layer_base_idx=[[] for _ in range(nl)], forced_cpu_idx=[], forced_cpu_max_matrix=0, embd_idx=None, out_idx=[],
         tied_output=not any(t.name == "output.weight" for t in tensors), layer_expert_cpu=[0] * nl,
         layer_base_raw=[0] * nl, total_raw=sum(t.bytes for t in tensors),
     )  # fmt: skip
@@ -146,6 +148,8 @@ def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None
         if no_gpu:
             p.forced_cpu_idx.append(i)
             p.forced_raw += t.bytes
+            if len(t.shape) > 1:
+                p.forced_cpu_max_matrix = max(p.forced_cpu_max_matrix, gpu_b[i])
         elif t.layer is not None and t.layer < nl:
             p.layer_base_gpu[t.layer] += gpu_b[i]
             p.layer_base_cpu[t.layer] += cpu_b[i]
@@ -162,6 +166,7 @@ def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None
                 cpu_bytes=sum(cpu_b[i] for i in idx), gpu_bytes=sum(gpu_b[i] for i in idx),
                 cuda_ok=all(cuda_ok[i] or not inter[i] for i in idx),
                 forced=forced.pop() if len(forced) == 1 else None, raw_bytes=sum(tensors[i].bytes for i in idx),
+                max_gpu_tensor=max(gpu_b[i] for i in idx),
             )
         )  # fmt: skip
     return p

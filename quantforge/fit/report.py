@@ -10,7 +10,13 @@ from pydantic import BaseModel, ConfigDict
 
 from quantforge.catalogue import Engine, catalogue
 from quantforge.errors import UsageError
-from quantforge.fit.compute import CUDA_CONTEXT_BYTES, compute_buffer, host_compute_buffer, output_buffer
+from quantforge.fit.compute import (
+    CUDA_CONTEXT_BYTES,
+    compute_buffer,
+    host_compute_buffer,
+    offload_copy_bytes,
+    output_buffer,
+)
 from quantforge.fit.dims import ModelDims
 from quantforge.fit.kv import KVCache, check_kv_type, kv_cache, kv_padding
 from quantforge.fit.placement import Prepared, layer_device, override_args, split_layers
@@ -134,15 +140,15 @@ def _evaluate(
 
     if n_gpu == 0:
         weights = embd_cpu + out_cpu + forced_cpu + sum(prep.layer_base_cpu) + sum(prep.layer_expert_cpu)
-        comp = compute_buffer(
-            dims, kv_size=kv.kv_size, ub=s.ub, flash_attn=s.flash_attn, mla=s.mla, amb_mib=s.amb
+        cpu_comp = compute_buffer(
+            dims, kv_size=kv.kv_size, ub=s.ub, flash_attn=s.flash_attn, mla=s.mla, amb_mib=s.amb, cuda=False
         )
-        total = weights + kv.total + comp + out_buf
-        dev = DeviceUsage(
-            name="CPU", kind="cpu", weights_bytes=weights, kv_bytes=kv.total, compute_bytes=comp,
+        total = weights + kv.total + cpu_comp + out_buf
+        cpu_dev = DeviceUsage(
+            name="CPU", kind="cpu", weights_bytes=weights, kv_bytes=kv.total, compute_bytes=cpu_comp,
             overhead_bytes=out_buf, total_bytes=total, capacity_bytes=ram_cap, headroom_bytes=ram_cap - total,
         )  # fmt: skip
-        return _Eval([dev], {}, [], [], total <= ram_cap, kv, max(0, total - ram_cap))
+        return _Eval([cpu_dev], {}, [], [], total <= ram_cap, kv, max(0, total - ram_cap))
 
     names = _names(target)
     counts = split_layers(nl, [g.vram for g in target.gpu])
@@ -224,14 +230,23 @@ def _evaluate(
     exp_w = [0] * n_gpu
     exp_layers: list[set[int]] = [set() for _ in range(n_gpu)]
     cpu_experts = 0
+    copy_experts = 0  # the largest routed-expert tensor left in RAM
     for ui, u in enumerate(prep.units):
-        dev = unit_dev.get(ui)
-        if dev is None:
+        udev = unit_dev.get(ui)
+        if udev is None:
             cpu_experts += u.cpu_bytes
+            copy_experts = max(copy_experts, u.max_gpu_tensor)
         else:
-            k = names.index(dev)
+            k = names.index(udev)
             exp_w[k] += u.gpu_bytes
             exp_layers[k].add(u.layer)
+    if not target.unified_memory:
+        # a large u-batch runs the matmuls of RAM-resident weights on the first GPU, which then
+        # holds a copy of the largest of them in its compute buffer (H100-validated)
+        comp[0] += offload_copy_bytes(
+            dims, ub=s.ub, engine=engine,
+            host_weights=[(copy_experts, True), (prep.forced_cpu_max_matrix, False)],
+        )  # fmt: skip
     devices: list[DeviceUsage] = []
     gpu_used = 0
     for k in range(n_gpu):
@@ -436,7 +451,7 @@ def plan_fit(
     from quantforge.fit.placement import fit_tensors, prepare
 
     s = settings or Settings()
-    eng: Engine = engine or getattr(plan, "engine", "ik")
+    eng: Engine = engine or getattr(plan, "engine", None) or "ik"
     _check(s, dims, eng)
     prep = prepared or prepare(fit_tensors(plan), engine=eng, n_layer=dims.n_layer)
     ev = _evaluate(prep, dims, target, s, s.n_ctx, eng)

@@ -66,7 +66,9 @@ def read_sensitivity(path: str | Path) -> dict[int, float]:
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise InputError("sensitivity file is not UTF-8 text", where=str(p), hint="give a CSV of tensor,kld rows") from None
+        raise InputError(
+            "sensitivity file is not UTF-8 text", where=str(p), hint="give a CSV of tensor,kld rows"
+        ) from None
     for n, row in enumerate(csv.reader(text.splitlines()), 1):
         if not row or row[0].startswith("#") or row[0] == "tensor":
             continue
@@ -74,7 +76,9 @@ def read_sensitivity(path: str | Path) -> dict[int, float]:
             m = re.match(r"blk\.(\d+)\.", row[0])
             kld = float(row[1])
         except (IndexError, ValueError):
-            raise InputError("expected tensor,kld", where=f"{p}:{n}", hint="write one tensor,kld row per line") from None
+            raise InputError(
+                "expected tensor,kld", where=f"{p}:{n}", hint="write one tensor,kld row per line"
+            ) from None
         if m and expert_part(row[0]):
             out[int(m.group(1))] = out.get(int(m.group(1)), 0.0) + kld
     return out
@@ -168,7 +172,8 @@ def _rules(levels: dict[int, int], ladder: tuple[str, ...]) -> list[dict[str, st
 def _ranges(xs: list[int]) -> str:
     out = []
     start = prev = xs[0]
-    for x in xs[1:] + [None]:  # type: ignore[list-item]
+    tail: list[int | None] = [*xs[1:], None]
+    for x in tail:
         if x is not None and x == prev + 1:
             prev = x
             continue

@@ -1,0 +1,343 @@
+"""The planner against real load logs: per-buffer predictions for a recorded run.
+
+A run is one ``llama-sweep-bench`` (or ``llama-server``/``llama-cli``) command line and the log it
+wrote. ``predict_buffers`` sizes every buffer the loader logs (weights per buffer, KV, the
+compute buffers of the GPU and of the pinned host) with the fit stage's own functions, from
+the model file's real tensor inventory and the flags of the command. ``compare_log`` puts the
+prediction next to the logged numbers with the acceptance rule of ``docs/memory-validation.md``:
+weights and KV exact (to the 0.01 MiB the libraries print), compute buffers within 5 % or 64 MiB.
+
+``cut_layers`` makes the small models of the GPU validation: a GGUF with its first ``n`` layers
+(every KV copied, ``{arch}.block_count`` set to ``n``, ``blk.N`` tensors with ``N >= n`` dropped).
+"""
+
+from __future__ import annotations
+
+import csv
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quantforge.errors import InputError
+from quantforge.fit.compute import compute_buffer, host_compute_buffer, offload_copy_bytes
+from quantforge.fit.dims import ModelDims, dims_from_hparams
+from quantforge.fit.kv import kv_cache
+from quantforge.fit.placement import (
+    FitTensor,
+    Prepared,
+    apply_overrides,
+    device_weight_bytes,
+    expert_part,
+    prepare,
+)
+from quantforge.fit.probe import LoadBuffers
+
+_MIB = 1 << 20
+#: Compute-buffer acceptance: within this fraction of the logged size, or within ``_COMPUTE_ABS``.
+COMPUTE_REL = 0.05
+COMPUTE_ABS_MIB = 64.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One recorded run: its log's stem, the model file's stem and the exact command."""
+
+    name: str
+    model: str
+    command: tuple[str, ...]
+    note: str = ""
+
+    def flag(self, name: str, default: str | None = None) -> str | None:
+        args = self.command
+        for i, a in enumerate(args[:-1]):
+            if a == name:
+                return args[i + 1]
+        return default
+
+    def flags(self, name: str) -> list[str]:
+        args = self.command
+        return [args[i + 1] for i, a in enumerate(args[:-1]) if a == name]
+
+
+def load_runs(path: str | Path) -> list[RunSpec]:
+    """The runs of a TSV table (``name``, ``model``, ``command``, ``note``; ``#`` lines are comments)."""
+    p = Path(path)
+    rows = [ln for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    out = []
+    for lineno, row in enumerate(csv.reader(rows, delimiter="\t"), start=1):
+        if row[:3] == ["name", "model", "command"]:
+            continue
+        if len(row) < 3:
+            raise InputError("a run needs name, model and command columns", where=f"{p}:{lineno}")
+        out.append(
+            RunSpec(
+                name=row[0],
+                model=row[1],
+                command=tuple(shlex.split(row[2])),
+                note=row[3] if len(row) > 3 else "",
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class BufferRow:
+    """One logged buffer next to its prediction."""
+
+    run: str
+    buffer: str  # "weights CPU", "weights CUDA_Host", "weights CUDA0", "KV", "compute CUDA0", ...
+    logged_mib: float
+    predicted_bytes: int
+    exact: bool  # weights/KV must be exact; compute within tolerance
+
+    @property
+    def predicted_mib(self) -> float:
+        return self.predicted_bytes / _MIB
+
+    @property
+    def diff_mib(self) -> float:
+        return self.predicted_mib - self.logged_mib
+
+    @property
+    def ok(self) -> bool:
+        if self.exact:
+            return round(self.predicted_mib, 2) == self.logged_mib
+        return abs(self.diff_mib) <= max(COMPUTE_REL * self.logged_mib, COMPUTE_ABS_MIB)
+
+
+def _file_tensors(inv: Any, engine: str) -> list[FitTensor]:
+    from quantforge.catalogue import catalogue
+
+    cat = catalogue(engine)
+    out = []
+    for e in inv.tensors:
+        layer = int(e.name.split(".")[1]) if e.name.startswith("blk.") else None
+        out.append(
+            FitTensor(name=e.name, shape=tuple(e.shape), type=e.dtype, bytes=cat.get(e.dtype).tensor_bytes(e.shape),
+                      layer=layer)
+        )  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the predictions need of one model file (read once, shared by its runs)."""
+
+    dims: ModelDims
+    prep: Prepared
+
+
+def model_facts(path: str | Path, *, engine: str = "ik") -> ModelFacts:
+    from quantforge.inventory import load_inventory
+
+    inv = load_inventory(str(path), engine=engine)  # type: ignore[arg-type]
+    dims = dims_from_hparams(inv.arch, inv.hparams)
+    prep = prepare(_file_tensors(inv, engine), engine=engine, n_layer=dims.n_layer)  # type: ignore[arg-type]
+    return ModelFacts(dims=dims, prep=prep)
+
+
+def _fa(run: RunSpec, engine: str) -> bool:
+    # ik (8337e4cd3) turns FA on by default; mainline's default "auto" turns it on for CUDA
+    v = run.flag("-fa", run.flag("--flash-attn"))
+    if v is None or v.startswith("-"):  # absent, or the old valueless spelling
+        return True
+    return v.lower() not in ("off", "0", "false", "disabled")
+
+
+def predict_buffers(
+    facts: ModelFacts, run: RunSpec, *, params: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Bytes of every buffer a full-offload (``-ngl`` >= layers) CUDA run of ``run`` allocates.
+
+    ``params`` (the ``llama_init_from_model`` lines of the log) supply defaults the command does
+    not spell (ik's ``-amb`` default); the command's flags win where given.
+    """
+    dims, prep = facts.dims, facts.prep
+    params = params or {}
+    fa = _fa(run, prep.engine)
+    n_ctx = int(run.flag("-c", str(dims.n_ctx_train)) or 0)
+    ub = int(run.flag("-ub", "512") or 512)
+    mla = int(run.flag("-mla", str(params.get("mla_attn", 0))) or 0)
+    amb = int(run.flag("-amb", str(params.get("attn_max_b", 0))) or 0)
+    ot = run.flags("-ot") + run.flags("--override-tensor")
+    names = [t.name for t in prep.tensors]
+    dev = apply_overrides(names, ot, lambda n: "CPU" if n == "token_embd.weight" else "CUDA0")
+    w = device_weight_bytes(prep, dev)
+    # ik turns mmap off when a tensor is overridden to the CPU: the CPU weights become one
+    # pinned CUDA_Host buffer instead of the mapped CPU buffer.
+    host = "CUDA_Host" if (ot and prep.engine == "ik" and any(d == "CPU" for d in dev.values())) else "CPU"
+    kv = kv_cache(
+        dims, n_ctx=n_ctx, type_k=run.flag("-ctk", "f16") or "f16", type_v=run.flag("-ctv", "f16") or "f16",
+        flash_attn=fa, mla=mla, engine=prep.engine,
+    )  # fmt: skip
+    host_weights = [
+        (prep.gpu_bytes[i], expert_part(t.name) is not None)
+        for i, t in enumerate(prep.tensors)
+        if dev[t.name] == "CPU" and len(t.shape) > 1 and i != prep.embd_idx
+    ]
+    copy = offload_copy_bytes(dims, ub=ub, host_weights=host_weights)
+    out = {
+        f"weights {host}": w.get("CPU", 0),
+        "weights CUDA0": w.get("CUDA0", 0),
+        "KV": kv.total,
+        "compute CUDA0": compute_buffer(
+            dims, kv_size=kv.kv_size, ub=ub, flash_attn=fa, mla=mla, amb_mib=amb, offload_copy=copy
+        ),
+        "compute CUDA_Host": host_compute_buffer(dims, kv_size=kv.kv_size, ub=ub, flash_attn=fa),
+    }
+    return out
+
+
+def logged_buffers(b: LoadBuffers) -> dict[str, float]:
+    """The same labels as ``predict_buffers``, read from a parsed log."""
+    out: dict[str, float] = {f"weights {k}": v for k, v in b.weights_mib.items()}
+    if b.kv_self_mib is not None:
+        out["KV"] = b.kv_self_mib
+    out.update({f"compute {k}": v for k, v in b.compute_mib.items()})
+    return out
+
+
+def compare_log(facts: ModelFacts, run: RunSpec, log_text: str) -> list[BufferRow]:
+    """Every buffer the log reports, with its prediction (a buffer the prediction lacks is 0 B)."""
+    from quantforge.fit.probe import parse_buffer_log
+
+    b = parse_buffer_log(log_text)
+    pred = predict_buffers(facts, run, params=b.params)
+    rows = []
+    for label, logged in logged_buffers(b).items():
+        rows.append(
+            BufferRow(run=run.name, buffer=label, logged_mib=logged, predicted_bytes=pred.get(label, 0),
+                      exact=not label.startswith("compute"))
+        )  # fmt: skip
+    return rows
+
+
+def markdown_table(rows: Sequence[BufferRow]) -> str:
+    lines = [
+        "| run | buffer | logged MiB | predicted MiB | diff MiB | ok |",
+        "| --- | --- | ---: | ---: | ---: | :-: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.run} | {r.buffer} | {r.logged_mib:.2f} | {r.predicted_mib:.2f} | {round(r.diff_mib, 2) + 0.0:+.2f} | "
+            f"{'yes' if r.ok else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def cut_layers(src: str | Path, dst: str | Path, n_layer: int) -> Path:
+    """Write ``dst``: ``src`` with its first ``n_layer`` layers (see the module docstring)."""
+    import gguf
+
+    r = gguf.GGUFReader(str(src))
+    arch = str(bytes(r.fields["general.architecture"].parts[-1]), "utf-8")
+    w = gguf.GGUFWriter(str(dst), arch)
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        vt = f.types[0]
+        if f.name == f"{arch}.block_count":
+            w.add_uint32(f.name, n_layer)
+        elif vt == gguf.GGUFValueType.ARRAY:
+            if f.types[-1] == gguf.GGUFValueType.STRING:
+                w.add_array(f.name, [str(bytes(f.parts[i]), "utf-8") for i in f.data])
+            else:
+                w.add_array(f.name, [f.parts[i][0].item() for i in f.data])
+        elif vt == gguf.GGUFValueType.STRING:
+            w.add_string(f.name, str(bytes(f.parts[-1]), "utf-8"))
+        else:
+            w.add_key_value(f.name, f.parts[-1][0].item(), vt)
+    for t in r.tensors:
+        if t.name.startswith("blk.") and int(t.name.split(".")[1]) >= n_layer:
+            continue
+        w.add_tensor(t.name, t.data, raw_shape=[int(x) for x in reversed(t.shape)], raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(dst)
+
+
+#: The two model files the H100 runs of ``docs/gpu-logs/`` loaded (regenerated byte-identically
+#: by ``make_gpu_models``).
+GPU_MODEL_SHA256 = {
+    "smol6": "3a18f35d4907f0a8d5667ec9a138e675c98fcf1f0fb2e4a9a7f1d5936a1bef18",
+    "mini-deepseek2": "d0c7211d464a46304c762ca4fbd22ca85b6cdee7eaa9b3cbdd15a28d1168d9a4",
+}
+#: ``smol6.gguf``: SmolLM2 F16 cut to 6 layers, quantized like the fixtures' quant c.
+SMOL6_CUSTOM_Q = "ffn_down=q6_K,attn_.*=iq4_ks,ffn_(gate|up)=iq3_k,token_embd=q4_0"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_gpu_models(
+    out_dir: str | Path, *, smol_f16: str | Path, imatrix: str | Path, quantize: str | Path
+) -> dict[str, Path]:
+    """Write (or reuse, when the cached file has the recorded digest) ``smol6.gguf`` and
+    ``mini-deepseek2.gguf`` under ``out_dir`` with the ik ``llama-quantize`` at ``quantize``.
+
+    smol6: ``cut_layers(smol_f16, 6)``, then ``--imatrix IMATRIX --custom-q SMOL6_CUSTOM_Q … IQ4_K``;
+    mini-deepseek2: ``write_miniature("deepseek2", layout="ik")`` (seed 0, bf16), then
+    ``--custom-q "token_embd=q4_0,.*=q4_0" … Q4_0``. Raises ``ToolError`` on a digest mismatch.
+    """
+    import subprocess
+    import tempfile
+
+    from quantforge.errors import ToolError
+    from quantforge.miniature import write_miniature
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / f"{name}.gguf" for name in GPU_MODEL_SHA256}
+    for name, dst in paths.items():
+        marker = dst.with_name(dst.name + ".sha256")
+        if dst.is_file() and marker.is_file() and marker.read_text().strip() == GPU_MODEL_SHA256[name]:
+            continue
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            src = Path(tmp) / "src.gguf"
+            if name == "smol6":
+                cut_layers(smol_f16, src, 6)
+                args = ["--imatrix", str(imatrix), "--custom-q", SMOL6_CUSTOM_Q, str(src), str(dst), "IQ4_K"]
+            else:
+                write_miniature("deepseek2", src, layout="ik")
+                args = ["--custom-q", "token_embd=q4_0,.*=q4_0", str(src), str(dst), "Q4_0"]
+            proc = subprocess.run([str(quantize), *args], capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise ToolError(f"llama-quantize failed (exit {proc.returncode}): {tail}", where=str(dst))
+        digest = _sha256(dst)
+        if digest != GPU_MODEL_SHA256[name]:
+            raise ToolError(
+                f"{dst.name} differs from the file the GPU runs loaded ({digest[:12]})",
+                where=str(dst), hint="regenerate from the fixtures' F16 base and imatrix with ik llama-quantize 8337e4cd3",
+            )  # fmt: skip
+        marker.write_text(digest)
+    return paths
+
+
+def device_line(nvidia_smi: str) -> str:
+    """``NVIDIA H100 80GB HBM3, 81559 MiB, driver 580.159.04, CUDA 13.0`` from an ``nvidia-smi`` log."""
+    import re
+
+    drv = re.search(r"Driver Version:\s*(\S+)", nvidia_smi)
+    cuda = re.search(r"CUDA Version:\s*(\S+)", nvidia_smi)
+    gpu = re.search(r"^\|\s+\d+\s+(.+?)\s{2,}(?:On|Off)\s+\|", nvidia_smi, re.M)
+    mem = re.search(r"/\s*(\d+)MiB", nvidia_smi)
+    parts = [gpu.group(1) if gpu else "unknown GPU"]
+    if mem:
+        parts.append(f"{mem.group(1)} MiB")
+    if drv:
+        parts.append(f"driver {drv.group(1)}")
+    if cuda:
+        parts.append(f"CUDA {cuda.group(1)}")
+    return ", ".join(parts)
