@@ -14,6 +14,9 @@ def demo_cmd(
     chunks: int = typer.Option(6, "--chunks", help="PPL/KLD chunks of 512 tokens (more is slower and tighter)."),
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
+    progress: bool = typer.Option(
+        None, "--progress/--no-progress", help="Show progress bars for long steps (default: on a terminal)."
+    ),
 ) -> None:
     """Run every stage on SmolLM2-135M offline: inventory, lint, fit matrix, imatrix, a 3-variant
     ladder built with the bundled ik_llama.cpp, PPL/KLD, a repeated sweep with plots, the model
@@ -59,5 +62,11 @@ def demo_cmd(
         ]
         return "\n".join(lines)
 
-    result = run_demo(out, chunks=chunks, threads=threads, report=report, build_progress=None)
+    from quantforge.cli.cmd_build import _Bars, _progress_enabled
+
+    bars = _Bars(_progress_enabled(progress))
+    try:
+        result = run_demo(out, chunks=chunks, threads=threads, report=report, build_progress=bars)
+    finally:
+        bars.close()
     emit(result, as_json=as_json, human=human)
