@@ -19,6 +19,9 @@ LFS blobs are stored on disk under ``root/lfs/<sha256>``; every request and ever
 counted so tests can assert "a second publish uploads nothing". ``hold_after_uploads`` injects a
 fault: once that many LFS PUTs completed, the next PUT blocks (``held`` is set) until ``release``
 is set, then the connection is dropped without an answer, as when a publisher's machine dies.
+``download_faults`` injects network errors into downloads: each GET of a file body takes the next
+number N from the list, sends the headers (full length) and only N bytes of the body, then drops the
+connection, as a flaky network does mid-file.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class Request:
     bytes_in: int
     status: int
     authorization: str | None
+    range: str | None = None  # the Range header of the request (downloads resuming)
 
 
 class HubStandIn:
@@ -102,6 +106,9 @@ class HubStandIn:
         self.lfs_puts: list[str] = []  # oids whose upload completed
         self.lfs_bytes_received = 0
         self.hold_after_uploads: int | None = None
+        #: Byte counts after which the next file-body GETs are cut off (one entry per dropped GET).
+        self.download_faults: list[int] = []
+        self.download_bytes_sent = 0
         self.held = threading.Event()
         self.release = threading.Event()
         self.lock = threading.Lock()
@@ -191,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.server_hub
         with hub.lock:
             hub.requests.append(Request(self.command, self.path, nbytes, getattr(self, "_status", 0),
-                                        self.headers.get("Authorization")))
+                                        self.headers.get("Authorization"), self.headers.get("Range")))
 
     def _authorized(self) -> bool:
         tok = self.server_hub.token
@@ -405,7 +412,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _resolve(self, repo_id: str, path: str, *, head: bool) -> None:
         repo = self._repo(repo_id)
-        if repo is None or path not in repo.files:
+        if repo is None:
+            return self._send(404, {"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound"}, head=head)
+        if path not in repo.files:
             return self._send(404, {"error": "Entry not found"}, headers={"X-Error-Code": "EntryNotFound"}, head=head)
         f = repo.files[path]
         data = self.server_hub.file_bytes(repo_id, path)
@@ -420,8 +429,29 @@ class _Handler(BaseHTTPRequestHandler):
                 start = int(m.group(1))
                 end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
                 headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-                return self._send(206, raw=data[start : end + 1], headers=headers, head=head)
-        self._send(200, raw=data, headers=headers, head=head)
+                return self._send_body(206, data[start : end + 1], headers, head)
+        self._send_body(200, data, headers, head)
+
+    def _send_body(self, status: int, body: bytes, headers: dict[str, str], head: bool) -> None:
+        hub = self.server_hub
+        cut = None
+        if not head:
+            with hub.lock:
+                if hub.download_faults:
+                    cut = hub.download_faults.pop(0)
+                hub.download_bytes_sent += len(body) if cut is None else min(cut, len(body))
+        if cut is None:
+            return self._send(status, raw=body, headers=headers, head=head)
+        # The promised length, a part of the body, then the connection goes away.
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[:cut])
+        self.wfile.flush()
+        self._status = status
+        raise _Dropped()
 
 
 class _Dropped(Exception):
