@@ -19,11 +19,12 @@ import array
 import os
 import struct
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, overload
 
 from pydantic import BaseModel, ConfigDict
+from pydantic_core import SchemaSerializer, core_schema
 
 from quantforge.errors import InventoryError
 
@@ -81,11 +82,81 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
+class StringArray(Sequence[str]):
+    """The elements of a GGUF string array, kept as their serialized bytes, decoded on first use.
+
+    A 49k-token vocabulary plus its merges is ~100k length-prefixed strings: decoding them one by
+    one was most of a header read, and most readers never look at them (sizes, copies into a new
+    header and re-serialization need only the bytes). ``raw`` is exactly what the file holds after
+    the array's element count: per element a little-endian u64 length and the UTF-8 bytes
+    (undecodable bytes become surrogate escapes, as for single strings).
+    """
+
+    __slots__ = ("_items", "_n", "raw")
+
+    def __init__(self, raw: bytes, count: int) -> None:
+        self.raw = raw
+        self._n = count
+        self._items: list[str] | None = None
+
+    def _decoded(self) -> list[str]:
+        if self._items is None:
+            out: list[str] = []
+            append, unpack, raw, off = out.append, _U64.unpack_from, self.raw, 0
+            for _ in range(self._n):
+                (n,) = unpack(raw, off)
+                off += 8
+                append(raw[off : off + n].decode("utf-8", errors="surrogateescape"))
+                off += n
+            self._items = out
+        return self._items
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        return self._decoded()[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StringArray):
+            return self._n == other._n and self.raw == other.raw
+        if isinstance(other, (list, tuple)):
+            return self._decoded() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, which are unhashable
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(s) for s in self[:3])
+        return f"StringArray([{head}{', …' if self._n > 3 else ''}], {self._n} strings)"
+
+    def __reduce__(self) -> tuple[type[StringArray], tuple[bytes, int]]:
+        return (StringArray, (self.raw, self._n))
+
+    def tolist(self) -> list[str]:
+        return list(self._decoded())
+
+
+# ``model_dump(mode="json")`` of a GGUFValue (``value: Any``) serializes a StringArray as a list.
+StringArray.__pydantic_serializer__ = SchemaSerializer(  # type: ignore[attr-defined]
+    core_schema.any_schema(serialization=core_schema.plain_serializer_function_ser_schema(StringArray.tolist))
+)
+
+
 class GGUFValue(BaseModel):
     """One metadata value with its GGUF type, so it can be re-serialized byte for byte.
 
     ``value`` is a Python scalar, a ``str`` (undecodable bytes kept as surrogate escapes), or a
-    list for arrays (of scalars, strings, or ``GGUFValue`` for nested arrays).
+    list for arrays (of scalars, or ``GGUFValue`` for nested arrays). String arrays read from a
+    file are a ``StringArray`` (a sequence equal to the list, decoded on first use); a plain list
+    of ``str`` is accepted when writing.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -277,32 +348,42 @@ class _Cursor:
         if left is not None and count * min_item > left:
             raise self.truncated(f"{count} items need at least {count * min_item} bytes, {left} are left")
 
-    def strings(self, count: int, what: str) -> tuple[list[str], int]:
-        """``count`` length-prefixed strings; returns them and their serialized size."""
-        out: list[str] = []
-        append = out.append
+    def string_array(self, count: int, what: str) -> bytes:
+        """The serialized bytes of ``count`` length-prefixed strings: lengths walked, nothing decoded."""
+        parts: list[bytes] = []
         unpack = _U64.unpack_from
-        start = self.pos
-        buf, off = self.buf, self.off
-        for _ in range(count):
-            if len(buf) - off < 8:
-                self.off = off
-                self.fill(8)
-                buf, off = self.buf, self.off
-            (n,) = unpack(buf, off)
-            off += 8
-            if len(buf) - off < n:
-                self.off = off
-                self.check_string_len(n, what)
-                self.fill(n)
-                buf, off = self.buf, self.off
-            elif n > MAX_STRING_BYTES:
-                self.off = off
-                self.check_string_len(n, what)
-            append(buf[off : off + n].decode("utf-8", errors="surrogateescape"))
-            off += n
-        self.off = off
-        return out, self.pos - start
+        k = 0
+        while True:
+            buf, off = self.buf, self.off
+            seg, end = off, len(buf)
+            # Fast walk through what is buffered. A buffer no longer than the string limit cannot
+            # hold an over-long string, so only "does it end inside the buffer" needs checking.
+            if end <= MAX_STRING_BYTES:
+                first = k
+                try:
+                    for k in range(first, count):  # noqa: B007 - k, read after the loop, says where it stopped
+                        nxt = off + 8 + unpack(buf, off)[0]
+                        if nxt > end:
+                            break
+                        off = nxt
+                    else:
+                        k = count
+                except struct.error:  # fewer than 8 bytes left for element k's length
+                    pass
+            parts.append(buf[seg:off])
+            self.off = off
+            if k >= count:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            # Element k the careful way: refill, with the same checks as a single string.
+            self.fill(8)
+            (n,) = unpack(self.buf, self.off)
+            self.off += 8  # messages name the position after the length, as for one string
+            self.check_string_len(n, what)
+            self.off -= 8
+            self.fill(8 + n)  # the length prefix stays: it is part of the raw bytes
+            parts.append(self.buf[self.off : self.off + 8 + n])
+            self.off += 8 + n
+            k += 1
 
 
 def _read_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> GGUFValue:
@@ -334,7 +415,8 @@ def _read_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> GGUFValu
                 values = [bool(x) for x in values]
         elif sub == ValueType.STRING:
             cur.check_count(count, 8, MAX_ARRAY_COUNT, f"the element count of {what}")
-            values, _ = cur.strings(count, what)
+            strings = StringArray(cur.string_array(count, what), count)
+            return GGUFValue.model_construct(type=vtype, value=strings, sub_type=sub, nbytes=cur.pos - start)
         elif sub == ValueType.ARRAY:
             cur.check_count(count, 12, MAX_ARRAY_COUNT, f"the element count of {what}")
             values = [_read_value(cur, sub, what, depth + 1) for _ in range(count)]
@@ -487,6 +569,8 @@ def _value_size(vtype: int, value: Any, sub_type: int | None) -> int:
         if sub_type in _SCALAR:
             return n + _SCALAR[sub_type][2] * len(value)
         if sub_type == ValueType.STRING:
+            if isinstance(value, StringArray):
+                return n + len(value.raw)
             return n + sum(8 + len(s.encode("utf-8", errors="surrogateescape")) for s in value)
         if sub_type == ValueType.ARRAY:
             return n + sum(int(v.size()) for v in value)
@@ -534,6 +618,8 @@ def _write_value(out: list[bytes], vtype: int, value: Any, sub_type: int | None)
         if sub_type in _SCALAR:
             fmt = _SCALAR[sub_type][0]
             out.append(struct.pack(f"<{len(value)}{fmt[1]}", *value))
+        elif sub_type == ValueType.STRING and isinstance(value, StringArray):
+            out.append(value.raw)  # the bytes as read: exact, and no re-encoding
         elif sub_type == ValueType.STRING:
             for s in value:
                 b = s.encode("utf-8", errors="surrogateescape")

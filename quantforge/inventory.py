@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from quantforge.errors import InventoryError
-from quantforge.gguf_header import GGUFHeader, read_header
+from quantforge.gguf_header import GGUFHeader, StringArray, read_header
 
 # Same alias as ``quantforge.catalogue.Engine`` (the catalogue owns it); spelled here so the
 # contract models import without loading the catalogue's tables.
@@ -247,7 +247,7 @@ def extract_hparams(header: GGUFHeader, arch: str, tensors: Sequence[TensorEntry
             out[name] = value
     if "vocab_size" not in out:
         tokens = header.kv.get("tokenizer.ggml.tokens")
-        if tokens is not None and isinstance(tokens.value, list):
+        if tokens is not None and isinstance(tokens.value, (list, StringArray)):
             out["vocab_size"] = len(tokens.value)
         else:
             emb = next((t for t in tensors if t.name == "token_embd.weight"), None)

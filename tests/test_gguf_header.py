@@ -13,8 +13,10 @@ import pytest
 
 from quantforge.errors import InventoryError
 from quantforge.gguf_header import (
+    MAX_STRING_BYTES,
     GGUFTensorInfo,
     GGUFValue,
+    StringArray,
     ValueType,
     header_bytes,
     read_header,
@@ -75,6 +77,59 @@ def test_header_round_trips_byte_for_byte(smol_f16: Path) -> None:
     unpadded = h.header_size + extra
     assert serialized_header_size(kv, h.tensors, 32) == (unpadded + 31) // 32 * 32 == 1_785_792
     assert len(header_bytes(kv, h.tensors, 32)) == 1_785_792
+
+
+def test_string_arrays_stay_bytes_until_read(smol_f16: Path) -> None:
+    import pickle
+
+    h = read_header(smol_f16)
+    tokens = h.kv["tokenizer.ggml.tokens"]
+    assert isinstance(tokens.value, StringArray) and tokens.value._items is None  # nothing decoded yet
+    assert len(tokens.value) == 49152 and tokens.size() == 12 + len(tokens.value.raw) == 762_398
+    assert header_bytes(h.kv, h.tensors, h.alignment)[:4] == b"GGUF" and tokens.value._items is None
+    assert tokens.value[:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    assert tokens.value[-1] == list(tokens.value)[49151]
+    merges = h.kv["tokenizer.ggml.merges"].value
+    assert merges[0] == "Ġ t" and len(merges.tolist()) == 48900
+    # Equal to the plain list (both ways), to a copy, and after pickling; sized the same as the list.
+    plain = tokens.value.tolist()
+    assert tokens.value == plain and plain == tokens.value and tokens.value != plain[:-1]
+    assert pickle.loads(pickle.dumps(tokens.value)) == tokens.value
+    as_list = GGUFValue.of(plain, ValueType.ARRAY, ValueType.STRING)
+    assert as_list.size() == tokens.size() and header_bytes({"t": as_list}, []) == header_bytes({"t": tokens}, [])
+    assert tokens.model_dump(mode="json")["value"][:2] == ["<|endoftext|>", "<|im_start|>"]
+    assert repr(h.kv["general.languages"].value) == "StringArray(['en'], 1 strings)"
+
+
+def test_string_arrays_across_small_reads(smol_f16: Path) -> None:
+    # A 4 KiB first read (an hf:// range reader's case) makes every array straddle many refills.
+    whole = read_header(smol_f16)
+    with open(smol_f16, "rb") as f:
+        h = read_header(f, first_chunk=4096)
+    assert h.kv == whole.kv and h.tensors == whole.tensors and h.header_size == whole.header_size
+    with open(smol_f16, "rb") as f:
+        raw = f.read(h.data_offset)
+    assert header_bytes(h.kv, h.tensors, h.alignment) == raw
+
+
+def test_string_array_limits_and_truncation() -> None:
+    def array_of(lengths: list[int], body: bytes) -> bytes:
+        kv = b"".join([struct.pack("<Q", 3), b"arr", struct.pack("<IIQ", ValueType.ARRAY, ValueType.STRING, len(lengths))])
+        head = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + kv
+        return head + b"".join(struct.pack("<Q", n) for n in lengths[:1]) + body
+
+    huge = array_of([MAX_STRING_BYTES + 1], b"x" * 64)
+    with pytest.raises(InventoryError) as e:
+        read_header(io.BytesIO(huge), size=len(huge) + (MAX_STRING_BYTES + 1), where="h.gguf")
+    assert e.value.message == (
+        f"absurd GGUF header: KV 0 (arr) has a string length of {MAX_STRING_BYTES + 1} bytes (limit {MAX_STRING_BYTES})"
+    )
+    cut = array_of([10, 10], b"0123456789")  # the second string's length is missing
+    with pytest.raises(InventoryError) as e:
+        read_header(io.BytesIO(cut), size=len(cut), where="c.gguf")
+    assert e.value.one_line() == (
+        f"c.gguf: truncated GGUF header at byte {len(cut)}: file ends inside KV 0 (arr) (the file is incomplete; download it again)"
+    )
 
 
 def test_reading_the_smol_header_is_fast(smol_f16: Path) -> None:

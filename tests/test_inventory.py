@@ -337,3 +337,12 @@ def test_cli_shipped_id_marks_the_header_estimate(capsys: pytest.CaptureFixture[
     assert any(line.split()[:4] == ["blk.*.ffn_down_exps.weight", "×58", "[2048,", "7168,"] for line in out)
     assert out[-1].startswith("1147 tensors, 672,049,829,376 parameters, ")
     assert out[-1].endswith(" header bytes (estimated)")
+
+
+def test_vocab_size_from_the_token_list_when_the_key_is_absent(smol_f16: Path) -> None:
+    from quantforge.gguf_header import read_header
+    from quantforge.inventory import extract_hparams
+
+    h = read_header(smol_f16)
+    kv = {k: v for k, v in h.kv.items() if k != "llama.vocab_size"}
+    assert extract_hparams(h.model_copy(update={"kv": kv}), "llama", [])["vocab_size"] == 49152
