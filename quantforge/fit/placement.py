@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from quantforge.catalogue import Engine, catalogue
 
@@ -30,9 +30,10 @@ _LAYER_RE = re.compile(r"^blk\.(\d+)\.")
 CUDA_ROW_PADDING = 512
 
 
-@dataclass(frozen=True)
-class FitTensor:
-    """What placement needs of one tensor (a ``TensorPlan`` or a tensor-listing line)."""
+class FitTensor(NamedTuple):
+    """What placement needs of one tensor (a ``TensorPlan`` or a tensor-listing line). A named
+    tuple: immutable like a frozen dataclass, but made several times faster (the matrix makes
+    tens of thousands)."""
 
     name: str
     shape: tuple[int, ...]
@@ -46,12 +47,17 @@ def fit_tensors(plan_or_tensors: Any) -> list[FitTensor]:
     """``FitTensor``s of a ``QuantPlan`` (or any sequence of objects with name/shape/type/bytes)."""
     items = getattr(plan_or_tensors, "tensors", plan_or_tensors)
     out = []
+    missing = object()
     for t in items:
-        m = _LAYER_RE.match(t.name)
+        # a TensorPlan carries its layer (the same ^blk.N. rule); other objects are parsed
+        layer = getattr(t, "layer", missing)
+        if layer is missing:
+            m = _LAYER_RE.match(t.name)
+            layer = int(m.group(1)) if m else None
         out.append(
             FitTensor(
                 name=t.name, shape=tuple(t.shape), type=t.type, bytes=int(t.bytes),
-                layer=int(m.group(1)) if m else None, place=getattr(t, "place", None),
+                layer=layer, place=getattr(t, "place", None),  # type: ignore[arg-type]
             )
         )  # fmt: skip
     return out
@@ -106,24 +112,34 @@ class Prepared:
     out_raw: int = 0
     forced_raw: int = 0
     total_raw: int = 0
+    # derived once for the fill (the matrix evaluates one Prepared against many targets/contexts)
+    out_cpu: int = 0  # bytes of the non-layer tensors (output, output_norm, ...) on each buffer kind
+    out_gpu: int = 0
+    forced_cpu: int = 0
+    fill_layers: list[tuple[int, list[int], int]] = field(default_factory=list)  # (layer, units, GPU bytes)
+    forced_gpu_units: list[int] = field(default_factory=list)
+    min_fill_unit: int = 0  # the smallest unit the fill may move (0: none)
 
 
 def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None = None) -> Prepared:
     cat = catalogue(engine)
-    types: dict[str, Any] = {}
+    # per (type, row length): the CUDA row padding and the type's flags (a few dozen distinct
+    # pairs for a thousand tensors)
+    facts: dict[tuple[str, int], tuple[int, bool, bool]] = {}
     cpu_b, gpu_b, cuda_ok, inter = [], [], [], []
     for t in tensors:
-        qt = types.get(t.type)
-        if qt is None:
-            qt = types[t.type] = cat.get(t.type)
         ne0 = t.shape[0] if t.shape else 1
-        extra = 0
-        if qt.block_size > 1 and ne0 % CUDA_ROW_PADDING:
-            extra = qt.row_bytes(CUDA_ROW_PADDING - ne0 % CUDA_ROW_PADDING)
+        f = facts.get((t.type, ne0))
+        if f is None:
+            qt = cat.get(t.type)
+            extra = 0
+            if qt.block_size > 1 and ne0 % CUDA_ROW_PADDING:
+                extra = qt.row_bytes(CUDA_ROW_PADDING - ne0 % CUDA_ROW_PADDING)
+            f = facts[(t.type, ne0)] = (extra, qt.interleave > 1, qt.cuda_matmul or qt.block_size == 1)
         cpu_b.append(_pad(t.bytes, 32))
-        gpu_b.append(_pad(t.bytes + extra, 128))
-        inter.append(qt.interleave > 1)
-        cuda_ok.append(qt.cuda_matmul or qt.block_size == 1)
+        gpu_b.append(_pad(t.bytes + f[0], 128))
+        inter.append(f[1])
+        cuda_ok.append(f[2])
     layers = [t.layer for t in tensors if t.layer is not None]
     nl = n_layer if n_layer is not None else (max(layers) + 1 if layers else 0)
     p = Prepared(
@@ -135,7 +151,7 @@ def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None
     )  # fmt: skip
     groups: dict[tuple[int, str], list[int]] = {}
     for i, t in enumerate(tensors):
-        part = expert_part(t.name)
+        part = expert_part(t.name) if "_exps." in t.name else None
         if part is not None and t.layer is not None and t.layer < nl:
             key = (t.layer, "down" if part == "down" else "gate_up")
             groups.setdefault(key, []).append(i)
@@ -169,6 +185,21 @@ def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None
                 max_gpu_tensor=max(gpu_b[i] for i in idx),
             )
         )  # fmt: skip
+    p.out_cpu = sum(cpu_b[i] for i in p.out_idx)
+    p.out_gpu = sum(gpu_b[i] for i in p.out_idx)
+    p.forced_cpu = sum(cpu_b[i] for i in p.forced_cpu_idx)
+    by_layer: dict[int, list[int]] = {}
+    for ui, u in enumerate(p.units):
+        if u.forced == "cpu" or not u.cuda_ok:
+            continue
+        if u.forced == "gpu":
+            p.forced_gpu_units.append(ui)
+        else:
+            by_layer.setdefault(u.layer, []).append(ui)
+    p.fill_layers = [
+        (lay, uis, sum(p.units[ui].gpu_bytes for ui in uis)) for lay, uis in sorted(by_layer.items())
+    ]
+    p.min_fill_unit = min((p.units[ui].gpu_bytes for _l, uis, _n in p.fill_layers for ui in uis), default=0)
     return p
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -121,20 +122,23 @@ def _names(target: HardwareTarget) -> list[str]:
     return [f"CUDA{i}" for i in range(len(target.gpu))]
 
 
+@lru_cache(maxsize=4096)
+def _kv(dims: ModelDims, n_ctx: int, ctk: str, ctv: str, fa: bool, mla: int, engine: Engine) -> KVCache:
+    """``kv_cache`` memoized: the matrix and the largest-context search ask for the same few
+    contexts of one model over and over (dims and the result are frozen models)."""
+    return kv_cache(dims, n_ctx=n_ctx, type_k=ctk, type_v=ctv, flash_attn=fa, mla=mla, engine=engine)
+
+
 def _evaluate(
     prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settings, n_ctx: int, engine: Engine
 ) -> _Eval:
-    kv = kv_cache(
-        dims, n_ctx=n_ctx, type_k=s.ctk, type_v=s.ctv, flash_attn=s.flash_attn, mla=s.mla, engine=engine
-    )
+    kv = _kv(dims, n_ctx, s.ctk, s.ctv, s.flash_attn, s.mla, engine)
     n_gpu = len(target.gpu)
     nl = prep.n_layer
     per_layer_kv = list(kv.per_layer[:nl]) + [0] * max(0, nl - len(kv.per_layer))
     embd_cpu = prep.cpu_bytes[prep.embd_idx] if prep.embd_idx is not None else 0
     embd_gpu = prep.gpu_bytes[prep.embd_idx] if prep.embd_idx is not None else 0
-    out_cpu = sum(prep.cpu_bytes[i] for i in prep.out_idx)
-    out_gpu = sum(prep.gpu_bytes[i] for i in prep.out_idx)
-    forced_cpu = sum(prep.cpu_bytes[i] for i in prep.forced_cpu_idx)
+    out_cpu, out_gpu, forced_cpu = prep.out_cpu, prep.out_gpu, prep.forced_cpu
     out_buf = output_buffer(dims)
     ram_cap = target.ram.available
 
@@ -180,38 +184,33 @@ def _evaluate(
     room = [target.gpu[k].vram - fixed[k] for k in range(n_gpu)]
     # fill: whole expert layers first (home GPU, then any), then gate+up / down halves
     unit_dev: dict[int, str] = {}
-    by_layer: dict[int, list[int]] = {}
-    for ui, u in enumerate(prep.units):
-        if u.forced == "cpu" or not u.cuda_ok:
-            continue
-        if u.forced == "gpu":
-            g = layer_gpu[u.layer]
-            unit_dev[ui] = names[g]
-            room[g] -= u.gpu_bytes
-            continue
-        by_layer.setdefault(u.layer, []).append(ui)
+    for ui in prep.forced_gpu_units:
+        u = prep.units[ui]
+        g = layer_gpu[u.layer]
+        unit_dev[ui] = names[g]
+        room[g] -= u.gpu_bytes
+    orders = [[h] + [k for k in range(n_gpu) if k != h] for h in range(n_gpu)]
 
     def order(layer: int) -> list[int]:
-        home = layer_gpu[layer] if layer < nl else 0
-        return [home] + [k for k in range(n_gpu) if k != home]
+        return orders[layer_gpu[layer] if layer < nl else 0]
 
     pending: list[int] = []
-    left: list[int] = []
+    left: list[tuple[int, list[int], int]] = []
     # pass 1: each GPU takes whole expert layers of its own layers (no cross-device hop)
-    for layer in sorted(by_layer):
-        uis = by_layer[layer]
-        need = sum(prep.units[ui].gpu_bytes for ui in uis)
+    for item in prep.fill_layers:
+        layer, uis, need = item
         home = layer_gpu[layer] if layer < nl else 0
         if room[home] >= need:
             for ui in uis:
                 unit_dev[ui] = names[home]
             room[home] -= need
         else:
-            left.append(layer)
-    # pass 2: whole layers to any GPU with room left
-    for layer in left:
-        uis = by_layer[layer]
-        need = sum(prep.units[ui].gpu_bytes for ui in uis)
+            left.append(item)
+    # pass 2: whole layers to any GPU with room left; then the halves of what is left. Once no
+    # GPU has room for the smallest unit, nothing more can move (saves the matrix the loops).
+    for layer, uis, need in left:
+        if max(room) < prep.min_fill_unit:
+            break
         for k in order(layer):
             if room[k] >= need:
                 for ui in uis:
@@ -221,6 +220,8 @@ def _evaluate(
         else:
             pending += uis
     for ui in pending:
+        if max(room) < prep.min_fill_unit:
+            break
         u = prep.units[ui]
         for k in order(u.layer):
             if room[k] >= u.gpu_bytes:
