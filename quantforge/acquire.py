@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from quantforge.errors import InputError, QuantforgeError
+from quantforge.errors import InputError, Interrupted, QuantforgeError
 
 SMOLLM2_Q4_1 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: sha256 of the F16 base the fixtures in ``shared/fixtures/ik`` were recorded with.
@@ -239,6 +239,10 @@ def hf_download(url: str, *, progress: bool | None = None) -> Path:
                                      hint="check the path; `hf download REPO --dry-run` lists the files") from None
                 raise DownloadError(f"the Hub answered HTTP {status}", where=where,
                                     hint="try again later: the same command resumes the download") from None
+            except KeyboardInterrupt:
+                # (typer would turn a bare KeyboardInterrupt into a silent exit status 0)
+                raise Interrupted("interrupted", where=where,
+                                  hint="run the same command again: the download resumes where it stopped") from None
             except Exception as exc:
                 # httpx transport errors (connection dropped more often than huggingface_hub retries),
                 # the size check after a short read, a full disk: what was received stays in the cache.

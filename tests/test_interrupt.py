@@ -144,3 +144,155 @@ def test_child_failure_leaves_nothing_final(tmp_path: Path, smol_f16: Path, smol
     assert len(err.decode().strip().splitlines()) == 1
     assert _final_ggufs(out) == [] and list(out.glob("*.partial")) == []
     assert (out / "SmolLM2-135M-Instruct-IQ4_KS.gguf.log").is_file()
+
+
+# -- imatrix (mainline llama-imatrix) and eval (bundled KLD): the same guarantees -----------
+
+CORPUS_CHUNKS = ["--chunks", "4", "--ctx", "128"]
+
+
+def _imatrix_setup(tmp_path: Path, smol_f16: Path, shared_dir: Path) -> tuple[list[str], Path]:
+    d = tmp_path / "smol"
+    d.mkdir()
+    (d / "r.toml").write_text((REPO / "recipes" / "smollm2-135m.toml").read_text())
+    (d / "smollm2-135m-f16.gguf").symlink_to(smol_f16)
+    out = tmp_path / "out" / "smol.imatrix"
+    corpus = shared_dir / "fixtures" / "ik" / "corpus.txt"
+    args = ["imatrix", str(d / "r.toml"), "--corpus", str(corpus), *CORPUS_CHUNKS, "-o", str(out), "--no-progress",
+            "--threads", "2"]  # fmt: skip
+    return args, out
+
+
+def _imatrix_computing(out: Path) -> bool:
+    log = out.with_name(out.name + ".log")
+    return log.is_file() and "computing over" in log.read_text(errors="replace")
+
+
+def test_imatrix_sigint_leaves_nothing_final(tmp_path: Path, smol_f16: Path, shared_dir: Path,
+                                             mainline_bin_dir: Path) -> None:
+    args, out = _imatrix_setup(tmp_path, smol_f16, shared_dir)
+    proc = _start(args, tmp_path)
+    _wait_for(lambda: _imatrix_computing(out))
+    time.sleep(RNG.uniform(0.0, 2.0))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().strip().splitlines()[-1].startswith("quantforge: error:") and "Traceback" not in err.decode()
+    assert not out.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["smol.imatrix.log"]  # the partial is removed
+
+
+def test_imatrix_sigkill_then_rerun_completes(tmp_path: Path, smol_f16: Path, shared_dir: Path,
+                                              mainline_bin_dir: Path) -> None:
+    from quantforge.imatrix import read_imatrix
+
+    args, out = _imatrix_setup(tmp_path, smol_f16, shared_dir)
+    proc = _start(args, tmp_path)
+    _wait_for(lambda: _imatrix_computing(out))
+    time.sleep(RNG.uniform(0.0, 3.0))
+    os.killpg(proc.pid, signal.SIGKILL)  # quantforge and llama-imatrix die at once
+    proc.communicate(timeout=30)
+    assert not out.exists(), "llama-imatrix writes under a temporary name only"
+    rerun = _start(args, tmp_path)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err.decode()
+    info = read_imatrix(out)
+    # mainline --output-format dat (an ik recipe): 4 chunks of 128 tokens, every weight but token_embd
+    assert (info.format, info.chunk_count, info.entries_count, info.dataset) == ("dat", 4, 210, "corpus.txt")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["smol.imatrix", "smol.imatrix.log"]
+
+
+def _eval_setup(tmp_path: Path, smol_f16: Path, ik_quantize: Path, shared_dir: Path) -> tuple[list[str], Path, Path]:
+    from conftest import TEST_CACHE
+    from support.publish_ladder import build_ladder
+
+    _, outs = build_ladder(TEST_CACHE, smol_f16, ik_quantize)
+    src = outs["IQ4_KS"]
+    d = tmp_path / "q"
+    d.mkdir()
+    model = d / src.name
+    os.link(src, model)
+    man = Path(str(model) + ".manifest.json")
+    man.write_bytes(Path(str(src) + ".manifest.json").read_bytes())
+    from quantforge.manifest import update_manifest
+
+    update_manifest(man, eval=None)
+    cache = tmp_path / "cache"
+    corpus = shared_dir / "fixtures" / "ik" / "corpus.txt"
+    args = ["eval", "--model", str(model), "--base", str(smol_f16), "--kld", "--corpus", str(corpus),
+            "--ctx", "128", "--chunks", "8", "--threads", "2", "--json"]  # fmt: skip
+    return args, man, cache
+
+
+def _start_env(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[bytes]:
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return _start(args, cwd)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _check_eval_state(man: Path, cache: Path) -> None:
+    """No half-written logits (every final one is complete and carries its key), a parsable manifest
+    whose eval section, when present, is complete."""
+    from quantforge.evaluate import _util
+    from quantforge.manifest import read_manifest
+
+    for p in (cache / "kld-base").glob("*.logits") if (cache / "kld-base").is_dir() else []:
+        _util.read_logits_header(p)  # raises on a truncated file
+        assert _util.read_key(p) is not None, f"{p.name} is under its final name without its key"
+    for p in (cache / "kld-base").glob("*.json") if (cache / "kld-base").is_dir() else []:
+        json.loads(p.read_text())
+    ev = read_manifest(man).eval
+    assert ev is None or ev["latest"]["kld"]["mean"] > 0
+
+
+def _base_partial(cache: Path) -> bool:
+    return bool(list((cache / "kld-base").glob("*.logits.partial"))) if (cache / "kld-base").is_dir() else False
+
+
+def test_eval_sigint_leaves_nothing_final(tmp_path: Path, smol_f16: Path, ik_quantize: Path,
+                                          shared_dir: Path) -> None:
+    args, man, cache = _eval_setup(tmp_path, smol_f16, ik_quantize, shared_dir)
+    proc = _start_env(args, tmp_path, QUANTFORGE_CACHE=str(cache))
+    _wait_for(lambda: _base_partial(cache))  # the base logits are being written
+    time.sleep(RNG.uniform(0.0, 2.0))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("quantforge: error: interrupted"), lines
+    assert sorted(p.name for p in (cache / "kld-base").iterdir()) == []  # partial removed, nothing final
+    _check_eval_state(man, cache)
+
+
+def test_eval_sigkill_then_rerun_completes(tmp_path: Path, smol_f16: Path, ik_quantize: Path,
+                                           shared_dir: Path) -> None:
+    from quantforge.evaluate import _util
+    from quantforge.manifest import read_manifest
+
+    args, man, cache = _eval_setup(tmp_path, smol_f16, ik_quantize, shared_dir)
+    proc = _start_env(args, tmp_path, QUANTFORGE_CACHE=str(cache))
+    _wait_for(lambda: _base_partial(cache))
+    # anywhere from the base logits to the quant's pass and the manifest update
+    time.sleep(RNG.uniform(0.0, 12.0))
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it had already finished: the state must then be complete
+        pass
+    proc.communicate(timeout=30)
+    _check_eval_state(man, cache)
+    rerun = _start_env(args, tmp_path, QUANTFORGE_CACHE=str(cache))
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err.decode()
+    res = json.loads(out)
+    _check_eval_state(man, cache)
+    (logits,) = (cache / "kld-base").glob("*.logits")
+    assert _util.read_logits_header(logits) == (128, 49152, 8)
+    latest = read_manifest(man).eval["latest"]
+    assert latest["kld"]["mean"] == res["kld"]["mean"] and latest["chunks"] == 8 == res["chunks"]

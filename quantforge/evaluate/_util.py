@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
 
+from quantforge import fsutil
 from quantforge.errors import EvalError, InputError
 from quantforge.fsutil import cached_sha256
 
@@ -31,27 +31,8 @@ def sha256_file(path: str | Path) -> str:
 
 
 def sha256_background(path: str | Path) -> Callable[[], str]:
-    """Start hashing ``path`` in a thread (hashlib releases the GIL) while a run goes on; call the result to wait."""
-    import threading
-
-    box: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            box["v"] = sha256_file(path)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            box["e"] = exc
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-
-    def result() -> str:
-        t.join()
-        if "e" in box:
-            raise box["e"]  # type: ignore[misc]
-        return str(box["v"])
-
-    return result
+    """Start hashing ``path`` in a thread while a run goes on; call the result to wait."""
+    return fsutil.sha256_background(path, hasher=sha256_file)
 
 
 def now_iso() -> str:
@@ -134,10 +115,10 @@ def base_cache_path(cache_dir: Path, key: dict[str, object]) -> Path:
 
 
 def write_key(logits_path: Path, key: dict[str, object]) -> None:
-    side = logits_path.with_name(logits_path.name + ".json")
-    tmp = side.with_name(side.name + ".partial")
-    tmp.write_text(json.dumps(key, indent=2, sort_keys=True))
-    os.replace(tmp, side)
+    from quantforge.fsutil import atomic_write_text
+
+    # A unique temporary name (two evaluations may share a cache folder), fsync, rename.
+    atomic_write_text(logits_path.with_name(logits_path.name + ".json"), json.dumps(key, indent=2, sort_keys=True))
 
 
 def read_key(logits_path: Path) -> dict[str, object] | None:

@@ -435,9 +435,10 @@ def perplexity_bundled(
                 out.close()
                 out = None
                 assert tmp is not None
-                os.replace(tmp, write_base)  # type: ignore[arg-type]
+                # The key first: logits under their final name always carry the key they were made for.
                 if base_key is not None:
                     _util.write_key(Path(write_base), base_key)  # type: ignore[arg-type]
+                os.replace(tmp, write_base)  # type: ignore[arg-type]
         finally:
             if out is not None:
                 out.close()

@@ -166,7 +166,19 @@ def _default_threads() -> int:
 # ---------------------------------------------------------------- the entry point
 
 
-def evaluate(
+def evaluate(model: str | Path, **kwargs: Any) -> EvalResult:
+    """PPL of ``model`` over ``corpus``; with a ``base`` also KLD against it (see ``_evaluate``).
+
+    Ctrl-C becomes ``Interrupted`` here: the bundled evaluator runs in this process, and typer
+    (0.29) turns a bare KeyboardInterrupt into a silent exit status 0.
+    """
+    try:
+        return _evaluate(model, **kwargs)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted", hint="partial base logits were removed; run the same command again") from None
+
+
+def _evaluate(
     model: str | Path, *, engine: EvalEngine = "bundled", corpus: str | Path, ctx: int = 512,
     chunks: int | None = None, base: str | Path | None = None, base_logits: str | Path | None = None,
     kld: bool | None = None, threads: int | None = None, batch: int | None = None, ubatch: int | None = None,
@@ -277,11 +289,11 @@ def ensure_base_logits(
                                        threads=threads, batch=batch, ubatch=ubatch, kl_divergence_base=tmp,
                                        engine_version=version, timeout=timeout)
             _util.read_logits_header(tmp)
+            _util.write_key(path, key)  # before the rename: final logits always carry their key
             os.replace(tmp, path)
         finally:
             if tmp.exists():
                 tmp.unlink()
-        _util.write_key(path, key)
     _write_base_result(path, res)
     return path
 
