@@ -64,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     _DEBUG = "--debug" in args or os.environ.get("QUANTFORGE_DEBUG") == "1"
     try:
-        app(args=args, prog_name="quantforge", standalone_mode=False)
+        # Non-standalone typer returns (not raises) typer.Exit codes, and turns an uncaught
+        # KeyboardInterrupt into a returned 130: keep both instead of exiting 0.
+        rc = app(args=args, prog_name="quantforge", standalone_mode=False)
+        if rc == 130:
+            print(f"quantforge: error: {Interrupted('interrupted').one_line()}", file=sys.stderr)
+        return rc if isinstance(rc, int) else 0
     except QuantforgeError as exc:
         if _DEBUG:
             raise
@@ -77,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except _click_exceptions() as exc:  # usage errors from click/typer
         return _render_click(exc)
-    return 0
 
 
 def _click() -> Any:
