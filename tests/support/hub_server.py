@@ -31,6 +31,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -106,6 +107,7 @@ class HubStandIn:
         self.lfs_puts: list[str] = []  # oids whose upload completed
         self.lfs_bytes_received = 0
         self.hold_after_uploads: int | None = None
+        self._admitted = 0  # LFS PUTs let through (see _lfs_put)
         #: Byte counts after which the next file-body GETs are cut off (one entry per dropped GET).
         self.download_faults: list[int] = []
         self.download_bytes_sent = 0
@@ -155,6 +157,7 @@ class HubStandIn:
             self.requests.clear()
             self.lfs_puts.clear()
             self.lfs_bytes_received = 0
+            self._admitted = 0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -330,9 +333,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _lfs_put(self, oid: str, body: bytes) -> None:
         hub = self.server_hub
         with hub.lock:
-            hold = hub.hold_after_uploads is not None and len(hub.lfs_puts) >= hub.hold_after_uploads
+            # Count PUTs as they are admitted, not as they complete: the client uploads in
+            # parallel, and two PUTs in flight must not both slip past the hold.
+            hold = hub.hold_after_uploads is not None and hub._admitted >= hub.hold_after_uploads
+            if not hold:
+                hub._admitted += 1
             hub.lfs_bytes_received += len(body)
         if hold:
+            # Signal only once every admitted upload has landed, so a test that kills the
+            # client on ``held`` sees exactly ``hold_after_uploads`` completed uploads.
+            deadline = time.monotonic() + 60
+            while len(hub.lfs_puts) < (hub.hold_after_uploads or 0) and time.monotonic() < deadline:
+                time.sleep(0.01)
             hub.held.set()
             hub.release.wait(timeout=60)
             raise _Dropped()
