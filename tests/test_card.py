@@ -21,7 +21,9 @@ EVAL_LOGS = {"IQ4_KS": "kld-custom.log", "IQ2_KS": "kld-IQ4_K.log"}
 
 @pytest.fixture(scope="module")
 def ladder(smol_f16: Path, ik_quantize: Path, ik_fixtures: Path) -> tuple[Path, dict[str, Path]]:
+    from quantforge.evaluate.models import EvalResult
     from quantforge.evaluate.parsers import parse_perplexity_log
+    from quantforge.evaluate.perplexity import record_in_manifest
     from quantforge.manifest import read_manifest, update_manifest
 
     recipe, outs = build_ladder(TEST_CACHE, smol_f16.resolve(), ik_quantize)
@@ -29,11 +31,14 @@ def ladder(smol_f16: Path, ik_quantize: Path, ik_fixtures: Path) -> tuple[Path, 
         if name in EVAL_LOGS:
             log = parse_perplexity_log((ik_fixtures / "logs" / EVAL_LOGS[name]).read_text())
             assert log.kld is not None
-            update_manifest(out, eval={
-                "ppl": log.ppl, "ppl_err": log.ppl_err, "ctx": log.n_ctx, "chunks": log.n_chunks,
-                "corpus": str(ik_fixtures / "corpus.txt"), "engine": "ik",
-                "kld": {"mean": log.kld.mean, "p99": log.kld.percentiles["99.0"], "percentiles": log.kld.percentiles},
-            })
+            # Recorded exactly as `quantforge eval` records it (eval = {latest, runs}).
+            update_manifest(out, eval=None)
+            record_in_manifest(out, EvalResult(
+                model=str(out), model_sha256="0" * 64, model_bytes=out.stat().st_size, engine="ik",
+                corpus=str(ik_fixtures / "corpus.txt"), corpus_sha256="0" * 64, ctx=log.n_ctx or 512, chunks=log.n_chunks,
+                n_tokens_scored=log.n_chunks * 255, threads=16, ppl=log.ppl, ppl_err=log.ppl_err,
+                kld=log.kld, wall_s=1.0, created="2026-11-23T16:12:00+00:00", engine_commit="unknown",
+            ))
         elif read_manifest(out).eval is not None:
             update_manifest(out, eval=None)
     return recipe, outs
@@ -73,12 +78,13 @@ def test_card_shows_the_manifests_numbers(card, ladder):
         assert row[1] == f"{man.actual_file_bytes / 1024**3:.3f}"
         assert row[2] == f"{man.plan['bpw']:.3f}"
         if name in EVAL_LOGS:
-            ev = man.eval
+            ev = man.eval["latest"]
             assert row[3] == f"{ev['ppl']:.4f} ± {ev['ppl_err']:.4f}"
             assert row[4] == f"{ev['kld']['mean']:.6f}"
-            assert row[5] == f"{ev['kld']['p99']:.6f}"
+            assert row[5] == f"{ev['kld']['percentiles']['99.0']:.6f}"
         else:
             assert row[3:6] == [NOT_MEASURED] * 3
+    assert "Measured with ik_llama.cpp's llama-perplexity" in card
     # exact values printed in the fixture log kld-custom.log ("Mean KLD: 0.060173", "99.0% KLD: 0.371523")
     assert _row(card, "IQ4_KS")[4:6] == ["0.060173", "0.371523"]
 

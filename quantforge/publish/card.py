@@ -15,6 +15,7 @@ import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -396,9 +397,24 @@ def _float(d: dict[str, object] | None, key: str) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
+def latest_eval(man: object) -> dict[str, Any]:
+    """The newest evaluation recorded in a manifest (``eval = {latest, runs}``, see evaluate)."""
+    ev = getattr(man, "eval", None) or {}
+    if isinstance(ev.get("latest"), dict):
+        return dict(ev["latest"])
+    return dict(ev)
+
+
+_EVAL_METHOD = {
+    "bundled": "the bundled evaluator (ik_llama.cpp's libllama through ctypes, llama-perplexity's method)",
+    "ik": "ik_llama.cpp's llama-perplexity",
+    "mainline": "llama.cpp's llama-perplexity",
+}
+
+
 def eval_numbers(man: object) -> dict[str, float | None]:
     """PPL ± err, KLD mean and 99th percentile from a manifest's ``eval`` section (None: not measured)."""
-    ev = getattr(man, "eval", None) or {}
+    ev = latest_eval(man)
     kld = ev.get("kld") if isinstance(ev.get("kld"), dict) else None
     return {
         "ppl": _float(ev, "ppl"),
@@ -475,18 +491,19 @@ def card_data_from_manifests(
         if ver:
             tools[f"{label} llama-quantize"] = ver
         tools["quantforge"] = man.quantforge_version  # type: ignore[attr-defined]
-        ev = man.eval or {}  # type: ignore[attr-defined]
+        ev = latest_eval(man)
         if ev and eval_setup is None:
             corpus = Path(str(ev.get("corpus") or "")).name or None
             eval_setup = ", ".join(x for x in (
-                f"llama-perplexity ({ev.get('engine')})" if ev.get("engine") else "llama-perplexity",
+                _EVAL_METHOD.get(str(ev.get("engine")), "llama-perplexity"),
                 f"corpus {corpus}" if corpus else None,
                 f"ctx {ev.get('ctx')}" if ev.get("ctx") else None,
                 f"{ev.get('chunks')} chunks" if ev.get("chunks") else None,
                 "KLD against the base model" if ev.get("kld") else None,
             ) if x)  # fmt: skip
             if ev.get("engine_commit"):
-                tools["llama-perplexity"] = f"commit {ev.get('engine_commit')}"
+                key = "bundled evaluator" if ev.get("engine") == "bundled" else "llama-perplexity"
+                tools[key] = str(ev.get("engine_commit"))
         im = man.imatrix  # type: ignore[attr-defined]
         if im and imatrix is None:
             imatrix = ImatrixProvenance(
