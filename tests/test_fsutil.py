@@ -64,3 +64,13 @@ def test_atomic_write_text_replaces_whole_files_and_leaves_no_temp(tmp_path: Pat
     assert p.read_text() == "two\n"
     assert sorted(x.name for x in p.parent.iterdir()) == ["m.manifest.json"]
 
+
+
+def test_sha256_background_returns_the_digest_or_raises_in_the_caller(tmp_path: Path) -> None:
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"abc" * 1000)
+    assert fsutil.sha256_background(p)() == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert fsutil.sha256_background(p, hasher=lambda q: f"custom {Path(q).name}")() == "custom x.bin"
+    missing = fsutil.sha256_background(tmp_path / "missing.bin")
+    with pytest.raises(FileNotFoundError):
+        missing()
