@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict
 from quantforge import units
 from quantforge.constants import HF_MAX_FILE_BYTES
 from quantforge.errors import BuildError, InputError, Interrupted, QuantforgeError, ToolError, UsageError
-from quantforge.fsutil import cached_sha256, sha256_file
+from quantforge.fsutil import cached_sha256, sha256_background, sha256_file
 
 #: progress(kind, done, total): kind is "quantize", "imatrix", "split" or "hash".
 Progress = Callable[[str, int, int], None]
@@ -213,18 +213,20 @@ def run_tool(
             if progress_kind == "quantize":
                 m = _PROGRESS_RE.match(raw)
                 if m:
-                    last[0] = (int(m.group(1)), int(m.group(2)))
+                    step = (int(m.group(1)), int(m.group(2)))
+                    last[0] = step
                     if progress is not None:
-                        progress(*last[0])
+                        progress(*step)
             elif progress_kind == "imatrix":
                 mt = _IMATRIX_TOTAL_RE.search(raw)
                 if mt:
                     imatrix_total = int(mt.group(1))
                 steps = _IMATRIX_STEP_RE.findall(raw)
                 if steps and imatrix_total:
-                    last[0] = (int(steps[-1]), imatrix_total)
+                    step = (int(steps[-1]), imatrix_total)
+                    last[0] = step
                     if progress is not None:
-                        progress(*last[0])
+                        progress(*step)
 
     reader = threading.Thread(target=pump, name=f"{tool}-log", daemon=True)
     reader.start()
@@ -657,7 +659,7 @@ def build_variant(
         return exc
 
     try:
-        imeta = _imatrix_meta(ctx.imatrix) if ctx.imatrix is not None else False
+        imeta: Any = _imatrix_meta(ctx.imatrix) if ctx.imatrix is not None else False
         plan = expand(recipe, v.name, ctx.inventory, imatrix=imeta)
         im_arg = Path(ctx.imatrix.path).name if ctx.imatrix is not None else None
         cmd_final = quantize_command(
@@ -710,6 +712,9 @@ def build_variant(
             _remove([old])
         _remove([man_path])
 
+        # The base is hashed once (then cached) while llama-quantize reads it: for a 1 TB BF16 base
+        # that is minutes that no longer follow the build.
+        base_digest = sha256_background(ctx.base_path, hasher=cached_sha256)
         t_q = time.monotonic()
         run_tool(
             cmd_run, log_path=log_path,
@@ -724,22 +729,21 @@ def build_variant(
                 "llama-quantize exited 0 but wrote no output", where=str(log_path), hint="read the log"
             )
         t_v = time.monotonic()
-        from concurrent.futures import ThreadPoolExecutor
-
-        # hashlib releases the GIL: hash the (likely unsplit) output while its header is verified.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            early_hash = pool.submit(sha256_file, partial)
-            try:
-                ver = verify_output([partial], plan, expect_kv=_expected_kv(ctx, plan))
-            except BuildError:
-                early_hash.cancel()
-                _remove([partial])
-                raise
-            partial_sha = early_hash.result()
+        size = partial.stat().st_size
+        will_split = split_max_bytes is not None and size > split_max_bytes
+        # An output that stays whole is hashed while its header is verified; a split one is
+        # hashed shard by shard afterwards (hashing the unsplit file too would be wasted).
+        output_digest = None if will_split else sha256_background(partial)
+        try:
+            ver = verify_output([partial], plan, expect_kv=_expected_kv(ctx, plan))
+        except BuildError:
+            _remove([partial])  # the daemon hashing thread is left to fail or finish on its own
+            raise
+        partial_sha = output_digest() if output_digest is not None else None
         verify_s = time.monotonic() - t_v
         split_s = 0.0
-        size = partial.stat().st_size
-        if split_max_bytes is not None and size > split_max_bytes:
+        if will_split:
+            assert split_max_bytes is not None
             t_s = time.monotonic()
             files = _split(ctx, plan, partial, output, split_max_bytes, log_path, timeout=timeout)
             split_s = time.monotonic() - t_s
@@ -750,12 +754,12 @@ def build_variant(
         entries = [
             ManifestFile(
                 path=relative_to_manifest(man_path, p), bytes=p.stat().st_size,
-                sha256=partial_sha if p == output else sha256_file(p),
+                sha256=partial_sha if partial_sha is not None and p == output else sha256_file(p),
             )
             for p in files
         ]  # fmt: skip
+        base_sha = base_digest()
         hash_s = time.monotonic() - t_h
-        base_sha = cached_sha256(ctx.base_path)
         type_counts = collections.Counter(t.type for t in plan.tensors)
         im = ctx.imatrix
         man = Manifest(
