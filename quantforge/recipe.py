@@ -372,11 +372,8 @@ def _backtrack_paths(pattern: str) -> float:
 
 
 def _has_nested_unbounded_repeat(pattern: str) -> bool:
-    try:
-        import re._parser as sre_parse  # Python ≥ 3.11
-    except ImportError:  # pragma: no cover
-        import sre_parse  # type: ignore[no-redef]
-    from re._constants import MAX_REPEAT, MAXREPEAT, MIN_REPEAT  # type: ignore[attr-defined]
+    import re._parser as sre_parse  # Python >= 3.11, as the package requires
+    from re._constants import MAX_REPEAT, MAXREPEAT, MIN_REPEAT
 
     def walk(items: Any, inside_unbounded: bool) -> bool:
         for op, av in items:
@@ -404,7 +401,7 @@ def _has_nested_unbounded_repeat(pattern: str) -> bool:
 
 def _can_repeat_nonempty(sub: Any) -> bool:
     lo, hi = sub.getwidth()
-    return hi > 0
+    return bool(hi > 0)
 
 
 # --------------------------------------------------------------------------- loading

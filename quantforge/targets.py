@@ -265,7 +265,7 @@ def _cpuinfo() -> tuple[str, int, int, tuple[str, ...]]:
             core = val
             cores.add((phys, core))
     n_cores = len(cores) or (os.cpu_count() or 1)
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "neon") if f in flags]
+    isa: list[str] = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "neon") if f in flags]
     isa = ["avx512" if f == "avx512f" else f for f in isa]
     if "avx512" in isa and "avx512_bf16" in isa and "AMD" in name.upper():
         isa.append("zen4")

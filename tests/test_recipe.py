@@ -139,8 +139,9 @@ def test_engine_specific_types_are_refused_on_mainline(tmp_path: Path) -> None:
 
 
 def test_schema_validates_every_shipped_recipe() -> None:
-    import jsonschema
     import tomllib
+
+    import jsonschema
 
     schema = json.loads(json.dumps(__import__("quantforge.recipe", fromlist=["x"]).recipe_json_schema()))
     shipped = sorted(recipes_dir().glob("*.toml"))

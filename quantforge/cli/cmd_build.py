@@ -185,7 +185,7 @@ def imatrix_cmd(
         chunks=max(info.chunk_count, 0),
         dataset=info.dataset or "",
     )
-    rows = []
+    rows: list[dict[str, Any]] = []
     for v in variants:
         plan = expand(r, v.name, inventory, imatrix=meta)
         rows.append({"variant": v.name, "coverage": coverage(info, plan).model_dump(mode="json")})
