@@ -16,12 +16,19 @@ def _locate(package: str, folder: str) -> Path:
     checkout = _REPO / folder
     if checkout.is_dir() and (_REPO / "pyproject.toml").is_file():
         return checkout
-    try:
-        from importlib.resources import files
+    # In a wheel the folders are namespace packages (no __init__.py): ask the import system
+    # where they are rather than importlib.resources, whose MultiplexedPath is not a Path.
+    import importlib.util
 
-        return Path(str(files(package)))
-    except (ModuleNotFoundError, TypeError):
-        return checkout
+    try:
+        spec = importlib.util.find_spec(package)
+    except ModuleNotFoundError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            if Path(location).is_dir():
+                return Path(location)
+    return checkout
 
 
 def recipes_dir() -> Path:

@@ -50,9 +50,10 @@ from pydantic import (
 
 from quantforge import units
 from quantforge.errors import TargetError
+from quantforge.shipped import targets_dir
 
-#: The shipped targets live next to the package (repository root ``hw_targets/``).
-TARGETS_DIR = Path(__file__).resolve().parents[1] / "hw_targets"
+#: The shipped targets: the repository's ``hw_targets/`` in a checkout, the packaged copy in a wheel.
+TARGETS_DIR = targets_dir()
 
 def parse_size(value: object) -> int:
     """``"24 GiB"`` -> 25769803776; an int is taken as bytes. Units are required in strings."""
