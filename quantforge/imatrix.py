@@ -260,7 +260,7 @@ def _needs(engine: str, type_name: str, tensor: str, ftype: str | None) -> bool:
     from quantforge.catalogue import catalogue
 
     try:
-        return catalogue(engine).needs_imatrix(type_name, tensor_name=tensor, ftype=ftype)  # type: ignore[arg-type]
+        return catalogue(engine).needs_imatrix(type_name, tensor_name=tensor, ftype=ftype)
     except InputError:
         return False
 
