@@ -24,7 +24,9 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite (rebuild) exi
 #: One variant, or every variant of the recipe when left out (lint, show, args, imatrix coverage).
 QuantOpt = Annotated[str | None, typer.Option("--quant", "-q", help="Only this variant (default: all).")]
 #: The variant a command works on (eval, sweep): one, the recipe's first when left out.
-VariantOpt = Annotated[str | None, typer.Option("--quant", "-q", help="Variant of the recipe (default: the first).")]
+VariantOpt = Annotated[
+    str | None, typer.Option("--quant", "-q", help="Variant of the recipe (default: the first).")
+]
 #: Several variants (build): repeatable.
 QuantsOpt = Annotated[
     list[str] | None, typer.Option("--quant", "-q", help="Variant(s) (repeatable; default: the first).")
@@ -34,8 +36,11 @@ OutDirOpt = Annotated[
 ]
 #: Plan against another model than the recipe's [model] (recipe lint/show/args).
 InventoryOpt = Annotated[
-    str | None, typer.Option("--inventory", help="Plan against this GGUF / hf:// / model id instead of [model].")
+    str | None,
+    typer.Option("--inventory", help="Plan against this GGUF / hf:// / model id instead of [model]."),
 ]
 ImatrixOpt = Annotated[
-    str | None, typer.Option("--imatrix", help="Importance matrix file; overrides the recipe's [imatrix] file.")
+    str | None,
+    typer.Option("--imatrix", help="Importance matrix file; overrides the recipe's [imatrix] file."),
 ]
+RecipeArg = Annotated[str, typer.Argument(help="Recipe TOML file.")]

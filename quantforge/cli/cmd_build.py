@@ -9,7 +9,16 @@ from typing import Any
 import typer
 
 from quantforge.cli import app
-from quantforge.cli._options import BinDirOpt, ForceOpt, ImatrixOpt, JsonOpt, QuantOpt, QuantsOpt, ThreadsOpt
+from quantforge.cli._options import (
+    BinDirOpt,
+    ForceOpt,
+    ImatrixOpt,
+    JsonOpt,
+    QuantOpt,
+    QuantsOpt,
+    RecipeArg,
+    ThreadsOpt,
+)
 
 
 class _Bars:
@@ -82,7 +91,7 @@ def doctor_cmd(bin_dir: BinDirOpt = None, as_json: JsonOpt = False) -> None:
 
 @app.command("imatrix")
 def imatrix_cmd(
-    recipe: str = typer.Argument(..., help="Recipe TOML."),
+    recipe: RecipeArg,
     file: str = typer.Option(
         None, "--file", help="Use this imatrix (legacy .dat or GGUF) instead of the recipe's."
     ),
@@ -229,7 +238,7 @@ def imatrix_cmd(
 
 @app.command("build")
 def build_cmd(
-    recipe: str = typer.Argument(..., help="Recipe TOML."),
+    recipe: RecipeArg,
     quant: QuantsOpt = None,
     all_: bool = typer.Option(False, "--all", help="Build every variant of the recipe (a ladder)."),
     out: str = typer.Option(None, "--out", "-o", help="Output folder (default: next to the recipe)."),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from quantforge.cli import app
-from quantforge.cli._options import ImatrixOpt, InventoryOpt, JsonOpt, QuantOpt
+from quantforge.cli._options import ImatrixOpt, InventoryOpt, JsonOpt, QuantOpt, RecipeArg
 
 recipe_app = typer.Typer(help="Work with TOML quant recipes.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
@@ -52,7 +52,7 @@ def _load(recipe: str, inventory: str | None, imatrix: str | None, quant: str | 
 
 @recipe_app.command("lint")
 def lint_cmd(
-    recipe: str = typer.Argument(..., help="Recipe TOML file."),
+    recipe: RecipeArg,
     quant: QuantOpt = None,
     inventory: InventoryOpt = None,
     imatrix: ImatrixOpt = None,
@@ -91,7 +91,7 @@ def _render_lint(data: dict) -> str:  # type: ignore[type-arg]
 
 @recipe_app.command("show")
 def show_cmd(
-    recipe: str = typer.Argument(..., help="Recipe TOML file."),
+    recipe: RecipeArg,
     quant: QuantOpt = None,
     inventory: InventoryOpt = None,
     imatrix: ImatrixOpt = None,
@@ -170,7 +170,7 @@ def _render_show(plans: list) -> str:  # type: ignore[type-arg]
 
 @recipe_app.command("args")
 def args_cmd(
-    recipe: str = typer.Argument(..., help="Recipe TOML file."),
+    recipe: RecipeArg,
     quant: QuantOpt = None,
     inventory: InventoryOpt = None,
     imatrix: ImatrixOpt = None,
