@@ -148,17 +148,20 @@ def test_child_failure_leaves_nothing_final(tmp_path: Path, smol_f16: Path, smol
 
 # -- imatrix (mainline llama-imatrix) and eval (bundled KLD): the same guarantees -----------
 
-CORPUS_CHUNKS = ["--chunks", "4", "--ctx", "128"]
+# Long enough (~5-10 s on 2 cores) that a signal sent 0-1 s after "computing over" lands mid-run.
+INTERRUPT_CHUNKS = ["--chunks", "32", "--ctx", "128"]
 
 
-def _imatrix_setup(tmp_path: Path, smol_f16: Path, shared_dir: Path) -> tuple[list[str], Path]:
+def _imatrix_setup(
+    tmp_path: Path, smol_f16: Path, shared_dir: Path, chunks: list[str] = INTERRUPT_CHUNKS
+) -> tuple[list[str], Path]:
     d = tmp_path / "smol"
     d.mkdir()
     (d / "r.toml").write_text((REPO / "recipes" / "smollm2-135m.toml").read_text())
     (d / "smollm2-135m-f16.gguf").symlink_to(smol_f16)
     out = tmp_path / "out" / "smol.imatrix"
     corpus = shared_dir / "fixtures" / "ik" / "corpus.txt"
-    args = ["imatrix", str(d / "r.toml"), "--corpus", str(corpus), *CORPUS_CHUNKS, "-o", str(out), "--no-progress",
+    args = ["imatrix", str(d / "r.toml"), "--corpus", str(corpus), *chunks, "-o", str(out), "--no-progress",
             "--threads", "2"]  # fmt: skip
     return args, out
 
@@ -173,7 +176,8 @@ def test_imatrix_sigint_leaves_nothing_final(tmp_path: Path, smol_f16: Path, sha
     args, out = _imatrix_setup(tmp_path, smol_f16, shared_dir)
     proc = _start(args, tmp_path)
     _wait_for(lambda: _imatrix_computing(out))
-    time.sleep(RNG.uniform(0.0, 2.0))
+    time.sleep(RNG.uniform(0.0, 1.0))
+    assert proc.poll() is None, "the run ended before the signal: the test would prove nothing"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
@@ -189,7 +193,8 @@ def test_imatrix_sigkill_then_rerun_completes(tmp_path: Path, smol_f16: Path, sh
     args, out = _imatrix_setup(tmp_path, smol_f16, shared_dir)
     proc = _start(args, tmp_path)
     _wait_for(lambda: _imatrix_computing(out))
-    time.sleep(RNG.uniform(0.0, 3.0))
+    time.sleep(RNG.uniform(0.0, 1.0))
+    assert proc.poll() is None, "the run ended before the signal: the test would prove nothing"
     os.killpg(proc.pid, signal.SIGKILL)  # quantforge and llama-imatrix die at once
     proc.communicate(timeout=30)
     assert not out.exists(), "llama-imatrix writes under a temporary name only"
@@ -197,8 +202,8 @@ def test_imatrix_sigkill_then_rerun_completes(tmp_path: Path, smol_f16: Path, sh
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err.decode()
     info = read_imatrix(out)
-    # mainline --output-format dat (an ik recipe): 4 chunks of 128 tokens, every weight but token_embd
-    assert (info.format, info.chunk_count, info.entries_count, info.dataset) == ("dat", 4, 210, "corpus.txt")
+    # mainline --output-format dat (an ik recipe): 32 chunks of 128 tokens, every weight but token_embd
+    assert (info.format, info.chunk_count, info.entries_count, info.dataset) == ("dat", 32, 210, "corpus.txt")
     assert sorted(p.name for p in out.parent.iterdir()) == ["smol.imatrix", "smol.imatrix.log"]
 
 
