@@ -240,20 +240,27 @@ def run_tool(
     deadline = None if timeout is None else t0 + timeout
     try:
         while True:
-            try:
-                rc = proc.wait(timeout=0.25)
+            # The reader sees EOF the moment the child exits, and a thread join wakes at once,
+            # unlike Popen.wait(timeout), which polls with sleeps of up to 50 ms.
+            reader.join(timeout=0.25)
+            if not reader.is_alive():
+                rc = proc.wait()
                 break
-            except subprocess.TimeoutExpired:
-                if deadline is not None and time.monotonic() > deadline:
-                    _kill_group(proc, grace=2.0)
-                    reader.join(timeout=5)
-                    log.write(f"# quantforge: timed out after {timeout:.0f} s; stopped\n".encode())
-                    _remove(partials)
-                    raise BuildError(
-                        f"{tool} did not finish within {timeout:.0f} s and was stopped",
-                        where=str(log_path),
-                        hint="raise --timeout, or check the log for a hang",
-                    ) from None
+            if proc.poll() is not None:
+                # Exited, but something (a grandchild) still holds its stdout: do not wait on it.
+                reader.join(timeout=2.0)
+                rc = proc.returncode
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                _kill_group(proc, grace=2.0)
+                reader.join(timeout=5)
+                log.write(f"# quantforge: timed out after {timeout:.0f} s; stopped\n".encode())
+                _remove(partials)
+                raise BuildError(
+                    f"{tool} did not finish within {timeout:.0f} s and was stopped",
+                    where=str(log_path),
+                    hint="raise --timeout, or check the log for a hang",
+                ) from None
     except (KeyboardInterrupt, _Terminate) as exc:
         _kill_group(proc)
         reader.join(timeout=5)
@@ -268,7 +275,7 @@ def run_tool(
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
-    reader.join()
+    reader.join(timeout=5)
     seconds = time.monotonic() - t0
     log.write(f"# quantforge: exit status {rc} after {seconds:.2f} s\n".encode())
     log.close()
