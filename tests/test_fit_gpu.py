@@ -78,10 +78,10 @@ def test_device_is_the_h100() -> None:
 
 
 def test_models_regenerate_byte_identically(gpu_models: dict[str, Path]) -> None:
-    from quantforge.fit.validate import _sha256
+    from quantforge.fsutil import sha256_file
 
     for name, path in gpu_models.items():
-        assert _sha256(path) == GPU_MODEL_SHA256[name]
+        assert sha256_file(path) == GPU_MODEL_SHA256[name]
 
 
 @pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])

@@ -12,13 +12,13 @@ import pytest
 from support.hub_server import HubStandIn
 
 from quantforge.errors import PublishError, UsageError
+from quantforge.fsutil import sha256_file
 from quantforge.publish.upload import (
     LocalFile,
     VariantFiles,
     build_plan,
     check_repo_id,
     execute,
-    sha256_file,
     write_staging,
 )
 

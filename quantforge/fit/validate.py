@@ -270,16 +270,6 @@ GPU_MODEL_SHA256 = {
 SMOL6_CUSTOM_Q = "ffn_down=q6_K,attn_.*=iq4_ks,ffn_(gate|up)=iq3_k,token_embd=q4_0"
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def make_gpu_models(
     out_dir: str | Path, *, smol_f16: str | Path, imatrix: str | Path, quantize: str | Path
 ) -> dict[str, Path]:
@@ -294,6 +284,7 @@ def make_gpu_models(
     import tempfile
 
     from quantforge.errors import ToolError
+    from quantforge.fsutil import sha256_file
     from quantforge.miniature import write_miniature
 
     out = Path(out_dir)
@@ -315,7 +306,7 @@ def make_gpu_models(
             if proc.returncode != 0:
                 tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 raise ToolError(f"llama-quantize failed (exit {proc.returncode}): {tail}", where=str(dst))
-        digest = _sha256(dst)
+        digest = sha256_file(dst)
         if digest != GPU_MODEL_SHA256[name]:
             raise ToolError(
                 f"{dst.name} differs from the file the GPU runs loaded ({digest[:12]})",

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from quantforge.constants import HF_MAX_FILE_BYTES
 from quantforge.errors import PublishError, UsageError
+from quantforge.fsutil import cached_sha256
 
 #: The Hub's repo-id grammar (namespace/name): letters, digits, "-", "_", "." ; no "--" or "..";
 #: no leading/trailing "-" or "."; name at most 96 characters.
@@ -168,14 +169,6 @@ def layout_variant(variant: VariantFiles, *, max_file_bytes: int = HF_MAX_FILE_B
     return out
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # -- plan ---------------------------------------------------------------------------------
 
 
@@ -232,7 +225,9 @@ def build_plan(
         if size > max_file_bytes:
             raise PublishError(f"{path_in_repo} is {size} bytes, over the per-file limit of {max_file_bytes} bytes "
                                "and cannot be split", where=path_in_repo, hint="leave it out of the upload")
-        f = StagedFile(path_in_repo=path_in_repo, bytes=size, sha256=sha256_file(local), kind=kind, source=local)
+        # Plots and the imatrix (about 1 GB for a big MoE) are hashed once per (path, size, mtime),
+        # not on every dry run; the variants' GGUFs carry their manifest's sha256 (see _variant_files).
+        f = StagedFile(path_in_repo=path_in_repo, bytes=size, sha256=cached_sha256(local), kind=kind, source=local)
         claim(f)
         assets.append(f)
     if assets:
