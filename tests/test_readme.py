@@ -41,3 +41,18 @@ def test_every_command_is_in_the_reference() -> None:
                 "recipe diff", "plan", "fit", "target detect", "doctor", "imatrix", "build", "base", "eval",
                 "sweep compare", "plot ladder", "card", "publish"]:
         assert f"`quantforge {cmd} " in text, cmd
+
+
+def test_python_api_example_predicts_the_real_file(tmp_path: Path, smol_f16: Path, ik_quantize: Path) -> None:
+    """The README's API example: expand, then the emitted command writes exactly the predicted bytes."""
+    import subprocess
+
+    import quantforge as qf
+
+    recipe = qf.load_recipe(REPO / "recipes" / "smollm2-135m.toml")
+    plan = qf.expand(recipe, "IQ4_KS", qf.load_inventory(str(smol_f16)))
+    out = tmp_path / "out.gguf"
+    cmd = qf.quantize_command(plan, binary=ik_quantize, input_path=smol_f16, output_path=out, threads=2)
+    assert cmd[1:3] == ["--imatrix", plan.imatrix]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    assert out.stat().st_size == plan.file_bytes

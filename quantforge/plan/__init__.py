@@ -491,12 +491,18 @@ def quantize_command(
     binary: str | Path,
     input_path: str | Path,
     output_path: str | Path,
-    imatrix: str | Path | None = None,
+    imatrix: str | Path | None | Literal[False] = None,
     threads: int | None = None,
 ) -> list[str]:
-    """The full ``llama-quantize`` argument list (never a shell string; see ``shell_join``)."""
+    """The full ``llama-quantize`` argument list (never a shell string; see ``shell_join``).
+
+    ``imatrix=None`` passes the imatrix the plan's size prediction assumed (``plan.imatrix``: its
+    path string lands in the output header, so it must be the same); ``False`` passes none.
+    """
+    if imatrix is None:
+        imatrix = plan.imatrix
     cmd = [str(binary)]
-    if imatrix is not None:
+    if imatrix:
         cmd += ["--imatrix", str(imatrix)]
     cmd += list(plan.quantize_args)
     cmd += [str(input_path), str(output_path), plan.ftype]
