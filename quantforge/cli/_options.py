@@ -31,6 +31,11 @@ VariantOpt = Annotated[
 QuantsOpt = Annotated[
     list[str] | None, typer.Option("--quant", "-q", help="Variant(s) (repeatable; default: the first).")
 ]
+#: Several variants, every variant of the recipe when left out (card, publish): repeatable.
+AllQuantsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--quant", "-q", help="Variant to include (repeatable; default: every variant of the recipe)."),
+]
 OutDirOpt = Annotated[
     str | None, typer.Option("--out-dir", help="Folder of the built variants (default: the recipe's folder).")
 ]

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from quantforge.cli import app
+from quantforge.cli._options import ForceOpt, JsonOpt, VariantOpt
 
 target_app = typer.Typer(
     help="Hardware targets: detect this machine, list and show the shipped ones.", no_args_is_help=True
@@ -21,13 +22,9 @@ def _settings(ctx: int, ctk: str, ctv: str, mla: int, fa: bool, ub: int, amb: in
     return Settings(n_ctx=ctx, ctk=ctk, ctv=ctv, mla=mla, flash_attn=fa, ub=ub, amb=amb)
 
 
-def _gib(n: float) -> str:
-    from quantforge.cli._output import human_bytes
-
-    return human_bytes(n)
-
-
 def _render_report(r: Any) -> str:
+    from quantforge.units import human_bytes as _gib
+
     lines = [
         f"{r.quant} on {r.target} at -c {r.settings.n_ctx}: {r.verdict.replace('_', ' ').upper()}"
         + (f" (largest context that fits: {r.max_ctx})" if r.max_ctx else ""),
@@ -56,7 +53,7 @@ def _render_report(r: Any) -> str:
 
 def _ranges(xs: tuple[int, ...]) -> str:
     out, start, prev = [], None, None
-    for x in list(xs) + [None]:  # type: ignore[list-item]
+    for x in [*xs, None]:
         if start is None:
             start = prev = x
         elif x is not None and prev is not None and x == prev + 1:
@@ -68,6 +65,8 @@ def _ranges(xs: tuple[int, ...]) -> str:
 
 
 def _render_matrix(m: Any) -> str:
+    from quantforge.units import human_bytes as _gib
+
     lines = [f"{m.model} at -c {m.n_ctx}", ""]
     width = max(12, *(len(t) for t in m.targets))
     lines.append(f"{'quant':18s} {'size':>10s}  " + "  ".join(f"{t:>{width}s}" for t in m.targets))
@@ -90,7 +89,7 @@ def _render_matrix(m: Any) -> str:
 @app.command("plan")
 def plan_cmd(
     recipe: Path = typer.Argument(..., help="Recipe TOML."),
-    quant: str = typer.Option(None, "--quant", "-q", help="Variant name (default: the first)."),
+    quant: VariantOpt = None,
     target: str = typer.Option(None, "--target", "-t", help="Hardware target TOML (or a shipped name)."),
     ctx: int = typer.Option(32768, "--ctx", "-c", help="Context length in tokens."),
     ctk: str = typer.Option("f16", "--ctk", help="K cache type."),
@@ -108,7 +107,7 @@ def plan_cmd(
     placement: bool = typer.Option(
         False, "--placement", help="Include the tensor -> device map in the JSON."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Does a recipe variant fit a machine? Memory per device, verdict, largest context, command.
 
@@ -140,14 +139,14 @@ def fit_cmd(
     recipe: Path = typer.Argument(..., help="Recipe TOML."),
     target: str = typer.Option(..., "--target", "-t", help="Hardware target TOML (or a shipped name)."),
     ctx: int = typer.Option(32768, "--ctx", "-c", help="Context length in tokens."),
-    quant: str = typer.Option(None, "--quant", "-q", help="Variant to start from (default: the first)."),
+    quant: VariantOpt = None,
     name: str = typer.Option(None, "--name", help="Name of the new variant (default: FIT-<target>)."),
     sensitivity: Path = typer.Option(None, "--sensitivity", help="CSV of per-tensor KLD (tensor,kld)."),
     ctk: str = typer.Option("f16", "--ctk", help="K cache type."),
     ctv: str = typer.Option("f16", "--ctv", help="V cache type."),
     write: bool = typer.Option(False, "--write", help="Append the variant to the recipe file."),
-    force: bool = typer.Option(False, "--force", help="Replace a variant of the same name."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Choose per-tensor types that fill a target's memory (weights + KV + compute + margin).
 
@@ -174,8 +173,8 @@ def fit_cmd(
 def target_detect(
     output: Path = typer.Option(None, "--output", "-o", help="Write the TOML here (default: print it)."),
     name: str = typer.Option(None, "--name", help="Target name (default: this-machine)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write a target for this machine (RAM, cores, ISA; GPUs via nvidia-smi when present).
 
@@ -200,7 +199,7 @@ def target_detect(
 @target_app.command("list")
 def target_list(
     directory: Path = typer.Option(None, "--dir", help="Folder of target TOMLs (default: shipped)."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    as_json: JsonOpt = False,
 ) -> None:
     """List hardware targets."""
     from quantforge.cli._output import emit
@@ -213,7 +212,7 @@ def target_list(
 @target_app.command("show")
 def target_show(
     target: str = typer.Argument(..., help="Target TOML or shipped name."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Show one target (validated)."""
     from quantforge.cli._output import emit

@@ -7,20 +7,18 @@ from typing import Any
 import typer
 
 from quantforge.cli import app
+from quantforge.cli._options import AllQuantsOpt, ForceOpt, JsonOpt, OutDirOpt
 from quantforge.cli.cmd_recipe import recipe_app
-
-_QUANT_HELP = "Variant to include (repeat; default: every variant of the recipe)."
-_OUT_DIR_HELP = "Folder holding the built GGUFs and their manifests (default: the recipe's folder)."
 
 
 @app.command("card")
 def card_cmd(
     recipe: str = typer.Argument(..., help="Recipe TOML whose variants were built (and evaluated)."),
-    quant: list[str] = typer.Option(None, "--quant", "-q", help=_QUANT_HELP),
+    quant: AllQuantsOpt = None,
     repo: str = typer.Option(None, "--repo", help="ORG/NAME shown in the download instructions."),
-    out_dir: str = typer.Option(None, "--out-dir", help=_OUT_DIR_HELP),
+    out_dir: OutDirOpt = None,
     output: str = typer.Option("README.md", "--output", "-o", help="Where to write the card ('-' for stdout)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    force: ForceOpt = False,
 ) -> None:
     """Generate the model card (README.md) from the recipe and the build/eval manifests.
 
@@ -42,15 +40,15 @@ def card_cmd(
 def publish_cmd(
     recipe: str = typer.Argument(..., help="Recipe TOML whose variants were built."),
     repo: str = typer.Option(None, "--repo", help="Hugging Face repo ORG/NAME (created if needed)."),
-    quant: list[str] = typer.Option(None, "--quant", "-q", help=_QUANT_HELP),
+    quant: AllQuantsOpt = None,
     private: bool = typer.Option(False, "--private", help="Create the repo private."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Plan (and stage) only; no network."),
     staging: str = typer.Option(None, "--staging", help="With --dry-run: write the exact upload folder here."),
-    out_dir: str = typer.Option(None, "--out-dir", help=_OUT_DIR_HELP),
+    out_dir: OutDirOpt = None,
     no_imatrix: bool = typer.Option(False, "--no-imatrix", help="Do not upload the importance matrix."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty staging folder."),
+    force: ForceOpt = False,
     max_file_bytes: int = typer.Option(None, "--max-file-bytes", hidden=True, help="Per-file limit (default 50 GB)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Upload the built variants and the generated card to Hugging Face (card last).
 
@@ -79,8 +77,8 @@ def publish_cmd(
 
 
 def _human(res: Any) -> str:
-    from quantforge.cli._output import human_bytes
     from quantforge.publish.upload import iter_plan_lines
+    from quantforge.units import human_bytes
 
     plan = res.plan
     if res.dry_run:
@@ -101,7 +99,7 @@ def import_cmd(
     output: str = typer.Option(None, "--output", "-o", help="Write the recipe here (default: stdout)."),
     name: str = typer.Option(None, "--name", help="Variant name (default: from the file name)."),
     engine: str = typer.Option(None, "--engine", help="ik or mainline (default: ik when an ik-only type is used)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    force: ForceOpt = False,
 ) -> None:
     """Write a recipe that reproduces an existing quant's per-tensor types (header bytes only).
 
@@ -126,7 +124,7 @@ def import_cmd(
 def diff_cmd(
     a: str = typer.Argument(..., help="First quant (GGUF path or hf://)."),
     b: str = typer.Argument(..., help="Second quant (GGUF path or hf://)."),
-    as_json: bool = typer.Option(False, "--json", help="Print every differing tensor as JSON."),
+    as_json: JsonOpt = False,
 ) -> None:
     """List the tensors whose type differs between two quants, grouped, with byte totals.
 
@@ -139,7 +137,7 @@ def diff_cmd(
 
 
 def _human_diff(d: Any) -> str:
-    from quantforge.cli._output import human_bytes
+    from quantforge.units import human_bytes
 
     lines = [f"A: {d.a}", f"B: {d.b}"]
     if not d.tensors:
