@@ -82,8 +82,7 @@ def dequantize_gguf(src: Path, dst: Path, *, dtype: Literal["f16", "bf16"] = "f1
     for t in (t for r in readers for t in r.tensors):
         shape = tuple(int(x) for x in reversed(list(t.shape)))
         if t.tensor_type == Q.F32:
-            arr = np.asarray(t.data, dtype=np.float32).reshape(shape)
-            writer.add_tensor(t.name, arr)
+            writer.add_tensor(t.name, np.asarray(t.data, dtype=np.float32).reshape(shape))
             continue
         if t.tensor_type == Q.F16:
             arr = np.asarray(t.data, dtype=np.float16).reshape(shape)
@@ -193,7 +192,13 @@ def hf_download(url: str, *, progress: bool | None = None) -> Path:
     """
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub import errors as e
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    # From the defining modules: huggingface_hub.utils re-exports them only lazily (mypy strict).
+    from huggingface_hub.utils.tqdm import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
     repo_type, repo_id, revision, files = parse_hf_source(url)
     endpoint = os.environ.get("HF_ENDPOINT") or None
@@ -274,8 +279,11 @@ def _resumable_blob(repo_id: str, filename: str, *, repo_type: str, revision: st
 
     from filelock import FileLock
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.file_download import http_get, is_xet_available, repo_folder_name
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.file_download import http_get, repo_folder_name
+
+    # From the defining modules: file_download and utils re-export them only implicitly (mypy strict).
+    from huggingface_hub.utils._headers import build_hf_headers
+    from huggingface_hub.utils._runtime import is_xet_available
 
     url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
     meta = get_hf_file_metadata(url, endpoint=endpoint)

@@ -205,7 +205,7 @@ def front_matter(data: CardData) -> str:
 
     tags = list(dict.fromkeys(["gguf", *(["imatrix"] if data.imatrix else []),
                                *(["ik_llama.cpp"] if _needs_ik(data) else []), *data.tags]))
-    kwargs = {"quantized_by": data.quantized_by} if data.quantized_by else {}
+    kwargs: dict[str, Any] = {"quantized_by": data.quantized_by} if data.quantized_by else {}
     meta = ModelCardData(
         base_model=data.base_model,
         base_model_relation="quantized" if data.base_model else None,
@@ -362,7 +362,8 @@ def check_card(text: str) -> None:
 
     try:
         card = ModelCard(text, ignore_metadata_errors=False)
-        meta = card.data.to_dict()
+        card_data: Any = card.data  # huggingface_hub leaves CardData.to_dict unannotated
+        meta = card_data.to_dict()
     except Exception as exc:  # huggingface_hub raises ValueError/yaml errors
         raise PublishError(f"the generated card does not parse: {exc}", where="README.md") from exc
     if meta.get("base_model") and meta.get("base_model_relation") != "quantized":

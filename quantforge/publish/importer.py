@@ -84,7 +84,7 @@ def _ftype_name(engine: str, value: Any, default: str) -> str:
     from quantforge.catalogue import ftypes
 
     value = getattr(value, "value", value)
-    table = ftypes(engine)  # type: ignore[arg-type]
+    table = ftypes(engine)
     for name, ft in table.items():
         if ft.value is not None and ft.value == value and ft.listed:
             return name

@@ -360,7 +360,13 @@ def execute(plan: UploadPlan, *, token: str, progress: bool = False) -> UploadRe
     """Create the repo if needed and run the plan's commits in order (the card last)."""
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub import constants as hf_constants
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    # From the defining module: huggingface_hub.utils re-exports them only lazily (mypy strict).
+    from huggingface_hub.utils.tqdm import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
     if hf_constants.is_offline_mode():
         raise PublishError("huggingface_hub is in offline mode (HF_HUB_OFFLINE is set)", where="HF_HUB_OFFLINE",
