@@ -278,12 +278,16 @@ def _resumable_blob(repo_id: str, filename: str, *, repo_type: str, revision: st
     from urllib.parse import urlsplit
 
     from filelock import FileLock
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get, repo_folder_name
 
-    # From the defining modules: file_download and utils re-export them only implicitly (mypy strict).
-    from huggingface_hub.utils._headers import build_hf_headers
-    from huggingface_hub.utils._runtime import is_xet_available
+    # Public (lazily re-exported) names, not the private modules that define them: those move.
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+    def is_xet_available() -> bool:  # as huggingface_hub decides it: hf_xet installed and not disabled
+        import importlib.util
+
+        return not constants.HF_HUB_DISABLE_XET and importlib.util.find_spec("hf_xet") is not None
 
     url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
     meta = get_hf_file_metadata(url, endpoint=endpoint)

@@ -89,7 +89,7 @@ def _click() -> Any:
     try:
         from typer._click import exceptions
     except ImportError:  # pragma: no cover - older typer
-        from click import exceptions
+        from click import exceptions  # type: ignore[no-redef]
     return exceptions
 
 
