@@ -12,8 +12,9 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from quantforge.errors import InputError, Interrupted, QuantforgeError
 
@@ -41,6 +42,29 @@ def smollm2_q4_1_path() -> Path:
     return path
 
 
+def copy_kv(
+    reader: Any, writer: Any, *, uint32: Mapping[str, int] | None = None, skip: tuple[str, ...] = ()
+) -> None:
+    """Copy every KV pair of a gguf-py ``GGUFReader`` to a ``GGUFWriter`` with its exact value
+    type, replacing the keys in ``uint32`` (``general.file_type``, ``{arch}.block_count`` …) and
+    leaving out keys that start with ``skip``."""
+    from gguf import GGUFValueType
+
+    replace = dict(uint32 or {})
+    for name, field in reader.fields.items():
+        if name == "general.architecture" or name.startswith(("GGUF.", *skip)):
+            continue
+        if name in replace:
+            writer.add_uint32(name, replace[name])
+            continue
+        vtype = field.types[0]
+        value = field.contents()
+        if vtype == GGUFValueType.ARRAY:
+            writer.add_key_value(name, value, vtype, sub_type=field.types[1] if len(field.types) > 1 else None)
+        else:
+            writer.add_key_value(name, value, vtype)
+
+
 def dequantize_gguf(src: Path, dst: Path, *, dtype: Literal["f16", "bf16"] = "f16") -> Path:
     """Write ``dst``: ``src`` with every quantized tensor stored as F16 (or BF16).
 
@@ -49,7 +73,7 @@ def dequantize_gguf(src: Path, dst: Path, *, dtype: Literal["f16", "bf16"] = "f1
     import gguf
     import numpy as np
     from gguf import GGMLQuantizationType as Q
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    from gguf import GGUFReader, GGUFWriter
 
     # A split set (x-00001-of-0000N.gguf, as llama-gguf-split writes it and Hub repos hold big
     # models) is read shard by shard: the KV of the first shard, the tensors of all, in order.
@@ -66,19 +90,7 @@ def dequantize_gguf(src: Path, dst: Path, *, dtype: Literal["f16", "bf16"] = "f1
     arch = reader.fields["general.architecture"].contents()
     tmp = dst.with_name(dst.name + ".partial")
     writer = GGUFWriter(str(tmp), arch)
-    file_type = 1 if dtype == "f16" else 32
-    for name, field in reader.fields.items():
-        if name == "general.architecture" or name.startswith(("GGUF.", "split.")):
-            continue
-        if name == "general.file_type":
-            writer.add_uint32(name, file_type)
-            continue
-        vtype = field.types[0]
-        value = field.contents()
-        if vtype == GGUFValueType.ARRAY:
-            writer.add_key_value(name, value, vtype, sub_type=field.types[1] if len(field.types) > 1 else None)
-        else:
-            writer.add_key_value(name, value, vtype)
+    copy_kv(reader, writer, uint32={"general.file_type": 1 if dtype == "f16" else 32}, skip=("split.",))
     for t in (t for r in readers for t in r.tensors):
         shape = tuple(int(x) for x in reversed(list(t.shape)))
         if t.tensor_type == Q.F32:

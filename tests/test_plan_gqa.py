@@ -28,23 +28,11 @@ def _with_kv_heads(src: Path, dst: Path, n_head_kv: int) -> Path:
     import gguf
     import numpy as np
 
+    from quantforge.acquire import copy_kv
+
     r = gguf.GGUFReader(str(src))
     w = gguf.GGUFWriter(str(dst), "llama")
-    for f in r.fields.values():
-        if f.name.startswith("GGUF.") or f.name == "general.architecture":
-            continue
-        vt = f.types[0]
-        if f.name == "llama.attention.head_count_kv":
-            w.add_uint32(f.name, n_head_kv)
-        elif vt == gguf.GGUFValueType.ARRAY:
-            if f.types[-1] == gguf.GGUFValueType.STRING:
-                w.add_array(f.name, [str(bytes(f.parts[i]), "utf-8") for i in f.data])
-            else:
-                w.add_array(f.name, [f.parts[i][0].item() for i in f.data])
-        elif vt == gguf.GGUFValueType.STRING:
-            w.add_string(f.name, str(bytes(f.parts[-1]), "utf-8"))
-        else:
-            w.add_key_value(f.name, f.parts[-1][0].item(), vt)
+    copy_kv(r, w, uint32={"llama.attention.head_count_kv": n_head_kv})
     for t in r.tensors:
         data = t.data  # bf16 comes as uint8 rows: raw_shape is then the byte shape
         if t.name.endswith(("attn_k.weight", "attn_v.weight")):

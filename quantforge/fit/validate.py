@@ -231,24 +231,12 @@ def cut_layers(src: str | Path, dst: str | Path, n_layer: int) -> Path:
     """Write ``dst``: ``src`` with its first ``n_layer`` layers (see the module docstring)."""
     import gguf
 
+    from quantforge.acquire import copy_kv
+
     r = gguf.GGUFReader(str(src))
     arch = str(bytes(r.fields["general.architecture"].parts[-1]), "utf-8")
     w = gguf.GGUFWriter(str(dst), arch)
-    for f in r.fields.values():
-        if f.name.startswith("GGUF.") or f.name == "general.architecture":
-            continue
-        vt = f.types[0]
-        if f.name == f"{arch}.block_count":
-            w.add_uint32(f.name, n_layer)
-        elif vt == gguf.GGUFValueType.ARRAY:
-            if f.types[-1] == gguf.GGUFValueType.STRING:
-                w.add_array(f.name, [str(bytes(f.parts[i]), "utf-8") for i in f.data])
-            else:
-                w.add_array(f.name, [f.parts[i][0].item() for i in f.data])
-        elif vt == gguf.GGUFValueType.STRING:
-            w.add_string(f.name, str(bytes(f.parts[-1]), "utf-8"))
-        else:
-            w.add_key_value(f.name, f.parts[-1][0].item(), vt)
+    copy_kv(r, w, uint32={f"{arch}.block_count": n_layer})
     for t in r.tensors:
         if t.name.startswith("blk.") and int(t.name.split(".")[1]) >= n_layer:
             continue
