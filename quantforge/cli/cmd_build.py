@@ -19,43 +19,7 @@ from quantforge.cli._options import (
     RecipeArg,
     ThreadsOpt,
 )
-
-
-class _Bars:
-    """tqdm bars driven by the runner's progress callbacks (stderr, only on a terminal)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-        self.key: tuple[str, int] | None = None
-
-    def __call__(self, kind: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        if self.key != (kind, total) or self.bar is None or done < self.bar.n:
-            self.close()
-            self.bar = tqdm(
-                total=total,
-                desc=kind,
-                unit="tensor" if kind == "quantize" else "chunk",
-                file=sys.stderr,
-                leave=False,
-            )
-            self.key = (kind, total)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _progress_enabled(flag: bool | None) -> bool:
-    if flag is not None:
-        return flag
-    return sys.stderr.isatty()
+from quantforge.cli._progress import Bars, progress_enabled
 
 
 @app.command("doctor")
@@ -143,7 +107,7 @@ def imatrix_cmd(
     corpus_src = corpus or (spec.corpus if spec is not None and not file else None)
     if file and corpus:
         raise UsageError("--file and --corpus exclude each other", hint="give one")
-    bars = _Bars(_progress_enabled(progress))
+    bars = Bars(progress_enabled(progress))
     source = base or r.model.base
     if not source:
         raise UsageError(
@@ -287,7 +251,7 @@ def build_cmd(
     r = load_recipe(recipe)
     names = [q.name for q in r.quants] if all_ else (list(quant) if quant else None)
     split_bytes = parse_size(split_max)
-    bars = _Bars(_progress_enabled(progress))
+    bars = Bars(progress_enabled(progress))
 
     def on_result(res: Any) -> None:
         bars.close()

@@ -62,9 +62,9 @@ def demo_cmd(
         ]
         return "\n".join(lines)
 
-    from quantforge.cli.cmd_build import _Bars, _progress_enabled
+    from quantforge.cli._progress import Bars, progress_enabled
 
-    bars = _Bars(_progress_enabled(progress))
+    bars = Bars(progress_enabled(progress))
     try:
         result = run_demo(out, chunks=chunks, threads=threads, report=report, build_progress=bars)
     finally:
