@@ -299,6 +299,8 @@ def sweep_compare_cmd(
     ubatch: int = typer.Option(128, "--ubatch", "-ub", help="U-batch (bundled)."),
     tg: int = typer.Option(16, "--tg", help="Generated tokens per row (bundled)."),
     out: str = typer.Option(None, "--out", "-o", help="Write the report JSON here."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of Welch's t-test (false-positive rate per metric)."),
+    min_effect: float = typer.Option(2.0, "--min-effect", help="Smallest change in % ever called a regression/improvement."),
     as_json: JsonOpt = False,
 ) -> None:
     """Is a speed difference real? Per N_KV row and overall: change, 95% CI, verdict.
@@ -311,6 +313,11 @@ def sweep_compare_cmd(
     """
     from quantforge.cli._output import emit
     from quantforge.errors import UsageError
+
+    if not 0.0 < alpha < 1.0:
+        raise UsageError(f"--alpha must be between 0 and 1, not {alpha}", where="--alpha", hint="e.g. --alpha 0.05")
+    if min_effect < 0:
+        raise UsageError(f"--min-effect must not be negative, not {min_effect}", where="--min-effect")
     from quantforge.evaluate.stats import compare
     from quantforge.evaluate.sweep import (
         binary_runner,
@@ -346,7 +353,7 @@ def sweep_compare_cmd(
                             raw_jsonl=Path(out).with_suffix(".jsonl") if out else None)
     else:
         raise UsageError("give BASELINE CANDIDATE results, or --a and --b to run both", where="sweep compare")
-    rep = compare(ra, rb)
+    rep = compare(ra, rb, alpha=alpha, min_effect_pct=min_effect)
     if out:
         p = Path(out)
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -215,8 +215,10 @@ class CompareReport(_Frozen):
     candidate: str
     alpha: float = 0.05
     sigma_rule: float = 3.0
+    min_effect_pct: float = 2.0
     method: str = Field(
-        default="Welch's t-test (p < alpha) and |difference| > 3 standard errors; overall: per-run geometric mean across rows"
+        default="Welch's t-test (p < alpha), |difference| > 3 standard errors and |change| >= min_effect_pct; "
+        "overall: per-run geometric mean across rows"
     )
     rows: tuple[MetricComparison, ...]
     overall: tuple[MetricComparison, ...]

@@ -29,6 +29,10 @@ from quantforge.evaluate.models import (
 
 ALPHA = 0.05
 SIGMA_RULE = 3.0
+#: Changes smaller than this are never called a regression or an improvement: one sweep-bench
+#: run differs from the next by about 2 % on a quiet machine, so a smaller "significant" change
+#: is usually drift of the machine between the runs, not a property of the configuration.
+MIN_EFFECT_PCT = 2.0
 
 
 def summarize(runs: Sequence[Sequence[SweepRow]]) -> tuple[RowStats, ...]:
@@ -73,17 +77,19 @@ def welch(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, a
     return diff, diff - q * se, diff + q * se, p, abs(t)
 
 
-def _verdict(diff: float, p: float | None, sigmas: float | None, *, alpha: float, sigma_rule: float) -> Verdict:
+def _verdict(diff: float, p: float | None, sigmas: float | None, *, alpha: float, sigma_rule: float,
+             change_pct: float = math.inf, min_effect_pct: float = 0.0) -> Verdict:
     if p is None or sigmas is None:
         return "no significant change"
-    if p < alpha and sigmas > sigma_rule:
+    if p < alpha and sigmas > sigma_rule and abs(change_pct) >= min_effect_pct:
         # speed: higher is better
         return "improvement" if diff > 0 else "regression"
     return "no significant change"
 
 
 def _compare(metric: Literal["pp", "tg"], n_kv: int | None, a: Sequence[float], b: Sequence[float], *,
-             alpha: float, sigma_rule: float, log_space: bool = False) -> MetricComparison:
+             alpha: float, sigma_rule: float, log_space: bool = False,
+             min_effect_pct: float = MIN_EFFECT_PCT) -> MetricComparison:
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if log_space:
         diff, lo, hi, p, sig = welch(np.log(xa), np.log(xb), alpha=alpha)
@@ -97,7 +103,8 @@ def _compare(metric: Literal["pp", "tg"], n_kv: int | None, a: Sequence[float], 
         metric=metric, n_kv=n_kv, baseline_mean=ma, baseline_std=float(xa.std(ddof=1)) if len(xa) > 1 else 0.0,
         baseline_n=len(xa), candidate_mean=mb, candidate_std=float(xb.std(ddof=1)) if len(xb) > 1 else 0.0,
         candidate_n=len(xb), change_pct=change, ci_low_pct=lo_pct, ci_high_pct=hi_pct, p_value=p, sigmas=sig,
-        verdict=_verdict(diff, p, sig, alpha=alpha, sigma_rule=sigma_rule),
+        verdict=_verdict(diff, p, sig, alpha=alpha, sigma_rule=sigma_rule, change_pct=change,
+                         min_effect_pct=min_effect_pct),
     )
 
 
@@ -106,7 +113,7 @@ def _per_row(runs: Sequence[Sequence[SweepRow]], n_kv: int, metric: str) -> list
 
 
 def compare(baseline: SweepResult, candidate: SweepResult, *, alpha: float = ALPHA,
-            sigma_rule: float = SIGMA_RULE) -> CompareReport:
+            sigma_rule: float = SIGMA_RULE, min_effect_pct: float = MIN_EFFECT_PCT) -> CompareReport:
     """Per N_KV row and overall: the change of PP and TG speed, its 95 % CI and a verdict."""
     kv_a = {r.n_kv for run in baseline.runs for r in run}
     kv_b = {r.n_kv for run in candidate.runs for r in run}
@@ -119,15 +126,16 @@ def compare(baseline: SweepResult, candidate: SweepResult, *, alpha: float = ALP
     for n_kv in common:
         for metric in metrics:
             rows.append(_compare(metric, n_kv, _per_row(baseline.runs, n_kv, metric),
-                                 _per_row(candidate.runs, n_kv, metric), alpha=alpha, sigma_rule=sigma_rule))
+                                 _per_row(candidate.runs, n_kv, metric), alpha=alpha, sigma_rule=sigma_rule,
+                                 min_effect_pct=min_effect_pct))
     overall = []
     for metric in metrics:
         ga = [_geo(run, common, metric) for run in baseline.runs]
         gb = [_geo(run, common, metric) for run in candidate.runs]
         overall.append(_compare(metric, None, ga, gb, alpha=alpha, sigma_rule=sigma_rule,
-                                log_space=True))
+                                log_space=True, min_effect_pct=min_effect_pct))
     return CompareReport(baseline=baseline.label, candidate=candidate.label, alpha=alpha, sigma_rule=sigma_rule,
-                         rows=tuple(rows), overall=tuple(overall))
+                         min_effect_pct=min_effect_pct, rows=tuple(rows), overall=tuple(overall))
 
 
 def _geo(run: Sequence[SweepRow], kvs: Sequence[int], metric: str) -> float:

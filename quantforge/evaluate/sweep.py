@@ -80,12 +80,15 @@ def run_sweeps(
     meta: Sequence[dict[str, Any]] | None = None, raw_jsonl: str | Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[SweepResult]:
-    """Run each (label, runner) ``repeat`` times, interleaved A B A B … by default; one SweepResult each."""
+    """Run each (label, runner) ``repeat`` times, interleaved and counterbalanced (A B, B A, A B …)
+    by default, so that a drift of the machine (warming up, another job starting) does not favour
+    the configuration that always runs first; one SweepResult each."""
     if repeat < 1:
         raise InputError(f"--repeat must be at least 1, not {repeat}", where="--repeat")
     runs: list[list[tuple[SweepRow, ...]]] = [[] for _ in configs]
-    order = ([(r, i) for r in range(repeat) for i in range(len(configs))] if interleave
-             else [(r, i) for i in range(len(configs)) for r in range(repeat)])
+    n = len(configs)
+    order = ([(r, i if r % 2 == 0 else n - 1 - i) for r in range(repeat) for i in range(n)] if interleave
+             else [(r, i) for i in range(n) for r in range(repeat)])
     for k, (_rep, i) in enumerate(order):
         label, runner = configs[i]
         if progress:
