@@ -184,16 +184,17 @@ def args_cmd(
     """
     from pathlib import Path
 
+    from quantforge.build import output_stem
     from quantforge.cli._output import emit
     from quantforge.plan import expand, quantize_command, shell_join
 
     r, inv, names, imx = _load(recipe, inventory, imatrix, quant)
     base = r.resolve_path(r.model.base) if r.model.base else (inventory or r.model.id or "model.gguf")
-    stem = r.model.name or Path(str(base)).name.removesuffix(".gguf")
+    stem = output_stem(r, Path(str(base)))  # the name `quantforge build` gives the output
     items = []
     for n in names:
         p = expand(r, n, inv, imatrix=imx)
         out = output if (output and len(names) == 1) else f"{stem}-{n}.gguf"
-        cmd = quantize_command(p, binary=binary, input_path=str(base), output_path=out, imatrix=p.imatrix)
+        cmd = quantize_command(p, binary=binary, input_path=str(base), output_path=out)
         items.append({"name": n, "args": cmd, "command": shell_join(cmd)})
     emit({"quants": items}, as_json=as_json, human=lambda d: "\n".join(i["command"] for i in d["quants"]))
