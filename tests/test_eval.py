@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support import cached_quant
 
 from quantforge import constants
 from quantforge.cli import main
@@ -275,14 +276,14 @@ def test_eval_recipe_variant_uses_recipe_defaults(smol_f16: Path, variants: dict
 
 
 def test_bundled_kld_matches_ik_fixture(smol_f16: Path, smol_imatrix: Path, ik_quantize: Path, eval_corpus: Path,
-                                        kld_cache: Path, ik_fixtures: Path, tmp_path: Path) -> None:
+                                        kld_cache: Path, ik_fixtures: Path) -> None:
     """Quant c of the fixtures (same llama-quantize command, same imatrix): running KLD/PPL after 4 chunks as ik printed."""
     from quantforge.evaluate.perplexity import evaluate
 
-    custom = tmp_path / "smol-custom.gguf"
-    subprocess.run([str(ik_quantize), "--imatrix", str(smol_imatrix), "--custom-q",
-                    "ffn_down=q6_K,attn_.*=iq4_ks,ffn_(gate|up)=iq3_k,token_embd=q8_0", str(smol_f16), str(custom), "IQ4_K"],
-                   check=True, capture_output=True)
+    # The fixtures' command named the imatrix relatively; cached_quant does too, so the recorded
+    # quantize.imatrix.file (and with it the header's padding) does not depend on where ../shared is.
+    custom = cached_quant(ik_quantize, smol_f16, "IQ4_K", imatrix=smol_imatrix,
+                          extra=("--custom-q", "ffn_down=q6_K,attn_.*=iq4_ks,ffn_(gate|up)=iq3_k,token_embd=q8_0"))
     assert custom.stat().st_size == 98_570_016  # sizes.txt
     res = evaluate(custom, engine="bundled", corpus=eval_corpus, ctx=CTX, chunks=CHUNKS, base=smol_f16)
     row = parse_perplexity_log((ik_fixtures / "logs" / "kld-custom.log").read_text()).kld_chunks[CHUNKS - 1]

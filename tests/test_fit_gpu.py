@@ -1,9 +1,10 @@
 """Fit stage vs the real CUDA loads recorded on the lent H100 (docs/gpu-logs/), and the MLA
 compute terms vs real loads of the miniature DeepSeek-V2 with the bundled ik libllama (CPU).
 
-The two model files the GPU runs loaded are regenerated here byte-identically (SmolLM2 F16 cut
-to 6 layers + ik llama-quantize with the fixtures' imatrix; the seed-0 deepseek2 miniature +
-Q4_0) and cached under ``.qf-cache/gpu-validation/``. Acceptance (docs/memory-validation.md):
+The two model files the GPU runs loaded are regenerated here with the same tensors, byte for
+byte (``tensor_digest``): SmolLM2 F16 cut to 6 layers + ik llama-quantize with the fixtures'
+imatrix; the seed-0 deepseek2 miniature + Q4_0. They are cached under
+``.qf-cache/gpu-validation/``. Acceptance (docs/memory-validation.md):
 weights and KV exact to the 0.01 MiB the library prints, compute buffers within 5 % or 64 MiB.
 """
 
@@ -19,6 +20,7 @@ from quantforge.fit.kv import kv_cache
 from quantforge.fit.probe import parse_buffer_log, probe_load
 from quantforge.fit.validate import (
     GPU_MODEL_SHA256,
+    GPU_MODEL_TENSORS_SHA256,
     ModelFacts,
     RunSpec,
     compare_log,
@@ -27,7 +29,9 @@ from quantforge.fit.validate import (
     make_gpu_models,
     markdown_table,
     model_facts,
+    tensor_digest,
 )
+from quantforge.gguf_header import read_header
 
 REPO = Path(__file__).resolve().parents[1]
 LOGS = REPO / "docs" / "gpu-logs"
@@ -78,10 +82,13 @@ def test_device_is_the_h100() -> None:
 
 
 def test_models_regenerate_byte_identically(gpu_models: dict[str, Path]) -> None:
+    """The same tensors the GPU runs loaded, and the same whole file on any machine and path."""
     from quantforge.fsutil import sha256_file
 
     for name, path in gpu_models.items():
+        assert tensor_digest(path) == GPU_MODEL_TENSORS_SHA256[name]
         assert sha256_file(path) == GPU_MODEL_SHA256[name]
+    assert read_header(gpu_models["smol6"]).get("quantize.imatrix.file") == "smol.imatrix"
 
 
 @pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
