@@ -281,7 +281,7 @@ def tensor_digest(path: str | Path) -> str:
     for t in gguf.GGUFReader(str(path)).tensors:
         shape = ",".join(str(int(x)) for x in t.shape)
         h.update(f"{t.name}\0{int(t.tensor_type)}\0{shape}\0{int(t.n_bytes)}\0".encode())
-        h.update(memoryview(t.data).cast("B"))
+        h.update(t.data.tobytes())
     return h.hexdigest()
 
 
