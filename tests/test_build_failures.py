@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import sigint_default
 
 from quantforge.build import error_line
 from quantforge.cli import main
@@ -196,7 +197,7 @@ def test_ctrl_c_stops_the_child_and_cleans_up(tmp_path: Path, smol_f16: Path, ik
     env = dict(os.environ, QF_REAL_QUANTIZE=str(ik_quantize), QF_FAULT="hang", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
         [sys.executable, "-m", "quantforge", "build", str(recipe(tmp_path, smol_f16)), "--out", str(out), "--bin-dir", str(FAULTY)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=sigint_default,
     )  # fmt: skip
     log = out / "smol-X.gguf.log"
     partial = out / "smol-X.gguf.partial"

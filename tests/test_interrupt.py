@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import sigint_default
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = random.Random(7)
@@ -31,7 +32,7 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, "-m", "quantforge", *args], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=sigint_default,
     )  # fmt: skip
 
 

@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_CACHE = Path(os.environ.get("QUANTFORGE_TEST_CACHE", REPO / ".qf-cache"))
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child the test will interrupt: SIGINT at its default disposition.
+
+    A test run started in the background by a non-interactive shell inherits SIGINT ignored, and
+    Python then never installs its KeyboardInterrupt handler, so the child would shrug off the
+    test's Ctrl-C and finish with exit status 0.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cached_quant(binary: Path, src: Path, ftype: str, *, imatrix: Path | None = None,
