@@ -304,8 +304,12 @@ def test_command_flags_ik(r1: tuple[list[Any], Any]) -> None:
     plans, dims = r1
     r = plan_fit(plans[0], dims, load_target("256gb-24gb"), settings=Settings(n_ctx=32768))
     cmd = r.command
-    for flag in ("-fmoe", "-fa", "-mla", "-amb", "-ctk", "-ctv", "-ngl", "-ot"):
+    for flag in ("-fa", "-mla", "-amb", "-ctk", "-ctv", "-ngl", "-ot"):
         assert flag in cmd
+    # ik fuses MoE by default and knows only -no-fmoe; -fa takes its value
+    assert "-fmoe" not in cmd
+    assert cmd[cmd.index("-fa") + 1] in ("on", "off")
+    assert int(cmd[cmd.index("-b") + 1]) >= int(cmd[cmd.index("-ub") + 1])
     assert cmd[cmd.index("-c") + 1] == "32768"
     r3 = plan_fit(plans[0], dims, load_target("256gb-3x24gb"), settings=Settings(n_ctx=32768))
     assert r3.command[r3.command.index("-ts") + 1] == "21,20,20"

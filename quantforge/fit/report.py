@@ -303,6 +303,11 @@ def _command(
     *, engine: Engine, dims: ModelDims, target: HardwareTarget, s: Settings, ot: list[str], counts: list[int],
     n_ctx: int, ngl: int,
 ) -> list[str]:  # fmt: skip
+    """The ``llama-server`` command of the plan, in the spelling both engines' parsers accept today:
+    ``-fa on|off`` always explicit (ik turns FA on by default, and its ``-fa`` takes a value), no
+    ``-fmoe`` (ik fuses MoE up/gate by default and only knows ``-no-fmoe``), ``-b`` at least ``-ub``
+    (llama.cpp clamps the u-batch to the batch, so a smaller ``-b`` would run another plan), and
+    mainline's ``-fit off`` so that its own fitting does not move what the plan placed."""
     cmd = ["llama-server", "-m", "MODEL.gguf", "-c", str(n_ctx)]
     if target.gpu:
         cmd += ["-ngl", str(ngl)]
@@ -310,27 +315,13 @@ def _command(
             cmd += ["-ts", ",".join(str(c) for c in counts)]
         for a in ot:
             cmd += ["-ot", a]
-    if engine == "ik":
-        if dims.is_moe:
-            cmd += ["-fmoe"]
-        if s.flash_attn:
-            cmd += ["-fa"]
-        if dims.is_mla:
-            cmd += ["-mla", str(s.mla), "-amb", str(s.amb)]
-    elif s.flash_attn:
-        cmd += ["-fa", "on"]
-    cmd += [
-        "-ctk",
-        s.ctk,
-        "-ctv",
-        s.ctv,
-        "-b",
-        str(s.batch),
-        "-ub",
-        str(s.ub),
-        "-t",
-        str(target.cpu.physical_cores),
-    ]
+    cmd += ["-fa", "on" if s.flash_attn else "off"]
+    if engine == "ik" and dims.is_mla:
+        cmd += ["-mla", str(s.mla), "-amb", str(s.amb)]
+    cmd += ["-ctk", s.ctk, "-ctv", s.ctv, "-b", str(max(s.batch, s.ub)), "-ub", str(s.ub)]
+    cmd += ["-t", str(target.cpu.physical_cores)]
+    if engine == "mainline":
+        cmd += ["-fit", "off"]
     return cmd
 
 
