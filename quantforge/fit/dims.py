@@ -109,3 +109,17 @@ def dims_from_hparams(arch: str, hparams: Mapping[str, Any]) -> ModelDims:
         n_rot=_int(h, "rope_dimension_count", "dimension_count", "qk_rope_head_dim", "rope_dims", default=0),
         n_ctx_train=_int(h, "context_length", "max_position_embeddings", default=0),
     )
+
+
+def extras_from_hparams(arch: str, hparams: Mapping[str, Any], *, layout: str = "ik") -> Any:
+    """The graph-shaping facts beyond ``ModelDims``: the routed-expert weight scale and expert groups."""
+    from quantforge.fit.buffers import ModelExtras
+
+    h = _norm(arch, hparams)
+    scale = h.get("expert_weights_scale")
+    return ModelExtras(
+        layout="mainline" if layout == "mainline" else "ik",
+        expert_weights_scale=float(scale) if scale is not None else 1.0,
+        expert_groups=_int(h, "expert_group_count", default=0),
+        expert_groups_used=_int(h, "expert_group_used_count", default=0),
+    )

@@ -47,12 +47,16 @@ class KVCache(BaseModel):
         return self.k_bytes + self.v_bytes
 
 
-def kv_padding(flash_attn: bool) -> int:
+def kv_padding(flash_attn: bool, engine: Engine = "ik") -> int:
+    """ik pads the cache to 256 cells with flash attention and 32 without; llama.cpp (mainline)
+    always to 256 (``llama_context``: ``GGML_PAD(n_ctx, 256)``)."""
+    if engine == "mainline":
+        return 256
     return 256 if flash_attn else 32
 
 
-def padded_ctx(n_ctx: int, flash_attn: bool) -> int:
-    pad = kv_padding(flash_attn)
+def padded_ctx(n_ctx: int, flash_attn: bool, engine: Engine = "ik") -> int:
+    pad = kv_padding(flash_attn, engine)
     return (n_ctx + pad - 1) // pad * pad
 
 
@@ -80,13 +84,18 @@ def kv_cache(
     """Bytes of the KV cache of ``dims`` at ``n_ctx`` (before padding) with these settings."""
     cat = catalogue(engine)
     tk, tv = cat.get(type_k), cat.get(type_v)
-    kv_size = padded_ctx(n_ctx, flash_attn)
-    use_mla = dims.is_mla and mla > 0
+    kv_size = padded_ctx(n_ctx, flash_attn, engine)
+    use_mla = dims.is_mla and (mla > 0 or engine == "mainline")
     per_layer: list[int] = []
     k_total = v_total = 0
-    n_kv_layers = dims.n_layer
+    # the NextN (MTP) layers have no cache unless MTP is on (neither engine enables it by default)
+    n_kv_layers = dims.n_layer - dims.nextn_layers
     for _ in range(n_kv_layers):
-        if use_mla:
+        if use_mla and engine == "mainline":
+            # mainline stores MLA as MQA over the latent: one K row of kv_lora + rope, no V cache
+            k = tk.row_bytes(dims.kv_lora_rank + dims.n_rot) * kv_size
+            v = 0
+        elif use_mla:
             primary = tk if (flash_attn or mla == 1) else tv
             k = primary.row_bytes(dims.kv_lora_rank + dims.n_rot) * kv_size
             v = tv.row_bytes(dims.kv_lora_rank * kv_size) if (mla == 1 and not flash_attn) else 0
@@ -101,7 +110,7 @@ def kv_cache(
         kv_size=kv_size,
         type_k=tk.name,
         type_v=tv.name,
-        mla=mla if dims.is_mla else 0,
+        mla=(mla if engine == "ik" else 1) if dims.is_mla else 0,
         flash_attn=flash_attn,
         k_bytes=k_total,
         v_bytes=v_total,

@@ -27,7 +27,15 @@ from pathlib import Path
 
 from quantforge.catalogue import Engine, catalogue
 from quantforge.errors import InputError
-from quantforge.gguf_header import DEFAULT_ALIGNMENT, GGUFTensorInfo, GGUFValue, ValueType, header_bytes
+from quantforge.gguf_header import (
+    DEFAULT_ALIGNMENT,
+    GGUFHeader,
+    GGUFTensorInfo,
+    GGUFValue,
+    ValueType,
+    header_bytes,
+    read_header,
+)
 from quantforge.inventory import TensorInventory
 from quantforge.inventory_synth import MODELS_DIR, synthesize_inventory
 
@@ -217,3 +225,11 @@ def write_realwidth(spec: RealWidthSpec, path: str | os.PathLike[str], *, force:
     size = write_header(spec, out, force=force)
     extend_to_size(out, size)
     return out
+
+
+def realwidth_header(spec: RealWidthSpec) -> GGUFHeader:
+    """The parsed header of the model (what the planner reads of it), without writing a file."""
+    import io
+
+    head, size, _ = realwidth_layout(spec)
+    return read_header(io.BytesIO(head), size=size, where=spec.stem)

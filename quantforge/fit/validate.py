@@ -18,21 +18,15 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from quantforge.catalogue import Engine, catalogue
 from quantforge.errors import InputError
-from quantforge.fit.compute import compute_buffer, host_compute_buffer, offload_copy_bytes
-from quantforge.fit.dims import ModelDims, dims_from_hparams
-from quantforge.fit.kv import kv_cache
-from quantforge.fit.placement import (
-    FitTensor,
-    Prepared,
-    apply_overrides,
-    device_weight_bytes,
-    expert_part,
-    prepare,
-)
+from quantforge.fit.buffers import ModelExtras, run_buffers
+from quantforge.fit.cmdline import parse_command
+from quantforge.fit.dims import ModelDims, dims_from_hparams, extras_from_hparams
+from quantforge.fit.placement import FitTensor, Prepared, prepare
 from quantforge.fit.probe import LoadBuffers
+from quantforge.gguf_header import GGUFHeader
 
 _MIB = 1 << 20
 #: Compute-buffer acceptance: within this fraction of the logged size, or within ``_COMPUTE_ABS``.
@@ -107,86 +101,69 @@ class BufferRow:
         return abs(self.diff_mib) <= max(COMPUTE_REL * self.logged_mib, COMPUTE_ABS_MIB)
 
 
-def _file_tensors(inv: Any, engine: str) -> list[FitTensor]:
-    from quantforge.catalogue import catalogue
-
-    cat = catalogue(engine)
-    out = []
-    for e in inv.tensors:
-        layer = int(e.name.split(".")[1]) if e.name.startswith("blk.") else None
-        out.append(
-            FitTensor(name=e.name, shape=tuple(e.shape), type=e.dtype, bytes=cat.get(e.dtype).tensor_bytes(e.shape),
-                      layer=layer)
-        )  # fmt: skip
-    return out
-
-
 @dataclass(frozen=True)
 class ModelFacts:
     """What the predictions need of one model file (read once, shared by its runs)."""
 
     dims: ModelDims
-    prep: Prepared
+    tensors: tuple[FitTensor, ...]
+    offsets: tuple[int, ...]  # data offset of each tensor in the file (mainline maps a range of them)
+    extras: ModelExtras
+
+    @property
+    def prep(self) -> Prepared:
+        return prepare(list(self.tensors), engine="ik", n_layer=self.dims.n_layer)
 
 
-def model_facts(path: str | Path, *, engine: str = "ik") -> ModelFacts:
-    from quantforge.inventory import load_inventory
+def facts_from_header(header: GGUFHeader, *, engine: Engine = "ik") -> ModelFacts:
+    """``ModelFacts`` of a GGUF from its header alone (tensor types, shapes and offsets)."""
+    from quantforge.inventory import inventory_from_headers
 
-    inv = load_inventory(str(path), engine=engine)  # type: ignore[arg-type]
+    name = header.path or "model.gguf"
+    inv = inventory_from_headers([header], source=name, engine=engine, names=[name])
     dims = dims_from_hparams(inv.arch, inv.hparams)
-    prep = prepare(_file_tensors(inv, engine), engine=engine, n_layer=dims.n_layer)  # type: ignore[arg-type]
-    return ModelFacts(dims=dims, prep=prep)
+    cat = catalogue(engine)
+    out = []
+    for info in header.tensors:
+        qt = cat.by_id(info.type_id)
+        if qt is None:
+            raise InputError(f"tensor {info.name}: type id {info.type_id} unknown to {engine}", where=str(header.path))
+        layer = int(info.name.split(".")[1]) if info.name.startswith("blk.") else None
+        out.append(FitTensor(name=info.name, shape=tuple(info.shape), type=qt.name,
+                             bytes=qt.tensor_bytes(info.shape), layer=layer))  # fmt: skip
+    return ModelFacts(dims=dims, tensors=tuple(out), offsets=tuple(t.offset for t in header.tensors),
+                      extras=extras_from_hparams(inv.arch, inv.hparams, layout=inv.layout or "ik"))  # fmt: skip
 
 
-def _fa(run: RunSpec, engine: str) -> bool:
-    # ik (8337e4cd3) turns FA on by default; mainline's default "auto" turns it on for CUDA
-    v = run.flag("-fa", run.flag("--flash-attn"))
-    if v is None or v.startswith("-"):  # absent, or the old valueless spelling
-        return True
-    return v.lower() not in ("off", "0", "false", "disabled")
+def model_facts(path: str | Path, *, engine: Engine = "ik") -> ModelFacts:
+    from quantforge.gguf_header import read_header
+
+    return facts_from_header(read_header(path), engine=engine)
 
 
-def predict_buffers(
-    facts: ModelFacts, run: RunSpec, *, params: dict[str, int] | None = None
-) -> dict[str, int]:
-    """Bytes of every buffer a full-offload (``-ngl`` >= layers) CUDA run of ``run`` allocates.
+def run_engine(run: RunSpec, default: Engine = "ik") -> Engine:
+    tool = run.command[0] if run.command else ""
+    if "batched-bench" in tool or "fit-params" in tool:
+        return "mainline"
+    return default
 
-    ``params`` (the ``llama_init_from_model`` lines of the log) supply defaults the command does
-    not spell (ik's ``-amb`` default); the command's flags win where given.
-    """
-    dims, prep = facts.dims, facts.prep
-    params = params or {}
-    fa = _fa(run, prep.engine)
-    n_ctx = int(run.flag("-c", str(dims.n_ctx_train)) or 0)
-    ub = int(run.flag("-ub", "512") or 512)
-    mla = int(run.flag("-mla", str(params.get("mla_attn", 0))) or 0)
-    amb = int(run.flag("-amb", str(params.get("attn_max_b", 0))) or 0)
-    ot = run.flags("-ot") + run.flags("--override-tensor")
-    names = [t.name for t in prep.tensors]
-    dev = apply_overrides(names, ot, lambda n: "CPU" if n == "token_embd.weight" else "CUDA0")
-    w = device_weight_bytes(prep, dev)
-    # ik turns mmap off when a tensor is overridden to the CPU: the CPU weights become one
-    # pinned CUDA_Host buffer instead of the mapped CPU buffer.
-    host = "CUDA_Host" if (ot and prep.engine == "ik" and any(d == "CPU" for d in dev.values())) else "CPU"
-    kv = kv_cache(
-        dims, n_ctx=n_ctx, type_k=run.flag("-ctk", "f16") or "f16", type_v=run.flag("-ctv", "f16") or "f16",
-        flash_attn=fa, mla=mla, engine=prep.engine,
-    )  # fmt: skip
-    host_weights = [
-        (prep.gpu_bytes[i], expert_part(t.name) is not None)
-        for i, t in enumerate(prep.tensors)
-        if dev[t.name] == "CPU" and len(t.shape) > 1 and i != prep.embd_idx
-    ]
-    copy = offload_copy_bytes(dims, ub=ub, host_weights=host_weights)
-    out = {
-        f"weights {host}": w.get("CPU", 0),
-        "weights CUDA0": w.get("CUDA0", 0),
-        "KV": kv.total,
-        "compute CUDA0": compute_buffer(
-            dims, kv_size=kv.kv_size, ub=ub, flash_attn=fa, mla=mla, amb_mib=amb, offload_copy=copy
-        ),
-        "compute CUDA_Host": host_compute_buffer(dims, kv_size=kv.kv_size, ub=ub, flash_attn=fa),
-    }
+
+def predict_buffers(facts: ModelFacts, run: RunSpec, *, engine: Engine | None = None,
+                    n_gpus: int = 1) -> dict[str, int]:  # fmt: skip
+    """Bytes of every buffer the run's command allocates, labelled as ``logged_buffers`` labels
+    the log (``weights CUDA0``, ``KV``, ``compute CUDA_Host`` ...)."""
+    eng = engine or run_engine(run)
+    cmd = parse_command(list(run.command), engine=eng)
+    rb = run_buffers(facts.tensors, facts.dims, cmd, n_gpus=n_gpus, extras=facts.extras, offsets=facts.offsets)
+    out: dict[str, int] = {}
+    for b in rb.buffers:
+        if b.kind == "weights":
+            out[f"weights {b.device}"] = out.get(f"weights {b.device}", 0) + b.bytes
+        elif b.kind == "kv":
+            out["KV"] = out.get("KV", 0) + b.bytes
+            out[f"KV {b.device}"] = b.bytes
+        elif b.kind == "compute":
+            out[f"compute {b.device}"] = b.bytes
     return out
 
 
@@ -195,16 +172,18 @@ def logged_buffers(b: LoadBuffers) -> dict[str, float]:
     out: dict[str, float] = {f"weights {k}": v for k, v in b.weights_mib.items()}
     if b.kv_self_mib is not None:
         out["KV"] = b.kv_self_mib
+    elif b.kv_mib:
+        out["KV"] = round(sum(b.kv_mib.values()), 2)
     out.update({f"compute {k}": v for k, v in b.compute_mib.items()})
     return out
 
 
-def compare_log(facts: ModelFacts, run: RunSpec, log_text: str) -> list[BufferRow]:
+def compare_log(facts: ModelFacts, run: RunSpec, log_text: str, *, engine: Engine | None = None) -> list[BufferRow]:
     """Every buffer the log reports, with its prediction (a buffer the prediction lacks is 0 B)."""
     from quantforge.fit.probe import parse_buffer_log
 
     b = parse_buffer_log(log_text)
-    pred = predict_buffers(facts, run, params=b.params)
+    pred = predict_buffers(facts, run, engine=engine)
     rows = []
     for label, logged in logged_buffers(b).items():
         rows.append(

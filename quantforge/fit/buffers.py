@@ -1,0 +1,340 @@
+"""Every buffer one command line allocates, for one model, as the engine logs it.
+
+``run_buffers(tensors, dims, cmd, n_gpus=...)`` places each tensor the way the engines' loaders do
+(``-ngl`` layers from the end, ``-ts`` split, ``token_embd`` in RAM, ``-ot`` first match with
+``std::regex_search``, ``-ncmoe`` / ``--n-cpu-moe``, ik's pinned host buffer when anything is
+overridden to the CPU, mainline's mapped range of the file), sizes the weights per buffer (CUDA pads
+quantized rows to 512 and aligns to 128), the KV cache per device, the compute buffers by running
+the engine's own graph through ggml's scheduler and allocator (``quantforge.fit.graphs`` on
+``quantforge.fit.ggml_sim``), and the logits output buffer.
+
+Buffer names are the engines' own: ``CPU`` (mapped weights, ik), ``CPU_Mapped`` (mainline), ``CUDA_Host``
+(pinned host: ik's overridden weights, every GPU run's host compute and output buffers), ``CUDA0`` …
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from quantforge.catalogue import Engine, catalogue
+from quantforge.fit.cmdline import RunCommand
+from quantforge.fit.dims import ModelDims
+from quantforge.fit.ggml_sim import CUDA_ROW_PADDING, Backend, schedule
+from quantforge.fit.graphs import GraphConfig, ModelWeights, WeightInfo, build_graph
+from quantforge.fit.kv import kv_cache
+from quantforge.fit.placement import FitTensor, layer_device
+
+BufferKind = Literal["weights", "kv", "compute", "output"]
+_LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+_EXPERT_RE = re.compile(r"^blk\.(\d+)\.ffn_(up|gate|down|gate_up)_exps\.")
+GGUF_ALIGNMENT = 32
+
+
+class BufferBytes(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device: str  # the buffer's name as the engine logs it: CPU, CPU_Mapped, CUDA_Host, CUDA0 ...
+    kind: BufferKind
+    bytes: int
+
+
+class RunBuffers(BaseModel):
+    """What a command allocates, per buffer, plus the placement and the sizes that decided it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    engine: Engine
+    n_ctx: int
+    kv_size: int
+    n_ubatch: int
+    flash_attn: bool
+    buffers: tuple[BufferBytes, ...]
+    placement: dict[str, str]  # tensor -> buffer name
+    gpu_layers: tuple[int, ...]  # device index of each layer (-1: CPU)
+
+    def get(self, device: str, kind: BufferKind) -> int:
+        return sum(b.bytes for b in self.buffers if b.device == device and b.kind == kind)
+
+    def by_device(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for b in self.buffers:
+            out[b.device] = out.get(b.device, 0) + b.bytes
+        return out
+
+
+@dataclass(frozen=True)
+class ModelExtras:
+    """Model facts beyond ``ModelDims`` that change the graph."""
+
+    layout: Engine = "ik"
+    expert_weights_scale: float = 1.0
+    expert_groups: int = 0
+    expert_groups_used: int = 0
+
+
+def _pad(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def layer_devices(n_layer: int, ngl: int, n_gpus: int, tensor_split: Sequence[float]) -> list[int]:
+    """The device of each layer: the last ``ngl`` layers on GPUs, split by ``-ts`` (default: evenly),
+    the rest on the CPU (-1); llama.cpp's float32 ``std::upper_bound`` over the cumulative split."""
+    if n_gpus == 0 or ngl <= 0:
+        return [-1] * n_layer
+    start = max(n_layer - ngl, 0)
+    split = list(tensor_split[:n_gpus]) if tensor_split else [1.0] * n_gpus
+    split += [0.0] * (n_gpus - len(split))
+    if not any(split):
+        split = [1.0] * n_gpus
+    counts = _counts_from_split(n_layer - start, split)
+    out = [-1] * start
+    for i in range(n_layer - start):
+        out.append(layer_device(i, counts))
+    return out
+
+
+def _counts_from_split(n: int, split: Sequence[float]) -> list[int]:
+    # layer_device works on integer counts; llama.cpp splits fractions of the layer range the same way
+    total = sum(split)
+    cum = 0.0
+    bounds = []
+    for s in split:
+        cum += s / total
+        bounds.append(cum)
+    counts = [0] * len(split)
+    for i in range(n):
+        x = i / n
+        k = next((j for j, c in enumerate(bounds) if c > x), len(split) - 1)
+        counts[k] += 1
+    return counts
+
+
+def place_tensors(
+    tensors: Sequence[FitTensor], dims: ModelDims, cmd: RunCommand, *, n_gpus: int
+) -> tuple[dict[str, str], list[int], bool]:
+    """tensor -> device name (``CPU`` or ``CUDAn``), the layer devices, and whether the output is on a GPU."""
+    nl = dims.n_layer
+    ngl = 999 if cmd.n_gpu_layers is None or cmd.n_gpu_layers < 0 else cmd.n_gpu_layers
+    if n_gpus == 0:
+        ngl = 0
+    ldev = layer_devices(nl, min(ngl, nl), n_gpus, cmd.tensor_split)
+    out_gpu = n_gpus > 0 and ngl > nl
+    out_dev = f"CUDA{ldev[-1] if ldev and ldev[-1] >= 0 else n_gpus - 1}" if out_gpu else "CPU"
+    compiled = [(re.compile(p), b) for p, b in cmd.overrides] if n_gpus > 0 else []
+    cpu_moe_layers: set[int] = set()
+    moe_layers = sorted({int(m.group(1)) for t in tensors if (m := _EXPERT_RE.match(t.name))})
+    if cmd.n_cpu_moe and n_gpus > 0:
+        n = min(cmd.n_cpu_moe, len(moe_layers))
+        cpu_moe_layers = set(moe_layers[-n:] if cmd.engine == "ik" else moe_layers[:n]) if n else set()
+    placement: dict[str, str] = {}
+    for t in tensors:
+        dev = None
+        for rx, buft in compiled:
+            if rx.search(t.name):
+                dev = "CPU" if buft.upper().startswith("CPU") else buft
+                break
+        if dev is None:
+            m = _EXPERT_RE.match(t.name)
+            if m and int(m.group(1)) in cpu_moe_layers:
+                dev = "CPU"
+            elif t.name == "token_embd.weight":
+                dev = "CPU"
+            elif t.layer is not None and t.layer < nl:
+                d = ldev[t.layer]
+                dev = "CPU" if d < 0 else f"CUDA{d}"
+            else:
+                dev = out_dev
+        placement[t.name] = dev
+    return placement, ldev, out_gpu
+
+
+def _repacked(type_name: str, shape: tuple[int, ...], engine: Engine) -> str:
+    qt = catalogue(engine).get(type_name)
+    if qt.repacked is None:
+        return type_name
+    rp = catalogue(engine).get(qt.repacked)
+    rows = shape[1] if len(shape) > 1 else 1
+    return rp.name if rows % rp.interleave == 0 else type_name
+
+
+def _cuda_alloc(t: FitTensor, engine: Engine) -> int:
+    qt = catalogue(engine).get(t.type)
+    extra = 0
+    ne0 = t.shape[0] if t.shape else 1
+    if qt.block_size > 1 and ne0 % CUDA_ROW_PADDING:
+        extra = qt.row_bytes(CUDA_ROW_PADDING - ne0 % CUDA_ROW_PADDING)
+    return _pad(t.bytes + extra, 128)
+
+
+def representative_layers(signatures: Sequence[tuple[object, ...]]) -> list[int]:
+    """Layers to build the graph from: layer 0, the first two of every run of identical layer kinds,
+    and the last layer (which makes the outputs). The compute buffers of the whole model equal
+    those of this subset (checked against full graphs in the tests)."""
+    n = len(signatures)
+    keep: list[int] = []
+    run = 0
+    for i, s in enumerate(signatures):
+        run = run + 1 if i > 0 and s == signatures[i - 1] else 1
+        if i == 0 or run <= 2 or i == n - 1:
+            keep.append(i)
+    return keep
+
+
+def run_buffers(
+    tensors: Sequence[FitTensor],
+    dims: ModelDims,
+    cmd: RunCommand,
+    *,
+    n_gpus: int,
+    extras: ModelExtras | None = None,
+    gpu_backend: str = "CUDA",
+    offsets: Sequence[int] | None = None,
+) -> RunBuffers:
+    """Every buffer ``cmd`` allocates for a model with these tensors (in file order)."""
+    engine = cmd.engine
+    ex = extras or ModelExtras()
+    if dims.nextn_layers:
+        # the NextN (MTP) layer's tensors are skipped by both loaders unless MTP is turned on
+        first_mtp = dims.n_layer - dims.nextn_layers
+        keep = [i for i, t in enumerate(tensors) if t.layer is None or t.layer < first_mtp]
+        if offsets is not None:
+            offsets = [offsets[i] for i in keep]
+        else:
+            offs, o = [], 0
+            for t in tensors:
+                offs.append(o)
+                o += _pad(t.bytes, GGUF_ALIGNMENT)
+            offsets = [offs[i] for i in keep]
+        tensors = [tensors[i] for i in keep]
+    placement, ldev, _ = place_tensors(tensors, dims, cmd, n_gpus=n_gpus)
+    gpus = [f"{gpu_backend}{i}" for i in range(n_gpus)]
+    any_cpu_override = n_gpus > 0 and any(
+        placement[t.name] == "CPU" for t in tensors if t.name != "token_embd.weight"
+    ) and (bool(cmd.overrides) or cmd.n_cpu_moe > 0)  # fmt: skip
+    # which host buffer CPU weights land in
+    if engine == "ik":
+        host_w = "CUDA_Host" if (n_gpus > 0 and (any_cpu_override or cmd.no_mmap)) else "CPU"
+    else:
+        host_w = "CPU" if cmd.no_mmap else "CPU_Mapped"
+    types: dict[str, str] = {}
+    for t in tensors:
+        ty = t.type
+        if (engine == "ik" and cmd.run_time_repack and placement[t.name] == "CPU" and t.name != "token_embd.weight"
+                and len(t.shape) > 1):  # fmt: skip
+            ty = _repacked(ty, tuple(t.shape), engine)
+        types[t.name] = ty
+    # ---- weights
+    buffers: list[BufferBytes] = []
+    wsum: dict[str, int] = {}
+    if offsets is None:
+        offs, o = [], 0
+        for t in tensors:
+            offs.append(o)
+            o += _pad(t.bytes, GGUF_ALIGNMENT)
+        offsets = offs
+    cpu_range = [1 << 62, 0]
+    for t, off in zip(tensors, offsets, strict=True):
+        dev = placement[t.name]
+        if dev == "CPU":
+            if host_w in ("CPU_Mapped",) or (host_w == "CPU" and engine == "ik" and not cmd.no_mmap):
+                cpu_range[0] = min(cpu_range[0], off)
+                cpu_range[1] = max(cpu_range[1], off + t.bytes)
+            else:
+                wsum[host_w] = wsum.get(host_w, 0) + _pad(t.bytes, 32)
+        else:
+            wsum[dev] = wsum.get(dev, 0) + _cuda_alloc(t, engine)
+    if cpu_range[1] > 0:
+        wsum[host_w] = wsum.get(host_w, 0) + cpu_range[1] - cpu_range[0]
+    # a tied output (no output.weight) is a copy of token_embd on the output's GPU
+    names = {t.name for t in tensors}
+    if "output.weight" not in names and n_gpus > 0 and ldev and ldev[-1] >= 0:
+        embd = next(t for t in tensors if t.name == "token_embd.weight")
+        d = gpus[ldev[-1]]
+        wsum[d] = wsum.get(d, 0) + _cuda_alloc(embd, engine)
+    for dev in [host_w, *gpus]:
+        if wsum.get(dev):
+            buffers.append(BufferBytes(device=dev, kind="weights", bytes=wsum[dev]))
+    # ---- KV cache
+    n_ctx = cmd.n_ctx or dims.n_ctx_train or 4096
+    kv = kv_cache(dims, n_ctx=n_ctx, type_k=cmd.type_k, type_v=cmd.type_v, flash_attn=cmd.flash_attn,
+                  mla=cmd.mla if engine == "ik" else 1, engine=engine)  # fmt: skip
+    kv_dev: dict[int, str] = {}
+    kvb: dict[str, int] = {}
+    for il in range(len(kv.per_layer)):
+        d = ldev[il] if il < len(ldev) else -1
+        dev = "CPU" if (d < 0 or cmd.no_kv_offload) else gpus[d]
+        kv_dev[il] = dev
+        kvb[dev] = kvb.get(dev, 0) + kv.per_layer[il]
+    for dev in ["CPU", *gpus]:
+        if kvb.get(dev):
+            buffers.append(BufferBytes(device=dev, kind="kv", bytes=kvb[dev]))
+    # ---- compute
+    host_c = "CUDA_Host" if n_gpus > 0 else "CPU"
+    comp = _compute(tensors, types, placement, host_w, dims, cmd, kv.kv_size, kv_dev, gpus, host_c, ex, engine)
+    for dev in [*gpus, host_c]:
+        if comp.get(dev):
+            buffers.append(BufferBytes(device=dev, kind="compute", bytes=comp[dev]))
+    buffers.append(BufferBytes(device=host_c, kind="output", bytes=dims.n_vocab * 4 * max(cmd.n_parallel, 1)))
+    return RunBuffers(
+        engine=engine, n_ctx=n_ctx, kv_size=kv.kv_size, n_ubatch=cmd.effective_ubatch, flash_attn=cmd.flash_attn,
+        buffers=tuple(buffers), placement={k: (host_w if v == "CPU" else v) for k, v in placement.items()},
+        gpu_layers=tuple(ldev),
+    )  # fmt: skip
+
+
+def _compute(
+    tensors: Sequence[FitTensor], types: dict[str, str], placement: dict[str, str], host_w: str, dims: ModelDims,
+    cmd: RunCommand, kv_size: int, kv_dev: dict[int, str], gpus: list[str], host_c: str, ex: ModelExtras,
+    engine: Engine,
+) -> dict[str, int]:  # fmt: skip
+    nl = dims.n_layer - dims.nextn_layers
+    # layer kinds: what decides the layer's part of the graph and its scheduling
+    sig: list[tuple[object, ...]] = []
+    per_layer: dict[int, list[FitTensor]] = {}
+    for t in tensors:
+        if t.layer is not None:
+            per_layer.setdefault(t.layer, []).append(t)
+    for il in range(nl):
+        items = tuple(sorted((t.name.split(".", 2)[2], types[t.name], placement[t.name], tuple(t.shape))
+                             for t in per_layer.get(il, [])))  # fmt: skip
+        sig.append((items, kv_dev.get(il)))
+    layers = representative_layers(sig)
+    key_tensors = []
+    wanted = set(layers)
+    for t in tensors:
+        if t.layer is not None and t.layer not in wanted:
+            continue
+        buf = "w:" + (host_w if placement[t.name] == "CPU" else placement[t.name])
+        key_tensors.append((t.name, types[t.name], tuple(t.shape), buf))
+    cfg = GraphConfig(
+        n_tokens=cmd.effective_ubatch, n_kv=kv_size, flash_attn=cmd.flash_attn, type_k=cmd.type_k,
+        type_v=cmd.type_v, mla=cmd.mla if engine == "ik" else 0, amb=cmd.amb if engine == "ik" else 0,
+        cpu_only=not gpus, fused_moe=cmd.fused_moe,
+    )  # fmt: skip
+    kvk = tuple(sorted((il, "kv:" + kv_dev[il]) for il in layers if il in kv_dev))
+    return dict(_simulate(engine, dims, cfg, tuple(layers), tuple(key_tensors), kvk, tuple(gpus), host_c, host_w,
+                          ex))  # fmt: skip
+
+
+@lru_cache(maxsize=2048)
+def _simulate(
+    engine: Engine, dims: ModelDims, cfg: GraphConfig, layers: tuple[int, ...],
+    tensors: tuple[tuple[str, str, tuple[int, ...], str], ...], kv: tuple[tuple[int, str], ...],
+    gpus: tuple[str, ...], host_c: str, host_w: str, ex: ModelExtras,
+) -> tuple[tuple[str, int], ...]:  # fmt: skip
+    weights = {n: WeightInfo(ty, sh, buf) for n, ty, sh, buf in tensors}
+    mw = ModelWeights(dims=dims, weights=weights, kv_buffer=dict(kv), layout=ex.layout,
+                      expert_weights_scale=ex.expert_weights_scale, expert_groups=ex.expert_groups,
+                      expert_groups_used=ex.expert_groups_used)  # fmt: skip
+    graph = build_graph(engine, mw, cfg, list(layers))
+    backends = [
+        Backend(g, g, 128, frozenset({"w:" + g, "kv:" + g}), gpu=True) for g in gpus
+    ] + [Backend("CPU", host_c, 32, frozenset({"w:CPU", "w:CPU_Mapped", "w:CUDA_Host", "kv:CPU"}))]
+    res = schedule(graph, backends)
+    return tuple(sorted(res.buffers.items()))
