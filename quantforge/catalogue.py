@@ -485,6 +485,14 @@ class FType(BaseModel):
     # (ggml_is_quantized); under F32/F16/BF16/BF16_R16/COPY every rule is silently ignored.
     rules_apply: bool = True
 
+    @property
+    def canonical(self) -> str:
+        """The name the engine's mixture code knows this ftype by: ``Q5_K`` -> ``Q5_K_M``.
+
+        llama-quantize turns every spelling (alias, number, any case) into one ``llama_ftype``
+        value before the mixture runs, so an alias must plan exactly like its target."""
+        return self.alias_of or self.name
+
 
 # (name, llama_ftype value, default ggml type) in the order `llama-quantize --help` prints
 # them (ik: examples/quantize/quantize.cpp QUANT_OPTIONS; default type: the switch at the

@@ -202,7 +202,7 @@ def expand(
     has_output = "output.weight" in names
     st = MixtureState(
         engine=engine,
-        ftype=ft.name,
+        ftype=ft.canonical,
         arch=inventory.arch,
         n_layer=_hparam(inventory, "block_count", "n_layer"),
         n_expert=_hparam(inventory, "expert_count", "n_expert"),

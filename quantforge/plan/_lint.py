@@ -152,7 +152,7 @@ def lint(
             continue
         if entries is None and declared:
             continue
-        if cat.needs_imatrix(p.type, tensor_name=p.name, ftype=ft.name) and (
+        if cat.needs_imatrix(p.type, tensor_name=p.name, ftype=ft.canonical) and (
             entries is None or not _imatrix_has(entries, p.name)
         ):
             need.append(p.name)
