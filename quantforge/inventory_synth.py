@@ -750,11 +750,13 @@ def _shipped_cached(key: str, layout: Engine) -> TensorInventory:
     )
 
 
-def shipped_inventory(model_id: str, *, engine: Engine | None = None) -> TensorInventory:
+def shipped_inventory(
+    model_id: str, *, engine: Engine | None = None, layout: Engine | None = None
+) -> TensorInventory:
     """The offline inventory of a shipped model, by Hugging Face id (or alias), cached.
 
-    ``engine`` picks the converter layout where the engines differ (deepseek2); None means
-    the mainline layout, which both engines load.
+    ``layout`` picks the converter layout where the engines differ (deepseek2); without it the
+    ``engine``'s usual layout, and with neither the mainline layout, which both engines load.
     """
     key = model_id.strip().removeprefix("hf://").strip("/").lower()
     models = shipped_models()
@@ -774,7 +776,7 @@ def shipped_inventory(model_id: str, *, engine: Engine | None = None) -> TensorI
             where=model_id,
             hint=f"{guess}shipped: {', '.join(known)}; or give a GGUF path, hf://org/repo/file.gguf, or a config.json",
         )
-    return _shipped_cached(key, _default_layout(engine))
+    return _shipped_cached(key, layout or _default_layout(engine))
 
 
 __all__ = [

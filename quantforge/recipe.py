@@ -59,6 +59,13 @@ class ModelSection(BaseModel):
     id: str | None = Field(default=None, description="Shipped offline inventory or Hugging Face model id.")
     base: str | None = Field(default=None, description="Base GGUF: a local path (relative to the recipe) or hf://org/repo/file.gguf.")
     engine: Engine = Field(default="ik", description="ik (ik_llama.cpp) or mainline (llama.cpp).")
+    layout: Engine | None = Field(
+        default=None,
+        description=(
+            "Converter layout of the model to plan (DeepSeek/Kimi MLA: ik keeps attn_kv_b, mainline has 3-D "
+            "attn_k_b/attn_v_b). Default: what the base GGUF has, else the engine's usual layout."
+        ),
+    )
     name: str | None = Field(default=None, description="Display name used for output files and the card.")
 
 

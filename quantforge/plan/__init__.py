@@ -84,6 +84,8 @@ class ImatrixMeta(BaseModel):
     entries: tuple[str, ...]
     chunks: int
     dataset: str
+    #: "mainline" for a GGUF-format imatrix (only llama.cpp's tools read it), None for legacy .dat.
+    fork: Engine | None = None
 
 
 class LintFinding(BaseModel):
@@ -132,6 +134,7 @@ def read_imatrix_meta(path: str | Path) -> ImatrixMeta:
         entries=tuple(sorted(info.names())),
         chunks=max(0, info.chunk_count),
         dataset=info.dataset or "",
+        fork=info.fork,
     )
 
 
@@ -620,26 +623,28 @@ def recipe_inventory(recipe: Any, source: str | None = None) -> Any:
     ``source`` if given; else ``[model] base`` when it is a local GGUF that exists (exact sizes);
     else the shipped offline inventory of ``[model] id``; else an ``hf://`` base (header bytes
     only, over the network). A local base that does not exist yet and no shipped id is an error
-    naming the command that makes it.
+    naming the command that makes it. ``[model] layout`` picks the converter layout of a
+    synthesized inventory (default: the engine's usual one) and must match a real GGUF's.
     """
     from quantforge.inventory import load_inventory
 
     engine = recipe.engine
+    layout = getattr(recipe.model, "layout", None)
     if source is not None:
-        return load_inventory(source, engine=engine)
+        return load_inventory(source, engine=engine, layout=layout)
     base = getattr(recipe.model, "base", None)
     model_id = getattr(recipe.model, "id", None)
     local = recipe.resolve_path(base) if base and not str(base).startswith("hf://") else None
     if local is not None and Path(local).exists():
-        return load_inventory(local, engine=engine)
+        return load_inventory(local, engine=engine, layout=layout)
     if model_id:
         from quantforge.inventory_synth import shipped_ids
 
         known = {i.lower() for i in shipped_ids()}
         if model_id.lower().removeprefix("hf://") in known or not base:
-            return load_inventory(model_id, engine=engine)
+            return load_inventory(model_id, engine=engine, layout=layout)
     if base and str(base).startswith("hf://"):
-        return load_inventory(str(base), engine=engine)
+        return load_inventory(str(base), engine=engine, layout=layout)
     if local is not None:
         raise RecipeError(
             "the base GGUF does not exist yet",
