@@ -65,6 +65,9 @@ class TensorInventory(BaseModel):
     fork: Engine | None = None
     #: Why (``type id 139 (iq4_k) exists only in ik_llama.cpp`` ...).
     fork_evidence: tuple[str, ...] = ()
+    #: Header block (KV + tensor infos + padding) of every shard of a real split set, in order;
+    #: with the per-tensor padding this gives the exact bytes of the whole set.
+    shard_metadata_bytes: tuple[int, ...] = ()
 
     def kv_value(self, key: str, default: Any = None) -> Any:
         """The plain value of a GGUF KV key of a real source (``kv`` holds typed ``GGUFValue``)."""
@@ -186,6 +189,55 @@ def load_source(
     return ModelSource(source=text, kind=kind, inventory=inv)
 
 
+_HF_REPO_URL = re.compile(r"^https?://huggingface\.co/([\w.\-]+/[\w.\-]+)/?$")
+
+
+def base_model_from_gguf(kv: dict[str, Any] | None) -> str | None:
+    """``org/name`` of the first ``general.base_model.*`` entry whose ``repo_url`` is a Hub model
+    (what convert_hf_to_gguf.py records from the model card), else None."""
+    if not kv:
+        return None
+    table = kv
+
+    def plain(key: str) -> Any:
+        v: Any = table.get(key)
+        return v.plain() if hasattr(v, "plain") else v
+
+    count = plain("general.base_model.count")
+    for i in range(int(count) if isinstance(count, int) else 0):
+        url = plain(f"general.base_model.{i}.repo_url")
+        m = _HF_REPO_URL.match(url) if isinstance(url, str) else None
+        if m:
+            return m.group(1)
+    return None
+
+
+def base_model_of(recipe: object) -> tuple[str | None, str]:
+    """The card's ``base_model`` and where it comes from: ``[publish] base_model``, else
+    ``[model] id``, else ``general.base_model.*`` of a local base GGUF; (None, why) otherwise."""
+    pub = getattr(recipe, "publish", None)
+    model = getattr(recipe, "model", None)
+    if pub is not None and pub.base_model:
+        return pub.base_model, "[publish] base_model"
+    if model is not None and model.id:
+        return model.id.removeprefix("hf://"), "[model] id"
+    base = getattr(model, "base", None)
+    if base and not str(base).startswith("hf://"):
+        from quantforge.errors import QuantforgeError
+
+        path = recipe.resolve_path(base)  # type: ignore[attr-defined]
+        if path and Path(path).is_file():
+            try:
+                found = base_model_from_gguf(dict(read_header(path).kv))
+            except QuantforgeError:
+                found = None
+            if found:
+                return found, f"general.base_model of {Path(path).name}"
+            return None, f"{Path(path).name} has no general.base_model.* pointing at a Hub model"
+        return None, "the base GGUF does not exist yet"
+    return None, "the recipe names no Hub model"
+
+
 def _check_layout(inv: TensorInventory, layout: Engine | None) -> TensorInventory:
     if layout is not None and inv.layout is not None and inv.layout != layout:
         raise InventoryError(
@@ -289,6 +341,7 @@ def inventory_from_headers(
         n_shards=len(headers),
         fork=verdict.fork,
         fork_evidence=verdict.evidence,
+        shard_metadata_bytes=tuple(h.data_offset for h in headers),
     )
 
 

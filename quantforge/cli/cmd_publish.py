@@ -13,27 +13,70 @@ from quantforge.cli.cmd_recipe import recipe_app
 
 @app.command("card")
 def card_cmd(
-    recipe: str = typer.Argument(..., help="Recipe TOML whose variants were built (and evaluated)."),
+    source: str = typer.Argument(
+        ...,
+        metavar="SOURCE",
+        help="Recipe TOML whose variants were built (and evaluated), or a quantized GGUF (local, any shard, hf://).",
+    ),
     quant: AllQuantsOpt = None,
     repo: str = typer.Option(None, "--repo", help="ORG/NAME shown in the download instructions."),
     out_dir: OutDirOpt = None,
     output: str = typer.Option("README.md", "--output", "-o", help="Where to write the card ('-' for stdout)."),
     force: ForceOpt = False,
 ) -> None:
-    """Generate the model card (README.md) from the recipe and the build/eval manifests.
+    """Generate the model card (README.md) from the recipe and the build/eval manifests, or from a GGUF's header.
 
-    Example: quantforge card recipes/smollm2-135m.toml --repo my-org/SmolLM2-135M-GGUF
+    Examples:
+
+      quantforge card recipes/smollm2-135m.toml --repo my-org/SmolLM2-135M-GGUF
+
+      quantforge card hf://org/repo/Model-IQ2_K_R4-00001-of-00005.gguf -o -
     """
     import sys
+    from pathlib import Path
+
+    if not source.lower().endswith(".toml"):
+        from quantforge.errors import UsageError
+        from quantforge.fsutil import atomic_write_text
+        from quantforge.publish.card import card_from_source
+
+        if quant:
+            raise UsageError("--quant names recipe variants; a GGUF is one variant", where="--quant",
+                             hint="drop --quant")  # fmt: skip
+        text = card_from_source(source, repo=repo)
+        if output == "-":
+            sys.stdout.write(text)
+            return
+        out = Path(output)
+        if out.exists() and not force:
+            raise UsageError(f"{out} exists", where="--output", hint="pass --force to overwrite it")
+        atomic_write_text(out, text)
+        print(f"wrote {out} (from the header of {Path(source).name})")
+        return
 
     from quantforge.publish.upload import make_card
 
-    res = make_card(recipe, repo=repo, quants=quant or None, out_dir=out_dir,
+    _warn_base_model(source)
+    res = make_card(source, repo=repo, quants=quant or None, out_dir=out_dir,
                     output=None if output == "-" else output, force=force)
     if res.path is None:
         sys.stdout.write(res.text)
     else:
         print(f"wrote {res.path} ({len(res.variants)} variant(s): {', '.join(res.variants)})")
+
+
+def _warn_base_model(recipe_path: str) -> None:
+    """One warning line when the card will have no ``base_model`` (the Hub then shows the quant
+    unlinked from its base model), with the fix."""
+    import sys
+
+    from quantforge.inventory import base_model_of
+    from quantforge.recipe import load_recipe
+
+    found, why = base_model_of(load_recipe(recipe_path))
+    if found is None:
+        print(f"quantforge: warning: the card will have no base_model ({why}), so the Hub will not link the "
+              f'quant to its base model (set [publish] base_model = "org/name")', file=sys.stderr)  # fmt: skip
 
 
 @app.command("publish")
@@ -70,6 +113,7 @@ def publish_cmd(
 
     if staging and not dry_run:
         raise UsageError("--staging needs --dry-run", where="--staging", hint="add --dry-run")
+    _warn_base_model(recipe)
     res = publish(recipe, repo=repo, quants=quant or None, private=private, dry_run=dry_run, staging=staging,
                   out_dir=out_dir, include_imatrix=not no_imatrix, force=force,
                   max_file_bytes=max_file_bytes or HF_MAX_FILE_BYTES, progress=sys.stderr.isatty())
@@ -95,7 +139,7 @@ def _human(res: Any) -> str:
 
 @recipe_app.command("import")
 def import_cmd(
-    source: str = typer.Argument(..., help="A GGUF (local, split set, or hf://org/repo[@rev]/file.gguf)."),
+    source: str = typer.Argument(..., help="A quantized GGUF: local, any shard of a split set, or hf://org/repo[@rev]/file.gguf."),
     output: str = typer.Option(None, "--output", "-o", help="Write the recipe here (default: stdout)."),
     name: str = typer.Option(None, "--name", help="Variant name (default: from the file name)."),
     engine: str = typer.Option(None, "--engine", help="ik or mainline (default: ik when an ik-only type is used)."),

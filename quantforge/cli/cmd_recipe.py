@@ -97,7 +97,8 @@ def show_cmd(
     imatrix: ImatrixOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Expand a recipe: per-tensor types llama-quantize will write, exact bytes, file size, BPW.
+    """Expand a recipe: per-tensor types llama-quantize will write, tensor data (GiB, BPW), ik row metadata
+    and file bytes, each exact.
 
     Example: quantforge recipe show recipes/smollm2-135m.toml --json
     """
@@ -118,6 +119,9 @@ def _plan_json(p) -> dict:  # type: ignore[no-untyped-def, type-arg]
         "engine": p.engine,
         "ftype": p.ftype,
         "tensor_bytes": p.tensor_bytes,
+        "row_meta_bytes": p.row_meta_bytes,
+        "weight_bytes": p.weight_bytes,
+        "tensor_gib": round(p.tensor_bytes / 2**30, 3),
         "file_bytes": p.file_bytes,
         "file_bytes_exact": p.file_bytes_exact,
         "bpw": round(p.bpw, 4),
@@ -149,9 +153,13 @@ def _render_show(plans: list) -> str:  # type: ignore[type-arg]
 
     out = []
     for p in plans:
-        size = human_bytes(p.file_bytes) + ("" if p.file_bytes_exact else " (estimate)")
+        # Three sizes that people quote and mix up: tensor data in GiB as llama.cpp's load log and
+        # model cards print it (ik's per-row scales included), those scales alone (gguf-py and
+        # Thireus' listings leave them out), and the bytes of the file(s).
+        exact = "exact" if p.file_bytes_exact else "estimate"
         out.append(
-            f"{p.name}  [{p.engine} {p.ftype}]  {size} ({p.file_bytes:,} bytes)  {p.bpw:.3f} BPW  "
+            f"{p.name}  [{p.engine} {p.ftype}]  {p.tensor_bytes / 2**30:.3f} GiB ({p.bpw:.3f} BPW) tensor data, "
+            f"{p.row_meta_bytes / 2**30:.3f} GiB of it row metadata; file {p.file_bytes:,} bytes ({exact}); "
             f"{p.n_params / 1e9:.3f} B params"
         )
         totals = group_totals(p)

@@ -73,6 +73,14 @@ class QuantPlan(BaseModel):
     header_bytes: int | None = None
     imatrix: str | None = None  # the imatrix path the size prediction assumed (its KV string)
     source: str | None = None
+    #: ik's per-row metadata (the scales of iq4_ks, iq2_kl, ...) counted in ``tensor_bytes``;
+    #: gguf-py's and Thireus' sizes leave it out.
+    row_meta_bytes: int = 0
+
+    @property
+    def weight_bytes(self) -> int:
+        """Tensor data without the per-row metadata (what gguf-py's ``GGML_QUANT_SIZES`` give)."""
+        return self.tensor_bytes - self.row_meta_bytes
 
 
 class ImatrixMeta(BaseModel):
@@ -220,6 +228,7 @@ def expand(
     plans: list[TensorPlan] = []
     n_params = 0
     total = 0
+    row_meta = 0
     memo: dict[tuple[str, tuple[int, ...], str], tuple[str, str | None]] = {}
     for t, shape, ne, layer, group, why in _static(inventory, engine):
         n_params += ne
@@ -259,8 +268,11 @@ def expand(
             if hit is None:
                 hit = memo[rkey] = _resolve(cat, engine, requested, shape, t.name)
             typ, note = hit
-        nbytes = get(typ).tensor_bytes(shape)
+        qt = get(typ)
+        nbytes = qt.tensor_bytes(shape)
         total += nbytes
+        if qt.row_meta_size:
+            row_meta += ne // (shape[0] or 1) * qt.row_meta_size
         plans.append(
             _fast(TensorPlan, {
                 "name": t.name, "shape": shape, "source_dtype": t.dtype, "requested_type": requested, "type": typ,
@@ -294,7 +306,73 @@ def expand(
         header_bytes=header,
         imatrix=imeta.path if imeta else None,
         source=inventory.source,
+        row_meta_bytes=row_meta,
     )
+
+
+def file_plan(inventory: Any, *, engine: Engine | None = None, name: str | None = None) -> QuantPlan:
+    """A GGUF as it is, as a plan: every tensor keeps the type the file holds, bytes exact.
+
+    This is what ``plan``/``fit``/``card`` use for a model given without a recipe (a published
+    quant, a downloaded BF16): ``engine`` (default: the file's fork, else ik) is the engine that
+    will run it. The file size is exact for a real GGUF (every shard's header plus the data
+    padded to the alignment) and an estimate for a synthesized inventory.
+    """
+    from quantforge.catalogue import catalogue, ftype_for_value
+
+    eng: Engine = engine or inventory.fork or "ik"
+    cat = catalogue(eng)
+    other = catalogue("mainline" if eng == "ik" else "ik")
+    plans: list[TensorPlan] = []
+    n_params = total = meta = 0
+    by_shard: dict[int, int] = {}
+    align = _alignment(inventory)
+    for t, shape, ne, layer, group, _why in _static(inventory, eng):
+        qt = cat.find(t.dtype) or other.find(t.dtype)
+        if qt is None:
+            raise RecipeError(f"tensor {t.name} has a type no engine knows ({t.dtype})", where=inventory.source,
+                              hint="the file needs a newer quantforge, or it is damaged")  # fmt: skip
+        nbytes = qt.tensor_bytes(shape)
+        n_params += ne
+        total += nbytes
+        meta += ne // (shape[0] or 1) * qt.row_meta_size
+        by_shard[t.shard] = by_shard.get(t.shard, 0) + (nbytes + align - 1) // align * align
+        plans.append(_fast(TensorPlan, {
+            "name": t.name, "shape": shape, "source_dtype": t.dtype, "requested_type": None, "type": qt.name,
+            "bytes": nbytes, "rule": "as in the file", "note": None, "place": None, "group": group, "layer": layer,
+        }))  # fmt: skip
+    headers = tuple(getattr(inventory, "shard_metadata_bytes", ()) or ())
+    exact = inventory.kv is not None and len(headers) == getattr(inventory, "n_shards", 1)
+    if exact:
+        file_bytes = sum(headers) + sum(by_shard.values())
+    else:
+        file_bytes = (inventory.metadata_bytes or 0) + sum(by_shard.values())
+    value = inventory.kv_value("general.file_type") if inventory.kv is not None else None
+    ft = ftype_for_value(eng, value) if isinstance(value, int) and not isinstance(value, bool) else None
+    label = name or (ft.name if ft else "as-is")
+    return QuantPlan.model_construct(
+        name=label, engine=eng, ftype=ft.name if ft else "COPY", tensors=tuple(plans), n_params=n_params,
+        tensor_bytes=total, file_bytes=file_bytes, file_bytes_exact=exact,
+        bpw=(8.0 * total / n_params) if n_params else 0.0, quantize_args=[],
+        header_bytes=headers[0] if exact and headers else None, imatrix=None, source=inventory.source,
+        row_meta_bytes=meta,
+    )  # fmt: skip
+
+
+def source_plans(source: Any, quant: str | None = None, *, engine: Engine | None = None) -> list[QuantPlan]:
+    """The plans a ``SOURCE`` stands for (``inventory.load_source``): a recipe's variants (one
+    when ``quant`` names it) expanded against its inventory, or the model file as it is."""
+    recipe = getattr(source, "recipe", None)
+    if recipe is not None:
+        names = [recipe.variant(quant).name] if quant else [q.name for q in recipe.quants]
+        return [expand(recipe, n, source.inventory, imatrix=False) for n in names]
+    if quant is not None:
+        raise RecipeError(
+            "--quant names a recipe variant, but this source is a model file, not a recipe",
+            where=str(getattr(source, "source", "")),
+            hint="drop --quant (the file is planned as it is), or give the recipe",
+        )
+    return [file_plan(source.inventory, engine=engine)]
 
 
 _TP_FIELDS = frozenset(TensorPlan.model_fields)
@@ -531,7 +609,9 @@ __all__ = [
     "QuantPlan",
     "TensorPlan",
     "expand",
+    "file_plan",
     "lint",
+    "source_plans",
     "quantize_args",
     "quantize_args_for",
     "quantize_command",

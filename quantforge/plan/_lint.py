@@ -108,6 +108,17 @@ def lint(
         fix = 'set [model] layout = "mainline" (or plan a mainline-converted GGUF), or engine = "ik"'
         add("error", "layout", f"{cannot}; fix: {fix}", getattr(recipe, "path", None))
 
+    from quantforge.inventory import base_model_of
+
+    # Only for recipes set up to publish ([publish]); `card` and `publish` always say it. A base yet
+    # to be made may still carry general.base_model, so only an existing one is judged.
+    publishing = getattr(recipe, "publish", None) is not None and getattr(recipe, "model", None) is not None
+    found, why = base_model_of(recipe) if publishing else ("", "")
+    if found is None and why != "the base GGUF does not exist yet":
+        add("warning", "no-base-model",
+            f"the model card will have no base_model ({why}), so the Hub will not link the quant to its base "
+            'model: set [publish] base_model = "org/name"', getattr(recipe, "path", None))  # fmt: skip
+
     ft = lookup_ftype(engine, v.ftype)
     if ft.default_type is None or cat.get(ft.default_type).block_size == 1:
         add("error", "ftype-not-quantized",
