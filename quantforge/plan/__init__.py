@@ -230,7 +230,7 @@ def expand(
     total = 0
     row_meta = 0
     memo: dict[tuple[str, tuple[int, ...], str], tuple[str, str | None]] = {}
-    for t, shape, ne, layer, group, why in _static(inventory, engine):
+    for t, shape, ne, layer, group, why in _engine_order(_static(inventory, engine), engine):
         n_params += ne
         place = None
         if why is not None or not rules_active:
@@ -250,7 +250,12 @@ def expand(
             if engine == "ik" and use_mixture:
                 # ik runs the mixture for every quantized tensor (its counters advance even
                 # when a --custom-q rule then overrides the result); mainline skips it on a match.
-                mix = mixture_type(st, default_type, t.name, shape, default_q.block_size)
+                try:
+                    mix = mixture_type(st, default_type, t.name, shape, default_q.block_size)
+                except RecipeError:
+                    if matched is None:
+                        raise  # an unreplicated mixture matters only where no rule decides
+                    mix = None
             if matched is not None:
                 requested = matched.type
                 rule_label = f"rules[{matched.index}]"
@@ -373,6 +378,19 @@ def source_plans(source: Any, quant: str | None = None, *, engine: Engine | None
             hint="drop --quant (the file is planned as it is), or give the recipe",
         )
     return [file_plan(source.inventory, engine=engine)]
+
+
+def _mainline_key(row: tuple[Any, ...]) -> tuple[int, str]:
+    # llama_model_loader::weight_name_comparer: by the blk.N layer (-1 for the others), then name.
+    layer = row[3]
+    return (-1 if layer is None else layer, row[0].name)
+
+
+def _engine_order(rows: list[Any], engine: str) -> list[Any]:
+    """Tensors in the order the engine's llama-quantize visits (and writes) them: ik walks the
+    file's order; mainline its ``weights_map``, sorted by layer number and then name. The mixture's
+    counters (``i_attention_wv``, a dense model's ``i_ffn_down``) follow that order."""
+    return sorted(rows, key=_mainline_key) if engine == "mainline" else rows
 
 
 _TP_FIELDS = frozenset(TensorPlan.model_fields)
