@@ -23,6 +23,10 @@ from quantforge.gguf_header import GGUFHeader, StringArray, detect_fork, read_he
 # Same alias as ``quantforge.catalogue.Engine`` (the catalogue owns it); spelled here so the
 # contract models import without loading the catalogue's tables.
 Engine = Literal["ik", "mainline"]
+#: Converter layouts of MLA models (deepseek2): ik keeps attn_kv_b next to 2-D attn_k_b/attn_v_b,
+#: mainline writes 3-D attn_k_b/attn_v_b only, legacy (both converters before MLA, spring 2025)
+#: attn_kv_b only.
+Layout = Literal["ik", "mainline", "legacy"]
 
 
 class TensorEntry(BaseModel):
@@ -49,7 +53,7 @@ class TensorInventory(BaseModel):
     #: ``general.architecture``: "llama", "deepseek2", "qwen3moe", "glm4moe", ...
     arch: str
     #: Converter layout where it matters (deepseek2: "ik" keeps ``attn_kv_b``), else None.
-    layout: Engine | None
+    layout: Layout | None
     hparams: dict[str, int | float | bool | str]
     tensors: tuple[TensorEntry, ...]
     #: The full GGUF KV of a real source (None when synthesized); needed for exact file bytes.
@@ -97,7 +101,7 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 def load_inventory(
-    source: str | os.PathLike[str], *, engine: Engine | None = None, layout: Engine | None = None
+    source: str | os.PathLike[str], *, engine: Engine | None = None, layout: Layout | None = None
 ) -> TensorInventory:
     """The tensor inventory of ``source``.
 
@@ -159,7 +163,7 @@ class ModelSource(BaseModel):
 
 
 def load_source(
-    source: str | os.PathLike[str], *, engine: Engine | None = None, layout: Engine | None = None
+    source: str | os.PathLike[str], *, engine: Engine | None = None, layout: Layout | None = None
 ) -> ModelSource:
     """Read any ``SOURCE`` the CLI takes where a model is read (``inventory``, ``plan``, ``fit``,
     ``recipe import``, ``card``): a recipe (``.toml``: the inventory it plans against, its
@@ -238,7 +242,7 @@ def base_model_of(recipe: object) -> tuple[str | None, str]:
     return None, "the recipe names no Hub model"
 
 
-def _check_layout(inv: TensorInventory, layout: Engine | None) -> TensorInventory:
+def _check_layout(inv: TensorInventory, layout: Layout | None) -> TensorInventory:
     if layout is not None and inv.layout is not None and inv.layout != layout:
         raise InventoryError(
             f"this GGUF has the {inv.layout} layout ({_LAYOUT_SHAPE[inv.layout]}), not the {layout} layout",
@@ -252,6 +256,7 @@ def _check_layout(inv: TensorInventory, layout: Engine | None) -> TensorInventor
 _LAYOUT_SHAPE = {
     "ik": "attn_kv_b kept next to 2-D attn_k_b/attn_v_b",
     "mainline": "3-D attn_k_b/attn_v_b, no attn_kv_b",
+    "legacy": "attn_kv_b only, as converted before MLA",
 }
 
 
@@ -374,13 +379,17 @@ def type_name(type_id: int, engine: Engine | None = None) -> str:
     return f"type{type_id}"
 
 
-def detect_layout(arch: str, names: Sequence[str]) -> Engine | None:
-    """The converter layout of an MLA model: ik keeps ``attn_kv_b`` next to ``attn_k_b``/``attn_v_b``."""
+def detect_layout(arch: str, names: Sequence[str]) -> Layout | None:
+    """The converter layout of an MLA model (see ``Layout``), None for other models."""
     has_kv_b = any(n.endswith(".attn_kv_b.weight") for n in names)
     has_k_b = any(n.endswith(".attn_k_b.weight") for n in names)
-    if not (has_kv_b or has_k_b):
-        return None
-    return "ik" if has_kv_b and has_k_b else "mainline"
+    if has_kv_b and has_k_b:
+        return "ik"
+    if has_k_b:
+        return "mainline"
+    if has_kv_b:
+        return "legacy"
+    return None
 
 
 def extract_hparams(header: GGUFHeader, arch: str, tensors: Sequence[TensorEntry]) -> dict[str, int | float | bool | str]:

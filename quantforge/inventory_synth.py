@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 from quantforge.constants import DATA_DIR, GGUF_DEFAULT_ALIGNMENT
 from quantforge.errors import InventoryError
-from quantforge.inventory import Engine, TensorEntry, TensorInventory
+from quantforge.inventory import Engine, Layout, TensorEntry, TensorInventory
 
 #: Folder of the shipped model configs.
 MODELS_DIR = DATA_DIR / "models"
@@ -240,7 +240,7 @@ def _gqa_attention(
 @dataclass
 class _Synth:
     arch: str
-    layout: Engine | None
+    layout: Layout | None
     hparams: dict[str, int | float | bool | str]
     head: list[_T]
     blocks: list[list[_T]]
@@ -368,7 +368,7 @@ def _moe_shared_block(
     return out
 
 
-def _synth_deepseek2(c: _Config, layout: Engine) -> _Synth:
+def _synth_deepseek2(c: _Config, layout: Layout) -> _Synth:
     hidden = c.num("hidden_size")
     n_layer = c.num("num_hidden_layers")
     n_head = c.num("num_attention_heads")
@@ -403,7 +403,10 @@ def _synth_deepseek2(c: _Config, layout: Engine) -> _Synth:
             _mat(f"{p}self_attn.o_proj.weight", f"{b}attn_output.weight", n_head * v_dim, hidden),
         ]
         kvb = f"{p}self_attn.kv_b_proj.weight"
-        if layout == "ik":
+        if layout == "legacy":
+            # Both converters before MLA (spring 2025): kv_b as it is, the engine splits it at load.
+            t.append(_mat(kvb, f"{b}attn_kv_b.weight", kv_lora, n_kv * (nope + v_dim)))
+        elif layout == "ik":
             # ik keeps kv_b and adds k_b (transposed) and v_b flattened to 2-D.
             t += [
                 _mat(kvb, f"{b}attn_kv_b.weight", kv_lora, n_kv * (nope + v_dim)),
@@ -580,13 +583,14 @@ def estimate_metadata_bytes(
 def synthesize_inventory(
     config: Mapping[str, Any],
     *,
-    engine: Engine,
+    engine: Layout,
     source: str,
     dtype: str = "bf16",
     order: Order | None = None,
     tokenizer: Mapping[str, Any] | None = None,
 ) -> TensorInventory:
-    """The GGUF tensor inventory ``engine``'s converter would write for ``config``.
+    """The GGUF tensor inventory ``engine``'s converter would write for ``config`` (for deepseek2
+    also "legacy": either converter before MLA, attn_kv_b only).
 
     ``dtype`` is the checkpoint's type for tensors the converter does not force to F32.
     ``order``: ``"single_file"`` (one safetensors file: sorted by HF name), ``"sharded"``
@@ -677,7 +681,7 @@ def _read_json(path: Path, *, what: str) -> Any:
         ) from None
 
 
-def inventory_from_config_file(path: str | Path, *, engine: Engine) -> TensorInventory:
+def inventory_from_config_file(path: str | Path, *, engine: Layout) -> TensorInventory:
     """Synthesize the inventory of a user-given ``config.json``.
 
     The order follows the files beside it: ``model.safetensors`` (one file) or an index
@@ -737,13 +741,13 @@ def shipped_ids() -> list[str]:
     return sorted({m.id for m in shipped_models().values()})
 
 
-def _default_layout(engine: Engine | None) -> Engine:
+def _default_layout(engine: Engine | None) -> Layout:
     # The mainline layout loads in both engines; ik callers pass engine="ik".
     return engine or "mainline"
 
 
 @lru_cache(maxsize=64)
-def _shipped_cached(key: str, layout: Engine) -> TensorInventory:
+def _shipped_cached(key: str, layout: Layout) -> TensorInventory:
     m = shipped_models()[key]
     return synthesize_inventory(
         m.config, engine=layout, source=m.id, dtype=m.dtype, order=m.order, tokenizer=m.tokenizer
@@ -751,7 +755,7 @@ def _shipped_cached(key: str, layout: Engine) -> TensorInventory:
 
 
 def shipped_inventory(
-    model_id: str, *, engine: Engine | None = None, layout: Engine | None = None
+    model_id: str, *, engine: Engine | None = None, layout: Layout | None = None
 ) -> TensorInventory:
     """The offline inventory of a shipped model, by Hugging Face id (or alias), cached.
 

@@ -35,7 +35,7 @@ def inventory(
         None, "--engine", help="ik or mainline: names ambiguous type ids and picks the usual layout."
     ),
     layout: str | None = typer.Option(
-        None, "--layout", help="ik or mainline converter layout of a synthesized DeepSeek/Kimi inventory."
+        None, "--layout", help="ik, mainline or legacy converter layout of a synthesized DeepSeek/Kimi inventory."
     ),
     as_json: JsonOpt = False,
 ) -> None:
@@ -43,9 +43,9 @@ def inventory(
     from quantforge.errors import UsageError
     from quantforge.inventory import load_source
 
-    for flag, value in (("--engine", engine), ("--layout", layout)):
-        if value not in (None, "ik", "mainline"):
-            raise UsageError(f"unknown {flag[2:]} {value!r}", where=flag, hint=f"use {flag} ik or {flag} mainline")
+    for flag, value, allowed in (("--engine", engine, ("ik", "mainline")), ("--layout", layout, ("ik", "mainline", "legacy"))):
+        if value is not None and value not in allowed:
+            raise UsageError(f"unknown {flag[2:]} {value!r}", where=flag, hint=f"use {flag} " + " or ".join(allowed))
     src = load_source(source, engine=engine, layout=layout)  # type: ignore[arg-type]
     emit(_as_dict(src.inventory), as_json=as_json, human=_render)
 

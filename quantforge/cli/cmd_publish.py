@@ -171,7 +171,7 @@ def import_cmd(
 
     from quantforge.errors import UsageError
 
-    for flag, value, allowed in (("--engine", engine, ("ik", "mainline")), ("--layout", layout, ("ik", "mainline")),
+    for flag, value, allowed in (("--engine", engine, ("ik", "mainline")), ("--layout", layout, ("ik", "mainline", "legacy")),
                                  ("--dialect", dialect, ("custom-q", "tensor-type", "tensor-type-file", "thireus"))):
         if value is not None and value not in allowed:
             raise UsageError(f"unknown {flag[2:]} {value!r}", where=flag, hint=f"use one of {', '.join(allowed)}")

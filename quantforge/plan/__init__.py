@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from quantforge.errors import RecipeError
 from quantforge.plan._engine import MixtureState, count_attention_wv, mixture_type, skip_reason
+from quantforge.plan._versions import emits_reversed, parse_engine_version, tensor_type_era
 
 Engine = Literal["ik", "mainline"]
 Group = Literal[
@@ -186,12 +187,15 @@ def expand(
     inventory: Any,
     *,
     imatrix: str | Path | ImatrixMeta | None | Literal[False] = None,
+    engine_build: int | None = None,
 ) -> QuantPlan:
     """Expand ``variant`` of ``recipe`` against ``inventory``.
 
     ``imatrix``: the imatrix passed to llama-quantize (its path string goes into the output's
     KV, so the exact size depends on it). ``None`` uses the recipe's ``[imatrix] file`` when it
-    exists locally; ``False`` plans without one.
+    exists locally; ``False`` plans without one. ``engine_build``: the mainline llama.cpp build
+    (b-number) whose rules apply (default: ``[model] engine_version``, else the replicated one,
+    see ``quantforge.plan._versions``).
     """
     from quantforge.catalogue import catalogue
     from quantforge.catalogue import ftype as lookup_ftype
@@ -201,6 +205,8 @@ def expand(
     cat = catalogue(engine)
     ft = lookup_ftype(engine, v.ftype)
     imeta = _resolve_imatrix(recipe, imatrix)
+    build = recipe_build(recipe, engine_build)
+    era = tensor_type_era(build)
 
     rules = [(r, _compile(r.pattern, r.where)) for r in v.rules]
     use_mixture = v.default == MIXTURE
@@ -223,7 +229,9 @@ def expand(
         has_output=has_output,
         has_imatrix=imeta is not None,
         n_attention_wv=count_attention_wv(engine, names),
+        build=build,
     )
+    emitted = _emitted_rules(v, rules, cat, build) if era != "current" else []
     get = cat.get
     plans: list[TensorPlan] = []
     n_params = 0
@@ -240,6 +248,14 @@ def expand(
             note = None
             if why is None:
                 requested = typ
+        elif era != "current":
+            requested, rule_label, place = _old_mainline_pick(
+                era, emitted, st, default_type, default_q.block_size, t.name, shape, cat, use_mixture
+            )
+            if rule_label.startswith("mixture") or era == "first-differing-base":
+                typ, note = _resolve(cat, engine, requested, shape, t.name)
+            else:
+                typ, note = _as_written(cat, requested, shape, t.name, build)
         else:
             matched = None
             for r, rx in rules:
@@ -284,7 +300,7 @@ def expand(
                 "bytes": nbytes, "rule": rule_label, "note": note, "place": place, "group": group, "layer": layer,
             })
         )  # fmt: skip
-    args = quantize_args_for(engine, v, cat)
+    args = quantize_args_for(engine, v, cat, engine_build=build)
     header, exact = _header_size(inventory, plans, cat, ft.value, imeta)
     spec = getattr(recipe, "imatrix", None)
     if imatrix is None and imeta is None and spec is not None and (spec.file or spec.corpus):
@@ -378,6 +394,70 @@ def source_plans(source: Any, quant: str | None = None, *, engine: Engine | None
             hint="drop --quant (the file is planned as it is), or give the recipe",
         )
     return [file_plan(source.inventory, engine=engine)]
+
+
+def recipe_build(recipe: Any, engine_build: int | None = None) -> int | None:
+    """The mainline build whose rules a plan follows: ``engine_build``, else ``[model]
+    engine_version``, else None (the replicated current one). ik plans ignore it."""
+    if getattr(recipe, "engine", None) != "mainline":
+        return None
+    if engine_build is not None:
+        return engine_build
+    model = getattr(recipe, "model", None)
+    return parse_engine_version(getattr(model, "engine_version", None), where=getattr(recipe, "path", None))
+
+
+def _emitted_rules(v: Any, rules: Sequence[tuple[Any, re.Pattern[str]]], cat: Any, build: int | None) -> list[Any]:
+    """(regex, type, label, place) in the order quantforge passes them to this build."""
+    out = [(rx, cat.get(r.type).name, f"rules[{r.index}]", r.place) for r, rx in rules]
+    if v.default != MIXTURE:
+        out.append((re.compile(".*"), cat.get(v.default).name, "default", None))
+    return list(reversed(out)) if emits_reversed(build) else out
+
+
+def _old_mainline_pick(
+    era: str, emitted: list[Any], st: MixtureState, default_type: str, blck: int, name: str,
+    shape: tuple[int, ...], cat: Any, use_mixture: bool,
+) -> tuple[str, str, Literal["cpu", "gpu"] | None]:
+    """(requested type, rule label, place) as an older mainline llama-quantize chose it."""
+    matches = [(typ, label, place) for rx, typ, label, place in emitted if rx.search(name)]
+    if era == "first-differing-base":
+        for typ, label, place in matches:
+            if typ != cat.get(default_type).name:
+                return typ, label, place
+        return mixture_type(st, default_type, name, shape, blck), "mixture", None
+    # The mixture runs first, for every tensor (its counters advance), fallback included.
+    pre = mixture_type(st, default_type, name, shape, blck)
+    post = cat.fallback_for(pre, shape[0]) or pre
+    fell_back = post != pre
+    label = "mixture"
+    if era == "first":
+        return (matches[0][0], matches[0][1], matches[0][2]) if matches else (pre, label, None)
+    if era == "first-differing-mixture":
+        for typ, lab, place in matches:
+            if typ != post:
+                return typ, lab, place
+        return pre, label, None
+    if era == "last-unless-fallback" and fell_back:
+        return pre, "mixture (its fallback keeps --tensor-type out)", None
+    if matches:
+        typ, lab, place = matches[-1]
+        return typ, lab, place
+    return pre, label, None
+
+
+def _as_written(cat: Any, requested: str, shape: tuple[int, ...], name: str, build: int | None) -> tuple[str, str | None]:
+    """Before b7807 a --tensor-type override got no row-length fallback: it is written as it is,
+    and a type the rows cannot take makes llama-quantize abort."""
+    qt = cat.get(requested)
+    if shape[0] % qt.row_multiple != 0:
+        raise RecipeError(
+            f"llama.cpp b{build} writes --tensor-type types without the row-length fallback, and {qt.name} "
+            f"cannot take {name}'s {shape[0]}-wide rows: that llama-quantize aborts",
+            where=name,
+            hint=f"give {name} a type whose block divides {shape[0]} (or use a newer llama.cpp)",
+        )
+    return qt.name, None
 
 
 def _mainline_key(row: tuple[Any, ...]) -> tuple[int, str]:
@@ -536,11 +616,14 @@ def _source_kv(inventory: Any) -> dict[str, Any] | None:
 _NOT_ECMASCRIPT = ("(?<", "(?P", "(?#", "\\A", "\\Z", "(?i", "(?s", "(?m", "(?x", "(?a", "(?u", "(?L")
 
 
-def quantize_args_for(engine: str, variant: Any, cat: Any) -> list[str]:
-    """The rule arguments that make ``engine``'s llama-quantize reproduce the expansion."""
+def quantize_args_for(engine: str, variant: Any, cat: Any, *, engine_build: int | None = None) -> list[str]:
+    """The rule arguments that make ``engine``'s llama-quantize reproduce the expansion (for a
+    mainline build where the last matching ``--tensor-type`` wins, in reverse order)."""
     pairs: list[tuple[str, str, str]] = [(r.pattern, cat.get(r.type).name, r.where) for r in variant.rules]
     if variant.default != MIXTURE:
         pairs.append((".*", cat.get(variant.default).name, getattr(variant, "where", "default")))
+    if engine == "mainline" and emits_reversed(engine_build):
+        pairs.reverse()
     if not pairs:
         return []
     for pattern, _t, where in pairs:

@@ -194,6 +194,18 @@ def lint(
     except RecipeError as exc:
         add("error", "expand-failed", exc.message, exc.where)
         return _sorted(out)
+    from quantforge.plan import recipe_build
+
+    build = recipe_build(recipe)
+    if build is not None:
+        # What the rules mean (first match wins, the replicated build) against what that build does.
+        meant = expand(recipe, variant, inventory, imatrix=imatrix, engine_build=10**6)
+        differ = [p.name for p, q in zip(plan.tensors, meant.tensors, strict=True) if p.type != q.type]
+        if differ:
+            add("warning", "engine-version",
+                f"llama.cpp b{build} combines --tensor-type with its own mixture differently: {len(differ)} tensors "
+                "get other types than the rules give them (see quantforge.plan._versions; the plan shows what that "
+                "build writes)", getattr(v, "where", None), differ)  # fmt: skip
     imeta = _resolve_imatrix(recipe, imatrix)
     entries = frozenset(imeta.entries) if imeta else None
     if engine == "ik" and imeta is not None and imeta.fork == "mainline":
