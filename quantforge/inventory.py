@@ -27,6 +27,8 @@ Engine = Literal["ik", "mainline"]
 #: mainline writes 3-D attn_k_b/attn_v_b only, legacy (both converters before MLA, spring 2025)
 #: attn_kv_b only.
 Layout = Literal["ik", "mainline", "legacy"]
+#: GLM MTP-block variants (see inventory_synth.NextN).
+NextN = Literal["full", "shared", "none"]
 
 
 class TensorEntry(BaseModel):
@@ -101,7 +103,11 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 def load_inventory(
-    source: str | os.PathLike[str], *, engine: Engine | None = None, layout: Layout | None = None
+    source: str | os.PathLike[str],
+    *,
+    engine: Engine | None = None,
+    layout: Layout | None = None,
+    nextn: NextN | None = None,
 ) -> TensorInventory:
     """The tensor inventory of ``source``.
 
@@ -114,22 +120,23 @@ def load_inventory(
     ``engine`` names the fork whose catalogue spells type ids when the file itself does not
     decide it (``gguf_header.detect_fork``); a file of the other fork with an ambiguous id is
     refused. ``layout`` picks the converter layout of a synthesized inventory (default: the
-    engine's usual one, mainline when none is named); for a GGUF it must match the file's.
+    engine's usual one, mainline when none is named); ``nextn`` the GLM MTP-block variant (see
+    ``inventory_synth.NextN``; default: the published one). For a GGUF both must match the file.
     """
     text = os.fspath(source)
     if text.startswith("hf://"):
-        return _check_layout(_load_remote(text, engine=engine), layout)
+        return _check_layout(_load_remote(text, engine=engine), layout, nextn)
     path = Path(text).expanduser()
     if path.suffix.lower() == ".json" and (path.exists() or os.sep in text or "/" in text):
         from quantforge.inventory_synth import inventory_from_config_file
 
-        return inventory_from_config_file(path, engine=layout or engine or "mainline")
+        return inventory_from_config_file(path, engine=layout or engine or "mainline", nextn=nextn)
     if path.exists() or text.endswith(".gguf") or os.sep in text and not _ID_RE.match(text):
-        return _check_layout(_load_local(path, source=text, engine=engine), layout)
+        return _check_layout(_load_local(path, source=text, engine=engine), layout, nextn)
     if _ID_RE.match(text):
         from quantforge import inventory_synth
 
-        return inventory_synth.shipped_inventory(text, engine=engine, layout=layout)
+        return inventory_synth.shipped_inventory(text, engine=engine, layout=layout, nextn=nextn)
     raise InventoryError(
         "not a GGUF path, hf:// URL, config.json or model id",
         where=text,
@@ -163,7 +170,11 @@ class ModelSource(BaseModel):
 
 
 def load_source(
-    source: str | os.PathLike[str], *, engine: Engine | None = None, layout: Layout | None = None
+    source: str | os.PathLike[str],
+    *,
+    engine: Engine | None = None,
+    layout: Layout | None = None,
+    nextn: NextN | None = None,
 ) -> ModelSource:
     """Read any ``SOURCE`` the CLI takes where a model is read (``inventory``, ``plan``, ``fit``,
     ``recipe import``, ``card``): a recipe (``.toml``: the inventory it plans against, its
@@ -177,10 +188,11 @@ def load_source(
         from quantforge.recipe import load_recipe
 
         recipe = load_recipe(text)
-        if layout is not None:
-            recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"layout": layout})})
+        over = {k: v for k, v in (("layout", layout), ("nextn", nextn)) if v is not None}
+        if over:
+            recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update=over)})
         return ModelSource(source=text, kind="recipe", inventory=recipe_inventory(recipe), recipe=recipe)
-    inv = load_inventory(text, engine=engine, layout=layout)
+    inv = load_inventory(text, engine=engine, layout=layout, nextn=nextn)
     kind: SourceKind
     if text.startswith("hf://"):
         kind = "hf"
@@ -242,7 +254,22 @@ def base_model_of(recipe: object) -> tuple[str | None, str]:
     return None, "the recipe names no Hub model"
 
 
-def _check_layout(inv: TensorInventory, layout: Layout | None) -> TensorInventory:
+def detect_nextn(names: Sequence[str]) -> NextN | None:
+    """The NextN (MTP) variant of a GLM-style tensor list, None without NextN tensors."""
+    if not any(".nextn." in n for n in names):
+        return None
+    return "full" if any(n.endswith(".nextn.embed_tokens.weight") for n in names) else "shared"
+
+
+def _check_layout(inv: TensorInventory, layout: Layout | None, nextn: NextN | None = None) -> TensorInventory:
+    if nextn is not None and inv.arch == "glm4moe":
+        have = detect_nextn([t.name for t in inv.tensors]) or "none"
+        if have != nextn:
+            raise InventoryError(
+                f"this GGUF has the {have!r} NextN variant, not {nextn!r}",
+                where=inv.source,
+                hint="drop nextn (the file says what it has), or give the GGUF of that variant",
+            )
     if layout is not None and inv.layout is not None and inv.layout != layout:
         raise InventoryError(
             f"this GGUF has the {inv.layout} layout ({_LAYOUT_SHAPE[inv.layout]}), not the {layout} layout",

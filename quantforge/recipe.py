@@ -68,6 +68,13 @@ class ModelSection(BaseModel):
             "usual layout."
         ),
     )
+    nextn: Literal["full", "shared", "none"] | None = Field(
+        default=None,
+        description=(
+            "GLM-4.x MTP block of the model to plan: full (own embed_tokens/shared_head_head copies), shared "
+            "(without them, as GLM-4.6 ships) or none (converted without MTP). Default: the published one."
+        ),
+    )
     name: str | None = Field(default=None, description="Display name used for output files and the card.")
     engine_version: str | int | None = Field(
         default=None,

@@ -140,6 +140,10 @@ def test_inventory_cli_layout_option(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["inventory", "deepseek-ai/DeepSeek-R1-0528", "--engine", "ik", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert (d["layout"], d["n_tensors"]) == ("ik", 1147)
-    assert main(["inventory", "deepseek-ai/DeepSeek-R1-0528", "--layout", "legacy"]) == 2
+    assert main(["inventory", "deepseek-ai/DeepSeek-R1-0528", "--layout", "legacy", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["layout"], d["n_tensors"]) == ("legacy", 1025)  # attn_kv_b only: 1086 - 2 x 61 + 61
+    assert main(["inventory", "deepseek-ai/DeepSeek-R1-0528", "--layout", "mla"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--layout" in err[0]
+    assert err == ["quantforge: error: --layout: unknown layout 'mla' (use --layout ik or --layout mainline or "
+                   "--layout legacy)"]  # fmt: skip

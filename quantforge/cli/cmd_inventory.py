@@ -37,16 +37,20 @@ def inventory(
     layout: str | None = typer.Option(
         None, "--layout", help="ik, mainline or legacy converter layout of a synthesized DeepSeek/Kimi inventory."
     ),
+    nextn: str | None = typer.Option(
+        None, "--nextn", help="GLM MTP block: full, shared (no own embed/head copies) or none."
+    ),
     as_json: JsonOpt = False,
 ) -> None:
     from quantforge.cli._output import emit
     from quantforge.errors import UsageError
     from quantforge.inventory import load_source
 
-    for flag, value, allowed in (("--engine", engine, ("ik", "mainline")), ("--layout", layout, ("ik", "mainline", "legacy"))):
+    for flag, value, allowed in (("--engine", engine, ("ik", "mainline")), ("--layout", layout, ("ik", "mainline", "legacy")),
+                                 ("--nextn", nextn, ("full", "shared", "none"))):
         if value is not None and value not in allowed:
-            raise UsageError(f"unknown {flag[2:]} {value!r}", where=flag, hint=f"use {flag} " + " or ".join(allowed))
-    src = load_source(source, engine=engine, layout=layout)  # type: ignore[arg-type]
+            raise UsageError(f"unknown {flag[2:]} {value!r}", where=flag, hint="use " + " or ".join(f"{flag} {a}" for a in allowed))
+    src = load_source(source, engine=engine, layout=layout, nextn=nextn)  # type: ignore[arg-type]
     emit(_as_dict(src.inventory), as_json=as_json, human=_render)
 
 
@@ -61,7 +65,8 @@ def _tensor_bytes(dtype: str, shape: tuple[int, ...], engine: Any) -> int | None
 
 
 def _as_dict(inv: Any) -> dict[str, Any]:
-    engine = inv.layout
+    # The fork spells the dtypes; a layout names an engine only where it is one of them.
+    engine = inv.fork or (inv.layout if inv.layout in ("ik", "mainline") else None)
     sizes = [_tensor_bytes(t.dtype, t.shape, engine) for t in inv.tensors]
     out: dict[str, Any] = {
         "source": inv.source,

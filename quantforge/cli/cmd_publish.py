@@ -176,7 +176,9 @@ def import_cmd(
         if value is not None and value not in allowed:
             raise UsageError(f"unknown {flag[2:]} {value!r}", where=flag, hint=f"use one of {', '.join(allowed)}")
     is_gguf = source.startswith("hf://") or source.lower().endswith(".gguf") or _has_gguf_magic(Path(source))
-    if not is_gguf:
+    # A config.json or a recipe is a model SOURCE (refused below as "not a quant"), never a rule file.
+    is_model_source = source.lower().endswith((".json", ".toml"))
+    if not is_gguf and not is_model_source:
         from quantforge.publish.dialects import import_dialect
 
         if not model:

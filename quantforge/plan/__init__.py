@@ -811,21 +811,22 @@ def recipe_inventory(recipe: Any, source: str | None = None) -> Any:
 
     engine = recipe.engine
     layout = getattr(recipe.model, "layout", None)
+    nextn = getattr(recipe.model, "nextn", None)
     if source is not None:
-        return load_inventory(source, engine=engine, layout=layout)
+        return load_inventory(source, engine=engine, layout=layout, nextn=nextn)
     base = getattr(recipe.model, "base", None)
     model_id = getattr(recipe.model, "id", None)
     local = recipe.resolve_path(base) if base and not str(base).startswith("hf://") else None
     if local is not None and Path(local).exists():
-        return load_inventory(local, engine=engine, layout=layout)
+        return load_inventory(local, engine=engine, layout=layout, nextn=nextn)
     if model_id:
         from quantforge.inventory_synth import shipped_ids
 
         known = {i.lower() for i in shipped_ids()}
         if model_id.lower().removeprefix("hf://") in known or not base:
-            return load_inventory(model_id, engine=engine, layout=layout)
+            return load_inventory(model_id, engine=engine, layout=layout, nextn=nextn)
     if base and str(base).startswith("hf://"):
-        return load_inventory(str(base), engine=engine, layout=layout)
+        return load_inventory(str(base), engine=engine, layout=layout, nextn=nextn)
     if local is not None:
         raise RecipeError(
             "the base GGUF does not exist yet",

@@ -206,6 +206,19 @@ def lint(
                 f"llama.cpp b{build} combines --tensor-type with its own mixture differently: {len(differ)} tensors "
                 "get other types than the rules give them (see quantforge.plan._versions; the plan shows what that "
                 "build writes)", getattr(v, "where", None), differ)  # fmt: skip
+    # gpt-oss GGUFs carry their experts as MXFP4 straight from the checkpoint: both engines'
+    # llama-quantize stop at the first quantized source tensor they would convert.
+    requant = [
+        p.name
+        for p in plan.tensors
+        if p.type != p.source_dtype and cat.find(p.source_dtype) is not None and cat.get(p.source_dtype).block_size > 1
+    ]
+    if requant:
+        src = next(p.source_dtype for p in plan.tensors if p.name == requant[0])
+        add("error", "requantize",
+            f"{len(requant)} tensors are already {src} in the base and planned as other types: llama-quantize "
+            f"refuses (\"requantizing from type {src} is disabled\"); keep them with a rule giving them {src}",
+            getattr(v, "where", None), requant)  # fmt: skip
     imeta = _resolve_imatrix(recipe, imatrix)
     entries = frozenset(imeta.entries) if imeta else None
     if engine == "ik" and imeta is not None and imeta.fork == "mainline":
