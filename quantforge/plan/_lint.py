@@ -173,17 +173,19 @@ def lint(
                 f"after rule {r.pattern!r} no quantizable tensor is left to match: the {later} rule(s) after it "
                 "and the default never apply", r.where)  # fmt: skip
     unclaimed = [n for n in qnames if n not in claimed]
-    if layout is not None and v.default != MIXTURE and v.rules:
+    if layout is not None and v.rules:
         layout_default: dict[str, int] = defaultdict(int)
         for n in unclaimed:
             if tensor_kind(n) in _LAYOUT_KINDS:
                 layout_default[tensor_kind(n)] += 1
         if layout_default:
             names = [n for n in unclaimed if tensor_kind(n) in layout_default]
+            gets = f"the {ft.name} mixture" if v.default == MIXTURE else f"the default {v.default}"
             add("warning", "layout-default",
-                f"{len(names)} tensors of the {layout} layout match no rule and get the default {v.default}: "
+                f"{len(names)} tensors of the {layout} layout match no rule and get {gets}: "
                 f"{_kinds_text(layout_default)} (write a rule for them, or plan the layout the recipe was written for)",
                 getattr(v, "where", None), names)  # fmt: skip
+            unclaimed = [n for n in unclaimed if n not in set(names)]
     if v.default == MIXTURE and unclaimed:
         add("warning", "no-default",
             f"{len(unclaimed)} quantizable tensors match no rule and get the {ft.name} mixture; set an explicit default",

@@ -20,12 +20,14 @@ from __future__ import annotations
 import re
 import shlex
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from quantforge.errors import UsageError
+from quantforge.inventory import Layout
 
 Dialect = Literal["custom-q", "tensor-type", "tensor-type-file", "thireus"]
 DIALECTS: tuple[Dialect, ...] = ("custom-q", "tensor-type", "tensor-type-file", "thireus")
@@ -168,6 +170,11 @@ def import_dialect(
     parsed = parse_dialect(text, dia, where=source)
     eng = engine or _ENGINE_OF[dia]
     src = load_source(model, engine=eng, layout=layout)  # type: ignore[arg-type]
+    inferred = layout is None and src.kind in ("shipped", "config") and src.inventory.layout is not None
+    if inferred and (meant := rules_layout(parsed.rules)) not in (None, src.inventory.layout):
+        # A synthesized DeepSeek/Kimi inventory can be either layout; the rules say which BF16
+        # they were written against (V3.1-Terminus recipes name attn_v_b and no attn_kv_b).
+        src = load_source(model, engine=eng, layout=meant)  # type: ignore[arg-type]
     inv = src.inventory
     cat = catalogue(eng)
     quantizable = [t.name for t in inv.tensors if skip_reason(eng, t.name, tuple(t.shape), t.dtype) is None]
@@ -220,6 +227,19 @@ def import_dialect(
         atomic_write_text(out, out_text)
         path = str(out)
     return DialectImport(dialect=dia, engine=eng, text=out_text, rules=len(kept), dropped=tuple(dropped), path=path)
+
+
+def rules_layout(rules: Sequence[DialectRule]) -> Layout | None:
+    """The MLA layout a rule file was written for, where its rules say it: attn_v_b named without
+    attn_kv_b is the mainline layout, attn_kv_b without attn_k_b/attn_v_b the legacy one; None
+    when they do not tell (both, or neither, or only attn_k_b, which ik's layout also has)."""
+    text = " ".join(r.pattern.replace("\\", "") for r in rules)
+    kv_b, v_b, k_b = "attn_kv_b" in text, "attn_v_b" in text, "attn_k_b" in text
+    if v_b and not kv_b:
+        return "mainline"
+    if kv_b and not (k_b or v_b):
+        return "legacy"
+    return None
 
 
 def _ftype_for(engine: str, counts: dict[str, int]) -> str:
