@@ -99,3 +99,24 @@ def test_qwen3_attn_output_is_q8_0_as_the_comment_says() -> None:
         want = next(r.type for r in v.rules if r.match == "attn_")
         assert attn_out == {want}, v.name
         assert next(t for t in plan.tensors if t.name == "output.weight").type == "iq6_k"
+
+
+def test_lint_names_the_kinds_a_rule_matches_and_the_rules_nothing_is_left_for() -> None:
+    # The case: the Qwen3 recipe's 'output\.weight' also matched every attn_output.weight.
+    text = (
+        '[model]\nid = "Qwen/Qwen3-235B-A22B"\nengine = "ik"\n[[quant]]\nname = "v"\nftype = "IQ4_K"\n'
+        "default = \"iq4_k\"\nrules = [ { match = 'output\\.weight', type = \"iq6_k\" }, "
+        "{ match = '.*', type = \"iq4_k\" }, { match = 'ffn_', type = \"iq3_k\" } ]\n"
+    )
+    recipe = parse_recipe(text, path="q.toml")
+    findings = {f.code: f for f in lint(recipe, None, load_inventory("Qwen/Qwen3-235B-A22B", engine="ik"), imatrix=False)}
+    multi = findings["multi-kind"]
+    assert multi.severity == "warning" and multi.where == "q.toml:8 quant[v].rules[0]"
+    assert "matches 2 kinds of tensor: attn_output.weight ×94, output.weight ×1" in multi.message
+    assert multi.count == 94 and multi.examples[0].endswith(".attn_output.weight")
+    left = findings["nothing-left"]
+    assert left.where == "q.toml:8 quant[v].rules[1]" and "the 1 rule(s) after it and the default never apply" in left.message
+    # Anchored, as the shipped recipes now write it: one kind, no warning.
+    fixed = parse_recipe(text.replace("'output\\.weight'", "'^output\\.weight$'"), path="q.toml")
+    assert "multi-kind" not in {f.code for f in lint(fixed, None, load_inventory("Qwen/Qwen3-235B-A22B", engine="ik"),
+                                                     imatrix=False)}  # fmt: skip
