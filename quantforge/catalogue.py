@@ -485,6 +485,14 @@ class FType(BaseModel):
     # (ggml_is_quantized); under F32/F16/BF16/BF16_R16/COPY every rule is silently ignored.
     rules_apply: bool = True
 
+    @property
+    def canonical(self) -> str:
+        """The name the engine's mixture code knows this ftype by: ``Q5_K`` -> ``Q5_K_M``.
+
+        llama-quantize turns every spelling (alias, number, any case) into one ``llama_ftype``
+        value before the mixture runs, so an alias must plan exactly like its target."""
+        return self.alias_of or self.name
+
 
 # (name, llama_ftype value, default ggml type) in the order `llama-quantize --help` prints
 # them (ik: examples/quantize/quantize.cpp QUANT_OPTIONS; default type: the switch at the
@@ -616,8 +624,61 @@ def ftype(engine: Engine, name: str) -> FType:
     raise RecipeError(f"unknown ftype '{name}' for engine {engine}", hint=hint)
 
 
+# ---------------------------------------------------------------------------------------
+# forks: which engine a type id or a general.file_type value belongs to
+
+
+@cache
+def type_id_engines() -> dict[int, tuple[Engine, ...]]:
+    """Every known ggml type id and the engines that define it (``139 -> ("ik",)``)."""
+    out: dict[int, list[Engine]] = {}
+    for engine in ENGINES:
+        for t in catalogue(engine).types():
+            out.setdefault(t.type_id, []).append(engine)
+    return {k: tuple(v) for k, v in sorted(out.items())}
+
+
+@cache
+def ambiguous_type_ids() -> frozenset[int]:
+    """Type ids both engines define as *different* types (41: ``q1_0`` vs ``q1_0_g128``)."""
+    ik, ml = catalogue("ik"), catalogue("mainline")
+    out = set()
+    for type_id, engines in type_id_engines().items():
+        a, b = ik.by_id(type_id), ml.by_id(type_id)
+        if len(engines) == 2 and a is not None and b is not None and a.name.lower() != b.name.lower():
+            out.add(type_id)
+    return frozenset(out)
+
+
+@cache
+def file_type_engines() -> dict[int, tuple[Engine, ...]]:
+    """``general.file_type`` values and the engines whose llama-quantize writes them, with the
+    engines whose names for that value differ counted apart (41 is ik's Q1_0_G128 and mainline's
+    Q2_0: both engines, but not the same ftype)."""
+    out: dict[int, list[Engine]] = {}
+    for engine in ENGINES:
+        for f in ftypes(engine).values():
+            if f.value is not None and engine not in out.setdefault(f.value, []):
+                out[f.value].append(engine)
+    return {k: tuple(v) for k, v in sorted(out.items())}
+
+
+def file_type_names(value: int) -> dict[Engine, str]:
+    """The plain (non-alias) ftype name each engine gives a ``general.file_type`` value."""
+    out: dict[Engine, str] = {}
+    for engine in ENGINES:
+        f = ftype_for_value(engine, value)
+        if f is not None:
+            out[engine] = f.name
+    return out
+
+
 __all__ = [
     "ENGINES",
+    "ambiguous_type_ids",
+    "file_type_engines",
+    "file_type_names",
+    "type_id_engines",
     "Catalogue",
     "Engine",
     "FType",

@@ -21,7 +21,7 @@ import struct
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, overload
+from typing import Any, BinaryIO, Literal, Protocol, overload
 
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import SchemaSerializer, core_schema
@@ -655,3 +655,114 @@ def header_bytes(
         out.append(_U32.pack(t.type_id) + _U64.pack(t.offset))
     blob = b"".join(out)
     return blob + b"\0" * (_align(len(blob), alignment) - len(blob))
+
+
+# ---------------------------------------------------------------------------------------------
+# fork detection: which engine wrote the file, decided before any type id is given a name
+
+Fork = Literal["ik", "mainline"]
+_FORK_LABEL = {"ik": "ik_llama.cpp", "mainline": "llama.cpp"}
+
+
+class ForkVerdict(BaseModel):
+    """Which fork's type ids a GGUF (or a split set) uses, and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: "ik" / "mainline" when something in the file belongs to one fork only; None when nothing
+    #: does (an F16/BF16 base or a q8_0 quant reads the same in both).
+    fork: Fork | None
+    #: What decided it, for people ("type id 139 (iq4_k) exists only in ik_llama.cpp", ...).
+    evidence: tuple[str, ...] = ()
+    #: Type ids present in the file that the forks define differently (41: q1_0 / q1_0_g128).
+    ambiguous_ids: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return _FORK_LABEL[self.fork] if self.fork else "either (nothing fork-specific)"
+
+
+def detect_fork(headers: Sequence[GGUFHeader], *, where: str) -> ForkVerdict:
+    """Decide the fork of a GGUF from its tensor type ids and KV metadata (all shards together).
+
+    Type ids that only one fork defines decide it (ik: 139 ``iq4_k`` ...; mainline: 34/35
+    ``tq1_0``/``tq2_0``, 40 ``nvfp4``, 42 ``q2_0``); then a ``general.file_type`` value only one
+    fork's llama-quantize writes; then ``quantize.imatrix.entries_count`` stored as UINT32, which
+    only mainline's llama-quantize does (ik stores INT32); then the ik-only MLA layout. Ids of
+    both forks in one file is an ``InventoryError``.
+    """
+    from quantforge.catalogue import (
+        ambiguous_type_ids,
+        catalogue,
+        file_type_engines,
+        file_type_names,
+        type_id_engines,
+    )
+
+    known = type_id_engines()
+    ids = sorted({t.type_id for h in headers for t in h.tensors})
+    votes: dict[str, list[str]] = {"ik": [], "mainline": []}
+    for type_id in ids:
+        engines = known.get(type_id, ())
+        if len(engines) == 1:
+            eng = engines[0]
+            qt = catalogue(eng).by_id(type_id)
+            votes[eng].append(f"type id {type_id} ({qt.name if qt else '?'}) exists only in {_FORK_LABEL[eng]}")
+    if votes["ik"] and votes["mainline"]:
+        raise InventoryError(
+            f"the file mixes type ids of both forks ({votes['ik'][0]}; {votes['mainline'][0]})",
+            where=where,
+            hint="the file is damaged or was written by a third fork; re-download or re-quantize it",
+        )
+    ambiguous = tuple(i for i in ids if i in ambiguous_type_ids())
+    strong = "ik" if votes["ik"] else "mainline" if votes["mainline"] else None
+    if strong is not None:
+        return ForkVerdict(fork=strong, evidence=tuple(votes[strong][:3]), ambiguous_ids=ambiguous)  # type: ignore[arg-type]
+    first = headers[0]
+    evidence: list[tuple[Fork, str]] = []
+    file_type = first.get("general.file_type")
+    if isinstance(file_type, int) and not isinstance(file_type, bool):
+        engines = file_type_engines().get(file_type, ())
+        if len(engines) == 1:
+            name = file_type_names(file_type).get(engines[0], str(file_type))
+            evidence.append((engines[0], f"general.file_type {file_type} ({name}) is written only by "
+                                         f"{_FORK_LABEL[engines[0]]}"))  # fmt: skip
+    count = first.kv.get("quantize.imatrix.entries_count")
+    if count is not None and count.type == ValueType.UINT32:
+        evidence.append(("mainline", "quantize.imatrix.entries_count is UINT32, as llama.cpp's llama-quantize writes it"))
+    names = {t.name for h in headers for t in h.tensors}
+    if any(n.endswith(".attn_kv_b.weight") for n in names) and any(n.endswith(".attn_k_b.weight") for n in names):
+        evidence.append(("ik", "attn_kv_b next to attn_k_b: the ik_llama.cpp MLA layout"))
+    forks = {f for f, _ in evidence}
+    if len(forks) == 1:
+        fork = forks.pop()
+        return ForkVerdict(fork=fork, evidence=tuple(e for f, e in evidence if f == fork), ambiguous_ids=ambiguous)
+    return ForkVerdict(fork=None, evidence=tuple(e for _f, e in evidence), ambiguous_ids=ambiguous)
+
+
+def resolve_fork(verdict: ForkVerdict, engine: Fork | None, *, where: str) -> Fork | None:
+    """The fork whose catalogue names this file's type ids, or ``InventoryError`` (one line)
+    when an ambiguous id cannot be named: the caller asked for the other fork than the file's,
+    or nothing in the file says which fork wrote it and the caller named none."""
+    if not verdict.ambiguous_ids:
+        return verdict.fork or engine
+    from quantforge.catalogue import catalogue
+
+    tid = verdict.ambiguous_ids[0]
+    meanings = ", ".join(
+        f"{(catalogue(e).by_id(tid) or catalogue(e).get('f32')).name} in {_FORK_LABEL[e]}" for e in ("mainline", "ik")
+    )
+    if verdict.fork is not None and engine is not None and engine != verdict.fork:
+        raise InventoryError(
+            f"type id {tid} means {meanings}; this file was written by {_FORK_LABEL[verdict.fork]} "
+            f"({verdict.evidence[0]}), so it cannot be read as {_FORK_LABEL[engine]}",
+            where=where,
+            hint=f"read it with --engine {verdict.fork} (or set engine = \"{verdict.fork}\")",
+        )
+    if verdict.fork is None and engine is None:
+        raise InventoryError(
+            f"type id {tid} means {meanings}, and nothing else in the file says which fork wrote it",
+            where=where,
+            hint="name the fork: --engine ik or --engine mainline",
+        )
+    return verdict.fork or engine

@@ -76,6 +76,21 @@ class ImatrixInfo(BaseModel):
     def names(self) -> frozenset[str]:
         return frozenset(e.name for e in self.entries)
 
+    @property
+    def fork(self) -> Literal["ik", "mainline"] | None:
+        """The fork whose tools read this file: a GGUF imatrix is mainline's (its llama-imatrix
+        writes it; ik's llama-quantize reads only the legacy .dat format). A .dat reads in both."""
+        return "mainline" if self.format == "gguf" else None
+
+    @property
+    def fork_evidence(self) -> str | None:
+        if self.format == "gguf":
+            return (
+                "GGUF imatrix format: written by llama.cpp's llama-imatrix; ik_llama.cpp's llama-quantize "
+                "reads only the legacy .dat format"
+            )
+        return None
+
 
 class CoverageGap(BaseModel):
     model_config = _FROZEN

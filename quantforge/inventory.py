@@ -18,11 +18,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from quantforge.errors import InventoryError
-from quantforge.gguf_header import GGUFHeader, StringArray, read_header
+from quantforge.gguf_header import GGUFHeader, StringArray, detect_fork, read_header, resolve_fork
 
 # Same alias as ``quantforge.catalogue.Engine`` (the catalogue owns it); spelled here so the
 # contract models import without loading the catalogue's tables.
 Engine = Literal["ik", "mainline"]
+#: Converter layouts of MLA models (deepseek2): ik keeps attn_kv_b next to 2-D attn_k_b/attn_v_b,
+#: mainline writes 3-D attn_k_b/attn_v_b only, legacy (both converters before MLA, spring 2025)
+#: attn_kv_b only.
+Layout = Literal["ik", "mainline", "legacy"]
+#: GLM MTP-block variants (see inventory_synth.NextN).
+NextN = Literal["full", "shared", "none"]
 
 
 class TensorEntry(BaseModel):
@@ -49,7 +55,7 @@ class TensorInventory(BaseModel):
     #: ``general.architecture``: "llama", "deepseek2", "qwen3moe", "glm4moe", ...
     arch: str
     #: Converter layout where it matters (deepseek2: "ik" keeps ``attn_kv_b``), else None.
-    layout: Engine | None
+    layout: Layout | None
     hparams: dict[str, int | float | bool | str]
     tensors: tuple[TensorEntry, ...]
     #: The full GGUF KV of a real source (None when synthesized); needed for exact file bytes.
@@ -60,6 +66,14 @@ class TensorInventory(BaseModel):
     bytes_fetched: int | None = None
     #: Number of files of a split set (1 for a single file).
     n_shards: int = 1
+    #: The fork whose type ids a real GGUF uses (``gguf_header.detect_fork``): "ik" or "mainline"
+    #: when something in the file belongs to one fork only, None when it reads the same in both.
+    fork: Engine | None = None
+    #: Why (``type id 139 (iq4_k) exists only in ik_llama.cpp`` ...).
+    fork_evidence: tuple[str, ...] = ()
+    #: Header block (KV + tensor infos + padding) of every shard of a real split set, in order;
+    #: with the per-tensor padding this gives the exact bytes of the whole set.
+    shard_metadata_bytes: tuple[int, ...] = ()
 
     def kv_value(self, key: str, default: Any = None) -> Any:
         """The plain value of a GGUF KV key of a real source (``kv`` holds typed ``GGUFValue``)."""
@@ -88,32 +102,205 @@ _HF_RE = re.compile(r"^hf://(?P<org>[^/@]+)/(?P<repo>[^/@]+)(?:@(?P<rev>[^/]+))?
 _ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
-def load_inventory(source: str | os.PathLike[str], *, engine: Engine | None = None) -> TensorInventory:
+def load_inventory(
+    source: str | os.PathLike[str],
+    *,
+    engine: Engine | None = None,
+    layout: Layout | None = None,
+    nextn: NextN | None = None,
+) -> TensorInventory:
     """The tensor inventory of ``source``.
 
     - a local ``.gguf`` path (one file, or any shard of a ``-0000K-of-0000N`` split set);
     - ``hf://org/repo[@revision]/path.gguf`` (all shards of a split set), header bytes only;
+    - a Hugging Face ``config.json`` (any ``*.json`` file): synthesized;
     - an HF model id or shipped name (``deepseek-ai/DeepSeek-R1-0528``): a synthesized
       inventory from ``quantforge.inventory_synth``.
 
-    ``engine`` picks the catalogue that names type ids (default: ik, then mainline) and, for
-    synthesized inventories, the converter layout.
+    ``engine`` names the fork whose catalogue spells type ids when the file itself does not
+    decide it (``gguf_header.detect_fork``); a file of the other fork with an ambiguous id is
+    refused. ``layout`` picks the converter layout of a synthesized inventory (default: the
+    engine's usual one, mainline when none is named); ``nextn`` the GLM MTP-block variant (see
+    ``inventory_synth.NextN``; default: the published one). For a GGUF both must match the file.
     """
     text = os.fspath(source)
     if text.startswith("hf://"):
-        return _load_remote(text, engine=engine)
+        return _check_layout(_load_remote(text, engine=engine), layout, nextn)
     path = Path(text).expanduser()
+    if path.suffix.lower() == ".json" and (path.exists() or os.sep in text or "/" in text):
+        from quantforge.inventory_synth import inventory_from_config_file
+
+        return inventory_from_config_file(path, engine=layout or engine or "mainline", nextn=nextn)
     if path.exists() or text.endswith(".gguf") or os.sep in text and not _ID_RE.match(text):
-        return _load_local(path, source=text, engine=engine)
+        return _check_layout(_load_local(path, source=text, engine=engine), layout, nextn)
     if _ID_RE.match(text):
         from quantforge import inventory_synth
 
-        return inventory_synth.shipped_inventory(text, engine=engine)
+        return inventory_synth.shipped_inventory(text, engine=engine, layout=layout, nextn=nextn)
     raise InventoryError(
-        "not a GGUF path, hf:// URL or model id",
+        "not a GGUF path, hf:// URL, config.json or model id",
         where=text,
-        hint="give a .gguf file, hf://org/repo/file.gguf, or an HF id such as deepseek-ai/DeepSeek-R1-0528",
+        hint="give a .gguf file, hf://org/repo/file.gguf, a config.json, or an HF id such as deepseek-ai/DeepSeek-R1-0528",
     )
+
+
+SourceKind = Literal["recipe", "gguf", "hf", "shipped", "config"]
+
+
+class ModelSource(BaseModel):
+    """What a ``SOURCE`` argument named: the model's inventory and, for a recipe, the recipe."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str
+    kind: SourceKind
+    inventory: TensorInventory
+    #: The recipe when ``source`` was one (its inventory is the one it plans against).
+    recipe: Any = None
+
+    @property
+    def is_quant(self) -> bool:
+        """A real GGUF whose tensors are already quantized (a published quant, not a base)."""
+        from quantforge.catalogue import catalogue
+
+        if self.inventory.kv is None:
+            return False
+        cat = catalogue(self.inventory.fork or "ik")
+        return any((q := cat.find(t.dtype)) is not None and q.block_size > 1 for t in self.inventory.tensors)
+
+
+def load_source(
+    source: str | os.PathLike[str],
+    *,
+    engine: Engine | None = None,
+    layout: Layout | None = None,
+    nextn: NextN | None = None,
+) -> ModelSource:
+    """Read any ``SOURCE`` the CLI takes where a model is read (``inventory``, ``plan``, ``fit``,
+    ``recipe import``, ``card``): a recipe (``.toml``: the inventory it plans against, its
+    ``[model] layout``/engine unless ``layout`` is given), a local GGUF or any shard of a split
+    set, ``hf://org/repo[@rev]/file.gguf`` (header bytes only), a ``config.json``, or an HF id
+    with a shipped inventory. ``engine`` and ``layout`` as in ``load_inventory``.
+    """
+    text = os.fspath(source)
+    if Path(text).suffix.lower() == ".toml":
+        from quantforge.plan import recipe_inventory
+        from quantforge.recipe import load_recipe
+
+        recipe = load_recipe(text)
+        over = {k: v for k, v in (("layout", layout), ("nextn", nextn)) if v is not None}
+        if over:
+            recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update=over)})
+        return ModelSource(source=text, kind="recipe", inventory=recipe_inventory(recipe), recipe=recipe)
+    inv = load_inventory(text, engine=engine, layout=layout, nextn=nextn)
+    kind: SourceKind
+    if text.startswith("hf://"):
+        kind = "hf"
+    elif Path(text).suffix.lower() == ".json":
+        kind = "config"
+    elif inv.kv is not None:
+        kind = "gguf"
+    else:
+        kind = "shipped"
+    return ModelSource(source=text, kind=kind, inventory=inv)
+
+
+_HF_REPO_URL = re.compile(r"^https?://huggingface\.co/([\w.\-]+/[\w.\-]+)/?$")
+
+
+def base_model_from_gguf(kv: dict[str, Any] | None) -> str | None:
+    """``org/name`` of the first ``general.base_model.*`` entry whose ``repo_url`` is a Hub model
+    (what convert_hf_to_gguf.py records from the model card), else None."""
+    if not kv:
+        return None
+    table = kv
+
+    def plain(key: str) -> Any:
+        v: Any = table.get(key)
+        return v.plain() if hasattr(v, "plain") else v
+
+    count = plain("general.base_model.count")
+    for i in range(int(count) if isinstance(count, int) else 0):
+        url = plain(f"general.base_model.{i}.repo_url")
+        m = _HF_REPO_URL.match(url) if isinstance(url, str) else None
+        if m:
+            return m.group(1)
+    return None
+
+
+def base_model_of(recipe: object) -> tuple[str | None, str]:
+    """The card's ``base_model`` and where it comes from: ``[publish] base_model``, else
+    ``[model] id``, else ``general.base_model.*`` of a local base GGUF; (None, why) otherwise."""
+    pub = getattr(recipe, "publish", None)
+    model = getattr(recipe, "model", None)
+    if pub is not None and pub.base_model:
+        return pub.base_model, "[publish] base_model"
+    if model is not None and model.id:
+        return model.id.removeprefix("hf://"), "[model] id"
+    base = getattr(model, "base", None)
+    if base and not str(base).startswith("hf://"):
+        from quantforge.errors import QuantforgeError
+
+        path = recipe.resolve_path(base)  # type: ignore[attr-defined]
+        if path and Path(path).is_file():
+            try:
+                found = base_model_from_gguf(dict(read_header(path).kv))
+            except QuantforgeError:
+                found = None
+            if found:
+                return found, f"general.base_model of {Path(path).name}"
+            return None, f"{Path(path).name} has no general.base_model.* pointing at a Hub model"
+        return None, "the base GGUF does not exist yet"
+    return None, "the recipe names no Hub model"
+
+
+def detect_nextn(names: Sequence[str]) -> NextN | None:
+    """The NextN (MTP) variant of a GLM-style tensor list, None without NextN tensors."""
+    if not any(".nextn." in n for n in names):
+        return None
+    return "full" if any(n.endswith(".nextn.embed_tokens.weight") for n in names) else "shared"
+
+
+def _check_layout(inv: TensorInventory, layout: Layout | None, nextn: NextN | None = None) -> TensorInventory:
+    if nextn is not None and inv.arch == "glm4moe":
+        have = detect_nextn([t.name for t in inv.tensors]) or "none"
+        if have != nextn:
+            raise InventoryError(
+                f"this GGUF has the {have!r} NextN variant, not {nextn!r}",
+                where=inv.source,
+                hint="drop nextn (the file says what it has), or give the GGUF of that variant",
+            )
+    if layout is not None and inv.layout is not None and inv.layout != layout:
+        raise InventoryError(
+            f"this GGUF has the {inv.layout} layout ({_LAYOUT_SHAPE[inv.layout]}), not the {layout} layout",
+            where=inv.source,
+            hint=f'plan it as it is (layout = "{inv.layout}" or no layout), or convert the model with {layout}\'s converter',
+        )
+    return inv
+
+
+#: What each MLA layout holds (DeepSeek-V2/V3/R1, Kimi-K2: deepseek2).
+_LAYOUT_SHAPE = {
+    "ik": "attn_kv_b kept next to 2-D attn_k_b/attn_v_b",
+    "mainline": "3-D attn_k_b/attn_v_b, no attn_kv_b",
+    "legacy": "attn_kv_b only, as converted before MLA",
+}
+
+
+def layout_load_error(engine: Engine, inventory: TensorInventory) -> str | None:
+    """Why ``engine`` cannot load a model of this inventory's layout, or None when it can.
+
+    ik_llama.cpp loads both deepseek2 layouts (llama-load-tensors.cpp: without ``attn_kv_b`` it
+    takes the 3-D ``attn_k_b``/``attn_v_b`` of a mainline conversion); mainline llama.cpp expects
+    3-D ``attn_k_b``/``attn_v_b`` (src/models/deepseek2.cpp) and fails on the ik layout's extra
+    ``attn_kv_b`` and 2-D shapes ("wrong number of tensors" / shape mismatch).
+    """
+    if engine == "mainline" and inventory.layout == "ik":
+        return (
+            f"llama.cpp cannot load the ik layout of {inventory.arch} ({_LAYOUT_SHAPE['ik']}): it expects "
+            f"{_LAYOUT_SHAPE['mainline']}"
+        )
+    return None
 
 
 def split_siblings(path: Path) -> list[Path] | None:
@@ -162,10 +349,13 @@ def inventory_from_headers(
     arch = first.architecture
     if arch is None:
         raise InventoryError("general.architecture is missing", where=where, hint="re-convert the model")
+    # The fork is decided before any type id gets a name: id 41 is q1_0 in one and q1_0_g128 in the other.
+    verdict = detect_fork(headers, where=where)
+    spelling = resolve_fork(verdict, engine, where=where)
     tensors: list[TensorEntry] = []
     for shard, h in enumerate(headers):
         for t in h.tensors:
-            tensors.append(TensorEntry(name=t.name, shape=t.shape, dtype=type_name(t.type_id, engine), shard=shard))
+            tensors.append(TensorEntry(name=t.name, shape=t.shape, dtype=type_name(t.type_id, spelling), shard=shard))
     names_seen: set[str] = set()
     for entry in tensors:
         if entry.name in names_seen:
@@ -181,6 +371,9 @@ def inventory_from_headers(
         metadata_bytes=first.data_offset,
         bytes_fetched=bytes_fetched,
         n_shards=len(headers),
+        fork=verdict.fork,
+        fork_evidence=verdict.evidence,
+        shard_metadata_bytes=tuple(h.data_offset for h in headers),
     )
 
 
@@ -213,13 +406,17 @@ def type_name(type_id: int, engine: Engine | None = None) -> str:
     return f"type{type_id}"
 
 
-def detect_layout(arch: str, names: Sequence[str]) -> Engine | None:
-    """The converter layout of an MLA model: ik keeps ``attn_kv_b`` next to ``attn_k_b``/``attn_v_b``."""
+def detect_layout(arch: str, names: Sequence[str]) -> Layout | None:
+    """The converter layout of an MLA model (see ``Layout``), None for other models."""
     has_kv_b = any(n.endswith(".attn_kv_b.weight") for n in names)
     has_k_b = any(n.endswith(".attn_k_b.weight") for n in names)
-    if not (has_kv_b or has_k_b):
-        return None
-    return "ik" if has_kv_b and has_k_b else "mainline"
+    if has_kv_b and has_k_b:
+        return "ik"
+    if has_k_b:
+        return "mainline"
+    if has_kv_b:
+        return "legacy"
+    return None
 
 
 def extract_hparams(header: GGUFHeader, arch: str, tensors: Sequence[TensorEntry]) -> dict[str, int | float | bool | str]:

@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 from quantforge.constants import DATA_DIR, GGUF_DEFAULT_ALIGNMENT
 from quantforge.errors import InventoryError
-from quantforge.inventory import Engine, TensorEntry, TensorInventory
+from quantforge.inventory import Engine, Layout, NextN, TensorEntry, TensorInventory
 
 #: Folder of the shipped model configs.
 MODELS_DIR = DATA_DIR / "models"
@@ -63,6 +63,9 @@ HF_ARCHITECTURES: dict[str, str] = {
     "DeepseekV2ForCausalLM": "deepseek2",
     "DeepseekV3ForCausalLM": "deepseek2",
     "Glm4MoeForCausalLM": "glm4moe",
+    "GptOssForCausalLM": "gpt-oss",
+    "BailingMoeV2ForCausalLM": "bailingmoe2",
+    "Qwen3NextForCausalLM": "qwen3next",
 }
 #: HF ``model_type`` -> GGUF architecture (used when ``architectures`` is missing).
 HF_MODEL_TYPES: dict[str, str] = {
@@ -74,10 +77,17 @@ HF_MODEL_TYPES: dict[str, str] = {
     "deepseek_v3": "deepseek2",
     "kimi_k2": "deepseek2",
     "glm4_moe": "glm4moe",
+    "gpt_oss": "gpt-oss",
+    "bailing_moe_v2": "bailingmoe2",
+    "qwen3_next": "qwen3next",
 }
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "glm4moe")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "glm4moe", "gpt-oss", "bailingmoe2", "qwen3next")
 
 Order = Literal["single_file", "sharded"]
+#: The MTP ("NextN") block of GLM-4.x GGUFs (``inventory.NextN``): "full" with its own embed_tokens
+#: and shared_head_head copies (1761 tensors for GLM-4.5/4.7), "shared" without them (the checkpoint
+#: shares the main embeddings and head: GLM-4.6, 1759), "none" converted without it (--no-mtp).
+NEXTN_VARIANTS: tuple[NextN, ...] = ("full", "shared", "none")
 
 #: transformers' default ``max_shard_size`` ("5GB"): a checkpoint at most this big is one file.
 _SINGLE_FILE_MAX_BYTES = 5 * 1000**3
@@ -99,6 +109,7 @@ class _T:
     name: str  # GGUF name
     shape: tuple[int, ...]  # ggml order
     f32: bool  # forced F32 by the converter's rules
+    dtype: str | None = None  # a type the converter writes as it is (gpt-oss' MXFP4 experts)
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,7 +251,7 @@ def _gqa_attention(
 @dataclass
 class _Synth:
     arch: str
-    layout: Engine | None
+    layout: Layout | None
     hparams: dict[str, int | float | bool | str]
     head: list[_T]
     blocks: list[list[_T]]
@@ -368,7 +379,7 @@ def _moe_shared_block(
     return out
 
 
-def _synth_deepseek2(c: _Config, layout: Engine) -> _Synth:
+def _synth_deepseek2(c: _Config, layout: Layout) -> _Synth:
     hidden = c.num("hidden_size")
     n_layer = c.num("num_hidden_layers")
     n_head = c.num("num_attention_heads")
@@ -403,7 +414,10 @@ def _synth_deepseek2(c: _Config, layout: Engine) -> _Synth:
             _mat(f"{p}self_attn.o_proj.weight", f"{b}attn_output.weight", n_head * v_dim, hidden),
         ]
         kvb = f"{p}self_attn.kv_b_proj.weight"
-        if layout == "ik":
+        if layout == "legacy":
+            # Both converters before MLA (spring 2025): kv_b as it is, the engine splits it at load.
+            t.append(_mat(kvb, f"{b}attn_kv_b.weight", kv_lora, n_kv * (nope + v_dim)))
+        elif layout == "ik":
             # ik keeps kv_b and adds k_b (transposed) and v_b flattened to 2-D.
             t += [
                 _mat(kvb, f"{b}attn_kv_b.weight", kv_lora, n_kv * (nope + v_dim)),
@@ -468,10 +482,10 @@ def _synth_deepseek2(c: _Config, layout: Engine) -> _Synth:
     return _Synth("deepseek2", layout, hp, head, blocks, tail)
 
 
-def _synth_glm4moe(c: _Config) -> _Synth:
+def _synth_glm4moe(c: _Config, nextn: NextN) -> _Synth:
     hidden = c.num("hidden_size")
     n_layer = c.num("num_hidden_layers")
-    n_nextn = int(c.opt("num_nextn_predict_layers", 0))
+    n_nextn = 0 if nextn == "none" else int(c.opt("num_nextn_predict_layers", 0))
     n_head = c.num("num_attention_heads")
     n_kv = int(c.opt("num_key_value_heads", n_head))
     vocab = c.num("vocab_size")
@@ -503,12 +517,17 @@ def _synth_glm4moe(c: _Config) -> _Synth:
         if i >= n_layer:
             t += [
                 _mat(f"{p}eh_proj.weight", f"{b}nextn.eh_proj.weight", 2 * hidden, hidden),
-                _mat(f"{p}embed_tokens.weight", f"{b}nextn.embed_tokens.weight", hidden, vocab),
                 _vec(f"{p}enorm.weight", f"{b}nextn.enorm.weight", hidden),
                 _vec(f"{p}hnorm.weight", f"{b}nextn.hnorm.weight", hidden),
-                _mat(f"{p}shared_head.head.weight", f"{b}nextn.shared_head_head.weight", hidden, vocab),
                 _vec(f"{p}shared_head.norm.weight", f"{b}nextn.shared_head_norm.weight", hidden),
             ]
+            if nextn == "full":
+                # Checkpoints that store the MTP layer's own copies of the embeddings and head
+                # (GLM-4.5, GLM-4.7); GLM-4.6's shares model.embed_tokens / lm_head instead.
+                t += [
+                    _mat(f"{p}embed_tokens.weight", f"{b}nextn.embed_tokens.weight", hidden, vocab),
+                    _mat(f"{p}shared_head.head.weight", f"{b}nextn.shared_head_head.weight", hidden, vocab),
+                ]
         blocks.append(t)
     hp = _common_hparams(c, n_blocks=n_layer + n_nextn, hidden=hidden, n_head=n_head, n_kv=n_kv, vocab=vocab)
     hp.update(
@@ -529,6 +548,210 @@ def _synth_glm4moe(c: _Config) -> _Synth:
     if c.opt("norm_topk_prob") is not None:
         hp["expert_weights_norm"] = bool(c.opt("norm_topk_prob"))
     return _Synth("glm4moe", None, hp, head, blocks, tail)
+
+
+def _synth_gpt_oss(c: _Config) -> _Synth:
+    """gpt-oss (convert_hf_to_gguf GptOssModel; llama.cpp src/models/openai-moe.cpp,
+    ik_llama.cpp LLM_ARCH_OPENAI_MOE): MXFP4 experts written as they are, before everything else
+    (``generate_extra_tensors``), q/k/v/o biases, per-head attention sinks."""
+    hidden = c.num("hidden_size")
+    n_layer = c.num("num_hidden_layers")
+    n_head = c.num("num_attention_heads")
+    n_kv = int(c.opt("num_key_value_heads", n_head))
+    head_dim = int(c.opt("head_dim", hidden // n_head if n_head else 0))
+    ff = c.num("intermediate_size")
+    n_exp = c.num("num_local_experts", "num_experts")
+    vocab = c.num("vocab_size")
+    experts: list[_T] = []
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        experts += [
+            _T("", f"{b}ffn_down_exps.weight", (ff, hidden, n_exp), f32=False, dtype="mxfp4"),
+            _T("", f"{b}ffn_gate_exps.weight", (hidden, ff, n_exp), f32=False, dtype="mxfp4"),
+            _T("", f"{b}ffn_up_exps.weight", (hidden, ff, n_exp), f32=False, dtype="mxfp4"),
+        ]
+    head, tail = _globals(c, hidden, vocab, tied=bool(c.opt("tie_word_embeddings", False)))
+    head = [*experts, *head]
+    blocks = []
+    for i in range(n_layer):
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        t = [
+            _vec(f"{p}input_layernorm.weight", f"{b}attn_norm.weight", hidden),
+            _vec(f"{p}post_attention_layernorm.weight", f"{b}post_attention_norm.weight", hidden),
+            *_gqa_attention(p, b, hidden, n_head, n_kv, head_dim, qk_norm=False, qkv_bias=True, o_bias=True),
+            _vec(f"{p}self_attn.sinks", f"{b}attn_sinks.weight", n_head),
+            _T(f"{p}mlp.router.weight", f"{b}ffn_gate_inp.weight", (hidden, n_exp), f32=True),
+            _vec(f"{p}mlp.router.bias", f"{b}ffn_gate_inp.bias", n_exp),
+            _T(f"{p}mlp.experts.down_proj_bias", f"{b}ffn_down_exps.bias", (hidden, n_exp), f32=True),
+            _T(f"{p}mlp.experts.gate_up_proj_bias", f"{b}ffn_gate_exps.bias", (ff, n_exp), f32=True),
+            _T(f"{p}mlp.experts.gate_up_proj_bias", f"{b}ffn_up_exps.bias", (ff, n_exp), f32=True),
+        ]
+        blocks.append(t)
+    hp = _common_hparams(c, n_blocks=n_layer, hidden=hidden, n_head=n_head, n_kv=n_kv, vocab=vocab)
+    hp.update({
+        "expert_count": n_exp,
+        "expert_feed_forward_length": ff,
+        "attention.key_length": head_dim,
+        "attention.value_length": head_dim,
+        "rope.dimension_count": head_dim,
+    })  # fmt: skip
+    if (used := c.opt("experts_per_token", c.opt("num_experts_per_tok"))) is not None:
+        hp["expert_used_count"] = int(used)
+    if (window := c.opt("sliding_window")) is not None:
+        hp["attention.sliding_window"] = int(window)
+    return _Synth("gpt-oss", None, hp, head, blocks, tail)
+
+
+def _synth_bailingmoe2(c: _Config, nextn: NextN) -> _Synth:
+    """Ling 2.0 / Ring (convert_hf_to_gguf BailingMoeV2Model; llama.cpp src/models/bailingmoe2.cpp):
+    fused qkv, q/k norms, leading dense layers, sigmoid routing with an expert bias, a shared
+    expert, and NextN (MTP) layers after the main ones."""
+    hidden = c.num("hidden_size")
+    n_layer = c.num("num_hidden_layers")
+    n_nextn = 0 if nextn == "none" else int(c.opt("num_nextn_predict_layers", 0))
+    n_head = c.num("num_attention_heads")
+    n_kv = int(c.opt("num_key_value_heads", n_head))
+    head_dim = int(c.opt("head_dim", hidden // n_head if n_head else 0))
+    ff = c.num("intermediate_size")
+    n_exp = c.num("num_experts", "num_local_experts")
+    moe_ff = c.num("moe_intermediate_size")
+    n_shared = int(c.opt("num_shared_experts", 0))
+    sh_ff = int(c.opt("moe_shared_expert_intermediate_size", moe_ff * n_shared))
+    first_dense = int(c.opt("first_k_dense_replace", 0))
+    vocab = c.num("vocab_size")
+    head = [_mat("model.word_embeddings.weight", "token_embd.weight", hidden, vocab)]
+    tail = [_vec("model.norm.weight", "output_norm.weight", hidden)]
+    if not bool(c.opt("tie_word_embeddings", False)):
+        tail.insert(0, _mat("lm_head.weight", "output.weight", hidden, vocab))
+    blocks = []
+    for i in range(n_layer + n_nextn):
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        t = [
+            _vec(f"{p}input_layernorm.weight", f"{b}attn_norm.weight", hidden),
+            _mat(f"{p}attention.query_key_value.weight", f"{b}attn_qkv.weight", hidden,
+                 (n_head + 2 * n_kv) * head_dim),
+            _mat(f"{p}attention.dense.weight", f"{b}attn_output.weight", n_head * head_dim, hidden),
+            _vec(f"{p}attention.query_layernorm.weight", f"{b}attn_q_norm.weight", head_dim),
+            _vec(f"{p}attention.key_layernorm.weight", f"{b}attn_k_norm.weight", head_dim),
+            _vec(f"{p}post_attention_layernorm.weight", f"{b}ffn_norm.weight", hidden),
+        ]  # fmt: skip
+        if i >= first_dense:
+            t += [
+                _T(f"{p}mlp.gate.weight", f"{b}ffn_gate_inp.weight", (hidden, n_exp), f32=True),
+                _vec(f"{p}mlp.gate.expert_bias", f"{b}exp_probs_b.bias", n_exp),
+                *_experts(p, b, hidden, moe_ff, n_exp),
+            ]
+            if n_shared:
+                t += [
+                    _mat(f"{p}mlp.shared_experts.down_proj.weight", f"{b}ffn_down_shexp.weight", sh_ff, hidden),
+                    _mat(f"{p}mlp.shared_experts.gate_proj.weight", f"{b}ffn_gate_shexp.weight", hidden, sh_ff),
+                    _mat(f"{p}mlp.shared_experts.up_proj.weight", f"{b}ffn_up_shexp.weight", hidden, sh_ff),
+                ]
+        else:
+            t += _dense_ffn(p, b, hidden, ff)
+        if i >= n_layer:
+            t += [
+                _mat(f"{p}eh_proj.weight", f"{b}nextn.eh_proj.weight", 2 * hidden, hidden),
+                _vec(f"{p}enorm.weight", f"{b}nextn.enorm.weight", hidden),
+                _vec(f"{p}hnorm.weight", f"{b}nextn.hnorm.weight", hidden),
+                _vec(f"{p}final_layernorm.weight", f"{b}layer_output_norm.weight", hidden),
+            ]
+        blocks.append(t)
+    hp = _common_hparams(c, n_blocks=n_layer + n_nextn, hidden=hidden, n_head=n_head, n_kv=n_kv, vocab=vocab)
+    hp.update({
+        "rope.dimension_count": int(head_dim * float(c.opt("partial_rotary_factor", 0.5))),
+        "attention.key_length": head_dim,
+        "attention.value_length": head_dim,
+        "leading_dense_block_count": first_dense,
+        "expert_count": n_exp,
+        "expert_feed_forward_length": moe_ff,
+        "expert_shared_feed_forward_length": sh_ff,
+        "expert_shared_count": n_shared,
+        "expert_gating_func": 2,
+    })  # fmt: skip
+    if (scale := c.opt("routed_scaling_factor")) is not None:
+        hp["expert_weights_scale"] = float(scale)
+    if c.opt("norm_topk_prob") is not None:
+        hp["expert_weights_norm"] = bool(c.opt("norm_topk_prob"))
+    if (groups := c.opt("n_group")) is not None:
+        hp["expert_group_count"] = int(groups)
+    if (used_groups := c.opt("topk_group")) is not None:
+        hp["expert_group_used_count"] = int(used_groups)
+    if n_nextn:
+        hp["nextn_predict_layers"] = n_nextn
+    return _Synth("bailingmoe2", None, hp, head, blocks, tail)
+
+
+def _synth_qwen3next(c: _Config) -> _Synth:
+    """Qwen3-Next (convert_hf_to_gguf Qwen3NextModel; llama.cpp src/models/qwen3next.cpp): every
+    ``full_attention_interval``-th layer full gated attention, the others Gated DeltaNet linear
+    attention (qkv/gate projections, short conv, per-head A and dt), all MoE with a gated shared expert."""
+    hidden = c.num("hidden_size")
+    n_layer = c.num("num_hidden_layers")
+    n_head = c.num("num_attention_heads")
+    n_kv = int(c.opt("num_key_value_heads", n_head))
+    head_dim = int(c.opt("head_dim", hidden // n_head if n_head else 0))
+    n_exp = c.num("num_experts")
+    moe_ff = c.num("moe_intermediate_size")
+    sh_ff = int(c.opt("shared_expert_intermediate_size", 0))
+    vocab = c.num("vocab_size")
+    interval = int(c.opt("full_attention_interval", 4)) or 4
+    k_heads, v_heads = c.num("linear_num_key_heads"), c.num("linear_num_value_heads")
+    k_dim, v_dim = c.num("linear_key_head_dim"), c.num("linear_value_head_dim")
+    conv = int(c.opt("linear_conv_kernel_dim", 4))
+    key_dim, value_dim = k_dim * k_heads, v_dim * v_heads
+    head, tail = _globals(c, hidden, vocab, tied=bool(c.opt("tie_word_embeddings", False)))
+    blocks = []
+    for i in range(n_layer):
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        t = [
+            _vec(f"{p}input_layernorm.weight", f"{b}attn_norm.weight", hidden),
+            _vec(f"{p}post_attention_layernorm.weight", f"{b}post_attention_norm.weight", hidden),
+            _T(f"{p}mlp.gate.weight", f"{b}ffn_gate_inp.weight", (hidden, n_exp), f32=True),
+            *_experts(p, b, hidden, moe_ff, n_exp),
+            _T(f"{p}mlp.shared_expert_gate.weight", f"{b}ffn_gate_inp_shexp.weight", (hidden,), f32=True),
+            _mat(f"{p}mlp.shared_expert.down_proj.weight", f"{b}ffn_down_shexp.weight", sh_ff, hidden),
+            _mat(f"{p}mlp.shared_expert.gate_proj.weight", f"{b}ffn_gate_shexp.weight", hidden, sh_ff),
+            _mat(f"{p}mlp.shared_expert.up_proj.weight", f"{b}ffn_up_shexp.weight", hidden, sh_ff),
+        ]
+        if (i + 1) % interval == 0:
+            # full attention: q carries its output gate (2 x n_head x head_dim)
+            t += [
+                _mat(f"{p}self_attn.q_proj.weight", f"{b}attn_q.weight", hidden, 2 * n_head * head_dim),
+                _mat(f"{p}self_attn.k_proj.weight", f"{b}attn_k.weight", hidden, n_kv * head_dim),
+                _mat(f"{p}self_attn.v_proj.weight", f"{b}attn_v.weight", hidden, n_kv * head_dim),
+                _mat(f"{p}self_attn.o_proj.weight", f"{b}attn_output.weight", n_head * head_dim, hidden),
+                _vec(f"{p}self_attn.q_norm.weight", f"{b}attn_q_norm.weight", head_dim),
+                _vec(f"{p}self_attn.k_norm.weight", f"{b}attn_k_norm.weight", head_dim),
+            ]
+        else:
+            t += [
+                _mat(f"{p}linear_attn.in_proj_qkvz.weight", f"{b}attn_qkv.weight", hidden, 2 * key_dim + value_dim),
+                _mat(f"{p}linear_attn.in_proj_qkvz.weight", f"{b}attn_gate.weight", hidden, value_dim),
+                _T(f"{p}linear_attn.conv1d.weight", f"{b}ssm_conv1d.weight", (conv, 2 * key_dim + value_dim), f32=True),
+                _vec(f"{p}linear_attn.dt_bias", f"{b}ssm_dt.bias", v_heads),
+                _vec(f"{p}linear_attn.A_log", f"{b}ssm_a", v_heads),
+                _mat(f"{p}linear_attn.in_proj_ba.weight", f"{b}ssm_ba.weight", hidden, 2 * v_heads),
+                _vec(f"{p}linear_attn.norm.weight", f"{b}ssm_norm.weight", v_dim),
+                _mat(f"{p}linear_attn.out_proj.weight", f"{b}ssm_out.weight", value_dim, hidden),
+            ]
+        blocks.append(t)
+    hp = _common_hparams(c, n_blocks=n_layer, hidden=hidden, n_head=n_head, n_kv=n_kv, vocab=vocab)
+    hp.update({
+        "expert_count": n_exp,
+        "expert_feed_forward_length": moe_ff,
+        "expert_shared_feed_forward_length": sh_ff,
+        "attention.key_length": head_dim,
+        "attention.value_length": head_dim,
+        "rope.dimension_count": int(head_dim * float(c.opt("partial_rotary_factor", 0.25))),
+        "ssm.conv_kernel": conv,
+        "ssm.state_size": k_dim,
+        "ssm.group_count": k_heads,
+        "ssm.time_step_rank": v_heads,
+        "ssm.inner_size": value_dim,
+        "full_attention_interval": interval,
+    })  # fmt: skip
+    return _Synth("qwen3next", None, hp, head, blocks, tail)
 
 
 # ---------------------------------------------------------------------------------------
@@ -580,13 +803,15 @@ def estimate_metadata_bytes(
 def synthesize_inventory(
     config: Mapping[str, Any],
     *,
-    engine: Engine,
+    engine: Layout,
     source: str,
     dtype: str = "bf16",
     order: Order | None = None,
     tokenizer: Mapping[str, Any] | None = None,
+    nextn: NextN = "full",
 ) -> TensorInventory:
-    """The GGUF tensor inventory ``engine``'s converter would write for ``config``.
+    """The GGUF tensor inventory ``engine``'s converter would write for ``config`` (for deepseek2
+    also "legacy": either converter before MLA, attn_kv_b only).
 
     ``dtype`` is the checkpoint's type for tensors the converter does not force to F32.
     ``order``: ``"single_file"`` (one safetensors file: sorted by HF name), ``"sharded"``
@@ -613,8 +838,14 @@ def synthesize_inventory(
         s = _synth_qwen3moe(c)
     elif arch == "deepseek2":
         s = _synth_deepseek2(c, engine)
+    elif arch == "gpt-oss":
+        s = _synth_gpt_oss(c)
+    elif arch == "bailingmoe2":
+        s = _synth_bailingmoe2(c, nextn)
+    elif arch == "qwen3next":
+        s = _synth_qwen3next(c)
     else:
-        s = _synth_glm4moe(c)
+        s = _synth_glm4moe(c, nextn)
     all_t = [*s.head, *(t for blk in s.blocks for t in blk), *s.tail]
     if order is None:
         n_bytes = sum(_numel(t.shape) * (4 if t.f32 else 2) for t in all_t)
@@ -625,7 +856,7 @@ def synthesize_inventory(
         TensorEntry.model_construct(
             name=t.name,
             shape=t.shape,
-            dtype="f32" if (t.f32 or t.name.endswith("_norm.weight")) else dtype,
+            dtype=t.dtype or ("f32" if (t.f32 or t.name.endswith("_norm.weight")) else dtype),
             shard=0,
         )
         for t in _ordered(s, order)
@@ -677,7 +908,7 @@ def _read_json(path: Path, *, what: str) -> Any:
         ) from None
 
 
-def inventory_from_config_file(path: str | Path, *, engine: Engine) -> TensorInventory:
+def inventory_from_config_file(path: str | Path, *, engine: Layout, nextn: NextN | None = None) -> TensorInventory:
     """Synthesize the inventory of a user-given ``config.json``.
 
     The order follows the files beside it: ``model.safetensors`` (one file) or an index
@@ -690,7 +921,7 @@ def inventory_from_config_file(path: str | Path, *, engine: Engine) -> TensorInv
         order = "sharded"
     elif (p.parent / "model.safetensors").is_file():
         order = "single_file"
-    return synthesize_inventory(config, engine=engine, source=str(p), order=order)
+    return synthesize_inventory(config, engine=engine, source=str(p), order=order, nextn=nextn or "full")
 
 
 # ---------------------------------------------------------------------------------------
@@ -708,6 +939,8 @@ class ShippedModel:
     order: Order
     tokenizer: dict[str, Any]
     file: Path
+    #: The NextN variant of the published BF16 GGUF (GLM-4.x), when the model has an MTP block.
+    nextn: NextN = "full"
 
 
 @lru_cache(maxsize=1)
@@ -726,6 +959,7 @@ def shipped_models() -> dict[str, ShippedModel]:
             order=meta.get("order", "sharded"),
             tokenizer=dict(meta.get("tokenizer", {})),
             file=f,
+            nextn=meta.get("nextn", "full"),
         )
         for key in (m.id, *m.aliases):
             out[key.lower()] = m
@@ -737,24 +971,27 @@ def shipped_ids() -> list[str]:
     return sorted({m.id for m in shipped_models().values()})
 
 
-def _default_layout(engine: Engine | None) -> Engine:
+def _default_layout(engine: Engine | None) -> Layout:
     # The mainline layout loads in both engines; ik callers pass engine="ik".
     return engine or "mainline"
 
 
 @lru_cache(maxsize=64)
-def _shipped_cached(key: str, layout: Engine) -> TensorInventory:
+def _shipped_cached(key: str, layout: Layout, nextn: NextN | None) -> TensorInventory:
     m = shipped_models()[key]
     return synthesize_inventory(
-        m.config, engine=layout, source=m.id, dtype=m.dtype, order=m.order, tokenizer=m.tokenizer
-    )
+        m.config, engine=layout, source=m.id, dtype=m.dtype, order=m.order, tokenizer=m.tokenizer,
+        nextn=nextn or m.nextn,
+    )  # fmt: skip
 
 
-def shipped_inventory(model_id: str, *, engine: Engine | None = None) -> TensorInventory:
+def shipped_inventory(
+    model_id: str, *, engine: Engine | None = None, layout: Layout | None = None, nextn: NextN | None = None
+) -> TensorInventory:
     """The offline inventory of a shipped model, by Hugging Face id (or alias), cached.
 
-    ``engine`` picks the converter layout where the engines differ (deepseek2); None means
-    the mainline layout, which both engines load.
+    ``layout`` picks the converter layout where the engines differ (deepseek2); without it the
+    ``engine``'s usual layout, and with neither the mainline layout, which both engines load.
     """
     key = model_id.strip().removeprefix("hf://").strip("/").lower()
     models = shipped_models()
@@ -774,11 +1011,13 @@ def shipped_inventory(model_id: str, *, engine: Engine | None = None) -> TensorI
             where=model_id,
             hint=f"{guess}shipped: {', '.join(known)}; or give a GGUF path, hf://org/repo/file.gguf, or a config.json",
         )
-    return _shipped_cached(key, _default_layout(engine))
+    return _shipped_cached(key, layout or _default_layout(engine), nextn)
 
 
 __all__ = [
     "HF_ARCHITECTURES",
+    "NEXTN_VARIANTS",
+    "NextN",
     "HF_MODEL_TYPES",
     "SUPPORTED_ARCHS",
     "ShippedModel",

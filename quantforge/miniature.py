@@ -353,3 +353,99 @@ def write_miniature(
         if tmp.exists():
             tmp.unlink()
     return out
+
+
+# -- any architecture the synthesizer knows, from a (tiny) config.json -------------------------
+
+_MXFP4_ID = 39
+
+
+def _kv_of(arch: str, hparams: dict[str, int | float | bool | str]) -> list[tuple[str, GGUFValue]]:
+    out: list[tuple[str, GGUFValue]] = []
+    for key, value in hparams.items():
+        if key == "vocab_size":
+            continue
+        if isinstance(value, bool):
+            out.append((f"{arch}.{key}", GGUFValue.of(value, BOOL)))
+        elif isinstance(value, int):
+            out.append((f"{arch}.{key}", GGUFValue.of(value, U32)))
+        elif isinstance(value, float):
+            out.append((f"{arch}.{key}", GGUFValue.of(value, F32)))
+        else:
+            out.append((f"{arch}.{key}", GGUFValue.of(value, STR)))
+    return out
+
+
+def write_from_config(
+    config: dict[str, object],
+    path: str | os.PathLike[str],
+    *,
+    layout: Literal["ik", "mainline", "legacy"] = "mainline",
+    nextn: Literal["full", "shared", "none"] = "full",
+    seed: int = 0,
+    tokenizer_from: Path | None = None,
+    force: bool = False,
+) -> Path:
+    """A random-weight GGUF of any architecture ``quantforge.inventory_synth`` knows, from a
+    (small) ``config.json``: exactly the synthesizer's tensor names, shapes, source dtypes and
+    GGUF hparams. Loading it with an engine checks the synthesizer against that engine's own
+    tensor-creation code (a missing, extra or mis-shaped tensor fails the load). The config's
+    ``vocab_size`` must be SmolLM2's (49152): its tokenizer is the one written.
+    """
+    import numpy as np
+
+    from quantforge.catalogue import catalogue
+    from quantforge.inventory_synth import synthesize_inventory
+
+    out = Path(path)
+    if out.exists() and not force:
+        raise InputError("refusing to overwrite an existing file", where=str(out), hint="pass force=True (--force)")
+    inv = synthesize_inventory(config, engine=layout, source=str(out), nextn=nextn)
+    tok = _tokenizer_kv(tokenizer_from)
+    vocab = len(dict(tok)["tokenizer.ggml.tokens"].value)
+    if inv.hparams.get("vocab_size") != vocab:
+        raise InputError(f"the config's vocab_size must be {vocab} (the tokenizer written)", where="config.vocab_size",
+                         hint=f"set vocab_size = {vocab}")  # fmt: skip
+    kv: list[tuple[str, GGUFValue]] = [
+        ("general.architecture", GGUFValue.of(inv.arch, STR)),
+        ("general.type", GGUFValue.of("model", STR)),
+        ("general.name", GGUFValue.of(f"quantforge miniature {inv.arch}", STR)),
+        ("general.file_type", GGUFValue.of(32, U32)),
+        *_kv_of(inv.arch, inv.hparams),
+        (f"{inv.arch}.vocab_size", GGUFValue.of(vocab, U32)),
+        *tok,
+    ]
+    cat = catalogue("mainline")
+    infos: list[GGUFTensorInfo] = []
+    offset = 0
+    for t in inv.tensors:
+        qt = cat.get(t.dtype)
+        infos.append(GGUFTensorInfo(name=t.name, shape=t.shape, type_id=qt.type_id, offset=offset))
+        offset += _pad(qt.tensor_bytes(t.shape))
+    rng = np.random.default_rng(seed)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header_bytes(kv, infos, DEFAULT_ALIGNMENT))
+            for info in infos:
+                n = info.n_elements
+                if info.type_id == _F32:
+                    base = 1.0 if info.name.endswith("norm.weight") else 0.0
+                    data = (base + 0.02 * rng.standard_normal(n, dtype=np.float32)).astype("<f4").tobytes()
+                elif info.type_id == _MXFP4_ID:
+                    # Blocks of 32: an E8M0 scale near 1/64 (exponent 121), then 16 bytes of 4-bit codes.
+                    blocks = n // 32
+                    raw = rng.integers(0, 256, size=(blocks, 17), dtype=np.uint8)
+                    raw[:, 0] = 121
+                    data = raw.tobytes()
+                else:
+                    w = 0.02 * rng.standard_normal(n, dtype=np.float32)
+                    bits = w.view(np.uint32).astype(np.uint64)
+                    data = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2").tobytes()
+                f.write(data)
+                f.write(b"\0" * (_pad(len(data)) - len(data)))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out

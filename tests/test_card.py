@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import subprocess
@@ -11,7 +12,9 @@ import pytest
 from conftest import TEST_CACHE, sha256_file
 from support.publish_ladder import LADDER, build_ladder
 
+from quantforge.catalogue import catalogue
 from quantforge.cli import main
+from quantforge.inventory import load_inventory
 from quantforge.publish.card import NOT_MEASURED
 
 # Real llama-perplexity KLD logs of the fixtures, parsed by the evaluation stage's parser, stand
@@ -75,18 +78,24 @@ def test_card_shows_the_manifests_numbers(card, ladder):
     for name, out in ladder[1].items():
         man = read_manifest(out)
         row = _row(card, name)
-        assert row[1] == f"{man.actual_file_bytes / 1024**3:.3f}"
-        assert row[2] == f"{man.plan['bpw']:.3f}"
+        # tensor data as model cards print it, ik's per-row scales alone, the file's bytes
+        assert row[1] == f"{man.verification['tensor_bytes'] / 1024**3:.3f}"
+        assert man.verification["tensor_bytes"] == man.planned_tensor_bytes
+        inv = load_inventory(out)
+        meta = sum(math.prod(t.shape[1:]) * catalogue("ik").get(t.dtype).row_meta_size for t in inv.tensors)
+        assert row[2] == f"{meta / 1024**3:.3f}"
+        assert row[3] == f"{man.actual_file_bytes:,}" and man.actual_file_bytes == out.stat().st_size
+        assert row[4] == f"{man.plan['bpw']:.3f}"
         if name in EVAL_LOGS:
             ev = man.eval["latest"]
-            assert row[3] == f"{ev['ppl']:.4f} ± {ev['ppl_err']:.4f}"
-            assert row[4] == f"{ev['kld']['mean']:.6f}"
-            assert row[5] == f"{ev['kld']['percentiles']['99.0']:.6f}"
+            assert row[5] == f"{ev['ppl']:.4f} ± {ev['ppl_err']:.4f}"
+            assert row[6] == f"{ev['kld']['mean']:.6f}"
+            assert row[7] == f"{ev['kld']['percentiles']['99.0']:.6f}"
         else:
-            assert row[3:6] == [NOT_MEASURED] * 3
+            assert row[5:8] == [NOT_MEASURED] * 3
     assert "Measured with ik_llama.cpp's llama-perplexity" in card
     # exact values printed in the fixture log kld-custom.log ("Mean KLD: 0.060173", "99.0% KLD: 0.371523")
-    assert _row(card, "IQ4_KS")[4:6] == ["0.060173", "0.371523"]
+    assert _row(card, "IQ4_KS")[6:8] == ["0.060173", "0.371523"]
 
 
 def test_card_sections(card, ladder):
@@ -212,7 +221,7 @@ def test_card_fit_matrix_is_the_planners_on_every_shipped_target(card, ladder):
     # SmolLM2 (0.1 GiB + 0.18 GiB of KV at 8K) fits every shipped machine at its full 8K context.
     assert set(cells.values()) == {"fits (max 8K)"}
     for name in LADDER:
-        assert _row(card, name)[6] == f"all {len(shipped)} targets: 8K"
+        assert _row(card, name)[8] == f"all {len(shipped)} targets: 8K"
     assert _run_commands(card) == cmds
     assert cmds[("IQ4_KS", "cpu-128gb")] == (
         "llama-server -m SmolLM2-135M-Instruct-IQ4_KS.gguf -c 8192 -fa -ctk f16 -ctv f16 -b 2048 -ub 512 -t 16")
@@ -251,9 +260,9 @@ def test_card_fit_small_machines_give_every_verdict(ladder, tmp_path):
         ("IQ2_KS", "sbc-200"): "only up to 512", ("IQ2_KS", "sbc-370"): "fits (max 8K)",
         ("R4", "sbc-200"): "does not fit", ("R4", "sbc-370"): "only up to 7680",
     }
-    assert _row(card, "IQ5_KS")[6] == "8K: cpu-128gb<br>7K only: sbc-370"
-    assert _row(card, "IQ4_KS")[6] == "8K: cpu-128gb<br>256 only: sbc-200<br>7936 only: sbc-370"
-    assert _row(card, "IQ2_KS")[6] == "8K: cpu-128gb, sbc-370<br>512 only: sbc-200"
+    assert _row(card, "IQ5_KS")[8] == "8K: cpu-128gb<br>7K only: sbc-370"
+    assert _row(card, "IQ4_KS")[8] == "8K: cpu-128gb<br>256 only: sbc-200<br>7936 only: sbc-370"
+    assert _row(card, "IQ2_KS")[8] == "8K: cpu-128gb, sbc-370<br>512 only: sbc-200"
     # A smaller context only: the command runs at the largest context that fits; none where nothing fits.
     assert cmds[("IQ4_KS", "sbc-200")] == (
         "llama-server -m SmolLM2-135M-Instruct-IQ4_KS.gguf -c 256 -fa -ctk f16 -ctv f16 -b 2048 -ub 512 -t 4")

@@ -256,8 +256,9 @@ def test_cli_human_view_collapses_layers(smol_f16: Path, capsys: pytest.CaptureF
     assert "attention.head_count=9" in out[1] and "vocab_size=49152" in out[1]
     assert out[3].split() == ["token_embd.weight", "[576,", "49152]", "f16", "54.00", "MiB"]
     assert out[5].split() == ["blk.*.ffn_down.weight", "×30", "[1536,", "576]", "f16", "layers", "0-29", "50.62", "MiB"]
-    assert len(out) == 3 + 11 + 2
-    assert out[-1] == "272 tensors, 134,515,008 parameters, 256.63 MiB of tensor data, 1,785,664 header bytes"
+    assert len(out) == 3 + 11 + 3
+    assert out[-2] == "272 tensors, 134,515,008 parameters, 256.63 MiB of tensor data, 1,785,664 header bytes"
+    assert out[-1] == "fork: either (no type id or metadata specific to ik_llama.cpp or llama.cpp)"
 
 
 def test_cli_json(smol_iq4_k: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -276,7 +277,7 @@ def test_cli_json_remote_reports_bytes_fetched(hub: RangeServer, capsys: pytest.
     assert main(["inventory", "hf://qf-test/smol/smol-f16.gguf", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["bytes_fetched"] == 2_097_152
     assert main(["inventory", "hf://qf-test/smol/smol-f16.gguf"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].endswith("; fetched 2,097,152 bytes")
+    assert capsys.readouterr().out.splitlines()[-2].endswith("; fetched 2,097,152 bytes")
 
 
 def _write(path: Path, data: bytes) -> Path:

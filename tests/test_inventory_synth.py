@@ -72,6 +72,7 @@ REAL_LISTINGS = [
     ("moonshotai/Kimi-K2-Instruct", "mainline", "Kimi-K2-Thinking.bf16.tsv", 1096, 1026408232448),
     ("Qwen/Qwen3-235B-A22B", None, "Qwen3-VL-235B-A22B-Thinking.bf16.tsv", 1131, 235093634560),
     ("zai-org/GLM-4.5", None, "GLM-4.5.bf16.tsv", 1761, 358337791296),
+    ("zai-org/GLM-4.6", None, "GLM-4.6.bf16.tsv", 1759, 356785898816),
     ("zai-org/GLM-4.7", None, "GLM-4.7.bf16.tsv", 1761, 358337791296),
     ("zai-org/GLM-4.5-Air", None, "GLM-4.5-Air.bf16.tsv", 803, 110468824832),
 ]
@@ -309,8 +310,9 @@ def test_inventory_from_config_file(tmp_path: Path) -> None:
 def test_shipped_lookup_aliases_case_and_cache() -> None:
     assert shipped_ids() == [
         "HuggingFaceTB/SmolLM2-135M-Instruct", "Qwen/Qwen3-235B-A22B", "Qwen/Qwen3-30B-A3B",
-        "deepseek-ai/DeepSeek-R1-0528", "deepseek-ai/DeepSeek-V3-0324", "moonshotai/Kimi-K2-Instruct",
-        "zai-org/GLM-4.5", "zai-org/GLM-4.5-Air",
+        "Qwen/Qwen3-4B-Instruct-2507", "deepseek-ai/DeepSeek-R1-0528", "deepseek-ai/DeepSeek-V3-0324",
+        "moonshotai/Kimi-K2-Instruct", "zai-org/GLM-4.5", "zai-org/GLM-4.5-Air", "zai-org/GLM-4.6",
+        "zai-org/GLM-4.7",
     ]  # fmt: skip
     a = shipped_inventory("moonshotai/Kimi-K2-Instruct")
     assert shipped_inventory("MOONSHOTAI/kimi-k2-instruct") is a

@@ -16,27 +16,42 @@ _BLK = re.compile(r"^blk\.(\d+)\.")
 @app.command(
     "inventory",
     help=(
-        "Show the tensor inventory of a model: a local GGUF (any shard of a split set), "
-        "hf://org/repo/file.gguf (reads only the header bytes), or an HF id with a shipped inventory.\n\n"
+        "Show the tensor inventory of a model: a recipe's model, a local GGUF (any shard of a split set), "
+        "hf://org/repo/file.gguf (reads only the header bytes), an HF id with a shipped inventory, or a "
+        "config.json; and which fork (ik_llama.cpp or llama.cpp) a GGUF's type ids belong to.\n\n"
         "Examples:\n\n"
         "  quantforge inventory SmolLM2-135M-Instruct-f16.gguf\n\n"
         "  quantforge inventory hf://unsloth/DeepSeek-R1-0528-GGUF/BF16/DeepSeek-R1-0528-BF16-00001-of-00030.gguf\n\n"
-        "  quantforge inventory deepseek-ai/DeepSeek-R1-0528 --engine ik --json"
+        "  quantforge inventory deepseek-ai/DeepSeek-R1-0528 --layout mainline --json\n\n"
+        "  quantforge inventory path/to/config.json"
     ),
 )
 def inventory(
-    source: str = typer.Argument(..., help="Path to a .gguf, hf://org/repo[@rev]/file.gguf, or an HF model id."),
-    engine: str | None = typer.Option(None, "--engine", help="ik or mainline: names type ids and picks the layout."),
+    source: str = typer.Argument(
+        ...,
+        help="A recipe (.toml), a .gguf (any shard), hf://org/repo[@rev]/file.gguf, an HF model id, or a config.json.",
+    ),
+    engine: str | None = typer.Option(
+        None, "--engine", help="ik or mainline: names ambiguous type ids and picks the usual layout."
+    ),
+    layout: str | None = typer.Option(
+        None, "--layout", help="ik, mainline or legacy converter layout of a synthesized DeepSeek/Kimi inventory."
+    ),
+    nextn: str | None = typer.Option(
+        None, "--nextn", help="GLM MTP block: full, shared (no own embed/head copies) or none."
+    ),
     as_json: JsonOpt = False,
 ) -> None:
     from quantforge.cli._output import emit
     from quantforge.errors import UsageError
-    from quantforge.inventory import load_inventory
+    from quantforge.inventory import load_source
 
-    if engine not in (None, "ik", "mainline"):
-        raise UsageError(f"unknown engine {engine!r}", where="--engine", hint="use --engine ik or --engine mainline")
-    inv = load_inventory(source, engine=engine)  # type: ignore[arg-type]
-    emit(_as_dict(inv), as_json=as_json, human=_render)
+    for flag, value, allowed in (("--engine", engine, ("ik", "mainline")), ("--layout", layout, ("ik", "mainline", "legacy")),
+                                 ("--nextn", nextn, ("full", "shared", "none"))):
+        if value is not None and value not in allowed:
+            raise UsageError(f"unknown {flag[2:]} {value!r}", where=flag, hint="use " + " or ".join(f"{flag} {a}" for a in allowed))
+    src = load_source(source, engine=engine, layout=layout, nextn=nextn)  # type: ignore[arg-type]
+    emit(_as_dict(src.inventory), as_json=as_json, human=_render)
 
 
 def _tensor_bytes(dtype: str, shape: tuple[int, ...], engine: Any) -> int | None:
@@ -50,12 +65,15 @@ def _tensor_bytes(dtype: str, shape: tuple[int, ...], engine: Any) -> int | None
 
 
 def _as_dict(inv: Any) -> dict[str, Any]:
-    engine = inv.layout
+    # The fork spells the dtypes; a layout names an engine only where it is one of them.
+    engine = inv.fork or (inv.layout if inv.layout in ("ik", "mainline") else None)
     sizes = [_tensor_bytes(t.dtype, t.shape, engine) for t in inv.tensors]
     out: dict[str, Any] = {
         "source": inv.source,
         "arch": inv.arch,
         "layout": inv.layout,
+        "fork": inv.fork,
+        "fork_evidence": list(inv.fork_evidence),
         "hparams": inv.hparams,
         "n_tensors": len(inv.tensors),
         "n_params": inv.n_params,
@@ -130,4 +148,10 @@ def _render(d: dict[str, Any]) -> str:
     if d.get("bytes_fetched") is not None:
         tail += f"; fetched {d['bytes_fetched']:,} bytes"
     lines.append(tail)
+    if d["metadata_bytes_exact"]:  # a real GGUF: say whose type ids it uses, and why
+        fork = {"ik": "ik_llama.cpp", "mainline": "llama.cpp"}.get(d["fork"] or "", "")
+        if fork:
+            lines.append(f"fork: {fork} ({'; '.join(d['fork_evidence'])})")
+        else:
+            lines.append("fork: either (no type id or metadata specific to ik_llama.cpp or llama.cpp)")
     return "\n".join(lines)

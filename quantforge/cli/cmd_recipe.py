@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from quantforge.cli import app
@@ -39,11 +41,26 @@ def schema_cmd(
 # -- plan commands: lint, show, args (the plan stage) --------------------------------------
 
 
-def _load(recipe: str, inventory: str | None, imatrix: str | None, quant: str | None):  # type: ignore[no-untyped-def]
+EngineVersionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine-version",
+        help='mainline llama.cpp build whose llama-quantize rules to plan, e.g. b5524 (overrides [model] engine_version).',
+    ),
+]
+
+
+def _load(recipe: str, inventory: str | None, imatrix: str | None, quant: str | None,  # type: ignore[no-untyped-def]
+          engine_version: str | None = None):
     from quantforge.plan import recipe_inventory
     from quantforge.recipe import load_recipe
 
     r = load_recipe(recipe)
+    if engine_version is not None:
+        from quantforge.plan._versions import parse_engine_version
+
+        parse_engine_version(engine_version, where="--engine-version")
+        r = r.model_copy(update={"model": r.model.model_copy(update={"engine_version": engine_version})})
     names = [r.variant(quant).name] if quant else [q.name for q in r.quants]
     inv = recipe_inventory(r, inventory)
     imx = imatrix if imatrix else None
@@ -56,6 +73,7 @@ def lint_cmd(
     quant: QuantOpt = None,
     inventory: InventoryOpt = None,
     imatrix: ImatrixOpt = None,
+    engine_version: EngineVersionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check a recipe against its model: unknown types, bad regexes, rules that match nothing or are
@@ -68,7 +86,7 @@ def lint_cmd(
     from quantforge.errors import RecipeError
     from quantforge.plan import lint
 
-    r, inv, names, imx = _load(recipe, inventory, imatrix, quant)
+    r, inv, names, imx = _load(recipe, inventory, imatrix, quant, engine_version)
     result = [{"quant": n, "findings": lint(r, n, inv, imatrix=imx)} for n in names]
     emit({"recipe": r.path, "quants": result}, as_json=as_json, human=_render_lint)
     n_err = sum(1 for q in result for f in q["findings"] if f.severity == "error")
@@ -95,16 +113,18 @@ def show_cmd(
     quant: QuantOpt = None,
     inventory: InventoryOpt = None,
     imatrix: ImatrixOpt = None,
+    engine_version: EngineVersionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Expand a recipe: per-tensor types llama-quantize will write, exact bytes, file size, BPW.
+    """Expand a recipe: per-tensor types llama-quantize will write, tensor data (GiB, BPW), ik row metadata
+    and file bytes, each exact.
 
     Example: quantforge recipe show recipes/smollm2-135m.toml --json
     """
     from quantforge.cli._output import emit
     from quantforge.plan import expand
 
-    r, inv, names, imx = _load(recipe, inventory, imatrix, quant)
+    r, inv, names, imx = _load(recipe, inventory, imatrix, quant, engine_version)
     plans = [expand(r, n, inv, imatrix=imx) for n in names]
     data = {"quants": [_plan_json(p) for p in plans]}
     emit(data if as_json else plans, as_json=as_json, human=_render_show)
@@ -118,6 +138,9 @@ def _plan_json(p) -> dict:  # type: ignore[no-untyped-def, type-arg]
         "engine": p.engine,
         "ftype": p.ftype,
         "tensor_bytes": p.tensor_bytes,
+        "row_meta_bytes": p.row_meta_bytes,
+        "weight_bytes": p.weight_bytes,
+        "tensor_gib": round(p.tensor_bytes / 2**30, 3),
         "file_bytes": p.file_bytes,
         "file_bytes_exact": p.file_bytes_exact,
         "bpw": round(p.bpw, 4),
@@ -149,9 +172,13 @@ def _render_show(plans: list) -> str:  # type: ignore[type-arg]
 
     out = []
     for p in plans:
-        size = human_bytes(p.file_bytes) + ("" if p.file_bytes_exact else " (estimate)")
+        # Three sizes that people quote and mix up: tensor data in GiB as llama.cpp's load log and
+        # model cards print it (ik's per-row scales included), those scales alone (gguf-py and
+        # Thireus' listings leave them out), and the bytes of the file(s).
+        exact = "exact" if p.file_bytes_exact else "estimate"
         out.append(
-            f"{p.name}  [{p.engine} {p.ftype}]  {size} ({p.file_bytes:,} bytes)  {p.bpw:.3f} BPW  "
+            f"{p.name}  [{p.engine} {p.ftype}]  {p.tensor_bytes / 2**30:.3f} GiB ({p.bpw:.3f} BPW) tensor data, "
+            f"{p.row_meta_bytes / 2**30:.3f} GiB of it row metadata; file {p.file_bytes:,} bytes ({exact}); "
             f"{p.n_params / 1e9:.3f} B params"
         )
         totals = group_totals(p)
@@ -176,6 +203,7 @@ def args_cmd(
     imatrix: ImatrixOpt = None,
     binary: str = typer.Option("llama-quantize", "--binary", help="llama-quantize to name in the command."),
     output: str = typer.Option(None, "--output", "-o", help="Output file (default: <model>-<variant>.gguf)."),
+    engine_version: EngineVersionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the exact llama-quantize command for each variant (ik --custom-q / mainline --tensor-type).
@@ -188,7 +216,7 @@ def args_cmd(
     from quantforge.cli._output import emit
     from quantforge.plan import expand, quantize_command, shell_join
 
-    r, inv, names, imx = _load(recipe, inventory, imatrix, quant)
+    r, inv, names, imx = _load(recipe, inventory, imatrix, quant, engine_version)
     base = r.resolve_path(r.model.base) if r.model.base else (inventory or r.model.id or "model.gguf")
     stem = output_stem(r, Path(str(base)))  # the name `quantforge build` gives the output
     items = []

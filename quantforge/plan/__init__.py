@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from quantforge.errors import RecipeError
 from quantforge.plan._engine import MixtureState, count_attention_wv, mixture_type, skip_reason
+from quantforge.plan._versions import emits_reversed, parse_engine_version, tensor_type_era
 
 Engine = Literal["ik", "mainline"]
 Group = Literal[
@@ -73,6 +74,14 @@ class QuantPlan(BaseModel):
     header_bytes: int | None = None
     imatrix: str | None = None  # the imatrix path the size prediction assumed (its KV string)
     source: str | None = None
+    #: ik's per-row metadata (the scales of iq4_ks, iq2_kl, ...) counted in ``tensor_bytes``;
+    #: gguf-py's and Thireus' sizes leave it out.
+    row_meta_bytes: int = 0
+
+    @property
+    def weight_bytes(self) -> int:
+        """Tensor data without the per-row metadata (what gguf-py's ``GGML_QUANT_SIZES`` give)."""
+        return self.tensor_bytes - self.row_meta_bytes
 
 
 class ImatrixMeta(BaseModel):
@@ -84,6 +93,8 @@ class ImatrixMeta(BaseModel):
     entries: tuple[str, ...]
     chunks: int
     dataset: str
+    #: "mainline" for a GGUF-format imatrix (only llama.cpp's tools read it), None for legacy .dat.
+    fork: Engine | None = None
 
 
 class LintFinding(BaseModel):
@@ -132,6 +143,7 @@ def read_imatrix_meta(path: str | Path) -> ImatrixMeta:
         entries=tuple(sorted(info.names())),
         chunks=max(0, info.chunk_count),
         dataset=info.dataset or "",
+        fork=info.fork,
     )
 
 
@@ -175,12 +187,15 @@ def expand(
     inventory: Any,
     *,
     imatrix: str | Path | ImatrixMeta | None | Literal[False] = None,
+    engine_build: int | None = None,
 ) -> QuantPlan:
     """Expand ``variant`` of ``recipe`` against ``inventory``.
 
     ``imatrix``: the imatrix passed to llama-quantize (its path string goes into the output's
     KV, so the exact size depends on it). ``None`` uses the recipe's ``[imatrix] file`` when it
-    exists locally; ``False`` plans without one.
+    exists locally; ``False`` plans without one. ``engine_build``: the mainline llama.cpp build
+    (b-number) whose rules apply (default: ``[model] engine_version``, else the replicated one,
+    see ``quantforge.plan._versions``).
     """
     from quantforge.catalogue import catalogue
     from quantforge.catalogue import ftype as lookup_ftype
@@ -190,6 +205,8 @@ def expand(
     cat = catalogue(engine)
     ft = lookup_ftype(engine, v.ftype)
     imeta = _resolve_imatrix(recipe, imatrix)
+    build = recipe_build(recipe, engine_build)
+    era = tensor_type_era(build)
 
     rules = [(r, _compile(r.pattern, r.where)) for r in v.rules]
     use_mixture = v.default == MIXTURE
@@ -202,7 +219,7 @@ def expand(
     has_output = "output.weight" in names
     st = MixtureState(
         engine=engine,
-        ftype=ft.name,
+        ftype=ft.canonical,
         arch=inventory.arch,
         n_layer=_hparam(inventory, "block_count", "n_layer"),
         n_expert=_hparam(inventory, "expert_count", "n_expert"),
@@ -212,13 +229,16 @@ def expand(
         has_output=has_output,
         has_imatrix=imeta is not None,
         n_attention_wv=count_attention_wv(engine, names),
+        build=build,
     )
+    emitted = _emitted_rules(v, rules, cat, build) if era != "current" else []
     get = cat.get
     plans: list[TensorPlan] = []
     n_params = 0
     total = 0
+    row_meta = 0
     memo: dict[tuple[str, tuple[int, ...], str], tuple[str, str | None]] = {}
-    for t, shape, ne, layer, group, why in _static(inventory, engine):
+    for t, shape, ne, layer, group, why in _engine_order(_static(inventory, engine), engine):
         n_params += ne
         place = None
         if why is not None or not rules_active:
@@ -228,6 +248,14 @@ def expand(
             note = None
             if why is None:
                 requested = typ
+        elif era != "current":
+            requested, rule_label, place = _old_mainline_pick(
+                era, emitted, st, default_type, default_q.block_size, t.name, shape, cat, use_mixture
+            )
+            if rule_label.startswith("mixture") or era == "first-differing-base":
+                typ, note = _resolve(cat, engine, requested, shape, t.name)
+            else:
+                typ, note = _as_written(cat, requested, shape, t.name, build)
         else:
             matched = None
             for r, rx in rules:
@@ -238,7 +266,12 @@ def expand(
             if engine == "ik" and use_mixture:
                 # ik runs the mixture for every quantized tensor (its counters advance even
                 # when a --custom-q rule then overrides the result); mainline skips it on a match.
-                mix = mixture_type(st, default_type, t.name, shape, default_q.block_size)
+                try:
+                    mix = mixture_type(st, default_type, t.name, shape, default_q.block_size)
+                except RecipeError:
+                    if matched is None:
+                        raise  # an unreplicated mixture matters only where no rule decides
+                    mix = None
             if matched is not None:
                 requested = matched.type
                 rule_label = f"rules[{matched.index}]"
@@ -256,15 +289,18 @@ def expand(
             if hit is None:
                 hit = memo[rkey] = _resolve(cat, engine, requested, shape, t.name)
             typ, note = hit
-        nbytes = get(typ).tensor_bytes(shape)
+        qt = get(typ)
+        nbytes = qt.tensor_bytes(shape)
         total += nbytes
+        if qt.row_meta_size:
+            row_meta += ne // (shape[0] or 1) * qt.row_meta_size
         plans.append(
             _fast(TensorPlan, {
                 "name": t.name, "shape": shape, "source_dtype": t.dtype, "requested_type": requested, "type": typ,
                 "bytes": nbytes, "rule": rule_label, "note": note, "place": place, "group": group, "layer": layer,
             })
         )  # fmt: skip
-    args = quantize_args_for(engine, v, cat)
+    args = quantize_args_for(engine, v, cat, engine_build=build)
     header, exact = _header_size(inventory, plans, cat, ft.value, imeta)
     spec = getattr(recipe, "imatrix", None)
     if imatrix is None and imeta is None and spec is not None and (spec.file or spec.corpus):
@@ -291,7 +327,150 @@ def expand(
         header_bytes=header,
         imatrix=imeta.path if imeta else None,
         source=inventory.source,
+        row_meta_bytes=row_meta,
     )
+
+
+def file_plan(inventory: Any, *, engine: Engine | None = None, name: str | None = None) -> QuantPlan:
+    """A GGUF as it is, as a plan: every tensor keeps the type the file holds, bytes exact.
+
+    This is what ``plan``/``fit``/``card`` use for a model given without a recipe (a published
+    quant, a downloaded BF16): ``engine`` (default: the file's fork, else ik) is the engine that
+    will run it. The file size is exact for a real GGUF (every shard's header plus the data
+    padded to the alignment) and an estimate for a synthesized inventory.
+    """
+    from quantforge.catalogue import catalogue, ftype_for_value
+
+    eng: Engine = engine or inventory.fork or "ik"
+    cat = catalogue(eng)
+    other = catalogue("mainline" if eng == "ik" else "ik")
+    plans: list[TensorPlan] = []
+    n_params = total = meta = 0
+    by_shard: dict[int, int] = {}
+    align = _alignment(inventory)
+    for t, shape, ne, layer, group, _why in _static(inventory, eng):
+        qt = cat.find(t.dtype) or other.find(t.dtype)
+        if qt is None:
+            raise RecipeError(f"tensor {t.name} has a type no engine knows ({t.dtype})", where=inventory.source,
+                              hint="the file needs a newer quantforge, or it is damaged")  # fmt: skip
+        nbytes = qt.tensor_bytes(shape)
+        n_params += ne
+        total += nbytes
+        meta += ne // (shape[0] or 1) * qt.row_meta_size
+        by_shard[t.shard] = by_shard.get(t.shard, 0) + (nbytes + align - 1) // align * align
+        plans.append(_fast(TensorPlan, {
+            "name": t.name, "shape": shape, "source_dtype": t.dtype, "requested_type": None, "type": qt.name,
+            "bytes": nbytes, "rule": "as in the file", "note": None, "place": None, "group": group, "layer": layer,
+        }))  # fmt: skip
+    headers = tuple(getattr(inventory, "shard_metadata_bytes", ()) or ())
+    exact = inventory.kv is not None and len(headers) == getattr(inventory, "n_shards", 1)
+    if exact:
+        file_bytes = sum(headers) + sum(by_shard.values())
+    else:
+        file_bytes = (inventory.metadata_bytes or 0) + sum(by_shard.values())
+    value = inventory.kv_value("general.file_type") if inventory.kv is not None else None
+    ft = ftype_for_value(eng, value) if isinstance(value, int) and not isinstance(value, bool) else None
+    label = name or (ft.name if ft else "as-is")
+    return QuantPlan.model_construct(
+        name=label, engine=eng, ftype=ft.name if ft else "COPY", tensors=tuple(plans), n_params=n_params,
+        tensor_bytes=total, file_bytes=file_bytes, file_bytes_exact=exact,
+        bpw=(8.0 * total / n_params) if n_params else 0.0, quantize_args=[],
+        header_bytes=headers[0] if exact and headers else None, imatrix=None, source=inventory.source,
+        row_meta_bytes=meta,
+    )  # fmt: skip
+
+
+def source_plans(source: Any, quant: str | None = None, *, engine: Engine | None = None) -> list[QuantPlan]:
+    """The plans a ``SOURCE`` stands for (``inventory.load_source``): a recipe's variants (one
+    when ``quant`` names it) expanded against its inventory, or the model file as it is."""
+    recipe = getattr(source, "recipe", None)
+    if recipe is not None:
+        names = [recipe.variant(quant).name] if quant else [q.name for q in recipe.quants]
+        return [expand(recipe, n, source.inventory, imatrix=False) for n in names]
+    if quant is not None:
+        raise RecipeError(
+            "--quant names a recipe variant, but this source is a model file, not a recipe",
+            where=str(getattr(source, "source", "")),
+            hint="drop --quant (the file is planned as it is), or give the recipe",
+        )
+    return [file_plan(source.inventory, engine=engine)]
+
+
+def recipe_build(recipe: Any, engine_build: int | None = None) -> int | None:
+    """The mainline build whose rules a plan follows: ``engine_build``, else ``[model]
+    engine_version``, else None (the replicated current one). ik plans ignore it."""
+    if getattr(recipe, "engine", None) != "mainline":
+        return None
+    if engine_build is not None:
+        return engine_build
+    model = getattr(recipe, "model", None)
+    return parse_engine_version(getattr(model, "engine_version", None), where=getattr(recipe, "path", None))
+
+
+def _emitted_rules(v: Any, rules: Sequence[tuple[Any, re.Pattern[str]]], cat: Any, build: int | None) -> list[Any]:
+    """(regex, type, label, place) in the order quantforge passes them to this build."""
+    out = [(rx, cat.get(r.type).name, f"rules[{r.index}]", r.place) for r, rx in rules]
+    if v.default != MIXTURE:
+        out.append((re.compile(".*"), cat.get(v.default).name, "default", None))
+    return list(reversed(out)) if emits_reversed(build) else out
+
+
+def _old_mainline_pick(
+    era: str, emitted: list[Any], st: MixtureState, default_type: str, blck: int, name: str,
+    shape: tuple[int, ...], cat: Any, use_mixture: bool,
+) -> tuple[str, str, Literal["cpu", "gpu"] | None]:
+    """(requested type, rule label, place) as an older mainline llama-quantize chose it."""
+    matches = [(typ, label, place) for rx, typ, label, place in emitted if rx.search(name)]
+    if era == "first-differing-base":
+        for typ, label, place in matches:
+            if typ != cat.get(default_type).name:
+                return typ, label, place
+        return mixture_type(st, default_type, name, shape, blck), "mixture", None
+    # The mixture runs first, for every tensor (its counters advance), fallback included.
+    pre = mixture_type(st, default_type, name, shape, blck)
+    post = cat.fallback_for(pre, shape[0]) or pre
+    fell_back = post != pre
+    label = "mixture"
+    if era == "first":
+        return (matches[0][0], matches[0][1], matches[0][2]) if matches else (pre, label, None)
+    if era == "first-differing-mixture":
+        for typ, lab, place in matches:
+            if typ != post:
+                return typ, lab, place
+        return pre, label, None
+    if era == "last-unless-fallback" and fell_back:
+        return pre, "mixture (its fallback keeps --tensor-type out)", None
+    if matches:
+        typ, lab, place = matches[-1]
+        return typ, lab, place
+    return pre, label, None
+
+
+def _as_written(cat: Any, requested: str, shape: tuple[int, ...], name: str, build: int | None) -> tuple[str, str | None]:
+    """Before b7807 a --tensor-type override got no row-length fallback: it is written as it is,
+    and a type the rows cannot take makes llama-quantize abort."""
+    qt = cat.get(requested)
+    if shape[0] % qt.row_multiple != 0:
+        raise RecipeError(
+            f"llama.cpp b{build} writes --tensor-type types without the row-length fallback, and {qt.name} "
+            f"cannot take {name}'s {shape[0]}-wide rows: that llama-quantize aborts",
+            where=name,
+            hint=f"give {name} a type whose block divides {shape[0]} (or use a newer llama.cpp)",
+        )
+    return qt.name, None
+
+
+def _mainline_key(row: tuple[Any, ...]) -> tuple[int, str]:
+    # llama_model_loader::weight_name_comparer: by the blk.N layer (-1 for the others), then name.
+    layer = row[3]
+    return (-1 if layer is None else layer, row[0].name)
+
+
+def _engine_order(rows: list[Any], engine: str) -> list[Any]:
+    """Tensors in the order the engine's llama-quantize visits (and writes) them: ik walks the
+    file's order; mainline its ``weights_map``, sorted by layer number and then name. The mixture's
+    counters (``i_attention_wv``, a dense model's ``i_ffn_down``) follow that order."""
+    return sorted(rows, key=_mainline_key) if engine == "mainline" else rows
 
 
 _TP_FIELDS = frozenset(TensorPlan.model_fields)
@@ -437,11 +616,14 @@ def _source_kv(inventory: Any) -> dict[str, Any] | None:
 _NOT_ECMASCRIPT = ("(?<", "(?P", "(?#", "\\A", "\\Z", "(?i", "(?s", "(?m", "(?x", "(?a", "(?u", "(?L")
 
 
-def quantize_args_for(engine: str, variant: Any, cat: Any) -> list[str]:
-    """The rule arguments that make ``engine``'s llama-quantize reproduce the expansion."""
+def quantize_args_for(engine: str, variant: Any, cat: Any, *, engine_build: int | None = None) -> list[str]:
+    """The rule arguments that make ``engine``'s llama-quantize reproduce the expansion (for a
+    mainline build where the last matching ``--tensor-type`` wins, in reverse order)."""
     pairs: list[tuple[str, str, str]] = [(r.pattern, cat.get(r.type).name, r.where) for r in variant.rules]
     if variant.default != MIXTURE:
         pairs.append((".*", cat.get(variant.default).name, getattr(variant, "where", "default")))
+    if engine == "mainline" and emits_reversed(engine_build):
+        pairs.reverse()
     if not pairs:
         return []
     for pattern, _t, where in pairs:
@@ -528,7 +710,9 @@ __all__ = [
     "QuantPlan",
     "TensorPlan",
     "expand",
+    "file_plan",
     "lint",
+    "source_plans",
     "quantize_args",
     "quantize_args_for",
     "quantize_command",
@@ -620,26 +804,29 @@ def recipe_inventory(recipe: Any, source: str | None = None) -> Any:
     ``source`` if given; else ``[model] base`` when it is a local GGUF that exists (exact sizes);
     else the shipped offline inventory of ``[model] id``; else an ``hf://`` base (header bytes
     only, over the network). A local base that does not exist yet and no shipped id is an error
-    naming the command that makes it.
+    naming the command that makes it. ``[model] layout`` picks the converter layout of a
+    synthesized inventory (default: the engine's usual one) and must match a real GGUF's.
     """
     from quantforge.inventory import load_inventory
 
     engine = recipe.engine
+    layout = getattr(recipe.model, "layout", None)
+    nextn = getattr(recipe.model, "nextn", None)
     if source is not None:
-        return load_inventory(source, engine=engine)
+        return load_inventory(source, engine=engine, layout=layout, nextn=nextn)
     base = getattr(recipe.model, "base", None)
     model_id = getattr(recipe.model, "id", None)
     local = recipe.resolve_path(base) if base and not str(base).startswith("hf://") else None
     if local is not None and Path(local).exists():
-        return load_inventory(local, engine=engine)
+        return load_inventory(local, engine=engine, layout=layout, nextn=nextn)
     if model_id:
         from quantforge.inventory_synth import shipped_ids
 
         known = {i.lower() for i in shipped_ids()}
         if model_id.lower().removeprefix("hf://") in known or not base:
-            return load_inventory(model_id, engine=engine)
+            return load_inventory(model_id, engine=engine, layout=layout, nextn=nextn)
     if base and str(base).startswith("hf://"):
-        return load_inventory(str(base), engine=engine)
+        return load_inventory(str(base), engine=engine, layout=layout, nextn=nextn)
     if local is not None:
         raise RecipeError(
             "the base GGUF does not exist yet",

@@ -117,6 +117,7 @@ class MixtureState:
     has_imatrix: bool
     n_attention_wv: int = 0
     i_attention_wv: int = 0
+    build: int | None = None  # mainline b-number whose rules apply (None: the replicated current one)
     counters: dict[str, int] = field(default_factory=lambda: {"ffn_down": 0, "ffn_gate": 0, "ffn_up": 0})
 
 
@@ -394,6 +395,9 @@ def _ml_category(name: str) -> str:
 def _ml_mixture(st: MixtureState, t: str, name: str, shape: Sequence[int], block_size: int) -> str:  # noqa: C901
     f, gqa, nexp = st.ftype, st.n_gqa, st.n_expert
     cat = _ml_category(name)
+    if cat == "attn_v" and "attn_kv_b.weight" in name and st.build is not None and st.build < 8266:
+        # Before b8266 (PR #19770) attn_kv_b was counted in n_attention_wv but took no attn_v branch.
+        cat = "other"
     if cat == "output" or (not st.has_output and cat == "token_embd"):
         if f == "MXFP4_MOE" or st.arch == "falcon" or shape[0] % block_size != 0:
             return "q8_0"

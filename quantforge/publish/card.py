@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from quantforge.errors import PublishError
+from quantforge.inventory import base_model_from_gguf, base_model_of
 
 NOT_MEASURED = "not measured"
 GIB = 1024**3
@@ -49,7 +50,11 @@ class VariantCardRow(_Frozen):
     name: str
     description: str | None = None
     files: tuple[str, ...]  # paths in the repo
-    bytes: int
+    bytes: int  # of the file(s)
+    #: Tensor data (ik's per-row scales included), as llama.cpp's load log and model cards print it.
+    tensor_bytes: int | None = None
+    #: ik's per-row metadata inside ``tensor_bytes`` (gguf-py's and Thireus' sizes leave it out).
+    row_meta_bytes: int | None = None
     bpw: float | None = None
     ppl: float | None = None
     ppl_err: float | None = None
@@ -101,6 +106,8 @@ class CardData(_Frozen):
     tools: tuple[tuple[str, str], ...] = ()  # (tool, version/commit)
     eval_setup: str | None = None
     fit: FitSetup | None = None
+    #: The quantforge version that wrote the card (named, not linked: link only to what exists).
+    quantforge_version: str | None = None
 
 
 # -- compatibility -----------------------------------------------------------------------
@@ -229,23 +236,40 @@ def render_card(data: CardData) -> str:
     lines += [f"# {title}", ""]
     base = f"[{data.base_model}](https://huggingface.co/{data.base_model})" if data.base_model else data.model_name
     engine = "ik_llama.cpp" if data.engine == "ik" else "llama.cpp"
+    made_by = f"quantforge {data.quantforge_version}" if data.quantforge_version else "quantforge"
+    if data.recipe_sha256:
+        origin = (
+            f"Quantizations of {base} made with {engine}'s `llama-quantize` by {made_by} (the `quantforge` "
+            f"Python package) from one recipe (sha256 `{data.recipe_sha256}`). Every number below was measured on "
+            f"the files in this repo; a missing measurement is shown as *{NOT_MEASURED}*."
+        )
+    else:
+        origin = (
+            f"A quantization of {base} for {engine}, described by {made_by} (the `quantforge` Python package) from "
+            f"the file's header: sizes exact, no measurement (shown as *{NOT_MEASURED}*)."
+        )
     lines += [
-        f"Quantizations of {base} made with {engine}'s `llama-quantize` by "
-        "[quantforge](https://github.com/quantforge/quantforge) from one recipe"
-        + (f" (sha256 `{data.recipe_sha256}`)" if data.recipe_sha256 else "")
-        + ". Every number below was measured on the files in this repo; "
-        f"a missing measurement is shown as *{NOT_MEASURED}*.",
+        origin,
         "",
         "## Quants",
         "",
-        "| Quant | Size (GiB) | BPW | PPL ± err | KLD mean | KLD 99% | Fits (target: max context) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| Quant | Size (GiB) | Row metadata (GiB) | File (bytes) | BPW | PPL ± err | KLD mean | KLD 99% "
+        "| Fits (target: max context) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for v in data.variants:
+        size = f"{v.tensor_bytes / GIB:.3f}" if v.tensor_bytes is not None else NOT_MEASURED
+        meta = f"{v.row_meta_bytes / GIB:.3f}" if v.row_meta_bytes is not None else NOT_MEASURED
         lines.append(
-            f"| {v.name} | {_gib(v.bytes)} | {_num(v.bpw, '.3f')} | {_ppl(v)} | {_num(v.kld_mean, '.6f')} "
-            f"| {_num(v.kld_p99, '.6f')} | {_md_cell(_fits(v))} |"
+            f"| {v.name} | {size} | {meta} | {v.bytes:,} | {_num(v.bpw, '.3f')} | {_ppl(v)} "
+            f"| {_num(v.kld_mean, '.6f')} | {_num(v.kld_p99, '.6f')} | {_md_cell(_fits(v))} |"
         )
+    lines += [
+        "",
+        "Size is the tensor data (GiB = 2^30 bytes) as llama.cpp's load log prints it, ik_llama.cpp's per-row "
+        "scales included; *Row metadata* is that part alone (gguf-py's and Thireus' listings leave it out); "
+        "*File* is the bytes to download (every shard of a split set).",
+    ]
     lines.append("")
     if data.eval_setup:
         lines += [f"Measured with {data.eval_setup}.", ""]
@@ -448,6 +472,25 @@ def plot_files(man_path: Path, man: object) -> list[Path]:
     return found
 
 
+def _tensor_sizes(man_path: Path, man: object) -> tuple[int | None, int | None]:
+    """Tensor data and row metadata of a built variant, from its file's header (exact)."""
+    from quantforge.errors import QuantforgeError
+    from quantforge.inventory import load_inventory
+    from quantforge.manifest import resolve_file
+    from quantforge.plan import file_plan
+
+    files = getattr(man, "files", None) or []
+    verified = (getattr(man, "verification", None) or {}).get("tensor_bytes")
+    planned = verified if isinstance(verified, int) else getattr(man, "planned_tensor_bytes", None)
+    if not files:
+        return planned, None
+    try:
+        plan = file_plan(load_inventory(resolve_file(man_path, files[0].path), engine=getattr(man, "engine", None)))
+    except QuantforgeError:
+        return planned, None
+    return plan.tensor_bytes, plan.row_meta_bytes
+
+
 def card_data_from_manifests(
     recipe: object,
     manifests: Sequence[tuple[Path, object]],
@@ -471,12 +514,15 @@ def card_data_from_manifests(
         v = recipe.variant(man.name)  # type: ignore[attr-defined]
         types = tuple(sorted((man.plan or {}).get("types", {})))  # type: ignore[attr-defined]
         nums = eval_numbers(man)
+        tensor_bytes, row_meta = _tensor_sizes(_man_path, man)
         rows.append(
             VariantCardRow(
                 name=man.name,  # type: ignore[attr-defined]
                 description=v.description,
                 files=files_in_repo[man.name],  # type: ignore[attr-defined]
                 bytes=man.actual_file_bytes,  # type: ignore[attr-defined]
+                tensor_bytes=tensor_bytes,
+                row_meta_bytes=row_meta,
                 bpw=_float(man.plan, "bpw"),  # type: ignore[attr-defined]
                 fits=(fits or {}).get(man.name, ()),  # type: ignore[attr-defined]
                 command=portable_command(man.command),  # type: ignore[attr-defined]
@@ -517,7 +563,7 @@ def card_data_from_manifests(
     return CardData(
         model_name=getattr(model, "name", None) or getattr(model, "id", None) or "model",
         repo=repo,
-        base_model=(pub.base_model if pub and pub.base_model else getattr(model, "id", None)),
+        base_model=base_model_of(recipe)[0],
         license=pub.license if pub else None,
         quantized_by=pub.quantized_by if pub else None,
         pipeline_tag=(pub.pipeline_tag if pub and pub.pipeline_tag else "text-generation"),
@@ -530,7 +576,14 @@ def card_data_from_manifests(
         tools=tuple(sorted(tools.items())),
         eval_setup=eval_setup,
         fit=fit,
+        quantforge_version=_quantforge_version(),
     )
+
+
+def _quantforge_version() -> str:
+    from quantforge import __version__
+
+    return __version__
 
 
 # -- hardware fit: the planner's verdicts and run commands --------------------------------
@@ -589,9 +642,7 @@ def plan_card_fits(
     offline) leaves the table unplanned with the reason, so the card can still be written.
     """
     from quantforge.errors import QuantforgeError
-    from quantforge.fit.api import breakpoint_matrix, recipe_plans
-    from quantforge.fit.placement import fit_tensors, prepare
-    from quantforge.fit.report import Settings, plan_fit
+    from quantforge.fit.api import recipe_plans
 
     tgts = card_targets(recipe, targets)
     summaries = tuple((t.name, t.summary()) for t in tgts)  # type: ignore[attr-defined]
@@ -602,15 +653,35 @@ def plan_card_fits(
     except QuantforgeError as exc:
         setup = FitSetup(ctx=want_ctx or 0, settings="", targets=summaries, note=exc.one_line())
         return {}, {}, setup
+    return fits_for_plans(plans, dims, names, model_files, tgts, ctx=want_ctx,
+                          engine=recipe.engine)  # type: ignore[attr-defined]  # fmt: skip
+
+
+def fits_for_plans(
+    plans: Sequence[Any],
+    dims: Any,
+    names: Sequence[str],
+    model_files: dict[str, str],
+    tgts: Sequence[Any],
+    *,
+    ctx: int | None,
+    engine: str,
+) -> tuple[dict[str, tuple[FitCell, ...]], dict[str, tuple[RunCommand, ...]], FitSetup]:
+    """The fit table and run commands of ``names`` among ``plans`` (a recipe's or a file's)."""
+    from quantforge.fit.api import breakpoint_matrix
+    from quantforge.fit.placement import fit_tensors, prepare
+    from quantforge.fit.report import Settings, plan_fit
+
+    summaries = tuple((t.name, t.summary()) for t in tgts)
     by_name = {p.name: p for p in plans}
     sel = [by_name[n] for n in names]
-    n_ctx = want_ctx or default_fit_ctx(max((p.n_params for p in sel), default=0))
+    n_ctx = ctx or default_fit_ctx(max((p.n_params for p in sel), default=0))
     settings = Settings(n_ctx=n_ctx)
     flags = f"-ctk {settings.ctk} -ctv {settings.ctv}, -b {settings.batch} -ub {settings.ub}"
     flags += ", flash attention" if settings.flash_attn else ""
     setup = FitSetup(ctx=n_ctx, settings=flags, targets=summaries)
-    matrix = breakpoint_matrix(sel, dims, tgts, settings=settings)  # type: ignore[arg-type]
-    tgt_by_name = {t.name: t for t in tgts}  # type: ignore[attr-defined]
+    matrix = breakpoint_matrix(sel, dims, list(tgts), settings=settings)
+    tgt_by_name = {t.name: t for t in tgts}
     fits: dict[str, list[FitCell]] = {n: [] for n in names}
     runs: dict[str, list[RunCommand]] = {n: [] for n in names}
     prepared = {p.name: prepare(fit_tensors(p), engine=p.engine, n_layer=dims.n_layer) for p in sel}
@@ -620,9 +691,88 @@ def plan_card_fits(
         if cell.verdict == "does_not_fit":
             continue
         run_ctx = n_ctx if cell.verdict == "fits" else cell.max_ctx
-        rep = plan_fit(by_name[cell.quant], dims, tgt_by_name[cell.target],  # type: ignore[arg-type]
-                       settings=settings.model_copy(update={"n_ctx": run_ctx}), engine=recipe.engine,  # type: ignore[attr-defined]
+        rep = plan_fit(by_name[cell.quant], dims, tgt_by_name[cell.target],
+                       settings=settings.model_copy(update={"n_ctx": run_ctx}), engine=engine,  # type: ignore[arg-type]
                        prepared=prepared[cell.quant])
         argv = [model_files[cell.quant] if a == MODEL_PLACEHOLDER else a for a in rep.command]
         runs[cell.quant].append(RunCommand(target=cell.target, ctx=run_ctx, command=shlex.join(argv)))
     return ({n: tuple(v) for n, v in fits.items()}, {n: tuple(v) for n, v in runs.items()}, setup)
+
+
+def card_from_source(
+    source: str,
+    *,
+    repo: str | None = None,
+    targets: Sequence[str] | None = None,
+    ctx: int | None = None,
+    engine: str | None = None,
+) -> str:
+    """The card of a GGUF given without a recipe (local, any shard, or ``hf://`` header bytes):
+    sizes and types from its header, the fit table from the planner, ``base_model`` from its
+    ``general.base_model.*``, and a ``llama-quantize`` command that reproduces its types."""
+    from quantforge.errors import QuantforgeError, UsageError
+    from quantforge.fit.dims import dims_from_hparams
+    from quantforge.inventory import load_source, split_siblings
+    from quantforge.plan import file_plan
+    from quantforge.publish.importer import import_recipe, variant_name_of
+
+    src = load_source(source, engine=engine)  # type: ignore[arg-type]
+    if src.recipe is not None:
+        raise UsageError("card_from_source takes a model file; a recipe's card comes from its builds",
+                         where=source, hint="use `quantforge card RECIPE.toml`")  # fmt: skip
+    if not src.is_quant:
+        raise UsageError(f"{Path(source).name} is not a quant (every tensor is f32/f16/bf16)", where=source,
+                         hint="give the quantized GGUF the card is for")  # fmt: skip
+    inv = src.inventory
+    plan = file_plan(inv, engine=engine)  # type: ignore[arg-type]
+    name = variant_name_of(source, plan.ftype)
+    plan = plan.model_copy(update={"name": name})
+    if source.startswith("hf://"):
+        from quantforge.inventory import parse_hf_url
+
+        _repo, _rev, path = parse_hf_url(source)
+        first = Path(path)
+    else:
+        first = Path(source)
+    shards = split_siblings(first) or [first]
+    in_repo = tuple(str(p) if source.startswith("hf://") else p.name for p in shards)
+    types = tuple(sorted({t.type for t in plan.tensors}))
+    imported = import_recipe(source, engine=plan.engine)
+    command = ("llama-quantize", *_quantize_args_of(imported.text, plan.engine), "model-BF16.gguf", shards[0].name,
+               plan.ftype)  # fmt: skip
+    tgts = card_targets(None, targets)
+    try:
+        dims = dims_from_hparams(inv.arch, inv.hparams)
+        fits, runs, setup = fits_for_plans([plan], dims, [name], {name: in_repo[0]}, tgts, ctx=ctx, engine=plan.engine)
+    except QuantforgeError as exc:
+        fits, runs = {}, {}
+        setup = FitSetup(ctx=ctx or 0, settings="", targets=tuple((t.name, t.summary()) for t in tgts),  # type: ignore[attr-defined]
+                         note=exc.one_line())  # fmt: skip
+    row = VariantCardRow(
+        name=name, files=in_repo, bytes=plan.file_bytes or 0, tensor_bytes=plan.tensor_bytes,
+        row_meta_bytes=plan.row_meta_bytes, bpw=plan.bpw, fits=fits.get(name, ()), command=command,
+        description="A command that writes these per-tensor types from the BF16 base (read back from the file's "
+                    "header; the importance matrix it was made with, if any, is not known).",
+        types=types, labels=compat_labels(types, plan.engine), run_commands=runs.get(name, ()),
+    )  # fmt: skip
+    general = inv.kv_value
+    data = CardData(
+        model_name=str(general("general.name") or first.name.removesuffix(".gguf")), repo=repo,
+        base_model=base_model_from_gguf(inv.kv), license=_plain_str(general("general.license")),
+        engine=plan.engine, variants=(row,), tools=(("quantforge", _quantforge_version()),), fit=setup,
+        quantforge_version=_quantforge_version(),
+    )  # fmt: skip
+    return render_card(data)
+
+
+def _plain_str(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+def _quantize_args_of(recipe_text: str, engine: str) -> list[str]:
+    from quantforge.catalogue import catalogue
+    from quantforge.plan import quantize_args_for
+    from quantforge.recipe import parse_recipe
+
+    recipe = parse_recipe(recipe_text)
+    return quantize_args_for(engine, recipe.quants[0], catalogue(engine))

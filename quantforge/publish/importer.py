@@ -142,13 +142,23 @@ def import_recipe(
     """Read ``source``'s header and write (or return) a recipe reproducing its tensor types."""
     import tomlkit
 
-    from quantforge.inventory import load_inventory
+    from quantforge.inventory import load_source
     from quantforge.recipe import QuantSection, RuleSpec, parse_recipe, variant_table
 
-    inv = load_inventory(source)
+    src = load_source(source, engine=engine)  # type: ignore[arg-type]
+    if src.recipe is not None:
+        raise UsageError(f"{_display(source)} is already a recipe", where="SOURCE",
+                         hint="give a quantized GGUF (local, any shard, or hf://) to import")  # fmt: skip
+    if not src.is_quant:
+        raise UsageError(
+            f"{_display(source)} is not a quant (every tensor is f32/f16/bf16): there are no types to import",
+            where="SOURCE",
+            hint="give a quantized GGUF (local, any shard, or hf://org/repo/file.gguf)",
+        )
+    inv = src.inventory
     tensors = [(t.name, tuple(t.shape), t.dtype) for t in inv.tensors]
     default, rules = rules_for(tensors)
-    eng = engine or _engine_for({t for _, _, t in tensors})
+    eng = engine or inv.fork or _engine_for({t for _, _, t in tensors})
     kv = inv.kv or {}
     model_name = _kv(kv, "general.name") or Path(str(source)).name.removesuffix(".gguf")
     ftype = _ftype_name(eng, _kv(kv, "general.file_type"), default)
@@ -220,6 +230,12 @@ def _kv(kv: dict[str, Any], key: str) -> Any:
 def _display(source: str | Path) -> str:
     s = str(source)
     return s if s.startswith("hf://") else Path(s).name
+
+
+def variant_name_of(source: str, ftype: str) -> str:
+    """The variant a published file's name says it is (``Model-IQ2_K_R4-00001-of-00005.gguf`` ->
+    ``IQ2_K_R4``), else ``ftype``."""
+    return _variant_name(source, ftype)
 
 
 def _variant_name(source: str, ftype: str) -> str:
