@@ -9,6 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from quantforge.cli import main
+from quantforge.errors import InputError
 from quantforge.evaluate.models import SweepResult, SweepRow
 from quantforge.evaluate.stats import compare, summarize, welch
 from quantforge.evaluate.sweep import read_raw_jsonl
@@ -186,3 +187,58 @@ def test_mainline_llama_bench_depth_real_output(q8: Path, mainline_bin_dir: Path
     # 2 invocations x llama-bench's own 2 repetitions (-r 2): each repetition is a run
     assert res.engine == "mainline" and len(res.runs) == 4 and [s.n_kv for s in res.summary] == [0, 64]
     assert {s.n for s in res.summary} == {4} and res.settings["t"] == "2" and res.build == "unknown (0)"
+
+
+def test_vary_one_knob_interleaved_with_a_plot(q8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ub.json"
+    rc = main(["sweep", "--model", str(q8), "--vary", "ub=32,64", "--repeat", "2", "--ctx", "128", "--tg", "4",
+               "--threads", "1", "-o", str(out), "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    rep = json.loads(cap.out)
+    assert rep["knob"] == "ub" and rep["values"] == ["32", "64"]
+    assert [(p["value"], p["runs"], p["rows"]) for p in rep["points"]] == [("32", 2, 4), ("64", 2, 2)]
+    first, second = rep["results"]
+    assert [r["pp"] for r in first["runs"][0]] == [32] * 4 and [r["n_kv"] for r in second["runs"][0]] == [0, 64]
+    assert all(p["pp_mean"] > 0 and p["tg_mean"] > 0 and p["pp_std"] is not None for p in rep["points"])
+    assert rep["best_pp"] in ("32", "64") and rep["best_tg"] in ("32", "64")
+    assert rep["plot"] == [str(tmp_path / "ub.png"), str(tmp_path / "ub.svg")]
+    assert (tmp_path / "ub.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(out.read_text()) == rep
+    # interleaved: ub=32, ub=64, then ub=64, ub=32
+    assert [ln.split(": ", 1)[1] for ln in cap.err.splitlines() if ln.startswith("sweep ")] == [
+        "ub=32", "ub=64", "ub=64", "ub=32"]
+    rc = main(["sweep", "--model", str(q8), "--vary", "rtr=off,on"])
+    assert rc == 2 and "the bundled sweep cannot vary 'rtr'" in capsys.readouterr().err
+
+
+def test_with_knob_rewrites_command_lines() -> None:
+    from quantforge.evaluate.sweep import parse_vary, with_knob
+
+    cmd = ["llama-sweep-bench", "-m", "m.gguf", "-c", "16384", "-ub", "512", "-fa", "-ot", "exps=CPU", "-t", "16"]
+    assert with_knob(cmd, "ub", "4096") == ["llama-sweep-bench", "-m", "m.gguf", "-c", "16384", "-fa", "-ot",
+                                            "exps=CPU", "-t", "16", "-ub", "4096"]
+    assert with_knob(cmd, "rtr", "on")[-1] == "-rtr" and with_knob([*cmd, "-rtr"], "rtr", "off") == cmd
+    assert with_knob(["x", "--ubatch-size=512", "-fa", "on", "-n", "8"], "fa", "off") == [
+        "x", "--ubatch-size=512", "-n", "8", "-fa", "off"]
+    assert parse_vary("-ub=512,1024") == ("ub", ["512", "1024"])
+    assert parse_vary("--threads=1,2") == ("t", ["1", "2"])
+    for bad in ("ub=512", "ub", "ub=1,1"):
+        with pytest.raises(InputError):
+            parse_vary(bad)
+    with pytest.raises(InputError, match="rtr is a switch"):
+        with_knob(cmd, "rtr", "4096")
+
+
+@pytest.mark.mainline
+def test_vary_threads_of_a_llama_bench_command(q8: Path, mainline_bin_dir: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    cmd = f"{mainline_bin_dir / 'llama-bench'} -m {q8} -p 32 -n 4 -d 0,32 -r 1 -t 1 -o json"
+    rc = main(["sweep", "--cmd", cmd, "--engine", "mainline", "--vary", "t=1,2", "--repeat", "1",
+               "--plot", str(tmp_path / "t"), "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    rep = json.loads(cap.out)
+    assert [r["settings"]["t"] for r in rep["results"]] == ["1", "2"]
+    assert [r["command"][-2:] for r in rep["results"]] == [["-t", "1"], ["-t", "2"]]
+    assert (tmp_path / "t.svg").is_file()

@@ -217,10 +217,10 @@ def _step(state: _State, commit: str, subject: str) -> BisectStep:
         if verdict is None:
             verdict = "bad" if change < -abs(state.threshold_pct) else "good"
             reason = (f"inconclusive after {len(res.runs)} runs (interval {_fmt_ci(lo, hi)} reaches the "
-                      f"-{state.threshold_pct:g} % threshold): decided on the point estimate {change:+.1f} %")
+                      f"-{state.threshold_pct:.1f} % threshold): decided on the point estimate {change:+.1f} %")
         else:
             reason = f"{change:+.1f} % {_fmt_ci(lo, hi)} vs GOOD, {'below' if verdict == 'bad' else 'above'} " \
-                     f"-{state.threshold_pct:g} % ({method})"
+                     f"-{state.threshold_pct:.1f} % ({method})"
     except EvalError as exc:
         return BisectStep(commit=commit, subject=subject, role="step", verdict="skip",
                           reason=f"the benchmark failed: {exc.one_line()}: skipped", build_log=str(log),
@@ -353,7 +353,7 @@ def bisect(
         raise Interrupted("interrupted; the repository was reset to where it was") from None
     finally:
         if (git_dir / "BISECT_START").exists():
-            _git(top, "bisect", "reset", "-q", check=False)
+            _git(top, "bisect", "reset", check=False)
         _git(top, "checkout", "-q", start_ref, check=False)
     order = _git(top, "rev-list", "--reverse", f"{good_sha}..{bad_sha}").split()
     steps.sort(key=lambda s: order.index(s.commit) if s.commit in order else len(order))

@@ -180,6 +180,9 @@ def plot_bisect(report: BisectReport, out: str | Path) -> list[Path]:
             ax.errorbar([i], [y], yerr=[[y - s.ci_low_pct], [s.ci_high_pct - y]], fmt="none", ecolor="0.4", capsize=4)
         marker = "x" if s.verdict == "skip" else ("D" if s.commit == report.first_bad else "o")
         ax.scatter([i], [y], color=colors[s.verdict], marker=marker, s=70 if marker == "D" else 45, zorder=3)
+        if s.verdict == "skip":
+            ax.annotate("skipped", (i, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8,
+                        color=colors["skip"])
     ax.axhline(-report.threshold_pct, color="#d62728", ls="--", lw=1,
                label=f"threshold -{report.threshold_pct:.1f} % ({report.threshold_source})")
     ax.axhline(0, color="0.5", lw=0.8)
