@@ -139,6 +139,12 @@ def test_sweep_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     rc = main(["sweep", "--cmd", str(tmp_path / "llama-sweep-bench") + " -m x.gguf", "--engine", "ik"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "llama-sweep-bench not found" in err[0]
+    (tmp_path / "old.json").write_text("{}")
+    rc = main(["sweep", "--model", str(tmp_path / "m.gguf"), "-o", str(tmp_path / "old.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"quantforge: error: {tmp_path / 'old.json'}: output exists (pass --force to overwrite "
+                               "it, or choose another -o)"]
+    assert (tmp_path / "old.json").read_text() == "{}"
 
 
 def test_sweep_command_from_planner_run_command() -> None:

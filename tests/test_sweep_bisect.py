@@ -125,6 +125,12 @@ def test_bisect_names_the_slow_commit_and_skips_the_broken_build(
     assert _git(r, "rev-parse", "HEAD") == shas[5]
     assert not (r / ".git" / "BISECT_LOG").exists()
     assert "bisect: BAD is " in cap.err
+    # a second bisect into the same folder needs --force
+    rc = main(["sweep", "bisect", "--repo", str(r), "--good", shas[0], "--bad", shas[5], "--build", "sh build.sh",
+               "--command", "out/bench", "-o", str(out)])
+    assert rc == 2 and capsys.readouterr().err.strip() == (
+        f"quantforge: error: {out}: the output folder holds an earlier bisect (pass --force to replace it, or "
+        "choose another --out-dir)")
 
 
 def test_bisect_refuses_what_it_cannot_bisect(repo: tuple[Path, list[str]], q8: Path, tmp_path: Path,

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from quantforge.cli import app
-from quantforge.cli._options import BinDirOpt, JsonOpt, ThreadsOpt, VariantOpt
+from quantforge.cli._options import BinDirOpt, ForceOpt, JsonOpt, ThreadsOpt, VariantOpt
 
 sweep_app = typer.Typer(
     help="Speed sweeps (PP/TG vs N_KV) repeated with statistics; 'sweep compare' says if a change is real, "
@@ -77,6 +77,7 @@ def sweep_cmd(
     keep_warmup: bool = typer.Option(False, "--keep-warmup", help="Keep a first row that is a warm-up outlier."),
     bin_dir: BinDirOpt = None,
     out: str = typer.Option(None, "--out", "-o", help="Write the result JSON here (raw runs go to OUT.jsonl)."),
+    force: ForceOpt = False,
     no_manifest: bool = typer.Option(False, "--no-manifest", help="Do not record results in the manifest."),
     as_json: JsonOpt = False,
 ) -> None:
@@ -113,6 +114,7 @@ def sweep_cmd(
 
     if engine not in ("bundled", "ik", "mainline"):
         raise UsageError(f"unknown engine {engine!r}", where="--engine", hint="bundled, ik or mainline")
+    _refuse_overwrite(out, force, also_jsonl=True)
     path: Path | None = None
     if recipe:
         variants, _ = _recipe_variants(recipe, quant, False, None)
@@ -140,6 +142,9 @@ def sweep_cmd(
     bundled_opts: dict[str, Any] = {"ctx": ctx, "ubatch": ubatch, "tg": tg, "threads": threads}
     if vary:
         knob, values = parse_vary(vary)
+        base = Path(plot) if plot else (Path(out).with_suffix("") if out else Path(f"sweep-vary-{knob}"))
+        for ext in (".png", ".svg"):
+            _refuse_overwrite(str(base.with_suffix(ext)), force)
         configs = []
         metas = []
         for v in values:
@@ -158,7 +163,6 @@ def sweep_cmd(
         rep = vary_report(knob, values, results)
         from quantforge.evaluate.plots import plot_vary
 
-        base = Path(plot) if plot else (Path(out).with_suffix("") if out else Path(f"sweep-vary-{knob}"))
         paths = plot_vary(knob, values, results, base, title=f"{label}: speed vs {knob}")
         rep = rep.model_copy(update={"plot": tuple(str(p) for p in paths)})
         if out:
@@ -189,6 +193,17 @@ def sweep_cmd(
                 prev = {"runs": prev}
             update_manifest(man, sweeps={**prev, f"{res.engine}:{res.label}": res.model_dump(mode="json")})
     emit(res, as_json=as_json, human=_fmt_sweep)
+
+
+def _refuse_overwrite(out: str | None, force: bool, *, also_jsonl: bool = False) -> None:
+    """Nothing is overwritten without --force: checked before any run, so no sweep is wasted."""
+    from quantforge.errors import InputError
+
+    if not out or force:
+        return
+    for p in (Path(out), *([Path(out).with_suffix(".jsonl")] if also_jsonl else [])):
+        if p.exists():
+            raise InputError("output exists", where=str(p), hint="pass --force to overwrite it, or choose another -o")
 
 
 def _progress_line(label: str, k: int, total: int) -> None:
@@ -316,7 +331,8 @@ def sweep_compare_cmd(
     a_select: list[str] = typer.Option(None, "--a-select", help="--select for the baseline only."),
     b_select: list[str] = typer.Option(None, "--b-select", help="--select for the candidate only."),
     keep_warmup: bool = typer.Option(False, "--keep-warmup", help="Keep a first row that is a warm-up outlier."),
-    out: str = typer.Option(None, "--out", "-o", help="Write the report JSON here."),
+    out: str = typer.Option(None, "--out", "-o", help="Write the report JSON here (raw runs of A/B runs: OUT.jsonl)."),
+    force: ForceOpt = False,
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the tests (false-positive rate per metric)."),
     min_effect: float = typer.Option(2.0, "--min-effect", help="Smallest change in % ever called a regression/improvement."),
     as_json: JsonOpt = False,
@@ -342,6 +358,7 @@ def sweep_compare_cmd(
         raise UsageError(f"--alpha must be between 0 and 1, not {alpha}", where="--alpha", hint="e.g. --alpha 0.05")
     if min_effect < 0:
         raise UsageError(f"--min-effect must not be negative, not {min_effect}", where="--min-effect")
+    _refuse_overwrite(out, force, also_jsonl=not (baseline and candidate))
     warnings: list[str] = []
     if baseline and candidate:
         if a or b or model or a_bin_dir or b_bin_dir:
@@ -485,6 +502,7 @@ def sweep_bisect_cmd(
     out_dir: str = typer.Option(None, "--out-dir", "-o", help="Folder for logs, results, report and plot "
                                 "(default ./bisect-GOOD-BAD)."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the GOOD vs BAD check."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier bisect in --out-dir."),
     as_json: JsonOpt = False,
 ) -> None:
     """Find the commit that made a sweep slower: git bisect run with the statistical verdict as the oracle.
@@ -508,5 +526,5 @@ def sweep_bisect_cmd(
 
     rep = bisect(repo, good=good, bad=bad, build=build, command=command, metric=metric,  # type: ignore[arg-type]
                  threshold_pct=threshold, repeat=repeat, max_repeat=max_repeat, out_dir=out_dir, timeout=timeout,
-                 alpha=alpha, progress=say)
+                 alpha=alpha, progress=say, force=force)
     emit(rep, as_json=as_json, human=_fmt_bisect)

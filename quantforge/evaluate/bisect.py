@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,11 +101,16 @@ class _State(_Frozen):
 # ---------------------------------------------------------------- processes
 
 
+#: Set in the step process: its children stay in the process group of ``git bisect run``, which the
+#: driver stops as a whole on Ctrl-C (a child in a session of its own would outlive it).
+_IN_STEP = False
+
+
 def _run(argv: Sequence[str], *, cwd: Path, timeout: float | None, log: Path | None = None) -> tuple[int, str]:
     """Run a command in its own process group; (exit status, stdout+stderr). Ctrl-C stops it."""
     try:
         proc = subprocess.Popen(list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", start_new_session=True)
+                                errors="replace", start_new_session=not _IN_STEP)
     except FileNotFoundError:
         return 127, f"{argv[0]}: command not found"
     except PermissionError:
@@ -112,11 +118,10 @@ def _run(argv: Sequence[str], *, cwd: Path, timeout: float | None, log: Path | N
     try:
         out, _ = proc.communicate(timeout=timeout)
     except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
+        _stop(proc, signal.SIGTERM)
         raise
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc, signal.SIGKILL)
         out, _ = proc.communicate()
         out += f"\n[quantforge: killed after {timeout:.0f} s]\n"
         if log is not None:
@@ -125,6 +130,17 @@ def _run(argv: Sequence[str], *, cwd: Path, timeout: float | None, log: Path | N
     if log is not None:
         log.write_text(out)
     return proc.returncode, out
+
+
+def _stop(proc: subprocess.Popen[str], sig: int) -> None:
+    try:
+        if _IN_STEP:
+            proc.send_signal(sig)
+        else:
+            os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _git(repo: Path, *args: str, check: bool = True) -> str:
@@ -250,7 +266,7 @@ def bisect(
     repo: str | Path, *, good: str, bad: str, build: str | Sequence[str], command: str | Sequence[str],
     metric: Metric = "pp", threshold_pct: float | None = None, repeat: int = 3, max_repeat: int = 9,
     out_dir: str | Path | None = None, timeout: float | None = None, alpha: float = 0.05, min_effect_pct: float = 2.0,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, force: bool = False,
 ) -> BisectReport:
     """Find the first commit between GOOD and BAD whose ``metric`` speed dropped (see the module doc)."""
     repo_p = Path(repo).expanduser().resolve()
@@ -279,6 +295,14 @@ def bisect(
                          hint="finish it or run 'git bisect reset'")
     out = Path(out_dir) if out_dir else Path.cwd() / f"bisect-{good_sha[:8]}-{bad_sha[:8]}"
     out = out.resolve()
+    if (out / "state.json").exists() or (out / "report.json").exists():
+        if not force:
+            raise InputError("the output folder holds an earlier bisect", where=str(out),
+                             hint="pass --force to replace it, or choose another --out-dir")
+        for sub in ("steps", "results", "logs"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for name in ("state.json", "report.json", "bisect-run.log"):
+            (out / name).unlink(missing_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
     state = _State(repo=str(top), out_dir=str(out), build=build_argv, command=bench_argv, metric=metric,
@@ -330,16 +354,21 @@ def bisect(
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        # its own process group: on Ctrl-C the whole bisect run (git, the step, its build/bench) is stopped
         proc = subprocess.Popen(["git", "-C", str(top), "bisect", "run", sys.executable, "-m", __name__, "step",
                                  str(state_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=env)
+                                errors="replace", env=env, start_new_session=True)
         assert proc.stdout is not None
         run_out = []
-        for line in proc.stdout:
-            run_out.append(line)
-            if line.startswith("quantforge-step: "):
-                say(line[len("quantforge-step: "):].rstrip())
-        proc.wait()
+        try:
+            for line in proc.stdout:
+                run_out.append(line)
+                if line.startswith("quantforge-step: "):
+                    say(line[len("quantforge-step: "):].rstrip())
+            proc.wait()
+        except KeyboardInterrupt:
+            _stop(proc, signal.SIGTERM)
+            raise
         text = "".join(run_out)
         _util_write(out / "bisect-run.log", text)
         git_log = _git(top, "bisect", "log", check=False)
@@ -407,6 +436,8 @@ def _first_bad(repo: Path, text: str) -> tuple[str | None, list[str]]:
 
 
 def _step_main(state_file: str) -> int:
+    global _IN_STEP
+    _IN_STEP = True
     state = _State.model_validate_json(Path(state_file).read_text())
     repo = Path(state.repo)
     commit = _git(repo, "rev-parse", "HEAD")
