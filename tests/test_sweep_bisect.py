@@ -7,13 +7,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from support import sigint_default
 
 from quantforge.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 1,
                                 reason="needs taskset (util-linux)")
@@ -35,8 +40,8 @@ set -e
 mkdir -p out
 cat > out/bench <<EOF
 #!/bin/sh
-taskset -c 0 sh -c 'while :; do :; done' & a=\\$!
-taskset -c 0 sh -c 'while :; do :; done' & b=\\$!
+taskset -c 0 sh -c 'while :; do :; done' qf-busy-loop & a=\\$!
+taskset -c 0 sh -c 'while :; do :; done' qf-busy-loop & b=\\$!
 taskset -c 0 "{py}" -m quantforge.evaluate.bundled_bench "\\$@"; rc=\\$?
 kill \\$a \\$b
 exit \\$rc
@@ -154,3 +159,43 @@ def test_bisect_refuses_what_it_cannot_bisect(repo: tuple[Path, list[str]], q8: 
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.endswith("the repository has uncommitted changes: bisecting checks out other commits "
                                     "(commit or stash them first)")
+
+
+def _processes_with(text: str) -> list[str]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmd:
+                found.append(cmd)
+    return found
+
+
+def test_ctrl_c_stops_the_whole_bisect_and_resets_the_repository(repo: tuple[Path, list[str]], q8: Path,
+                                                                 tmp_path: Path) -> None:
+    r, shas = repo
+    out = tmp_path / "bisect"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quantforge", "sweep", "bisect", "--repo", str(r), "--good", shas[0], "--bad", shas[5],
+         "--build", "sh build.sh", "--command", f"out/bench -m {q8} -c 256 -ub 64 -n 8 -t 1", "-o", str(out)],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True, preexec_fn=sigint_default)
+    t0 = time.monotonic()
+    while not (out / "state.json").exists():  # the references are measured: git bisect run starts
+        assert proc.poll() is None and time.monotonic() - t0 < 120, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(3.0)  # inside a step: c2 fails to build at once, c3 is being measured
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the foreground process group
+    _, err = proc.communicate(timeout=60)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert text.strip().splitlines()[-1] == "quantforge: error: interrupted; the repository was reset to where it was"
+    assert "Traceback" not in text
+    assert _git(r, "symbolic-ref", "--short", "HEAD") == "main" and _git(r, "rev-parse", "HEAD") == shas[5]
+    assert not (r / ".git" / "BISECT_START").exists() and not (r / ".git" / "BISECT_LOG").exists()
+    time.sleep(0.5)
+    assert _processes_with(str(q8)) == [] and _processes_with(f"bisect step {out}") == []
+    assert _processes_with("qf-busy-loop") == []
