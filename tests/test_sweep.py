@@ -12,7 +12,7 @@ from quantforge.cli import main
 from quantforge.errors import InputError
 from quantforge.evaluate.models import SweepResult, SweepRow
 from quantforge.evaluate.stats import compare, summarize, welch
-from quantforge.evaluate.sweep import read_raw_jsonl
+from quantforge.evaluate.sweep import load_result, read_raw_jsonl
 
 
 def _result(label: str, runs: list[list[tuple[float, float]]]) -> SweepResult:
@@ -101,6 +101,8 @@ def test_bundled_sweep_three_runs_jsonl_and_plot(q8: Path, tmp_path: Path, capsy
     lines = raw.read_text().splitlines()
     assert len(lines) == 12 and json.loads(lines[0])["run"] == 0
     assert read_raw_jsonl(raw)["smol-Q8_0"] == [list(r) for r in res.runs]
+    again = load_result(raw)  # the raw runs read back as a result of their own
+    assert again.runs == res.runs and again.source_format == "quantforge-jsonl"
 
     rc = main(["plot", "sweep", str(out), "-o", str(tmp_path / "speed")])
     assert rc == 0

@@ -92,7 +92,7 @@ def read_table(text: str, *, source: str, select: Mapping[str, str] | None = Non
     stripped = text.lstrip()
     if not stripped:
         raise InputError("the file is empty", where=source, hint=_WHAT)
-    if stripped.startswith("[") or re.search(r'^\s*\[\s*$', text, re.M) and '"avg_ts"' in text:
+    if stripped.startswith("[") or (re.search(r'^\s*\[\s*$', text, re.M) and '"avg_ts"' in text):
         rows = _json_array(text)
         if rows is not None:
             return _bench_records(rows, text, source=source, fmt="llama-bench-json", select=select,
@@ -103,6 +103,8 @@ def read_table(text: str, *, source: str, select: Mapping[str, str] | None = Non
         if kind == "bench":
             return _bench_records(records, text, source=source, fmt="llama-bench-jsonl", select=select,
                                   keep_warmup=keep_warmup)
+        if all("label" in d and "run" in d for d in records):
+            return _raw_runs(records, source=source, select=select)
         return _sweep_records(records, text, source=source, fmt=kind, line=line, keep_warmup=keep_warmup)
     c = _csv(text, source=source)
     if c is not None:
@@ -316,6 +318,33 @@ def _sweep_records(records: list[dict[str, Any]], text: str, *, source: str, fmt
         notes += dropped
     return ParsedTable(source=source, format=fmt, runs=tuple(tuple(r) for r in runs), settings=settings,
                        build=stated_build(text), system_info=stated_system_info(text), notes=tuple(notes), line=line)
+
+
+def _raw_runs(records: list[dict[str, Any]], *, source: str, select: Mapping[str, str] | None) -> ParsedTable:
+    """The raw runs ``quantforge sweep`` writes next to a result (``OUT.jsonl``: label, run, row)."""
+    labels = list(dict.fromkeys(str(d["label"]) for d in records))
+    want = (select or {}).get("label")
+    if want is None and len(labels) > 1:
+        raise InputError(f"the file holds the runs of {len(labels)} configurations ({', '.join(labels)})",
+                         where=source, hint="pick one with --select label=NAME, or pass the result JSON")
+    chosen = want if want is not None else labels[0]
+    if chosen not in labels:
+        raise InputError(f"--select label={chosen}: no such configuration", where=source,
+                         hint=f"one of: {', '.join(labels)}")
+    by_run: dict[int, list[SweepRow]] = {}
+    for d in records:
+        if str(d["label"]) != chosen:
+            continue
+        fields = {k: d.get(k) for k in ("pp", "tg", "n_kv", "t_pp", "s_pp", "t_tg", "s_tg")}
+        try:
+            row = SweepRow.model_validate(fields)
+        except ValueError as exc:
+            raise InputError(f"not a sweep row: {str(exc).splitlines()[0]}", where=f"{source}:{d['__line__']}",
+                             hint="pass the file quantforge wrote unchanged") from exc
+        by_run.setdefault(int(d["run"]), []).append(row)
+    runs = tuple(tuple(by_run[i]) for i in sorted(by_run))
+    return ParsedTable(source=source, format="quantforge-jsonl", runs=runs,
+                       notes=(f"{len(runs)} runs of {chosen}",), line=records[0]["__line__"])
 
 
 def _split_repeats(rows: Sequence[SweepRow]) -> list[list[SweepRow]]:
