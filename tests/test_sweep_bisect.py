@@ -199,3 +199,12 @@ def test_ctrl_c_stops_the_whole_bisect_and_resets_the_repository(repo: tuple[Pat
     time.sleep(0.5)
     assert _processes_with(str(q8)) == [] and _processes_with(f"bisect step {out}") == []
     assert _processes_with("qf-busy-loop") == []
+
+
+def test_step_oracle_needs_the_whole_interval_on_one_side() -> None:
+    from quantforge.evaluate.bisect import _classify
+
+    assert _classify(-30.0, -35.0, -25.0, 20.0) == "bad"
+    assert _classify(-1.0, -4.0, 2.0, 20.0) == "good"
+    assert _classify(-18.0, -26.0, -10.0, 20.0) is None  # reaches the threshold: measure again
+    assert _classify(-30.0, None, None, 20.0) is None  # no interval: measure again

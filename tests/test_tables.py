@@ -249,3 +249,14 @@ def test_warmup_detector() -> None:
     assert warmup_outlier(xs[:4], [100.0, 200.0, 200.0, 200.0]) is None  # too few rows to judge
     assert first_sample_outlier([6548.15, 50490.5, 52355.3]) is True
     assert first_sample_outlier([3128.15, 3194.46, 3223.66]) is False
+
+
+def test_repeated_rows_in_one_table_are_runs() -> None:
+    """Runs appended to one log without a new header (or sweep-bench -nrep rows): each N_KV's k-th row is run k."""
+    body = P.PR602_Q4_0.splitlines()
+    rows = body[3:6]  # N_KV 0, 512, 1024
+    text = "\n".join([*body[1:3], *rows, *[r.replace("225.48", "224.90") for r in rows]]) + "\n"
+    t = read_table(text, source="twice.md")
+    assert len(t.runs) == 2 and [len(r) for r in t.runs] == [3, 3]
+    assert [run[0].s_pp for run in t.runs] == [225.48, 224.90]
+    assert t.notes == ("2 runs: every N_KV appears more than once",)

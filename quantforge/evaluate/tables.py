@@ -77,17 +77,16 @@ class ParsedTable(BaseModel):
     notes: tuple[str, ...] = ()
     line: int | None = None  # first line of the (first) table
 
-    @property
-    def first_row(self) -> SweepRow:
-        return self.runs[0][0]
-
 
 def read_table(text: str, *, source: str, select: Mapping[str, str] | None = None,
                keep_warmup: bool = False) -> ParsedTable:
     """The one configuration in ``text`` (any supported format), warm-up outlier rows dropped.
 
-    ``select`` picks one configuration of a llama-bench paste that holds several (``{"build":
-    "1ec12b8e"}``, ``{"n_batch": "128"}``); without it such a paste is an error that names them.
+    ``select`` picks one configuration where the text holds several: ``{"table": "2"}`` (the second
+    table; ``"all"`` reads every sweep table as a run of one configuration), a llama-bench column or
+    knob (``{"build": "1ec12b8e"}``, ``{"n_batch": "128"}``, ``{"model": "Q4_0"}``: a substring for
+    build and model), or ``{"label": …}`` in quantforge's raw-runs JSONL. Without it such a text is
+    an error that names what it holds.
     """
     stripped = text.lstrip()
     if not stripped:
@@ -628,7 +627,6 @@ def _text_tables(text: str, *, source: str, select: Mapping[str, str] | None, ke
     lines = text.splitlines()
     blocks: list[_Block] = []
     bench_lines: list[tuple[int, list[str]]] = []
-    bench_header: tuple[str, ...] | None = None
     bench_builds: list[tuple[int, str]] = []
     cur: _Block | None = None
     prev_end = 0
@@ -638,7 +636,6 @@ def _text_tables(text: str, *, source: str, select: Mapping[str, str] | None, ke
             continue
         hdr = _header(line)
         if hdr and hdr[0] == "llama-bench":
-            bench_header = hdr[1] if bench_header is None else bench_header
             bench_lines.append((no, ["__header__", *hdr[1]]))
             cur = None
             continue
