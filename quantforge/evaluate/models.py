@@ -131,15 +131,19 @@ class EvalResult(_Frozen):
 
 
 class SweepRow(_Frozen):
-    """One row of a sweep-bench table: PP of ``pp`` tokens and TG of ``tg`` tokens at depth ``n_kv``."""
+    """One row of a sweep table: PP of ``pp`` tokens and TG of ``tg`` tokens at depth ``n_kv``.
+
+    A speed the source did not measure is ``None`` (a llama-bench ``pp512`` test has no TG half),
+    never NaN: results are written as strict JSON.
+    """
 
     pp: int
     tg: int
     n_kv: int
-    t_pp: float
-    s_pp: float
-    t_tg: float
-    s_tg: float
+    t_pp: float | None
+    s_pp: float | None
+    t_tg: float | None
+    s_tg: float | None
 
 
 class BenchRow(_Frozen):
@@ -158,20 +162,47 @@ class BenchRow(_Frozen):
 
 
 class RowStats(_Frozen):
-    """Mean ± sample standard deviation of PP and TG speed at one N_KV over repeated runs."""
+    """Mean ± sample standard deviation of PP and TG speed at one N_KV over repeated runs.
+
+    ``None``: that speed was not measured at this row (or the spread is unknown).
+    """
 
     n_kv: int
     pp: int
     tg: int
     n: int
-    s_pp_mean: float
-    s_pp_std: float
-    s_tg_mean: float
-    s_tg_std: float
+    s_pp_mean: float | None
+    s_pp_std: float | None
+    s_tg_mean: float | None
+    s_tg_std: float | None
+
+
+class ReportedSpread(_Frozen):
+    """Mean ± sd a tool printed for one row when its repetitions are not in the output.
+
+    ``llama-bench -o md`` prints ``avg ± stddev`` of its ``-r`` repetitions but not the samples;
+    ``n`` is the repetition count (from the pasted command's ``-r``, else llama-bench's default 5,
+    which ``n_assumed`` says).
+    """
+
+    n_kv: int
+    pp: int
+    tg: int
+    metric: Literal["pp", "tg"]
+    mean: float
+    std: float
+    n: int
+    n_assumed: bool
 
 
 class SweepResult(_Frozen):
-    """Repeated sweeps of one configuration: the raw runs and their per-row statistics."""
+    """Repeated sweeps of one configuration: the raw runs and their per-row statistics.
+
+    ``settings`` are the knobs the source states (canonical names: ``ub``, ``b``, ``t``, ``fa``,
+    ``mla``, ``amb``, ``rtr``, ``ot``, ``ngl``, ``c``, ``ctk``, ``ctv``, ``fmoe``, ``model`` …),
+    ``build`` the engine's version/commit and ``system_info`` its CPU/GPU feature line, when the
+    output says them; ``notes`` what was done to the input (warm-up rows dropped, assumptions).
+    """
 
     label: str
     model: str | None = None
@@ -189,25 +220,95 @@ class SweepResult(_Frozen):
     summary: tuple[RowStats, ...]
     raw_jsonl: str | None = None
     created: str
+    source_format: str | None = None
+    settings: dict[str, str] = Field(default_factory=dict)
+    build: str | None = None
+    system_info: str | None = None
+    spread: tuple[ReportedSpread, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+Metric = Literal["pp", "tg"]
 
 
 class MetricComparison(_Frozen):
-    """Baseline vs candidate for one metric (``pp`` or ``tg`` speed, t/s) at one row or overall."""
+    """Baseline vs candidate for one metric (``pp`` or ``tg`` speed, t/s) at one row or overall.
 
-    metric: Literal["pp", "tg"]
+    ``ci_low_pct``/``ci_high_pct``/``p_value``/``sigmas`` are ``None`` when they are undefined (one
+    run per side: no run-to-run variance), and ``why`` says so.
+    """
+
+    metric: Metric
     n_kv: int | None  # None: overall (geometric mean across rows)
+    pp: int | None = None
+    tg: int | None = None
     baseline_mean: float
-    baseline_std: float
+    baseline_std: float | None
     baseline_n: int
     candidate_mean: float
-    candidate_std: float
+    candidate_std: float | None
     candidate_n: int
     change_pct: float
-    ci_low_pct: float
-    ci_high_pct: float
+    ci_low_pct: float | None
+    ci_high_pct: float | None
     p_value: float | None
     sigmas: float | None  # |difference| in standard errors of the difference
     verdict: Verdict
+    test: str = "welch"  # welch | welch-summary (tool-reported mean ± sd) | none
+    why: str | None = None
+
+
+class PairedTest(_Frozen):
+    """Rows paired by depth: a t-test on the per-depth log-ratios candidate/baseline.
+
+    With one run per side the depths are the replicates (the spread of the ratio across depths
+    stands in for the unknown run-to-run noise); with repeats each depth contributes the ratio of
+    its geometric means. The Wilcoxon signed-rank and the sign test check the t-test without
+    assuming normality; ``rank_floor_p`` is the smallest p-value the signed-rank test can reach
+    with this many depths (2 / 2^n).
+    """
+
+    metric: Metric
+    n_pairs: int
+    depths: tuple[int, ...]
+    change_pct: float  # geometric mean ratio - 1, in %
+    ci_low_pct: float | None
+    ci_high_pct: float | None
+    t: float | None
+    df: int | None
+    p_value: float | None
+    signed_rank_p: float | None
+    sign_test_p: float | None
+    rank_floor_p: float | None
+    n_faster: int
+    n_slower: int
+    min_ratio_pct: float  # the smallest and largest per-depth change, in %
+    max_ratio_pct: float
+    verdict: Verdict
+    why: str | None = None
+
+
+class MetricVerdict(_Frozen):
+    """The answer for one metric: verdict, change, interval and the test that decided it."""
+
+    metric: Metric
+    verdict: Verdict
+    change_pct: float
+    ci_low_pct: float | None
+    ci_high_pct: float | None
+    p_value: float | None
+    method: str  # "paired t-test on log-ratios across 8 depths" | "Welch's t-test on per-run geometric means (3 vs 3 runs)"
+    decided_by: Literal["paired", "welch", "welch-summary", "none"]
+    near_threshold: bool = False
+    recommendation: str | None = None
+
+
+class SettingDifference(_Frozen):
+    """One knob that differs between the two results (``None``: the source does not state it)."""
+
+    knob: str
+    baseline: str | None
+    candidate: str | None
 
 
 class CompareReport(_Frozen):
@@ -222,3 +323,38 @@ class CompareReport(_Frozen):
     )
     rows: tuple[MetricComparison, ...]
     overall: tuple[MetricComparison, ...]
+    paired: tuple[PairedTest, ...] = ()
+    summary: tuple[MetricVerdict, ...] = ()
+    differences: tuple[SettingDifference, ...] = ()
+    warnings: tuple[str, ...] = ()
+    assumptions: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    baseline_build: str | None = None
+    candidate_build: str | None = None
+    baseline_system_info: str | None = None
+    candidate_system_info: str | None = None
+
+
+class VaryPoint(_Frozen):
+    """One value of a varied knob: PP and TG as the geometric mean over each run's rows, mean ± sd of runs."""
+
+    value: str
+    label: str
+    runs: int
+    rows: int
+    pp_mean: float | None
+    pp_std: float | None
+    tg_mean: float | None
+    tg_std: float | None
+
+
+class VaryReport(_Frozen):
+    """``quantforge sweep --vary KNOB=V1,V2,…``: the same sweep at each value, interleaved."""
+
+    knob: str
+    values: tuple[str, ...]
+    points: tuple[VaryPoint, ...]
+    results: tuple[SweepResult, ...]
+    best_pp: str | None
+    best_tg: str | None
+    plot: tuple[str, ...] = ()

@@ -149,29 +149,24 @@ _SWEEP_HEADER = re.compile(r"^\|\s*PP\s*\|\s*TG\s*\|\s*N_KV\s*\|\s*T_PP s\s*\|\s
 
 
 def parse_sweep_markdown(text: str, *, where: str = "llama-sweep-bench output") -> tuple[SweepRow, ...]:
-    """Rows of the ``| PP | TG | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s |`` table."""
-    header = _SWEEP_HEADER.search(text)
-    if not header:
+    """Rows of the ``| PP | TG | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s |`` table, as printed.
+
+    The table reader is :func:`quantforge.evaluate.tables.read_table` (every pasted shape, runs,
+    warm-up rows); this is its strict view for tool output: all rows, none dropped.
+    """
+    from quantforge.errors import InputError
+    from quantforge.evaluate.tables import read_table
+
+    if not _SWEEP_HEADER.search(text):
         raise EvalError("no sweep-bench table (| PP | TG | N_KV | ...) in the output", where=where)
-    rows: list[SweepRow] = []
-    for line in text[header.end():].splitlines()[1:]:
-        line = line.strip()
-        if not line.startswith("|"):
-            if rows:
-                break
-            continue
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if all(set(c) <= {"-", ":"} for c in cells):
-            continue
-        try:
-            pp, tg, n_kv = int(cells[0]), int(cells[1]), int(cells[2])
-            vals = [float(c) for c in cells[3:7]]
-        except (ValueError, IndexError) as exc:
-            raise EvalError(f"malformed sweep-bench row: {line!r}", where=where) from exc
-        rows.append(SweepRow(pp=pp, tg=tg, n_kv=n_kv, t_pp=vals[0], s_pp=vals[1], t_tg=vals[2], s_tg=vals[3]))
+    try:
+        table = read_table(text, source=where, keep_warmup=True)
+    except InputError as exc:
+        raise EvalError(exc.message, where=exc.where, hint=exc.hint) from exc
+    rows = tuple(r for run in table.runs for r in run)
     if not rows:
         raise EvalError("the sweep-bench table has no rows (the run stopped early?)", where=where)
-    return tuple(rows)
+    return rows
 
 
 def parse_sweep_jsonl(lines: Iterable[str] | str, *, where: str = "llama-sweep-bench output") -> tuple[SweepRow, ...]:
@@ -289,14 +284,12 @@ def bench_to_sweep_rows(rows: Iterable[BenchRow]) -> tuple[SweepRow, ...]:
     for depth in sorted(by_depth):
         d = by_depth[depth]
         pp, tg = d.get("pp"), d.get("tg")
-        s_pp = pp.avg_ts if pp else float("nan")
-        s_tg = tg.avg_ts if tg else float("nan")
-        n_pp = pp.n_prompt if pp else 0
-        n_tg = tg.n_gen if tg else 0
+        # a half that llama-bench did not measure is None, never NaN (results are strict JSON)
         out.append(
             SweepRow(
-                pp=n_pp, tg=n_tg, n_kv=depth, t_pp=n_pp / s_pp if pp else float("nan"), s_pp=s_pp,
-                t_tg=n_tg / s_tg if tg else float("nan"), s_tg=s_tg,
+                pp=pp.n_prompt if pp else 0, tg=tg.n_gen if tg else 0, n_kv=depth,
+                t_pp=pp.n_prompt / pp.avg_ts if pp else None, s_pp=pp.avg_ts if pp else None,
+                t_tg=tg.n_gen / tg.avg_ts if tg else None, s_tg=tg.avg_ts if tg else None,
             )
         )
     return tuple(out)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from quantforge.errors import InputError
 from quantforge.evaluate.models import EvalResult, SweepResult
+
+if TYPE_CHECKING:
+    from quantforge.evaluate.bisect import BisectReport
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
@@ -47,14 +50,14 @@ def plot_sweeps(results: Sequence[SweepResult], out: str | Path, *, title: str |
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, res in enumerate(results):
         color = _COLORS[i % len(_COLORS)]
-        s = res.summary
-        kv = [r.n_kv for r in s]
-        n = s[0].n if s else 0
+        n = res.summary[0].n if res.summary else 0
         label = f"{res.label} (n={n})"
-        axes[0].errorbar(kv, [r.s_pp_mean for r in s], yerr=[r.s_pp_std for r in s], marker="o", ms=4, capsize=3,
-                         color=color, label=label, lw=1.6)
-        axes[1].errorbar(kv, [r.s_tg_mean for r in s], yerr=[r.s_tg_std for r in s], marker="o", ms=4, capsize=3,
-                         color=color, label=label, lw=1.6)
+        for ax, metric in ((axes[0], "pp"), (axes[1], "tg")):
+            pts = [(r.n_kv, getattr(r, f"s_{metric}_mean"), getattr(r, f"s_{metric}_std") or 0.0) for r in res.summary
+                   if getattr(r, f"s_{metric}_mean") is not None]
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4,
+                            capsize=3, color=color, label=label, lw=1.6)
     pp, tg = results[0].ubatch, results[0].tg
     axes[0].set_title(f"Prompt processing (PP{pp})")
     axes[1].set_title(f"Token generation (TG{tg})")
@@ -118,6 +121,79 @@ def plot_ladder(
         a.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    paths = _save(fig, out)
+    plt.close(fig)
+    return paths
+
+
+def plot_vary(knob: str, values: Sequence[str], results: Sequence[SweepResult], out: str | Path, *,
+              title: str | None = None) -> list[Path]:
+    """PP and TG speed against one knob's values (geometric mean over each run's rows, mean ± sd of runs)."""
+    import numpy as np
+
+    if not results or len(values) != len(results):
+        raise InputError("nothing to plot", hint="one sweep result per value of the knob")
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    numeric = all(v.lstrip("-").isdigit() for v in values)
+    xs: list[Any] = [int(v) for v in values] if numeric else list(range(len(values)))
+    for ax, metric, color in ((axes[0], "pp", _COLORS[0]), (axes[1], "tg", _COLORS[1])):
+        means, sds = [], []
+        for res in results:
+            per_run = []
+            for run in res.runs:
+                vals = [getattr(r, f"s_{metric}") for r in run if getattr(r, f"s_{metric}")]
+                if vals:
+                    per_run.append(float(np.exp(np.mean(np.log(vals)))))
+            means.append(float(np.mean(per_run)) if per_run else float("nan"))
+            sds.append(float(np.std(per_run, ddof=1)) if len(per_run) > 1 else 0.0)
+        ax.errorbar(xs, means, yerr=sds, marker="o", ms=5, capsize=3, color=color, lw=1.6)
+        for x, m in zip(xs, means, strict=True):
+            if m == m:
+                ax.annotate(f"{m:.1f}", (x, m), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+        if numeric and len(xs) > 2 and min(xs) > 0 and max(xs) / min(xs) >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(xs)
+        ax.set_xticklabels(list(values))
+        ax.set_xlabel(f"{knob}")
+        ax.set_ylabel("speed, tokens/s (geometric mean over N_KV)")
+        ax.set_title(f"{'Prompt processing' if metric == 'pp' else 'Token generation'} vs {knob}")
+        ax.grid(True, alpha=0.3)
+        ax.set_ylim(bottom=0)
+    fig.suptitle(title or f"Speed vs {knob} (mean ± sd of repeated runs)", fontsize=11)
+    fig.tight_layout()
+    paths = _save(fig, out)
+    plt.close(fig)
+    return paths
+
+
+def plot_bisect(report: BisectReport, out: str | Path) -> list[Path]:
+    """Each tested commit's change vs GOOD (with its interval), in commit order; the threshold and the first bad."""
+    plt = _plt()
+    seq = [report.references[0], *report.steps, report.references[1]]  # steps are in commit order
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(seq) + 2), 4.2))
+    colors = {"good": "#2ca02c", "bad": "#d62728", "skip": "#7f7f7f"}
+    for i, s in enumerate(seq):
+        y = s.change_pct if s.change_pct is not None else 0.0
+        if s.ci_low_pct is not None and s.ci_high_pct is not None:
+            ax.errorbar([i], [y], yerr=[[y - s.ci_low_pct], [s.ci_high_pct - y]], fmt="none", ecolor="0.4", capsize=4)
+        marker = "x" if s.verdict == "skip" else ("D" if s.commit == report.first_bad else "o")
+        ax.scatter([i], [y], color=colors[s.verdict], marker=marker, s=70 if marker == "D" else 45, zorder=3)
+        if s.verdict == "skip":
+            ax.annotate("skipped", (i, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8,
+                        color=colors["skip"])
+    ax.axhline(-report.threshold_pct, color="#d62728", ls="--", lw=1,
+               label=f"threshold -{report.threshold_pct:.1f} % ({report.threshold_source})")
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xticks(range(len(seq)))
+    ax.set_xticklabels([("GOOD " if s.role == "good reference" else "BAD " if s.role == "bad reference" else "")
+                        + s.commit[:8] for s in seq], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"{report.metric.upper()} change vs GOOD, %")
+    first = f"first bad: {report.first_bad[:12]}" if report.first_bad else "first bad: not found"
+    ax.set_title(f"git bisect of {report.metric.upper()} speed ({first})", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     paths = _save(fig, out)
     plt.close(fig)

@@ -3,7 +3,9 @@
 Each configuration is run ``repeat`` times; raw rows go to a JSONL file (one line per row,
 with the run index), the result (raw runs + mean ± sd per N_KV row) to JSON. Two
 configurations can be run interleaved (A B A B …) so slow drifts of the machine (thermal,
-other load) hit both alike.
+other load) hit both alike, after ``warmup`` discarded runs of each (the first run after a
+build or a model change pays for cold page cache and lazy initialisation). A result keeps what
+the tool said about itself: its settings, version/commit and system_info line.
 """
 
 from __future__ import annotations
@@ -12,21 +14,29 @@ import json
 import os
 import shlex
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quantforge.errors import EvalError, InputError
-from quantforge.evaluate import _util
-from quantforge.evaluate.models import EvalEngine, SweepResult, SweepRow
-from quantforge.evaluate.parsers import (
-    bench_to_sweep_rows,
-    parse_bench_json,
-    parse_bench_markdown,
-    parse_sweep,
-)
+from quantforge.evaluate import _util, knobs
+from quantforge.evaluate.models import EvalEngine, SweepResult, SweepRow, VaryPoint, VaryReport
 from quantforge.evaluate.stats import summarize
 
-Runner = Callable[[], tuple[SweepRow, ...]]
+
+@dataclass(frozen=True)
+class RunOutput:
+    """One invocation of a sweep: its run(s) (llama-bench ``-r N`` gives N) and what the tool stated."""
+
+    runs: tuple[tuple[SweepRow, ...], ...]
+    settings: dict[str, str] = field(default_factory=dict)
+    build: str | None = None
+    system_info: str | None = None
+    notes: tuple[str, ...] = ()
+    format: str | None = None
+
+
+Runner = Callable[[], "tuple[SweepRow, ...] | RunOutput"]
 
 
 def bundled_runner(model: str | Path, *, ctx: int = 512, ubatch: int = 128, tg: int = 16,
@@ -46,25 +56,28 @@ def bundled_runner(model: str | Path, *, ctx: int = 512, ubatch: int = 128, tg: 
     return run
 
 
-def binary_runner(cmd: Sequence[str], *, timeout: float | None = None) -> Runner:
-    """Run a ``llama-sweep-bench`` or ``llama-bench`` command line and parse its table."""
+def binary_runner(cmd: Sequence[str], *, timeout: float | None = None, keep_warmup: bool = False) -> Runner:
+    """Run a ``llama-sweep-bench`` / ``llama-bench`` / ``llama-batched-bench`` command line and read its table."""
+    from quantforge.errors import ToolError
     from quantforge.evaluate.perplexity import _run
+    from quantforge.evaluate.tables import read_table
 
     if not cmd:
         raise InputError("empty sweep command")
     exe = Path(cmd[0])
     if not (exe.is_file() or _which(cmd[0])):
-        from quantforge.errors import ToolError
-
         raise ToolError(f"{cmd[0]} not found", where="sweep command", hint="build llama-sweep-bench / llama-bench or pass its path")
+    stated = knobs.from_command(list(cmd))
 
-    def run() -> tuple[SweepRow, ...]:
+    def run() -> RunOutput:
         out, _ = _run(list(cmd), where=" ".join(cmd[:3]), timeout=timeout)
-        name = exe.name
-        if "llama-bench" in name:
-            rows = parse_bench_json(out) if '"avg_ts"' in out else parse_bench_markdown(out)
-            return bench_to_sweep_rows(rows)
-        return parse_sweep(out, where=name)
+        try:
+            table = read_table(out, source=f"{exe.name} output", keep_warmup=keep_warmup)
+        except InputError as exc:  # the tool printed something we cannot read: a runtime failure
+            raise EvalError(exc.message, where=exc.where, hint=exc.hint) from exc
+        settings = {**table.settings, **stated}
+        return RunOutput(runs=table.runs, settings=settings, build=table.build, system_info=table.system_info,
+                         notes=table.notes, format=table.format)
 
     return run
 
@@ -75,35 +88,61 @@ def _which(name: str) -> str | None:
     return shutil.which(name)
 
 
+def _as_output(value: tuple[SweepRow, ...] | RunOutput) -> RunOutput:
+    return value if isinstance(value, RunOutput) else RunOutput(runs=(tuple(value),))
+
+
 def run_sweeps(
     configs: Sequence[tuple[str, Runner]], *, repeat: int = 3, interleave: bool = True,
     meta: Sequence[dict[str, Any]] | None = None, raw_jsonl: str | Path | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None, warmup: int = 0,
 ) -> list[SweepResult]:
     """Run each (label, runner) ``repeat`` times, interleaved and counterbalanced (A B, B A, A B …)
     by default, so that a drift of the machine (warming up, another job starting) does not favour
-    the configuration that always runs first; one SweepResult each."""
+    the configuration that always runs first; one SweepResult each. ``warmup`` runs of each
+    configuration come first and are discarded."""
     if repeat < 1:
         raise InputError(f"--repeat must be at least 1, not {repeat}", where="--repeat")
-    runs: list[list[tuple[SweepRow, ...]]] = [[] for _ in configs]
+    if warmup < 0:
+        raise InputError(f"--warmup must not be negative, not {warmup}", where="--warmup")
+    outputs: list[list[RunOutput]] = [[] for _ in configs]
     n = len(configs)
     order = ([(r, i if r % 2 == 0 else n - 1 - i) for r in range(repeat) for i in range(n)] if interleave
              else [(r, i) for i in range(n) for r in range(repeat)])
-    for k, (_rep, i) in enumerate(order):
+    total = warmup * n + len(order)
+    k = 0
+    for _ in range(warmup):
+        for label, runner in configs:
+            k += 1
+            if progress:
+                progress(f"{label} (warm-up, discarded)", k, total)
+            runner()
+    for _rep, i in order:
         label, runner = configs[i]
+        k += 1
         if progress:
-            progress(label, k + 1, len(order))
-        runs[i].append(runner())
+            progress(label, k, total)
+        outputs[i].append(_as_output(runner()))
     created = _util.now_iso()
     results = []
     for i, (label, _) in enumerate(configs):
         m = dict(meta[i]) if meta else {}
-        first = runs[i][0]
+        outs = outputs[i]
+        runs = tuple(run for o in outs for run in o.runs)
+        first = runs[0]
+        notes = tuple(dict.fromkeys(note for o in outs for note in o.notes))
+        if warmup:
+            notes = (f"{warmup} warm-up run{'s' if warmup > 1 else ''} discarded", *notes)
+        settings = {**outs[0].settings, **m.pop("settings", {})}
+        builds = {o.build for o in outs if o.build}
         results.append(
             SweepResult(
                 label=label, engine=m.pop("engine", "bundled"), ctx=m.pop("ctx", first[-1].n_kv + first[-1].pp),
-                ubatch=m.pop("ubatch", first[0].pp), tg=m.pop("tg", first[0].tg), runs=tuple(runs[i]),
-                summary=summarize(runs[i]), created=created, raw_jsonl=str(raw_jsonl) if raw_jsonl else None, **m,
+                ubatch=m.pop("ubatch", first[0].pp), tg=m.pop("tg", first[0].tg), runs=runs,
+                summary=summarize(runs), created=created, raw_jsonl=str(raw_jsonl) if raw_jsonl else None,
+                settings=settings, build=m.pop("build", None) or (builds.pop() if len(builds) == 1 else None),
+                system_info=m.pop("system_info", None) or outs[0].system_info,
+                source_format=m.pop("source_format", None) or outs[0].format, notes=notes, **m,
             )
         )
     if raw_jsonl is not None:
@@ -147,26 +186,138 @@ def save_result(result: SweepResult, path: str | Path, *, force: bool = True) ->
     return p
 
 
-def load_result(path: str | Path) -> SweepResult:
-    """A stored sweep result (JSON from ``quantforge sweep``) or a sweep-bench/llama-bench log."""
+def load_result(path: str | Path, *, select: dict[str, str] | None = None, keep_warmup: bool = False) -> SweepResult:
+    """A stored sweep result (JSON from ``quantforge sweep``) or any speed table a tool printed or a user pasted."""
+    from quantforge.evaluate.tables import read_table
+
     p = Path(path)
     if not p.is_file():
         raise InputError("sweep result not found", where=str(p), hint="pass a JSON written by 'quantforge sweep' or a sweep-bench log")
-    text = p.read_text(encoding="utf-8", errors="replace")
-    if text.lstrip().startswith("{") and '"runs"' in text[:2000] or '"summary"' in text:
+    raw = p.read_bytes()
+    if b"\0" in raw[:4096]:
+        raise InputError("not a text file", where=str(p), hint="pass a sweep result JSON or a tool log (text)")
+    text = raw.decode("utf-8", errors="replace")
+    if text.lstrip().startswith("{") and ('"runs"' in text[:2000] or '"summary"' in text):
         try:
             return SweepResult.model_validate_json(text)
         except ValueError as exc:
             raise InputError(f"not a quantforge sweep result: {str(exc).splitlines()[0]}", where=str(p)) from exc
-    # a raw tool log: one run
+    table = read_table(text, source=str(p), select=select, keep_warmup=keep_warmup)
+    first = table.runs[0]
+    if not first:
+        raise InputError("the table has no rows left after dropping its warm-up row", where=str(p),
+                         hint="pass --keep-warmup to keep it")
+    engine: EvalEngine = "ik" if table.format.startswith("sweep-bench") else "mainline"
+    settings = table.settings
+    ub = int(settings["ub"]) if settings.get("ub", "").isdigit() else max(r.pp for r in first)
+    ctx = int(settings["c"]) if settings.get("c", "").isdigit() else first[-1].n_kv + first[-1].pp
+    return SweepResult(label=p.stem, engine=engine, ctx=ctx, ubatch=ub, tg=max(r.tg for r in first),
+                       runs=table.runs, summary=summarize(table.runs), created=_util.now_iso(),
+                       source_format=table.format, settings=settings, build=table.build,
+                       system_info=table.system_info, spread=table.spread, notes=table.notes,
+                       threads=int(settings["t"]) if settings.get("t", "").isdigit() else None)
+
+
+def parse_select(items: Sequence[str]) -> dict[str, str]:
+    """``--select build=1ec12b8e --select n_batch=128`` -> a dict (column or knob names)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise InputError(f"expected COLUMN=VALUE, got {item!r}", where="--select",
+                             hint="e.g. --select n_batch=128 or --select build=1ec12b8e")
+        out[key.strip()] = value.strip()
+    return out
+
+
+# ---------------------------------------------------------------- one knob, several values
+
+#: knob -> the bundled sweep's parameter it sets
+_BUNDLED_KNOBS = {"ub": "ubatch", "t": "threads", "c": "ctx", "fa": "flash_attn", "tg": "tg", "n": "tg"}
+
+
+def parse_vary(text: str) -> tuple[str, list[str]]:
+    """``ub=512,1024,2048`` -> ("ub", ["512", "1024", "2048"]) (the knob as a flag or a canonical name)."""
+    key, eq, values = text.partition("=")
+    knob = key.strip().lstrip("-")
+    knob = knobs.FLAG_KNOB.get(f"-{knob}", knobs.FLAG_KNOB.get(f"--{knob}", knob))
+    vals = [v.strip() for v in values.split(",") if v.strip()]
+    if not eq or not knob or len(vals) < 2:
+        raise InputError(f"expected KNOB=V1,V2,…, got {text!r}", where="--vary",
+                         hint="e.g. --vary ub=512,1024,2048,4096 or --vary rtr=off,on")
+    if len(set(vals)) != len(vals):
+        raise InputError(f"--vary repeats a value: {text!r}", where="--vary")
+    return knob, vals
+
+
+def with_knob(argv: Sequence[str], knob: str, value: str) -> list[str]:
+    """``argv`` with one knob set to ``value`` (switches: on adds the flag, off removes it)."""
+    flags = knobs.flags_of(knob)
+    if not flags:
+        raise InputError(f"unknown knob {knob!r}", where="--vary",
+                         hint="one of " + ", ".join(k for k in knobs.KNOB_ORDER if knobs.flags_of(k)))
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        name = a.split("=", 1)[0] if a.startswith("--") else a
+        if name in flags:
+            if knob in knobs.SWITCHES or (knob == "fa" and (i + 1 >= len(argv) or argv[i + 1].lower() not in
+                                                             knobs.FA_VALUES)):
+                i += 1
+            else:
+                i += 1 if "=" in a else 2
+            continue
+        out.append(a)
+        i += 1
+    norm = knobs.normalise(knob, value)
+    if knob in knobs.SWITCHES:
+        if norm == "on":
+            out.append(flags[0])
+        elif norm != "off":
+            raise InputError(f"{knob} is a switch: use on or off, not {value!r}", where="--vary")
+        return out
+    return [*out, flags[0], value]
+
+
+def bundled_vary_options(knob: str, value: str) -> dict[str, Any]:
+    """The bundled sweep's keyword for one knob value (``ub=256`` -> ``{"ubatch": 256}``)."""
+    param = _BUNDLED_KNOBS.get(knob)
+    if param is None:
+        raise InputError(f"the bundled sweep cannot vary {knob!r}", where="--vary",
+                         hint="vary ub, t, c, fa or tg, or sweep a command with --cmd")
+    if param == "flash_attn":
+        return {param: knobs.normalise("fa", value) == "on"}
     try:
-        rows = parse_sweep(text, where=str(p))
-        engine: EvalEngine = "ik"
-    except EvalError:
-        rows = bench_to_sweep_rows(parse_bench_json(text) if '"avg_ts"' in text else parse_bench_markdown(text, where=str(p)))
-        engine = "mainline"
-    return SweepResult(label=p.stem, engine=engine, ctx=rows[-1].n_kv + rows[-1].pp, ubatch=rows[0].pp, tg=rows[0].tg,
-                       runs=(rows,), summary=summarize([rows]), created=_util.now_iso())
+        return {param: int(value)}
+    except ValueError:
+        raise InputError(f"{knob} must be a whole number, not {value!r}", where="--vary") from None
+
+
+def vary_report(knob: str, values: Sequence[str], results: Sequence[SweepResult]) -> VaryReport:
+    """PP and TG at each value of a knob (geometric mean over each run's rows; mean ± sd across runs)."""
+    import numpy as np
+
+    points = []
+    for value, res in zip(values, results, strict=True):
+        stats: dict[str, float | None] = {}
+        for metric in ("pp", "tg"):
+            per_run = []
+            for run in res.runs:
+                vals = [v for r in run if (v := getattr(r, f"s_{metric}")) is not None and v > 0]
+                if vals:
+                    per_run.append(float(np.exp(np.mean(np.log(vals)))))
+            stats[f"{metric}_mean"] = float(np.mean(per_run)) if per_run else None
+            stats[f"{metric}_std"] = float(np.std(per_run, ddof=1)) if len(per_run) > 1 else None
+        points.append(VaryPoint(value=value, label=res.label, runs=len(res.runs),
+                                rows=len(res.runs[0]) if res.runs else 0, **stats))
+
+    def best(metric: str) -> str | None:
+        cands = [(getattr(p, f"{metric}_mean"), p.value) for p in points if getattr(p, f"{metric}_mean") is not None]
+        return max(cands)[1] if cands else None
+
+    return VaryReport(knob=knob, values=tuple(values), points=tuple(points), results=tuple(results),
+                      best_pp=best("pp"), best_tg=best("tg"))
 
 
 def parse_option_set(text: str) -> dict[str, Any]:
