@@ -276,7 +276,9 @@ def run_buffers(
             buffers.append(BufferBytes(device=dev, kind="kv", bytes=kvb[dev]))
     # ---- compute
     host_c = "CUDA_Host" if n_gpus > 0 else "CPU"
-    comp = _compute(tensors, types, placement, host_w, dims, cmd, kv.kv_size, kv_dev, gpus, host_c, ex, engine)
+    tied_dev = gpus[ldev[-1]] if ("output.weight" not in names and n_gpus > 0 and ldev and ldev[-1] >= 0) else None
+    comp = _compute(tensors, types, placement, host_w, dims, cmd, kv.kv_size, kv_dev, gpus, host_c, ex, engine,
+                    tied_output=tied_dev)  # fmt: skip
     for dev in [*gpus, host_c]:
         if comp.get(dev):
             buffers.append(BufferBytes(device=dev, kind="compute", bytes=comp[dev]))
@@ -291,7 +293,7 @@ def run_buffers(
 def _compute(
     tensors: Sequence[FitTensor], types: dict[str, str], placement: dict[str, str], host_w: str, dims: ModelDims,
     cmd: RunCommand, kv_size: int, kv_dev: dict[int, str], gpus: list[str], host_c: str, ex: ModelExtras,
-    engine: Engine,
+    engine: Engine, tied_output: str | None = None,
 ) -> dict[str, int]:  # fmt: skip
     nl = dims.n_layer - dims.nextn_layers
     # layer kinds: what decides the layer's part of the graph and its scheduling
@@ -312,6 +314,10 @@ def _compute(
             continue
         buf = "w:" + (host_w if placement[t.name] == "CPU" else placement[t.name])
         key_tensors.append((t.name, types[t.name], tuple(t.shape), buf))
+        if tied_output and t.name == "token_embd.weight":
+            # both engines load a tied output as a duplicate of token_embd in the output layer's
+            # buffer, so the logits matmul finds its weight on the GPU (no weight copy)
+            key_tensors.append(("output.weight", types[t.name], tuple(t.shape), "w:" + tied_output))
     cfg = GraphConfig(
         n_tokens=cmd.effective_ubatch, n_kv=kv_size, flash_attn=cmd.flash_attn, type_k=cmd.type_k,
         type_v=cmd.type_v, mla=cmd.mla if engine == "ik" else 0, amb=cmd.amb if engine == "ik" else 0,
