@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict
 
 from quantforge.errors import RecipeError
 from quantforge.plan._engine import MixtureState, count_attention_wv, mixture_type, skip_reason
+from quantforge.regex_dialect import EngineRegex, RegexError
+from quantforge.regex_dialect import check as check_engine_regex
 
 Engine = Literal["ik", "mainline"]
 Group = Literal[
@@ -148,10 +150,11 @@ def _imatrix_has(entries: frozenset[str], name: str) -> bool:
     return False
 
 
-def _compile(pattern: str, where: str) -> re.Pattern[str]:
+def _compile(pattern: str, where: str) -> EngineRegex:
+    """The rule's regex as the engines' std::regex matches it (the one dialect checker)."""
     try:
-        return re.compile(pattern)
-    except re.error as exc:
+        return check_engine_regex(pattern)
+    except RegexError as exc:
         raise RecipeError(f"bad match regex {pattern!r}: {exc}", where=where, hint="fix the regex") from None
 
 
@@ -191,7 +194,7 @@ def expand(
     ft = lookup_ftype(engine, v.ftype)
     imeta = _resolve_imatrix(recipe, imatrix)
 
-    rules = [(r, _compile(r.pattern, r.where)) for r in v.rules]
+    rules = [(idx, r, _compile(r.pattern, r.where)) for idx, r in enumerate(v.rules)]
     use_mixture = v.default == MIXTURE
     default_type = ft.default_type or "f16"
     default_q = cat.get(default_type)
@@ -230,9 +233,10 @@ def expand(
                 requested = typ
         else:
             matched = None
-            for r, rx in rules:
+            matched_at = 0
+            for idx, r, rx in rules:
                 if rx.search(t.name):
-                    matched = r
+                    matched, matched_at = r, idx
                     break
             mix = None
             if engine == "ik" and use_mixture:
@@ -241,7 +245,7 @@ def expand(
                 mix = mixture_type(st, default_type, t.name, shape, default_q.block_size)
             if matched is not None:
                 requested = matched.type
-                rule_label = f"rules[{matched.index}]"
+                rule_label = f"rules[{matched_at}]"
                 place = matched.place
             elif not use_mixture:
                 requested = v.default
@@ -432,11 +436,6 @@ def _source_kv(inventory: Any) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------- emission
 
 
-# Python-only regex syntax: std::regex (ECMAScript) has no lookbehind, named groups,
-# comments, \A/\Z anchors or inline flags.
-_NOT_ECMASCRIPT = ("(?<", "(?P", "(?#", "\\A", "\\Z", "(?i", "(?s", "(?m", "(?x", "(?a", "(?u", "(?L")
-
-
 def quantize_args_for(engine: str, variant: Any, cat: Any) -> list[str]:
     """The rule arguments that make ``engine``'s llama-quantize reproduce the expansion."""
     pairs: list[tuple[str, str, str]] = [(r.pattern, cat.get(r.type).name, r.where) for r in variant.rules]
@@ -445,13 +444,7 @@ def quantize_args_for(engine: str, variant: Any, cat: Any) -> list[str]:
     if not pairs:
         return []
     for pattern, _t, where in pairs:
-        bad = next((x for x in _NOT_ECMASCRIPT if x in pattern), None)
-        if bad is not None:
-            raise RecipeError(
-                f"{bad!r} is Python regex syntax that llama-quantize's std::regex (ECMAScript) rejects",
-                where=where,
-                hint="use plain groups, alternation and classes",
-            )
+        _compile(pattern, where)  # what the engines' std::regex rejects or reads differently
         if "=" in pattern:
             raise RecipeError(
                 "llama-quantize splits rules at '=', so a pattern cannot contain '='",
