@@ -77,7 +77,7 @@ def check_name(name: str, *, field: str, where: str | None = None, error: InputE
     why = name_problem(name, max_bytes=max_bytes)
     if why is not None:
         raise error(
-            f"{field} {name!r} {why}",
+            f"{field.rsplit('.', 1)[-1].rsplit(']', 1)[-1] or 'name'} {name!r} {why}",
             where=where or field,
             hint="use a plain name of letters, digits, '.', '_', '-' (it becomes part of file names)",
         )
@@ -173,7 +173,8 @@ def refuse_input_as_output(output: str | os.PathLike[str],
     """``InputError`` when the output *file* ``output`` would be one of the ``inputs`` (same path or inode)."""
     for what, path in inputs:
         if same_file(output, path):
-            raise InputError(f"{field} {output} is {what} {path}", where=field, hint=hint)
+            link = "" if Path(output).resolve() == Path(path).resolve() else f" (a hard link of {path})"
+            raise InputError(f"the output {output} is {what}{link}", where=field, hint=hint)
 
 
 # --------------------------------------------------------------------------- reading inputs
