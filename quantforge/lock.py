@@ -39,14 +39,14 @@ _held: dict[str, tuple[int, int]] = {}  # resolved lock path -> (fd, depth)
 _guard = threading.Lock()
 
 
-def lock_path(folder: str | os.PathLike[str]) -> Path:
-    return Path(folder) / LOCK_NAME
+def lock_path(folder: str | os.PathLike[str], name: str = LOCK_NAME) -> Path:
+    return Path(folder) / name
 
 
-def holder(folder: str | os.PathLike[str]) -> dict[str, object] | None:
+def holder(folder: str | os.PathLike[str], name: str = LOCK_NAME) -> dict[str, object] | None:
     """What the lock file of ``folder`` says about its holder (None when there is none or it is unreadable)."""
     try:
-        data = json.loads(lock_path(folder).read_text(encoding="utf-8")[:4096])
+        data = json.loads(lock_path(folder, name).read_text(encoding="utf-8")[:4096])
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -85,14 +85,19 @@ def inheritable_fds() -> tuple[int, ...]:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike[str], *, purpose: str, wait: bool = False) -> Iterator[Path]:
-    """Hold ``folder``'s lock for the block; see the module docstring."""
+def folder_lock(folder: str | os.PathLike[str], *, purpose: str, wait: bool = False,
+                name: str = LOCK_NAME, where: str | None = None) -> Iterator[Path]:
+    """Hold ``folder``'s lock for the block; see the module docstring.
+
+    ``name``: another lock file in ``folder`` (a staging folder that is replaced as a whole is
+    locked through ``.<name>.staging.lock`` in its parent).
+    """
     d = Path(folder)
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise os_error(exc, d, what="folder", action="create") from None
-    path = lock_path(d)
+    path = lock_path(d, name)
     key = str(path.resolve())
     with _guard:
         if key in _held:
@@ -109,7 +114,7 @@ def folder_lock(folder: str | os.PathLike[str], *, purpose: str, wait: bool = Fa
                 fd, depth = _held[key]
                 _held[key] = (fd, depth - 1)
         return
-    fd = _acquire(path, d, purpose=purpose, wait=wait)
+    fd = _acquire(path, d, purpose=purpose, wait=wait, name=name, where=where or str(d))
     with _guard:
         _held[key] = (fd, 1)
     try:
@@ -127,7 +132,7 @@ def folder_lock(folder: str | os.PathLike[str], *, purpose: str, wait: bool = Fa
         os.close(fd)
 
 
-def _acquire(path: Path, folder: Path, *, purpose: str, wait: bool) -> int:
+def _acquire(path: Path, folder: Path, *, purpose: str, wait: bool, name: str, where: str) -> int:
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
@@ -141,14 +146,14 @@ def _acquire(path: Path, folder: Path, *, purpose: str, wait: bool) -> int:
                     raise os_error(exc, path, what="lock file", action="lock") from None
                 if not wait:
                     raise LockedError(
-                        f"{_describe(holder(folder))} is using this folder",
-                        where=str(folder),
+                        f"{_describe(holder(folder, name))} is using this folder",
+                        where=where,
                         hint="wait for it to finish (or pass --wait), or choose another folder",
                     ) from None
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)
                 except KeyboardInterrupt:
-                    raise Interrupted("interrupted while waiting for the folder lock", where=str(folder),
+                    raise Interrupted("interrupted while waiting for the folder lock", where=where,
                                       hint="nothing was written; run the command again") from None
             # The holder may have unlinked the file as it let go: then this lock is on a dead
             # inode and another run may already hold a new one. Retry on the file that is there.
