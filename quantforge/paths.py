@@ -298,3 +298,36 @@ def read_input_text(path: str | os.PathLike[str], *, what: str = "file", max_byt
     except UnicodeDecodeError as exc:
         raise error(f"{what} is not UTF-8 text (invalid byte at offset {exc.start})", where=str(path),
                     hint=f"save the {what} as UTF-8") from None
+
+
+def read_input_json(path: str | os.PathLike[str], *, what: str = "JSON file", max_bytes: int = MAX_JSON_BYTES,
+                    error: InputErrorType = InputError) -> object:
+    """A JSON document from a regular file: bounded, UTF-8, errors named by line and column."""
+    import json
+
+    text = read_input_text(path, what=what, max_bytes=max_bytes, error=error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} is not valid JSON: {exc.msg}", where=f"{path}:{exc.lineno}:{exc.colno}",
+                    hint=f"fix or replace the {what}") from None
+    except RecursionError:
+        raise error(f"{what} nests arrays or objects too deeply", where=str(path),
+                    hint=f"fix or replace the {what}") from None
+
+
+def parse_toml(text: str, *, where: str, what: str, error: InputErrorType = InputError) -> dict[str, object]:
+    """``tomllib.loads`` with every failure as one line naming the file (and the line, when known)."""
+    import re
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        loc = f"{where}:{m.group(1)}:{m.group(2)}" if m else where
+        raise error(f"{what} is not valid TOML: {re.sub(r' ?[(]at line.*', '', msg)}", where=loc,
+                    hint="fix the TOML syntax") from None
+    except RecursionError:
+        raise error(f"{what} nests arrays or tables too deeply", where=where, hint="fix the TOML") from None

@@ -316,11 +316,18 @@ def base_cmd(
         raise UsageError(
             f"--dtype must be f16 or bf16, not {dtype!r}", hint="pass --dtype f16 or --dtype bf16"
         )
+    from quantforge.paths import os_error
+
     src = resolve_base(source) if source else smollm2_q4_1_path()
     dst = Path(output)
-    if dst.exists() and not force:
+    if (dst.exists() or dst.is_symlink()) and not force:
         raise BuildError(f"{dst} already exists", where=str(dst), hint="pass --force to overwrite it")
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_dir():
+        raise UsageError(f"{dst} is a folder", where=str(dst), hint="give the path of the .gguf file to write")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, dst.parent, what="output folder", action="create") from None
     dequantize_gguf(src, dst, dtype=dtype)  # type: ignore[arg-type]
     data = {
         "source": str(src),

@@ -394,7 +394,6 @@ def plot_ladder_cmd(
 
     Example: quantforge plot ladder q8.json q6.json q4.json -o ladder --x bpw --n-params 134515008
     """
-    import json
 
     from quantforge.errors import InputError
     from quantforge.evaluate.models import EvalResult
@@ -404,13 +403,22 @@ def plot_ladder_cmd(
         raise InputError(f"--x must be gib or bpw, not {x!r}", where="--x")
     evals = []
     for r in results:
+        from pydantic import ValidationError
+
+        from quantforge.paths import read_input_json
+
         p = Path(r)
-        if not p.is_file():
+        if not p.exists() and not p.is_symlink():
             raise InputError("result file not found", where=r)
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data: Any = read_input_json(p, what="result file")
         if isinstance(data, dict) and isinstance(data.get("eval"), dict):  # a manifest
             data = data["eval"].get("latest")
         for d in data if isinstance(data, list) else [data]:
-            evals.append(EvalResult.model_validate(d))
+            try:
+                evals.append(EvalResult.model_validate(d))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise InputError(f"not an evaluation result: {'.'.join(map(str, first['loc'])) or 'value'}: "
+                                 f"{first['msg']}", where=r, hint="give the JSON of quantforge eval or a manifest") from None
     paths = plot_ladder(evals, out, x=x, n_params=n_params, title=title)  # type: ignore[arg-type]
     print("\n".join(str(p) for p in paths))
