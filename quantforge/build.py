@@ -805,7 +805,9 @@ def build_variant(
     if why is not None:
         raise InputError(f"the output file name {name[:80]!r}… {why}", where=f"quant[{v.name}]",
                          hint=f'set a shorter [model] name (at most {MAX_NAME_BYTES} bytes) or variant name')
-    output = confined(ctx.out_dir, name)
+    # ``name`` is one plain component (checked above) and out_dir is resolved: the output cannot leave
+    # it. Its last component is not resolved: a link there is replaced by the rename, never followed.
+    output = ctx.out_dir / name
     log_path = output.with_name(output.name + ".log")
     man_path = manifest_path(output)
     partial = output.with_name(output.name + ".partial")

@@ -112,16 +112,28 @@ def check_relative(path: str, *, field: str, where: str | None = None,
 # --------------------------------------------------------------------------- where things go
 
 
+def resolved(path: str | os.PathLike[str]) -> Path:
+    """``path`` with its symlinks resolved; a symlink loop (which ``resolve`` cannot follow) stays absolute."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
+
+
 def is_within(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
     """``path`` is ``root`` or lies below it, after resolving symlinks on both."""
-    p, r = Path(path).resolve(), Path(root).resolve()
+    p, r = resolved(path), resolved(root)
     return p == r or r in p.parents
 
 
 def confined(root: str | os.PathLike[str], relative: str, *, what: str = "the output folder") -> Path:
     """``root / relative`` resolved, refusing anything that escapes ``root`` (``..``, absolute paths, links)."""
-    root_r = Path(root).resolve()
-    candidate = (root_r / relative).resolve()
+    root_r = resolved(root)
+    try:
+        candidate = (root_r / relative).resolve()
+    except (RuntimeError, OSError):
+        raise InputError(f"path {relative!r} is a symlink loop", where=str(root),
+                         hint=f"use a plain file name inside {what}") from None
     if candidate != root_r and root_r not in candidate.parents:
         raise InputError(
             f"path {relative!r} escapes {what}",
@@ -134,7 +146,7 @@ def confined(root: str | os.PathLike[str], relative: str, *, what: str = "the ou
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """The same file: one resolved path, or one inode (a hard link) when both exist."""
     pa, pb = Path(a), Path(b)
-    if pa.resolve() == pb.resolve():
+    if resolved(pa) == resolved(pb):
         return True
     try:
         return os.path.samefile(pa, pb)
@@ -173,7 +185,7 @@ def refuse_input_as_output(output: str | os.PathLike[str],
     """``InputError`` when the output *file* ``output`` would be one of the ``inputs`` (same path or inode)."""
     for what, path in inputs:
         if same_file(output, path):
-            link = "" if Path(output).resolve() == Path(path).resolve() else f" (a hard link of {path})"
+            link = "" if resolved(output) == resolved(path) else f" (a hard link of {path})"
             raise InputError(f"the output {output} is {what}{link}", where=field, hint=hint)
 
 

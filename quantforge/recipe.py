@@ -687,6 +687,17 @@ def recipe_json_schema() -> dict[str, Any]:
 # --------------------------------------------------------------------------- rewriting (tomlkit)
 
 
+def _toml_regex(pattern: str) -> Any:
+    """A regex as a TOML literal string (no escaping), or a basic string when it holds a quote or control."""
+    import tomlkit
+    from tomlkit.exceptions import InvalidStringError
+
+    try:
+        return tomlkit.string(pattern, literal=True)
+    except InvalidStringError:
+        return tomlkit.string(pattern)
+
+
 def variant_table(variant: QuantSection, *, comment: str | None = None) -> Any:
     """A tomlkit table for one ``[[quant]]`` entry; rules as one inline table per line."""
     import tomlkit
@@ -704,7 +715,7 @@ def variant_table(variant: QuantSection, *, comment: str | None = None) -> Any:
     for r in variant.rules:
         inline = tomlkit.inline_table()
         for key, value in r.model_dump(exclude_none=True).items():
-            inline.append(key, tomlkit.string(value, literal=True) if key == "match" else value)
+            inline.append(key, _toml_regex(value) if key == "match" else value)
         rules.append(inline)
     table.add("rules", rules)
     return table

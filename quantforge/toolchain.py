@@ -308,7 +308,7 @@ def bundled_mainline_dir() -> Path | None:
 
 def _config_dirs() -> dict[str, str]:
     path = constants.CONFIG_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return {}
 
     from quantforge.paths import MAX_TARGET_BYTES, parse_toml, read_input_text

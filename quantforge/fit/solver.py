@@ -60,7 +60,7 @@ class SolveResult(BaseModel):
 def read_sensitivity(path: str | Path) -> dict[int, float]:
     """Per-layer sensitivity (sum of the KLD of its routed-expert tensors) from ``tensor,kld`` rows."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         raise InputError("no such sensitivity file", where=str(p), hint="a CSV of tensor,kld rows")
     out: dict[int, float] = {}
     from quantforge.paths import MAX_JSON_BYTES, read_input_text

@@ -170,8 +170,9 @@ def import_recipe(
         imx.add(tomlkit.comment(f"the source was made with an importance matrix ({im_file}, "
                                 f"dataset {_kv(kv, 'quantize.imatrix.dataset') or 'unknown'})"))
         imx.add("file", Path(str(im_file)).name)
-        if _kv(kv, "quantize.imatrix.chunks_count"):
-            imx.add("chunks", int(_kv(kv, "quantize.imatrix.chunks_count")))
+        chunks = _kv(kv, "quantize.imatrix.chunks_count")
+        if isinstance(chunks, int) and not isinstance(chunks, bool) and chunks > 0:  # metadata may be anything
+            imx.add("chunks", chunks)
         doc.add("imatrix", imx)
     section = QuantSection(
         name=variant_name,
