@@ -16,6 +16,7 @@ the tensor name (``std::regex_search`` in both engines), first match wins.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import re
 from collections.abc import Iterable
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quantforge.errors import RecipeError
 from quantforge.paths import MAX_RECIPE_BYTES, check_name, name_problem, read_input_text
-from quantforge.regex_dialect import EngineRegex, RegexError
+from quantforge.regex_dialect import EngineRegex, RegexError, check_prefixed
 from quantforge.regex_dialect import check as check_engine_regex
 
 Engine = Literal["ik", "mainline"]
@@ -249,6 +250,11 @@ def layers_regex(layers: Iterable[int]) -> str:
             alts.extend(_same_width_pieces(str(lo), str(seg_hi)))
             lo = seg_hi + 1
     return "|".join(alts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _layers_prefix(spec: str) -> str:
+    return compile_layers(spec)
 
 
 def compile_layers(spec: str) -> str:
@@ -637,16 +643,17 @@ def _rule(cat: Any, r: RuleSpec, *, engine: Engine, repack_cpu: bool, where: str
     declared = _type(cat, r.type, f"{where}.type")
     if r.layers is not None:
         try:
-            prefix = compile_layers(r.layers)
+            prefix = _layers_prefix(r.layers)
         except ValueError as exc:
             raise RecipeError(str(exc), where=f"{where}.layers", hint='write e.g. layers = "3-60"') from None
         pattern = prefix + r.match
     else:
         pattern = r.match
     try:
-        check_engine_regex(r.match)
-        if pattern != r.match:
-            check_engine_regex(pattern)  # the layer prefix and the match together, as the engine gets them
+        if pattern != r.match:  # the layer prefix and the match together, as the engine gets them
+            check_prefixed(pattern[: len(pattern) - len(r.match)], r.match)
+        else:
+            check_engine_regex(pattern)
     except RegexError as exc:
         raise RecipeError(f"bad match regex {r.match!r}: {exc}", where=f"{where}.match", hint="fix the regex") from None
     effective = declared

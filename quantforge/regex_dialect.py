@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 #: GGML_MAX_NAME is 64 with the terminating NUL: a tensor name has at most 63 bytes.
 NAME_MAX = 63
@@ -124,13 +123,15 @@ class _Parser:
                 break
             run = _PLAIN.match(text, self.pos)
             if run is not None:
-                lit = run.group()
+                chunk = run.group()
                 end = run.end()
-                if end < n and text[end] in "*+?{" and len(lit) > 1:
-                    lit = lit[:-1]  # the last character belongs to the quantifier that follows
-                if len(lit) > 1 or not (end < n and text[end] in "*+?{"):
-                    self.pos += len(lit)
-                    items.append(("lit", lit))
+                if end < n and text[end] in "*+?{":
+                    # the last character (or escape) belongs to the quantifier that follows
+                    last = _ITEM.findall(chunk)[-1]
+                    chunk = chunk[: len(chunk) - len(last)]
+                if chunk:
+                    self.pos += len(chunk)
+                    items.append(("lit", _UNESCAPE.sub(r"\1", chunk) if "\\" in chunk else chunk))
                     continue
             start = self.pos
             node, quantifiable = self.term(in_look=in_look)
@@ -383,8 +384,11 @@ class _Parser:
 
 
 _BRACE = re.compile(r"\{(\d{1,9})(,(\d{0,9}))?\}")
-#: A run of characters that stand for themselves in both engines (printable ASCII, not syntax).
-_PLAIN = re.compile(r"[ !\"#%&',\-/0-9:;<=>@A-Z_`a-z~]+")
+#: A run of characters that stand for themselves in both engines: printable ASCII that is not
+#: syntax, and syntax characters escaped with a backslash (``\.``, ``\(`` …).
+_PLAIN = re.compile(r"(?:[ !\"#%&',\-/0-9:;<=>@A-Z_`a-z~]|\\[.\-/()\[\]{}|*+?^$\\])+")
+_ITEM = re.compile(r"\\.|.")
+_UNESCAPE = re.compile(r"\\(.)")
 
 
 def _group_reason(ext: str) -> str:
@@ -478,8 +482,7 @@ def _py_node(node: Node) -> str:
 # --------------------------------------------------------------------------- cost
 
 
-@dataclass(frozen=True, slots=True)
-class _Cost:
+class _Cost(NamedTuple):
     paths: float  # ways to reach the end of the node from one entry (over any name)
     work: float  # DFS steps spent inside the node per entry, all paths included
     wmin: int  # fewest bytes a match consumes
@@ -494,7 +497,17 @@ _CAP = 1e300
 
 
 def _cost_alts(alts: Tree) -> _Cost:
-    costs = [_cost_seq(s) for s in alts]
+    return _alts_cost([_cost_seq(s) for s in alts])
+
+
+def _concat(a: _Cost, b: _Cost) -> _Cost:
+    """The cost of ``a`` followed by ``b`` (what ``_cost_seq`` folds over a sequence)."""
+    return _Cost(min(_CAP, a.paths * b.paths), min(_CAP, a.work + a.paths * b.work), min(NAME_MAX + 1, a.wmin + b.wmin),
+                 min(NAME_MAX + 1, a.wmax + b.wmax), a.first | b.first if a.nullable else a.first,
+                 a.nullable and b.nullable, a.states + b.states, a.unbounded or b.unbounded)
+
+
+def _alts_cost(costs: list[_Cost]) -> _Cost:
     if len(costs) == 1:
         return costs[0]
     firsts = [c.first for c in costs]
@@ -596,7 +609,7 @@ class EngineRegex:
     ``search(name)`` answers what ``std::regex_search(name, std::regex(pattern))`` answers.
     """
 
-    __slots__ = ("_python", "_rx", "_tree", "pattern", "states", "work")
+    __slots__ = ("_costs", "_python", "_rx", "_tree", "pattern", "states", "work")
 
     def __init__(self, pattern: str, tree: Tree, work: float, states: int) -> None:
         self.pattern = pattern
@@ -605,6 +618,7 @@ class EngineRegex:
         self._tree = tree
         self._python: str | None = None
         self._rx: re.Pattern[str] | None = None
+        self._costs: tuple[_Cost, ...] = ()
 
     @property
     def python(self) -> str:
@@ -632,10 +646,7 @@ def parse(pattern: str) -> Tree:
     return _Parser(pattern).parse()
 
 
-def analyse(pattern: str) -> tuple[Tree, float, int]:
-    """(syntax tree, backtracking work bound, NFA states) of an accepted pattern, or ``RegexError``."""
-    tree = parse(pattern)
-    cost = _cost_alts(tree)
+def _bound(cost: _Cost) -> None:
     if cost.states > MAX_STATES:
         raise RegexError(f"std::regex would build an automaton of about {cost.states} states (repeat counts copy "
                          f"their expression; at most {MAX_STATES} are accepted); use smaller counts")
@@ -645,14 +656,47 @@ def analyse(pattern: str) -> tuple[Tree, float, int]:
             "on a tensor name in the engines' std::regex, which tries every alternative at every character "
             "(Python's re merges some and looks fast); simplify the regex"
         )
+
+
+def analyse(pattern: str) -> tuple[Tree, float, int]:
+    """(syntax tree, backtracking work bound, NFA states) of an accepted pattern, or ``RegexError``."""
+    tree = parse(pattern)
+    costs = [_cost_seq(seq) for seq in tree]
+    cost = _alts_cost(costs)
+    _bound(cost)
     return tree, cost.work, cost.states
 
 
 @functools.lru_cache(maxsize=8192)
 def check(pattern: str) -> EngineRegex:
     """The checked pattern (cached), or ``RegexError`` saying why the engines cannot use it as Python would."""
-    tree, work, states = analyse(pattern)
-    return EngineRegex(pattern, tree, work, states)
+    tree = parse(pattern)
+    costs = tuple(_cost_seq(seq) for seq in tree)
+    cost = _alts_cost(list(costs))
+    _bound(cost)
+    rx = EngineRegex(pattern, tree, cost.work, cost.states)
+    rx._costs = costs
+    return rx
+
+
+@functools.lru_cache(maxsize=1024)
+def _prefix_cost(prefix: str) -> _Cost:
+    tree = parse(prefix)
+    if len(tree) != 1:
+        raise RegexError("a prefix must be a single sequence")
+    return _cost_seq(tree[0])
+
+
+def check_prefixed(prefix: str, pattern: str) -> EngineRegex:
+    """``check(prefix + pattern)`` for a prefix of one sequence (a rule's ``layers``), without parsing
+    the prefix again for every rule: the engines get the two strings joined, so the prefix binds to the
+    pattern's first alternative, and the cost is composed the same way. Returns the joined pattern's
+    check result only when it is cached; the bound is what matters at load."""
+    rx = check(pattern)
+    costs = list(rx._costs)
+    costs[0] = _concat(_prefix_cost(prefix), costs[0])
+    _bound(_alts_cost(costs))
+    return rx
 
 
 def try_check(pattern: str) -> EngineRegex | None:
