@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from quantforge.cli import app
-from quantforge.cli._options import BinDirOpt, JsonOpt, OutDirOpt, ThreadsOpt, VariantOpt
+from quantforge.cli._options import BinDirOpt, JsonOpt, OutDirOpt, ThreadsOpt, VariantOpt, WaitOpt
 
 
 def _fmt_eval(r: Any) -> str:
@@ -93,6 +93,7 @@ def eval_cmd(
     bin_dir: BinDirOpt = None,
     out_dir: OutDirOpt = None,
     no_manifest: bool = typer.Option(False, "--no-manifest", help="Do not record results in the variants' manifests."),
+    wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """PPL and KLD of built variants (or any GGUF), the way llama-perplexity computes them.
@@ -141,7 +142,7 @@ def eval_cmd(
         results.append(res)
         man = Path(str(path) + ".manifest.json")
         if not no_manifest and man.is_file():
-            record_in_manifest(man, res)
+            record_in_manifest(man, res, wait=wait)
     data: Any = results[0] if len(results) == 1 else results
     emit(data, as_json=as_json, human=lambda d: "\n".join(_fmt_eval(r) for r in (d if isinstance(d, list) else [d])))
 
@@ -244,12 +245,14 @@ def sweep_cmd(
     if path is not None and not no_manifest:
         man = Path(str(path) + ".manifest.json")
         if man.is_file():
+            from quantforge.lock import folder_lock
             from quantforge.manifest import read_manifest, update_manifest
 
-            prev = getattr(read_manifest(man), "sweeps", None) or {}
-            if not isinstance(prev, dict):
-                prev = {"runs": prev}
-            update_manifest(man, sweeps={**prev, f"{res.engine}:{res.label}": res.model_dump(mode="json")})
+            with folder_lock(man.parent, purpose="quantforge sweep"):
+                prev = getattr(read_manifest(man), "sweeps", None) or {}
+                if not isinstance(prev, dict):
+                    prev = {"runs": prev}
+                update_manifest(man, sweeps={**prev, f"{res.engine}:{res.label}": res.model_dump(mode="json")})
     emit(res, as_json=as_json, human=_fmt_sweep)
 
 
