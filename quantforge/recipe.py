@@ -469,7 +469,8 @@ def _check_names(spec: RecipeFile, label: str, locate: _Locator) -> None:
     name = spec.model.name
     if name is not None:
         why = name_problem(name.replace("/", "-").replace("\\", "-"))
-        if why is not None and not why.startswith("starts or ends"):
+        # a display name: output_stem turns what is not a plain file-name character into '-'
+        if why is not None and not why.startswith(("starts or ends", "is '")):
             raise RecipeError(f"model.name {name!r} {why}",
                               where=f"{label}:{locate.line_of(('model', 'name'))} model.name",
                               hint="use a short display name; it becomes the start of every output file name")

@@ -191,11 +191,15 @@ def import_recipe(
     path = None
     if output is not None:
         from quantforge.fsutil import atomic_write_text
+        from quantforge.paths import refuse_input_as_output
 
         out = Path(output)
+        if not source.startswith("hf://"):
+            refuse_input_as_output(out, [("the quant it is imported from", source)], field="--output",
+                                   hint="write the recipe to a new .toml file")
         if out.exists() and not force:
             raise UsageError(f"{out} exists", where="--output", hint="pass --force to overwrite it")
-        atomic_write_text(out, text)
+        atomic_write_text(out, text, what="recipe")
         path = str(out)
     return ImportResult(source=_display(source), engine=eng, name=variant_name, ftype=ftype, default=default,
                         rules=tuple(rules), text=text, path=path, n_tensors=len(tensors),
