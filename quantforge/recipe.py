@@ -737,11 +737,17 @@ def add_variant(
     The result is validated before it is written; the file is replaced atomically.
     """
     import tomlkit
+    from tomlkit.exceptions import TOMLKitError
 
     from quantforge.fsutil import atomic_write_text
 
     p = Path(path)
-    doc = tomlkit.parse(p.read_text(encoding="utf-8"))
+    text = read_input_text(p, what="recipe", max_bytes=MAX_RECIPE_BYTES, error=RecipeError)
+    try:
+        doc = tomlkit.parse(text)
+    except (TOMLKitError, RecursionError) as exc:
+        raise RecipeError(f"cannot rewrite the recipe: {' '.join(str(exc).split())}", where=str(p),
+                          hint="fix the TOML syntax (tomllib and tomlkit both must read it)") from None
     quants = doc.get("quant")
     if quants is None:
         quants = tomlkit.aot()
