@@ -72,6 +72,14 @@ class PublishError(QuantforgeError):
     """A model card or an upload cannot be produced."""
 
 
+class FileSystemError(QuantforgeError):
+    """The file system failed under a valid request: disk full, I/O error, quota. Exit code 1."""
+
+
+class LockedError(QuantforgeError):
+    """Another quantforge run holds the folder this one would write. Exit code 1."""
+
+
 class Interrupted(QuantforgeError):
     """The user pressed Ctrl-C; children were stopped and partial files removed."""
 

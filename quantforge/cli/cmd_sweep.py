@@ -186,12 +186,14 @@ def sweep_cmd(
     if path is not None and not no_manifest:
         man = Path(str(path) + ".manifest.json")
         if man.is_file():
+            from quantforge.lock import folder_lock
             from quantforge.manifest import read_manifest, update_manifest
 
-            prev = getattr(read_manifest(man), "sweeps", None) or {}
-            if not isinstance(prev, dict):
-                prev = {"runs": prev}
-            update_manifest(man, sweeps={**prev, f"{res.engine}:{res.label}": res.model_dump(mode="json")})
+            with folder_lock(man.parent, purpose="quantforge sweep"):
+                prev = getattr(read_manifest(man), "sweeps", None) or {}
+                if not isinstance(prev, dict):
+                    prev = {"runs": prev}
+                update_manifest(man, sweeps={**prev, f"{res.engine}:{res.label}": res.model_dump(mode="json")})
     emit(res, as_json=as_json, human=_fmt_sweep)
 
 

@@ -60,15 +60,12 @@ class SolveResult(BaseModel):
 def read_sensitivity(path: str | Path) -> dict[int, float]:
     """Per-layer sensitivity (sum of the KLD of its routed-expert tensors) from ``tensor,kld`` rows."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         raise InputError("no such sensitivity file", where=str(p), hint="a CSV of tensor,kld rows")
     out: dict[int, float] = {}
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(
-            "sensitivity file is not UTF-8 text", where=str(p), hint="give a CSV of tensor,kld rows"
-        ) from None
+    from quantforge.paths import MAX_JSON_BYTES, read_input_text
+
+    text = read_input_text(p, what="sensitivity file", max_bytes=MAX_JSON_BYTES)
     for n, row in enumerate(csv.reader(text.splitlines()), 1):
         if not row or row[0].startswith("#") or row[0] == "tensor":
             continue
