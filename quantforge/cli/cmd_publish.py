@@ -215,10 +215,13 @@ def import_cmd(
 
 
 def _has_gguf_magic(path: Any) -> bool:
-    try:
-        with open(path, "rb") as f:
+    from quantforge.errors import QuantforgeError
+    from quantforge.paths import open_input
+
+    try:  # open_input never blocks (a FIFO is refused, not waited on): the reader says why later
+        with open_input(path) as f:
             return f.read(4) == b"GGUF"
-    except OSError:
+    except (OSError, QuantforgeError):
         return False
 
 
@@ -254,7 +257,11 @@ def export_cmd(
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
+    from quantforge.paths import refuse_input_as_output
+
     out = Path(output)
+    refuse_input_as_output(out, [("the recipe it is exported from", recipe)], field="--output",
+                           hint="write the rules to a new file")
     if out.exists() and not force:
         raise UsageError(f"{out} exists", where="--output", hint="pass --force to overwrite it")
     atomic_write_text(out, text if text.endswith("\n") else text + "\n")
