@@ -212,8 +212,11 @@ def groups_prior(plan: QuantPlan, engine: Engine) -> list[_Group]:
         raise UsageError("the model has no routed experts and no sensitivity table was given",
                          hint="measure one with quantforge sensitivity and pass --sensitivity")  # fmt: skip
     out = []
+    total = sum(math.prod(plan.tensors[i].shape) for idx in by.values() for i in idx)
     for (layer, part), idx in sorted(by.items()):
-        n = sum(math.prod(plan.tensors[i].shape) for i in idx)
+        # the share of the experts' weights, times the error power of the type: the sum is the
+        # experts' mean 2^(-2·bpw), a relative number (1.0 at 0 bits)
+        n = sum(math.prod(plan.tensors[i].shape) for i in idx) / total
         c = {t: n * 2.0 ** (-2.0 * cat.get(t).bpw) for t in PRIOR_LADDERS[engine]}
         kind = "ffn_down_exps" if part == "down" else "ffn_(gate|up)_exps"
         out.append(_Group(name=f"{kind}@{layer}", idx=idx, costs=c, kind=kind, expert=True))
@@ -290,6 +293,8 @@ def _reference(
     ctrl = 0.0
     for i in controlled:
         t = ref_tensors[i]
+        if t.name == "token_embd.weight":
+            continue
         f = frac if expert_part(t.name) else 1.0
         ctrl += f * t.bytes / rig.bw[home[i]]
     rig.tg_fixed_s = max(0.0, secs - ctrl)
@@ -298,6 +303,7 @@ def _reference(
 
 def _options(
     plan: QuantPlan, groups: list[_Group], engine: Engine, *, rig: _Rig | None, repack: Repack, gpu_ok: bool,
+    has_imatrix: bool = True,
 ) -> list[list[_Option]]:  # fmt: skip
     """Every group's candidates with their bytes (CPU and GPU buffers) and written types."""
     cat = catalogue(engine)
@@ -308,10 +314,14 @@ def _options(
     def write(typ: str, shape: tuple[int, ...], embd: bool) -> tuple[str, str, bool] | None:
         key = (typ, shape, embd)
         if key not in written:
+            name = "token_embd.weight" if embd else None
             try:
-                w, _ = cat.resolve(typ, shape, tensor_name="token_embd.weight" if embd else None)
+                w, _ = cat.resolve(typ, shape, tensor_name=name)
             except InputError:
                 written[key] = None
+                return None
+            if not has_imatrix and cat.needs_imatrix(w, tensor_name=name, ftype=plan.ftype):
+                written[key] = None  # llama-quantize refuses it without an importance matrix
                 return None
             qw = cat.get(w)
             twin = qw.repacked
@@ -515,7 +525,8 @@ def _contributions(
                 base[d] += b
                 if rig.unified and d != 0:
                     base[0] += b
-                base[-1] += f * (o.raw_cpu[pos] if d == 0 else o.raw_gpu[pos]) / rig.bw[d]
+                if t.name != "token_embd.weight":  # a row lookup, not a read of the matrix (the speed model)
+                    base[-1] += f * (o.raw_cpu[pos] if d == 0 else o.raw_gpu[pos]) / rig.bw[d]
                 if rig.tied_gpu is not None and t.name == "token_embd.weight":
                     base[rig.tied_gpu] += o.gpu_bytes[pos] if o.gpu_types is not None else o.cpu_bytes[pos]
             bl.append(base)
@@ -1050,7 +1061,8 @@ def solve(
     down_step: bool | None = None,
     repack: Repack = "auto",
     time_limit: float = 10.0,
-    max_rounds: int = 5,
+    max_rounds: int = 8,
+    has_imatrix: bool = True,
 ) -> Solved:
     """Solve for ``target`` (rig) or ``budget`` (tensor-data bytes); confirm with ``plan_fit``."""
     engine = plan.engine
@@ -1082,7 +1094,7 @@ def solve(
             raise UsageError(f"the tensors the solver does not choose already take {fixed:,} bytes, over the "
                              f"budget of {budget:,}", where="--budget", hint="a bigger budget")  # fmt: skip
     per = _options(plan, groups, engine, rig=rig, repack=repack if target is not None else "never",
-                   gpu_ok=bool(target is not None and target.gpu))  # fmt: skip
+                   gpu_ok=bool(target is not None and target.gpu), has_imatrix=has_imatrix)  # fmt: skip
     if use_down:
         paired = {x for pair in _down_pairs(plan, groups) for x in pair}
     else:
@@ -1097,7 +1109,9 @@ def solve(
     best: tuple[Any, ...] | None = None
     while True:
         rounds += 1
-        sol = _solve_milp(plan, groups, per, rig, fixed_budget, down_step=use_down, min_tg=min_tg,
+        # aim a little above the speed asked for: the report rounds t/s to two decimals
+        aim = min_tg * 1.002 if min_tg else None
+        sol = _solve_milp(plan, groups, per, rig, fixed_budget, down_step=use_down, min_tg=aim,
                           time_limit=time_limit, engine=engine, baseline=baseline)  # fmt: skip
         fts, types, places = _apply(plan, groups, per, sol, rig=rig)
         if target is None:
@@ -1116,7 +1130,7 @@ def solve(
                                                                                            strict=True)):
                 break
             rig.budgets = [b + max(0, s) * 9 // 10 for b, s in zip(rig.budgets, spare, strict=True)]
-            sol2 = _solve_milp(plan, groups, per, rig, None, down_step=use_down, min_tg=min_tg,
+            sol2 = _solve_milp(plan, groups, per, rig, None, down_step=use_down, min_tg=aim,
                                time_limit=time_limit, engine=engine, baseline=baseline)  # fmt: skip
             fts2, types2, places2 = _apply(plan, groups, per, sol2, rig=rig)
             rep2 = plan_fit(fts2, dims, target, settings=settings, engine=engine, advice=True,
@@ -1133,8 +1147,8 @@ def solve(
             )  # fmt: skip
         for k in short:
             rig.budgets[k] += report.devices[k].headroom_bytes - (1 << 20) * rounds
-        if slow:
-            min_tg = min_tg * 1.01 if min_tg else min_tg
+        if slow and min_tg:
+            rig.tg_fixed_s += 1.0 / report.tg_tokens_per_s - 1.0 / min_tg  # the model was optimistic by this
     assert best is not None
     fts, types, places, sol, report = best
     choices = []
@@ -1256,8 +1270,9 @@ def solve_recipe(
     budget_bytes, budget_what = parse_budget(budget, recipe, inv) if budget is not None else (None, None)
     if tgt is not None and budget_bytes is not None:
         raise UsageError("--target and --budget exclude each other", where="fit")
+    has_imatrix = recipe.imatrix is not None and bool(recipe.imatrix.file or recipe.imatrix.corpus)
     solved = solve(plan, dims, tgt, settings=settings, table=table, budget=budget_bytes, min_tg=min_tg,
-                   down_step=down_step, repack=repack, time_limit=time_limit)  # fmt: skip
+                   down_step=down_step, repack=repack, time_limit=time_limit, has_imatrix=has_imatrix)  # fmt: skip
     rules = rules_for(plan, solved.types, solved.places, solved.controlled)
     vname = name or (f"FIT-{tgt.name}" if tgt is not None else f"FIT-{budget}".replace(" ", ""))
     section = QuantSection(

@@ -381,6 +381,8 @@ def _int(x: str | None) -> int | None:
 
 
 _KIND_RE = re.compile(r"^blk\.(\d+)\.(.+)\.weight$")
+#: Ternary (BitNet) types: the suite itself leaves them out of its fits (``--exclude-qtypes '.*_bn.*'``).
+_TERNARY = re.compile(r"_bn(_|$)")
 
 
 def _kind_layer(name: str) -> tuple[str, tuple[int, ...]]:
@@ -437,6 +439,8 @@ def import_thireus(
         if qt is None:
             skipped.add(r[0].strip())
             continue
+        if _TERNARY.search(qt.name):
+            continue
         for name, cell in zip(names, r[1:], strict=True):
             cell = cell.strip().rstrip("%")
             if not cell or cell.upper() in ("404", "NAN", "N/A"):
@@ -461,7 +465,8 @@ def import_thireus(
     if curve_note:
         notes.append(curve_note)
     anchor = cat.get(baseline_type).name if baseline_type else "q8_0"
-    prior_types = [t.name for t in cat.types() if t.quantizable and t.block_size > 1 and t.bpw <= 8.5]
+    prior_types = [t.name for t in cat.types() if t.quantizable and t.block_size > 1 and t.bpw <= 8.5
+                   and not _TERNARY.search(t.name)]  # fmt: skip
     shapes = dict(tensors or ())
     groups: list[SensitivityGroup] = []
     entries: list[SensitivityEntry] = []
@@ -513,7 +518,7 @@ def _read_curve(path: str | Path, engine: Engine) -> tuple[dict[str, float], str
     raw: dict[str, float] = {}
     for n, r in enumerate(rows[1:], 2):
         qt = cat.find(r[0].strip())
-        if qt is None or len(r) < 2:
+        if qt is None or len(r) < 2 or _TERNARY.search(qt.name):
             continue
         try:
             v = float(r[1])
