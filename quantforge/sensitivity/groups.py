@@ -152,7 +152,7 @@ def resolve_groups(
             parts = [()]
         asked = list(types) if types else (kind_types.get(kind) or (section.types if section and section.types else None))
         for layers in parts:
-            ts = [t for t in members if not layers or t.layer in layers]
+            ts = sorted((t for t in members if not layers or t.layer in layers), key=lambda t: (t.layer or 0, t.name))
             layers_spec = format_layers(layers) if layers else None
             match = _match_for(kind)
             pattern = (compile_layers(layers_spec) + match) if layers_spec else match

@@ -204,11 +204,12 @@ _META_KEYS = (
     "base_variant", "base_sha256", "imatrix_sha256", "baseline", "baseline_err", "source", "created",
 )  # fmt: skip
 _CSV_COLUMNS = ("group", "kind", "layers", "type", "written", "bytes", "value", "value_err", "delta", "ppl", "how",
-                "tensors")  # fmt: skip
+                "seconds")  # fmt: skip
 
 
 def table_csv(table: SensitivityTable) -> str:
-    """One row per (group, type); the method as ``# key: value`` lines, checks as ``# check:`` lines."""
+    """One row per (group, type); the method as ``# key: value`` lines, each group (its tensors and
+    base type) as a ``# group:`` line and each check as a ``# check:`` line (JSON)."""
     out = io.StringIO()
     for key in _META_KEYS:
         value = getattr(table, key)
@@ -216,24 +217,20 @@ def table_csv(table: SensitivityTable) -> str:
             out.write(f"# {key}: {value}\n")
     for n in table.notes:
         out.write(f"# note: {n}\n")
+    for g in table.groups:
+        out.write(f"# group: {json.dumps(g.model_dump(mode='json'), separators=(',', ':'))}\n")
     for c in table.checks:
         out.write(f"# check: {json.dumps(c.model_dump(mode='json'), separators=(',', ':'))}\n")
     w = csv.writer(out, lineterminator="\n")
     w.writerow(_CSV_COLUMNS)
     by_group = {g.name: g for g in table.groups}
-    listed: set[str] = set()
     for e in table.entries:
         g = by_group[e.group]
         w.writerow([
             g.name, g.kind, format_layers(g.layers), e.type, ";".join(e.written), e.bytes if e.bytes is not None else "",
             repr(e.value), "" if e.value_err is None else repr(e.value_err), repr(e.delta),
-            "" if e.ppl is None else repr(e.ppl), e.how, ";".join(g.tensors),
+            "" if e.ppl is None else repr(e.ppl), e.how, "" if e.seconds is None else repr(e.seconds),
         ])  # fmt: skip
-        listed.add(g.name)
-    for g in table.groups:  # a group with no entry still carries its base type (delta 0)
-        if g.name not in listed and g.base_type:
-            w.writerow([g.name, g.kind, format_layers(g.layers), g.base_type, "", g.bytes, repr(table.baseline), "",
-                        "0.0", "", "measured", ";".join(g.tensors)])  # fmt: skip
     return out.getvalue()
 
 
@@ -314,50 +311,47 @@ def _read_csv(text: str, p: Path) -> SensitivityTable:
     meta: dict[str, str] = {}
     notes: list[str] = []
     checks: list[InteractionCheck] = []
-    body: list[str] = []
+    groups: dict[str, SensitivityGroup] = {}
+    body: list[tuple[int, str]] = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.startswith("#"):
             key, _, value = line[1:].strip().partition(": ")
-            if key == "note":
-                notes.append(value)
-            elif key == "check":
-                try:
+            try:
+                if key == "note":
+                    notes.append(value)
+                elif key == "check":
                     checks.append(InteractionCheck.model_validate_json(value))
-                except ValidationError:
-                    raise InputError("bad check line", where=f"{p}:{n}", hint="the table was edited") from None
-            else:
-                meta[key] = value
+                elif key == "group":
+                    g = SensitivityGroup.model_validate_json(value)
+                    groups[g.name] = g
+                else:
+                    meta[key] = value
+            except ValidationError:
+                raise InputError(f"bad {key} line", where=f"{p}:{n}", hint="the table was edited") from None
         else:
-            body.append(line)
-    rows = list(csv.DictReader(body))
-    groups: dict[str, SensitivityGroup] = {}
+            body.append((n, line))
+    rows = csv.DictReader(line for _, line in body)
     entries: list[SensitivityEntry] = []
     from quantforge.recipe import parse_layers
 
-    for i, r in enumerate(rows, 2 + len(text.splitlines()) - len(body)):
+    for (n, _), r in zip(body[1:], rows, strict=False):
         try:
             name = r["group"]
-            if name not in groups:
-                groups[name] = SensitivityGroup(
-                    name=name, kind=r["kind"], layers=tuple(parse_layers(r["layers"])) if r["layers"] else (),
-                    tensors=tuple(x for x in r["tensors"].split(";") if x),
-                )  # fmt: skip
+            if name not in groups:  # a hand-written table: the group is its rows' kind and layers
+                layers = tuple(parse_layers(r["layers"])) if r["layers"] else ()
+                groups[name] = SensitivityGroup(name=name, kind=r["kind"], layers=layers, tensors=(
+                    tuple(f"blk.{i}.{r['kind']}.weight" for i in layers) if layers else (f"{r['kind']}.weight",)))
             entries.append(
                 SensitivityEntry(
                     group=name, type=r["type"], written=tuple(x for x in r["written"].split(";") if x),
                     bytes=int(r["bytes"]) if r["bytes"] else None, value=float(r["value"]),
                     value_err=float(r["value_err"]) if r["value_err"] else None, delta=float(r["delta"]),
-                    ppl=float(r["ppl"]) if r["ppl"] else None, how=r["how"],  # type: ignore[arg-type]
+                    ppl=float(r["ppl"]) if r["ppl"] else None, how=r["how"] or "measured",  # type: ignore[arg-type]
+                    seconds=float(r["seconds"]) if r.get("seconds") else None,
                 )
             )  # fmt: skip
         except (KeyError, ValueError, TypeError, ValidationError):
-            raise InputError("bad sensitivity row", where=f"{p}:{i}", hint=f"columns: {','.join(_CSV_COLUMNS)}") from None
-    # the base type of a group is its zero-delta row written by the base (measured tables)
-    fixed = []
-    for g in groups.values():
-        base = next((e for e in entries if e.group == g.name and e.delta == 0.0 and e.bytes is not None), None)
-        fixed.append(g.model_copy(update={"base_type": base.type if base else None, "bytes": base.bytes or 0 if base else 0}))
-    entries = [e for e in entries if not (e.delta == 0.0 and any(g.name == e.group and g.base_type == e.type for g in fixed))]
+            raise InputError("bad sensitivity row", where=f"{p}:{n}", hint=f"columns: {','.join(_CSV_COLUMNS)}") from None
     try:
         return SensitivityTable(
             model=meta.get("model", p.stem), arch=meta.get("arch"), engine=meta.get("engine", "ik"),  # type: ignore[arg-type]
@@ -366,8 +360,8 @@ def _read_csv(text: str, p: Path) -> SensitivityTable:
             base_variant=meta.get("base_variant"), base_sha256=meta.get("base_sha256"),
             imatrix_sha256=meta.get("imatrix_sha256"), baseline=float(meta.get("baseline", "0")),
             baseline_err=float(meta["baseline_err"]) if meta.get("baseline_err") else None,
-            source=meta.get("source", "measured"), notes=tuple(notes), groups=tuple(fixed), entries=tuple(entries),
-            checks=tuple(checks), created=meta.get("created"),
+            source=meta.get("source", "measured"), notes=tuple(notes), groups=tuple(groups.values()),
+            entries=tuple(entries), checks=tuple(checks), created=meta.get("created"),
         )  # fmt: skip
     except (ValueError, ValidationError):
         raise InputError("bad table header lines", where=str(p), hint="the # key: value lines were edited") from None
@@ -403,10 +397,15 @@ def noise_scale(engine: Engine, measured_type: str, other: str) -> float:
 def _bytes_of(engine: Engine, shapes: dict[str, tuple[int, ...]], names: Sequence[str], typ: str) -> int | None:
     if not names or any(n not in shapes for n in names):
         return None
+    from quantforge.errors import RecipeError
+
     cat = catalogue(engine)
     total = 0
     for n in names:
-        written, _ = cat.resolve(typ, shapes[n], tensor_name=n)
+        try:
+            written, _ = cat.resolve(typ, shapes[n], tensor_name=n)
+        except RecipeError:
+            return -1  # llama-quantize cannot write this type for this tensor
         total += cat.get(written).tensor_bytes(shapes[n])
     return total
 
@@ -477,8 +476,9 @@ def import_thireus(
         groups.append(SensitivityGroup(name=name, kind=kind, layers=layers, tensors=(name,),
                                        base_type=None if curve_values else anchor))  # fmt: skip
         for typ, v in measured[name].items():
+            nbytes = _bytes_of(engine, shapes, (name,), typ)
             entries.append(SensitivityEntry(group=name, type=typ, value=v, delta=v - base,
-                                            bytes=_bytes_of(engine, shapes, (name,), typ), how="imported"))  # fmt: skip
+                                            bytes=None if nbytes == -1 else nbytes, how="imported"))  # fmt: skip
         # carry the cost at the lowest measured type to every other type of the curve (or the prior)
         t0 = min(measured[name], key=lambda t: cat.get(t).bpw)
         d0 = measured[name][t0] - base
@@ -492,8 +492,11 @@ def import_thireus(
                 scale = (noise_scale(engine, anchor, typ) - 1.0) / s0 if s0 > 0 else None
             if scale is None:
                 continue
+            nbytes = _bytes_of(engine, shapes, (name,), typ)
+            if nbytes == -1:
+                continue
             entries.append(SensitivityEntry(group=name, type=typ, value=base + d0 * scale, delta=d0 * scale,
-                                            bytes=_bytes_of(engine, shapes, (name,), typ), how="scaled"))  # fmt: skip
+                                            bytes=nbytes, how="scaled"))  # fmt: skip
     if curve is not None:
         notes.append(f"costs at other types scaled by the whole-model curve {Path(curve).name}: "
                      "delta(t) = delta(measured) * (curve(t) - baseline) / (curve(measured) - baseline)")  # fmt: skip
@@ -578,8 +581,10 @@ def import_tensor_kld(
             if typ == ref:
                 continue
             d = w * (noise_scale(engine, ref, typ) - 1.0) / (noise_scale(engine, ref, "iq1_s") - 1.0)
-            entries.append(SensitivityEntry(group=name, type=typ, value=d, delta=d,
-                                            bytes=_bytes_of(engine, shapes, (name,), typ), how="scaled"))  # fmt: skip
+            nbytes = _bytes_of(engine, shapes, (name,), typ)
+            if nbytes == -1:
+                continue
+            entries.append(SensitivityEntry(group=name, type=typ, value=d, delta=d, bytes=nbytes, how="scaled"))
     return SensitivityTable(
         model=p.stem, engine=engine, metric="relative", baseline=0.0, source=f"tensor,kld: {p.name}",
         notes=("tensor,kld rows state no type: each value is taken as the tensor's weight at the lowest type and "
