@@ -26,6 +26,7 @@ Without a sensitivity table only routed experts move, with a noise prior as thei
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import time
@@ -157,8 +158,12 @@ class _Option:
     raw_gpu: list[int] = field(default_factory=list)
 
 
-def _plain(engine: Engine, name: str) -> str:
-    qt = catalogue(engine).get(name)
+@functools.lru_cache(maxsize=4096)
+def _plain(engine: Engine, name: str) -> str | None:
+    """The plain twin of a type (``iq4_ks_r4`` -> ``iq4_ks``), None for a name this engine lacks."""
+    qt = catalogue(engine).find(name)
+    if qt is None:
+        return None
     return qt.base if qt.base is not None else qt.name
 
 
@@ -179,9 +184,9 @@ def groups_from_table(plan: QuantPlan, table: SensitivityTable) -> tuple[list[_G
             continue
         c: dict[str, float] = {}
         for typ, d in costs.get(g.name, {}).items():
-            if cat.find(typ) is None:
-                continue
             p = _plain(engine, typ)
+            if p is None:
+                continue
             c[p] = min(c.get(p, math.inf), d)  # a twin has the plain type's numerics
         if not c:
             continue
@@ -1306,7 +1311,7 @@ def solve_recipe(
     if table is None:
         for t in plan.tensors:
             if expert_part(t.name) in ("gate", "up") and t.layer is not None:
-                levels[t.layer] = _plain(plan.engine, solved.types[t.name])
+                levels[t.layer] = _plain(plan.engine, solved.types[t.name]) or solved.types[t.name]
     written = None
     if write:
         add_variant(recipe_path, section, comment=comment, replace=force)

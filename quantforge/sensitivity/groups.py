@@ -121,7 +121,7 @@ def resolve_groups(
     if unknown:
         raise RecipeError(
             f"no quantized tensor of kind {', '.join(repr(k) for k in unknown)} in this model",
-            where=f"{where}.kinds", hint=f"kinds here: {', '.join(by_kind)}",
+            where="--kind" if kinds else f"{where}.kinds", hint=f"kinds here: {', '.join(sorted(by_kind))}",
         )  # fmt: skip
     n_buckets = buckets or (section.buckets if section and section.buckets else 3)
     explicit: list[tuple[int, ...]] | None = None
@@ -136,7 +136,7 @@ def resolve_groups(
     for kt in kind_types:
         if kt not in by_kind:
             raise RecipeError(f"kind_types names {kt!r}, not a quantized kind of this model",
-                              where=f"{where}.kind_types", hint=f"kinds here: {', '.join(by_kind)}")  # fmt: skip
+                              where=f"{where}.kind_types", hint=f"kinds here: {', '.join(sorted(by_kind))}")  # fmt: skip
     out: list[GroupSpec] = []
     for kind in want:
         members = by_kind[kind]
