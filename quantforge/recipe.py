@@ -118,6 +118,41 @@ class EvalSection(BaseModel):
     chunks: int | None = Field(default=None, gt=0)
 
 
+class SensitivitySection(BaseModel):
+    """``[sensitivity]``: what ``quantforge sensitivity`` measures (defaults per architecture)."""
+
+    model_config = _FROZEN
+    base: str | None = Field(
+        default=None, description="Variant every tensor outside the measured group stays at (default: --quant)."
+    )
+    kinds: list[str] | None = Field(
+        default=None,
+        description='Tensor kinds to measure, as named after "blk.N." ("attn_q", "ffn_down_exps") or "token_embd"/'
+        '"output" (default: every quantized kind of the model).',
+    )
+    buckets: int | None = Field(default=None, gt=0, description="Layer buckets per kind, equal split (default 3).")
+    layers: list[str] | None = Field(
+        default=None, description='Explicit layer buckets, e.g. ["0-9", "10-19", "20-29"] (overrides buckets).'
+    )
+    types: list[str] | None = Field(
+        default=None, description="Candidate types for every kind (default: two below and one above the base)."
+    )
+    kind_types: dict[str, list[str]] = Field(
+        default_factory=dict, description="Candidate types of one kind, overriding types: { ffn_down = [...] }."
+    )
+    corpus: str | None = Field(default=None, description="Evaluation text (default: [eval] corpus).")
+    ctx: int | None = Field(default=None, gt=0, description="Context of each chunk (default: [eval] ctx, else 512).")
+    chunks: int | None = Field(default=None, gt=0, description="Chunks to score (default: [eval] chunks, else 8).")
+    engine: Literal["bundled", "ik", "mainline"] | None = Field(
+        default=None, description="Evaluator: the bundled one, or llama-perplexity of ik or mainline."
+    )
+    check: bool | None = Field(
+        default=None,
+        description="Also measure every group at once at each candidate rank, to check the additive model "
+        "(default true).",
+    )
+
+
 class PublishSection(BaseModel):
     model_config = _FROZEN
     repo: str | None = None
@@ -139,6 +174,7 @@ class RecipeFile(BaseModel):
     quant: list[QuantSection] = Field(min_length=1)
     eval: EvalSection | None = None
     publish: PublishSection | None = None
+    sensitivity: SensitivitySection | None = None
 
 
 # --------------------------------------------------------------------------- resolved models
@@ -178,6 +214,7 @@ class Recipe(BaseModel):
     quants: tuple[QuantVariant, ...]
     eval: EvalSection | None = None
     publish: PublishSection | None = None
+    sensitivity: SensitivitySection | None = None
 
     def variant(self, name: str | None = None) -> QuantVariant:
         """The variant called ``name`` (case-insensitive); ``None`` gives the first."""
@@ -653,6 +690,7 @@ def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locat
         quants=tuple(variants),
         eval=spec.eval,
         publish=spec.publish,
+        sensitivity=spec.sensitivity,
     )
 
 

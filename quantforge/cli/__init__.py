@@ -52,6 +52,7 @@ def _register() -> None:
         cmd_inventory,
         cmd_publish,
         cmd_recipe,
+        cmd_sensitivity,
         cmd_sweep,
     )
 
