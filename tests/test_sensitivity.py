@@ -181,8 +181,10 @@ def test_sensitivity_resumes_after_ctrl_c_and_after_a_kill(
     assert kept2 >= kept + 1
     for f in _runs(cache):
         json.loads(f.read_text())  # every stored run is whole (written atomically)
-    # the same command completes, measuring only what is missing
-    p = _start([*args, "--jobs", "2"], tmp_path, env)
+    # the same command completes, measuring only what is missing; a llama-quantize orphaned by the
+    # kill keeps the cache folder's lock until it ends, so the rerun queues behind it (--wait)
+    # instead of clearing the folder under it
+    p = _start([*args, "--jobs", "2", "--wait"], tmp_path, env)
     out, err = p.communicate(timeout=900)
     assert p.returncode == 0, err.decode()
     res = json.loads(out)
@@ -191,6 +193,26 @@ def test_sensitivity_resumes_after_ctrl_c_and_after_a_kill(
     d = [e["delta"] for e in res["table"]["entries"]]
     assert d[0] > d[1] > d[2]  # iq4_nl costs more than q5_0, which costs more than q6_0
     assert not list(cache.glob("sensitivity/*/work/*")), "the work folder is cleaned"
+    # a second run of the same method while one is measuring stops at once, naming the holder
+    (cdir,) = cache.glob("sensitivity/*/method.json")
+    table_bytes = (tmp_path / "t.csv").read_bytes()
+    code = ("import sys, time; from quantforge.lock import folder_lock\n"
+            "with folder_lock(sys.argv[1], purpose='quantforge sensitivity other.toml'):\n"
+            "    print('held', flush=True); time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(cdir.parent)], stdout=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        p = _start(args, tmp_path, env)
+        _, err = p.communicate(timeout=120)
+        lines = err.decode().strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1, err.decode()
+        assert f"pid {holder.pid} (quantforge sensitivity other.toml" in lines[0], lines[0]
+        assert "is using this folder" in lines[0] and "--wait" in lines[0], lines[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (tmp_path / "t.csv").read_bytes() == table_bytes, "the stopped run wrote nothing"
 
 
 # ------------------------------------------------------------------------------ imports

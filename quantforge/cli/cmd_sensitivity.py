@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from quantforge.cli import app
-from quantforge.cli._options import BinDirOpt, ForceOpt, ImatrixOpt, JsonOpt, ThreadsOpt
+from quantforge.cli._options import BinDirOpt, ForceOpt, ImatrixOpt, JsonOpt, ThreadsOpt, WaitOpt
 
 
 def _progress_line(p: Any) -> None:
@@ -51,6 +51,7 @@ def sensitivity_cmd(
     keep: bool = typer.Option(False, "--keep", help="Keep the quantized variants (in the cache folder)."),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="One line per run on stderr."),
     force: ForceOpt = False,
+    wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure each tensor group's KLD cost at each candidate type with the real engine (resumable).
@@ -86,7 +87,7 @@ def sensitivity_cmd(
     res = run_sensitivity(
         recipe, quant=quant, output=output, engine=eng, corpus=corpus, ctx=ctx, chunks=chunks,
         kinds=kind or None, types=type_ or None, buckets=buckets, check=check, jobs=jobs, threads=threads,
-        bin_dir=bin_dir, base=base, imatrix=imatrix, force=force, keep=keep,
+        bin_dir=bin_dir, base=base, imatrix=imatrix, force=force, keep=keep, wait=wait,
         progress=_progress_line if progress_enabled(progress) else None,
     )  # fmt: skip
     emit(res, as_json=as_json, human=lambda r: r.summary())

@@ -1340,6 +1340,7 @@ def _verify(
     from quantforge.build import build_variant
     from quantforge.build import prepare as prepare_build
     from quantforge.evaluate.perplexity import evaluate, record_in_manifest
+    from quantforge.lock import folder_lock
     from quantforge.manifest import update_manifest
 
     corpus = options.get("corpus") or (table.corpus if table is not None else None)
@@ -1351,19 +1352,21 @@ def _verify(
     chunks = options.get("chunks") or (table.chunks if table is not None else None)
     bctx = prepare_build(recipe, out_dir=options.get("out_dir"), bin_dir=options.get("bin_dir"),
                          threads=options.get("threads"))  # fmt: skip
-    built = build_variant(bctx, name, force=force, split_max_bytes=None)
-    res = evaluate(built.output, engine=engine, corpus=corpus, ctx=ctx_n, chunks=chunks, base=bctx.base_path,
-                   kld=True, threads=options.get("threads"), bin_dir=options.get("bin_dir"))  # fmt: skip
-    assert res.kld is not None
-    man = Path(built.manifest)
-    record_in_manifest(man, res)
-    err = (predicted - res.kld.mean) / res.kld.mean if res.kld.mean else 0.0
-    fit_section = {
-        "predicted_kld": predicted, "measured_kld": res.kld.mean, "measured_kld_err": res.kld.mean_err,
-        "error": err, "model": "additive: baseline + sum of measured group costs",
-        "sensitivity": table.source if table is not None else None, "comment": comment,
-        "recipe": str(recipe_path),
-    }  # fmt: skip
-    update_manifest(man, fit=fit_section)
+    # one run per build folder, as `quantforge build` holds it (the manifest writes re-enter the lock)
+    with folder_lock(bctx.out_dir, purpose=f"quantforge fit --verify {recipe_path.name}"):
+        built = build_variant(bctx, name, force=force, split_max_bytes=None)
+        res = evaluate(built.output, engine=engine, corpus=corpus, ctx=ctx_n, chunks=chunks, base=bctx.base_path,
+                       kld=True, threads=options.get("threads"), bin_dir=options.get("bin_dir"))  # fmt: skip
+        assert res.kld is not None
+        man = Path(built.manifest)
+        record_in_manifest(man, res)
+        err = (predicted - res.kld.mean) / res.kld.mean if res.kld.mean else 0.0
+        fit_section = {
+            "predicted_kld": predicted, "measured_kld": res.kld.mean, "measured_kld_err": res.kld.mean_err,
+            "error": err, "model": "additive: baseline + sum of measured group costs",
+            "sensitivity": table.source if table is not None else None, "comment": comment,
+            "recipe": str(recipe_path),
+        }  # fmt: skip
+        update_manifest(man, fit=fit_section)
     return {"output": built.output, "manifest": str(man), "measured": res.kld.mean, "measured_err": res.kld.mean_err,
             "ppl": res.ppl, "error": err, "engine": res.engine, "chunks": res.chunks, "corpus": str(corpus)}

@@ -22,7 +22,14 @@ def import_for_recipe(
     force: bool = False,
 ) -> tuple[SensitivityTable, Path]:
     """Read ``source`` (any supported format) for the recipe's model and write it in quantforge's form."""
+    from quantforge.paths import refuse_input_as_output
+
     recipe = load_recipe(recipe_path)
+    rdir = Path(recipe.path or ".").resolve().parent
+    out = Path(output) if output else rdir / f"{Path(str(source)).stem}.sensitivity.csv"
+    refuse_input_as_output(out, [("the table it is imported from", source), ("the recipe", recipe.path or ""),
+                                 *([("the curve", curve)] if curve else [])],
+                           field="--output", hint="write the table to a new .csv or .json file")  # fmt: skip
     inv = recipe_inventory(recipe)
     shapes = [(t.name, tuple(t.shape)) for t in inv.tensors]
     table = read_table(source, engine=recipe.engine, curve=curve, baseline=baseline, baseline_type=baseline_type,
@@ -41,7 +48,5 @@ def import_for_recipe(
     model = recipe.model.name or recipe.model.id or inv.source
     table = table.model_copy(update={"model": model, "arch": inv.arch, "notes": tuple(notes),
                                      "base_variant": recipe.variant(quant).name if quant else None})  # fmt: skip
-    rdir = Path(recipe.path or ".").resolve().parent
-    out = Path(output) if output else rdir / f"{Path(str(source)).stem}.sensitivity.csv"
     write_table(table, out, force=force)
     return table, out

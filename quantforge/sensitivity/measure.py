@@ -35,6 +35,8 @@ from quantforge.errors import EvalError, Interrupted, RecipeError, UsageError
 from quantforge.evaluate import _util
 from quantforge.evaluate.models import EvalEngine, EvalResult
 from quantforge.fsutil import atomic_write_text, cached_sha256
+from quantforge.lock import folder_lock
+from quantforge.paths import refuse_input_as_output
 from quantforge.plan import expand
 from quantforge.recipe import QuantSection, Recipe, RuleSpec, load_recipe, parse_recipe, variant_table
 from quantforge.sensitivity.groups import GroupSpec, resolve_groups
@@ -174,9 +176,14 @@ def run_sensitivity(
     cache_dir: str | Path | None = None,
     force: bool = False,
     keep: bool = False,
+    wait: bool = False,
     progress: Callable[[Progress], None] | None = None,
 ) -> SensitivityResult:
-    """Measure the recipe's ``[sensitivity]`` groups around ``quant`` (the base variant) and write the table."""
+    """Measure the recipe's ``[sensitivity]`` groups around ``quant`` (the base variant) and write the table.
+
+    The cache folder of the method is held (``lock.folder_lock``) while runs are measured: a second
+    run of the same method stops (or, with ``wait``, queues) instead of clearing the first's work.
+    """
     recipe = load_recipe(recipe_path)
     sec = recipe.sensitivity
     base_ask = quant or (sec.base if sec else None)
@@ -206,6 +213,12 @@ def run_sensitivity(
 
     # the base variant's plan and the groups around it
     ctx0 = prepare_build(recipe, out_dir=None, base=base, imatrix=imatrix, bin_dir=bin_dir, threads=per_job)
+    out_path = Path(output) if output else rdir / f"{Path(recipe.path or 'recipe').stem}-{base_name}.sensitivity.csv"
+    # before hours of measuring: the table is never written over an input, with --force or not
+    refuse_input_as_output(out_path, [("the recipe", recipe.path or ""), ("the evaluation corpus", corpus_p),
+                                      ("the base model", ctx0.base_path),
+                                      *([("the importance matrix", ctx0.imatrix.path)] if ctx0.imatrix else [])],
+                           field="--output", hint="write the table to a new .csv or .json file")  # fmt: skip
     imeta = _imatrix_meta(ctx0)
     base_plan = expand(recipe, base_name, ctx0.inventory, imatrix=imeta)
     groups = resolve_groups(recipe, base_plan, section=sec, has_imatrix=ctx0.imatrix is not None, kinds=kinds,
@@ -256,124 +269,124 @@ def run_sensitivity(
     cdir = root / method_key
     runs_dir = cdir / "runs"
     work = cdir / "work"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cdir / "method.json", json.dumps(method, indent=1, sort_keys=True))
-    _remove([work])  # what a killed run left behind
-    work.mkdir(parents=True)
+    with folder_lock(cdir, purpose="quantforge sensitivity", wait=wait):
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cdir / "method.json", json.dumps(method, indent=1, sort_keys=True))
+        _remove([work])  # what a killed run left behind
+        work.mkdir(parents=True)
 
-    plans = {r.name: expand(derived, r.name, ctx0.inventory, imatrix=imeta) for r, _ in specs}
-    keyed: list[Run] = []
-    for r, _ in specs:
-        p = plans[r.name]
-        keyed.append(r.model_copy(update={"key": _sha([method_key, p.ftype, p.quantize_args])[:24]}))
+        plans = {r.name: expand(derived, r.name, ctx0.inventory, imatrix=imeta) for r, _ in specs}
+        keyed: list[Run] = []
+        for r, _ in specs:
+            p = plans[r.name]
+            keyed.append(r.model_copy(update={"key": _sha([method_key, p.ftype, p.quantize_args])[:24]}))
 
-    results: dict[str, RunResult] = {}
-    for r in keyed:
-        f = runs_dir / f"{r.key}.json"
-        if f.is_file():
-            try:
-                results[r.key] = RunResult.model_validate_json(f.read_text(encoding="utf-8"))
-            except ValueError:
-                f.unlink()  # a torn or foreign file is measured again
-    pending = [r for r in keyed if r.key not in results]
-    n_cached = len(keyed) - len(pending)
-
-    # measure
-    from quantforge.evaluate.perplexity import ensure_base_logits
-
-    logits = ensure_base_logits(ctx0.base_path, engine=engine_e, corpus=corpus_p, corpus_sha256=corpus_sha,
-                                ctx=n_ctx, chunks=n_chunks, threads=threads, binary=ppl_binary, version=eval_version)  # fmt: skip
-    build_ctx = ctx0.model_copy(update={"recipe": derived, "out_dir": work.resolve(), "threads": per_job})
-    base_value = results[keyed[0].key].value if keyed[0].key in results else None
-    stop = threading.Event()
-    t_start = time.monotonic()
-    measured_n = 0
-    done_n = n_cached
-
-    def report(r: Run, res: RunResult | None, cached: bool) -> None:
-        nonlocal done_n, measured_n
-        done_n += 1
-        if not cached:
-            measured_n += 1
-        left = len(keyed) - done_n
-        eta = (time.monotonic() - t_start) / measured_n * left if measured_n else None
-        if progress is not None:
-            delta = res.value - base_value if res is not None and base_value is not None and r.kind != "base" else None
-            progress(Progress(done=done_n, total=len(keyed), cached=n_cached, label=r.label,
-                              value=res.value if res else None, delta=delta, seconds=res.seconds if res else 0.0,
-                              eta_s=eta))  # fmt: skip
-
-    def measure(r: Run, gguf: Path, t_build: float) -> RunResult:
-        t0 = time.monotonic()
-        res = _kld(gguf, engine=engine_e, logits=logits, corpus=corpus_p, corpus_sha=corpus_sha, threads=per_job,
-                   binary=ppl_binary, version=eval_version, stop=stop)  # fmt: skip
-        assert res.kld is not None
-        p = plans[r.name]
-        out = RunResult(
-            key=r.key, label=r.label, value=res.kld.mean, value_err=res.kld.mean_err, ppl=res.ppl,
-            written={t.name: t.type for t in p.tensors}, tensor_bytes=p.tensor_bytes,
-            seconds=round(t_build + time.monotonic() - t0, 2), measured=_util.now_iso(),
-        )  # fmt: skip
-        atomic_write_text(runs_dir / f"{r.key}.json", out.model_dump_json())
-        if not keep:
-            _remove_outputs(gguf)
-        return out
-
-    def build_one(r: Run) -> tuple[Path, float]:
-        t0 = time.monotonic()
-        b = build_variant(build_ctx, r.name, force=True, split_max_bytes=None)
-        return Path(b.output), time.monotonic() - t0
-
-    try:
-        if n_jobs == 1:
-            for r in pending:
-                gguf, tb = build_one(r)
-                res = measure(r, gguf, tb)
-                results[r.key] = res
-                if r.kind == "base":
-                    base_value = res.value
-                report(r, res, cached=False)
-        else:
-            with ThreadPoolExecutor(max_workers=n_jobs - 1, thread_name_prefix="qf-kld") as pool:
-                inflight: list[tuple[Run, Future[RunResult]]] = []
-
-                def drain(limit: int) -> None:
-                    nonlocal base_value
-                    while len(inflight) > limit:
-                        r0, fut = inflight.pop(0)
-                        res = fut.result()
-                        results[r0.key] = res
-                        if r0.kind == "base":
-                            base_value = res.value
-                        report(r0, res, cached=False)
-
+        results: dict[str, RunResult] = {}
+        for r in keyed:
+            f = runs_dir / f"{r.key}.json"
+            if f.is_file():
                 try:
-                    for r in pending:
-                        gguf, tb = build_one(r)
-                        inflight.append((r, pool.submit(measure, r, gguf, tb)))
-                        drain(n_jobs - 2)
-                    drain(0)
-                except BaseException:
-                    stop.set()
-                    for _, fut in inflight:
-                        fut.cancel()
-                    raise
-    except (KeyboardInterrupt, Interrupted):
-        stop.set()
+                    results[r.key] = RunResult.model_validate_json(f.read_text(encoding="utf-8"))
+                except ValueError:
+                    f.unlink()  # a torn or foreign file is measured again
+        pending = [r for r in keyed if r.key not in results]
+        n_cached = len(keyed) - len(pending)
+
+        # measure
+        from quantforge.evaluate.perplexity import ensure_base_logits
+
+        logits = ensure_base_logits(ctx0.base_path, engine=engine_e, corpus=corpus_p, corpus_sha256=corpus_sha,
+                                    ctx=n_ctx, chunks=n_chunks, threads=threads, binary=ppl_binary, version=eval_version)  # fmt: skip
+        build_ctx = ctx0.model_copy(update={"recipe": derived, "out_dir": work.resolve(), "threads": per_job})
+        base_value = results[keyed[0].key].value if keyed[0].key in results else None
+        stop = threading.Event()
+        t_start = time.monotonic()
+        measured_n = 0
+        done_n = n_cached
+
+        def report(r: Run, res: RunResult | None, cached: bool) -> None:
+            nonlocal done_n, measured_n
+            done_n += 1
+            if not cached:
+                measured_n += 1
+            left = len(keyed) - done_n
+            eta = (time.monotonic() - t_start) / measured_n * left if measured_n else None
+            if progress is not None:
+                delta = res.value - base_value if res is not None and base_value is not None and r.kind != "base" else None
+                progress(Progress(done=done_n, total=len(keyed), cached=n_cached, label=r.label,
+                                  value=res.value if res else None, delta=delta, seconds=res.seconds if res else 0.0,
+                                  eta_s=eta))  # fmt: skip
+
+        def measure(r: Run, gguf: Path, t_build: float) -> RunResult:
+            t0 = time.monotonic()
+            res = _kld(gguf, engine=engine_e, logits=logits, corpus=corpus_p, corpus_sha=corpus_sha, threads=per_job,
+                       binary=ppl_binary, version=eval_version, stop=stop)  # fmt: skip
+            assert res.kld is not None
+            p = plans[r.name]
+            out = RunResult(
+                key=r.key, label=r.label, value=res.kld.mean, value_err=res.kld.mean_err, ppl=res.ppl,
+                written={t.name: t.type for t in p.tensors}, tensor_bytes=p.tensor_bytes,
+                seconds=round(t_build + time.monotonic() - t0, 2), measured=_util.now_iso(),
+            )  # fmt: skip
+            atomic_write_text(runs_dir / f"{r.key}.json", out.model_dump_json())
+            if not keep:
+                _remove_outputs(gguf)
+            return out
+
+        def build_one(r: Run) -> tuple[Path, float]:
+            t0 = time.monotonic()
+            b = build_variant(build_ctx, r.name, force=True, split_max_bytes=None)
+            return Path(b.output), time.monotonic() - t0
+
+        try:
+            if n_jobs == 1:
+                for r in pending:
+                    gguf, tb = build_one(r)
+                    res = measure(r, gguf, tb)
+                    results[r.key] = res
+                    if r.kind == "base":
+                        base_value = res.value
+                    report(r, res, cached=False)
+            else:
+                with ThreadPoolExecutor(max_workers=n_jobs - 1, thread_name_prefix="qf-kld") as pool:
+                    inflight: list[tuple[Run, Future[RunResult]]] = []
+
+                    def drain(limit: int) -> None:
+                        nonlocal base_value
+                        while len(inflight) > limit:
+                            r0, fut = inflight.pop(0)
+                            res = fut.result()
+                            results[r0.key] = res
+                            if r0.kind == "base":
+                                base_value = res.value
+                            report(r0, res, cached=False)
+
+                    try:
+                        for r in pending:
+                            gguf, tb = build_one(r)
+                            inflight.append((r, pool.submit(measure, r, gguf, tb)))
+                            drain(n_jobs - 2)
+                        drain(0)
+                    except BaseException:
+                        stop.set()
+                        for _, fut in inflight:
+                            fut.cancel()
+                        raise
+        except (KeyboardInterrupt, Interrupted):
+            stop.set()
+            if not keep:
+                _remove([work])
+            raise Interrupted(
+                f"Ctrl-C: stopped; {len(results)} of {len(keyed)} runs are in the cache",
+                where=str(cdir), hint="run the same command again to resume",
+            ) from None
+        except _Cancelled:  # pragma: no cover - only raised after stop was set above
+            raise Interrupted("stopped", where=str(cdir), hint="run the same command again to resume") from None
         if not keep:
             _remove([work])
-        raise Interrupted(
-            f"Ctrl-C: stopped; {len(results)} of {len(keyed)} runs are in the cache",
-            where=str(cdir), hint="run the same command again to resume",
-        ) from None
-    except _Cancelled:  # pragma: no cover - only raised after stop was set above
-        raise Interrupted("stopped", where=str(cdir), hint="run the same command again to resume") from None
-    if not keep:
-        _remove([work])
 
     table = _table(recipe, base_name, groups, keyed, results, method=method, engine_label=f"{engine_e} {eval_version}",
                    corpus=str(corpus_p), plans=plans, arch=ctx0.inventory.arch)  # fmt: skip
-    out_path = Path(output) if output else rdir / f"{Path(recipe.path or 'recipe').stem}-{base_name}.sensitivity.csv"
     write_table(table, out_path, force=force)
     return SensitivityResult(table=table, output=str(out_path), measured=measured_n, cached=n_cached,
                              cache_dir=str(cdir))  # fmt: skip
