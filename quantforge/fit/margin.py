@@ -17,9 +17,10 @@ on mainline, which runs it as multi-query attention): their scratch grows with t
 n_kv x u-batch x n_head x 2 bytes, and is added at the full context instead (ik's MLA path without
 FA splits the heads and keeps none). The user's own ``gpu_margin`` of the target comes on top.
 
-Held out: the envelope made from the 'fit' rows alone covers every 'holdout' row except ik GQA at
-u-batch 2048 (GLM/Air full offload: 1450-1532 MiB against 1216 MiB fitted), so the shipped envelope
-is made from all rows (``docs/memory-validation.md``, section 6).
+Held out: the envelope made from the 'fit' rows alone (+ the safety) covers 16 of the 21 eligible
+'holdout' rows; it misses ik GQA at u-batch 2048 (GLM/Air full offload: 1450-1532 MiB against
+1216 MiB fitted) and mainline MLA at u-batch 512 (DeepSeek 725 MiB against Kimi's 608), so the
+shipped envelope is made from all rows (``docs/memory-validation.md``).
 """
 
 from __future__ import annotations
