@@ -127,3 +127,52 @@ def test_common_rigs_fit(recipe: str, quant: str, target: str) -> None:
     assert r.verdict == "fits", [(d.name, d.headroom_bytes) for d in r.devices]
     gpus = [d for d in r.devices if d.kind == "gpu"]
     assert all(0 <= d.headroom_bytes for d in gpus) and all(d.expert_layers for d in gpus)
+
+
+def test_every_realwidth_buffer_matches() -> None:
+    """All logged buffers of the real-width H200 runs, both engines, held-out third included:
+    weights and KV exact to the printed 0.01 MiB, compute (CUDA0 and CUDA_Host) too."""
+    from quantforge.fit.validate import realwidth_rows
+
+    rows = realwidth_rows(RW)
+    assert len({r.run for _s, _e, r in rows}) == 79 and len(rows) == 392
+    assert {e for _s, e, _r in rows} == {"ik", "mainline"}
+    assert sum(1 for s, _e, _r in rows if s == "holdout") == 165
+    for _s, _e, r in rows:
+        assert round(r.predicted_mib, 2) == pytest.approx(r.logged_mib, abs=0.011), (r.run, r.buffer)
+
+
+def _free_target(free_mib: float):  # type: ignore[no-untyped-def]
+    from quantforge.targets import CPU, GPU, RAM, HardwareTarget
+
+    return HardwareTarget(name=f"free-{free_mib:.0f}", ram=RAM(total=128 << 30, os_reserved=0), cpu=CPU(physical_cores=16),
+                          gpu=(GPU(name="H200", vram=int(free_mib * MIB)),), gpu_margin=0)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "model", "free_mib", "ub", "expect_ngl", "their_experts_mib", "our_experts_mib"),
+    [
+        ("fit-ds-c32k-16g", "dsm", 16375.1, 512, 999, 12096, 12096),  # all experts, as fit-params
+        ("fit2-ds-c32k-8g", "dsm", 8183.1, 512, 999, 2016, 2016),
+        ("fit2-glm-c32k-6g", "glm", 6135.1, 512, 999, 2025, 2700),  # single tensors: more than fit-params
+        # fit-params: -ngl 0 (2152 MiB used); the planner keeps the output layer too (-ngl 1, 2246 planned)
+        ("fit2-air-c32k-2500", "air", 2491.1, 1024, 1, 0, 0),
+    ],
+)
+def test_planner_beside_llama_fit_params(case: str, model: str, free_mib: float, ub: int, expect_ngl: int,
+                                         their_experts_mib: int, our_experts_mib: int) -> None:  # fmt: skip
+    """The cases mainline's llama-fit-params placed on the H200 (each ran): the planner, offline,
+    plans at least as many expert bytes onto the same free memory (bench/fit_params_compare.py)."""
+    from quantforge.fit.realwidth import VALIDATION_MODELS, realwidth_header
+    from quantforge.fit.report import Settings, plan_fit
+    from quantforge.fit.validate import facts_from_header
+
+    rows = {json.loads(x)["name"]: json.loads(x) for x in (RW / "fit-params.jsonl").read_text().splitlines() if x}
+    assert rows[case]["run"]["step"] and rows[case]["free_mib"] == free_mib
+    f = facts_from_header(realwidth_header(VALIDATION_MODELS[model]), engine="mainline")
+    r = plan_fit(list(f.tensors), f.dims, _free_target(free_mib), engine="mainline", extras=f.extras, with_placement=True,
+                 settings=Settings(n_ctx=32768, ub=ub))  # fmt: skip
+    assert r.verdict == "fits" and r.ngl == expect_ngl
+    assert r.command[r.command.index("-ngl") + 1] == str(expect_ngl)
+    ours = sum(t.bytes for t in f.tensors if "_exps." in t.name and (r.placement or {}).get(t.name) == "CUDA0")
+    assert round(ours / MIB) == our_experts_mib >= their_experts_mib

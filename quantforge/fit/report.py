@@ -139,7 +139,8 @@ def tensor_split_for(target: HardwareTarget) -> list[int]:
     return [g.vram >> 20 for g in target.gpu]
 
 
-def _run_command(s: Settings, n_ctx: int, engine: Engine, target: HardwareTarget, ot: Sequence[str]) -> RunCommand:
+def _run_command(s: Settings, n_ctx: int, engine: Engine, target: HardwareTarget, ot: Sequence[str],
+                 ngl: int = 999) -> RunCommand:  # fmt: skip
     n_gpu = len(target.gpu)
     overrides: list[tuple[str, str]] = []
     for a in ot:
@@ -148,7 +149,7 @@ def _run_command(s: Settings, n_ctx: int, engine: Engine, target: HardwareTarget
     return RunCommand(
         tool="llama-server", engine=engine, n_ctx=n_ctx, n_batch=max(s.batch, s.ub), n_ubatch=s.ub,
         flash_attn=s.flash_attn, mla=s.mla if engine == "ik" else 3, amb=s.amb if engine == "ik" else 0,
-        type_k=s.ctk, type_v=s.ctv, n_gpu_layers=NGL if n_gpu else 0, overrides=tuple(overrides) if n_gpu else (),
+        type_k=s.ctk, type_v=s.ctv, n_gpu_layers=ngl if n_gpu else 0, overrides=tuple(overrides) if n_gpu else (),
         tensor_split=tuple(float(x) for x in tensor_split_for(target)) if n_gpu > 1 else (),
         split_mode=s.split_mode, fit=False if engine == "mainline" else None,
     )  # fmt: skip
@@ -208,12 +209,12 @@ def _usage(rb: RunBuffers, dims: ModelDims, target: HardwareTarget, cmd: RunComm
 
 def _simulate_plan(prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settings, n_ctx: int,
                    engine: Engine, unit_dev: dict[int, str], extras: ModelExtras | None,
-                   engine_build: int | None) -> tuple[RunCommand, RunBuffers, list[DeviceUsage]]:  # fmt: skip
+                   engine_build: int | None, ngl: int = 999) -> tuple[RunCommand, RunBuffers, list[DeviceUsage]]:  # fmt: skip
     # the simulation names GPUs as CUDA buffers; unified memory (Metal) keeps everything in the
     # GPU's working set (-ngl alone, no -ot: RAM and VRAM are one pool)
     sim_dev = {ui: f"CUDA{_names(target).index(d)}" for ui, d in unit_dev.items() if d != "CPU"}
     ot = override_args(prep, sim_dev) if target.gpu and not target.unified_memory else []
-    cmd = _run_command(s, n_ctx, engine, target, ot)
+    cmd = _run_command(s, n_ctx, engine, target, ot, ngl)
     rb = run_buffers(prep.tensors, dims, cmd, n_gpus=len(target.gpu), extras=extras,
                      gpu_free=[g.vram for g in target.gpu] or None, engine_build=engine_build)  # fmt: skip
     return cmd, rb, _usage(rb, dims, target, cmd, unit_dev, prep, engine)
@@ -221,7 +222,7 @@ def _simulate_plan(prep: Prepared, dims: ModelDims, target: HardwareTarget, s: S
 
 def _evaluate(
     prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settings, n_ctx: int, engine: Engine,
-    extras: ModelExtras | None = None, engine_build: int | None = None, *, fill: bool = True,
+    extras: ModelExtras | None = None, engine_build: int | None = None, *, fill: bool = True, ngl: int = 999,
 ) -> _Eval:  # fmt: skip
     """Place, size and judge: the base command (routed experts and CPU-only tensors in RAM) is
     simulated first, so every fixed cost of each GPU (its layers, KV, compute buffer with the
@@ -236,63 +237,79 @@ def _evaluate(
     if target.unified_memory:
         unit_dev = {ui: names[0] for ui in range(len(prep.units))}
         fill = False
-    cmd, rb, devices = _simulate_plan(prep, dims, target, s, n_ctx, engine, unit_dev, extras, engine_build)
+    cmd, rb, devices = _simulate_plan(prep, dims, target, s, n_ctx, engine, unit_dev, extras, engine_build, ngl)
     layer_gpu = [max(d, 0) for d in rb.gpu_layers]  # which layer goes where does not depend on -ot
     if n_gpu and prep.forced_gpu_units and not target.unified_memory:  # a rule's place = "gpu": on the GPU of its layer, always
         for ui in prep.forced_gpu_units:
             lay = prep.units[ui].layer
             unit_dev[ui] = names[layer_gpu[lay] if lay < len(layer_gpu) else 0]
-        cmd, rb, devices = _simulate_plan(prep, dims, target, s, n_ctx, engine, unit_dev, extras, engine_build)
-    if n_gpu and fill:
-        room = [d.headroom_bytes for d in devices[1:]]
+        cmd, rb, devices = _simulate_plan(prep, dims, target, s, n_ctx, engine, unit_dev, extras, engine_build, ngl)
+    if n_gpu and fill and ngl > dims.n_layer:
         order_added: list[int] = []
+        refused: set[int] = set()  # units taken back after an overflow: never offered again
+        tries = 0
         nl = len(layer_gpu)
 
         def home(layer: int) -> int:
             return layer_gpu[layer] if layer < nl else 0
 
-        def place(ui: int, k: int) -> None:
-            unit_dev[ui] = names[k]
-            room[k] -= prep.units[ui].gpu_bytes
-            order_added.append(ui)
+        def fill_pass(room: list[int]) -> list[int]:
+            """Place what is still in RAM into ``room`` (bytes free per GPU); the units placed."""
+            added: list[int] = []
 
-        left: list[tuple[int, list[int], int]] = []
-        for layer, uis, need in prep.fill_layers:  # whole layers on their own GPU (no extra hop)
-            if room[home(layer)] >= need:
-                for ui in uis:
-                    place(ui, home(layer))
-            else:
-                left.append((layer, uis, need))
-        pending: list[int] = []
-        for layer, uis, need in left:  # whole layers on any GPU with room
-            if max(room) < prep.min_fill_unit:
-                pending += uis
-                continue
-            ks = [home(layer)] + [k for k in range(n_gpu) if k != home(layer)]
-            k = next((k for k in ks if room[k] >= need), None)
-            if k is None:
-                pending += uis
-            else:
-                for ui in uis:
-                    place(ui, k)
-        # single expert tensors of what is left, layer by layer: down before gate+up (the recipes
-        # give ffn_down more bits, so it saves the most RAM reads per token; gate and up stay
-        # together, ik fuses them into one op)
-        pending.sort(key=lambda ui: (prep.units[ui].layer, prep.units[ui].parts != ("down",)))
-        for ui in pending:
-            if max(room) < prep.min_fill_unit:
-                break
-            lay = prep.units[ui].layer
-            ks = [home(lay)] + [k for k in range(n_gpu) if k != home(lay)]
-            k = next((k for k in ks if room[k] >= prep.units[ui].gpu_bytes), None)
-            if k is not None:
-                place(ui, k)
-        if order_added:
-            cmd, rb, devices = _simulate_plan(prep, dims, target, s, n_ctx, engine, unit_dev, extras, engine_build)
-            for _round in range(16):  # GPU-resident experts can grow a GPU's compute buffer
-                over = [-d.headroom_bytes for d in devices[1:]]
-                if max(over) <= 0 or not order_added:
+            def place(ui: int, k: int) -> None:
+                unit_dev[ui] = names[k]
+                room[k] -= prep.units[ui].gpu_bytes
+                added.append(ui)
+
+            layers = [(lay, [ui for ui in uis if ui not in unit_dev and ui not in refused]) for lay, uis, _n in
+                      prep.fill_layers]  # fmt: skip
+            left: list[tuple[int, list[int], int]] = []
+            for layer, uis in layers:  # whole layers on their own GPU (no extra hop)
+                if not uis:
+                    continue
+                need = sum(prep.units[ui].gpu_bytes for ui in uis)
+                if room[home(layer)] >= need:
+                    for ui in uis:
+                        place(ui, home(layer))
+                else:
+                    left.append((layer, uis, need))
+            pending: list[int] = []
+            for layer, uis, need in left:  # whole layers on any GPU with room
+                ks = [home(layer)] + [k for k in range(n_gpu) if k != home(layer)]
+                k = next((k for k in ks if room[k] >= need), None) if max(room) >= prep.min_fill_unit else None
+                if k is None:
+                    pending += uis
+                else:
+                    for ui in uis:
+                        place(ui, k)
+            # single expert tensors of what is left, layer by layer: down before gate+up (the
+            # recipes give ffn_down more bits, so it saves the most RAM reads per token; gate and
+            # up stay together, ik fuses them into one op)
+            pending.sort(key=lambda ui: (prep.units[ui].layer, prep.units[ui].parts != ("down",)))
+            for ui in pending:
+                if max(room) < prep.min_fill_unit:
                     break
+                lay = prep.units[ui].layer
+                ks = [home(lay)] + [k for k in range(n_gpu) if k != home(lay)]
+                k = next((k for k in ks if room[k] >= prep.units[ui].gpu_bytes), None)
+                if k is not None:
+                    place(ui, k)
+            return added
+
+        added = fill_pass([d.headroom_bytes for d in devices[1:]])
+        # Re-simulate after each pass: GPU-resident experts grow a GPU's compute buffer (their
+        # FFN runs there) and take away the copy a large u-batch made of a RAM-resident expert
+        # (which shrinks it), so what fits is only known from the final command. Units come back
+        # off a GPU that went over (last placed first, and are not offered again); room that
+        # opened up is filled again.
+        for _round in range(12):
+            if not added:
+                break
+            order_added += added
+            cmd, rb, devices = _simulate_plan(prep, dims, target, s, n_ctx, engine, unit_dev, extras, engine_build, ngl)
+            over = [-d.headroom_bytes for d in devices[1:]]
+            if max(over) > 0:
                 for k in range(n_gpu):
                     freed = 0
                     while over[k] > freed:
@@ -301,24 +318,71 @@ def _evaluate(
                             break
                         order_added.remove(ui)
                         del unit_dev[ui]
+                        refused.add(ui)
                         freed += prep.units[ui].gpu_bytes
                 cmd, rb, devices = _simulate_plan(prep, dims, target, s, n_ctx, engine, unit_dev, extras,
-                                                  engine_build)  # fmt: skip
+                                                  engine_build, ngl)  # fmt: skip
+                if max(-d.headroom_bytes for d in devices[1:]) > 0:
+                    continue  # still over: take more back in the next round
+            added = fill_pass([d.headroom_bytes for d in devices[1:]])
+            if not added and tries < 3:
+                # Nothing fits by the numbers, but moving the last experts out of RAM also removes
+                # the copy of the largest RAM-resident expert that a large u-batch keeps in the
+                # compute buffer: try the next unit where that copy would make the difference
+                # (the simulation decides; a failed try is taken back and not offered again).
+                cpu_units = [ui for ui in range(len(prep.units)) if ui not in unit_dev and ui not in refused
+                             and prep.units[ui].cuda_ok and prep.units[ui].forced != "cpu"]  # fmt: skip
+                if cpu_units:
+                    copy = max(prep.units[ui].max_gpu_tensor for ui in cpu_units)
+                    room = [d.headroom_bytes for d in devices[1:]]
+                    ui = cpu_units[0]
+                    k = max(range(n_gpu), key=lambda j: room[j])
+                    if room[k] + copy >= prep.units[ui].gpu_bytes:
+                        unit_dev[ui] = names[k]
+                        added = [ui]
+                        tries += 1
+        if max(-d.headroom_bytes for d in devices[1:]) > 0 and order_added:
+            # the last round could not settle: fall back to the base placement plus forced units
+            for ui in order_added:
+                unit_dev.pop(ui, None)
+            cmd, rb, devices = _simulate_plan(prep, dims, target, s, n_ctx, engine, unit_dev, extras, engine_build, ngl)
     counts = [sum(1 for d in rb.gpu_layers if d == k) for k in range(n_gpu)]
     short = max(0, max(-d.headroom_bytes for d in devices))
     return _Eval(devices, dict(unit_dev), layer_gpu, counts, short == 0, kv, short, cmd, rb)
 
 
+def _fewer_layers(prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settings, engine: Engine,
+                  extras: ModelExtras | None, engine_build: int | None, ev: _Eval) -> tuple[int, _Eval]:  # fmt: skip
+    """The largest ``-ngl`` below all layers whose base placement fits (bisection: fewer layers on
+    the GPUs never need more of them), or (NGL, ev) when not even ``-ngl 0`` fits."""
+    def at(n: int) -> _Eval:
+        return _evaluate(prep, dims, target, s, s.n_ctx, engine, extras, engine_build, fill=False, ngl=n)
+
+    zero = at(0)
+    if not zero.fits:
+        return NGL, ev
+    lo, hi = 0, dims.n_layer + 1  # lo fits, hi does not (hi: every layer and the output)
+    best = zero
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        e = at(mid)
+        if e.fits:
+            lo, best = mid, e
+        else:
+            hi = mid
+    return lo, best
+
+
 def _max_ctx(
     prep: Prepared, dims: ModelDims, target: HardwareTarget, s: Settings, engine: Engine, cap: int,
-    extras: ModelExtras | None = None, engine_build: int | None = None,
+    extras: ModelExtras | None = None, engine_build: int | None = None, ngl: int = 999,
 ) -> int:  # fmt: skip
     """The largest context at which the base placement (routed experts in RAM) fits: the context
     a GPU can hold at all (a smaller one lets the fill move more experts)."""
     step = kv_padding(s.flash_attn)
 
     def fits(ctx: int) -> bool:
-        return _evaluate(prep, dims, target, s, ctx, engine, extras, engine_build, fill=False).fits
+        return _evaluate(prep, dims, target, s, ctx, engine, extras, engine_build, fill=False, ngl=ngl).fits
 
     lo, hi = 0, cap // step  # in units of step; lo fits (0 = nothing fits)
     if fits(hi * step):
@@ -487,8 +551,15 @@ def plan_fit(
     prep = prepared or prepare(fit_tensors(plan), engine=eng, n_layer=dims.n_layer)
     ex = extras or infer_extras(prep.tensors)
     ev = _evaluate(prep, dims, target, s, s.n_ctx, eng, ex, engine_build)
+    ngl = NGL
     cap = max_ctx_cap or max(dims.n_ctx_train, s.n_ctx)
     max_ctx = _max_ctx(prep, dims, target, s, eng, cap, ex, engine_build)
+    if max_ctx == 0 and target.gpu and not target.unified_memory and ev.devices[0].headroom_bytes >= 0:
+        # the GPUs cannot hold the attention of every layer at any context: as many layers as
+        # they can (-ngl N: the last N layers; 0 keeps only the compute on the GPU)
+        ngl, ev = _fewer_layers(prep, dims, target, s, eng, ex, engine_build, ev)
+        if ngl != NGL:
+            max_ctx = _max_ctx(prep, dims, target, s, eng, cap, ex, engine_build, ngl)
     if ev.fits:
         verdict: Verdict = "fits"
     elif max_ctx > 0:
@@ -497,7 +568,6 @@ def plan_fit(
         verdict = "does_not_fit"
     cheapest = None if ev.fits or not advice else _cheapest(prep, dims, target, s, eng, ev, max_ctx, ex, engine_build)
     ot = override_args(prep, ev.unit_dev) if target.gpu and not target.unified_memory else []
-    ngl = NGL
     cmd = _command(engine=eng, dims=dims, target=target, s=s, ot=ot, counts=ev.counts, n_ctx=s.n_ctx, ngl=ngl)
     findings, tg, pp = _findings(prep, dims, target, ev, eng, s, advice=advice)
     ncmoe = _ncmoe_note(prep, ev, eng) if advice else None
