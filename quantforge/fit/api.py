@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from quantforge.fit.dims import ModelDims, dims_from_hparams
 from quantforge.catalogue import Engine
+from quantforge.fit.dims import ModelDims, dims_from_hparams
 from quantforge.fit.placement import FitTensor
 from quantforge.fit.report import CommandPlan, FitReport, Settings, Verdict, plan_command, plan_fit
 from quantforge.targets import HardwareTarget, list_targets, load_target

@@ -30,7 +30,7 @@ from quantforge.fit.dims import ModelDims
 from quantforge.fit.ggml_sim import CUDA_ROW_PADDING, Backend, schedule
 from quantforge.fit.graphs import GraphConfig, ModelWeights, WeightInfo, build_graph
 from quantforge.fit.kv import kv_cache
-from quantforge.fit.placement import FitTensor, layer_device
+from quantforge.fit.placement import FitTensor
 
 BufferKind = Literal["weights", "kv", "compute", "output"]
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.")

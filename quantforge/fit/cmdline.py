@@ -144,15 +144,15 @@ def parse_command(argv: str | Sequence[str], *, engine: Engine) -> RunCommand:
         elif a in ("-mla", "--mla-use"):
             out["mla"] = _int(a, value())
         elif a in ("-amb", "--attention-max-batch"):
-            v = _int(a, value())
-            out["amb"] = 128 if 0 < v < 128 else v  # ik raises -amb below 128 to 128
+            amb = _int(a, value())
+            out["amb"] = 128 if 0 < amb < 128 else amb  # ik raises -amb below 128 to 128
         elif a in ("-ctk", "--cache-type-k"):
             out["type_k"] = value()
         elif a in ("-ctv", "--cache-type-v"):
             out["type_v"] = value()
         elif a in ("-ngl", "--gpu-layers", "--n-gpu-layers"):
-            v = value()
-            out["n_gpu_layers"] = None if v in ("auto", "all") else _int(a, v)
+            ngl = value()
+            out["n_gpu_layers"] = None if ngl in ("auto", "all") else _int(a, ngl)
         elif a in ("-ot", "--override-tensor"):
             for piece in value().split(","):
                 pat, sep, buft = piece.rpartition("=")
@@ -166,10 +166,10 @@ def parse_command(argv: str | Sequence[str], *, engine: Engine) -> RunCommand:
             except ValueError:
                 raise UsageError(f"-ts {raw!r}: expected numbers separated by commas", hint="e.g. -ts 3,2") from None
         elif a in ("-sm", "--split-mode"):
-            v = value()
-            if v not in ("layer", "row", "graph", "attn", "tensor", "none"):
-                raise UsageError(f"-sm {v!r}: unknown split mode", hint="layer, row or graph (ik)")
-            out["split_mode"] = v
+            mode = value()
+            if mode not in ("layer", "row", "graph", "attn", "tensor", "none"):
+                raise UsageError(f"-sm {mode!r}: unknown split mode", hint="layer, row or graph (ik)")
+            out["split_mode"] = mode
         elif a in ("-mg", "--main-gpu"):
             out["main_gpu"] = _int(a, value())
         elif a in ("-ncmoe", "--n-cpu-moe"):

@@ -270,12 +270,12 @@ def override_args(
         # layers with the same parts on this device share one pattern: whole layers first, then
         # gate+up, then down alone (and mainline's single gate or up)
         groups: dict[frozenset[str], list[int]] = {}
-        for layer, parts in by_dev[dev].items():
-            groups.setdefault(frozenset(parts), []).append(layer)
-        for parts in sorted(groups, key=lambda p: (-len(p), sorted(rank[x] for x in p))):
-            alt = "|".join(sorted(parts, key=lambda x: {"up": 0, "gate": 1, "down": 2}[x]))
-            part_rx = f"({alt})" if len(parts) > 1 else alt
-            args.append(rf"^blk\.{_alternation(sorted(groups[parts]))}\.ffn_{part_rx}_exps\.weight$={dev}")
+        for layer, layer_parts in by_dev[dev].items():
+            groups.setdefault(frozenset(layer_parts), []).append(layer)
+        for group in sorted(groups, key=lambda ps: (-len(ps), sorted(rank[x] for x in ps))):
+            alt = "|".join(sorted(group, key=lambda x: {"up": 0, "gate": 1, "down": 2}[x]))
+            part_rx = f"({alt})" if len(group) > 1 else alt
+            args.append(rf"^blk\.{_alternation(sorted(groups[group]))}\.ffn_{part_rx}_exps\.weight$={dev}")
     for i in prep.forced_cpu_idx:
         args.append("^" + re.escape(prep.tensors[i].name).replace(r"\_", "_") + f"$={cpu_name}")
     if any_cpu_expert:

@@ -313,13 +313,13 @@ def _evaluate(
                 for k in range(n_gpu):
                     freed = 0
                     while over[k] > freed:
-                        ui = next((u for u in reversed(order_added) if unit_dev.get(u) == names[k]), None)
-                        if ui is None:
+                        back = next((u for u in reversed(order_added) if unit_dev.get(u) == names[k]), None)
+                        if back is None:
                             break
-                        order_added.remove(ui)
-                        del unit_dev[ui]
-                        refused.add(ui)
-                        freed += prep.units[ui].gpu_bytes
+                        order_added.remove(back)
+                        del unit_dev[back]
+                        refused.add(back)
+                        freed += prep.units[back].gpu_bytes
                 cmd, rb, devices = _simulate_plan(prep, dims, target, s, n_ctx, engine, unit_dev, extras,
                                                   engine_build, ngl)  # fmt: skip
                 if max(-d.headroom_bytes for d in devices[1:]) > 0:
