@@ -41,6 +41,10 @@ def _render_report(r: Any) -> str:
             + (f"  experts of layers {_ranges(d.expert_layers)}" if d.expert_layers else "")
             + ("  (pinned, mmap off)" if d.pinned else "")
         )
+    margins = [d for d in r.devices if d.kind == "gpu" and d.margin_source]
+    if margins:
+        lines += ["", "margin kept beyond the buffers (in overhead, with the target's gpu_margin):"]
+        lines += [f"  {d.name}: {_gib(d.margin_bytes)}: {d.margin_source}" for d in margins]
     if r.cheapest_change:
         lines += ["", f"cheapest change: {r.cheapest_change}"]
     lines += ["", f"token generation upper bound: {r.tg_tokens_per_s:.1f} t/s"]
