@@ -176,3 +176,25 @@ def test_planner_beside_llama_fit_params(case: str, model: str, free_mib: float,
     assert r.command[r.command.index("-ngl") + 1] == str(expect_ngl)
     ours = sum(t.bytes for t in f.tensors if "_exps." in t.name and (r.placement or {}).get(t.name) == "CUDA0")
     assert round(ours / MIB) == our_experts_mib >= their_experts_mib
+
+
+def test_ik_byte_split_rules() -> None:
+    """ik's llm_load_tensors split by bytes, worked by hand: 4 layers of 10 + output 6, compute 2,
+    two GPUs at -ts 1,1: total = 2*2 + 46 = 50, shares 25 / 50. GPU0 starts at 2, takes layers 0
+    and 1 (22); layer 2 would reach 32, over 25 by 7 but only 3 short of it before: not kept. GPU1
+    starts at 24 and takes 2, 3 and the output (50 <= 50)."""
+    from quantforge.fit.buffers import ik_count_layer_devices, ik_layer_devices, layer_devices
+
+    sizes = [10.0, 10.0, 10.0, 10.0, 6.0]
+    assert ik_layer_devices(sizes, 2.0, ngl=99, n_gpus=2, tensor_split=(1, 1)) == [0, 0, 1, 1, 1]
+    # a crossing layer more than half inside the share stays: -ts 1.2,1 -> share 27.27; layer 2 ends
+    # at 32, 4.7 over against 5.3 left before it, so GPU0 keeps it
+    assert ik_layer_devices(sizes, 2.0, ngl=99, n_gpus=2, tensor_split=(1.2, 1)) == [0, 0, 0, 1, 1]
+    # -ngl 4 of 4 layers: the output stays on the CPU; -ngl 2: the first two layers too
+    assert ik_layer_devices(sizes, 2.0, ngl=4, n_gpus=2, tensor_split=(1, 1))[-1] == -1
+    assert ik_layer_devices(sizes, 2.0, ngl=2, n_gpus=2, tensor_split=(1, 1))[:2] == [-1, -1]
+    # by count (ik before 4327): layer i -> upper_bound(splits, i / min(ngl, n_layer + 1))
+    assert ik_count_layer_devices(94, 95, 4, (1, 1, 1, 1)).count(0) == 24
+    assert ik_count_layer_devices(94, 95, 4, (1, 1, 1, 1))[:94].count(3) == 22
+    # mainline counts the output as a layer: -ngl 3 of 4 layers = output + layers 2, 3
+    assert layer_devices(4, 3, 1, ()) == [-1, -1, 0, 0, 0]

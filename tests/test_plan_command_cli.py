@@ -69,3 +69,9 @@ def test_command_with_matrix_or_bad_engine_is_refused(capsys: pytest.CaptureFixt
     assert main(["plan", str(Q235), "--command", "llama-server -c 4096", "--engine-version", "x1"]) == 2
     errs = capsys.readouterr().err.strip().splitlines()
     assert len(errs) == 3 and all(e.startswith("quantforge: error:") for e in errs)
+
+
+def test_graph_split_is_refused_not_guessed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(Q235), "--command", "llama-server -c 4096 -sm graph -ts 1,1"]) == 2
+    err = capsys.readouterr().err
+    assert "-sm graph: only the layer split is planned" in err

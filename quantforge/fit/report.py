@@ -679,6 +679,9 @@ def _check(s: Settings, dims: ModelDims, engine: Engine) -> None:
         )
     if s.ub <= 0 or s.ub > 65536:
         raise UsageError(f"--ub {s.ub}: the u-batch must be between 1 and 65536", hint="e.g. --ub 512")
+    if s.split_mode != "layer":
+        raise UsageError(f"split mode {s.split_mode!r}: only the layer split is planned so far",
+                         hint="plan with the default layer split")  # fmt: skip
     if s.mla not in (0, 1, 2, 3):
         raise UsageError(f"--mla {s.mla}: must be 1, 2 or 3", hint="ik: -mla 3 with -fa is the usual choice")
     check_kv_type(s.ctk, engine, flag="--ctk")
@@ -727,6 +730,9 @@ def plan_command(
     target, judge it: each GPU's buffers + its measured margin + the target's ``gpu_margin``
     against its memory, RAM against the target's available RAM."""
     cmd = parse_command(argv, engine=engine)  # -ub above -b is clamped to it, as llama.cpp does
+    if cmd.split_mode not in ("layer", "none"):
+        raise UsageError(f"-sm {cmd.split_mode}: only the layer split is planned so far (its buffers are not "
+                         "modelled)", hint="plan the command with -sm layer, or leave -sm out")  # fmt: skip
     n_gpus = len(target.gpu) if target is not None else _command_gpus(cmd)
     ex = extras or infer_extras(tensors)
     free = [g.vram for g in target.gpu] if target is not None and target.gpu else None
