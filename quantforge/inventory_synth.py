@@ -46,9 +46,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from quantforge.catalogue import Engine
 from quantforge.constants import DATA_DIR, GGUF_DEFAULT_ALIGNMENT
 from quantforge.errors import InventoryError
-from quantforge.inventory import Engine, Layout, NextN, TensorEntry, TensorInventory
+from quantforge.inventory_models import Layout, NextN, TensorEntry, TensorInventory
 
 #: Folder of the shipped model configs.
 MODELS_DIR = DATA_DIR / "models"

@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,7 +46,7 @@ from pydantic import (
     model_validator,
 )
 
-from quantforge import units
+from quantforge import runner, units
 from quantforge.errors import TargetError
 from quantforge.shipped import targets_dir
 
@@ -277,20 +276,14 @@ def _nvidia_gpus(nvidia_smi: str | None) -> list[dict[str, Any]]:
     exe = nvidia_smi or shutil.which("nvidia-smi")
     if not exe:
         return []
+    query = "--query-gpu=name,memory.total,compute_cap,pcie.link.gen.max,pcie.link.width.max"
     try:
-        out = subprocess.run(
-            [
-                exe,
-                "--query-gpu=name,memory.total,compute_cap,pcie.link.gen.max,pcie.link.width.max",
-                "--format=csv,noheader,nounits",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+        done = runner.capture([exe, query, "--format=csv,noheader,nounits"], merge=False, timeout=20)
+    except OSError:
         return []
+    if done.timed_out or done.returncode != 0:
+        return []
+    out = done.output
     gpus = []
     for line in out.strip().splitlines():
         cols = [c.strip() for c in line.split(",")]

@@ -17,14 +17,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from quantforge import constants
+from quantforge import constants, runner
 from quantforge.errors import InputError, ToolError
 
 Engine = Literal["ik", "mainline"]
@@ -136,29 +135,23 @@ _Ident = tuple[Engine, int | None, str | None, str | None, bool, tuple[str, ...]
 _CACHE: dict[tuple[str, int, int], _Ident] = {}
 
 
-def _run(cmd: list[str], *, timeout: float = 30.0) -> str:
+def _answer(cmd: list[str], *, timeout: float = 30.0) -> str:
+    """The output of a describing run of a binary (``--help``, the identification run)."""
     try:
-        res = subprocess.run(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ToolError(
-            f"{cmd[0]} did not answer within {timeout:.0f} s",
-            where=cmd[0],
-            hint="check that the binary runs on this machine",
-        ) from exc
+        done = runner.capture(cmd, timeout=timeout)
     except OSError as exc:
         raise ToolError(
             f"cannot run {cmd[0]}: {exc.strerror or exc}",
             where=cmd[0],
             hint="check the file is an executable for this machine",
         ) from exc
-    return res.stdout.decode("utf-8", errors="replace")
+    if done.timed_out:
+        raise ToolError(
+            f"{cmd[0]} did not answer within {timeout:.0f} s",
+            where=cmd[0],
+            hint="check that the binary runs on this machine",
+        )
+    return done.output
 
 
 def identify_quantize(path: str | os.PathLike[str]) -> _Ident:
@@ -172,7 +165,7 @@ def identify_quantize(path: str | os.PathLike[str]) -> _Ident:
     if disk is not None:
         _CACHE[key] = disk
         return disk
-    help_text = _run([str(p), "--help"])
+    help_text = _answer([str(p), "--help"])
     if "--custom-q" in help_text:
         engine: Engine = "ik"
         flag = "--custom-q"
@@ -192,7 +185,7 @@ def identify_quantize(path: str | os.PathLike[str]) -> _Ident:
     # Identification run: an input that cannot exist makes the tool print its build line
     # and fail at model load, before it creates the output.
     with tempfile.TemporaryDirectory(prefix="qf-ident-") as td:
-        ident = _run([str(p), os.path.join(td, "absent.gguf"), os.path.join(td, "out.gguf"), "Q8_0", "1"])
+        ident = _answer([str(p), os.path.join(td, "absent.gguf"), os.path.join(td, "out.gguf"), "Q8_0", "1"])
     build_number: int | None = None
     commit: str | None = None
     compiler: str | None = None

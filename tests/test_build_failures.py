@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support import sigint_default
 
-from quantforge.build import error_line
+from quantforge.runner import error_line
 from quantforge.cli import main
 
 FAULTY = Path(__file__).parent / "support" / "faulty_bin"

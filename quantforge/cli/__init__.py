@@ -1,8 +1,9 @@
 """The command line: a thin typer layer over the library.
 
-Every command module registers itself on ``app`` and imports its library stage lazily,
-inside the command function, so that ``quantforge --help`` starts fast. Library errors
-(``QuantforgeError``) are caught here, once, and rendered as one line on stderr.
+Every command module adds its commands to ``app`` (``cli/_app.py``) and imports its library
+stage inside the command function (marked ``# startup``), so that ``quantforge --help``
+starts fast. Library errors (``QuantforgeError``) are caught here, once, and rendered as one
+line on stderr.
 """
 
 from __future__ import annotations
@@ -13,58 +14,29 @@ from typing import Any
 
 import typer
 
+# Each module adds its commands to ``app`` when imported; they import only typer and the
+# standard library at module level, so this costs little.
+from quantforge.cli import (  # noqa: F401
+    cmd_build,
+    cmd_demo,
+    cmd_eval,
+    cmd_fit,
+    cmd_inventory,
+    cmd_publish,
+    cmd_recipe,
+    cmd_sensitivity,
+    cmd_sweep,
+)
+from quantforge.cli._app import app, debug_requested
 from quantforge.errors import Interrupted, QuantforgeError
 
-app = typer.Typer(
-    name="quantforge",
-    help=(
-        "Declarative GGUF quant recipes: plan exact sizes and hardware fit, build with "
-        "llama-quantize, evaluate PPL/KLD and speed, publish to Hugging Face.\n\n"
-        "Examples:\n\n"
-        "  quantforge demo\n\n"
-        "  quantforge recipe show recipes/smollm2-135m.toml\n\n"
-        "  quantforge plan recipes/deepseek-r1-0528.toml --quant IQ2_K_R4 --target hw_targets/256gb-24gb.toml --ctx 32768"
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-
-_DEBUG = False
-
-
-@app.callback()
-def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
-) -> None:
-    global _DEBUG
-    _DEBUG = debug or _DEBUG
-
-
-def _register() -> None:
-    # Each module adds its commands to ``app``; they import only typer at module level.
-    from quantforge.cli import (  # noqa: F401
-        cmd_build,
-        cmd_demo,
-        cmd_eval,
-        cmd_fit,
-        cmd_inventory,
-        cmd_publish,
-        cmd_recipe,
-        cmd_sensitivity,
-        cmd_sweep,
-    )
-
-
-_register()
+__all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turn library errors into one line and an exit code."""
-    global _DEBUG
     args = list(sys.argv[1:] if argv is None else argv)
-    _DEBUG = "--debug" in args or os.environ.get("QUANTFORGE_DEBUG") == "1"
+    debug_requested[0] = "--debug" in args or os.environ.get("QUANTFORGE_DEBUG") == "1"
     try:
         # Non-standalone typer returns (not raises) typer.Exit codes, and turns an uncaught
         # KeyboardInterrupt into a returned 130: keep both instead of exiting 0.
@@ -73,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quantforge: error: {Interrupted('interrupted').one_line()}", file=sys.stderr)
         return rc if isinstance(rc, int) else 0
     except QuantforgeError as exc:
-        if _DEBUG:
+        if debug_requested[0]:
             raise
         print(f"quantforge: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        if _DEBUG:
+        if debug_requested[0]:
             raise
         print(f"quantforge: error: {Interrupted('interrupted').one_line()}", file=sys.stderr)
         return 130
@@ -86,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return _render_click(exc)
     except OSError as exc:
         # A file operation the library did not expect to fail (each known one names its file).
-        if _DEBUG:
+        if debug_requested[0]:
             raise
         from quantforge.paths import os_error
 
@@ -94,19 +66,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quantforge: error: {err.one_line()}", file=sys.stderr)
         return err.exit_code
     except RecursionError:
-        if _DEBUG:
+        if debug_requested[0]:
             raise
         print("quantforge: error: an input is nested too deeply to read (fix the file; --debug shows where)",
               file=sys.stderr)
         return 2
     except MemoryError:
-        if _DEBUG:
+        if debug_requested[0]:
             raise
         print("quantforge: error: out of memory (free memory or use a smaller input; --debug shows where)",
               file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
-        if _DEBUG:
+        if debug_requested[0]:
             raise
         text = " ".join(str(exc).split())[:300]
         print(f"quantforge: error: internal error: {type(exc).__name__}: {text} (this is a bug in quantforge: "

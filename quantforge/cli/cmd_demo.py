@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from quantforge.cli import app
+from quantforge.cli._app import app
 from quantforge.cli._options import JsonOpt, ThreadsOpt
 
 

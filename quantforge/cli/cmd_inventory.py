@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from quantforge.cli import app
+from quantforge.cli._app import app
 from quantforge.cli._options import JsonOpt
 
 _BLK = re.compile(r"^blk\.(\d+)\.")

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from quantforge.cli import app
+from quantforge.cli._app import app
 from quantforge.cli._options import AllQuantsOpt, ForceOpt, JsonOpt, OutDirOpt, WaitOpt
 from quantforge.cli.cmd_recipe import recipe_app
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from quantforge.cli import app
+from quantforge.cli._app import app
 from quantforge.cli._options import ImatrixOpt, InventoryOpt, JsonOpt, QuantOpt, RecipeArg
 
 recipe_app = typer.Typer(help="Work with TOML quant recipes.", no_args_is_help=True)

@@ -9,8 +9,8 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from quantforge import fsutil
-from quantforge.errors import EvalError, InputError
+from quantforge import fsutil, runner
+from quantforge.errors import EvalError, InputError, Interrupted, ToolError
 from quantforge.fsutil import cached_sha256
 
 _HASHES: dict[tuple[str, int, int], str] = {}
@@ -154,3 +154,46 @@ def verify_key(logits_path: Path, expected: dict[str, object], *, strict_engine:
             where=str(logits_path),
             hint="use the base model and corpus the logits were made from, or recompute the base",
         )
+
+
+def tool_output(cmd: list[str], *, where: str, timeout: float | None = None,
+                check: Callable[[str], None] | None = None) -> tuple[str, float]:
+    """Run a measuring tool to its end; its whole output (stdout + stderr) and wall seconds.
+
+    ``check`` sees the output before the exit status does (a known failure explained better
+    than by the status). EvalError on a crash, a failure or the timeout, ``Interrupted`` on
+    Ctrl-C or SIGTERM: in each case nothing was stored.
+    """
+    try:
+        done = runner.capture(cmd, timeout=timeout)
+    except FileNotFoundError as exc:
+        raise ToolError(f"{cmd[0]} not found", where=where) from exc
+    except PermissionError as exc:
+        raise ToolError(f"{cmd[0]} is not executable", where=where) from exc
+    except runner.Stopped:
+        raise Interrupted("interrupted; nothing was stored") from None
+    name = Path(cmd[0]).name
+    if done.timed_out:
+        raise EvalError(f"{name} did not finish within {timeout:.0f} s; nothing was stored", where=where)
+    out = done.output
+    if check is not None:
+        check(out)
+    if done.returncode != 0:
+        if done.returncode < 0:
+            raise EvalError(f"{name} crashed ({done.signal_name}); nothing was stored", where=where,
+                            hint=_last_line(out))
+        raise EvalError(f"{name} failed with exit status {done.returncode}: {_last_line(out)}; nothing was stored",
+                        where=where)
+    return out, done.seconds
+
+
+def _last_line(out: str) -> str:
+    for line in reversed(out.splitlines()):
+        s = line.strip()
+        if s and not s.startswith(("llama_print_timings", "llama_perf")):
+            # mainline prefixes log lines with a timestamp and a level letter
+            parts = s.split(" ", 2)
+            if len(parts) == 3 and parts[1] in ("I", "W", "E", "D") and parts[0].count(".") >= 2:
+                return parts[2]
+            return s
+    return "no output"

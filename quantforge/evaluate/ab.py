@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from quantforge import runner
 from quantforge.errors import InputError, ToolError
 from quantforge.evaluate import knobs
 from quantforge.evaluate.models import SweepResult
@@ -99,10 +99,12 @@ def tool_version(command: Sequence[str]) -> str | None:
     else:
         probe = [command[0], "--version"]
     try:
-        proc = subprocess.run(probe, capture_output=True, text=True, errors="replace", timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
+        done = runner.capture(probe, merge=False, timeout=30)
+    except OSError:
         return None
-    text = proc.stdout + "\n" + proc.stderr
+    if done.timed_out:
+        return None
+    text = done.output + "\n" + done.stderr
     m = re.search(r"^\s*version:\s*(.+?)\s*$", text, re.M)
     if not m:
         return None

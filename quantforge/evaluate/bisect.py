@@ -23,8 +23,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +31,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from quantforge import runner
 from quantforge.errors import BuildError, EvalError, InputError, Interrupted, QuantforgeError, ToolError
 from quantforge.evaluate import _util
 from quantforge.evaluate.models import Metric, SweepResult
@@ -109,47 +108,30 @@ _IN_STEP = False
 def _run(argv: Sequence[str], *, cwd: Path, timeout: float | None, log: Path | None = None) -> tuple[int, str]:
     """Run a command in its own process group; (exit status, stdout+stderr). Ctrl-C stops it."""
     try:
-        proc = subprocess.Popen(list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", start_new_session=not _IN_STEP)
+        done = runner.capture(argv, cwd=cwd, timeout=timeout, own_group=not _IN_STEP)
     except FileNotFoundError:
         return 127, f"{argv[0]}: command not found"
     except PermissionError:
         return 126, f"{argv[0]}: not executable"
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except KeyboardInterrupt:
-        _stop(proc, signal.SIGTERM)
-        raise
-    except subprocess.TimeoutExpired:
-        _stop(proc, signal.SIGKILL)
-        out, _ = proc.communicate()
+    out = done.output
+    if done.timed_out:
         out += f"\n[quantforge: killed after {timeout:.0f} s]\n"
-        if log is not None:
-            log.write_text(out)
-        return 124, out
     if log is not None:
         log.write_text(out)
-    return proc.returncode, out
+    return (124 if done.timed_out else done.returncode), out
 
 
-def _stop(proc: subprocess.Popen[str], sig: int) -> None:
-    try:
-        if _IN_STEP:
-            proc.send_signal(sig)
-        else:
-            os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+def _git_run(repo: Path, *args: str) -> runner.Finished:
+    return runner.capture(["git", "-C", str(repo), *args], merge=False, own_group=not _IN_STEP)
 
 
 def _git(repo: Path, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, errors="replace")
-    if check and proc.returncode != 0:
-        msg = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        raise InputError(f"git {' '.join(args[:2])} failed: {msg[-1] if msg else proc.returncode}", where=str(repo),
+    done = _git_run(repo, *args)
+    if check and done.returncode != 0:
+        msg = (done.stderr.strip() or done.output.strip()).splitlines()
+        raise InputError(f"git {' '.join(args[:2])} failed: {msg[-1] if msg else done.returncode}", where=str(repo),
                          hint="check the repository and the revisions")
-    return proc.stdout.strip()
+    return done.output.strip()
 
 
 # ---------------------------------------------------------------- measuring one commit
@@ -283,7 +265,7 @@ def bisect(
     bad_sha = _rev(top, bad, "--bad")
     if good_sha == bad_sha:
         raise InputError("--good and --bad are the same commit", where="--good/--bad")
-    if subprocess.run(["git", "-C", str(top), "merge-base", "--is-ancestor", good_sha, bad_sha]).returncode != 0:
+    if _git_run(top, "merge-base", "--is-ancestor", good_sha, bad_sha).returncode != 0:
         raise InputError(f"--good {good} is not an ancestor of --bad {bad}", where="--good/--bad",
                          hint="the good revision must come before the bad one")
     if _git(top, "status", "--porcelain", "--untracked-files=no"):
@@ -355,21 +337,12 @@ def bisect(
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         # its own process group: on Ctrl-C the whole bisect run (git, the step, its build/bench) is stopped
-        proc = subprocess.Popen(["git", "-C", str(top), "bisect", "run", sys.executable, "-m", __name__, "step",
-                                 str(state_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=env, start_new_session=True)
-        assert proc.stdout is not None
-        run_out = []
-        try:
-            for line in proc.stdout:
-                run_out.append(line)
-                if line.startswith("quantforge-step: "):
-                    say(line[len("quantforge-step: "):].rstrip())
-            proc.wait()
-        except KeyboardInterrupt:
-            _stop(proc, signal.SIGTERM)
-            raise
-        text = "".join(run_out)
+        def on_line(line: str) -> None:
+            if line.startswith("quantforge-step: "):
+                say(line[len("quantforge-step: "):].rstrip())
+
+        text = runner.stream(["git", "-C", str(top), "bisect", "run", sys.executable, "-m", __name__, "step",
+                              str(state_file)], on_line=on_line, env=env).output
         _util_write(out / "bisect-run.log", text)
         git_log = _git(top, "bisect", "log", check=False)
         first, candidates = _first_bad(top, text)
@@ -409,11 +382,10 @@ def _argv(cmd: str | Sequence[str], where: str) -> list[str]:
 
 
 def _rev(repo: Path, rev: str, where: str) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
+    done = _git_run(repo, "rev-parse", "--verify", "-q", f"{rev}^{{commit}}")
+    if done.returncode != 0:
         raise InputError(f"unknown revision {rev!r}", where=where, hint="pass a commit, tag or branch of the repository")
-    return proc.stdout.strip()
+    return done.output.strip()
 
 
 def _subject(repo: Path, sha: str) -> str:

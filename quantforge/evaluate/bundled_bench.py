@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -60,8 +61,6 @@ def _lib_version(lib: str | None) -> str:
 
 def _bundled_lib() -> Path | None:
     try:
-        import importlib.util
-
         spec = importlib.util.find_spec("ik_llama_cpp")
     except (ImportError, ValueError):  # pragma: no cover
         return None

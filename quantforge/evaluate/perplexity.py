@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +19,7 @@ from quantforge.errors import EvalError, InputError, Interrupted, ToolError
 from quantforge.evaluate import _util
 from quantforge.evaluate.models import EvalEngine, EvalResult
 from quantforge.evaluate.parsers import parse_perplexity_log
+from quantforge.toolchain import find_toolchain
 
 # ---------------------------------------------------------------- binaries
 
@@ -36,67 +33,13 @@ def find_perplexity(engine: Literal["ik", "mainline"], *, binary: str | None = N
                             hint="pass the path of a built llama-perplexity")
         return str(p), None
     try:
-        from quantforge.toolchain import find_toolchain
-
         tc = find_toolchain(engine, bin_dir=bin_dir)
-        return tc.require("perplexity"), tc.version
-    except ImportError:  # pragma: no cover - toolchain module always present in releases
-        pass
     except ToolError:
         found = shutil.which("llama-perplexity")
         if found and engine == "mainline":
             return found, None
         raise
-    raise ToolError("llama-perplexity not found")  # pragma: no cover
-
-
-# ---------------------------------------------------------------- subprocess
-
-
-def _run(cmd: list[str], *, where: str, timeout: float | None = None,
-         check: Callable[[str], None] | None = None) -> tuple[str, float]:
-    """Run a tool; its whole output (stdout + stderr) and wall seconds. EvalError on crash or failure."""
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", start_new_session=True)
-    except FileNotFoundError as exc:
-        raise ToolError(f"{cmd[0]} not found", where=where) from exc
-    except PermissionError as exc:
-        raise ToolError(f"{cmd[0]} is not executable", where=where) from exc
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
-        raise Interrupted("interrupted; nothing was stored") from None
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise EvalError(f"{Path(cmd[0]).name} did not finish within {timeout:.0f} s; nothing was stored", where=where) from None
-    wall = time.perf_counter() - t0
-    if check is not None:
-        check(out)  # a known failure explained better than by the exit status
-    if proc.returncode != 0:
-        name = Path(cmd[0]).name
-        if proc.returncode < 0:
-            sig = signal.Signals(-proc.returncode).name
-            raise EvalError(f"{name} crashed ({sig}); nothing was stored", where=where, hint=_last_line(out))
-        raise EvalError(f"{name} failed with exit status {proc.returncode}: {_last_line(out)}; nothing was stored",
-                        where=where)
-    return out, wall
-
-
-def _last_line(out: str) -> str:
-    for line in reversed(out.splitlines()):
-        s = line.strip()
-        if s and not s.startswith(("llama_print_timings", "llama_perf")):
-            # mainline prefixes log lines with a timestamp and a level letter
-            parts = s.split(" ", 2)
-            if len(parts) == 3 and parts[1] in ("I", "W", "E", "D") and parts[0].count(".") >= 2:
-                return parts[2]
-            return s
-    return "no output"
+    return tc.require("perplexity"), tc.version
 
 
 def _check_too_short(out: str, ctx: int, corpus: str | Path | None) -> None:
@@ -139,7 +82,7 @@ def perplexity_binary(
         cmd += ["--kl-divergence"]
     cmd += list(extra_args or [])
     model_sha = _util.sha256_background(model_p)  # hashed while the tool runs: no added wall time
-    out, wall = _run(cmd, where=str(model_p), timeout=timeout, check=lambda o: _check_too_short(o, ctx, corpus))
+    out, wall = _util.tool_output(cmd, where=str(model_p), timeout=timeout, check=lambda o: _check_too_short(o, ctx, corpus))
     log = parse_perplexity_log(out, where=f"{Path(binary).name} on {model_p.name}")
     if kl_divergence and log.kld is None:
         raise EvalError("the KLD run printed no statistics (fewer than 100 scored tokens?)", where=str(model_p),

@@ -59,7 +59,6 @@ def bundled_runner(model: str | Path, *, ctx: int = 512, ubatch: int = 128, tg: 
 def binary_runner(cmd: Sequence[str], *, timeout: float | None = None, keep_warmup: bool = False) -> Runner:
     """Run a ``llama-sweep-bench`` / ``llama-bench`` / ``llama-batched-bench`` command line and read its table."""
     from quantforge.errors import ToolError
-    from quantforge.evaluate.perplexity import _run
     from quantforge.evaluate.tables import read_table
 
     if not cmd:
@@ -70,7 +69,7 @@ def binary_runner(cmd: Sequence[str], *, timeout: float | None = None, keep_warm
     stated = knobs.from_command(list(cmd))
 
     def run() -> RunOutput:
-        out, _ = _run(list(cmd), where=" ".join(cmd[:3]), timeout=timeout)
+        out, _ = _util.tool_output(list(cmd), where=" ".join(cmd[:3]), timeout=timeout)
         try:
             table = read_table(out, source=f"{exe.name} output", keep_warmup=keep_warmup)
         except InputError as exc:  # the tool printed something we cannot read: a runtime failure

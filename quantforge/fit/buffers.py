@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from quantforge.catalogue import Engine, catalogue
 from quantforge.fit.cmdline import RunCommand
-from quantforge.fit.dims import ModelDims
+from quantforge.fit.dims import ModelDims, ModelExtras
 from quantforge.fit.ggml_sim import CUDA_ROW_PADDING, Backend, schedule
 from quantforge.fit.graphs import GraphConfig, ModelWeights, WeightInfo, build_graph
 from quantforge.fit.kv import kv_cache
@@ -68,16 +67,6 @@ class RunBuffers(BaseModel):
         for b in self.buffers:
             out[b.device] = out.get(b.device, 0) + b.bytes
         return out
-
-
-@dataclass(frozen=True)
-class ModelExtras:
-    """Model facts beyond ``ModelDims`` that change the graph."""
-
-    layout: Engine = "ik"
-    expert_weights_scale: float = 1.0
-    expert_groups: int = 0
-    expert_groups_used: int = 0
 
 
 def _pad(n: int, a: int) -> int:

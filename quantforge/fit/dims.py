@@ -8,14 +8,26 @@ all three spellings are accepted so that real GGUF headers and synthesized inven
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from quantforge.catalogue import Engine
 from quantforge.errors import InventoryError
 
 #: Architectures whose attention is DeepSeek's multi-head latent attention (MLA).
 MLA_ARCHS = frozenset({"deepseek2", "deepseek3", "kimi_k2", "glm_dsa"})
+
+
+@dataclass(frozen=True)
+class ModelExtras:
+    """Model facts beyond ``ModelDims`` that change the graph."""
+
+    layout: Engine = "ik"
+    expert_weights_scale: float = 1.0
+    expert_groups: int = 0
+    expert_groups_used: int = 0
 
 
 class ModelDims(BaseModel):
@@ -111,10 +123,8 @@ def dims_from_hparams(arch: str, hparams: Mapping[str, Any]) -> ModelDims:
     )
 
 
-def extras_from_hparams(arch: str, hparams: Mapping[str, Any], *, layout: str = "ik") -> Any:
+def extras_from_hparams(arch: str, hparams: Mapping[str, Any], *, layout: str = "ik") -> ModelExtras:
     """The graph-shaping facts beyond ``ModelDims``: the routed-expert weight scale and expert groups."""
-    from quantforge.fit.buffers import ModelExtras
-
     h = _norm(arch, hparams)
     scale = h.get("expert_weights_scale")
     return ModelExtras(

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from quantforge.fit.ggml_sim import FLAG_OUTPUT, Graph, Tensor, TypeInfo
-from quantforge.fit.graphs import _Builder
+from quantforge.fit.graph_base import GraphBuilder
 
 
-class MainlineBuilder(_Builder):
+class MainlineBuilder(GraphBuilder):
     def row(self, type_: str, n: int) -> int:
         blck, tsize = TypeInfo.get(type_, self.engine)
         return tsize * (n // blck)

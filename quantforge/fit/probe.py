@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from quantforge import runner
 from quantforge.errors import ToolError
 
 _MIB = 1 << 20
@@ -121,13 +121,10 @@ def probe_load(
         "amb": amb,
         "mmap": mmap,
     }
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired:
-        raise ToolError("ik libllama load timed out", where=str(path)) from None
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ToolError(f"ik libllama load failed (exit {proc.returncode}): {tail}", where=str(path))
-    return parse_buffer_log(proc.stderr + proc.stdout)
+    done = runner.capture([sys.executable, "-c", _CHILD, json.dumps(args)], merge=False, timeout=timeout)
+    if done.timed_out:
+        raise ToolError("ik libllama load timed out", where=str(path))
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ToolError(f"ik libllama load failed (exit {done.returncode}): {tail}", where=str(path))
+    return parse_buffer_log(done.stderr + done.output)

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict
 
 from quantforge.catalogue import Engine, catalogue
 from quantforge.errors import UsageError
-from quantforge.fit.buffers import BufferBytes, ModelExtras, RunBuffers, run_buffers
+from quantforge.fit.buffers import BufferBytes, RunBuffers, run_buffers
 from quantforge.fit.cmdline import RunCommand, parse_command, split_command_line
-from quantforge.fit.dims import ModelDims
+from quantforge.fit.dims import ModelDims, ModelExtras
 from quantforge.fit.kv import KVCache, check_kv_type, kv_cache, kv_padding
 from quantforge.fit.margin import GpuMargin, gpu_margin
 from quantforge.fit.placement import FitTensor, Prepared, override_args, prepare

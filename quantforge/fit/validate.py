@@ -19,11 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantforge import runner
 from quantforge.catalogue import Engine, catalogue
 from quantforge.errors import InputError
-from quantforge.fit.buffers import ModelExtras, run_buffers
+from quantforge.fit.buffers import run_buffers
 from quantforge.fit.cmdline import parse_command
-from quantforge.fit.dims import ModelDims, dims_from_hparams, extras_from_hparams
+from quantforge.fit.dims import ModelDims, ModelExtras, dims_from_hparams, extras_from_hparams
 from quantforge.fit.placement import FitTensor, Prepared, prepare
 from quantforge.fit.probe import LoadBuffers
 from quantforge.gguf_header import GGUFHeader
@@ -277,7 +278,6 @@ def make_gpu_models(
     differ from those the GPU runs loaded, or the file from the one recorded.
     """
     import shutil
-    import subprocess
     import tempfile
 
     from quantforge.errors import ToolError
@@ -308,10 +308,10 @@ def make_gpu_models(
             else:
                 write_miniature("deepseek2", src, layout="ik")
                 args = ["--custom-q", "token_embd=q4_0,.*=q4_0", "src.gguf", str(dst.resolve()), "Q4_0"]
-            proc = subprocess.run([str(quantize), *args], capture_output=True, text=True, cwd=tmp)
-            if proc.returncode != 0:
-                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                raise ToolError(f"llama-quantize failed (exit {proc.returncode}): {tail}", where=str(dst))
+            done = runner.capture([str(quantize), *args], merge=False, cwd=tmp)
+            if done.returncode != 0:
+                tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise ToolError(f"llama-quantize failed (exit {done.returncode}): {tail}", where=str(dst))
         tensors = tensor_digest(dst)
         if tensors != GPU_MODEL_TENSORS_SHA256[name]:
             raise ToolError(

@@ -47,8 +47,10 @@ def lint(
     the inventory or recipe cannot be read at all."""
     from quantforge.catalogue import catalogue
     from quantforge.catalogue import ftype as lookup_ftype
-    from quantforge.plan import MIXTURE, LintFinding, _resolve_imatrix, expand, quantize_args_for
     from quantforge.plan._engine import skip_reason
+    from quantforge.plan._expand import expand, quantize_args_for, resolve_imatrix_meta
+    from quantforge.plan._models import LintFinding
+    from quantforge.recipe import MIXTURE
 
     out: list[LintFinding] = []
     v = recipe.variant(variant)
@@ -198,7 +200,7 @@ def lint(
     except RecipeError as exc:
         add("error", "expand-failed", exc.message, exc.where)
         return _sorted(out)
-    from quantforge.plan import recipe_build
+    from quantforge.plan._expand import recipe_build
 
     build = recipe_build(recipe)
     if build is not None:
@@ -223,7 +225,7 @@ def lint(
             f"{len(requant)} tensors are already {src} in the base and planned as other types: llama-quantize "
             f"refuses (\"requantizing from type {src} is disabled\"); keep them with a rule giving them {src}",
             getattr(v, "where", None), requant)  # fmt: skip
-    imeta = _resolve_imatrix(recipe, imatrix)
+    imeta = resolve_imatrix_meta(recipe, imatrix)
     entries = frozenset(imeta.entries) if imeta else None
     if engine == "ik" and imeta is not None and imeta.fork == "mainline":
         add("error", "imatrix-fork",
@@ -256,7 +258,7 @@ def lint(
 
     by_name = {p.name: p for p in plan.tensors}
     # imatrix refusals
-    from quantforge.plan import _imatrix_has
+    from quantforge.plan._expand import imatrix_has_entry
 
     need: list[str] = []
     for p in plan.tensors:
@@ -265,7 +267,7 @@ def lint(
         if entries is None and declared:
             continue
         if cat.needs_imatrix(p.type, tensor_name=p.name, ftype=ft.canonical) and (
-            entries is None or not _imatrix_has(entries, p.name)
+            entries is None or not imatrix_has_entry(entries, p.name)
         ):
             need.append(p.name)
     if engine == "ik" and ft.needs_imatrix and imeta is None and not declared:

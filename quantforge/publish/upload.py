@@ -527,7 +527,7 @@ def find_manifests(recipe: Any, names: Sequence[str] | None, *, out_dir: str | P
 
 def _variant_files(man_path: Path, man: Any) -> VariantFiles:
     from quantforge.errors import InputError
-    from quantforge.fsutil import confined
+    from quantforge.paths import confined
 
     files = []
     for f in man.files:

@@ -28,13 +28,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from quantforge import constants
-from quantforge.build import _Context, _remove, build_variant
+from quantforge.build import _Context, build_variant
 from quantforge.build import prepare as prepare_build
 from quantforge.catalogue import catalogue
 from quantforge.errors import EvalError, Interrupted, RecipeError, UsageError
 from quantforge.evaluate import _util
 from quantforge.evaluate.models import EvalEngine, EvalResult
-from quantforge.fsutil import atomic_write_text, cached_sha256
+from quantforge.fsutil import atomic_write_text, cached_sha256, remove_quietly
 from quantforge.lock import folder_lock
 from quantforge.paths import refuse_input_as_output
 from quantforge.plan import expand
@@ -272,7 +272,7 @@ def run_sensitivity(
     with folder_lock(cdir, purpose="quantforge sensitivity", wait=wait):
         runs_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cdir / "method.json", json.dumps(method, indent=1, sort_keys=True))
-        _remove([work])  # what a killed run left behind
+        remove_quietly([work])  # what a killed run left behind
         work.mkdir(parents=True)
 
         plans = {r.name: expand(derived, r.name, ctx0.inventory, imatrix=imeta) for r, _ in specs}
@@ -375,7 +375,7 @@ def run_sensitivity(
         except (KeyboardInterrupt, Interrupted):
             stop.set()
             if not keep:
-                _remove([work])
+                remove_quietly([work])
             raise Interrupted(
                 f"Ctrl-C: stopped; {len(results)} of {len(keyed)} runs are in the cache",
                 where=str(cdir), hint="run the same command again to resume",
@@ -383,7 +383,7 @@ def run_sensitivity(
         except _Cancelled:  # pragma: no cover - only raised after stop was set above
             raise Interrupted("stopped", where=str(cdir), hint="run the same command again to resume") from None
         if not keep:
-            _remove([work])
+            remove_quietly([work])
 
     table = _table(recipe, base_name, groups, keyed, results, method=method, engine_label=f"{engine_e} {eval_version}",
                    corpus=str(corpus_p), plans=plans, arch=ctx0.inventory.arch)  # fmt: skip
@@ -399,7 +399,7 @@ def _imatrix_meta(ctx: _Context) -> Any:
 
 
 def _remove_outputs(gguf: Path) -> None:
-    _remove([gguf, gguf.with_name(gguf.name + ".log"), gguf.with_name(gguf.name + ".manifest.json")])
+    remove_quietly([gguf, gguf.with_name(gguf.name + ".log"), gguf.with_name(gguf.name + ".manifest.json")])
 
 
 def _kld(
