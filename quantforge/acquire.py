@@ -17,8 +17,20 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from filelock import FileLock
 
 from quantforge.errors import InputError, Interrupted, QuantforgeError
+from quantforge.paths import (
+    check_input_file,
+    confined,
+    is_within,
+    name_problem,
+    os_error,
+    relative_problem,
+    same_file,
+)
 
 SMOLLM2_Q4_1 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: sha256 of the F16 base the fixtures in ``shared/fixtures/ik`` were recorded with.
@@ -48,7 +60,7 @@ def copy_kv(
     """Copy every KV pair of a gguf-py ``GGUFReader`` to a ``GGUFWriter`` with its exact value
     type, replacing the keys in ``uint32`` (``general.file_type``, ``{arch}.block_count`` …) and
     leaving out keys that start with ``skip``."""
-    from gguf import GGUFValueType
+    from gguf import GGUFValueType  # startup
 
     replace = dict(uint32 or {})
     for name, field in reader.fields.items():
@@ -70,14 +82,13 @@ def dequantize_gguf(src: Path, dst: Path, *, dtype: Literal["f16", "bf16"] = "f1
 
     Written under a temporary name and renamed at the end, so ``dst`` is never partial.
     """
-    import gguf
-    import numpy as np
-    from gguf import GGMLQuantizationType as Q
-    from gguf import GGUFReader, GGUFWriter
+    import gguf  # startup
+    import numpy as np  # startup
+    from gguf import GGMLQuantizationType as Q  # startup
+    from gguf import GGUFReader, GGUFWriter  # startup
 
     # A split set (x-00001-of-0000N.gguf, as llama-gguf-split writes it and Hub repos hold big
     # models) is read shard by shard: the KV of the first shard, the tensors of all, in order.
-    from quantforge.paths import check_input_file, os_error, same_file
 
     shards = split_set(Path(src))
     missing = [s.name for s in shards if not s.is_file()]
@@ -157,7 +168,6 @@ def resolve_base(source: str, *, base_dir: Path | None = None, progress: bool | 
     """
     if source.startswith("hf://"):
         return hf_download(source, progress=progress)
-    from quantforge.paths import check_input_file
 
     p = Path(source).expanduser()
     if not p.is_absolute() and base_dir is not None:
@@ -185,7 +195,7 @@ class DownloadError(QuantforgeError):
 def hf_cache_dir() -> Path:
     """The Hugging Face hub cache, read at call time: ``HF_HUB_CACHE``, else ``HF_HOME``/hub, else
     huggingface_hub's own default (which it froze at import)."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # startup
 
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
@@ -224,8 +234,6 @@ _HF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 def _check_hf_parts(url: str, org: str, repo: str, revision: str | None, path: str) -> None:
     """The parts of an ``hf://`` source become cache paths: plain names only (no ``..``, no controls)."""
-    from quantforge.paths import relative_problem
-
     for what, part in (("organisation", org), ("repository", repo)):
         if not _HF_NAME.match(part) or ".." in part or len(part) > 96:
             raise InputError(f"malformed hf:// source: {what} {part!r} is not a Hub name", where=url,
@@ -250,11 +258,11 @@ def hf_download(url: str, *, progress: bool | None = None) -> Path:
     ``progress``: tqdm bars on stderr (None: only when stderr is a terminal).
     Returns the local path of the (first) file; the other shards sit beside it.
     """
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub import errors as e
+    from huggingface_hub import constants, hf_hub_download  # startup
+    from huggingface_hub import errors as e  # startup
 
     # From the defining modules: huggingface_hub.utils re-exports them only lazily (mypy strict).
-    from huggingface_hub.utils.tqdm import (
+    from huggingface_hub.utils.tqdm import (  # startup
         are_progress_bars_disabled,
         disable_progress_bars,
         enable_progress_bars,
@@ -286,7 +294,6 @@ def hf_download(url: str, *, progress: bool | None = None) -> Path:
                 # link; otherwise (offline: the cached file; Xet: the whole download) huggingface_hub does it.
                 got = hf_hub_download(repo_id, f, repo_type=repo_type, revision=commit or revision, endpoint=endpoint,
                                       cache_dir=cache)
-                from quantforge.paths import is_within
 
                 if not is_within(got, cache):
                     raise DownloadError("the download was placed outside the Hugging Face cache", where=where,
@@ -352,19 +359,13 @@ def _resumable_blob(repo_id: str, filename: str, *, repo_type: str, revision: st
     lets huggingface_hub return the link without asking the server again. Returns the commit,
     or None when huggingface_hub downloads the file itself (Xet).
     """
-    from urllib.parse import urlsplit
-
-    from filelock import FileLock
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.file_download import http_get, repo_folder_name
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url  # startup
+    from huggingface_hub.file_download import http_get, repo_folder_name  # startup
 
     # Public (lazily re-exported) names, not the private modules that define them: those move.
-    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
-
-    from quantforge.paths import confined, name_problem
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # startup
 
     def is_xet_available() -> bool:  # as huggingface_hub decides it: hf_xet installed and not disabled
-        import importlib.util
 
         return not constants.HF_HUB_DISABLE_XET and importlib.util.find_spec("hf_xet") is not None
 
@@ -413,8 +414,6 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 def _link_snapshot(storage: Path, commit: str, filename: str, blob: Path, revision: str | None) -> None:
     """``snapshots/<commit>/<filename>`` -> the blob (relative link) and ``refs/<revision>`` -> the
     commit: the Hugging Face cache layout, so huggingface_hub and ``hf`` find the file offline too."""
-    from quantforge.paths import confined
-
     snapshots = storage / "snapshots"
     snapshots.mkdir(parents=True, exist_ok=True)
     folder, _, name = f"{commit}/{filename}".rpartition("/")

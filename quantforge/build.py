@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import glob
+import json
 import os
 import re
 import shutil
@@ -30,7 +31,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from quantforge import units
+from quantforge import __version__, units
+from quantforge.acquire import hf_download, resolve_base, split_set
+from quantforge.catalogue import catalogue
+from quantforge.catalogue import ftype as lookup_ftype
 from quantforge.constants import HF_MAX_FILE_BYTES
 from quantforge.errors import BuildError, InputError, Interrupted, QuantforgeError, ToolError, UsageError
 from quantforge.fsutil import (
@@ -40,7 +44,31 @@ from quantforge.fsutil import (
     sha256_background,
     sha256_file,
 )
+from quantforge.gguf_header import read_header
+from quantforge.imatrix import coverage, default_output, read_imatrix, refusal_error
+from quantforge.inventory import load_inventory
+from quantforge.lock import folder_lock
+from quantforge.manifest import (
+    Manifest,
+    ManifestFile,
+    manifest_path,
+    read_manifest,
+    relative_to_manifest,
+    resolve_file,
+    write_manifest,
+)
+from quantforge.paths import (
+    MAX_NAME_BYTES,
+    confined,
+    kind_of,
+    name_problem,
+    os_error,
+    refuse_input_as_output,
+    same_file,
+)
+from quantforge.plan import ImatrixMeta, expand, quantize_command
 from quantforge.runner import run_tool
+from quantforge.toolchain import find_toolchain
 
 #: progress(kind, done, total): kind is "quantize", "imatrix", "split" or "hash".
 Progress = Callable[[str, int, int], None]
@@ -107,9 +135,6 @@ def verify_output(
     exact_file_bytes: bool = True,
 ) -> Verification:
     """Read the written header(s) back and compare with the plan; BuildError naming differences."""
-    from quantforge.catalogue import catalogue
-    from quantforge.gguf_header import read_header
-
     cat = catalogue(plan.engine)
     found: dict[str, tuple[str, tuple[int, ...], int]] = {}
     layout_errors: list[str] = []
@@ -236,8 +261,6 @@ def parse_size(text: str | int | None) -> int | None:
 
 def check_disk(out_dir: Path, needed: int, *, min_free: int | None) -> None:
     """BuildError when ``out_dir`` lacks ``needed`` bytes plus the free-space reserve."""
-    from quantforge.paths import os_error
-
     reserve = DEFAULT_MARGIN_BYTES if min_free is None else min_free
     try:
         free = shutil.disk_usage(out_dir).free
@@ -270,8 +293,6 @@ class _Context(BaseModel):
 
 
 def _imatrix_meta(info: Any) -> Any:
-    from quantforge.plan import ImatrixMeta
-
     # llama-quantize runs in the imatrix's folder and gets the bare file name, so the
     # output's quantize.imatrix.file holds no local path (and the plan predicts it exactly).
     return ImatrixMeta(
@@ -284,8 +305,6 @@ def _imatrix_meta(info: Any) -> Any:
 
 def _check_types(plan: Any, toolchain: Any) -> None:
     """Refuse a plan whose types this engine's binary does not have."""
-    from quantforge.catalogue import catalogue
-
     if plan.engine != toolchain.engine:
         other = catalogue(toolchain.engine)
         bad_tensors = [t for t in plan.tensors if other.find(t.type) is None]
@@ -321,11 +340,6 @@ def prepare(
     progress: Progress | None = None,
 ) -> _Context:
     """Resolve toolchain, base, inventory and imatrix once for a ladder."""
-    from quantforge.acquire import resolve_base
-    from quantforge.imatrix import read_imatrix
-    from quantforge.inventory import load_inventory
-    from quantforge.toolchain import find_toolchain
-
     recipe_dir = Path(recipe.path).parent if recipe.path else Path.cwd()
     tc = find_toolchain(
         recipe.engine,
@@ -346,16 +360,12 @@ def prepare(
     im_source = imatrix or (recipe.imatrix.file if recipe.imatrix is not None else None)
     if im_source:
         if im_source.startswith("hf://"):
-            from quantforge.acquire import hf_download
-
             im_path = hf_download(im_source)
         else:
             p = Path(im_source).expanduser()
             im_path = p if (imatrix or p.is_absolute()) else recipe_dir / p
         info = read_imatrix(im_path, with_sha256=True)
     elif recipe.imatrix is not None and recipe.imatrix.corpus:
-        from quantforge.imatrix import default_output
-
         computed = default_output(recipe, base_path)  # written by `quantforge imatrix RECIPE`
         if computed.is_file():
             info = read_imatrix(computed, with_sha256=True)
@@ -375,8 +385,6 @@ def prepare(
 
 
 def _expected_kv(ctx: _Context, plan: Any) -> dict[str, Any]:
-    from quantforge.catalogue import ftype as lookup_ftype
-
     kv: dict[str, Any] = {"general.architecture": ctx.inventory.arch, "general.quantization_version": 2}
     ft = lookup_ftype(plan.engine, plan.ftype)
     if ft.value is not None:
@@ -409,8 +417,6 @@ def _build_key(ctx: _Context, plan: Any) -> dict[str, Any]:
 
 
 def _manifest_matches(man_path: Path, key: dict[str, Any], files: list[Path]) -> bool:
-    from quantforge.manifest import read_manifest, resolve_file
-
     try:
         man = read_manifest(man_path)
     except QuantforgeError:
@@ -436,8 +442,6 @@ def work_dir(output: Path) -> Path:
 
 def _output_names(output: Path) -> list[Path]:
     """Every path a build of ``output`` may write or remove (for the input-overlap check)."""
-    from quantforge.manifest import manifest_path
-
     man = manifest_path(output)
     return [output, output.with_name(output.name + ".partial"), output.with_name(output.name + ".log"), man,
             pending_path(man), work_dir(output), *existing_outputs(output)]
@@ -445,8 +449,6 @@ def _output_names(output: Path) -> list[Path]:
 
 def _inputs(ctx: _Context) -> list[tuple[str, Path]]:
     """The files a build reads: never written, replaced or removed, with --force or without."""
-    from quantforge.acquire import split_set
-
     out: list[tuple[str, Path]] = [("the base model", s) for s in split_set(ctx.base_path)]
     if ctx.imatrix is not None:
         out.append(("the importance matrix", Path(ctx.imatrix.path)))
@@ -457,8 +459,6 @@ def _inputs(ctx: _Context) -> list[tuple[str, Path]]:
 
 def _refuse_inputs_as_outputs(ctx: _Context, output: Path) -> None:
     """Before anything is written or removed: no output name is an input, or something else in the way."""
-    from quantforge.paths import kind_of, refuse_input_as_output
-
     names = _output_names(output)
     for path in names:
         refuse_input_as_output(path, _inputs(ctx), field="--out",
@@ -472,8 +472,6 @@ def _refuse_inputs_as_outputs(ctx: _Context, output: Path) -> None:
         except FileNotFoundError:
             continue
         except OSError as exc:
-            from quantforge.paths import os_error
-
             raise os_error(exc, path, what="output") from None
         if path.is_symlink() and path.name.endswith((".log", ".partial")):
             path.unlink()  # written in place: never through a link to somewhere else
@@ -484,10 +482,6 @@ def _refuse_inputs_as_outputs(ctx: _Context, output: Path) -> None:
 
 def _read_journal(path: Path) -> Any:
     """The manifest a commit journal holds, or None when it is unreadable (then it is discarded)."""
-    import json
-
-    from quantforge.manifest import Manifest
-
     try:
         return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, RecursionError):
@@ -504,8 +498,6 @@ def _recover(ctx: _Context, plan: Any, output: Path, man_path: Path, *, log_path
     quantized again. Returns the manifest, or None when the journal cannot be completed (it is
     removed, with the unfinished files it names, and the variant is built anew).
     """
-    from quantforge.manifest import resolve_file, write_manifest
-
     journal = pending_path(man_path)
     man = _read_journal(journal)
     if man is None or man.plan.get("build_key") != _build_key(ctx, plan):
@@ -575,10 +567,6 @@ def build_variant(
     short anywhere in that step is completed by the next one without quantizing again, and an
     output that is complete but has no manifest is verified against the plan and recorded.
     """
-    from quantforge.imatrix import coverage, refusal_error
-    from quantforge.manifest import manifest_path
-    from quantforge.paths import MAX_NAME_BYTES, confined, name_problem
-
     t_start = time.monotonic()
     recipe = ctx.recipe
     v = recipe.variant(variant)
@@ -652,7 +640,6 @@ def build_variant(
                 fh.write("# quantforge: recorded a complete output that had no manifest (verified against the plan)\n")
             return result("recovered", existing, cmd_final, man.actual_file_bytes, plan.file_bytes)
         # A fresh log per attempt; pre-flight failures are written to it too.
-        from quantforge import __version__
 
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(
@@ -757,8 +744,6 @@ def _failed(exc: BaseException, phase: str, variant: str, output: Path, man_path
     is removed; once the output is verified it is kept (a journal, or its final name) so that the
     next run records it without quantizing again; and the message says which of these happened.
     """
-    from quantforge.paths import os_error
-
     partial = output.with_name(output.name + ".partial")
     if phase in ("quantize", "verify") or (phase == "prepare" and not journal.exists()):
         remove_quietly([partial, work_dir(output)])
@@ -798,8 +783,6 @@ def _committed_error(exc: QuantforgeError, man_path: Path, phase: str) -> Quantf
 
 
 def _plan_and_commands(ctx: _Context, variant: str, output: Path, partial: Path) -> tuple[Any, list[str], list[str]]:
-    from quantforge.plan import expand, quantize_command
-
     tc = ctx.toolchain
     imeta: Any = _imatrix_meta(ctx.imatrix) if ctx.imatrix is not None else False
     plan = expand(ctx.recipe, variant, ctx.inventory, imatrix=imeta)
@@ -818,10 +801,6 @@ def _write_record(
     manifest_path_for_paths: Path | None = None,
 ) -> Any:
     """Write the manifest of ``files`` to ``target`` (the manifest, or the commit journal)."""
-    from quantforge import __version__
-    from quantforge.imatrix import coverage
-    from quantforge.manifest import Manifest, ManifestFile, relative_to_manifest, write_manifest
-
     man_path = manifest_path_for_paths or target
     tc, im = ctx.toolchain, ctx.imatrix
     sizes = sizes if sizes is not None else [p.stat().st_size for p in files]
@@ -887,9 +866,6 @@ def _split(
     The shards are verified and left in the work folder (``work_dir(output)``), in order; the
     caller renames them into place as part of its journalled commit. ``partial`` is removed.
     """
-    from quantforge.catalogue import catalogue
-    from quantforge.toolchain import find_toolchain
-
     binary = ctx.toolchain.gguf_split
     if binary is None:
         # A mainline gguf-split copies tensors verbatim but must know every type id.
@@ -959,7 +935,6 @@ def _log_early_failure(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return
-    from quantforge.paths import same_file
 
     stem = output_stem(recipe, Path(source.rsplit("/", 1)[-1]))
     for name in names:
@@ -995,8 +970,6 @@ def build(
     The output folder is locked for the whole ladder: a second build (or an evaluation) of the
     same folder is refused with the holder's pid, or waits for it with ``wait``.
     """
-    from quantforge.lock import folder_lock
-
     names = [recipe.variant(n).name for n in variants] if variants else [recipe.variant(None).name]
     try:
         ctx = prepare(

@@ -21,8 +21,25 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from quantforge.acquire import SMOLLM2_F16_SHA256, dequantize_gguf, smollm2_q4_1_path
+from quantforge.build import build
 from quantforge.constants import DATA_DIR
 from quantforge.errors import InputError
+from quantforge.evaluate.models import EvalResult
+from quantforge.evaluate.perplexity import evaluate, record_in_manifest
+from quantforge.evaluate.plots import plot_ladder, plot_sweeps
+from quantforge.evaluate.sweep import bundled_runner, load_result, run_sweeps, save_result
+from quantforge.fit.api import breakpoint_matrix, recipe_plans
+from quantforge.fit.report import Settings
+from quantforge.fsutil import sha256_file
+from quantforge.imatrix import coverage_inventory, read_imatrix
+from quantforge.inventory import load_inventory
+from quantforge.manifest import read_manifest, update_manifest
+from quantforge.plan import expand, lint
+from quantforge.publish.upload import make_card, publish
+from quantforge.recipe import load_recipe
+from quantforge.shipped import recipes_dir
+from quantforge.targets import list_targets
 
 RECIPE_NAME = "smollm2-135m.toml"
 IMATRIX_NAME = "smollm2-135m.imatrix"
@@ -78,8 +95,6 @@ Reporter = Callable[[DemoStep], None]
 
 
 def _shipped_recipe() -> Path:
-    from quantforge.shipped import recipes_dir
-
     src = recipes_dir() / RECIPE_NAME
     if not src.is_file():
         raise InputError(f"the embedded recipe {RECIPE_NAME} is missing", where=str(src), hint="reinstall quantforge")
@@ -97,9 +112,6 @@ def run_demo(
     build_progress: Any = None,
 ) -> DemoResult:
     """Run (or resume) the demo pipeline in ``folder`` and return what it produced."""
-    from quantforge.acquire import SMOLLM2_F16_SHA256, dequantize_gguf, smollm2_q4_1_path
-    from quantforge.recipe import load_recipe
-
     t_start = time.perf_counter()
     steps: list[DemoStep] = []
 
@@ -129,7 +141,6 @@ def run_demo(
     made_base = False
     if not (base.is_file() and marker.is_file() and marker.read_text().strip() == SMOLLM2_F16_SHA256):
         dequantize_gguf(smollm2_q4_1_path(), base, dtype="f16")
-        from quantforge.fsutil import sha256_file
 
         marker.write_text(sha256_file(base) + "\n")
         made_base = True
@@ -138,7 +149,6 @@ def run_demo(
 
     # 1. inventory of the real base
     t0 = time.perf_counter()
-    from quantforge.inventory import load_inventory
 
     inventory = load_inventory(str(base), engine=recipe.engine)
     n_params = sum(_prod(t.shape) for t in inventory.tensors)
@@ -146,8 +156,6 @@ def run_demo(
 
     # 2. lint every variant
     t0 = time.perf_counter()
-    from quantforge.imatrix import read_imatrix
-    from quantforge.plan import expand, lint
 
     imatrix_info = read_imatrix(imatrix_path)
     findings = [f for q in recipe.quants for f in lint(recipe, q.name, inventory, imatrix=str(imatrix_path))]
@@ -159,9 +167,6 @@ def run_demo(
 
     # 3. breakpoint matrix: every variant x every shipped hardware target
     t0 = time.perf_counter()
-    from quantforge.fit.api import breakpoint_matrix, recipe_plans
-    from quantforge.fit.report import Settings
-    from quantforge.targets import list_targets
 
     fit_plans, dims = recipe_plans(recipe)
     pub_ctx = recipe.publish.ctx if recipe.publish and recipe.publish.ctx else 8192
@@ -176,7 +181,6 @@ def run_demo(
 
     # 4. imatrix: the bundled one (ik llama-imatrix, 40 x 512 tokens), coverage checked
     t0 = time.perf_counter()
-    from quantforge.imatrix import coverage_inventory
 
     cov = coverage_inventory(imatrix_info, inventory)
     done(
@@ -189,7 +193,6 @@ def run_demo(
 
     # 5. build the ladder with the bundled ik llama-quantize (verified variants are skipped)
     t0 = time.perf_counter()
-    from quantforge.build import build
 
     ladder = build(
         recipe,
@@ -210,8 +213,6 @@ def run_demo(
 
     # 6. PPL / KLD with the bundled evaluator (base logits cached; recorded in the manifests)
     t0 = time.perf_counter()
-    from quantforge.evaluate.perplexity import evaluate, record_in_manifest
-    from quantforge.manifest import read_manifest
 
     evals: dict[str, Any] = {}
     base_ppl: float | None = None
@@ -238,8 +239,6 @@ def run_demo(
 
     # 7. a short repeated sweep of the smallest variant, with a plot
     t0 = time.perf_counter()
-    from quantforge.evaluate.plots import plot_ladder, plot_sweeps
-    from quantforge.evaluate.sweep import bundled_runner, load_result, run_sweeps, save_result
 
     small = ladder.results[-1]
     sweep_json = root / f"sweep-{small.variant}.json"
@@ -253,11 +252,9 @@ def run_demo(
         save_result(sweep, sweep_json)
         swept = True
     plots = [str(p) for p in plot_sweeps([sweep], root / f"sweep-{small.variant}", title=f"{recipe.model.name} {small.variant}: bundled CPU sweep")]
-    from quantforge.evaluate.models import EvalResult
 
     ladder_results = [EvalResult.model_validate(evals[r.variant]) for r in ladder.results]
     plots += [str(p) for p in plot_ladder(ladder_results, root / "ppl-kld-vs-size", labels=[r.variant for r in ladder.results], title=f"{recipe.model.name}: quality vs size")]
-    from quantforge.manifest import update_manifest
 
     update_manifest(Path(small.manifest), sweeps={"bundled-cpu": {"json": sweep_json.name, "jsonl": sweep_jsonl.name,
                                                                     "plots": [Path(p).name for p in plots]}})
@@ -266,7 +263,6 @@ def run_demo(
 
     # 8. model card, 9. publish --dry-run staging folder
     t0 = time.perf_counter()
-    from quantforge.publish.upload import make_card, publish
 
     card = make_card(recipe_path, repo=DEMO_REPO, out_dir=root, output=root / "README.md", force=True)
     done("card", f"{Path(str(card.path)).name} for {len(card.variants)} variants", t0)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from quantforge import constants
+from quantforge.paths import os_error
 
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 
@@ -115,8 +116,6 @@ def atomic_write_bytes(path: Path, data: bytes, *, what: str = "file") -> Path:
     A crash or Ctrl-C leaves either the old file or the new one, never a half-written one; a
     full disk or an I/O error is one line naming the file (and the temporary file is gone).
     """
-    from quantforge.paths import os_error
-
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

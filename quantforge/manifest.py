@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from quantforge.errors import InputError
 from quantforge.fsutil import atomic_write_text
+from quantforge.paths import MAX_MANIFEST_BYTES, read_input_json
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -89,7 +90,6 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     p = Path(path)
     if p.suffix != ".json" and not p.name.endswith(MANIFEST_SUFFIX):
         p = manifest_path(p)  # an output path was given
-    from quantforge.paths import MAX_MANIFEST_BYTES, read_input_json
 
     if not p.exists() and not p.is_symlink():
         raise InputError(

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from quantforge.acquire import smollm2_q4_1_path
+from quantforge.catalogue import catalogue
 from quantforge.errors import InputError
 from quantforge.gguf_header import (
     DEFAULT_ALIGNMENT,
@@ -28,6 +30,7 @@ from quantforge.gguf_header import (
     header_bytes,
     read_header,
 )
+from quantforge.inventory_synth import synthesize_inventory
 
 MiniArch = Literal["llama", "qwen3moe", "deepseek2", "glm4moe"]
 ARCHS: tuple[str, ...] = ("llama", "qwen3moe", "deepseek2", "glm4moe")
@@ -253,8 +256,6 @@ _BUILDERS: dict[str, Callable[[str], _Spec]] = {
 
 def _tokenizer_kv(tokenizer_from: Path | None) -> list[tuple[str, GGUFValue]]:
     if tokenizer_from is None:
-        from quantforge.acquire import smollm2_q4_1_path
-
         tokenizer_from = smollm2_q4_1_path()
     h: GGUFHeader = read_header(tokenizer_from)
     return [(k, v) for k, v in h.kv.items() if k.startswith("tokenizer.")]
@@ -321,7 +322,7 @@ def write_miniature(
     ``attn_v_b``; mainline: 3-D ``attn_k_b``/``attn_v_b`` and no ``attn_kv_b``). The same seed
     gives byte-identical files. Weights are N(0, 0.02); norms are 1 (+ noise), biases small.
     """
-    import numpy as np
+    import numpy as np  # startup
 
     out = Path(path)
     if out.exists() and not force:
@@ -392,10 +393,7 @@ def write_from_config(
     tensor-creation code (a missing, extra or mis-shaped tensor fails the load). The config's
     ``vocab_size`` must be SmolLM2's (49152): its tokenizer is the one written.
     """
-    import numpy as np
-
-    from quantforge.catalogue import catalogue
-    from quantforge.inventory_synth import synthesize_inventory
+    import numpy as np  # startup
 
     out = Path(path)
     if out.exists() and not force:

@@ -20,8 +20,11 @@ Three rules, each checked once, at the edge, by the functions here:
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
 import stat
+import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -315,8 +318,6 @@ def read_input_text(path: str | os.PathLike[str], *, what: str = "file", max_byt
 def read_input_json(path: str | os.PathLike[str], *, what: str = "JSON file", max_bytes: int = MAX_JSON_BYTES,
                     error: InputErrorType = InputError) -> object:
     """A JSON document from a regular file: bounded, UTF-8, errors named by line and column."""
-    import json
-
     text = read_input_text(path, what=what, max_bytes=max_bytes, error=error)
     try:
         return json.loads(text)
@@ -330,9 +331,6 @@ def read_input_json(path: str | os.PathLike[str], *, what: str = "JSON file", ma
 
 def parse_toml(text: str, *, where: str, what: str, error: InputErrorType = InputError) -> dict[str, object]:
     """``tomllib.loads`` with every failure as one line naming the file (and the line, when known)."""
-    import re
-    import tomllib
-
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

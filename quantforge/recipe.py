@@ -19,13 +19,17 @@ import difflib
 import functools
 import hashlib
 import re
+import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from quantforge.catalogue import catalogue
+from quantforge.catalogue import ftype as lookup_ftype
 from quantforge.errors import RecipeError
+from quantforge.fsutil import atomic_write_text
 from quantforge.paths import MAX_RECIPE_BYTES, check_name, name_problem, read_input_text
 from quantforge.regex_dialect import EngineRegex, RegexError, check_prefixed
 from quantforge.regex_dialect import check as check_engine_regex
@@ -351,8 +355,6 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def parse_recipe(text: str, *, path: str | None = None) -> Recipe:
-    import tomllib
-
     label = path or "<recipe>"
     try:
         data = tomllib.loads(text)
@@ -543,9 +545,6 @@ def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locat
     each variant's inherited values and rule list are built from its parent's, so a 1,500-deep
     ``extends`` chain costs one pass (a parent's rule list is reused, not rebuilt).
     """
-    from quantforge.catalogue import catalogue
-    from quantforge.catalogue import ftype as lookup_ftype
-
     if spec.model.id is None and spec.model.base is None:
         raise RecipeError(
             "the [model] section needs `id` (a shipped inventory or HF id) or `base` (a GGUF path or hf:// URL)",
@@ -758,8 +757,8 @@ def recipe_json_schema() -> dict[str, Any]:
 
 def _toml_regex(pattern: str) -> Any:
     """A regex as a TOML literal string (no escaping), or a basic string when it holds a quote or control."""
-    import tomlkit
-    from tomlkit.exceptions import InvalidStringError
+    import tomlkit  # startup
+    from tomlkit.exceptions import InvalidStringError  # startup
 
     try:
         return tomlkit.string(pattern, literal=True)
@@ -769,7 +768,7 @@ def _toml_regex(pattern: str) -> Any:
 
 def variant_table(variant: QuantSection, *, comment: str | None = None) -> Any:
     """A tomlkit table for one ``[[quant]]`` entry; rules as one inline table per line."""
-    import tomlkit
+    import tomlkit  # startup
 
     table = tomlkit.table()
     if comment:
@@ -797,10 +796,8 @@ def add_variant(
 
     The result is validated before it is written; the file is replaced atomically.
     """
-    import tomlkit
-    from tomlkit.exceptions import TOMLKitError
-
-    from quantforge.fsutil import atomic_write_text
+    import tomlkit  # startup
+    from tomlkit.exceptions import TOMLKitError  # startup
 
     p = Path(path)
     text = read_input_text(p, what="recipe", max_bytes=MAX_RECIPE_BYTES, error=RecipeError)

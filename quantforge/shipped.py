@@ -7,6 +7,7 @@ checkout or an editable install they are those folders themselves.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -18,7 +19,6 @@ def _locate(package: str, folder: str) -> Path:
         return checkout
     # In a wheel the folders are namespace packages (no __init__.py): ask the import system
     # where they are rather than importlib.resources, whose MultiplexedPath is not a Path.
-    import importlib.util
 
     try:
         spec = importlib.util.find_spec(package)

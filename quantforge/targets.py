@@ -48,6 +48,7 @@ from pydantic import (
 
 from quantforge import runner, units
 from quantforge.errors import TargetError
+from quantforge.paths import MAX_TARGET_BYTES, parse_toml, read_input_text
 from quantforge.shipped import targets_dir
 
 #: The shipped targets: the repository's ``hw_targets/`` in a checkout, the packaged copy in a wheel.
@@ -208,7 +209,6 @@ def load_target(path: str | Path) -> HardwareTarget:
     if not p.exists() and not p.is_symlink():
         known = ", ".join(sorted(x.stem for x in TARGETS_DIR.glob("*.toml")))
         raise TargetError("no such target file", where=str(path), hint=f"shipped targets: {known}")
-    from quantforge.paths import MAX_TARGET_BYTES, parse_toml, read_input_text
 
     # a FIFO, a device or a folder is refused before it is read; a target is a few hundred bytes
     text = read_input_text(p, what="hardware target", max_bytes=MAX_TARGET_BYTES, error=TargetError)

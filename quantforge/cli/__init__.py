@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         # A file operation the library did not expect to fail (each known one names its file).
         if debug_requested[0]:
             raise
-        from quantforge.paths import os_error
+        from quantforge.paths import os_error  # startup
 
         err = os_error(exc, exc.filename or "quantforge", action="use")
         print(f"quantforge: error: {err.one_line()}", file=sys.stderr)
@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 def _click() -> Any:
     # typer >= 0.29 vendors click as typer._click; older typers use the click package.
     try:
-        from typer._click import exceptions
+        from typer._click import exceptions  # optional
     except ImportError:  # pragma: no cover - older typer
-        from click import exceptions  # type: ignore[no-redef]
+        from click import exceptions  # type: ignore[no-redef]  # startup
     return exceptions
 
 

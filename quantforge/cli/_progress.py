@@ -17,7 +17,7 @@ class Bars:
     def __call__(self, kind: str, done: int, total: int) -> None:
         if not self.enabled:
             return
-        from tqdm import tqdm
+        from tqdm import tqdm  # startup
 
         if self.key != (kind, total) or self.bar is None or done < self.bar.n:
             self.close()

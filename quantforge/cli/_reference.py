@@ -27,9 +27,9 @@ def _walk(cmd: Any, path: list[str]) -> list[tuple[list[str], Any]]:
 
 
 def cli_reference() -> str:
-    import typer
+    import typer  # startup
 
-    from quantforge.cli import app
+    from quantforge.cli import app  # startup
 
     root = typer.main.get_command(app)
     lines = ["| command | what it does |", "| --- | --- |"]

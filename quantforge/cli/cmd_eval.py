@@ -9,10 +9,11 @@ import typer
 
 from quantforge.cli._app import app
 from quantforge.cli._options import BinDirOpt, JsonOpt, OutDirOpt, ThreadsOpt, VariantOpt, WaitOpt
+from quantforge.errors import InputError, UsageError
 
 
 def _fmt_eval(r: Any) -> str:
-    from quantforge.evaluate.models import EvalResult
+    from quantforge.evaluate.models import EvalResult  # startup
 
     assert isinstance(r, EvalResult)
     lines = [
@@ -34,8 +35,7 @@ def _fmt_eval(r: Any) -> str:
 
 def _recipe_variants(recipe_path: str, quant: str | None, all_: bool, out_dir: str | None) -> tuple[list[tuple[str, Path]], Path | None]:
     """(variant name, built GGUF) pairs of a recipe, and its base model path when local."""
-    from quantforge.errors import InputError, UsageError
-    from quantforge.recipe import load_recipe
+    from quantforge.recipe import load_recipe  # startup
 
     recipe = load_recipe(recipe_path)
     rdir = Path(recipe.path).parent if recipe.path else Path.cwd()
@@ -60,7 +60,7 @@ def _recipe_variants(recipe_path: str, quant: str | None, all_: bool, out_dir: s
 
 def _recipe_eval(recipe_path: str) -> dict[str, Any]:
     """The recipe's ``[eval]`` defaults (corpus relative to the recipe's folder)."""
-    from quantforge.recipe import load_recipe
+    from quantforge.recipe import load_recipe  # startup
 
     r = load_recipe(recipe_path)
     ev = getattr(r, "eval", None)
@@ -104,9 +104,8 @@ def eval_cmd(
 
       quantforge eval --model smol-Q8_0.gguf --base smol-f16.gguf --corpus eval.txt --engine mainline --json
     """
-    from quantforge.cli._output import emit
-    from quantforge.errors import UsageError
-    from quantforge.evaluate.perplexity import evaluate, record_in_manifest
+    from quantforge.cli._output import emit  # startup
+    from quantforge.evaluate.perplexity import evaluate, record_in_manifest  # startup
 
     if engine not in ("bundled", "ik", "mainline"):
         raise UsageError(f"unknown engine {engine!r}", where="--engine", hint="bundled, ik or mainline")
@@ -161,8 +160,8 @@ def plot_sweep_cmd(
 
     Example: quantforge plot sweep before.json after.json -o speed
     """
-    from quantforge.evaluate.plots import plot_sweeps
-    from quantforge.evaluate.sweep import load_result
+    from quantforge.evaluate.plots import plot_sweeps  # startup
+    from quantforge.evaluate.sweep import load_result  # startup
 
     paths = plot_sweeps([load_result(r) for r in results], out, title=title)
     print("\n".join(str(p) for p in paths))
@@ -181,30 +180,11 @@ def plot_ladder_cmd(
     Example: quantforge plot ladder q8.json q6.json q4.json -o ladder --x bpw --n-params 134515008
     """
 
-    from quantforge.errors import InputError
-    from quantforge.evaluate.models import EvalResult
-    from quantforge.evaluate.plots import plot_ladder
+    from quantforge.evaluate.perplexity import read_results  # startup
+    from quantforge.evaluate.plots import plot_ladder  # startup
 
     if x not in ("gib", "bpw"):
         raise InputError(f"--x must be gib or bpw, not {x!r}", where="--x")
-    evals = []
-    for r in results:
-        from pydantic import ValidationError
-
-        from quantforge.paths import read_input_json
-
-        p = Path(r)
-        if not p.exists() and not p.is_symlink():
-            raise InputError("result file not found", where=r)
-        data: Any = read_input_json(p, what="result file")
-        if isinstance(data, dict) and isinstance(data.get("eval"), dict):  # a manifest
-            data = data["eval"].get("latest")
-        for d in data if isinstance(data, list) else [data]:
-            try:
-                evals.append(EvalResult.model_validate(d))
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                raise InputError(f"not an evaluation result: {'.'.join(map(str, first['loc'])) or 'value'}: "
-                                 f"{first['msg']}", where=r, hint="give the JSON of quantforge eval or a manifest") from None
+    evals = read_results(results)
     paths = plot_ladder(evals, out, x=x, n_params=n_params, title=title)  # type: ignore[arg-type]
     print("\n".join(str(p) for p in paths))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,8 @@ import typer
 
 from quantforge.cli._app import app
 from quantforge.cli._options import BinDirOpt, ForceOpt, JsonOpt, OutDirOpt, VariantOpt
+from quantforge.errors import UsageError
+from quantforge.units import human_bytes as _gib
 
 target_app = typer.Typer(
     help="Hardware targets: detect this machine, list and show the shipped ones.", no_args_is_help=True
@@ -17,14 +20,12 @@ app.add_typer(target_app, name="target")
 
 
 def _settings(ctx: int, ctk: str, ctv: str, mla: int, fa: bool, ub: int, amb: int) -> Any:
-    from quantforge.fit.report import Settings
+    from quantforge.fit.report import Settings  # startup
 
     return Settings(n_ctx=ctx, ctk=ctk, ctv=ctv, mla=mla, flash_attn=fa, ub=ub, amb=amb)
 
 
 def _render_report(r: Any) -> str:
-    from quantforge.units import human_bytes as _gib
-
     lines = [
         f"{r.quant} on {r.target} at -c {r.settings.n_ctx}: {r.verdict.replace('_', ' ').upper()}"
         + (f" (largest context that fits: {r.max_ctx})" if r.max_ctx else ""),
@@ -69,8 +70,6 @@ def _ranges(xs: tuple[int, ...]) -> str:
 
 
 def _render_matrix(m: Any) -> str:
-    from quantforge.units import human_bytes as _gib
-
     lines = [f"{m.model} at -c {m.n_ctx}", ""]
     width = max(12, *(len(t) for t in m.targets))
     lines.append(f"{'quant':18s} {'size':>10s}  " + "  ".join(f"{t:>{width}s}" for t in m.targets))
@@ -91,8 +90,6 @@ def _render_matrix(m: Any) -> str:
 
 
 def _render_command_plan(p: Any) -> str:
-    from quantforge.units import human_bytes as _gib
-
     head = f"{p.engine} command at -c {p.n_ctx} ({p.kv_size} KV cells), -ub {p.n_ubatch}, FA {'on' if p.flash_attn else 'off'}"
     if p.gpu_layers:
         head += ", layers per GPU " + "/".join(str(n) for n in p.gpu_layers)
@@ -151,9 +148,8 @@ def plan_cmd(
 
       quantforge plan model.gguf --command 'llama-server -m model.gguf -c 32768 -ngl 99 -ot exps=CPU' --target 256gb-24gb
     """
-    from quantforge.cli._output import emit
-    from quantforge.errors import UsageError
-    from quantforge.fit.api import fit_recipe, plan_source_command, recipe_matrix
+    from quantforge.cli._output import emit  # startup
+    from quantforge.fit.api import fit_recipe, plan_source_command, recipe_matrix  # startup
 
     if command is not None:
         if matrix:
@@ -162,7 +158,7 @@ def plan_cmd(
             raise UsageError(f"--engine {engine!r}: expected ik or mainline", hint="--engine mainline")
         build = None
         if engine_version is not None:
-            from quantforge.plan._versions import parse_engine_version
+            from quantforge.plan._versions import parse_engine_version  # startup
 
             try:
                 build = parse_engine_version(engine_version, where="--engine-version")
@@ -239,8 +235,7 @@ def fit_cmd(
 
       quantforge fit r1.toml --ladder 128gb-24gb --ladder 256gb-24gb --sensitivity r1.csv --plot front
     """
-    from quantforge.cli._output import emit
-    from quantforge.errors import UsageError
+    from quantforge.cli._output import emit  # startup
 
     if repack not in ("auto", "always", "never"):
         raise UsageError(f"--repack {repack!r}", where="--repack", hint="auto, always or never")
@@ -250,7 +245,7 @@ def fit_cmd(
     if ladder:
         if target or budget:
             raise UsageError("--ladder replaces --target/--budget", where="--ladder")
-        from quantforge.fit.ladder import solve_ladder
+        from quantforge.fit.ladder import solve_ladder  # startup
 
         lad = solve_ladder(
             recipe, ladder, settings=s, quant=quant, sensitivity=sensitivity, curve=curve, min_tg=min_tg,
@@ -262,7 +257,7 @@ def fit_cmd(
     if bool(target) == bool(budget):
         raise UsageError("give --target or --budget (one of them), or --ladder", where="fit",
                          hint="e.g. --target 256gb-24gb, or --budget Q4_K_M")  # fmt: skip
-    from quantforge.fit.solver import solve_recipe
+    from quantforge.fit.solver import solve_recipe  # startup
 
     res = solve_recipe(
         recipe, target=target, budget=budget, settings=s, quant=quant, name=name, sensitivity=sensitivity,
@@ -283,10 +278,8 @@ def target_detect(
 
     Example: quantforge target detect -o hw_targets/mine.toml
     """
-    import sys
-
-    from quantforge.cli._output import emit
-    from quantforge.targets import detect_target, target_toml, write_target
+    from quantforge.cli._output import emit  # startup
+    from quantforge.targets import detect_target, target_toml, write_target  # startup
 
     t = detect_target(name=name)
     if output:
@@ -305,8 +298,8 @@ def target_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List hardware targets."""
-    from quantforge.cli._output import emit
-    from quantforge.targets import list_targets
+    from quantforge.cli._output import emit  # startup
+    from quantforge.targets import list_targets  # startup
 
     ts = list_targets(directory)
     emit(ts, as_json=as_json, human=lambda xs: "\n".join(f"{t.name:20s} {t.summary()}" for t in xs))
@@ -318,8 +311,8 @@ def target_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one target (validated)."""
-    from quantforge.cli._output import emit
-    from quantforge.targets import load_target, target_toml
+    from quantforge.cli._output import emit  # startup
+    from quantforge.targets import load_target, target_toml  # startup
 
     t = load_target(target)
     emit(t, as_json=as_json, human=target_toml)

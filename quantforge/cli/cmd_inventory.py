@@ -9,6 +9,8 @@ import typer
 
 from quantforge.cli._app import app
 from quantforge.cli._options import JsonOpt
+from quantforge.errors import UsageError
+from quantforge.units import human_bytes
 
 _BLK = re.compile(r"^blk\.(\d+)\.")
 
@@ -42,9 +44,8 @@ def inventory(
     ),
     as_json: JsonOpt = False,
 ) -> None:
-    from quantforge.cli._output import emit
-    from quantforge.errors import UsageError
-    from quantforge.inventory import load_source
+    from quantforge.cli._output import emit  # startup
+    from quantforge.inventory import load_source  # startup
 
     for flag, value, allowed in (("--engine", engine, ("ik", "mainline")), ("--layout", layout, ("ik", "mainline", "legacy")),
                                  ("--nextn", nextn, ("full", "shared", "none"))):
@@ -55,7 +56,7 @@ def inventory(
 
 
 def _tensor_bytes(dtype: str, shape: tuple[int, ...], engine: Any) -> int | None:
-    from quantforge.catalogue import catalogue
+    from quantforge.catalogue import catalogue  # startup
 
     for eng in ((engine,) if engine else ("ik", "mainline")):
         qt = catalogue(eng).find(dtype)
@@ -109,8 +110,6 @@ def _layers(ids: list[int]) -> str:
 
 
 def _render(d: dict[str, Any]) -> str:
-    from quantforge.units import human_bytes
-
     groups: dict[tuple[str, tuple[int, ...], str], dict[str, Any]] = {}
     for t in d["tensors"]:
         m = _BLK.match(t["name"])

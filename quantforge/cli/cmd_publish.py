@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -9,6 +11,8 @@ import typer
 from quantforge.cli._app import app
 from quantforge.cli._options import AllQuantsOpt, ForceOpt, JsonOpt, OutDirOpt, WaitOpt
 from quantforge.cli.cmd_recipe import recipe_app
+from quantforge.errors import QuantforgeError, UsageError
+from quantforge.units import human_bytes
 
 
 @app.command("card")
@@ -32,13 +36,9 @@ def card_cmd(
 
       quantforge card hf://org/repo/Model-IQ2_K_R4-00001-of-00005.gguf -o -
     """
-    import sys
-    from pathlib import Path
-
     if not source.lower().endswith(".toml"):
-        from quantforge.errors import UsageError
-        from quantforge.fsutil import atomic_write_text
-        from quantforge.publish.card import card_from_source
+        from quantforge.fsutil import atomic_write_text  # startup
+        from quantforge.publish.card import card_from_source  # startup
 
         if quant:
             raise UsageError("--quant names recipe variants; a GGUF is one variant", where="--quant",
@@ -54,7 +54,7 @@ def card_cmd(
         print(f"wrote {out} (from the header of {Path(source).name})")
         return
 
-    from quantforge.publish.upload import make_card
+    from quantforge.publish.upload import make_card  # startup
 
     _warn_base_model(source)
     res = make_card(source, repo=repo, quants=quant or None, out_dir=out_dir,
@@ -68,10 +68,8 @@ def card_cmd(
 def _warn_base_model(recipe_path: str) -> None:
     """One warning line when the card will have no ``base_model`` (the Hub then shows the quant
     unlinked from its base model), with the fix."""
-    import sys
-
-    from quantforge.inventory import base_model_of
-    from quantforge.recipe import load_recipe
+    from quantforge.inventory import base_model_of  # startup
+    from quantforge.recipe import load_recipe  # startup
 
     found, why = base_model_of(load_recipe(recipe_path))
     if found is None:
@@ -107,12 +105,9 @@ def publish_cmd(
 
       quantforge publish recipes/smollm2-135m.toml --repo my-org/SmolLM2-135M-GGUF --quant IQ4_KS
     """
-    import sys
-
-    from quantforge.cli._output import emit
-    from quantforge.constants import HF_MAX_FILE_BYTES
-    from quantforge.errors import UsageError
-    from quantforge.publish.upload import publish
+    from quantforge.cli._output import emit  # startup
+    from quantforge.constants import HF_MAX_FILE_BYTES  # startup
+    from quantforge.publish.upload import publish  # startup
 
     if staging and not dry_run:
         raise UsageError("--staging needs --dry-run", where="--staging", hint="add --dry-run")
@@ -124,8 +119,7 @@ def publish_cmd(
 
 
 def _human(res: Any) -> str:
-    from quantforge.publish.upload import iter_plan_lines
-    from quantforge.units import human_bytes
+    from quantforge.publish.upload import iter_plan_lines  # startup
 
     plan = res.plan
     if res.dry_run:
@@ -169,11 +163,6 @@ def import_cmd(
 
       quantforge recipe import custom.txt --model deepseek-ai/DeepSeek-V3-0324 --ftype IQ2_XXS -o v3.toml
     """
-    import sys
-    from pathlib import Path
-
-    from quantforge.errors import UsageError
-
     for flag, value, allowed in (("--engine", engine, ("ik", "mainline")), ("--layout", layout, ("ik", "mainline", "legacy")),
                                  ("--dialect", dialect, ("custom-q", "tensor-type", "tensor-type-file", "thireus"))):
         if value is not None and value not in allowed:
@@ -182,7 +171,7 @@ def import_cmd(
     # A config.json or a recipe is a model SOURCE (refused below as "not a quant"), never a rule file.
     is_model_source = source.lower().endswith((".json", ".toml"))
     if not is_gguf and not is_model_source:
-        from quantforge.publish.dialects import import_dialect
+        from quantforge.publish.dialects import import_dialect  # startup
 
         if not model:
             raise UsageError(f"{Path(source).name} is a rule file: it needs the model it is for", where="--model",
@@ -201,7 +190,7 @@ def import_cmd(
         if value:
             raise UsageError(f"{flag} is for rule files; a GGUF says all of it itself", where=flag, hint=f"drop {flag}")
 
-    from quantforge.publish.importer import import_recipe
+    from quantforge.publish.importer import import_recipe  # startup
 
     res = import_recipe(source, name=name, engine=engine, output=output, force=force)
     if res.path is None:
@@ -215,8 +204,7 @@ def import_cmd(
 
 
 def _has_gguf_magic(path: Any) -> bool:
-    from quantforge.errors import QuantforgeError
-    from quantforge.paths import open_input
+    from quantforge.paths import open_input  # startup
 
     try:  # open_input never blocks (a FIFO is refused, not waited on): the reader says why later
         with open_input(path) as f:
@@ -240,14 +228,10 @@ def export_cmd(
 
     Example: quantforge recipe export recipes/kimi-k2-instruct.toml -q IQ2_KL --dialect custom-q
     """
-    import sys
-    from pathlib import Path
-
-    from quantforge.errors import UsageError
-    from quantforge.fsutil import atomic_write_text
-    from quantforge.plan import expand, recipe_inventory
-    from quantforge.publish.dialects import DIALECTS, export_dialect
-    from quantforge.recipe import load_recipe
+    from quantforge.fsutil import atomic_write_text  # startup
+    from quantforge.plan import expand, recipe_inventory  # startup
+    from quantforge.publish.dialects import DIALECTS, export_dialect  # startup
+    from quantforge.recipe import load_recipe  # startup
 
     if dialect not in DIALECTS:
         raise UsageError(f"unknown dialect {dialect!r}", where="--dialect", hint=f"use one of {', '.join(DIALECTS)}")
@@ -257,7 +241,7 @@ def export_cmd(
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
-    from quantforge.paths import refuse_input_as_output
+    from quantforge.paths import refuse_input_as_output  # startup
 
     out = Path(output)
     refuse_input_as_output(out, [("the recipe it is exported from", recipe)], field="--output",
@@ -278,15 +262,13 @@ def diff_cmd(
 
     Example: quantforge recipe diff A-IQ4_KS.gguf B-IQ4_KS.gguf
     """
-    from quantforge.cli._output import emit
-    from quantforge.publish.importer import diff_quants
+    from quantforge.cli._output import emit  # startup
+    from quantforge.publish.importer import diff_quants  # startup
 
     emit(diff_quants(a, b), as_json=as_json, human=_human_diff)
 
 
 def _human_diff(d: Any) -> str:
-    from quantforge.units import human_bytes
-
     lines = [f"A: {d.a}", f"B: {d.b}"]
     if not d.tensors:
         lines.append(f"identical tensor types ({d.n_same} tensors)")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from quantforge.cli._app import app
 from quantforge.cli._options import ImatrixOpt, InventoryOpt, JsonOpt, QuantOpt, RecipeArg
+from quantforge.errors import RecipeError
+from quantforge.units import human_bytes
 
 recipe_app = typer.Typer(help="Work with TOML quant recipes.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
@@ -23,15 +27,12 @@ def schema_cmd(
 
     Example: quantforge recipe schema -o recipe.schema.json
     """
-    import json
-    from pathlib import Path
-
-    from quantforge.cli._output import emit
-    from quantforge.recipe import recipe_json_schema
+    from quantforge.cli._output import emit  # startup
+    from quantforge.recipe import recipe_json_schema  # startup
 
     schema = recipe_json_schema()
     if output:
-        from quantforge.fsutil import atomic_write_text
+        from quantforge.fsutil import atomic_write_text  # startup
 
         atomic_write_text(Path(output), json.dumps(schema, indent=2) + "\n")
     else:
@@ -52,12 +53,12 @@ EngineVersionOpt = Annotated[
 
 def _load(recipe: str, inventory: str | None, imatrix: str | None, quant: str | None,  # type: ignore[no-untyped-def]
           engine_version: str | None = None):
-    from quantforge.plan import recipe_inventory
-    from quantforge.recipe import load_recipe
+    from quantforge.plan import recipe_inventory  # startup
+    from quantforge.recipe import load_recipe  # startup
 
     r = load_recipe(recipe)
     if engine_version is not None:
-        from quantforge.plan._versions import parse_engine_version
+        from quantforge.plan._versions import parse_engine_version  # startup
 
         parse_engine_version(engine_version, where="--engine-version")
         r = r.model_copy(update={"model": r.model.model_copy(update={"engine_version": engine_version})})
@@ -82,9 +83,8 @@ def lint_cmd(
 
     Example: quantforge recipe lint recipes/smollm2-135m.toml --quant IQ4_K
     """
-    from quantforge.cli._output import emit
-    from quantforge.errors import RecipeError
-    from quantforge.plan import lint
+    from quantforge.cli._output import emit  # startup
+    from quantforge.plan import lint  # startup
 
     r, inv, names, imx = _load(recipe, inventory, imatrix, quant, engine_version)
     result = [{"quant": n, "findings": lint(r, n, inv, imatrix=imx)} for n in names]
@@ -121,8 +121,8 @@ def show_cmd(
 
     Example: quantforge recipe show recipes/smollm2-135m.toml --json
     """
-    from quantforge.cli._output import emit
-    from quantforge.plan import expand
+    from quantforge.cli._output import emit  # startup
+    from quantforge.plan import expand  # startup
 
     r, inv, names, imx = _load(recipe, inventory, imatrix, quant, engine_version)
     plans = [expand(r, n, inv, imatrix=imx) for n in names]
@@ -131,7 +131,7 @@ def show_cmd(
 
 
 def _plan_json(p) -> dict:  # type: ignore[no-untyped-def, type-arg]
-    from quantforge.plan import group_totals, layer_totals
+    from quantforge.plan import group_totals, layer_totals  # startup
 
     return {
         "name": p.name,
@@ -167,8 +167,7 @@ def _plan_json(p) -> dict:  # type: ignore[no-untyped-def, type-arg]
 
 
 def _render_show(plans: list) -> str:  # type: ignore[type-arg]
-    from quantforge.plan import collapse, group_totals
-    from quantforge.units import human_bytes
+    from quantforge.plan import collapse, group_totals  # startup
 
     out = []
     for p in plans:
@@ -210,11 +209,9 @@ def args_cmd(
 
     Example: quantforge recipe args recipes/smollm2-135m.toml --quant IQ4_K
     """
-    from pathlib import Path
-
-    from quantforge.build import output_stem
-    from quantforge.cli._output import emit
-    from quantforge.plan import expand, quantize_command, shell_join
+    from quantforge.build import output_stem  # startup
+    from quantforge.cli._output import emit  # startup
+    from quantforge.plan import expand, quantize_command, shell_join  # startup
 
     r, inv, names, imx = _load(recipe, inventory, imatrix, quant, engine_version)
     base = r.resolve_path(r.model.base) if r.model.base else (inventory or r.model.id or "model.gguf")

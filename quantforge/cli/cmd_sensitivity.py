@@ -9,6 +9,7 @@ import typer
 
 from quantforge.cli._app import app
 from quantforge.cli._options import BinDirOpt, ForceOpt, ImatrixOpt, JsonOpt, ThreadsOpt, WaitOpt
+from quantforge.errors import UsageError
 
 
 def _progress_line(p: Any) -> None:
@@ -66,14 +67,13 @@ def sensitivity_cmd(
 
       quantforge sensitivity recipes/deepseek-r1-0528.toml --import kld_results.csv --curve group0/kld_results.csv -o r1.csv
     """
-    from quantforge.cli._output import emit
-    from quantforge.cli._progress import progress_enabled
-    from quantforge.errors import UsageError
+    from quantforge.cli._output import emit  # startup
+    from quantforge.cli._progress import progress_enabled  # startup
 
     if engine is not None and engine not in ("bundled", "ik", "mainline"):
         raise UsageError(f"unknown evaluator {engine!r}", where="--engine", hint="bundled, ik or mainline")
     if import_:
-        from quantforge.sensitivity.imports import import_for_recipe
+        from quantforge.sensitivity.imports import import_for_recipe  # startup
 
         table, out = import_for_recipe(recipe, import_, quant=quant, output=output, curve=curve, baseline=baseline,
                                        baseline_type=baseline_type, force=force)  # fmt: skip
@@ -81,7 +81,7 @@ def sensitivity_cmd(
         return
     if curve or baseline is not None or baseline_type:
         raise UsageError("--curve, --baseline and --baseline-type go with --import", where="sensitivity")
-    from quantforge.sensitivity.measure import run_sensitivity
+    from quantforge.sensitivity.measure import run_sensitivity  # startup
 
     eng: Any = engine  # checked above
     res = run_sensitivity(

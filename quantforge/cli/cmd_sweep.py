@@ -10,6 +10,7 @@ import typer
 
 from quantforge.cli._app import app
 from quantforge.cli._options import BinDirOpt, ForceOpt, JsonOpt, ThreadsOpt, VariantOpt
+from quantforge.errors import InputError, UsageError
 
 sweep_app = typer.Typer(
     help="Speed sweeps (PP/TG vs N_KV) repeated with statistics; 'sweep compare' says if a change is real, "
@@ -97,10 +98,9 @@ def sweep_cmd(
     """
     if ctx_.invoked_subcommand is not None:
         return
-    from quantforge.cli._output import emit
-    from quantforge.cli.cmd_eval import _recipe_variants
-    from quantforge.errors import UsageError
-    from quantforge.evaluate.sweep import (
+    from quantforge.cli._output import emit  # startup
+    from quantforge.cli.cmd_eval import _recipe_variants  # startup
+    from quantforge.evaluate.sweep import (  # startup
         binary_runner,
         bundled_runner,
         bundled_vary_options,
@@ -163,12 +163,12 @@ def sweep_cmd(
         results = run_sweeps(configs, repeat=repeat, meta=metas, raw_jsonl=raw, warmup=warmup,
                              progress=_progress_line)
         rep = vary_report(knob, values, results)
-        from quantforge.evaluate.plots import plot_vary
+        from quantforge.evaluate.plots import plot_vary  # startup
 
         paths = plot_vary(knob, values, results, base, title=f"{label}: speed vs {knob}")
         rep = rep.model_copy(update={"plot": tuple(str(p) for p in paths)})
         if out:
-            from quantforge.fsutil import atomic_write_text
+            from quantforge.fsutil import atomic_write_text  # startup
 
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(Path(out), rep.model_dump_json(indent=2))
@@ -188,8 +188,8 @@ def sweep_cmd(
     if path is not None and not no_manifest:
         man = Path(str(path) + ".manifest.json")
         if man.is_file():
-            from quantforge.lock import folder_lock
-            from quantforge.manifest import read_manifest, update_manifest
+            from quantforge.lock import folder_lock  # startup
+            from quantforge.manifest import read_manifest, update_manifest  # startup
 
             with folder_lock(man.parent, purpose="quantforge sweep"):
                 prev = getattr(read_manifest(man), "sweeps", None) or {}
@@ -203,8 +203,7 @@ def _refuse_overwrite(out: str | None, force: bool, *, also_jsonl: bool = False,
                       inputs: tuple[tuple[str, str | Path | None], ...] = ()) -> None:
     """Nothing is overwritten without --force, and an input never (even with it): checked before
     any run, so no sweep is wasted."""
-    from quantforge.errors import InputError
-    from quantforge.paths import refuse_input_as_output
+    from quantforge.paths import refuse_input_as_output  # startup
 
     if not out:
         return
@@ -227,11 +226,10 @@ def _progress_line(label: str, k: int, total: int) -> None:
 def _target_command(recipe: str | None, quant: str | None, model: Path, target: str, engine: str,
                     bin_dir: str | None, ctx: int, tg: int) -> list[str]:
     """The planner's run command for ``target``, turned into a sweep-bench (ik) / llama-bench (mainline) run."""
-    from quantforge.errors import UsageError
-    from quantforge.evaluate.sweep import sweep_command_from_run
-    from quantforge.fit.api import fit_recipe
-    from quantforge.fit.report import Settings
-    from quantforge.toolchain import find_toolchain
+    from quantforge.evaluate.sweep import sweep_command_from_run  # startup
+    from quantforge.fit.api import fit_recipe  # startup
+    from quantforge.fit.report import Settings  # startup
+    from quantforge.toolchain import find_toolchain  # startup
 
     if not recipe:
         raise UsageError("--target needs the recipe the variant was planned from", where="--target",
@@ -362,10 +360,9 @@ def sweep_compare_cmd(
 
       quantforge sweep compare paste.md paste.md --a-select build=1ec12b8e --b-select build=22cae8321
     """
-    from quantforge.cli._output import emit
-    from quantforge.errors import UsageError
-    from quantforge.evaluate.stats import compare
-    from quantforge.evaluate.sweep import load_result, parse_select
+    from quantforge.cli._output import emit  # startup
+    from quantforge.evaluate.stats import compare  # startup
+    from quantforge.evaluate.sweep import load_result, parse_select  # startup
 
     if not 0.0 < alpha < 1.0:
         raise UsageError(f"--alpha must be between 0 and 1, not {alpha}", where="--alpha", hint="e.g. --alpha 0.05")
@@ -398,7 +395,7 @@ def sweep_compare_cmd(
                          "or --a and --b", where="sweep compare")
     rep = compare(ra, rb, alpha=alpha, min_effect_pct=min_effect, warnings=warnings)
     if out:
-        from quantforge.fsutil import atomic_write_text
+        from quantforge.fsutil import atomic_write_text  # startup
 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(out), rep.model_dump_json(indent=2))
@@ -407,10 +404,9 @@ def sweep_compare_cmd(
 
 def _ab_builds(model: str, a_dir: str, b_dir: str, args: str | None, tool: str | None, *, repeat: int, warmup: int,
                ctx: int, ubatch: int, tg: int, out: str | None, keep_warmup: bool) -> tuple[Any, Any, list[str]]:
-    from quantforge.errors import UsageError
-    from quantforge.evaluate._util import check_model_file
-    from quantforge.evaluate.ab import bench_command, find_tool, setup_warnings, tool_version
-    from quantforge.evaluate.sweep import binary_runner, run_sweeps, split_command
+    from quantforge.evaluate._util import check_model_file  # startup
+    from quantforge.evaluate.ab import bench_command, find_tool, setup_warnings, tool_version  # startup
+    from quantforge.evaluate.sweep import binary_runner, run_sweeps, split_command  # startup
 
     if tool not in (None, "sweep-bench", "llama-bench", "batched-bench", "bundled"):
         raise UsageError(f"unknown tool {tool!r}", where="--tool", hint="sweep-bench, llama-bench, batched-bench or bundled")
@@ -433,9 +429,8 @@ def _ab_builds(model: str, a_dir: str, b_dir: str, args: str | None, tool: str |
 
 def _ab_specs(model: str | None, a: str, b: str, *, repeat: int, warmup: int, ctx: int, ubatch: int, tg: int,
               out: str | None, keep_warmup: bool) -> tuple[Any, Any, list[str]]:
-    from quantforge.errors import UsageError
-    from quantforge.evaluate.ab import setup_warnings, tool_version
-    from quantforge.evaluate.sweep import (
+    from quantforge.evaluate.ab import setup_warnings, tool_version  # startup
+    from quantforge.evaluate.sweep import (  # startup
         binary_runner,
         bundled_runner,
         parse_option_set,
@@ -527,9 +522,8 @@ def sweep_bisect_cmd(
         --build 'cmake --build build -j 16 --target llama-sweep-bench' \\
         --command './build/bin/llama-sweep-bench -m /models/m.gguf -c 8192 -ub 2048 -t 16' --metric pp
     """
-    from quantforge.cli._output import emit
-    from quantforge.errors import UsageError
-    from quantforge.evaluate.bisect import bisect
+    from quantforge.cli._output import emit  # startup
+    from quantforge.evaluate.bisect import bisect  # startup
 
     if metric not in ("pp", "tg"):
         raise UsageError(f"--metric must be pp or tg, not {metric!r}", where="--metric")

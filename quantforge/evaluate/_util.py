@@ -11,7 +11,8 @@ from pathlib import Path
 
 from quantforge import fsutil, runner
 from quantforge.errors import EvalError, InputError, Interrupted, ToolError
-from quantforge.fsutil import cached_sha256
+from quantforge.fsutil import atomic_write_text, cached_sha256
+from quantforge.paths import MAX_CORPUS_BYTES, open_input, read_input_bytes
 
 _HASHES: dict[tuple[str, int, int], str] = {}
 
@@ -41,8 +42,6 @@ def now_iso() -> str:
 
 def read_corpus(path: str | Path) -> tuple[str, str]:
     """Text and sha256 of an evaluation corpus (UTF-8, as llama-perplexity reads it: raw bytes)."""
-    from quantforge.paths import MAX_CORPUS_BYTES, read_input_bytes
-
     p = Path(path)
     if not p.exists() and not p.is_symlink():
         raise InputError("corpus file not found", where=str(p), hint="pass --corpus FILE (plain UTF-8 text)")
@@ -55,8 +54,6 @@ def read_corpus(path: str | Path) -> tuple[str, str]:
 
 
 def check_model_file(path: str | Path) -> Path:
-    from quantforge.paths import open_input
-
     p = Path(path)
     if not p.exists() and not p.is_symlink():
         raise InputError("model file not found", where=str(p), hint="pass an existing .gguf file")
@@ -119,8 +116,6 @@ def base_cache_path(cache_dir: Path, key: dict[str, object]) -> Path:
 
 
 def write_key(logits_path: Path, key: dict[str, object]) -> None:
-    from quantforge.fsutil import atomic_write_text
-
     # A unique temporary name (two evaluations may share a cache folder), fsync, rename.
     atomic_write_text(logits_path.with_name(logits_path.name + ".json"), json.dumps(key, indent=2, sort_keys=True))
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from quantforge import runner
 from quantforge.errors import InputError, ToolError
 from quantforge.evaluate import knobs
+from quantforge.evaluate._util import sha256_file
 from quantforge.evaluate.models import SweepResult
 
 ToolKind = Literal["sweep-bench", "llama-bench", "batched-bench", "bundled"]
@@ -150,8 +151,6 @@ def setup_warnings(a: SweepResult, b: SweepResult, *, a_kind: str | None = None,
     if ma and mb and ma.resolve() != mb.resolve():
         same = False
         if ma.is_file() and mb.is_file() and ma.stat().st_size == mb.stat().st_size:
-            from quantforge.evaluate._util import sha256_file
-
             same = sha256_file(ma) == sha256_file(mb)
         if not same:
             out.append(f"the two sides run different model files ({ma.name} vs {mb.name})")

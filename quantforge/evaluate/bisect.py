@@ -21,6 +21,7 @@ and result are kept in the output folder.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -35,8 +36,10 @@ from quantforge import runner
 from quantforge.errors import BuildError, EvalError, InputError, Interrupted, QuantforgeError, ToolError
 from quantforge.evaluate import _util
 from quantforge.evaluate.models import Metric, SweepResult
+from quantforge.evaluate.plots import plot_bisect
 from quantforge.evaluate.stats import compare, summarize
 from quantforge.evaluate.tables import read_table
+from quantforge.fsutil import atomic_write_text
 
 SKIP = 125  # git bisect run: this commit cannot be tested
 StepVerdict = Literal["good", "bad", "skip"]
@@ -235,8 +238,6 @@ def _fmt_ci(lo: float | None, hi: float | None) -> str:
 
 
 def _util_write(path: Path, text: str) -> None:
-    from quantforge.fsutil import atomic_write_text
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)
 
@@ -363,7 +364,6 @@ def bisect(
                           threshold_source=source, build=build_argv, command=bench_argv, references=tuple(refs),
                           steps=tuple(steps), first_bad=first, first_bad_subject=_subject(top, first) if first else None,
                           candidates=tuple(candidates), out_dir=str(out), git_log=git_log)
-    from quantforge.evaluate.plots import plot_bisect
 
     plots = plot_bisect(report, out / "bisect")
     report = report.model_copy(update={"plot": tuple(str(p) for p in plots)})
@@ -393,8 +393,6 @@ def _subject(repo: Path, sha: str) -> str:
 
 
 def _first_bad(repo: Path, text: str) -> tuple[str | None, list[str]]:
-    import re
-
     m = re.search(r"^([0-9a-f]{40}) is the first bad commit", text, re.M)
     if m:
         return m.group(1), []

@@ -36,7 +36,7 @@ class _Lib:
 
     def __init__(self) -> None:
         try:
-            from ik_llama_cpp import _ctypes_api as api
+            from ik_llama_cpp import _ctypes_api as api  # optional
         except (ImportError, OSError) as exc:  # the .so may be missing or not loadable on this machine
             raise ToolError(
                 f"the bundled ik libllama cannot be loaded: {exc}",
@@ -87,7 +87,7 @@ class _Lib:
 
 def bundled_version() -> str:
     try:
-        import ik_llama_cpp
+        import ik_llama_cpp  # startup
 
         return f"ik-llama-cpp-python {ik_llama_cpp.__version__}"
     except Exception:  # noqa: BLE001 - version is informative only

@@ -15,11 +15,15 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
+
+from quantforge.errors import QuantforgeError
+from quantforge.evaluate.bundled import _Lib, default_threads, sweep_bundled
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,8 +50,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _lib_version(lib: str | None) -> str:
-    import importlib.metadata
-
     try:
         pkg = f"ik-llama-cpp-python {importlib.metadata.version('ik-llama-cpp-python')}"
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - the package is a dependency
@@ -89,8 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model:
         sys.stderr.write("bundled_bench: error: -m MODEL is required\n")
         return 2
-    from quantforge.errors import QuantforgeError
-    from quantforge.evaluate.bundled import _Lib, default_threads, sweep_bundled
 
     ub = args.ubatch_size
     tg = args.n_predict if args.n_predict and args.n_predict > 0 else max(ub // 4, 1)

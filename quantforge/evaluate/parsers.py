@@ -13,8 +13,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from quantforge.errors import EvalError
+from quantforge.errors import EvalError, InputError
 from quantforge.evaluate.models import BenchRow, KLDChunkRow, KLDStats, PerplexityLog, SweepRow
+from quantforge.evaluate.tables import read_table
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|nan)"
 
@@ -154,9 +155,6 @@ def parse_sweep_markdown(text: str, *, where: str = "llama-sweep-bench output") 
     The table reader is :func:`quantforge.evaluate.tables.read_table` (every pasted shape, runs,
     warm-up rows); this is its strict view for tool output: all rows, none dropped.
     """
-    from quantforge.errors import InputError
-    from quantforge.evaluate.tables import read_table
-
     if not _SWEEP_HEADER.search(text):
         raise EvalError("no sweep-bench table (| PP | TG | N_KV | ...) in the output", where=where)
     try:

@@ -10,15 +10,23 @@ engine commit and the exact command.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from quantforge import constants
 from quantforge.errors import EvalError, InputError, Interrupted, ToolError
 from quantforge.evaluate import _util
+from quantforge.evaluate.bundled import default_threads, kld_bundled, perplexity_bundled
 from quantforge.evaluate.models import EvalEngine, EvalResult
 from quantforge.evaluate.parsers import parse_perplexity_log
+from quantforge.lock import folder_lock
+from quantforge.manifest import read_manifest, update_manifest
+from quantforge.paths import read_input_json
 from quantforge.toolchain import find_toolchain
 
 # ---------------------------------------------------------------- binaries
@@ -43,8 +51,6 @@ def find_perplexity(engine: Literal["ik", "mainline"], *, binary: str | None = N
 
 
 def _check_too_short(out: str, ctx: int, corpus: str | Path | None) -> None:
-    import re
-
     m = re.search(r"tokenizes to only (\d+) tokens", out)
     if m:
         raise _util.too_short(int(m.group(1)), ctx, corpus)
@@ -101,8 +107,6 @@ def perplexity_binary(
 
 
 def _default_threads() -> int:
-    from quantforge.evaluate.bundled import default_threads
-
     return default_threads()
 
 
@@ -145,8 +149,6 @@ def _evaluate(
 
     if not want_kld:
         if engine == "bundled":
-            from quantforge.evaluate.bundled import perplexity_bundled
-
             return perplexity_bundled(model_p, corpus=corpus, ctx=ctx, chunks=chunks, threads=threads, batch=batch,
                                       ubatch=ubatch)
         assert bin_path is not None
@@ -185,8 +187,6 @@ def _evaluate(
                         where=str(logits_p))
 
     if engine == "bundled":
-        from quantforge.evaluate.bundled import kld_bundled
-
         return kld_bundled(model_p, base_logits=logits_p, threads=threads, batch=batch, ubatch=ubatch, corpus=corpus,
                            corpus_sha256=corpus_sha, base_sha256=base_sha, base_model=base_name)
     assert bin_path is not None
@@ -220,8 +220,6 @@ def ensure_base_logits(
         except EvalError:
             path.unlink()  # a stale or broken cache entry is recomputed, never compared against
     if engine == "bundled":
-        from quantforge.evaluate.bundled import perplexity_bundled
-
         res = perplexity_bundled(base, corpus=corpus, ctx=ctx, chunks=chunks, threads=threads, batch=batch,
                                  ubatch=ubatch, write_base=path, base_key=key)
     else:
@@ -253,9 +251,6 @@ def record_in_manifest(manifest: str | Path, result: EvalResult, *, wait: bool =
     The read-modify-write of the manifest holds its folder's lock: a build (or another evaluation)
     of that folder is never interleaved with it; ``wait`` queues behind one instead of stopping.
     """
-    from quantforge.lock import folder_lock
-    from quantforge.manifest import read_manifest, update_manifest
-
     with folder_lock(Path(manifest).parent, purpose="quantforge eval", wait=wait):
         m = read_manifest(manifest)
         section: dict[str, Any] = dict(m.eval or {})
@@ -265,3 +260,25 @@ def record_in_manifest(manifest: str | Path, result: EvalResult, *, wait: bool =
         section["runs"] = runs
         section["latest"] = data
         return update_manifest(manifest, eval=section)
+
+
+def read_results(paths: Sequence[str | Path]) -> list[EvalResult]:
+    """The evaluations in ``paths``: JSON of ``quantforge eval --json`` (one result or a list) or a
+    variant's manifest (its latest evaluation), in order. InputError naming the file and field."""
+    out: list[EvalResult] = []
+    for r in paths:
+        p = Path(r)
+        if not p.exists() and not p.is_symlink():
+            raise InputError("result file not found", where=str(r))
+        data: Any = read_input_json(p, what="result file")
+        if isinstance(data, dict) and isinstance(data.get("eval"), dict):  # a manifest
+            data = data["eval"].get("latest")
+        for d in data if isinstance(data, list) else [data]:
+            try:
+                out.append(EvalResult.model_validate(d))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise InputError(f"not an evaluation result: {'.'.join(map(str, first['loc'])) or 'value'}: "
+                                 f"{first['msg']}", where=str(r),
+                                 hint="give the JSON of quantforge eval or a manifest") from None
+    return out

@@ -20,11 +20,11 @@ _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 
 
 def _plt() -> Any:
-    import matplotlib
+    import matplotlib  # startup
 
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.fonttype"] = "none"  # real text in SVG: selectable, searchable, small
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # startup
 
     return plt
 
@@ -130,7 +130,7 @@ def plot_ladder(
 def plot_vary(knob: str, values: Sequence[str], results: Sequence[SweepResult], out: str | Path, *,
               title: str | None = None) -> list[Path]:
     """PP and TG speed against one knob's values (geometric mean over each run's rows, mean ± sd of runs)."""
-    import numpy as np
+    import numpy as np  # startup
 
     if not results or len(values) != len(results):
         raise InputError("nothing to plot", hint="one sweep result per value of the knob")

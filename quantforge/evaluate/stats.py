@@ -91,7 +91,7 @@ def welch(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, a
 def welch_summary(ma: float, sa: float, na: int, mb: float, sb: float, nb: int, *,
                   alpha: float = ALPHA) -> tuple[float, float | None, float | None, float | None, float | None]:
     """Welch's t-test from means, sample standard deviations and counts (what llama-bench prints)."""
-    from scipy import stats
+    from scipy import stats  # startup
 
     diff = mb - ma
     if na < 2 or nb < 2:
@@ -185,7 +185,7 @@ def _keys(res: SweepResult, metric: str) -> set[RowKey]:
 def paired_test(baseline: SweepResult, candidate: SweepResult, metric: Metric, *, alpha: float = ALPHA,
                 sigma_rule: float = SIGMA_RULE, min_effect_pct: float = MIN_EFFECT_PCT) -> PairedTest:
     """Rows paired by (N_KV, PP, TG): t-test on the log-ratios of their geometric means, with rank checks."""
-    from scipy import stats
+    from scipy import stats  # startup
 
     keys = sorted(_keys(baseline, metric) & _keys(candidate, metric))
     d = np.array([math.log(_geo(_values(candidate.runs, k, metric)) / _geo(_values(baseline.runs, k, metric)))

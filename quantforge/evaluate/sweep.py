@@ -13,15 +13,19 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantforge.errors import EvalError, InputError
+from quantforge.errors import EvalError, InputError, ToolError
 from quantforge.evaluate import _util, knobs
+from quantforge.evaluate.bundled import sweep_bundled
 from quantforge.evaluate.models import EvalEngine, SweepResult, SweepRow, VaryPoint, VaryReport
 from quantforge.evaluate.stats import summarize
+from quantforge.evaluate.tables import read_table
+from quantforge.paths import MAX_JSON_BYTES, read_input_bytes, read_input_text
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,6 @@ def bundled_runner(model: str | Path, *, ctx: int = 512, ubatch: int = 128, tg: 
     counter = {"i": 0}
 
     def run() -> tuple[SweepRow, ...]:
-        from quantforge.evaluate.bundled import sweep_bundled
-
         counter["i"] += 1
         return sweep_bundled(model, ctx=ctx, ubatch=ubatch, tg=tg, threads=threads, seed=counter["i"],
                              flash_attn=flash_attn)
@@ -58,9 +60,6 @@ def bundled_runner(model: str | Path, *, ctx: int = 512, ubatch: int = 128, tg: 
 
 def binary_runner(cmd: Sequence[str], *, timeout: float | None = None, keep_warmup: bool = False) -> Runner:
     """Run a ``llama-sweep-bench`` / ``llama-bench`` / ``llama-batched-bench`` command line and read its table."""
-    from quantforge.errors import ToolError
-    from quantforge.evaluate.tables import read_table
-
     if not cmd:
         raise InputError("empty sweep command")
     exe = Path(cmd[0])
@@ -82,8 +81,6 @@ def binary_runner(cmd: Sequence[str], *, timeout: float | None = None, keep_warm
 
 
 def _which(name: str) -> str | None:
-    import shutil
-
     return shutil.which(name)
 
 
@@ -164,8 +161,6 @@ def write_raw_jsonl(path: str | Path, results: Sequence[SweepResult]) -> Path:
 
 
 def read_raw_jsonl(path: str | Path) -> dict[str, list[list[SweepRow]]]:
-    from quantforge.paths import MAX_JSON_BYTES, read_input_text
-
     out: dict[str, dict[int, list[SweepRow]]] = {}
     text = read_input_text(path, what="sweep runs file", max_bytes=MAX_JSON_BYTES)
     for n, line in enumerate(text.splitlines(), 1):
@@ -194,12 +189,9 @@ def save_result(result: SweepResult, path: str | Path, *, force: bool = True) ->
 
 def load_result(path: str | Path, *, select: dict[str, str] | None = None, keep_warmup: bool = False) -> SweepResult:
     """A stored sweep result (JSON from ``quantforge sweep``) or any speed table a tool printed or a user pasted."""
-    from quantforge.evaluate.tables import read_table
-
     p = Path(path)
     if not p.exists() and not p.is_symlink():
         raise InputError("sweep result not found", where=str(p), hint="pass a JSON written by 'quantforge sweep' or a sweep-bench log")
-    from quantforge.paths import MAX_JSON_BYTES, read_input_bytes
 
     raw = read_input_bytes(p, what="sweep result", max_bytes=MAX_JSON_BYTES)
     if b"\0" in raw[:4096]:
@@ -304,7 +296,7 @@ def bundled_vary_options(knob: str, value: str) -> dict[str, Any]:
 
 def vary_report(knob: str, values: Sequence[str], results: Sequence[SweepResult]) -> VaryReport:
     """PP and TG at each value of a knob (geometric mean over each run's rows; mean ± sd across runs)."""
-    import numpy as np
+    import numpy as np  # startup
 
     points = []
     for value, res in zip(values, results, strict=True):

@@ -7,24 +7,26 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from quantforge.catalogue import Engine
-from quantforge.fit.dims import ModelDims, dims_from_hparams
-from quantforge.fit.placement import FitTensor
+from quantforge.catalogue import Engine, catalogue
+from quantforge.fit.dims import ModelDims, dims_from_hparams, extras_from_hparams
+from quantforge.fit.placement import FitTensor, fit_tensors, prepare
 from quantforge.fit.report import CommandPlan, FitReport, Settings, Verdict, plan_command, plan_fit
+from quantforge.fit.validate import facts_from_header
+from quantforge.gguf_header import read_header
+from quantforge.inventory import load_source
+from quantforge.plan import expand
+from quantforge.plan import recipe_inventory as plan_recipe_inventory
+from quantforge.recipe import load_recipe
 from quantforge.targets import HardwareTarget, list_targets, load_target
 
 
 def recipe_inventory(recipe: Any) -> Any:
     """The inventory a recipe plans against (one policy, owned by the plan stage)."""
-    from quantforge.plan import recipe_inventory as plan_recipe_inventory
-
     return plan_recipe_inventory(recipe)
 
 
 def recipe_plans(recipe: Any, quant: str | None = None) -> tuple[list[Any], ModelDims]:
     """Expanded plans of one (or every) variant and the model's dims."""
-    from quantforge.plan import expand
-
     inv = recipe_inventory(recipe)
     dims = dims_from_hparams(inv.arch, inv.hparams)
     names = [recipe.variant(quant).name] if quant else [q.name for q in recipe.quants]
@@ -39,8 +41,6 @@ def fit_recipe(
     settings: Settings,
     placement: bool = False,
 ) -> FitReport:
-    from quantforge.recipe import load_recipe
-
     recipe = load_recipe(recipe_path)
     tgt = load_target(target)
     plans, dims = recipe_plans(recipe, quant)
@@ -73,8 +73,6 @@ def breakpoint_matrix(
     plans: list[Any], dims: ModelDims, targets: list[HardwareTarget], *, settings: Settings, model: str = ""
 ) -> BreakpointMatrix:
     """Every plan x every target at ``settings`` (the model card's table)."""
-    from quantforge.fit.placement import fit_tensors, prepare
-
     cells = []
     for p in plans:
         prep = prepare(fit_tensors(p), engine=p.engine, n_layer=dims.n_layer)
@@ -99,8 +97,6 @@ def breakpoint_matrix(
 def recipe_matrix(
     recipe_path: str | Path, *, targets_dir: str | Path | None, settings: Settings, quant: str | None = None
 ) -> BreakpointMatrix:
-    from quantforge.recipe import load_recipe
-
     recipe = load_recipe(recipe_path)
     plans, dims = recipe_plans(recipe, quant)
     model = recipe.model.name or recipe.model.id or str(recipe_path)
@@ -113,15 +109,9 @@ def plan_source_command(
 ) -> CommandPlan:  # fmt: skip
     """``plan SOURCE --command …``: the buffers of a command line for a recipe variant (the
     planned tensors) or a GGUF (its own tensors and offsets: a local file, or any shard of a set)."""
-    from quantforge.fit.dims import extras_from_hparams
-    from quantforge.fit.placement import fit_tensors
-    from quantforge.inventory import load_source
-
     tgt = load_target(target) if target else None
     text = str(source)
     if Path(text).suffix.lower() == ".toml":
-        from quantforge.recipe import load_recipe
-
         recipe = load_recipe(text)
         inv = recipe_inventory(recipe)
         plans, dims = recipe_plans(recipe, quant or recipe.quants[0].name)
@@ -133,13 +123,9 @@ def plan_source_command(
     src = load_source(text, engine=eng)
     inv = src.inventory
     if src.kind == "gguf" and len({t.shard for t in inv.tensors}) == 1 and Path(text).is_file():
-        from quantforge.fit.validate import facts_from_header
-        from quantforge.gguf_header import read_header
-
         f = facts_from_header(read_header(text), engine=eng)
         return plan_command(f.tensors, f.dims, command, engine=eng, target=tgt, extras=f.extras,
                             offsets=f.offsets, engine_build=engine_build)  # fmt: skip
-    from quantforge.catalogue import catalogue
 
     cat = catalogue(eng)
     tensors = []

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from quantforge.catalogue import Engine
-from quantforge.fit.ggml_sim import FLAG_OUTPUT, Graph, Tensor
+from quantforge.fit.ggml_sim import FLAG_OUTPUT, Graph, Tensor, TypeInfo
 from quantforge.fit.graph_base import GraphBuilder, GraphConfig, ModelWeights, WeightInfo
 from quantforge.fit.graphs_mainline import MainlineBuilder
 
@@ -148,8 +148,6 @@ class IkBuilder(GraphBuilder):
         return cur
 
     def _row(self, type_: str, n: int) -> int:
-        from quantforge.fit.ggml_sim import TypeInfo
-
         blck, tsize = TypeInfo.get(type_, self.engine)
         return tsize * (n // blck)
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from quantforge.evaluate.plots import _plt, _save
+from quantforge.fit.api import recipe_inventory
 from quantforge.fit.report import Settings
 from quantforge.fit.solver import (
     ParetoPoint,
@@ -20,8 +22,10 @@ from quantforge.fit.solver import (
     groups_prior,
     solve_recipe,
 )
-from quantforge.plan import QuantPlan
-from quantforge.sensitivity.table import SensitivityTable
+from quantforge.plan import QuantPlan, expand
+from quantforge.recipe import load_recipe
+from quantforge.sensitivity.measure import with_base_variant
+from quantforge.sensitivity.table import SensitivityTable, read_table
 from quantforge.units import human_bytes
 
 
@@ -75,7 +79,6 @@ def pareto_front(plan: QuantPlan, table: SensitivityTable | None, *, points: int
 
 def plot_front(front: Sequence[ParetoPoint], variants: Sequence[SolveResult], out: str | Path, *, metric: str,
                title: str | None = None) -> list[Path]:  # fmt: skip
-    from quantforge.evaluate.plots import _plt, _save
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -108,12 +111,6 @@ def solve_ladder(
     verify: bool = False, verify_options: dict[str, Any] | None = None,
 ) -> LadderResult:  # fmt: skip
     """One variant per target (or per budget with ``budget_mode``) and the Pareto front."""
-    from quantforge.fit.api import recipe_inventory
-    from quantforge.plan import expand
-    from quantforge.recipe import load_recipe
-    from quantforge.sensitivity.measure import with_base_variant
-    from quantforge.sensitivity.table import read_table
-
     variants = []
     for t in targets:
         kw: dict[str, Any] = {"budget": t} if budget_mode else {"target": t}

@@ -33,6 +33,9 @@ from typing import Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict
 
 from quantforge.catalogue import Engine
+from quantforge.fit.cmdline import parse_command
+from quantforge.fit.probe import parse_buffer_log
+from quantforge.fit.realwidth import VALIDATION_MODELS
 
 AttentionKind = Literal["mla", "gqa"]
 _MIB = 1 << 20
@@ -182,10 +185,6 @@ def gpu_margin(*, engine: Engine, attention: AttentionKind, flash_attn: bool, ub
 def measure_margins(log_dir: str | Path) -> list[MeasuredMargin]:
     """``MEASURED_MARGINS`` recomputed from a run folder (``runs.tsv``, ``results.jsonl``, ``logs/``):
     per-process GPU memory at the first sweep step minus the CUDA0 weights, KV and compute logged."""
-    from quantforge.fit.cmdline import parse_command
-    from quantforge.fit.probe import parse_buffer_log
-    from quantforge.fit.realwidth import VALIDATION_MODELS
-
     d = Path(log_dir)
     results = {}
     for line in (d / "results.jsonl").read_text().splitlines():

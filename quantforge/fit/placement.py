@@ -221,7 +221,7 @@ def split_layers(n_layer: int, vram: Sequence[int]) -> list[int]:
 
 @lru_cache(maxsize=256)
 def _layer_map(counts: tuple[int, ...]) -> tuple[int, ...]:
-    import numpy as np
+    import numpy as np  # startup
 
     n = sum(counts)
     cum = np.cumsum(np.asarray(counts, dtype=np.float32)) / np.float32(n)

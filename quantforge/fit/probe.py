@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from quantforge import runner
+from quantforge.catalogue import catalogue
 from quantforge.errors import ToolError
 
 _MIB = 1 << 20
@@ -106,8 +107,6 @@ def probe_load(
     timeout: float = 300.0,
 ) -> LoadBuffers:
     """Load ``path`` with the bundled ik ``libllama`` (CPU) and return what it allocated."""
-    from quantforge.catalogue import catalogue
-
     cat = catalogue("ik")
     args = {
         "path": str(path),

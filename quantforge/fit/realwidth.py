@@ -20,6 +20,7 @@ written as its header and then extended with ``truncate``: a 15 GB model takes a
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -229,7 +230,5 @@ def write_realwidth(spec: RealWidthSpec, path: str | os.PathLike[str], *, force:
 
 def realwidth_header(spec: RealWidthSpec) -> GGUFHeader:
     """The parsed header of the model (what the planner reads of it), without writing a file."""
-    import io
-
     head, size, _ = realwidth_layout(spec)
     return read_header(io.BytesIO(head), size=size, where=spec.stem)

@@ -18,7 +18,7 @@ from quantforge.fit.cmdline import RunCommand, parse_command, split_command_line
 from quantforge.fit.dims import ModelDims, ModelExtras
 from quantforge.fit.kv import KVCache, check_kv_type, kv_cache, kv_padding
 from quantforge.fit.margin import GpuMargin, gpu_margin
-from quantforge.fit.placement import FitTensor, Prepared, override_args, prepare
+from quantforge.fit.placement import FitTensor, Prepared, fit_tensors, override_args, prepare
 from quantforge.targets import HardwareTarget
 
 _GIB = 1 << 30
@@ -543,8 +543,6 @@ def plan_fit(
     engine_build: int | None = None,
 ) -> FitReport:
     """Does ``plan`` fit ``target`` at ``settings``: per-device bytes, verdict, command, advice."""
-    from quantforge.fit.placement import fit_tensors
-
     s = settings or Settings()
     eng: Engine = engine or getattr(plan, "engine", None) or "ik"
     _check(s, dims, eng)

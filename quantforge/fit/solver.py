@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import re
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,14 +40,23 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from quantforge import units
+from quantforge.build import build_variant
+from quantforge.build import prepare as prepare_build
 from quantforge.catalogue import Engine, catalogue
-from quantforge.errors import InputError, UsageError
+from quantforge.errors import InputError, RecipeError, UsageError
+from quantforge.evaluate.perplexity import evaluate, record_in_manifest
+from quantforge.fit.api import recipe_inventory, recipe_plans
 from quantforge.fit.dims import ModelDims
 from quantforge.fit.placement import FitTensor, expert_part, fit_tensors, layer_device, prepare, split_layers
 from quantforge.fit.report import FitReport, Settings, plan_fit
-from quantforge.plan import QuantPlan
-from quantforge.sensitivity.table import SensitivityTable, format_layers
-from quantforge.targets import HardwareTarget
+from quantforge.lock import folder_lock
+from quantforge.manifest import update_manifest
+from quantforge.plan import QuantPlan, expand
+from quantforge.recipe import QuantSection, RuleSpec, add_variant, load_recipe
+from quantforge.sensitivity.measure import derived_recipe, with_base_variant
+from quantforge.sensitivity.table import SensitivityTable, format_layers, read_table
+from quantforge.targets import HardwareTarget, load_target
 
 #: Candidate types of routed experts without a sensitivity table (low -> high bpw, plain types:
 #: RAM-resident ones become their _r4 twin where that is allowed).
@@ -583,7 +594,7 @@ class _Model:
 def _build_model(cb: _Contrib, pairs: list[tuple[int, int]], ranks: list[list[int]]) -> _Model:
     """x[g,k]: one option per group; y[u]: a unit on its GPU; z[g,k,u] = x AND y (continuous, forced
     by sum_k z = y and z <= x)."""
-    from scipy.sparse import coo_matrix, csr_matrix, vstack
+    from scipy.sparse import coo_matrix, csr_matrix, vstack  # startup
 
     nres = len(cb.budgets)
     x_of: list[list[int]] = []
@@ -678,7 +689,7 @@ def _run(
     fixed_units: dict[tuple[int, str], bool] | None = None,
 ) -> Any:  # fmt: skip
     """Solve the model (the LP relaxation unless ``integral``) with groups/units ``fixed``."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.optimize import Bounds, LinearConstraint, milp  # startup
 
     n = len(m.c)
     lb = np.zeros(n)
@@ -964,9 +975,6 @@ def _solve_milp(
 def _quiet() -> Iterator[None]:
     """HiGHS (scipy 1.17) writes debugging lines straight to the process's stdout: the library
     never prints, so file descriptors 1 and 2 point at /dev/null while it runs."""
-    import os
-    import sys
-
     for s in (sys.stdout, sys.stderr):
         try:
             s.flush()
@@ -1209,11 +1217,6 @@ class Solved:
 def parse_budget(text: str, recipe: Any, inventory: Any) -> tuple[int, str]:
     """``"91.7 MB"`` / ``"85GiB"`` / ``12345`` bytes, or the tensor data of an ftype (``Q3_K_M``: the
     engine's own mixture of it) or of a variant of the recipe (``IQ4_KS``). Returns (bytes, what)."""
-    from quantforge import units
-    from quantforge.errors import RecipeError
-    from quantforge.plan import expand
-    from quantforge.sensitivity.measure import with_base_variant
-
     try:
         return units.parse_size(text, bare=True), text
     except ValueError:
@@ -1250,17 +1253,9 @@ def solve_recipe(
 ) -> SolveResult:
     """Solve one variant of ``recipe_path`` for a target (or a tensor-data budget), optionally write
     it into the recipe and verify it (build, KLD) against the prediction."""
-    from quantforge.fit.api import recipe_plans
-    from quantforge.plan import expand
-    from quantforge.recipe import QuantSection, RuleSpec, add_variant, load_recipe
-    from quantforge.sensitivity.measure import derived_recipe, with_base_variant
-    from quantforge.sensitivity.table import read_table
-    from quantforge.targets import load_target
-
     t_start = time.perf_counter()
     recipe = load_recipe(recipe_path)
     _, dims = recipe_plans(recipe, recipe.quants[0].name)
-    from quantforge.fit.api import recipe_inventory
 
     inv = recipe_inventory(recipe)
     table = None
@@ -1337,12 +1332,6 @@ def _verify(
 ) -> dict[str, Any]:  # fmt: skip
     """Build the variant (build stage), measure its KLD (evaluate stage) as the table was measured,
     record both in its manifest (``fit`` section: predicted vs measured)."""
-    from quantforge.build import build_variant
-    from quantforge.build import prepare as prepare_build
-    from quantforge.evaluate.perplexity import evaluate, record_in_manifest
-    from quantforge.lock import folder_lock
-    from quantforge.manifest import update_manifest
-
     corpus = options.get("corpus") or (table.corpus if table is not None else None)
     if corpus is None or not Path(corpus).is_file():
         raise UsageError("--verify needs the evaluation corpus the sensitivity was measured on",

@@ -14,20 +14,29 @@ weights and KV exact (to the 0.01 MiB the libraries print), compute buffers with
 from __future__ import annotations
 
 import csv
+import hashlib
+import re
 import shlex
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from quantforge import runner
+from quantforge.acquire import copy_kv
 from quantforge.catalogue import Engine, catalogue
-from quantforge.errors import InputError
+from quantforge.errors import InputError, ToolError
 from quantforge.fit.buffers import run_buffers
 from quantforge.fit.cmdline import parse_command
 from quantforge.fit.dims import ModelDims, ModelExtras, dims_from_hparams, extras_from_hparams
 from quantforge.fit.placement import FitTensor, Prepared, prepare
-from quantforge.fit.probe import LoadBuffers
-from quantforge.gguf_header import GGUFHeader
+from quantforge.fit.probe import LoadBuffers, parse_buffer_log
+from quantforge.fit.realwidth import VALIDATION_MODELS, realwidth_header
+from quantforge.fsutil import sha256_file
+from quantforge.gguf_header import GGUFHeader, read_header
+from quantforge.inventory import inventory_from_headers
+from quantforge.miniature import write_miniature
 
 _MIB = 1 << 20
 #: Compute-buffer acceptance: within this fraction of the logged size, or within ``_COMPUTE_ABS``.
@@ -118,8 +127,6 @@ class ModelFacts:
 
 def facts_from_header(header: GGUFHeader, *, engine: Engine = "ik") -> ModelFacts:
     """``ModelFacts`` of a GGUF from its header alone (tensor types, shapes and offsets)."""
-    from quantforge.inventory import inventory_from_headers
-
     name = header.path or "model.gguf"
     inv = inventory_from_headers([header], source=name, engine=engine, names=[name])
     dims = dims_from_hparams(inv.arch, inv.hparams)
@@ -137,8 +144,6 @@ def facts_from_header(header: GGUFHeader, *, engine: Engine = "ik") -> ModelFact
 
 
 def model_facts(path: str | Path, *, engine: Engine = "ik") -> ModelFacts:
-    from quantforge.gguf_header import read_header
-
     return facts_from_header(read_header(path), engine=engine)
 
 
@@ -181,8 +186,6 @@ def logged_buffers(b: LoadBuffers) -> dict[str, float]:
 
 def compare_log(facts: ModelFacts, run: RunSpec, log_text: str, *, engine: Engine | None = None) -> list[BufferRow]:
     """Every buffer the log reports, with its prediction (a buffer the prediction lacks is 0 B)."""
-    from quantforge.fit.probe import parse_buffer_log
-
     b = parse_buffer_log(log_text)
     pred = predict_buffers(facts, run, engine=engine)
     rows = []
@@ -209,9 +212,7 @@ def markdown_table(rows: Sequence[BufferRow]) -> str:
 
 def cut_layers(src: str | Path, dst: str | Path, n_layer: int) -> Path:
     """Write ``dst``: ``src`` with its first ``n_layer`` layers (see the module docstring)."""
-    import gguf
-
-    from quantforge.acquire import copy_kv
+    import gguf  # startup
 
     r = gguf.GGUFReader(str(src))
     arch = str(bytes(r.fields["general.architecture"].parts[-1]), "utf-8")
@@ -253,9 +254,7 @@ def tensor_digest(path: str | Path) -> str:
     Two GGUF files with the same digest load into the same buffers and compute the same
     numbers, whatever else their KV headers say.
     """
-    import hashlib
-
-    import gguf
+    import gguf  # startup
 
     h = hashlib.sha256()
     for t in gguf.GGUFReader(str(path)).tensors:
@@ -277,13 +276,6 @@ def make_gpu_models(
     ``--custom-q "token_embd=q4_0,.*=q4_0" … Q4_0``. Raises ``ToolError`` when a file's tensors
     differ from those the GPU runs loaded, or the file from the one recorded.
     """
-    import shutil
-    import tempfile
-
-    from quantforge.errors import ToolError
-    from quantforge.fsutil import sha256_file
-    from quantforge.miniature import write_miniature
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / f"{name}.gguf" for name in GPU_MODEL_SHA256}
@@ -330,8 +322,6 @@ def make_gpu_models(
 
 def device_line(nvidia_smi: str) -> str:
     """``NVIDIA H100 80GB HBM3, 81559 MiB, driver 580.159.04, CUDA 13.0`` from an ``nvidia-smi`` log."""
-    import re
-
     drv = re.search(r"Driver Version:\s*(\S+)", nvidia_smi)
     cuda = re.search(r"CUDA Version:\s*(\S+)", nvidia_smi)
     gpu = re.search(r"^\|\s+\d+\s+(.+?)\s{2,}(?:On|Off)\s+\|", nvidia_smi, re.M)
@@ -350,10 +340,6 @@ def realwidth_rows(log_dir: str | Path) -> list[tuple[str, str, BufferRow]]:
     """Every logged buffer of the real-width H200 runs (``runs.tsv`` + ``logs/``) with its
     prediction: (split, engine, row). The models are the headers ``quantforge.fit.realwidth``
     writes (the runs loaded those very files; no weights needed)."""
-    import shlex
-
-    from quantforge.fit.realwidth import VALIDATION_MODELS, realwidth_header
-
     d = Path(log_dir)
     facts: dict[str, ModelFacts] = {}
     out = []

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from quantforge.catalogue import Engine
+from quantforge.catalogue import Engine, catalogue, ftype_for_value
+from quantforge.catalogue import ftype as lookup_ftype
 from quantforge.errors import RecipeError
+from quantforge.gguf_header import GGUFValue, ValueType, read_header, serialized_header_size
 from quantforge.imatrix import ImatrixMeta, read_imatrix_meta
 from quantforge.plan._engine import MixtureState, count_attention_wv, mixture_type, skip_reason
 from quantforge.plan._models import CollapsedRow, Group, QuantPlan, TensorPlan
@@ -93,9 +95,6 @@ def expand(
     (b-number) whose rules apply (default: ``[model] engine_version``, else the replicated one,
     see ``quantforge.plan._versions``).
     """
-    from quantforge.catalogue import catalogue
-    from quantforge.catalogue import ftype as lookup_ftype
-
     v = recipe.variant(variant)
     engine: Engine = recipe.engine
     cat = catalogue(engine)
@@ -236,8 +235,6 @@ def file_plan(inventory: Any, *, engine: Engine | None = None, name: str | None 
     will run it. The file size is exact for a real GGUF (every shard's header plus the data
     padded to the alignment) and an estimate for a synthesized inventory.
     """
-    from quantforge.catalogue import catalogue, ftype_for_value
-
     eng: Engine = engine or inventory.fork or "ik"
     cat = catalogue(eng)
     other = catalogue("mainline" if eng == "ik" else "ik")
@@ -469,8 +466,6 @@ def _header_size(
     inventory: Any, plans: Sequence[TensorPlan], cat: Any, ftype_value: int | None, imeta: ImatrixMeta | None
 ) -> tuple[int | None, bool]:
     """Exact size of the output header, from the source KV with llama-quantize's changes."""
-    from quantforge.gguf_header import GGUFValue, ValueType, serialized_header_size
-
     kv_src = inventory.kv
     if not kv_src or not all(isinstance(x, GGUFValue) for x in kv_src.values()):
         kv_src = _source_kv(inventory)
@@ -502,7 +497,6 @@ def _source_kv(inventory: Any) -> dict[str, Any] | None:
     src = str(inventory.source or "")
     if not src.endswith(".gguf") or not Path(src).is_file():
         return None
-    from quantforge.gguf_header import read_header
 
     return dict(read_header(src).kv)
 

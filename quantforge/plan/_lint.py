@@ -6,7 +6,20 @@ import re
 from collections import defaultdict
 from typing import Any, Literal
 
+from quantforge.catalogue import catalogue
+from quantforge.catalogue import ftype as lookup_ftype
 from quantforge.errors import RecipeError
+from quantforge.inventory import base_model_of, layout_load_error
+from quantforge.plan._engine import skip_reason
+from quantforge.plan._expand import (
+    expand,
+    imatrix_has_entry,
+    quantize_args_for,
+    recipe_build,
+    resolve_imatrix_meta,
+)
+from quantforge.plan._models import LintFinding
+from quantforge.recipe import MIXTURE
 from quantforge.regex_dialect import EngineRegex, RegexError
 from quantforge.regex_dialect import check as check_engine_regex
 
@@ -45,13 +58,6 @@ def lint(
 ) -> list[Any]:
     """Findings for one variant (errors first). Never raises for a finding; raises only when
     the inventory or recipe cannot be read at all."""
-    from quantforge.catalogue import catalogue
-    from quantforge.catalogue import ftype as lookup_ftype
-    from quantforge.plan._engine import skip_reason
-    from quantforge.plan._expand import expand, quantize_args_for, resolve_imatrix_meta
-    from quantforge.plan._models import LintFinding
-    from quantforge.recipe import MIXTURE
-
     out: list[LintFinding] = []
     v = recipe.variant(variant)
     engine = recipe.engine
@@ -105,14 +111,10 @@ def lint(
     if bad:
         return _sorted(out)
 
-    from quantforge.inventory import layout_load_error
-
     cannot = layout_load_error(engine, inventory) if hasattr(inventory, "layout") else None
     if cannot is not None:
         fix = 'set [model] layout = "mainline" (or plan a mainline-converted GGUF), or engine = "ik"'
         add("error", "layout", f"{cannot}; fix: {fix}", getattr(recipe, "path", None))
-
-    from quantforge.inventory import base_model_of
 
     # Only for recipes set up to publish ([publish]); `card` and `publish` always say it. A base yet
     # to be made may still carry general.base_model, so only an existing one is judged.
@@ -200,7 +202,6 @@ def lint(
     except RecipeError as exc:
         add("error", "expand-failed", exc.message, exc.where)
         return _sorted(out)
-    from quantforge.plan._expand import recipe_build
 
     build = recipe_build(recipe)
     if build is not None:
@@ -258,7 +259,6 @@ def lint(
 
     by_name = {p.name: p for p in plan.tensors}
     # imatrix refusals
-    from quantforge.plan._expand import imatrix_has_entry
 
     need: list[str] = []
     for p in plan.tensors:

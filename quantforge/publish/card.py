@@ -19,8 +19,26 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from quantforge.errors import PublishError
-from quantforge.inventory import base_model_from_gguf, base_model_of
+from quantforge import __version__
+from quantforge.catalogue import catalogue
+from quantforge.errors import PublishError, QuantforgeError, TargetError, UsageError
+from quantforge.fit.api import breakpoint_matrix, recipe_plans
+from quantforge.fit.dims import dims_from_hparams
+from quantforge.fit.placement import fit_tensors, prepare
+from quantforge.fit.report import Settings, plan_fit
+from quantforge.inventory import (
+    base_model_from_gguf,
+    base_model_of,
+    load_inventory,
+    load_source,
+    parse_hf_url,
+    split_siblings,
+)
+from quantforge.manifest import resolve_file
+from quantforge.plan import file_plan, quantize_args_for
+from quantforge.publish.importer import import_recipe, variant_name_of
+from quantforge.recipe import parse_recipe
+from quantforge.targets import list_targets, load_target
 
 NOT_MEASURED = "not measured"
 GIB = 1024**3
@@ -117,8 +135,6 @@ class CardData(_Frozen):
 
 def compat_labels(types: Sequence[str], engine: str) -> tuple[str, ...]:
     """Labels a reader needs before downloading: ik-only types, _rN CPU caveats, no-CUDA types."""
-    from quantforge.catalogue import catalogue
-
     labels: list[str] = []
     cat = catalogue("ik" if engine == "ik" else "mainline")
     main = catalogue("mainline")
@@ -210,7 +226,7 @@ def _md_cell(s: str) -> str:
 
 
 def front_matter(data: CardData) -> str:
-    from huggingface_hub import ModelCardData
+    from huggingface_hub import ModelCardData  # startup
 
     tags = list(dict.fromkeys(["gguf", *(["imatrix"] if data.imatrix else []),
                                *(["ik_llama.cpp"] if _needs_ik(data) else []), *data.tags]))
@@ -393,7 +409,7 @@ _ABS = re.compile(r"(?<![\w.:/])/(?:home|root|Users|tmp|mnt|data|work)/\S*")
 
 def check_card(text: str) -> None:
     """The card parses with huggingface_hub and carries no local absolute path or token."""
-    from huggingface_hub import ModelCard
+    from huggingface_hub import ModelCard  # startup
 
     try:
         card = ModelCard(text, ignore_metadata_errors=False)
@@ -493,11 +509,6 @@ def plot_files(man_path: Path, man: object) -> list[Path]:
 
 def _tensor_sizes(man_path: Path, man: object) -> tuple[int | None, int | None]:
     """Tensor data and row metadata of a built variant, from its file's header (exact)."""
-    from quantforge.errors import QuantforgeError
-    from quantforge.inventory import load_inventory
-    from quantforge.manifest import resolve_file
-    from quantforge.plan import file_plan
-
     files = getattr(man, "files", None) or []
     verified = (getattr(man, "verification", None) or {}).get("tensor_bytes")
     planned = verified if isinstance(verified, int) else getattr(man, "planned_tensor_bytes", None)
@@ -600,8 +611,6 @@ def card_data_from_manifests(
 
 
 def _quantforge_version() -> str:
-    from quantforge import __version__
-
     return __version__
 
 
@@ -620,9 +629,6 @@ def default_fit_ctx(n_params: int) -> int:
 def card_targets(recipe: object, targets: Sequence[str] | None = None) -> list[object]:
     """The hardware targets of the fit table: ``targets`` (names or TOML paths) when given, else
     the recipe's ``[publish] targets``, else every shipped target. Paths are relative to the recipe."""
-    from quantforge.errors import TargetError
-    from quantforge.targets import list_targets, load_target
-
     pub = getattr(recipe, "publish", None)
     from_recipe = targets is None
     names = list(targets) if targets is not None else list(pub.targets if pub else [])
@@ -660,9 +666,6 @@ def plan_card_fits(
     A bad target is an input error; a model the planner cannot read (an ``hf://`` base while
     offline) leaves the table unplanned with the reason, so the card can still be written.
     """
-    from quantforge.errors import QuantforgeError
-    from quantforge.fit.api import recipe_plans
-
     tgts = card_targets(recipe, targets)
     summaries = tuple((t.name, t.summary()) for t in tgts)  # type: ignore[attr-defined]
     pub = getattr(recipe, "publish", None)
@@ -687,10 +690,6 @@ def fits_for_plans(
     engine: str,
 ) -> tuple[dict[str, tuple[FitCell, ...]], dict[str, tuple[RunCommand, ...]], FitSetup]:
     """The fit table and run commands of ``names`` among ``plans`` (a recipe's or a file's)."""
-    from quantforge.fit.api import breakpoint_matrix
-    from quantforge.fit.placement import fit_tensors, prepare
-    from quantforge.fit.report import Settings, plan_fit
-
     summaries = tuple((t.name, t.summary()) for t in tgts)
     by_name = {p.name: p for p in plans}
     sel = [by_name[n] for n in names]
@@ -729,12 +728,6 @@ def card_from_source(
     """The card of a GGUF given without a recipe (local, any shard, or ``hf://`` header bytes):
     sizes and types from its header, the fit table from the planner, ``base_model`` from its
     ``general.base_model.*``, and a ``llama-quantize`` command that reproduces its types."""
-    from quantforge.errors import QuantforgeError, UsageError
-    from quantforge.fit.dims import dims_from_hparams
-    from quantforge.inventory import load_source, split_siblings
-    from quantforge.plan import file_plan
-    from quantforge.publish.importer import import_recipe, variant_name_of
-
     src = load_source(source, engine=engine)  # type: ignore[arg-type]
     if src.recipe is not None:
         raise UsageError("card_from_source takes a model file; a recipe's card comes from its builds",
@@ -747,8 +740,6 @@ def card_from_source(
     name = variant_name_of(source, plan.ftype)
     plan = plan.model_copy(update={"name": name})
     if source.startswith("hf://"):
-        from quantforge.inventory import parse_hf_url
-
         _repo, _rev, path = parse_hf_url(source)
         first = Path(path)
     else:
@@ -789,9 +780,5 @@ def _plain_str(v: Any) -> str | None:
 
 
 def _quantize_args_of(recipe_text: str, engine: str) -> list[str]:
-    from quantforge.catalogue import catalogue
-    from quantforge.plan import quantize_args_for
-    from quantforge.recipe import parse_recipe
-
     recipe = parse_recipe(recipe_text)
     return quantize_args_for(engine, recipe.quants[0], catalogue(engine))

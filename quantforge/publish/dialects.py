@@ -26,8 +26,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from quantforge.catalogue import catalogue, ftypes
+from quantforge.catalogue import ftype as lookup_ftype
 from quantforge.errors import UsageError
-from quantforge.inventory import Layout
+from quantforge.fsutil import atomic_write_text
+from quantforge.inventory import Layout, load_source
+from quantforge.paths import MAX_RECIPE_BYTES, read_input_text, refuse_input_as_output
+from quantforge.plan import quantize_args_for
+from quantforge.plan._engine import skip_reason
+from quantforge.recipe import QuantSection, RuleSpec, layers_regex, parse_recipe, variant_table
+from quantforge.regex_dialect import RegexError
+from quantforge.regex_dialect import check as check_engine_regex
 
 Dialect = Literal["custom-q", "tensor-type", "tensor-type-file", "thireus"]
 DIALECTS: tuple[Dialect, ...] = ("custom-q", "tensor-type", "tensor-type-file", "thireus")
@@ -150,17 +159,7 @@ def import_dialect(
     """Read a ``--custom-q`` / ``--tensor-type`` / ``--tensor-type-file`` / Thireus ``.recipe`` file
     and write a recipe for ``model`` (any SOURCE: shipped id, config.json, GGUF, hf://) with its
     rules in order, ``default = "mixture"`` under ``ftype`` for whatever they leave unmatched."""
-    import tomlkit
-
-    from quantforge.catalogue import catalogue
-    from quantforge.catalogue import ftype as lookup_ftype
-    from quantforge.fsutil import atomic_write_text
-    from quantforge.inventory import load_source
-    from quantforge.paths import MAX_RECIPE_BYTES, read_input_text, refuse_input_as_output
-    from quantforge.plan._engine import skip_reason
-    from quantforge.recipe import QuantSection, RuleSpec, parse_recipe, variant_table
-    from quantforge.regex_dialect import RegexError
-    from quantforge.regex_dialect import check as check_engine_regex
+    import tomlkit  # startup
 
     p = Path(source)
     if output is not None:
@@ -256,8 +255,6 @@ def rules_layout(rules: Sequence[DialectRule]) -> Layout | None:
 
 def _ftype_for(engine: str, counts: dict[str, int]) -> str:
     """The ftype named after the type most rules give (``iq2_k`` rules -> ``IQ2_K``), else Q8_0."""
-    from quantforge.catalogue import ftypes
-
     table = ftypes(engine)
     for typ, _n in sorted(counts.items(), key=lambda kv: -kv[1]):
         for f in table.values():
@@ -277,9 +274,6 @@ def export_dialect(recipe: Any, variant: str | None, dialect: Dialect, *, plan: 
     a line; ``thireus`` is written from a ``plan`` (required): one anchored ``^...$=type`` line per
     tensor kind and type, layer ranges compressed, norms and biases as ``=f32`` lines.
     """
-    from quantforge.catalogue import catalogue
-    from quantforge.plan import quantize_args_for
-
     v = recipe.variant(variant)
     if dialect == "custom-q":
         args = quantize_args_for("ik", v, catalogue("ik"))
@@ -297,8 +291,6 @@ def export_dialect(recipe: Any, variant: str | None, dialect: Dialect, *, plan: 
 
 
 def _thireus_text(plan: Any) -> str:
-    from quantforge.recipe import layers_regex
-
     by_kind: dict[tuple[str, bool], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     order: list[tuple[str, bool]] = []
     for t in plan.tensors:

@@ -19,7 +19,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from quantforge.catalogue import catalogue, ftypes
 from quantforge.errors import UsageError
+from quantforge.fsutil import atomic_write_text
+from quantforge.inventory import load_inventory, load_source
+from quantforge.paths import refuse_input_as_output
+from quantforge.plan import expand
+from quantforge.recipe import QuantSection, RuleSpec, parse_recipe, variant_table
 
 _BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
 
@@ -74,15 +80,11 @@ def _quantizable(shape: Sequence[int]) -> bool:
 
 
 def _engine_for(types: set[str]) -> str:
-    from quantforge.catalogue import catalogue
-
     main = catalogue("mainline")
     return "mainline" if all(t in main for t in types) else "ik"
 
 
 def _ftype_name(engine: str, value: Any, default: str) -> str:
-    from quantforge.catalogue import ftypes
-
     value = getattr(value, "value", value)
     table = ftypes(engine)
     for name, ft in table.items():
@@ -140,14 +142,9 @@ def import_recipe(
     force: bool = False,
 ) -> ImportResult:
     """Read ``source``'s header and write (or return) a recipe reproducing its tensor types."""
-    import tomlkit
-
-    from quantforge.inventory import load_source
-    from quantforge.recipe import QuantSection, RuleSpec, parse_recipe, variant_table
+    import tomlkit  # startup
 
     if output is not None and not source.startswith("hf://"):
-        from quantforge.paths import refuse_input_as_output
-
         # before the source is read: whatever it turns out to be, it is never overwritten
         refuse_input_as_output(Path(output), [("the quant it is imported from", source)], field="--output",
                                hint="write the recipe to a new .toml file")
@@ -206,8 +203,6 @@ def import_recipe(
     mismatches = _self_check(recipe, variant_name, inv)
     path = None
     if output is not None:
-        from quantforge.fsutil import atomic_write_text
-
         out = Path(output)
         if out.exists() and not force:
             raise UsageError(f"{out} exists", where="--output", hint="pass --force to overwrite it")
@@ -220,8 +215,6 @@ def import_recipe(
 
 def _self_check(recipe: Any, variant: str, inv: Any) -> list[str]:
     """Expand against the file's own shapes (as an F16 source) and list tensors that would differ."""
-    from quantforge.plan import expand
-
     src = inv.model_copy(update={"tensors": tuple(
         t.model_copy(update={"dtype": "f16" if _quantizable(t.shape) else "f32"}) for t in inv.tensors)})
     plan = expand(recipe, variant, src, imatrix=False)
@@ -286,8 +279,6 @@ class QuantDiff(_Frozen):
 
 def diff_quants(a: str, b: str) -> QuantDiff:
     """Per-tensor type/byte differences between two quants (headers only), grouped by kind and type pair."""
-    from quantforge.inventory import load_inventory
-
     ia, ib = load_inventory(a), load_inventory(b)
     ta = {t.name: t for t in ia.tensors}
     tb = {t.name: t for t in ib.tensors}
@@ -319,7 +310,5 @@ def diff_quants(a: str, b: str) -> QuantDiff:
 
 
 def _bytes(inv: Any, t: Any) -> int:
-    from quantforge.catalogue import catalogue
-
     q = catalogue("ik").find(t.dtype) or catalogue("mainline").find(t.dtype)
     return q.tensor_bytes(t.shape) if q is not None else 0

@@ -29,8 +29,29 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from quantforge.constants import HF_MAX_FILE_BYTES
-from quantforge.errors import PublishError, UsageError
-from quantforge.fsutil import cached_sha256
+from quantforge.errors import InputError, PublishError, UsageError
+from quantforge.fsutil import atomic_write_text, cached_sha256
+from quantforge.lock import folder_lock
+from quantforge.manifest import MANIFEST_SUFFIX, read_manifest, resolve_file, update_manifest
+from quantforge.paths import (
+    check_name,
+    check_relative,
+    confined,
+    is_within,
+    os_error,
+    refuse_input_as_output,
+    refuse_overlap,
+    same_file,
+)
+from quantforge.publish.card import (
+    Plot,
+    card_data_from_manifests,
+    card_targets,
+    plan_card_fits,
+    plot_files,
+    render_card,
+)
+from quantforge.recipe import load_recipe
 
 #: The Hub's repo-id grammar (namespace/name): letters, digits, "-", "_", "." ; no "--" or "..";
 #: no leading/trailing "-" or "."; name at most 96 characters.
@@ -136,7 +157,6 @@ def layout_variant(variant: VariantFiles, *, max_file_bytes: int = HF_MAX_FILE_B
     if not variant.files:
         raise PublishError(f"variant {variant.name} has no built files", where=variant.name,
                            hint=f"run: quantforge build RECIPE --quant {variant.name}")
-    from quantforge.paths import check_name
 
     check_name(variant.name, field="variant name", where=variant.name, error=PublishError)
     split = len(variant.files) > 1 or bool(SPLIT_RE.search(Path(variant.files[0].path).name))
@@ -279,8 +299,6 @@ def write_staging(plan: UploadPlan, staging: Path, *, force: bool = False,
     (``protect``: ``(what, path)`` pairs), with ``--force`` or without; ``--force`` replaces only
     a folder that quantforge staged itself. Every repo path stays inside the staging folder.
     """
-    from quantforge.paths import check_relative, confined, os_error, refuse_overlap
-
     staging = Path(staging)
     for what, path in protect:
         if Path(path).resolve() == staging.resolve() or Path(staging).resolve() in Path(path).resolve().parents:
@@ -354,7 +372,7 @@ def hub_endpoint() -> str | None:
 
 def resolve_token() -> str:
     """The token from ``HF_TOKEN`` or the huggingface_hub login; ``UsageError`` when there is none."""
-    from huggingface_hub import get_token
+    from huggingface_hub import get_token  # startup
 
     token = get_token()
     if not token:
@@ -400,11 +418,11 @@ def _same(f: StagedFile, remote: tuple[str | None, str] | None, card: bytes) -> 
 
 def execute(plan: UploadPlan, *, token: str, progress: bool = False) -> UploadResult:
     """Create the repo if needed and run the plan's commits in order (the card last)."""
-    from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub import constants as hf_constants
+    from huggingface_hub import CommitOperationAdd, HfApi  # startup
+    from huggingface_hub import constants as hf_constants  # startup
 
     # From the defining module: huggingface_hub.utils re-exports them only lazily (mypy strict).
-    from huggingface_hub.utils.tqdm import (
+    from huggingface_hub.utils.tqdm import (  # startup
         are_progress_bars_disabled,
         disable_progress_bars,
         enable_progress_bars,
@@ -495,9 +513,6 @@ class Collected(_Frozen):
 
 def find_manifests(recipe: Any, names: Sequence[str] | None, *, out_dir: str | Path | None = None) -> list[tuple[Path, Any]]:
     """The build manifest of each named variant (all variants when ``names`` is None) in ``out_dir``."""
-    from quantforge.errors import InputError
-    from quantforge.manifest import MANIFEST_SUFFIX, read_manifest
-
     folder = Path(out_dir) if out_dir else (Path(recipe.path).parent if recipe.path else Path.cwd())
     wanted = list(names) if names else [v.name for v in recipe.quants]
     for n in wanted:
@@ -526,9 +541,6 @@ def find_manifests(recipe: Any, names: Sequence[str] | None, *, out_dir: str | P
 
 
 def _variant_files(man_path: Path, man: Any) -> VariantFiles:
-    from quantforge.errors import InputError
-    from quantforge.paths import confined
-
     files = []
     for f in man.files:
         # A manifest names files next to itself; an edited one must not make us upload ../../.ssh/id_rsa.
@@ -543,9 +555,6 @@ def _variant_files(man_path: Path, man: Any) -> VariantFiles:
 def _staged_source(path: Path, man_path: Path, *, what: str) -> Path:
     """``path`` when it lies inside the output folder (the manifest's), after resolving links; a manifest
     edited to name ``../secret/id_rsa`` is refused, never uploaded."""
-    from quantforge.errors import InputError
-    from quantforge.paths import is_within
-
     if not is_within(path, man_path.resolve().parent):
         raise InputError(f"the {what} {path} named by {man_path.name} escapes the output folder",
                          where=man_path.name, hint="only files inside the output folder are published")
@@ -555,10 +564,6 @@ def _staged_source(path: Path, man_path: Path, *, what: str) -> Path:
 def _imatrix_source(recipe: Any, man_path: Path, record: dict[str, Any]) -> Path | None:
     """The importance matrix to publish: the manifest's, when it is inside the output folder or is the
     recipe's own ``[imatrix] file`` (a trusted input), and its sha256 is the one the build recorded."""
-    from quantforge.errors import InputError
-    from quantforge.manifest import resolve_file
-    from quantforge.paths import is_within, same_file
-
     im = resolve_file(man_path, str(record["path"]))
     own = recipe.resolve_path(recipe.imatrix.file) if recipe.imatrix is not None and recipe.imatrix.file else None
     trusted = own is not None and not own.startswith("hf://") and same_file(im, own)
@@ -590,14 +595,6 @@ def collect(
 
     ``targets``/``fit_ctx`` override the recipe's ``[publish] targets``/``ctx`` for the fit table.
     """
-    from quantforge.publish.card import (
-        Plot,
-        card_data_from_manifests,
-        card_targets,
-        plan_card_fits,
-        render_card,
-    )
-
     card_targets(recipe, targets)  # a misspelt target is an input error before anything is read
 
     mans = find_manifests(recipe, quants, out_dir=out_dir)
@@ -605,7 +602,6 @@ def collect(
     files_in_repo = {v.name: tuple(f.path_in_repo for f in layout_variant(v, max_file_bytes=max_file_bytes)) for v in variants}
     extras: list[tuple[str, str, FileKind]] = []
     plots: list[Plot] = []
-    from quantforge.publish.card import plot_files
 
     for p, m in mans:
         for png in plot_files(p, m):
@@ -648,23 +644,16 @@ def make_card(
     fit_ctx: int | None = None,
 ) -> CardResult:
     """Render README.md for the built variants; write it to ``output`` when given."""
-    from quantforge.recipe import load_recipe
-
     recipe = load_recipe(recipe_path)
     repo = repo or (recipe.publish.repo if recipe.publish else None)
     if repo:
         check_repo_id(repo)
     if output is not None:
-        from quantforge.paths import refuse_input_as_output
-
         refuse_input_as_output(output, [("the recipe", recipe_path)], field="--output",
                                hint="write the card to README.md or another new file")
     col = collect(recipe, repo=repo, quants=quants, out_dir=out_dir, targets=targets, fit_ctx=fit_ctx)
     path = None
     if output is not None:
-        from quantforge.fsutil import atomic_write_text
-        from quantforge.paths import refuse_input_as_output
-
         out = Path(output)
         inputs: list[tuple[str, str | os.PathLike[str]]] = [("the recipe", recipe_path)]
         inputs += [("a manifest", m) for m in col.manifests]
@@ -702,15 +691,12 @@ def publish(
     request, so bad input uploads nothing. ``dry_run`` writes ``staging`` (when given) and
     returns the plan without touching the network.
     """
-    from quantforge.recipe import load_recipe
-
     recipe = load_recipe(recipe_path)
     repo = repo or (recipe.publish.repo if recipe.publish else None)
     if not repo:
         raise UsageError("no repo to publish to", where="--repo",
                          hint="pass --repo ORG/NAME or set [publish] repo in the recipe")
     check_repo_id(repo)
-    from quantforge.lock import folder_lock
 
     folder = Path(out_dir) if out_dir else (Path(recipe.path).parent if recipe.path else Path.cwd())
     with contextlib.ExitStack() as held:
@@ -742,8 +728,6 @@ def publish(
 
 def _record(col: Collected, result: UploadResult) -> None:
     """Add a ``publish`` section to each manifest: repo, paths, commit (never the token)."""
-    from quantforge.manifest import update_manifest
-
     last = next((c.oid for c in reversed(result.commits) if c.oid), None)
     for mp, v in zip(col.manifests, col.variants, strict=True):
         paths = [f.path_in_repo for f in result.plan.files if f.variant == v.name]

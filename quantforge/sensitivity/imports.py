@@ -6,6 +6,7 @@ from pathlib import Path
 
 from quantforge.errors import InputError
 from quantforge.fit.api import recipe_inventory
+from quantforge.paths import refuse_input_as_output
 from quantforge.recipe import load_recipe
 from quantforge.sensitivity.table import SensitivityTable, read_table, write_table
 
@@ -22,8 +23,6 @@ def import_for_recipe(
     force: bool = False,
 ) -> tuple[SensitivityTable, Path]:
     """Read ``source`` (any supported format) for the recipe's model and write it in quantforge's form."""
-    from quantforge.paths import refuse_input_as_output
-
     recipe = load_recipe(recipe_path)
     rdir = Path(recipe.path or ".").resolve().parent
     out = Path(output) if output else rdir / f"{Path(str(source)).stem}.sensitivity.csv"

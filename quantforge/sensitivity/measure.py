@@ -29,11 +29,16 @@ from pydantic import BaseModel, ConfigDict
 
 from quantforge import constants
 from quantforge.build import _Context, build_variant
+from quantforge.build import _imatrix_meta as meta
 from quantforge.build import prepare as prepare_build
 from quantforge.catalogue import catalogue
+from quantforge.catalogue import ftype as lookup_ftype
 from quantforge.errors import EvalError, Interrupted, RecipeError, UsageError
+from quantforge.errors import RecipeError as _RecipeError
 from quantforge.evaluate import _util
+from quantforge.evaluate.bundled import bundled_version, kld_bundled
 from quantforge.evaluate.models import EvalEngine, EvalResult
+from quantforge.evaluate.perplexity import ensure_base_logits, find_perplexity, perplexity_binary
 from quantforge.fsutil import atomic_write_text, cached_sha256, remove_quietly
 from quantforge.lock import folder_lock
 from quantforge.paths import refuse_input_as_output
@@ -118,9 +123,6 @@ def _sha(obj: Any) -> str:
 def with_base_variant(recipe: Recipe, name: str) -> tuple[Recipe, str]:
     """``recipe`` and the name of its variant ``name``; an ftype that is no variant (``Q8_0``) becomes
     a uniform one: that ftype with the engine's own mixture, as ``llama-quantize IN OUT Q8_0`` writes."""
-    from quantforge.catalogue import ftype as lookup_ftype
-    from quantforge.errors import RecipeError as _RecipeError
-
     try:
         return recipe, recipe.variant(name).name
     except _RecipeError as exc:
@@ -137,7 +139,7 @@ def derived_recipe(
 ) -> Recipe:
     """The recipe with one extra variant per run (``extends`` the base: its rules come first), and
     with ``uniform`` a variant of that name holding the bare ftype (the engine's own mixture)."""
-    import tomlkit
+    import tomlkit  # startup
 
     assert recipe.path is not None
     doc = tomlkit.parse(Path(recipe.path).read_text(encoding="utf-8"))
@@ -249,13 +251,9 @@ def run_sensitivity(
     # the method key: everything a measured number depends on besides the variant itself
     tc = ctx0.toolchain
     if engine_e == "bundled":
-        from quantforge.evaluate.bundled import bundled_version
-
         eval_version = bundled_version()
         ppl_binary: str | None = None
     else:
-        from quantforge.evaluate.perplexity import find_perplexity
-
         ppl_binary, ver = find_perplexity(engine_e, bin_dir=bin_dir)
         eval_version = ver or Path(ppl_binary).name
     base_sha = cached_sha256(ctx0.base_path)
@@ -293,7 +291,6 @@ def run_sensitivity(
         n_cached = len(keyed) - len(pending)
 
         # measure
-        from quantforge.evaluate.perplexity import ensure_base_logits
 
         logits = ensure_base_logits(ctx0.base_path, engine=engine_e, corpus=corpus_p, corpus_sha256=corpus_sha,
                                     ctx=n_ctx, chunks=n_chunks, threads=threads, binary=ppl_binary, version=eval_version)  # fmt: skip
@@ -393,8 +390,6 @@ def run_sensitivity(
 
 
 def _imatrix_meta(ctx: _Context) -> Any:
-    from quantforge.build import _imatrix_meta as meta
-
     return meta(ctx.imatrix) if ctx.imatrix is not None else False
 
 
@@ -407,15 +402,12 @@ def _kld(
     binary: str | None, version: str | None, stop: threading.Event,
 ) -> EvalResult:  # fmt: skip
     if engine == "bundled":
-        from quantforge.evaluate.bundled import kld_bundled
-
         def check_stop(done: int, total: int) -> None:
             if stop.is_set():
                 raise _Cancelled()
 
         return kld_bundled(gguf, base_logits=logits, threads=threads, corpus=corpus, corpus_sha256=corpus_sha,
                            progress=check_stop)  # fmt: skip
-    from quantforge.evaluate.perplexity import perplexity_binary
 
     assert binary is not None
     res, _ = perplexity_binary(gguf, binary=binary, engine=engine, corpus=None, ctx=_util.read_logits_header(logits)[0],

@@ -34,8 +34,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from quantforge.catalogue import Engine, catalogue
-from quantforge.errors import InputError
+from quantforge.errors import InputError, RecipeError
 from quantforge.fsutil import atomic_write_text
+from quantforge.paths import MAX_JSON_BYTES, read_input_text
+from quantforge.recipe import parse_layers
 
 FORMAT = "quantforge-sensitivity/1"
 Metric = Literal["kld", "ppl", "relative"]
@@ -270,8 +272,6 @@ def read_table(
     the least sensitive tensor, which barely moves the model); ``tensors`` (name, shape) lets
     imported tables know each tensor's bytes per type.
     """
-    from quantforge.paths import MAX_JSON_BYTES, read_input_text
-
     p = Path(path)
     if not p.exists() and not p.is_symlink():
         raise InputError("no such sensitivity file", where=str(p),
@@ -331,7 +331,6 @@ def _read_csv(text: str, p: Path) -> SensitivityTable:
             body.append((n, line))
     rows = csv.DictReader(line for _, line in body)
     entries: list[SensitivityEntry] = []
-    from quantforge.recipe import parse_layers
 
     for (n, _), r in zip(body[1:], rows, strict=False):
         try:
@@ -396,7 +395,6 @@ def noise_scale(engine: Engine, measured_type: str, other: str) -> float:
 def _bytes_of(engine: Engine, shapes: dict[str, tuple[int, ...]], names: Sequence[str], typ: str) -> int | None:
     if not names or any(n not in shapes for n in names):
         return None
-    from quantforge.errors import RecipeError
 
     cat = catalogue(engine)
     total = 0
@@ -510,8 +508,6 @@ def import_thireus(
 
 def _read_curve(path: str | Path, engine: Engine) -> tuple[dict[str, float], str | None]:
     """``QTYPE,group0`` rows: the whole model at each type (0 or empty: not measured)."""
-    from quantforge.paths import MAX_JSON_BYTES, read_input_text
-
     p = Path(path)
     if not p.exists() and not p.is_symlink():
         raise InputError("no such curve file", where=str(p), hint="Thireus' group0/kld_results.csv (QTYPE,group0)")
