@@ -22,13 +22,13 @@ from urllib.parse import urlsplit
 from filelock import FileLock
 
 from quantforge.errors import InputError, Interrupted, QuantforgeError
+from quantforge.names import parse_hf, split_set
 from quantforge.paths import (
     check_input_file,
     confined,
     is_within,
     name_problem,
     os_error,
-    relative_problem,
     same_file,
 )
 
@@ -148,18 +148,6 @@ def dequantize_gguf(src: Path, dst: Path, *, dtype: Literal["f16", "bf16"] = "f1
 # ---------------------------------------------------------------------------------------
 # base models: local paths and Hugging Face downloads
 
-_SPLIT_NAME_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
-
-
-def split_set(path: Path) -> list[Path]:
-    """All shards of a split GGUF named like ``x-00001-of-00003.gguf`` (or ``[path]``)."""
-    m = _SPLIT_NAME_RE.match(path.name)
-    if m is None:
-        return [path]
-    count = int(m["count"])
-    return [path.with_name(f"{m['prefix']}-{k:05d}-of-{count:05d}.gguf") for k in range(1, count + 1)]
-
-
 def resolve_base(source: str, *, base_dir: Path | None = None, progress: bool | None = None) -> Path:
     """A base model as a local path (the first shard of a split set).
 
@@ -204,49 +192,6 @@ def hf_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def parse_hf_source(url: str) -> tuple[str, str, str | None, list[str]]:
-    """``hf://[datasets/]org/repo[@rev]/path`` -> (repo_type, repo_id, revision, files): every
-    shard of a split GGUF (``x-00001-of-00003.gguf``), else the one file."""
-    repo_type = "model"
-    rest = url[len("hf://") :]
-    if rest.startswith("datasets/"):
-        repo_type, rest = "dataset", rest[len("datasets/") :]
-    parts = rest.split("/")
-    if len(parts) < 3 or not all(parts):
-        raise InputError("malformed hf:// source", where=url,
-                         hint="write hf://org/repo/path/file.gguf (hf://datasets/org/repo/file.txt for a dataset)")
-    org, repo, path = parts[0], parts[1], "/".join(parts[2:])
-    revision = None
-    if "@" in repo:
-        repo, revision = repo.split("@", 1)
-    _check_hf_parts(url, org, repo, revision, path)
-    files = [path]
-    m = _SPLIT_NAME_RE.match(path.rsplit("/", 1)[-1])
-    if m is not None:
-        folder = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
-        count = int(m["count"])
-        files = [f"{folder}{m['prefix']}-{k:05d}-of-{count:05d}.gguf" for k in range(1, count + 1)]
-    return repo_type, f"{org}/{repo}", revision, files
-
-
-_HF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def _check_hf_parts(url: str, org: str, repo: str, revision: str | None, path: str) -> None:
-    """The parts of an ``hf://`` source become cache paths: plain names only (no ``..``, no controls)."""
-    for what, part in (("organisation", org), ("repository", repo)):
-        if not _HF_NAME.match(part) or ".." in part or len(part) > 96:
-            raise InputError(f"malformed hf:// source: {what} {part!r} is not a Hub name", where=url,
-                             hint="write hf://org/repo/path/file.gguf with letters, digits, '.', '_', '-'")
-    for what, rel in (("revision", revision), ("file path", path)):
-        if rel is None:
-            continue
-        why = relative_problem(rel)
-        if why is not None:
-            raise InputError(f"malformed hf:// source: the {what} {rel!r} {why}", where=url,
-                             hint="only plain names separated by '/' can name a file in a repository")
-
-
 def hf_download(url: str, *, progress: bool | None = None) -> Path:
     """Download ``hf://[datasets/]org/repo[@rev]/path`` (all shards of a split GGUF) into the HF cache.
 
@@ -268,7 +213,8 @@ def hf_download(url: str, *, progress: bool | None = None) -> Path:
         enable_progress_bars,
     )
 
-    repo_type, repo_id, revision, files = parse_hf_source(url)
+    ref = parse_hf(url)
+    repo_type, repo_id, revision, files = ref.repo_type, ref.repo_id, ref.revision, ref.files
     endpoint = os.environ.get("HF_ENDPOINT") or None
     cache = hf_cache_dir()
     show = sys.stderr.isatty() if progress is None else progress

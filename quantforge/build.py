@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
-import glob
+import functools
 import json
 import os
 import re
@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from quantforge import __version__, units
-from quantforge.acquire import hf_download, resolve_base, split_set
+from quantforge.acquire import hf_download, resolve_base
 from quantforge.catalogue import catalogue
 from quantforge.catalogue import ftype as lookup_ftype
 from quantforge.constants import HF_MAX_FILE_BYTES
@@ -45,8 +45,16 @@ from quantforge.fsutil import (
     sha256_file,
 )
 from quantforge.gguf_header import read_header
-from quantforge.imatrix import coverage, default_output, read_imatrix, refusal_error
-from quantforge.inventory import load_inventory
+from quantforge.imatrix import (
+    ImatrixInfo,
+    ImatrixMeta,
+    coverage,
+    default_output,
+    quantize_meta,
+    read_imatrix,
+    refusal_error,
+)
+from quantforge.inventory import TensorInventory, load_inventory
 from quantforge.lock import folder_lock
 from quantforge.manifest import (
     Manifest,
@@ -57,6 +65,17 @@ from quantforge.manifest import (
     resolve_file,
     write_manifest,
 )
+from quantforge.names import (
+    existing_outputs,
+    gguf_stem,
+    log_file,
+    output_stem,
+    partial_file,
+    split_names,
+    split_set,
+    split_work_dir,
+    variant_output,
+)
 from quantforge.paths import (
     MAX_NAME_BYTES,
     confined,
@@ -66,9 +85,10 @@ from quantforge.paths import (
     refuse_input_as_output,
     same_file,
 )
-from quantforge.plan import ImatrixMeta, expand, quantize_command
+from quantforge.plan import QuantPlan, expand, quantize_command
+from quantforge.recipe import QuantVariant, Recipe
 from quantforge.runner import run_tool
-from quantforge.toolchain import find_toolchain
+from quantforge.toolchain import Toolchain, find_toolchain
 
 #: progress(kind, done, total): kind is "quantize", "imatrix", "split" or "hash".
 Progress = Callable[[str, int, int], None]
@@ -129,7 +149,7 @@ def _pad(n: int, align: int) -> int:
 
 def verify_output(
     paths: Sequence[Path],
-    plan: Any,
+    plan: QuantPlan,
     *,
     expect_kv: dict[str, Any] | None = None,
     exact_file_bytes: bool = True,
@@ -177,12 +197,12 @@ def verify_output(
             f"unplanned tensors: {', '.join(extra[:5])}" + (f" (+{len(extra) - 5})" if len(extra) > 5 else "")
         )
     diffs: list[str] = []
-    for name, t in planned.items():
+    for name, tp in planned.items():
         if name not in found:
             continue
         tname, shape, nbytes = found[name]
-        if tname != t.type or nbytes != t.bytes or shape != tuple(t.shape):
-            diffs.append(f"{name}: planned {t.type} {t.bytes} B, written {tname} {nbytes} B")
+        if tname != tp.type or nbytes != tp.bytes or shape != tuple(tp.shape):
+            diffs.append(f"{name}: planned {tp.type} {tp.bytes} B, written {tname} {nbytes} B")
     if diffs:
         problems.append(
             f"{len(diffs)} tensor(s) differ from the plan: "
@@ -224,31 +244,6 @@ def verify_output(
 # names, base, imatrix
 
 
-_BASE_SUFFIX_RE = re.compile(r"([-_.](f16|bf16|f32|fp16|bf-16))?(-\d{5}-of-\d{5})?$", re.I)
-
-
-def output_stem(recipe: Any, base_path: Path) -> str:
-    name = getattr(recipe.model, "name", None)
-    if name:
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
-    stem = base_path.name[: -len(".gguf")] if base_path.name.endswith(".gguf") else base_path.stem
-    return _BASE_SUFFIX_RE.sub("", stem) or stem
-
-
-def split_names(output: Path, n: int) -> list[Path]:
-    stem = output.name[: -len(".gguf")] if output.name.endswith(".gguf") else output.name
-    return [output.with_name(f"{stem}-{k:05d}-of-{n:05d}.gguf") for k in range(1, n + 1)]
-
-
-def existing_outputs(output: Path) -> list[Path]:
-    """The output or its split shards as they exist on disk."""
-    if output.is_file():
-        return [output]
-    stem = output.name[: -len(".gguf")] if output.name.endswith(".gguf") else output.name
-    pattern = f"{glob.escape(stem)}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].gguf"
-    return sorted(p for p in output.parent.glob(pattern) if p.is_file())
-
-
 def parse_size(text: str | int | None) -> int | None:
     """``"50G"``/``"40M"``/``"1.5T"``/``"123"`` → bytes (decimal units, like llama-gguf-split and the Hub)."""
     if text is None:
@@ -278,32 +273,21 @@ def check_disk(out_dir: Path, needed: int, *, min_free: int | None) -> None:
 # the build
 
 
-class _Context(BaseModel):
+class BuildContext(BaseModel):
     """Everything a ladder shares between variants (resolved once)."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
-    recipe: Any
-    toolchain: Any
+    recipe: Recipe
+    toolchain: Toolchain
     base_path: Path
     base_source: str
-    inventory: Any
-    imatrix: Any | None  # ImatrixInfo
+    inventory: TensorInventory
+    imatrix: ImatrixInfo | None
     out_dir: Path
     threads: int
 
 
-def _imatrix_meta(info: Any) -> Any:
-    # llama-quantize runs in the imatrix's folder and gets the bare file name, so the
-    # output's quantize.imatrix.file holds no local path (and the plan predicts it exactly).
-    return ImatrixMeta(
-        path=Path(info.path).name,
-        entries=tuple(sorted(info.names())),
-        chunks=max(info.chunk_count, 0),
-        dataset=info.dataset or "",
-    )
-
-
-def _check_types(plan: Any, toolchain: Any) -> None:
+def _check_types(plan: QuantPlan, toolchain: Toolchain) -> None:
     """Refuse a plan whose types this engine's binary does not have."""
     if plan.engine != toolchain.engine:
         other = catalogue(toolchain.engine)
@@ -330,7 +314,7 @@ def _check_types(plan: Any, toolchain: Any) -> None:
 
 
 def prepare(
-    recipe: Any,
+    recipe: Recipe,
     *,
     out_dir: Path | None = None,
     base: str | None = None,
@@ -338,7 +322,7 @@ def prepare(
     bin_dir: str | None = None,
     threads: int | None = None,
     progress: Progress | None = None,
-) -> _Context:
+) -> BuildContext:
     """Resolve toolchain, base, inventory and imatrix once for a ladder."""
     recipe_dir = Path(recipe.path).parent if recipe.path else Path.cwd()
     tc = find_toolchain(
@@ -378,13 +362,13 @@ def prepare(
             where=str(out),
             hint="choose a writable folder with --out",
         ) from None
-    return _Context(
+    return BuildContext(
         recipe=recipe, toolchain=tc, base_path=base_path, base_source=source, inventory=inventory,
         imatrix=info, out_dir=out.resolve(), threads=threads or os.cpu_count() or 1,
     )  # fmt: skip
 
 
-def _expected_kv(ctx: _Context, plan: Any) -> dict[str, Any]:
+def _expected_kv(ctx: BuildContext, plan: QuantPlan) -> dict[str, Any]:
     kv: dict[str, Any] = {"general.architecture": ctx.inventory.arch, "general.quantization_version": 2}
     ft = lookup_ftype(plan.engine, plan.ftype)
     if ft.value is not None:
@@ -404,7 +388,7 @@ def _expected_kv(ctx: _Context, plan: Any) -> dict[str, Any]:
     return kv
 
 
-def _build_key(ctx: _Context, plan: Any) -> dict[str, Any]:
+def _build_key(ctx: BuildContext, plan: QuantPlan) -> dict[str, Any]:
     """What makes two builds of a variant the same (paths excluded, so a moved folder resumes)."""
     return {
         "quantize_args": list(plan.quantize_args),
@@ -434,20 +418,14 @@ def pending_path(man_path: Path) -> Path:
     return man_path.with_name(man_path.name + ".pending")
 
 
-def work_dir(output: Path) -> Path:
-    """Where llama-gguf-split writes the shards of ``output`` before they are renamed into place."""
-    stem = output.name[: -len(".gguf")] if output.name.endswith(".gguf") else output.name
-    return output.with_name(f".{stem}.splitting")
-
-
 def _output_names(output: Path) -> list[Path]:
     """Every path a build of ``output`` may write or remove (for the input-overlap check)."""
     man = manifest_path(output)
-    return [output, output.with_name(output.name + ".partial"), output.with_name(output.name + ".log"), man,
-            pending_path(man), work_dir(output), *existing_outputs(output)]
+    return [output, partial_file(output), log_file(output), man,
+            pending_path(man), split_work_dir(output), *existing_outputs(output)]
 
 
-def _inputs(ctx: _Context) -> list[tuple[str, Path]]:
+def _inputs(ctx: BuildContext) -> list[tuple[str, Path]]:
     """The files a build reads: never written, replaced or removed, with --force or without."""
     out: list[tuple[str, Path]] = [("the base model", s) for s in split_set(ctx.base_path)]
     if ctx.imatrix is not None:
@@ -457,7 +435,7 @@ def _inputs(ctx: _Context) -> list[tuple[str, Path]]:
     return out
 
 
-def _refuse_inputs_as_outputs(ctx: _Context, output: Path) -> None:
+def _refuse_inputs_as_outputs(ctx: BuildContext, output: Path) -> None:
     """Before anything is written or removed: no output name is an input, or something else in the way."""
     names = _output_names(output)
     for path in names:
@@ -465,7 +443,7 @@ def _refuse_inputs_as_outputs(ctx: _Context, output: Path) -> None:
                                hint="build into another folder (--out DIR) or give the variant another name: "
                                     "an input is never overwritten, even with --force")
     for path in names:
-        if path == work_dir(output):
+        if path == split_work_dir(output):
             continue
         try:
             st = os.lstat(path)
@@ -480,7 +458,7 @@ def _refuse_inputs_as_outputs(ctx: _Context, output: Path) -> None:
                              hint="move it away, or build into another folder with --out")
 
 
-def _read_journal(path: Path) -> Any:
+def _read_journal(path: Path) -> Manifest | None:
     """The manifest a commit journal holds, or None when it is unreadable (then it is discarded)."""
     try:
         return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
@@ -488,7 +466,8 @@ def _read_journal(path: Path) -> Any:
         return None
 
 
-def _recover(ctx: _Context, plan: Any, output: Path, man_path: Path, *, log_path: Path) -> Any:
+def _recover(ctx: BuildContext, plan: QuantPlan, output: Path, man_path: Path, *,
+             log_path: Path) -> Manifest | None:
     """Finish a commit that a crash, SIGKILL or full disk cut short (``<manifest>.pending`` exists).
 
     The journal was written after the output had been verified and hashed, before it was
@@ -503,8 +482,8 @@ def _recover(ctx: _Context, plan: Any, output: Path, man_path: Path, *, log_path
     if man is None or man.plan.get("build_key") != _build_key(ctx, plan):
         remove_quietly([journal])
         return None
-    partial = output.with_name(output.name + ".partial")
-    work = work_dir(output)
+    partial = partial_file(output)
+    work = split_work_dir(output)
     finals = [resolve_file(man_path, f.path) for f in man.files]
     ok = True
     for f, final in zip(man.files, finals, strict=True):
@@ -542,7 +521,7 @@ def _recover(ctx: _Context, plan: Any, output: Path, man_path: Path, *, log_path
     return man
 
 
-def _adopt(ctx: _Context, plan: Any, existing: list[Path]) -> Verification:
+def _adopt(ctx: BuildContext, plan: QuantPlan, existing: list[Path]) -> Verification:
     """Verify a complete output that has no manifest (its commit was cut short before this version
     kept a journal, or the disk filled while the manifest was written): every tensor, byte and
     metadata key must match the plan, so it can be recorded instead of rebuilt (BuildError if not)."""
@@ -550,7 +529,7 @@ def _adopt(ctx: _Context, plan: Any, existing: list[Path]) -> Verification:
 
 
 def build_variant(
-    ctx: _Context,
+    ctx: BuildContext,
     variant: str,
     *,
     force: bool = False,
@@ -570,7 +549,7 @@ def build_variant(
     t_start = time.monotonic()
     recipe = ctx.recipe
     v = recipe.variant(variant)
-    name = f"{output_stem(recipe, ctx.base_path)}-{v.name}.gguf"
+    name = variant_output(ctx.out_dir, output_stem(recipe, ctx.base_path), v.name).name
     why = name_problem(name, max_bytes=255 - 40)
     if why is not None:
         raise InputError(f"the output file name {name[:80]!r}… {why}", where=f"quant[{v.name}]",
@@ -578,9 +557,9 @@ def build_variant(
     # ``name`` is one plain component (checked above) and out_dir is resolved: the output cannot leave
     # it. Its last component is not resolved: a link there is replaced by the rename, never followed.
     output = ctx.out_dir / name
-    log_path = output.with_name(output.name + ".log")
+    log_path = log_file(output)
     man_path = manifest_path(output)
-    partial = output.with_name(output.name + ".partial")
+    partial = partial_file(output)
     journal = pending_path(man_path)
     phase = ["prepare"]
     committing: list[list[Path]] = []  # [staged, finals] once the output is verified
@@ -653,7 +632,7 @@ def build_variant(
         planned = plan.file_bytes or plan.tensor_bytes
         will_split = split_max_bytes is not None and planned > split_max_bytes
         check_disk(ctx.out_dir, planned * (2 if will_split else 1), min_free=min_free)
-        remove_quietly([partial, journal, work_dir(output)])
+        remove_quietly([partial, journal, split_work_dir(output)])
         for old in existing:  # --force: the old output goes only now, after every check passed
             remove_quietly([old])
         remove_quietly([man_path])
@@ -698,13 +677,14 @@ def build_variant(
         # The verified output is journalled before it is hashed (minutes for a big model): a
         # Ctrl-C or a crash from here on never costs the quantizing again.
         phase[0] = "hash"
-        record = {"ctx": ctx, "plan": plan, "v": v, "output": output, "log_path": log_path, "files": finals,
-                  "ver": ver, "cmd_final": cmd_final, "sizes": [s.stat().st_size for s in staged],
-                  "manifest_path_for_paths": man_path}
+        write_record = functools.partial(
+            _write_record, ctx=ctx, plan=plan, v=v, output=output, log_path=log_path, files=finals, ver=ver,
+            cmd_final=cmd_final, sizes=[s.stat().st_size for s in staged], manifest_path_for_paths=man_path)
         journal_error = None
+        man = None
         try:
-            _write_record(target=journal, hashes=["" for _ in staged], base_sha="",
-                          timings={"quantize_s": round(quantize_s, 3)}, **record)
+            write_record(target=journal, hashes=["" for _ in staged], base_sha="",
+                         timings={"quantize_s": round(quantize_s, 3)})
         except QuantforgeError as exc:  # a full disk: the renames below still put the output in place
             journal_error = exc
         t_h = time.monotonic()
@@ -716,19 +696,20 @@ def build_variant(
             phase[0] = "commit"
             if journal_error is None:
                 try:
-                    man = _write_record(
+                    man = write_record(
                         target=journal, base_sha=base_sha, hashes=list(hashes),
                         timings={"quantize_s": round(quantize_s, 3), "verify_s": round(verify_s, 3),
                                  "split_s": round(split_s, 3), "hash_s": round(hash_s, 3),
-                                 "total_s": round(time.monotonic() - t_start, 3)}, **record,
+                                 "total_s": round(time.monotonic() - t_start, 3)},
                     )  # fmt: skip
                 except QuantforgeError as exc:
                     journal_error = exc
             for src, dst in zip(staged, finals, strict=True):
                 os.replace(src, dst)
-            remove_quietly([work_dir(output)])
+            remove_quietly([split_work_dir(output)])
             if journal_error is not None:
                 raise journal_error
+            assert man is not None
             os.replace(journal, man_path)
             phase[0] = "done"
         return result("built", finals, cmd_final, man.actual_file_bytes, plan.file_bytes)
@@ -744,9 +725,9 @@ def _failed(exc: BaseException, phase: str, variant: str, output: Path, man_path
     is removed; once the output is verified it is kept (a journal, or its final name) so that the
     next run records it without quantizing again; and the message says which of these happened.
     """
-    partial = output.with_name(output.name + ".partial")
+    partial = partial_file(output)
     if phase in ("quantize", "verify") or (phase == "prepare" and not journal.exists()):
-        remove_quietly([partial, work_dir(output)])
+        remove_quietly([partial, split_work_dir(output)])
     if phase == "hash" and not journal.exists() and committing:
         # No journal (the disk is full): put the verified output in place, the next run adopts it.
         for src, dst in zip(*committing, strict=True):
@@ -782,9 +763,10 @@ def _committed_error(exc: QuantforgeError, man_path: Path, phase: str) -> Quantf
                      hint="fix that, then run the same command again: it records the output without quantizing again")
 
 
-def _plan_and_commands(ctx: _Context, variant: str, output: Path, partial: Path) -> tuple[Any, list[str], list[str]]:
+def _plan_and_commands(ctx: BuildContext, variant: str, output: Path,
+                       partial: Path) -> tuple[QuantPlan, list[str], list[str]]:
     tc = ctx.toolchain
-    imeta: Any = _imatrix_meta(ctx.imatrix) if ctx.imatrix is not None else False
+    imeta: ImatrixMeta | Literal[False] = quantize_meta(ctx.imatrix) if ctx.imatrix is not None else False
     plan = expand(ctx.recipe, variant, ctx.inventory, imatrix=imeta)
     im_arg = Path(ctx.imatrix.path).name if ctx.imatrix is not None else None
     cmd_final = quantize_command(plan, binary=tc.quantize, input_path=ctx.base_path, output_path=output,
@@ -795,11 +777,12 @@ def _plan_and_commands(ctx: _Context, variant: str, output: Path, partial: Path)
 
 
 def _write_record(
-    *, ctx: _Context, plan: Any, v: Any, output: Path, target: Path, log_path: Path, files: list[Path], ver: Any,
+    *, ctx: BuildContext, plan: QuantPlan, v: QuantVariant, output: Path, target: Path, log_path: Path, files: list[Path],
+    ver: Verification,
     cmd_final: list[str], base_sha: str | None = None, sizes: list[int] | None = None,
     hashes: list[str | None] | None = None, timings: dict[str, float], recovered: str | None = None,
     manifest_path_for_paths: Path | None = None,
-) -> Any:
+) -> Manifest:
     """Write the manifest of ``files`` to ``target`` (the manifest, or the commit journal)."""
     man_path = manifest_path_for_paths or target
     tc, im = ctx.toolchain, ctx.imatrix
@@ -852,8 +835,8 @@ def _write_record(
 
 
 def _split(
-    ctx: _Context,
-    plan: Any,
+    ctx: BuildContext,
+    plan: QuantPlan,
     partial: Path,
     output: Path,
     max_bytes: int,
@@ -863,7 +846,7 @@ def _split(
 ) -> list[Path]:
     """Split ``partial`` into ``<stem>-0000k-of-0000N.gguf`` shards with llama-gguf-split.
 
-    The shards are verified and left in the work folder (``work_dir(output)``), in order; the
+    The shards are verified and left in the work folder (``split_work_dir(output)``), in order; the
     caller renames them into place as part of its journalled commit. ``partial`` is removed.
     """
     binary = ctx.toolchain.gguf_split
@@ -886,8 +869,8 @@ def _split(
             where=str(log_path),
             hint="add an ik_llama.cpp build with llama-gguf-split via --bin-dir, or raise --split-max",
         )
-    stem = output.name[: -len(".gguf")] if output.name.endswith(".gguf") else output.name
-    work = work_dir(output)
+    stem = gguf_stem(output.name)
+    work = split_work_dir(output)
     remove_quietly([work])
     work.mkdir()
     # gguf-split counts only tensor data against --split-max-size (M = 10^6 bytes), while the
@@ -923,7 +906,7 @@ def _split(
 
 
 def _log_early_failure(
-    recipe: Any, names: Sequence[str], exc: QuantforgeError, *, out_dir: Path | None, base: str | None
+    recipe: Recipe, names: Sequence[str], exc: QuantforgeError, *, out_dir: Path | None, base: str | None
 ) -> None:
     """Record a failure before any variant started (no toolchain, no base …) in their logs."""
     source = base or getattr(recipe.model, "base", None)
@@ -936,9 +919,9 @@ def _log_early_failure(
     except OSError:
         return
 
-    stem = output_stem(recipe, Path(source.rsplit("/", 1)[-1]))
+    stem = output_stem(recipe, source)
     for name in names:
-        log = folder / f"{stem}-{name}.gguf.log"
+        log = log_file(variant_output(folder, stem, name))
         if same_file(log, source if source.startswith("/") else rdir / source):
             continue  # never append to an input
         try:
@@ -949,7 +932,7 @@ def _log_early_failure(
 
 
 def build(
-    recipe: Any,
+    recipe: Recipe,
     *,
     variants: Sequence[str] | None = None,
     out_dir: Path | None = None,

@@ -29,6 +29,7 @@ from quantforge.catalogue import catalogue
 from quantforge.errors import BuildError, InputError, InventoryError
 from quantforge.fsutil import sha256_file  # re-exported: callers import it from here too
 from quantforge.gguf_header import read_header
+from quantforge.names import log_file
 from quantforge.paths import open_input, os_error, refuse_input_as_output
 from quantforge.runner import ProgressParser, run_tool
 
@@ -544,7 +545,7 @@ def compute_imatrix(
         )
 
     output = output.resolve()
-    log_path = output.with_name(output.name + ".log")
+    log_path = log_file(output)
     for out_path in (output, log_path):  # an input is never overwritten, --force or not
         refuse_input_as_output(out_path, [("the model", model), ("the calibration corpus", corpus)],
                                field="--output", hint="write the imatrix to a new file")
@@ -553,7 +554,7 @@ def compute_imatrix(
     output.parent.mkdir(parents=True, exist_ok=True)
     # llama-imatrix picks its format from the suffix (mainline): keep the final suffix.
     tmp = output.with_name(f".{output.stem}.partial{output.suffix}")
-    log = output.with_name(output.name + ".log")
+    log = log_path
     cmd = imatrix_command(
         binary=str(binary), model=model.resolve(), corpus_name=corpus.name, output=tmp,
         chunks=chunks, ctx=ctx, threads=threads or os.cpu_count() or 1,

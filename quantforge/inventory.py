@@ -27,13 +27,12 @@ from quantforge.inventory_models import NextN as NextN
 from quantforge.inventory_models import TensorEntry as TensorEntry
 from quantforge.inventory_models import TensorInventory as TensorInventory
 from quantforge.inventory_synth import inventory_from_config_file, shipped_ids
+from quantforge.names import parse_hf, split_set
 from quantforge.recipe import Recipe, load_recipe
 
 # ---------------------------------------------------------------------------------------------
 # loading
 
-_SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
-_HF_RE = re.compile(r"^hf://(?P<org>[^/@]+)/(?P<repo>[^/@]+)(?:@(?P<rev>[^/]+))?/(?P<path>.+\.gguf)$")
 # An HF model id ("org/name") or a shipped inventory name: no scheme, not a .gguf path.
 _ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
@@ -262,17 +261,8 @@ def layout_load_error(engine: Engine, inventory: TensorInventory) -> str | None:
     return None
 
 
-def split_siblings(path: Path) -> list[Path] | None:
-    """All shard paths of the split set ``path`` belongs to (None if it is no split name)."""
-    m = _SPLIT_RE.match(path.name)
-    if m is None:
-        return None
-    count = int(m["count"])
-    return [path.with_name(f"{m['prefix']}-{k:05d}-of-{count:05d}.gguf") for k in range(1, count + 1)]
-
-
 def _load_local(path: Path, *, source: str, engine: Engine | None) -> TensorInventory:
-    shards = split_siblings(path) or [path]
+    shards = split_set(path)
     if len(shards) > 1:
         for p in shards:
             if not p.is_file():
@@ -556,34 +546,19 @@ class _hub_errors:
         return False
 
 
-def parse_hf_url(url: str) -> tuple[str, str | None, str]:
-    """``hf://org/repo[@rev]/path.gguf`` -> (repo_id, revision, path)."""
-    m = _HF_RE.match(url)
-    if m is None:
-        raise InventoryError(
-            "malformed hf:// source",
-            where=url,
-            hint="write hf://org/repo/path/to/file.gguf (optionally hf://org/repo@revision/...)",
-        )
-    return f"{m['org']}/{m['repo']}", m["rev"], m["path"]
-
-
 def _load_remote(url: str, *, engine: Engine | None) -> TensorInventory:
     from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url  # startup
     from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # startup
 
-    repo_id, revision, path = parse_hf_url(url)
+    ref = parse_hf(url, gguf=True)
+    repo_id, revision = ref.repo_id, ref.revision
     if constants.is_offline_mode():
         raise InventoryError("offline mode is on (HF_HUB_OFFLINE=1)", where=url,
                              hint="unset HF_HUB_OFFLINE, or give a local .gguf path")
     # Read at call time (not at import, like huggingface_hub does) so a changed HF_ENDPOINT counts.
     endpoint = os.environ.get("HF_ENDPOINT") or None
-    files = [path]
-    m = _SPLIT_RE.match(path.rsplit("/", 1)[-1])
-    if m is not None:
-        folder = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
-        count = int(m["count"])
-        files = [f"{folder}{m['prefix']}-{k:05d}-of-{count:05d}.gguf" for k in range(1, count + 1)]
+    files = ref.files
+    if len(files) > 1:
         with _hub_errors(url):
             info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision)
         present = {s.rfilename for s in (info.siblings or [])}
@@ -597,7 +572,7 @@ def _load_remote(url: str, *, engine: Engine | None) -> TensorInventory:
     headers_http["Accept-Encoding"] = "identity"
     headers: list[GGUFHeader] = []
     fetched = 0
-    rev_label = f"@{parse_hf_url(url)[1]}" if parse_hf_url(url)[1] else ""
+    rev_label = f"@{ref.revision}" if ref.revision else ""
     for f in files:
         where = f"hf://{repo_id}{rev_label}/{f}"
         file_url = hf_hub_url(repo_id, f, revision=revision, endpoint=endpoint)

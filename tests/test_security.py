@@ -108,7 +108,7 @@ def test_confined_refuses_escapes(tmp_path: Path) -> None:
 
 
 def test_build_outputs_stay_in_the_output_folder(tmp_path: Path, smol_f16: Path) -> None:
-    from quantforge.build import output_stem
+    from quantforge.names import output_stem
     from quantforge.recipe import parse_recipe
 
     text = (REPO / "recipes" / "smollm2-135m.toml").read_text()

@@ -209,8 +209,8 @@ def args_cmd(
 
     Example: quantforge recipe args recipes/smollm2-135m.toml --quant IQ4_K
     """
-    from quantforge.build import output_stem  # startup
     from quantforge.cli._output import emit  # startup
+    from quantforge.names import output_stem  # startup
     from quantforge.plan import expand, quantize_command, shell_join  # startup
 
     r, inv, names, imx = _load(recipe, inventory, imatrix, quant, engine_version)

@@ -31,10 +31,9 @@ from quantforge.inventory import (
     base_model_of,
     load_inventory,
     load_source,
-    parse_hf_url,
-    split_siblings,
 )
 from quantforge.manifest import resolve_file
+from quantforge.names import is_hf, parse_hf, split_set
 from quantforge.plan import file_plan, quantize_args_for
 from quantforge.publish.importer import import_recipe, variant_name_of
 from quantforge.recipe import parse_recipe
@@ -739,12 +738,8 @@ def card_from_source(
     plan = file_plan(inv, engine=engine)  # type: ignore[arg-type]
     name = variant_name_of(source, plan.ftype)
     plan = plan.model_copy(update={"name": name})
-    if source.startswith("hf://"):
-        _repo, _rev, path = parse_hf_url(source)
-        first = Path(path)
-    else:
-        first = Path(source)
-    shards = split_siblings(first) or [first]
+    first = Path(parse_hf(source, gguf=True).path) if is_hf(source) else Path(source)
+    shards = split_set(first)
     in_repo = tuple(str(p) if source.startswith("hf://") else p.name for p in shards)
     types = tuple(sorted({t.type for t in plan.tensors}))
     imported = import_recipe(source, engine=plan.engine)

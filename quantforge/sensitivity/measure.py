@@ -28,19 +28,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from quantforge import constants
-from quantforge.build import _Context, build_variant
-from quantforge.build import _imatrix_meta as meta
+from quantforge.build import BuildContext, build_variant
 from quantforge.build import prepare as prepare_build
 from quantforge.catalogue import catalogue
 from quantforge.catalogue import ftype as lookup_ftype
 from quantforge.errors import EvalError, Interrupted, RecipeError, UsageError
-from quantforge.errors import RecipeError as _RecipeError
 from quantforge.evaluate import _util
 from quantforge.evaluate.bundled import bundled_version, kld_bundled
 from quantforge.evaluate.models import EvalEngine, EvalResult
 from quantforge.evaluate.perplexity import ensure_base_logits, find_perplexity, perplexity_binary
 from quantforge.fsutil import atomic_write_text, cached_sha256, remove_quietly
+from quantforge.imatrix import ImatrixMeta, quantize_meta
 from quantforge.lock import folder_lock
+from quantforge.manifest import manifest_path
+from quantforge.names import log_file
 from quantforge.paths import refuse_input_as_output
 from quantforge.plan import expand
 from quantforge.recipe import QuantSection, Recipe, RuleSpec, load_recipe, parse_recipe, variant_table
@@ -125,10 +126,10 @@ def with_base_variant(recipe: Recipe, name: str) -> tuple[Recipe, str]:
     a uniform one: that ftype with the engine's own mixture, as ``llama-quantize IN OUT Q8_0`` writes."""
     try:
         return recipe, recipe.variant(name).name
-    except _RecipeError as exc:
+    except RecipeError as exc:
         try:
             ft = lookup_ftype(recipe.engine, name)
-        except _RecipeError:
+        except RecipeError:
             raise exc from None
     return derived_recipe(recipe, None, [], uniform=ft.name), ft.name
 
@@ -389,12 +390,12 @@ def run_sensitivity(
                              cache_dir=str(cdir))  # fmt: skip
 
 
-def _imatrix_meta(ctx: _Context) -> Any:
-    return meta(ctx.imatrix) if ctx.imatrix is not None else False
+def _imatrix_meta(ctx: BuildContext) -> ImatrixMeta | Literal[False]:
+    return quantize_meta(ctx.imatrix) if ctx.imatrix is not None else False
 
 
 def _remove_outputs(gguf: Path) -> None:
-    remove_quietly([gguf, gguf.with_name(gguf.name + ".log"), gguf.with_name(gguf.name + ".manifest.json")])
+    remove_quietly([gguf, log_file(gguf), manifest_path(gguf)])
 
 
 def _kld(

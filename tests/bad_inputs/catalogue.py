@@ -233,7 +233,10 @@ def materialise(case: Case, case_dir: Path, values: dict[str, str]) -> list[sock
                 *parents, last = dotted.split(".")
                 node = data
                 for part in parents:
-                    node = node.setdefault(part, {})
+                    # a section the cached build has not filled yet (eval before any `quantforge eval`)
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
                 node[last] = fill(value, values) if isinstance(value, str) else value
             dst.write_text(json.dumps(data), encoding="utf-8")
         elif "mode" in spec:
