@@ -265,6 +265,17 @@ def parse_layers(spec: str) -> list[int]:
     return sorted(out)
 
 
+def format_layers(layers: Iterable[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``"0-2,5"``: the layer-range syntax ``parse_layers`` reads ("" for none)."""
+    runs: list[list[int]] = []
+    for n in sorted(set(layers)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs)
+
+
 def _digits(a: int, b: int) -> str:
     return str(a) if a == b else f"[{a}-{b}]"
 

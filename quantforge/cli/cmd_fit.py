@@ -26,6 +26,8 @@ def _settings(ctx: int, ctk: str, ctv: str, mla: int, fa: bool, ub: int, amb: in
 
 
 def _render_report(r: Any) -> str:
+    from quantforge.recipe import format_layers  # startup
+
     lines = [
         f"{r.quant} on {r.target} at -c {r.settings.n_ctx}: {r.verdict.replace('_', ' ').upper()}"
         + (f" (largest context that fits: {r.max_ctx})" if r.max_ctx else ""),
@@ -39,7 +41,7 @@ def _render_report(r: Any) -> str:
             f"{d.name:8s} {_gib(d.weights_bytes):>11s} {_gib(d.kv_bytes):>11s} {_gib(d.compute_bytes):>11s} "
             f"{_gib(d.overhead_bytes):>11s} {_gib(d.total_bytes):>11s} {_gib(d.capacity_bytes):>11s} "
             f"{_gib(d.headroom_bytes):>11s}"
-            + (f"  experts of layers {_ranges(d.expert_layers)}" if d.expert_layers else "")
+            + (f"  experts of layers {format_layers(d.expert_layers)}" if d.expert_layers else "")
             + ("  (pinned, mmap off)" if d.pinned else "")
         )
     margins = [d for d in r.devices if d.kind == "gpu" and d.margin_source]
@@ -54,19 +56,6 @@ def _render_report(r: Any) -> str:
         lines.append(f"- [{f.code}] {f.message}{cost}")
     lines += ["", "command:", "  " + r.command_line]
     return "\n".join(lines)
-
-
-def _ranges(xs: tuple[int, ...]) -> str:
-    out, start, prev = [], None, None
-    for x in [*xs, None]:
-        if start is None:
-            start = prev = x
-        elif x is not None and prev is not None and x == prev + 1:
-            prev = x
-        else:
-            out.append(f"{start}" if start == prev else f"{start}-{prev}")
-            start = prev = x
-    return ",".join(out)
 
 
 def _render_matrix(m: Any) -> str:

@@ -93,23 +93,9 @@ def _as_dict(inv: Any) -> dict[str, Any]:
     return out
 
 
-def _layers(ids: list[int]) -> str:
-    """Compact ranges: [0, 1, 2, 5] -> "0-2,5"."""
-    ids = sorted(set(ids))
-    parts: list[str] = []
-    start = prev = ids[0]
-    nxt: list[int | None] = [*ids[1:], None]
-    for i in nxt:
-        if i is not None and i == prev + 1:
-            prev = i
-            continue
-        parts.append(f"{start}-{prev}" if prev != start else str(start))
-        if i is not None:
-            start = prev = i
-    return ",".join(parts)
-
-
 def _render(d: dict[str, Any]) -> str:
+    from quantforge.recipe import format_layers  # startup
+
     groups: dict[tuple[str, tuple[int, ...], str], dict[str, Any]] = {}
     for t in d["tensors"]:
         m = _BLK.match(t["name"])
@@ -123,7 +109,7 @@ def _render(d: dict[str, Any]) -> str:
     rows = []
     for (name, shape, dtype), g in groups.items():
         count = f"×{g['n']}" if g["layers"] else ""
-        layers = f"layers {_layers(g['layers'])}" if g["layers"] else ""
+        layers = f"layers {format_layers(g['layers'])}" if g["layers"] else ""
         size = human_bytes(g["bytes"]) if g["bytes"] is not None else "?"
         rows.append((name, count, "[" + ", ".join(map(str, shape)) + "]", dtype, layers, size))
     widths = [max(len(r[i]) for r in rows) for i in range(6)] if rows else [0] * 6

@@ -53,9 +53,9 @@ from quantforge.fit.report import FitReport, Settings, plan_fit
 from quantforge.lock import folder_lock
 from quantforge.manifest import update_manifest
 from quantforge.plan import QuantPlan, expand
-from quantforge.recipe import QuantSection, RuleSpec, add_variant, load_recipe
+from quantforge.recipe import QuantSection, RuleSpec, add_variant, format_layers, load_recipe
 from quantforge.sensitivity.measure import derived_recipe, with_base_variant
-from quantforge.sensitivity.table import SensitivityTable, format_layers, read_table
+from quantforge.sensitivity.table import SensitivityTable, read_table
 from quantforge.targets import HardwareTarget, load_target
 
 #: Candidate types of routed experts without a sensitivity table (low -> high bpw, plain types:

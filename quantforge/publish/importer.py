@@ -25,7 +25,7 @@ from quantforge.fsutil import atomic_write_text
 from quantforge.inventory import load_inventory, load_source
 from quantforge.paths import refuse_input_as_output
 from quantforge.plan import expand
-from quantforge.recipe import QuantSection, RuleSpec, parse_recipe, variant_table
+from quantforge.recipe import QuantSection, RuleSpec, format_layers, parse_recipe, variant_table
 
 _BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
 
@@ -53,21 +53,6 @@ class ImportResult(_Frozen):
     n_tensors: int
     #: tensors whose re-expanded type differs from the file's (empty: exact)
     mismatches: tuple[str, ...] = ()
-
-
-def layers_spec(layers: Sequence[int]) -> str:
-    """``[3, 4, 5, 9]`` → ``"3-5,9"``."""
-    nums = sorted(set(layers))
-    runs: list[str] = []
-    start = prev = nums[0]
-    for n in [*nums[1:], None]:
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        runs.append(f"{start}-{prev}" if prev > start else f"{start}")
-        if n is not None:
-            start = prev = n
-    return ",".join(runs)
 
 
 def _kind_match(kind: str, *, layered: bool) -> str:
@@ -125,7 +110,7 @@ def rules_for(tensors: Sequence[tuple[str, tuple[int, ...], str]]) -> tuple[str,
         for typ, layers in sorted(per_type.items(), key=lambda kv: min(kv[1])):
             if typ == main_type:
                 continue
-            rules.append(ImportedRule(match=_kind_match(kind, layered=True), layers=layers_spec(layers), type=typ,
+            rules.append(ImportedRule(match=_kind_match(kind, layered=True), layers=format_layers(layers), type=typ,
                                       tensors=len(layers)))
         if main_type != default:
             rules.append(ImportedRule(match=_kind_match(kind, layered=False), type=main_type,
@@ -300,7 +285,7 @@ def diff_quants(a: str, b: str) -> QuantDiff:
     for (pattern, t1, t2), items in groups.items():
         layers = [n for n, _ in items if n is not None]
         out_groups.append(DiffGroup(
-            pattern=pattern, layers=layers_spec(layers) if layers else None, type_a=t1, type_b=t2, count=len(items),
+            pattern=pattern, layers=format_layers(layers) if layers else None, type_a=t1, type_b=t2, count=len(items),
             bytes_a=sum(d.bytes_a or 0 for _, d in items), bytes_b=sum(d.bytes_b or 0 for _, d in items)))
     return QuantDiff(
         a=_display(a), b=_display(b), tensors=tuple(diffs), groups=tuple(out_groups), n_same=same,

@@ -12,8 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from quantforge.catalogue import Engine, catalogue
 from quantforge.errors import RecipeError
 from quantforge.plan import QuantPlan, TensorPlan
-from quantforge.recipe import Recipe, SensitivitySection, compile_layers, parse_layers
-from quantforge.sensitivity.table import format_layers
+from quantforge.recipe import Recipe, SensitivitySection, compile_layers, format_layers, parse_layers
 
 _KIND_RE = re.compile(r"^blk\.(\d+)\.(.+)\.weight$")
 _GLOBAL_KINDS = {"token_embd.weight": "token_embd", "output.weight": "output"}

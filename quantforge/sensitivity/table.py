@@ -37,7 +37,7 @@ from quantforge.catalogue import Engine, catalogue
 from quantforge.errors import InputError, RecipeError
 from quantforge.fsutil import atomic_write_text
 from quantforge.paths import MAX_JSON_BYTES, read_input_text
-from quantforge.recipe import parse_layers
+from quantforge.recipe import format_layers, parse_layers
 
 FORMAT = "quantforge-sensitivity/1"
 Metric = Literal["kld", "ppl", "relative"]
@@ -234,23 +234,6 @@ def table_csv(table: SensitivityTable) -> str:
             "" if e.ppl is None else repr(e.ppl), e.how, "" if e.seconds is None else repr(e.seconds),
         ])  # fmt: skip
     return out.getvalue()
-
-
-def format_layers(layers: Sequence[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (the recipe's layer-range syntax)."""
-    if not layers:
-        return ""
-    xs = sorted(set(layers))
-    out = []
-    start = prev = xs[0]
-    for x in [*xs[1:], None]:
-        if x is not None and x == prev + 1:
-            prev = x
-            continue
-        out.append(str(start) if start == prev else f"{start}-{prev}")
-        if x is not None:
-            start = prev = x
-    return ",".join(out)
 
 
 # --------------------------------------------------------------------------- reading
