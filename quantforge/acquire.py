@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from filelock import FileLock
 
+from quantforge import constants as constants_qf
 from quantforge.errors import InputError, Interrupted, QuantforgeError
 from quantforge.names import parse_hf, split_set
 from quantforge.paths import (
@@ -215,7 +216,7 @@ def hf_download(url: str, *, progress: bool | None = None) -> Path:
 
     ref = parse_hf(url)
     repo_type, repo_id, revision, files = ref.repo_type, ref.repo_id, ref.revision, ref.files
-    endpoint = os.environ.get("HF_ENDPOINT") or None
+    endpoint = constants_qf.hf_endpoint()
     cache = hf_cache_dir()
     show = sys.stderr.isatty() if progress is None else progress
     was_disabled = are_progress_bars_disabled()

@@ -59,6 +59,7 @@ from quantforge.lock import folder_lock
 from quantforge.manifest import (
     Manifest,
     ManifestFile,
+    VerificationRecord,
     manifest_path,
     read_manifest,
     relative_to_manifest,
@@ -325,12 +326,7 @@ def prepare(
 ) -> BuildContext:
     """Resolve toolchain, base, inventory and imatrix once for a ladder."""
     recipe_dir = Path(recipe.path).parent if recipe.path else Path.cwd()
-    tc = find_toolchain(
-        recipe.engine,
-        bin_dir=bin_dir,
-        recipe_bin_dir=getattr(recipe.model, "bin_dir", None),
-        allow_other_engine=True,
-    )
+    tc = find_toolchain(recipe.engine, bin_dir=bin_dir, allow_other_engine=True)
     source = base or recipe.model.base
     if not source:
         raise InputError(
@@ -405,7 +401,9 @@ def _manifest_matches(man_path: Path, key: dict[str, Any], files: list[Path]) ->
         man = read_manifest(man_path)
     except QuantforgeError:
         return False
-    if man.plan.get("build_key") != key or not man.verification.get("ok"):
+    if man.plan is None or man.verification is None:
+        return False
+    if man.plan.get("build_key") != key or not man.verification["ok"]:
         return False
     listed = [resolve_file(man_path, f.path) for f in man.files]
     if sorted(str(p) for p in listed) != sorted(str(p.resolve()) for p in files):
@@ -479,7 +477,7 @@ def _recover(ctx: BuildContext, plan: QuantPlan, output: Path, man_path: Path, *
     """
     journal = pending_path(man_path)
     man = _read_journal(journal)
-    if man is None or man.plan.get("build_key") != _build_key(ctx, plan):
+    if man is None or man.plan is None or man.plan.get("build_key") != _build_key(ctx, plan):
         remove_quietly([journal])
         return None
     partial = partial_file(output)
@@ -510,8 +508,9 @@ def _recover(ctx: BuildContext, plan: QuantPlan, output: Path, man_path: Path, *
     if not ok:
         remove_quietly([journal, partial, work, *[p for p in finals if p.exists()]])
         return None
-    base = dict(man.base)
-    if not base.get("sha256"):  # journalled before the base's hash was done
+    assert man.base is not None  # a journal is a build's manifest
+    base = man.base.copy()
+    if not base["sha256"]:  # journalled before the base's hash was done
         base["sha256"] = cached_sha256(ctx.base_path)
     man = man.model_copy(update={"files": entries, "base": base})
     write_manifest(man_path, man)
@@ -794,8 +793,8 @@ def _write_record(
     ]
     cov = coverage(im, plan)
     type_counts = collections.Counter(t.type for t in plan.tensors)
-    verification = {"ok": True, "tensors": ver.tensors, "tensor_bytes": ver.tensor_bytes,
-                    "file_bytes": ver.file_bytes, "metadata": ver.metadata}
+    verification: VerificationRecord = {"ok": True, "tensors": ver.tensors, "tensor_bytes": ver.tensor_bytes,
+                                        "file_bytes": ver.file_bytes, "metadata": ver.metadata}
     if recovered:
         verification["recovered"] = recovered
     man = Manifest(
@@ -909,7 +908,7 @@ def _log_early_failure(
     recipe: Recipe, names: Sequence[str], exc: QuantforgeError, *, out_dir: Path | None, base: str | None
 ) -> None:
     """Record a failure before any variant started (no toolchain, no base …) in their logs."""
-    source = base or getattr(recipe.model, "base", None)
+    source = base or recipe.model.base
     if not source:
         return
     rdir = Path(recipe.path).parent if recipe.path else Path.cwd()

@@ -37,7 +37,11 @@ from quantforge.errors import RecipeError
 
 Engine = Literal["ik", "mainline"]
 ENGINES: tuple[Engine, ...] = ("ik", "mainline")
+#: The engines' project names, as messages and cards name them.
 ENGINE_LABEL: dict[str, str] = {"ik": "ik_llama.cpp", "mainline": "llama.cpp"}
+#: How ``quantforge doctor`` and the toolchain errors name a found engine ("llama.cpp" alone
+#: reads as either fork there).
+TOOLCHAIN_LABEL: dict[str, str] = {"ik": ENGINE_LABEL["ik"], "mainline": f"{ENGINE_LABEL['mainline']} (mainline)"}
 
 # QK_K: the super-block size every k-, i- and ik-quant needs as a row-length multiple.
 QK_K = 256
@@ -675,6 +679,8 @@ def file_type_names(value: int) -> dict[Engine, str]:
 
 __all__ = [
     "ENGINES",
+    "ENGINE_LABEL",
+    "TOOLCHAIN_LABEL",
     "ambiguous_type_ids",
     "file_type_engines",
     "file_type_names",

@@ -1,4 +1,5 @@
-"""Environment variables and paths, read once, in one place."""
+"""Environment variables and paths, in one place: read once at import, or, for the few a
+long-lived process may see change, by a function here at call time."""
 
 from __future__ import annotations
 
@@ -8,11 +9,24 @@ from pathlib import Path
 #: Where quantforge keeps caches (KLD base logits, downloaded headers, bases).
 CACHE_DIR = Path(os.environ.get("QUANTFORGE_CACHE", "") or Path.home() / ".cache" / "quantforge")
 
-#: A directory holding a user build's binaries (``llama-quantize`` …); overrides the bundled ones.
-BIN_DIR = os.environ.get("QUANTFORGE_BIN_DIR") or None
-#: Per-engine overrides, for users who keep both an ik_llama.cpp and a llama.cpp build.
-IK_BIN_DIR = os.environ.get("QUANTFORGE_IK_BIN_DIR") or None
-MAINLINE_BIN_DIR = os.environ.get("QUANTFORGE_MAINLINE_BIN_DIR") or None
+
+
+def bin_dir_overrides(engine: str) -> list[tuple[str, Path]]:
+    """The tool folders the environment names for ``engine``, most specific first:
+    ``QUANTFORGE_<ENGINE>_BIN_DIR`` (for users who keep both an ik_llama.cpp and a llama.cpp
+    build), then ``QUANTFORGE_BIN_DIR``. Read at call time: a long-lived process (or a test)
+    that changes them sees the change."""
+    out = []
+    for var in (f"QUANTFORGE_{engine.upper()}_BIN_DIR", "QUANTFORGE_BIN_DIR"):
+        value = os.environ.get(var)
+        if value:
+            out.append((var, Path(value).expanduser()))
+    return out
+
+
+def hf_endpoint() -> str | None:
+    """``HF_ENDPOINT`` at call time (huggingface_hub freezes it at import; mirrors and tests set it later)."""
+    return os.environ.get("HF_ENDPOINT") or None
 
 #: User config file (TOML) with tool paths and defaults.
 CONFIG_FILE = Path(

@@ -34,7 +34,7 @@ from quantforge.fit.report import Settings
 from quantforge.fsutil import sha256_file
 from quantforge.imatrix import coverage_inventory, read_imatrix
 from quantforge.inventory import load_inventory
-from quantforge.manifest import read_manifest, update_manifest
+from quantforge.manifest import Manifest, read_manifest, update_manifest
 from quantforge.plan import expand, lint
 from quantforge.publish.upload import make_card, publish
 from quantforge.recipe import load_recipe
@@ -269,7 +269,7 @@ def run_demo(
     t0 = time.perf_counter()
     staging = root / "staging"
     up = publish(recipe_path, repo=DEMO_REPO, dry_run=True, staging=staging, out_dir=root, force=True)
-    n_files = len(up.plan.files) if getattr(up, "plan", None) is not None else 0
+    n_files = len(up.plan.files)
     done("publish", f"dry run: {n_files} files staged in {staging.name}/ (no network)", t0)
 
     variants = []
@@ -314,10 +314,9 @@ def _prod(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _previous_eval(manifest: Any, *, chunks: int, ctx: int) -> dict[str, Any] | None:
+def _previous_eval(manifest: Manifest, *, chunks: int, ctx: int) -> dict[str, Any] | None:
     """A recorded bundled PPL+KLD run with the same settings, so a rerun can skip it."""
-    section = getattr(manifest, "eval", None) or {}
-    latest = section.get("latest") if isinstance(section, dict) else None
+    latest = manifest.latest_eval()
     if not latest or latest.get("kld") is None:
         return None
     if latest.get("engine") != "bundled" or latest.get("ctx") != ctx or latest.get("chunks") != chunks:

@@ -20,7 +20,7 @@ import re
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,9 +29,15 @@ from quantforge.catalogue import catalogue
 from quantforge.errors import BuildError, InputError, InventoryError
 from quantforge.fsutil import sha256_file  # re-exported: callers import it from here too
 from quantforge.gguf_header import read_header
+from quantforge.inventory_models import TensorInventory
 from quantforge.names import log_file
 from quantforge.paths import open_input, os_error, refuse_input_as_output
+from quantforge.recipe import Recipe
 from quantforge.runner import ProgressParser, run_tool
+from quantforge.toolchain import Toolchain
+
+if TYPE_CHECKING:  # the plan stage sits above this one (it reads ImatrixMeta from here)
+    from quantforge.plan import QuantPlan
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -398,23 +404,23 @@ def coverage_for(
     )  # fmt: skip
 
 
-def coverage(info: ImatrixInfo | None, plan: object) -> ImatrixCoverage:
+def coverage(info: ImatrixInfo | None, plan: QuantPlan) -> ImatrixCoverage:
     """Coverage of a ``QuantPlan``: tensors it quantizes that have no data, and refusals."""
     rows = [
         (t.name, tuple(t.shape), t.type)
-        for t in plan.tensors  # type: ignore[attr-defined]
+        for t in plan.tensors
         if t.requested_type is not None and t.type not in ("f32", "f16", "bf16")
     ]
-    return coverage_for(info, rows, engine=plan.engine, ftype=plan.ftype)  # type: ignore[attr-defined]
+    return coverage_for(info, rows, engine=plan.engine, ftype=plan.ftype)
 
 
-def coverage_inventory(info: ImatrixInfo, inventory: object) -> ImatrixCoverage:
+def coverage_inventory(info: ImatrixInfo, inventory: TensorInventory) -> ImatrixCoverage:
     """Coverage of an inventory's 2-D weights (no types known, so nothing is refused)."""
-    rows = [(t.name, tuple(t.shape), None) for t in inventory.tensors]  # type: ignore[attr-defined]
-    return coverage_for(info, rows, engine=getattr(inventory, "layout", None) or "ik")
+    rows = [(t.name, tuple(t.shape), None) for t in inventory.tensors]
+    return coverage_for(info, rows, engine=inventory.layout or "ik")
 
 
-def refusal_error(cov: ImatrixCoverage, plan: object, *, have_imatrix: bool) -> BuildError:
+def refusal_error(cov: ImatrixCoverage, plan: QuantPlan, *, have_imatrix: bool) -> BuildError:
     """The one-line error for tensors llama-quantize would refuse."""
     gaps = [g for g in cov.missing if g.refused]
     types = sorted({g.type for g in gaps if g.type})
@@ -422,7 +428,7 @@ def refusal_error(cov: ImatrixCoverage, plan: object, *, have_imatrix: bool) -> 
     if not have_imatrix:
         return BuildError(
             f"{len(gaps)} tensor(s) use {', '.join(types)}, which llama-quantize refuses without an importance matrix: {examples}",
-            where=f"quant[{plan.name}]",  # type: ignore[attr-defined]
+            where=f"quant[{plan.name}]",
             hint="add [imatrix] file = ... to the recipe, pass --imatrix FILE, or compute one with `quantforge imatrix RECIPE`",
         )
     return BuildError(
@@ -467,13 +473,13 @@ def resolve_corpus(corpus: str, *, base_dir: Path | None = None) -> Path:
     return p
 
 
-def default_output(recipe: object, base_path: Path) -> Path:
+def default_output(recipe: Recipe, base_path: Path) -> Path:
     """Where ``quantforge imatrix RECIPE`` writes a computed imatrix (and ``build`` looks for it)."""
-    rpath = getattr(recipe, "path", None)
+    rpath = recipe.path
     rdir = Path(rpath).parent if rpath else Path.cwd()
     stem = base_path.name[: -len(".gguf")] if base_path.name.endswith(".gguf") else base_path.stem
     # ik_llama.cpp's llama-quantize reads only the legacy format.
-    return rdir / (f"{stem}.imatrix" if getattr(recipe, "engine", None) == "ik" else f"{stem}.imatrix.gguf")
+    return rdir / (f"{stem}.imatrix" if recipe.engine == "ik" else f"{stem}.imatrix.gguf")
 
 
 def imatrix_command(
@@ -519,7 +525,7 @@ def imatrix_progress() -> ProgressParser:
 
 def compute_imatrix(
     *,
-    toolchain: object,
+    toolchain: Toolchain,
     model: Path,
     corpus: Path,
     output: Path,
@@ -537,7 +543,7 @@ def compute_imatrix(
     recorded in the imatrix (and later in every quant's ``quantize.imatrix.dataset``) is
     the file name, not a local absolute path. Output goes to a temporary name first.
     """
-    binary = getattr(toolchain, "imatrix", None)
+    binary = toolchain.imatrix
     if not binary:
         raise BuildError(
             f"no llama-imatrix in the {getattr(toolchain, 'engine', '?')} toolchain at {getattr(toolchain, 'bin_dir', '?')}",
@@ -559,7 +565,7 @@ def compute_imatrix(
         binary=str(binary), model=model.resolve(), corpus_name=corpus.name, output=tmp,
         chunks=chunks, ctx=ctx, threads=threads or os.cpu_count() or 1,
     )  # fmt: skip
-    if legacy and getattr(toolchain, "engine", None) == "mainline":
+    if legacy and toolchain.engine == "mainline":
         # For an ik recipe: mainline llama-imatrix writes the legacy format ik can read.
         cmd += ["--output-format", "dat"]
     try:

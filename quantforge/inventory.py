@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from quantforge import constants as constants_qf
 from quantforge import inventory_synth
 from quantforge.catalogue import Engine, catalogue
 from quantforge.errors import InventoryError, QuantforgeError, RecipeError
@@ -108,12 +109,12 @@ def recipe_inventory(recipe: Recipe, source: str | None = None) -> TensorInvento
     synthesized inventory (default: the engine's usual one) and must match a real GGUF's.
     """
     engine = recipe.engine
-    layout = getattr(recipe.model, "layout", None)
-    nextn = getattr(recipe.model, "nextn", None)
+    layout = recipe.model.layout
+    nextn = recipe.model.nextn
     if source is not None:
         return load_inventory(source, engine=engine, layout=layout, nextn=nextn)
-    base = getattr(recipe.model, "base", None)
-    model_id = getattr(recipe.model, "id", None)
+    base = recipe.model.base
+    model_id = recipe.model.id
     local = recipe.resolve_path(base) if base and not str(base).startswith("hf://") else None
     if local is not None and Path(local).exists():
         return load_inventory(local, engine=engine, layout=layout, nextn=nextn)
@@ -188,18 +189,18 @@ def base_model_from_gguf(kv: dict[str, Any] | None) -> str | None:
     return None
 
 
-def base_model_of(recipe: object) -> tuple[str | None, str]:
+def base_model_of(recipe: Recipe) -> tuple[str | None, str]:
     """The card's ``base_model`` and where it comes from: ``[publish] base_model``, else
     ``[model] id``, else ``general.base_model.*`` of a local base GGUF; (None, why) otherwise."""
-    pub = getattr(recipe, "publish", None)
-    model = getattr(recipe, "model", None)
+    pub = recipe.publish
+    model = recipe.model
     if pub is not None and pub.base_model:
         return pub.base_model, "[publish] base_model"
     if model is not None and model.id:
         return model.id.removeprefix("hf://"), "[model] id"
-    base = getattr(model, "base", None)
+    base = model.base
     if base and not str(base).startswith("hf://"):
-        path = recipe.resolve_path(base)  # type: ignore[attr-defined]
+        path = recipe.resolve_path(base)
         if path and Path(path).is_file():
             try:
                 found = base_model_from_gguf(dict(read_header(path).kv))
@@ -556,7 +557,7 @@ def _load_remote(url: str, *, engine: Engine | None) -> TensorInventory:
         raise InventoryError("offline mode is on (HF_HUB_OFFLINE=1)", where=url,
                              hint="unset HF_HUB_OFFLINE, or give a local .gguf path")
     # Read at call time (not at import, like huggingface_hub does) so a changed HF_ENDPOINT counts.
-    endpoint = os.environ.get("HF_ENDPOINT") or None
+    endpoint = constants_qf.hf_endpoint()
     files = ref.files
     if len(files) > 1:
         with _hub_errors(url):

@@ -2,9 +2,10 @@
 
 A manifest says what a GGUF is and how it was made: recipe (and its sha256), the emitted
 command, engine and commit, base model source and sha256, imatrix sha256 and coverage,
-output files with sizes and sha256, planned vs actual bytes, timings. Evaluation and
-publishing read it and add their own sections (``eval``, ``publish``) with
-``update_manifest``. File paths are stored relative to the manifest's folder so a moved
+output files with sizes and sha256, planned vs actual bytes, what the output was verified
+against, timings. Later stages read it through the same model and add their own sections
+(``eval``, ``sweeps``, ``fit``, ``publish``) with ``update_manifest``; every section is typed and
+an unknown one is refused (a manifest of a newer quantforge says so by its ``schema_version``). File paths are stored relative to the manifest's folder so a moved
 output folder still works; no token or secret is ever written.
 
 Writes are atomic (temp file in the same folder + ``os.replace``).
@@ -15,10 +16,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Required
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, with_config
+from typing_extensions import TypedDict
 
+from quantforge.catalogue import Engine
 from quantforge.errors import InputError
 from quantforge.fsutil import atomic_write_text
 from quantforge.paths import MAX_MANIFEST_BYTES, read_input_json
@@ -34,10 +37,104 @@ class ManifestFile(BaseModel):
     sha256: str
 
 
-class Manifest(BaseModel):
-    """The build record of one variant. Unknown sections are kept (later schema additions)."""
+# The sections are typed dicts: validated key by key when a manifest is read (a misspelt or
+# mistyped key is an error naming it), and read as plain mappings (``man.recipe["sha256"]``).
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+
+class ToolchainRecord(TypedDict):
+    """The llama-quantize that built the variant, as ``toolchain.Toolchain`` described it."""
+
+    source: str
+    quantize: str
+    version: str
+    compiler: str | None
+
+
+class RecipeRecord(TypedDict):
+    path: str | None
+    sha256: str
+    variant: str
+    ftype: str
+
+
+class BaseRecord(TypedDict):
+    source: str  # as the recipe or --base named it (path or hf://)
+    path: str  # relative to the manifest's folder
+    bytes: int
+    sha256: str
+
+
+class CoverageRecord(TypedDict):
+    covered: int
+    total: int
+    missing: list[str]
+
+
+class ImatrixRecord(TypedDict):
+    path: str  # relative to the manifest's folder
+    sha256: str | None
+    format: str  # "dat" | "gguf"
+    dataset: str | None
+    chunk_count: int
+    entries: int
+    coverage: CoverageRecord
+
+
+class PlanSummary(TypedDict, total=False):
+    """What the build verified the output against (the full plan is ``quantforge plan --json``)."""
+
+    n_tensors: Required[int]
+    n_params: Required[int]
+    bpw: Required[float]
+    types: Required[dict[str, int]]  # written type -> tensor count
+    build_key: dict[str, Any]  # what makes two builds the same (``build._build_key``)
+
+
+class VerificationRecord(TypedDict, total=False):
+    ok: Required[bool]
+    tensors: Required[int]
+    tensor_bytes: Required[int]
+    file_bytes: Required[int]
+    metadata: Required[dict[str, Any]]  # general.* / quantize.* KV as written
+    recovered: str  # how an interrupted commit was finished
+
+
+@with_config(ConfigDict(extra="allow"))  # a single flat result, as manifests before {latest, runs} hold it
+class EvalSection(TypedDict, total=False):
+    """Evaluations ``quantforge eval`` recorded: each an ``evaluate.models.EvalResult`` as JSON."""
+
+    latest: dict[str, Any]
+    runs: list[dict[str, Any]]
+
+
+class FitRecord(TypedDict):
+    """What ``quantforge fit --verify`` measured against what the solver predicted."""
+
+    predicted_kld: float
+    measured_kld: float
+    measured_kld_err: float | None
+    error: float
+    model: str
+    sensitivity: str | None
+    comment: str | None
+    recipe: str
+
+
+class PublishRecord(TypedDict):
+    repo: str
+    paths: list[str]
+    head_commit: str | None
+
+
+#: A speed sweep recorded beside the variant: ``quantforge sweep`` stores the whole
+#: ``evaluate.models.SweepResult`` as JSON; the demo names its files (json, jsonl, plots).
+SweepRecord = dict[str, Any]
+
+
+class Manifest(BaseModel):
+    """The build record of one variant, and what later stages added to it (eval, sweeps, fit, publish)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
     schema_version: int = SCHEMA_VERSION
     quantforge_version: str
     name: str  # variant name, e.g. "IQ2_KS"
@@ -48,20 +145,30 @@ class Manifest(BaseModel):
     actual_file_bytes: int
     file_bytes_exact: bool | None = None
     command: list[str]
-    engine: str
+    engine: Engine
     engine_build: int | None = None
     engine_commit: str | None = None
-    toolchain: dict[str, Any] = {}
-    recipe: dict[str, Any] = {}  # path, sha256, variant, ftype
-    base: dict[str, Any] = {}  # source, path, bytes, sha256
-    imatrix: dict[str, Any] | None = None  # path, sha256, format, dataset, chunk_count, entries, coverage
-    plan: dict[str, Any] = {}  # n_tensors, n_params, bpw, type counts
-    verification: dict[str, Any] = {}
+    # The build's own sections; None in a manifest that only records evaluations of a GGUF
+    # quantforge did not build (``quantforge eval --model``).
+    toolchain: ToolchainRecord | None = None
+    recipe: RecipeRecord | None = None
+    base: BaseRecord | None = None
+    imatrix: ImatrixRecord | None = None
+    plan: PlanSummary | None = None
+    verification: VerificationRecord | None = None
     timings: dict[str, float] = {}
     log: str | None = None
     created: str | None = None
-    eval: dict[str, Any] | None = None
-    publish: dict[str, Any] | None = None
+    eval: EvalSection | None = None
+    sweeps: dict[str, SweepRecord] | None = None
+    fit: FitRecord | None = None
+    publish: PublishRecord | None = None
+
+    def latest_eval(self) -> dict[str, Any]:
+        """The newest evaluation recorded (``{}`` when none): ``eval.latest``, or a flat old record."""
+        ev: dict[str, Any] = dict(self.eval or {})
+        latest = ev.get("latest")
+        return dict(latest) if isinstance(latest, dict) else ev
 
 
 def manifest_path(output: str | os.PathLike[str]) -> Path:

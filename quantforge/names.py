@@ -213,3 +213,19 @@ def find_variant_output(folder: Path, variant: str, *, stem: str | None = None) 
     esc = glob.escape(variant)
     hits = sorted(folder.glob(f"*-{esc}{GGUF}")) or sorted(folder.glob(f"*-{esc}-00001-of-{_DIGITS5}{GGUF}"))
     return hits[0] if hits else None
+
+
+def built_outputs(recipe: Recipe, variants: list[str], *, out_dir: Path | None = None) -> list[tuple[str, Path]]:
+    """(variant, built GGUF) of each named variant of ``recipe`` in ``out_dir`` (default: the recipe's
+    folder), as ``quantforge build`` named them; InputError naming the command for one not built."""
+    folder = out_dir if out_dir is not None else (Path(recipe.path).parent if recipe.path else Path.cwd())
+    base = recipe.model.base
+    stem = output_stem(recipe, base) if base else None
+    out: list[tuple[str, Path]] = []
+    for name in variants:
+        found = find_variant_output(folder, name, stem=stem)
+        if found is None:
+            raise InputError(f"variant {name} has not been built (no *-{name}.gguf in {folder})",
+                             where=recipe.path, hint=f"quantforge build {recipe.path} --quant {name}")
+        out.append((name, found))
+    return out

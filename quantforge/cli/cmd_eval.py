@@ -35,26 +35,16 @@ def _fmt_eval(r: Any) -> str:
 
 def _recipe_variants(recipe_path: str, quant: str | None, all_: bool, out_dir: str | None) -> tuple[list[tuple[str, Path]], Path | None]:
     """(variant name, built GGUF) pairs of a recipe, and its base model path when local."""
+    from quantforge.names import built_outputs, is_hf  # startup
     from quantforge.recipe import load_recipe  # startup
 
     recipe = load_recipe(recipe_path)
-    rdir = Path(recipe.path).parent if recipe.path else Path.cwd()
-    folder = Path(out_dir) if out_dir else rdir
     if quant and all_:
         raise UsageError("--quant and --all exclude each other", where="eval")
     names = [v.name for v in recipe.quants] if all_ else [recipe.variant(quant).name]
-    out: list[tuple[str, Path]] = []
-    for name in names:
-        found = sorted(folder.glob(f"*-{name}.gguf")) or sorted(folder.glob(f"*-{name}-00001-of-*.gguf"))
-        if not found:
-            raise InputError(f"variant {name} has not been built (no *-{name}.gguf in {folder})", where=recipe_path,
-                             hint=f"quantforge build {recipe_path} --quant {name}")
-        out.append((name, found[0]))
-    base = None
-    src = getattr(recipe.model, "base", None)
-    if src and not str(src).startswith("hf://"):
-        p = Path(src).expanduser()
-        base = p if p.is_absolute() else rdir / p
+    out = built_outputs(recipe, names, out_dir=Path(out_dir) if out_dir else None)
+    src = recipe.model.base
+    base = Path(str(recipe.resolve_path(src))).expanduser() if src and not is_hf(src) else None
     return out, base
 
 
@@ -63,7 +53,7 @@ def _recipe_eval(recipe_path: str) -> dict[str, Any]:
     from quantforge.recipe import load_recipe  # startup
 
     r = load_recipe(recipe_path)
-    ev = getattr(r, "eval", None)
+    ev = r.eval
     if ev is None:
         return {}
     out: dict[str, Any] = {"ctx": ev.ctx, "chunks": ev.chunks}
@@ -106,6 +96,7 @@ def eval_cmd(
     """
     from quantforge.cli._output import emit  # startup
     from quantforge.evaluate.perplexity import evaluate, record_in_manifest  # startup
+    from quantforge.manifest import manifest_path  # startup
 
     if engine not in ("bundled", "ik", "mainline"):
         raise UsageError(f"unknown engine {engine!r}", where="--engine", hint="bundled, ik or mainline")
@@ -139,7 +130,7 @@ def eval_cmd(
                        base_logits=base_logits if want_kld else None, kld=want_kld, threads=threads, batch=batch,
                        binary=binary, bin_dir=bin_dir)
         results.append(res)
-        man = Path(str(path) + ".manifest.json")
+        man = manifest_path(path)
         if not no_manifest and man.is_file():
             record_in_manifest(man, res, wait=wait)
     data: Any = results[0] if len(results) == 1 else results

@@ -186,16 +186,12 @@ def sweep_cmd(
     if out:
         save_result(res, out)
     if path is not None and not no_manifest:
-        man = Path(str(path) + ".manifest.json")
-        if man.is_file():
-            from quantforge.lock import folder_lock  # startup
-            from quantforge.manifest import read_manifest, update_manifest  # startup
+        from quantforge.evaluate.sweep import record_sweep  # startup
+        from quantforge.manifest import manifest_path  # startup
 
-            with folder_lock(man.parent, purpose="quantforge sweep"):
-                prev = getattr(read_manifest(man), "sweeps", None) or {}
-                if not isinstance(prev, dict):
-                    prev = {"runs": prev}
-                update_manifest(man, sweeps={**prev, f"{res.engine}:{res.label}": res.model_dump(mode="json")})
+        man = manifest_path(path)
+        if man.is_file():
+            record_sweep(man, res)
     emit(res, as_json=as_json, human=_fmt_sweep)
 
 

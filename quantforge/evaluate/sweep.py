@@ -25,6 +25,8 @@ from quantforge.evaluate.bundled import sweep_bundled
 from quantforge.evaluate.models import EvalEngine, SweepResult, SweepRow, VaryPoint, VaryReport
 from quantforge.evaluate.stats import summarize
 from quantforge.evaluate.tables import read_table
+from quantforge.lock import folder_lock
+from quantforge.manifest import Manifest, read_manifest, update_manifest
 from quantforge.paths import MAX_JSON_BYTES, read_input_bytes, read_input_text
 
 
@@ -384,3 +386,13 @@ def sweep_command_from_run(run_cmd: Sequence[str], *, model: str | Path, engine:
     for o in ot:
         out += ["-ot", o]
     return out
+
+
+def record_sweep(manifest: str | Path, result: SweepResult, *, wait: bool = False) -> Manifest:
+    """Add ``result`` to the variant's manifest ``sweeps`` section, under ``<engine>:<label>`` (a
+    rerun of the same label replaces it). The read-modify-write holds the folder's lock, like
+    ``record_in_manifest``."""
+    with folder_lock(Path(manifest).parent, purpose="quantforge sweep", wait=wait):
+        sweeps = dict(read_manifest(manifest).sweeps or {})
+        sweeps[f"{result.engine}:{result.label}"] = result.model_dump(mode="json")
+        return update_manifest(manifest, sweeps=sweeps)

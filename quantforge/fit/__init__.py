@@ -1,10 +1,11 @@
 """The fit stage: hardware targets meet quant plans.
 
 ``plan_fit(plan, dims, target, settings=...)`` places every tensor (community policy + VRAM
-fill), sizes every buffer (weights exact, KV exact, compute estimated), gives the verdict, the
-largest context that fits, the run command with ordered ``-ot`` arguments, R4 advice and a
-token-generation bound. ``breakpoint_matrix`` runs it for variants x targets; ``solve_fit``
-chooses types to fill a target's budget.
+fill), sizes every buffer (weights and KV exact, compute buffers from the engines' own graphs,
+``fit/graphs.py``), gives the verdict, the largest context that fits, the run command with
+ordered ``-ot`` arguments, R4 advice and a token-generation bound. ``fit.api.breakpoint_matrix``
+runs it for variants x targets; ``fit.solver.solve_recipe`` (``quantforge.solve_fit``) chooses
+types to fill a target's budget.
 """
 
 from __future__ import annotations

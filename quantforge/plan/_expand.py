@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from quantforge.catalogue import Engine, catalogue, ftype_for_value
+from quantforge.catalogue import Catalogue, Engine, catalogue, ftype_for_value
 from quantforge.catalogue import ftype as lookup_ftype
 from quantforge.errors import RecipeError
 from quantforge.gguf_header import GGUFValue, ValueType, read_header, serialized_header_size
 from quantforge.imatrix import ImatrixMeta, read_imatrix_meta
+from quantforge.inventory import ModelSource
+from quantforge.inventory_models import TensorEntry, TensorInventory
+from quantforge.names import is_hf
 from quantforge.plan._engine import MixtureState, count_attention_wv, mixture_type, skip_reason
 from quantforge.plan._models import CollapsedRow, Group, QuantPlan, TensorPlan
 from quantforge.plan._versions import emits_reversed, parse_engine_version, tensor_type_era
-from quantforge.recipe import MIXTURE
+from quantforge.recipe import MIXTURE, QuantVariant, Recipe, Rule, format_layers
 from quantforge.regex_dialect import EngineRegex, RegexError
 from quantforge.regex_dialect import check as check_engine_regex
 
 # ------------------------------------------------------------------------------- helpers
+
+
+#: What ``expand``'s ``imatrix`` names: the imatrix llama-quantize gets (its facts, or a path read
+#: for them), ``None`` for the recipe's own ``[imatrix] file`` when it exists locally, ``False``
+#: for none (the output's ``quantize.imatrix.*`` KV, and so its exact size, depend on it).
+ImatrixArg = ImatrixMeta | str | os.PathLike[str] | Literal[False] | None
 
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.")
 
@@ -65,7 +75,7 @@ def _compile(pattern: str, where: str) -> EngineRegex:
         raise RecipeError(f"bad match regex {pattern!r}: {exc}", where=where, hint="fix the regex") from None
 
 
-def _hparam(inv: Any, *keys: str, default: int = 0) -> int:
+def _hparam(inv: TensorInventory, *keys: str, default: int = 0) -> int:
     for k in keys:
         # shipped inventories name them "head_count", GGUF-read ones "attention.head_count"
         v = inv.hparams.get(k, inv.hparams.get(f"attention.{k}"))
@@ -80,11 +90,11 @@ def _hparam(inv: Any, *keys: str, default: int = 0) -> int:
 
 
 def expand(
-    recipe: Any,
+    recipe: Recipe,
     variant: str | None,
-    inventory: Any,
+    inventory: TensorInventory,
     *,
-    imatrix: str | Path | ImatrixMeta | None | Literal[False] = None,
+    imatrix: ImatrixArg = None,
     engine_build: int | None = None,
 ) -> QuantPlan:
     """Expand ``variant`` of ``recipe`` against ``inventory``.
@@ -227,13 +237,16 @@ def expand(
     )
 
 
-def file_plan(inventory: Any, *, engine: Engine | None = None, name: str | None = None) -> QuantPlan:
+def file_plan(inventory: TensorInventory, *, engine: Engine | None = None, name: str | None = None,
+              places_from: QuantVariant | None = None) -> QuantPlan:
     """A GGUF as it is, as a plan: every tensor keeps the type the file holds, bytes exact.
 
     This is what ``plan``/``fit``/``card`` use for a model given without a recipe (a published
     quant, a downloaded BF16): ``engine`` (default: the file's fork, else ik) is the engine that
     will run it. The file size is exact for a real GGUF (every shard's header plus the data
-    padded to the alignment) and an estimate for a synthesized inventory.
+    padded to the alignment) and an estimate for a synthesized inventory. ``places_from``: the
+    recipe variant the file was built from, whose rules' ``place`` (first match, as ``expand``)
+    the tensors keep (the card plans a built variant's fit this way, without expanding it again).
     """
     eng: Engine = engine or inventory.fork or "ik"
     cat = catalogue(eng)
@@ -242,7 +255,11 @@ def file_plan(inventory: Any, *, engine: Engine | None = None, name: str | None 
     n_params = total = meta = 0
     by_shard: dict[int, int] = {}
     align = _alignment(inventory)
-    for t, shape, ne, layer, group, _why in _static(inventory, eng):
+    rules = [(r, _compile(r.pattern, r.where)) for r in places_from.rules] if places_from is not None else []
+    for t, shape, ne, layer, group, why in _static(inventory, eng):
+        place = None
+        if why is None:
+            place = next((r.place for r, rx in rules if rx.search(t.name)), None)
         qt = cat.find(t.dtype) or other.find(t.dtype)
         if qt is None:
             raise RecipeError(f"tensor {t.name} has a type no engine knows ({t.dtype})", where=inventory.source,
@@ -254,10 +271,10 @@ def file_plan(inventory: Any, *, engine: Engine | None = None, name: str | None 
         by_shard[t.shard] = by_shard.get(t.shard, 0) + (nbytes + align - 1) // align * align
         plans.append(_fast(TensorPlan, {
             "name": t.name, "shape": shape, "source_dtype": t.dtype, "requested_type": None, "type": qt.name,
-            "bytes": nbytes, "rule": "as in the file", "note": None, "place": None, "group": group, "layer": layer,
+            "bytes": nbytes, "rule": "as in the file", "note": None, "place": place, "group": group, "layer": layer,
         }))  # fmt: skip
-    headers = tuple(getattr(inventory, "shard_metadata_bytes", ()) or ())
-    exact = inventory.kv is not None and len(headers) == getattr(inventory, "n_shards", 1)
+    headers = inventory.shard_metadata_bytes
+    exact = inventory.kv is not None and len(headers) == inventory.n_shards
     if exact:
         file_bytes = sum(headers) + sum(by_shard.values())
     else:
@@ -274,35 +291,34 @@ def file_plan(inventory: Any, *, engine: Engine | None = None, name: str | None 
     )  # fmt: skip
 
 
-def source_plans(source: Any, quant: str | None = None, *, engine: Engine | None = None) -> list[QuantPlan]:
+def source_plans(source: ModelSource, quant: str | None = None, *, engine: Engine | None = None) -> list[QuantPlan]:
     """The plans a ``SOURCE`` stands for (``inventory.load_source``): a recipe's variants (one
     when ``quant`` names it) expanded against its inventory, or the model file as it is."""
-    recipe = getattr(source, "recipe", None)
+    recipe = source.recipe
     if recipe is not None:
         names = [recipe.variant(quant).name] if quant else [q.name for q in recipe.quants]
         return [expand(recipe, n, source.inventory, imatrix=False) for n in names]
     if quant is not None:
         raise RecipeError(
             "--quant names a recipe variant, but this source is a model file, not a recipe",
-            where=str(getattr(source, "source", "")),
+            where=source.source,
             hint="drop --quant (the file is planned as it is), or give the recipe",
         )
     return [file_plan(source.inventory, engine=engine)]
 
 
-def recipe_build(recipe: Any, engine_build: int | None = None) -> int | None:
+def recipe_build(recipe: Recipe, engine_build: int | None = None) -> int | None:
     """The mainline build whose rules a plan follows: ``engine_build``, else ``[model]
     engine_version``, else None (the replicated current one). ik plans ignore it."""
-    if getattr(recipe, "engine", None) != "mainline":
+    if recipe.engine != "mainline":
         return None
     if engine_build is not None:
         return engine_build
-    model = getattr(recipe, "model", None)
-    return parse_engine_version(getattr(model, "engine_version", None), where=getattr(recipe, "path", None))
+    return parse_engine_version(recipe.model.engine_version, where=recipe.path)
 
 
 def _emitted_rules(
-    v: Any, rules: Sequence[tuple[int, Any, EngineRegex]], cat: Any, build: int | None
+    v: QuantVariant, rules: Sequence[tuple[int, Rule, EngineRegex]], cat: Catalogue, build: int | None
 ) -> list[Any]:
     """(regex, type, label, place) in the order quantforge passes them to this build."""
     out = [(rx, cat.get(r.type).name, f"rules[{idx}]", r.place) for idx, r, rx in rules]
@@ -313,7 +329,7 @@ def _emitted_rules(
 
 def _old_mainline_pick(
     era: str, emitted: list[Any], st: MixtureState, default_type: str, blck: int, name: str,
-    shape: tuple[int, ...], cat: Any, use_mixture: bool,
+    shape: tuple[int, ...], cat: Catalogue, use_mixture: bool,
 ) -> tuple[str, str, Literal["cpu", "gpu"] | None]:
     """(requested type, rule label, place) as an older mainline llama-quantize chose it."""
     matches = [(typ, label, place) for rx, typ, label, place in emitted if rx.search(name)]
@@ -342,7 +358,7 @@ def _old_mainline_pick(
     return pre, label, None
 
 
-def _as_written(cat: Any, requested: str, shape: tuple[int, ...], name: str, build: int | None) -> tuple[str, str | None]:
+def _as_written(cat: Catalogue, requested: str, shape: tuple[int, ...], name: str, build: int | None) -> tuple[str, str | None]:
     """Before b7807 a --tensor-type override got no row-length fallback: it is written as it is,
     and a type the rows cannot take makes llama-quantize abort."""
     qt = cat.get(requested)
@@ -391,8 +407,8 @@ _STATIC: dict[
 
 
 def _static(
-    inventory: Any, engine: str
-) -> list[tuple[Any, tuple[int, ...], int, int | None, Any, str | None]]:
+    inventory: TensorInventory, engine: str
+) -> list[tuple[TensorEntry, tuple[int, ...], int, int | None, Group, str | None]]:
     key = (id(inventory.tensors), engine)
     hit = _STATIC.get(key)
     if hit is not None and hit[0] is inventory.tensors:
@@ -421,11 +437,11 @@ def _static(
 
 
 def _resolve(
-    cat: Any, engine: str, requested: str, shape: tuple[int, ...], name: str
+    cat: Catalogue, engine: str, requested: str, shape: tuple[int, ...], name: str
 ) -> tuple[str, str | None]:
     if engine == "ik":
         try:
-            return cat.resolve(requested, shape, tensor_name=name)  # type: ignore[no-any-return]
+            return cat.resolve(requested, shape, tensor_name=name)
         except RecipeError as exc:
             raise RecipeError(exc.message, where=name, hint=exc.hint) from None
     ne0 = shape[0]
@@ -438,24 +454,23 @@ def _resolve(
     return requested, None
 
 
-def resolve_imatrix_meta(recipe: Any, imatrix: Any) -> ImatrixMeta | None:
+def resolve_imatrix_meta(recipe: Recipe, imatrix: ImatrixArg) -> ImatrixMeta | None:
     if imatrix is False:
         return None
     if isinstance(imatrix, ImatrixMeta):
         return imatrix
     if imatrix is not None:
         return read_imatrix_meta(imatrix)
-    spec = getattr(recipe, "imatrix", None)
-    f = getattr(spec, "file", None) if spec is not None else None
-    if not f or str(f).startswith("hf://"):
+    f = recipe.imatrix.file if recipe.imatrix is not None else None
+    if not f or is_hf(f):
         return None
-    path = recipe.resolve_path(f) if hasattr(recipe, "resolve_path") else f
-    if not Path(path).is_file():
+    path = recipe.resolve_path(f)
+    if path is None or not Path(path).is_file():
         return None
     return read_imatrix_meta(path)
 
 
-def _alignment(inventory: Any) -> int:
+def _alignment(inventory: TensorInventory) -> int:
     kv = inventory.kv or {}
     a = kv.get("general.alignment")
     a = getattr(a, "value", a)
@@ -463,7 +478,8 @@ def _alignment(inventory: Any) -> int:
 
 
 def _header_size(
-    inventory: Any, plans: Sequence[TensorPlan], cat: Any, ftype_value: int | None, imeta: ImatrixMeta | None
+    inventory: TensorInventory, plans: Sequence[TensorPlan], cat: Catalogue, ftype_value: int | None,
+    imeta: ImatrixMeta | None,
 ) -> tuple[int | None, bool]:
     """Exact size of the output header, from the source KV with llama-quantize's changes."""
     kv_src = inventory.kv
@@ -493,7 +509,7 @@ def _cut127(s: str) -> str:
     return b[:127].decode("utf-8", "ignore") if len(b) > 127 else s
 
 
-def _source_kv(inventory: Any) -> dict[str, Any] | None:
+def _source_kv(inventory: TensorInventory) -> dict[str, Any] | None:
     src = str(inventory.source or "")
     if not src.endswith(".gguf") or not Path(src).is_file():
         return None
@@ -504,12 +520,12 @@ def _source_kv(inventory: Any) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------- emission
 
 
-def quantize_args_for(engine: str, variant: Any, cat: Any, *, engine_build: int | None = None) -> list[str]:
+def quantize_args_for(engine: str, variant: QuantVariant, cat: Catalogue, *, engine_build: int | None = None) -> list[str]:
     """The rule arguments that make ``engine``'s llama-quantize reproduce the expansion (for a
     mainline build where the last matching ``--tensor-type`` wins, in reverse order)."""
     pairs: list[tuple[str, str, str]] = [(r.pattern, cat.get(r.type).name, r.where) for r in variant.rules]
     if variant.default != MIXTURE:
-        pairs.append((".*", cat.get(variant.default).name, getattr(variant, "where", "default")))
+        pairs.append((".*", cat.get(variant.default).name, variant.where))
     if engine == "mainline" and emits_reversed(engine_build):
         pairs.reverse()
     if not pairs:
@@ -581,20 +597,6 @@ def shell_join(cmd: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------- views
 
 
-def _ranges(layers: list[int]) -> str:
-    out: list[str] = []
-    start = prev = layers[0]
-    nxt: list[int | None] = [*layers[1:], None]
-    for x in nxt:
-        if x is not None and x == prev + 1:
-            prev = x
-            continue
-        out.append(f"{start}" if start == prev else f"{start}-{prev}")
-        if x is not None:
-            start = prev = x
-    return ",".join(out)
-
-
 def collapse(plan: QuantPlan) -> list[CollapsedRow]:
     """Rows of tensors sharing name (minus the layer), type and requested type, in file order."""
     groups: dict[tuple[str, str, str | None], list[TensorPlan]] = {}
@@ -605,7 +607,7 @@ def collapse(plan: QuantPlan) -> list[CollapsedRow]:
     for (key_name, typ, req), ts in groups.items():
         layers = sorted({t.layer for t in ts if t.layer is not None})
         name = (
-            key_name.replace("blk.*.", f"blk.[{_ranges(layers)}].", 1)
+            key_name.replace("blk.*.", f"blk.[{format_layers(layers)}].", 1)
             if layers and len(layers) > 1
             else ts[0].name
         )

@@ -10,8 +10,10 @@ from quantforge.catalogue import catalogue
 from quantforge.catalogue import ftype as lookup_ftype
 from quantforge.errors import RecipeError
 from quantforge.inventory import base_model_of, layout_load_error
+from quantforge.inventory_models import TensorInventory
 from quantforge.plan._engine import skip_reason
 from quantforge.plan._expand import (
+    ImatrixArg,
     expand,
     imatrix_has_entry,
     quantize_args_for,
@@ -19,7 +21,7 @@ from quantforge.plan._expand import (
     resolve_imatrix_meta,
 )
 from quantforge.plan._models import LintFinding
-from quantforge.recipe import MIXTURE
+from quantforge.recipe import MIXTURE, Recipe
 from quantforge.regex_dialect import EngineRegex, RegexError
 from quantforge.regex_dialect import check as check_engine_regex
 
@@ -50,12 +52,12 @@ def _inside_word(name: str, start: int) -> bool:
 
 
 def lint(
-    recipe: Any,
+    recipe: Recipe,
     variant: str | None,
-    inventory: Any,
+    inventory: TensorInventory,
     *,
-    imatrix: Any = None,
-) -> list[Any]:
+    imatrix: ImatrixArg = None,
+) -> list[LintFinding]:
     """Findings for one variant (errors first). Never raises for a finding; raises only when
     the inventory or recipe cannot be read at all."""
     out: list[LintFinding] = []
@@ -101,7 +103,7 @@ def lint(
             add("error", "bad-regex", f"invalid regex {r.pattern!r}: {exc}", r.where)
             bad = True
     if v.default != MIXTURE and cat.find(v.default) is None:
-        add("error", "unknown-type", f"unknown default type {v.default!r}", getattr(v, "where", None))
+        add("error", "unknown-type", f"unknown default type {v.default!r}", v.where)
         bad = True
     try:
         quantize_args_for(engine, v, cat)
@@ -114,22 +116,22 @@ def lint(
     cannot = layout_load_error(engine, inventory) if hasattr(inventory, "layout") else None
     if cannot is not None:
         fix = 'set [model] layout = "mainline" (or plan a mainline-converted GGUF), or engine = "ik"'
-        add("error", "layout", f"{cannot}; fix: {fix}", getattr(recipe, "path", None))
+        add("error", "layout", f"{cannot}; fix: {fix}", recipe.path)
 
     # Only for recipes set up to publish ([publish]); `card` and `publish` always say it. A base yet
     # to be made may still carry general.base_model, so only an existing one is judged.
-    publishing = getattr(recipe, "publish", None) is not None and getattr(recipe, "model", None) is not None
+    publishing = recipe.publish is not None
     found, why = base_model_of(recipe) if publishing else ("", "")
     if found is None and why != "the base GGUF does not exist yet":
         add("warning", "no-base-model",
             f"the model card will have no base_model ({why}), so the Hub will not link the quant to its base "
-            'model: set [publish] base_model = "org/name"', getattr(recipe, "path", None))  # fmt: skip
+            'model: set [publish] base_model = "org/name"', recipe.path)  # fmt: skip
 
     ft = lookup_ftype(engine, v.ftype)
     if ft.default_type is None or cat.get(ft.default_type).block_size == 1:
         add("error", "ftype-not-quantized",
             f"ftype {ft.name} is not a quantized type: llama-quantize ignores every rule and writes {ft.default_type}",
-            getattr(v, "where", None))  # fmt: skip
+            v.where)  # fmt: skip
 
     quantizable = [
         t for t in inventory.tensors if skip_reason(engine, t.name, tuple(t.shape), t.dtype) is None
@@ -139,7 +141,7 @@ def lint(
     # rules matching nothing / fully shadowed by earlier rules
     claimed: set[str] = set()
     exhausted = False
-    layout = getattr(inventory, "layout", None)
+    layout = inventory.layout
     for k, (r, rx) in enumerate(compiled):
         matches = [(n, m.start()) for n in qnames if (m := rx.search(n)) is not None]
         hits = [n for n, _ in matches]
@@ -190,12 +192,12 @@ def lint(
             add("warning", "layout-default",
                 f"{len(names)} tensors of the {layout} layout match no rule and get {gets}: "
                 f"{_kinds_text(layout_default)} (write a rule for them, or plan the layout the recipe was written for)",
-                getattr(v, "where", None), names)  # fmt: skip
+                v.where, names)  # fmt: skip
             unclaimed = [n for n in unclaimed if n not in set(names)]
     if v.default == MIXTURE and unclaimed:
         add("warning", "no-default",
             f"{len(unclaimed)} quantizable tensors match no rule and get the {ft.name} mixture; set an explicit default",
-            getattr(v, "where", None), unclaimed)  # fmt: skip
+            v.where, unclaimed)  # fmt: skip
 
     try:
         plan = expand(recipe, variant, inventory, imatrix=imatrix)
@@ -212,7 +214,7 @@ def lint(
             add("warning", "engine-version",
                 f"llama.cpp b{build} combines --tensor-type with its own mixture differently: {len(differ)} tensors "
                 "get other types than the rules give them (see quantforge.plan._versions; the plan shows what that "
-                "build writes)", getattr(v, "where", None), differ)  # fmt: skip
+                "build writes)", v.where, differ)  # fmt: skip
     # gpt-oss GGUFs carry their experts as MXFP4 straight from the checkpoint: both engines'
     # llama-quantize stop at the first quantized source tensor they would convert.
     requant = [
@@ -225,21 +227,21 @@ def lint(
         add("error", "requantize",
             f"{len(requant)} tensors are already {src} in the base and planned as other types: llama-quantize "
             f"refuses (\"requantizing from type {src} is disabled\"); keep them with a rule giving them {src}",
-            getattr(v, "where", None), requant)  # fmt: skip
+            v.where, requant)  # fmt: skip
     imeta = resolve_imatrix_meta(recipe, imatrix)
     entries = frozenset(imeta.entries) if imeta else None
     if engine == "ik" and imeta is not None and imeta.fork == "mainline":
         add("error", "imatrix-fork",
             f"{imeta.path} is a GGUF-format imatrix (llama.cpp's); ik_llama.cpp's llama-quantize reads only the "
             "legacy .dat format: convert it with `llama-imatrix --in-file F --output-format dat` (llama.cpp) "
-            "or ik_llama.cpp's convert_imatrix_gguf_to_dat.py", getattr(recipe, "path", None))  # fmt: skip
+            "or ik_llama.cpp's convert_imatrix_gguf_to_dat.py", recipe.path)  # fmt: skip
     # A recipe that names an imatrix we cannot read here (hf://, or one to compute from a
     # corpus) will have one at build time: assume it covers every tensor.
     declared = imatrix is None and _declares_imatrix(recipe)
 
     # fallbacks, grouped by (rule, requested -> written, reason)
     rule_where = {f"rules[{i}]": r.where for i, r in enumerate(v.rules)}
-    rule_where["default"] = getattr(v, "where", None)
+    rule_where["default"] = v.where
     fb: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
     for p in plan.tensors:
         if p.requested_type is not None and p.type != p.requested_type and p.note:
@@ -274,7 +276,7 @@ def lint(
         # ik's quantize.cpp checks the ftype itself; mainline only refuses per tensor (above).
         add("error", "needs-imatrix",
             f"llama-quantize refuses the {ft.name} ftype without --imatrix (whatever the rules say)",
-            getattr(v, "where", None))  # fmt: skip
+            v.where)  # fmt: skip
     if need:
         t0 = by_name[need[0]].type
         add("error", "needs-imatrix",
@@ -303,9 +305,9 @@ def lint(
     return _sorted(out)
 
 
-def _declares_imatrix(recipe: Any) -> bool:
-    spec = getattr(recipe, "imatrix", None)
-    return spec is not None and bool(getattr(spec, "file", None) or getattr(spec, "corpus", None))
+def _declares_imatrix(recipe: Recipe) -> bool:
+    spec = recipe.imatrix
+    return spec is not None and bool(spec.file or spec.corpus)
 
 
 def _sorted(out: list[Any]) -> list[Any]:

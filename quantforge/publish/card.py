@@ -20,10 +20,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from quantforge import __version__
-from quantforge.catalogue import catalogue
+from quantforge.catalogue import ENGINE_LABEL, Engine, catalogue
 from quantforge.errors import PublishError, QuantforgeError, TargetError, UsageError
-from quantforge.fit.api import breakpoint_matrix, recipe_plans
-from quantforge.fit.dims import dims_from_hparams
+from quantforge.fit.api import breakpoint_matrix
+from quantforge.fit.dims import ModelDims, dims_from_hparams
 from quantforge.fit.placement import fit_tensors, prepare
 from quantforge.fit.report import Settings, plan_fit
 from quantforge.inventory import (
@@ -32,12 +32,12 @@ from quantforge.inventory import (
     load_inventory,
     load_source,
 )
-from quantforge.manifest import resolve_file
+from quantforge.manifest import Manifest, resolve_file
 from quantforge.names import is_hf, parse_hf, split_set
-from quantforge.plan import file_plan, quantize_args_for
+from quantforge.plan import QuantPlan, file_plan, quantize_args_for
 from quantforge.publish.importer import import_recipe, variant_name_of
-from quantforge.recipe import parse_recipe
-from quantforge.targets import list_targets, load_target
+from quantforge.recipe import Recipe, parse_recipe
+from quantforge.targets import HardwareTarget, list_targets, load_target
 
 NOT_MEASURED = "not measured"
 GIB = 1024**3
@@ -431,8 +431,9 @@ def check_card(text: str) -> None:
 
 def _kld_p99(kld: dict[str, object]) -> float | None:
     for key in ("p99", "99", "99.0"):
-        if isinstance(kld.get(key), int | float):
-            return float(kld[key])  # type: ignore[arg-type]
+        value = kld.get(key)
+        if isinstance(value, int | float):
+            return float(value)
     pct = kld.get("percentiles")
     if isinstance(pct, dict):
         for key in ("99.0", "99"):
@@ -448,12 +449,9 @@ def _float(d: dict[str, object] | None, key: str) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
-def latest_eval(man: object) -> dict[str, Any]:
+def latest_eval(man: Manifest) -> dict[str, Any]:
     """The newest evaluation recorded in a manifest (``eval = {latest, runs}``, see evaluate)."""
-    ev = getattr(man, "eval", None) or {}
-    if isinstance(ev.get("latest"), dict):
-        return dict(ev["latest"])
-    return dict(ev)
+    return man.latest_eval()
 
 
 _EVAL_METHOD = {
@@ -463,7 +461,7 @@ _EVAL_METHOD = {
 }
 
 
-def eval_numbers(man: object) -> dict[str, float | None]:
+def eval_numbers(man: Manifest) -> dict[str, float | None]:
     """PPL ± err, KLD mean and 99th percentile from a manifest's ``eval`` section (None: not measured)."""
     ev = latest_eval(man)
     kld = ev.get("kld") if isinstance(ev.get("kld"), dict) else None
@@ -472,18 +470,11 @@ def eval_numbers(man: object) -> dict[str, float | None]:
         "ppl_err": _float(ev, "ppl_err"),
         "kld_mean": _float(kld, "mean"),
         "kld_p99": _kld_p99(kld) if kld else None,
-        "kld_predicted": _float(_fit_record(man), "predicted_kld"),
+        "kld_predicted": man.fit["predicted_kld"] if man.fit is not None else None,
     }
 
 
-def _fit_record(man: object) -> dict[str, object] | None:
-    """The ``fit`` section ``quantforge fit --verify`` adds to a manifest (predicted vs measured KLD)."""
-    extra = getattr(man, "model_extra", None) or {}
-    section = extra.get("fit") if isinstance(extra, dict) else None
-    return section if isinstance(section, dict) else None
-
-
-def plot_files(man_path: Path, man: object) -> list[Path]:
+def plot_files(man_path: Path, man: Manifest) -> list[Path]:
     """``*.png`` files the evaluation recorded in a manifest (eval/sweeps sections), that exist."""
     found: list[Path] = []
 
@@ -499,30 +490,49 @@ def plot_files(man_path: Path, man: object) -> list[Path]:
             for v in x:
                 walk(v)
 
-    extra = getattr(man, "model_extra", None) or {}
-    walk(getattr(man, "eval", None))
-    walk(extra.get("sweeps"))
-    walk(extra.get("plots"))
+    walk(man.eval)
+    walk(man.sweeps)
     return found
 
 
-def _tensor_sizes(man_path: Path, man: object) -> tuple[int | None, int | None]:
+def built_plans(
+    manifests: Sequence[tuple[Path, Manifest]], recipe: Recipe | None = None
+) -> tuple[dict[str, QuantPlan | None], ModelDims | None]:
+    """The plan of each built variant as its verified file holds it (types and bytes exact, read
+    from the header) with the recipe's placements (``place = "cpu"`` rules), and the model's dims;
+    None for a variant whose file cannot be read.
+
+    This is what the card plans the fit table with: what the build verified, never a new expansion.
+    """
+    plans: dict[str, QuantPlan | None] = {}
+    dims: ModelDims | None = None
+    for man_path, man in manifests:
+        plans[man.name] = None
+        if not man.files:
+            continue
+        try:
+            inv = load_inventory(resolve_file(man_path, man.files[0].path), engine=man.engine)
+            if dims is None:
+                dims = dims_from_hparams(inv.arch, inv.hparams)
+        except QuantforgeError:
+            continue
+        plans[man.name] = file_plan(inv, engine=man.engine, name=man.name,
+                                    places_from=recipe.variant(man.name) if recipe is not None else None)
+    return plans, dims
+
+
+def _tensor_sizes(man_path: Path, man: Manifest, plan: QuantPlan | None) -> tuple[int | None, int | None]:
     """Tensor data and row metadata of a built variant, from its file's header (exact)."""
-    files = getattr(man, "files", None) or []
-    verified = (getattr(man, "verification", None) or {}).get("tensor_bytes")
-    planned = verified if isinstance(verified, int) else getattr(man, "planned_tensor_bytes", None)
-    if not files:
-        return planned, None
-    try:
-        plan = file_plan(load_inventory(resolve_file(man_path, files[0].path), engine=getattr(man, "engine", None)))
-    except QuantforgeError:
+    verified = man.verification["tensor_bytes"] if man.verification is not None else None
+    planned = verified if verified is not None else man.planned_tensor_bytes
+    if plan is None:
         return planned, None
     return plan.tensor_bytes, plan.row_meta_bytes
 
 
 def card_data_from_manifests(
-    recipe: object,
-    manifests: Sequence[tuple[Path, object]],
+    recipe: Recipe,
+    manifests: Sequence[tuple[Path, Manifest]],
     *,
     repo: str | None,
     files_in_repo: dict[str, tuple[str, ...]],
@@ -530,43 +540,47 @@ def card_data_from_manifests(
     fits: dict[str, tuple[FitCell, ...]] | None = None,
     run_commands: dict[str, tuple[RunCommand, ...]] | None = None,
     fit: FitSetup | None = None,
+    plans: dict[str, QuantPlan | None] | None = None,
 ) -> CardData:
-    """Everything the card shows, taken from the recipe and the variants' manifests only."""
-    pub = getattr(recipe, "publish", None)
-    model = recipe.model  # type: ignore[attr-defined]
-    engine = recipe.engine  # type: ignore[attr-defined]
+    """Everything the card shows, taken from the recipe and the variants' manifests only
+    (``plans``: ``built_plans`` of them, read here when not given)."""
+    pub = recipe.publish
+    model = recipe.model
+    engine = recipe.engine
     rows: list[VariantCardRow] = []
     tools: dict[str, str] = {}
     imatrix: ImatrixProvenance | None = None
     eval_setup: str | None = None
-    for _man_path, man in manifests:
-        v = recipe.variant(man.name)  # type: ignore[attr-defined]
-        types = tuple(sorted((man.plan or {}).get("types", {})))  # type: ignore[attr-defined]
+    for man_path, man in manifests:
+        v = recipe.variant(man.name)
+        summary = man.plan or {"n_tensors": 0, "n_params": 0, "bpw": 0.0, "types": {}}
+        types = tuple(sorted(summary["types"]))
         nums = eval_numbers(man)
-        tensor_bytes, row_meta = _tensor_sizes(_man_path, man)
+        built = (plans if plans is not None else built_plans([(man_path, man)])[0])[man.name]
+        tensor_bytes, row_meta = _tensor_sizes(man_path, man, built)
         rows.append(
             VariantCardRow(
-                name=man.name,  # type: ignore[attr-defined]
+                name=man.name,
                 description=v.description,
-                files=files_in_repo[man.name],  # type: ignore[attr-defined]
-                bytes=man.actual_file_bytes,  # type: ignore[attr-defined]
+                files=files_in_repo[man.name],
+                bytes=man.actual_file_bytes,
                 tensor_bytes=tensor_bytes,
                 row_meta_bytes=row_meta,
-                bpw=_float(man.plan, "bpw"),  # type: ignore[attr-defined]
-                fits=(fits or {}).get(man.name, ()),  # type: ignore[attr-defined]
-                command=portable_command(man.command),  # type: ignore[attr-defined]
+                bpw=float(summary["bpw"]) if man.plan is not None else None,
+                fits=(fits or {}).get(man.name, ()),
+                command=portable_command(man.command),
                 types=types,
                 labels=compat_labels(types, engine),
-                run_commands=(run_commands or {}).get(man.name, ()),  # type: ignore[attr-defined]
+                run_commands=(run_commands or {}).get(man.name, ()),
                 **nums,
             )
         )
-        tc = man.toolchain or {}  # type: ignore[attr-defined]
-        label = "ik_llama.cpp" if man.engine == "ik" else "llama.cpp"  # type: ignore[attr-defined]
-        ver = " ".join(str(x) for x in (tc.get("version"), f"commit {man.engine_commit}" if man.engine_commit and man.engine_commit not in str(tc.get("version")) else None) if x)  # type: ignore[attr-defined]
+        version = man.toolchain["version"] if man.toolchain is not None else ""
+        commit = f"commit {man.engine_commit}" if man.engine_commit and man.engine_commit not in version else None
+        ver = " ".join(x for x in (version, commit) if x)
         if ver:
-            tools[f"{label} llama-quantize"] = ver
-        tools["quantforge"] = man.quantforge_version  # type: ignore[attr-defined]
+            tools[f"{ENGINE_LABEL[man.engine]} llama-quantize"] = ver
+        tools["quantforge"] = man.quantforge_version
         ev = latest_eval(man)
         if ev and eval_setup is None:
             corpus = Path(str(ev.get("corpus") or "")).name or None
@@ -580,17 +594,17 @@ def card_data_from_manifests(
             if ev.get("engine_commit"):
                 key = "bundled evaluator" if ev.get("engine") == "bundled" else "llama-perplexity"
                 tools[key] = str(ev.get("engine_commit"))
-        im = man.imatrix  # type: ignore[attr-defined]
+        im = man.imatrix
         if im and imatrix is None:
             imatrix = ImatrixProvenance(
-                file=Path(str(im.get("path") or "")).name or None,
-                sha256=im.get("sha256"),
-                dataset=Path(str(im.get("dataset"))).name if im.get("dataset") else None,
-                chunks=im.get("chunk_count") if isinstance(im.get("chunk_count"), int) and im.get("chunk_count") >= 0 else None,
-                entries=im.get("entries"),
+                file=Path(im["path"]).name or None,
+                sha256=im["sha256"],
+                dataset=Path(im["dataset"]).name if im["dataset"] else None,
+                chunks=im["chunk_count"] if im["chunk_count"] >= 0 else None,
+                entries=im["entries"],
             )
     return CardData(
-        model_name=getattr(model, "name", None) or getattr(model, "id", None) or "model",
+        model_name=model.name or model.id or "model",
         repo=repo,
         base_model=base_model_of(recipe)[0],
         license=pub.license if pub else None,
@@ -598,7 +612,7 @@ def card_data_from_manifests(
         pipeline_tag=(pub.pipeline_tag if pub and pub.pipeline_tag else "text-generation"),
         tags=tuple(pub.tags) if pub else (),
         engine=engine,
-        recipe_sha256=recipe.sha256,  # type: ignore[attr-defined]
+        recipe_sha256=recipe.sha256,
         variants=tuple(rows),
         imatrix=imatrix,
         plots=tuple(plots),
@@ -625,17 +639,17 @@ def default_fit_ctx(n_params: int) -> int:
     return 8192 if n_params < SMALL_MODEL_PARAMS else 32768
 
 
-def card_targets(recipe: object, targets: Sequence[str] | None = None) -> list[object]:
+def card_targets(recipe: Recipe | None, targets: Sequence[str] | None = None) -> list[HardwareTarget]:
     """The hardware targets of the fit table: ``targets`` (names or TOML paths) when given, else
     the recipe's ``[publish] targets``, else every shipped target. Paths are relative to the recipe."""
-    pub = getattr(recipe, "publish", None)
+    pub = recipe.publish if recipe is not None else None
     from_recipe = targets is None
     names = list(targets) if targets is not None else list(pub.targets if pub else [])
     if not names:
         return list(list_targets())
-    rpath = getattr(recipe, "path", None)
+    rpath = recipe.path if recipe is not None else None
     rdir = Path(rpath).parent if rpath else Path.cwd()
-    out: list[object] = []
+    out: list[HardwareTarget] = []
     for i, n in enumerate(names):
         p = Path(n).expanduser()
         is_path = p.suffix == ".toml" or "/" in n or os.sep in n
@@ -649,44 +663,44 @@ def card_targets(recipe: object, targets: Sequence[str] | None = None) -> list[o
 
 
 def plan_card_fits(
-    recipe: object,
-    names: Sequence[str],
+    recipe: Recipe,
+    plans: dict[str, QuantPlan | None],
+    dims: ModelDims | None,
     model_files: dict[str, str],
     *,
     targets: Sequence[str] | None = None,
     ctx: int | None = None,
 ) -> tuple[dict[str, tuple[FitCell, ...]], dict[str, tuple[RunCommand, ...]], FitSetup]:
-    """For each variant in ``names``: the planner's verdict and largest context on every target
-    at the card's context, and the run command per target it fits (at the card's context, or at
-    its largest context when only a smaller one fits), with ``model_files[name]`` (the published
-    file, first shard of a split set) in place of the model path.
+    """For each built variant (``built_plans``): the planner's verdict and largest context on every
+    target at the card's context, and the run command per target it fits (at the card's context,
+    or at its largest context when only a smaller one fits), with ``model_files[name]`` (the
+    published file, first shard of a split set) in place of the model path.
 
     The targets and the context come from ``[publish] targets`` / ``[publish] ctx`` unless given.
-    A bad target is an input error; a model the planner cannot read (an ``hf://`` base while
-    offline) leaves the table unplanned with the reason, so the card can still be written.
+    A bad target is an input error; a built file that cannot be read leaves the table unplanned
+    with the reason, so the card can still be written.
     """
     tgts = card_targets(recipe, targets)
-    summaries = tuple((t.name, t.summary()) for t in tgts)  # type: ignore[attr-defined]
-    pub = getattr(recipe, "publish", None)
+    summaries = tuple((t.name, t.summary()) for t in tgts)
+    pub = recipe.publish
     want_ctx = ctx or (pub.ctx if pub and pub.ctx else None)
-    try:
-        plans, dims = recipe_plans(recipe)
-    except QuantforgeError as exc:
-        setup = FitSetup(ctx=want_ctx or 0, settings="", targets=summaries, note=exc.one_line())
-        return {}, {}, setup
-    return fits_for_plans(plans, dims, names, model_files, tgts, ctx=want_ctx,
-                          engine=recipe.engine)  # type: ignore[attr-defined]  # fmt: skip
+    unread = [n for n, p in plans.items() if p is None]
+    if unread or dims is None:
+        note = f"the built file of {', '.join(unread) or 'every variant'} cannot be read"
+        return {}, {}, FitSetup(ctx=want_ctx or 0, settings="", targets=summaries, note=note)
+    ready = [p for p in plans.values() if p is not None]
+    return fits_for_plans(ready, dims, [p.name for p in ready], model_files, tgts, ctx=want_ctx, engine=recipe.engine)
 
 
 def fits_for_plans(
-    plans: Sequence[Any],
-    dims: Any,
+    plans: Sequence[QuantPlan],
+    dims: ModelDims,
     names: Sequence[str],
     model_files: dict[str, str],
-    tgts: Sequence[Any],
+    tgts: Sequence[HardwareTarget],
     *,
     ctx: int | None,
-    engine: str,
+    engine: Engine,
 ) -> tuple[dict[str, tuple[FitCell, ...]], dict[str, tuple[RunCommand, ...]], FitSetup]:
     """The fit table and run commands of ``names`` among ``plans`` (a recipe's or a file's)."""
     summaries = tuple((t.name, t.summary()) for t in tgts)
@@ -709,7 +723,7 @@ def fits_for_plans(
             continue
         run_ctx = n_ctx if cell.verdict == "fits" else cell.max_ctx
         rep = plan_fit(by_name[cell.quant], dims, tgt_by_name[cell.target],
-                       settings=settings.model_copy(update={"n_ctx": run_ctx}), engine=engine,  # type: ignore[arg-type]
+                       settings=settings.model_copy(update={"n_ctx": run_ctx}), engine=engine,
                        prepared=prepared[cell.quant])
         argv = [model_files[cell.quant] if a == MODEL_PLACEHOLDER else a for a in rep.command]
         runs[cell.quant].append(RunCommand(target=cell.target, ctx=run_ctx, command=shlex.join(argv)))
@@ -722,12 +736,12 @@ def card_from_source(
     repo: str | None = None,
     targets: Sequence[str] | None = None,
     ctx: int | None = None,
-    engine: str | None = None,
+    engine: Engine | None = None,
 ) -> str:
     """The card of a GGUF given without a recipe (local, any shard, or ``hf://`` header bytes):
     sizes and types from its header, the fit table from the planner, ``base_model`` from its
     ``general.base_model.*``, and a ``llama-quantize`` command that reproduces its types."""
-    src = load_source(source, engine=engine)  # type: ignore[arg-type]
+    src = load_source(source, engine=engine)
     if src.recipe is not None:
         raise UsageError("card_from_source takes a model file; a recipe's card comes from its builds",
                          where=source, hint="use `quantforge card RECIPE.toml`")  # fmt: skip
@@ -735,7 +749,7 @@ def card_from_source(
         raise UsageError(f"{Path(source).name} is not a quant (every tensor is f32/f16/bf16)", where=source,
                          hint="give the quantized GGUF the card is for")  # fmt: skip
     inv = src.inventory
-    plan = file_plan(inv, engine=engine)  # type: ignore[arg-type]
+    plan = file_plan(inv, engine=engine)
     name = variant_name_of(source, plan.ftype)
     plan = plan.model_copy(update={"name": name})
     first = Path(parse_hf(source, gguf=True).path) if is_hf(source) else Path(source)
@@ -751,7 +765,7 @@ def card_from_source(
         fits, runs, setup = fits_for_plans([plan], dims, [name], {name: in_repo[0]}, tgts, ctx=ctx, engine=plan.engine)
     except QuantforgeError as exc:
         fits, runs = {}, {}
-        setup = FitSetup(ctx=ctx or 0, settings="", targets=tuple((t.name, t.summary()) for t in tgts),  # type: ignore[attr-defined]
+        setup = FitSetup(ctx=ctx or 0, settings="", targets=tuple((t.name, t.summary()) for t in tgts),
                          note=exc.one_line())  # fmt: skip
     row = VariantCardRow(
         name=name, files=in_repo, bytes=plan.file_bytes or 0, tensor_bytes=plan.tensor_bytes,

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from quantforge.constants import HF_MAX_FILE_BYTES
+from quantforge.constants import HF_MAX_FILE_BYTES, hf_endpoint
 from quantforge.errors import InputError, PublishError, UsageError
 from quantforge.fsutil import atomic_write_text, cached_sha256
 from quantforge.lock import folder_lock
@@ -45,6 +45,7 @@ from quantforge.paths import (
 )
 from quantforge.publish.card import (
     Plot,
+    built_plans,
     card_data_from_manifests,
     card_targets,
     plan_card_fits,
@@ -365,11 +366,6 @@ def plan_json(plan: UploadPlan) -> dict[str, Any]:
 # -- upload -------------------------------------------------------------------------------
 
 
-def hub_endpoint() -> str | None:
-    """``HF_ENDPOINT`` at call time (huggingface_hub freezes it at import; tests and mirrors set it later)."""
-    return os.environ.get("HF_ENDPOINT") or None
-
-
 def resolve_token() -> str:
     """The token from ``HF_TOKEN`` or the huggingface_hub login; ``UsageError`` when there is none."""
     from huggingface_hub import get_token  # startup
@@ -431,7 +427,7 @@ def execute(plan: UploadPlan, *, token: str, progress: bool = False) -> UploadRe
     if hf_constants.is_offline_mode():
         raise PublishError("huggingface_hub is in offline mode (HF_HUB_OFFLINE is set)", where="HF_HUB_OFFLINE",
                            hint="unset HF_HUB_OFFLINE to upload, or use --dry-run")
-    api = HfApi(endpoint=hub_endpoint(), token=token, library_name="quantforge")
+    api = HfApi(endpoint=hf_endpoint(), token=token, library_name="quantforge")
     was_disabled = are_progress_bars_disabled()
     if not progress:
         disable_progress_bars()
@@ -526,7 +522,9 @@ def find_manifests(recipe: Any, names: Sequence[str] | None, *, out_dir: str | P
             continue
         if man.name not in wanted:
             continue
-        if man.recipe.get("sha256") not in (None, recipe.sha256):
+        if man.plan is None or man.verification is None:
+            continue  # evaluations of a GGUF quantforge did not build: nothing to publish
+        if man.recipe is not None and man.recipe["sha256"] != recipe.sha256:
             stale[man.name] = p.name
             continue
         found[man.name] = (p, man)
@@ -618,11 +616,11 @@ def collect(
                     extras.append((im.name, str(im), "imatrix"))
                 break
     # The run commands name the file a reader downloads (the first shard of a split set).
-    fits, runs, setup = plan_card_fits(recipe, [m.name for _, m in mans],
-                                       {n: files[0] for n, files in files_in_repo.items()},
+    plans, dims = built_plans(mans, recipe)
+    fits, runs, setup = plan_card_fits(recipe, plans, dims, {n: files[0] for n, files in files_in_repo.items()},
                                        targets=targets, ctx=fit_ctx)
     data = card_data_from_manifests(recipe, mans, repo=repo, files_in_repo=files_in_repo, plots=plots,
-                                    fits=fits, run_commands=runs, fit=setup)
+                                    fits=fits, run_commands=runs, fit=setup, plans=plans)
     return Collected(
         card=render_card(data),
         variants=tuple(variants),
