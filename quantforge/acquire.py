@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from filelock import FileLock
 
 from quantforge import constants as constants_qf
+from quantforge.catalogue import ftype
 from quantforge.errors import InputError, Interrupted, QuantforgeError
 from quantforge.names import parse_hf, split_set
 from quantforge.paths import (
@@ -78,6 +79,13 @@ def copy_kv(
             writer.add_key_value(name, value, vtype)
 
 
+def _file_type(dtype: str) -> int:
+    """``general.file_type`` of an all-``dtype`` model (MOSTLY_F16 / MOSTLY_BF16, the same in both engines)."""
+    value = ftype("ik", dtype.upper()).value
+    assert value is not None
+    return value
+
+
 def dequantize_gguf(src: Path, dst: Path, *, dtype: Literal["f16", "bf16"] = "f16") -> Path:
     """Write ``dst``: ``src`` with every quantized tensor stored as F16 (or BF16).
 
@@ -112,7 +120,7 @@ def dequantize_gguf(src: Path, dst: Path, *, dtype: Literal["f16", "bf16"] = "f1
     tmp = dst.with_name(dst.name + ".partial")
     try:
         writer = GGUFWriter(str(tmp), arch)
-        copy_kv(reader, writer, uint32={"general.file_type": 1 if dtype == "f16" else 32}, skip=("split.",))
+        copy_kv(reader, writer, uint32={"general.file_type": _file_type(dtype)}, skip=("split.",))
         for t in (t for r in readers for t in r.tensors):
             shape = tuple(int(x) for x in reversed(list(t.shape)))
             if t.tensor_type == Q.F32:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from quantforge import __version__, units
-from quantforge.acquire import hf_download, resolve_base
+from quantforge.acquire import resolve_base
 from quantforge.catalogue import catalogue
 from quantforge.catalogue import ftype as lookup_ftype
 from quantforge.constants import HF_MAX_FILE_BYTES
@@ -46,13 +46,18 @@ from quantforge.fsutil import (
 )
 from quantforge.gguf_header import read_header
 from quantforge.imatrix import (
+    ImatrixCoverage,
     ImatrixInfo,
     ImatrixMeta,
+    compute_imatrix,
     coverage,
     default_output,
+    imatrix_file,
+    imatrix_toolchain,
     quantize_meta,
     read_imatrix,
     refusal_error,
+    resolve_corpus,
 )
 from quantforge.inventory import TensorInventory, load_inventory
 from quantforge.lock import folder_lock
@@ -339,12 +344,7 @@ def prepare(
     info = None
     im_source = imatrix or (recipe.imatrix.file if recipe.imatrix is not None else None)
     if im_source:
-        if im_source.startswith("hf://"):
-            im_path = hf_download(im_source)
-        else:
-            p = Path(im_source).expanduser()
-            im_path = p if (imatrix or p.is_absolute()) else recipe_dir / p
-        info = read_imatrix(im_path, with_sha256=True)
+        info = read_imatrix(imatrix_file(im_source, recipe_dir=recipe_dir, given=bool(imatrix)), with_sha256=True)
     elif recipe.imatrix is not None and recipe.imatrix.corpus:
         computed = default_output(recipe, base_path)  # written by `quantforge imatrix RECIPE`
         if computed.is_file():
@@ -362,6 +362,85 @@ def prepare(
         recipe=recipe, toolchain=tc, base_path=base_path, base_source=source, inventory=inventory,
         imatrix=info, out_dir=out.resolve(), threads=threads or os.cpu_count() or 1,
     )  # fmt: skip
+
+
+class VariantCoverage(BaseModel):
+    model_config = _FROZEN
+    variant: str
+    coverage: ImatrixCoverage
+
+
+class ImatrixReport(BaseModel):
+    """An imatrix for a recipe (computed, or read), and how it covers each variant's plan."""
+
+    model_config = _FROZEN
+    imatrix: ImatrixInfo
+    computed: bool
+    variants: tuple[VariantCoverage, ...]
+
+    def refusal(self) -> BuildError | None:
+        """The error for the first variant with tensors llama-quantize would refuse, if any."""
+        for row in self.variants:
+            if row.coverage.refused:
+                return BuildError(
+                    f"variant {row.variant}: {len(row.coverage.refused)} tensor(s) need imatrix data this file lacks",
+                    where=self.imatrix.path,
+                    hint="use an imatrix computed on this model, or change those tensors' types",
+                )
+        return None
+
+
+def recipe_imatrix(
+    recipe: Recipe,
+    *,
+    file: str | None = None,
+    corpus: str | None = None,
+    chunks: int | None = None,
+    ctx: int | None = None,
+    output: Path | None = None,
+    quant: str | None = None,
+    base: str | None = None,
+    bin_dir: str | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImatrixReport:
+    """Compute (``llama-imatrix`` over the corpus) or read the imatrix of ``recipe`` and report its
+    coverage of each variant (``quant``: only that one) before any quantizing.
+
+    ``file``/``corpus`` (command-line values, relative to the working folder) override the
+    recipe's ``[imatrix]``; a computed one goes to ``output``, default ``default_output`` (where
+    ``build`` looks for it).
+    """
+    rdir = Path(recipe.path).parent if recipe.path else Path.cwd()
+    spec = recipe.imatrix
+    corpus_src = corpus or (spec.corpus if spec is not None and not file else None)
+    source = base or recipe.model.base
+    if not source:
+        raise UsageError("the recipe names no base model", where=f"{recipe.path}: model.base",
+                         hint="set [model] base or pass --base")
+    base_path = resolve_base(source, base_dir=None if base else rdir)
+    if corpus_src:
+        info = compute_imatrix(
+            toolchain=imatrix_toolchain(recipe.engine, bin_dir=bin_dir), model=base_path,
+            corpus=resolve_corpus(corpus_src, base_dir=None if corpus else rdir),
+            output=output if output is not None else default_output(recipe, base_path),
+            chunks=chunks or (spec.chunks if spec else None), ctx=ctx or (spec.ctx if spec else None),
+            threads=threads, force=force, progress=progress, legacy=recipe.engine == "ik",
+        )  # fmt: skip
+    else:
+        f = file or (spec.file if spec is not None else None)
+        if not f:
+            raise UsageError("the recipe has no [imatrix] file or corpus", where=f"{recipe.path}: imatrix",
+                             hint="add [imatrix] file = ... or corpus = ..., or pass --file / --corpus")
+        info = read_imatrix(imatrix_file(f, recipe_dir=rdir, given=bool(file)), with_sha256=True)
+    inventory = load_inventory(base_path, engine=recipe.engine)
+    meta = quantize_meta(info)
+    rows = tuple(
+        VariantCoverage(variant=v.name, coverage=coverage(info, expand(recipe, v.name, inventory, imatrix=meta)))
+        for v in ([recipe.variant(quant)] if quant else recipe.quants)
+    )
+    return ImatrixReport(imatrix=info, computed=bool(corpus_src), variants=rows)
 
 
 def _expected_kv(ctx: BuildContext, plan: QuantPlan) -> dict[str, Any]:

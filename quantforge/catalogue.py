@@ -461,6 +461,17 @@ def _nearest(word: str, candidates: list[str], spell: Callable[[str], str] = str
     return [spell(c) for c in close[:3]]
 
 
+#: The float types a source model (and an unquantized tensor) comes in.
+FLOAT_TYPES: tuple[str, ...] = ("f32", "f16", "bf16")
+
+#: The cache types each engine's ``-ctk``/``-ctv`` accept (common/arg.cpp ``kv_cache_types``;
+#: ik_llama.cpp adds q6_0 and q8_KV).
+KV_CACHE_TYPES: dict[str, tuple[str, ...]] = {
+    "ik": ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1", "q6_0", "q8_KV"),
+    "mainline": ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"),
+}
+
+
 @cache
 def catalogue(engine: Engine) -> Catalogue:
     """The catalogue of ``engine`` (built once, then cached)."""
@@ -678,6 +689,8 @@ def file_type_names(value: int) -> dict[Engine, str]:
 
 
 __all__ = [
+    "FLOAT_TYPES",
+    "KV_CACHE_TYPES",
     "ENGINES",
     "ENGINE_LABEL",
     "TOOLCHAIN_LABEL",

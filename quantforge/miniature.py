@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from quantforge.acquire import smollm2_q4_1_path
-from quantforge.catalogue import catalogue
+from quantforge.catalogue import catalogue, ftype
 from quantforge.errors import InputError
 from quantforge.gguf_header import (
     DEFAULT_ALIGNMENT,
@@ -35,9 +35,9 @@ from quantforge.inventory_synth import synthesize_inventory
 MiniArch = Literal["llama", "qwen3moe", "deepseek2", "glm4moe"]
 ARCHS: tuple[str, ...] = ("llama", "qwen3moe", "deepseek2", "glm4moe")
 
-# ggml type ids and file types of the two source dtypes (identical in both engines).
-_DTYPES = {"bf16": (30, 32), "f16": (1, 1)}
-_F32 = 0
+# ggml type ids and file types of the two source dtypes (identical in both engines, so ik's).
+_DTYPES = {name: (catalogue("ik").get(name).type_id, ftype("ik", name.upper()).value) for name in ("bf16", "f16")}
+_F32 = catalogue("ik").get("f32").type_id
 
 U32, F32, BOOL, STR = ValueType.UINT32, ValueType.FLOAT32, ValueType.BOOL, ValueType.STRING
 
@@ -358,7 +358,7 @@ def write_miniature(
 
 # -- any architecture the synthesizer knows, from a (tiny) config.json -------------------------
 
-_MXFP4_ID = 39
+_MXFP4_ID = catalogue("mainline").get("mxfp4").type_id
 
 
 def _kv_of(arch: str, hparams: dict[str, int | float | bool | str]) -> list[tuple[str, GGUFValue]]:

@@ -48,6 +48,7 @@ from pydantic import (
 
 from quantforge import runner, units
 from quantforge.errors import TargetError
+from quantforge.fsutil import atomic_write_text
 from quantforge.paths import MAX_TARGET_BYTES, parse_toml, read_input_text
 from quantforge.shipped import targets_dir
 
@@ -376,7 +377,4 @@ def write_target(t: HardwareTarget, path: str | Path, *, force: bool = False) ->
     p = Path(path)
     if p.exists() and not force:
         raise TargetError("file exists", where=str(p), hint="pass --force to overwrite")
-    tmp = p.with_name(p.name + ".partial")
-    tmp.write_text(target_toml(t), encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    return atomic_write_text(p, target_toml(t), what="target")

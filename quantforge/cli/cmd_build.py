@@ -94,86 +94,28 @@ def imatrix_cmd(
 
       quantforge imatrix recipe.toml --corpus calib.txt --chunks 4 --ctx 128 -o smol.imatrix.gguf
     """
-    from quantforge.acquire import resolve_base  # startup
+    from quantforge.build import recipe_imatrix  # startup
     from quantforge.cli._output import emit  # startup
-    from quantforge.imatrix import (  # startup
-        compute_imatrix,
-        coverage,
-        default_output,
-        read_imatrix,
-        resolve_corpus,
-    )
-    from quantforge.inventory import load_inventory  # startup
-    from quantforge.plan import expand  # startup
     from quantforge.recipe import load_recipe  # startup
-    from quantforge.toolchain import find_toolchain  # startup
 
     r = load_recipe(recipe)
-    rdir = Path(r.path).parent if r.path else Path.cwd()
-    spec = r.imatrix
-    corpus_src = corpus or (spec.corpus if spec is not None and not file else None)
     if file and corpus:
         raise UsageError("--file and --corpus exclude each other", hint="give one")
     bars = Bars(progress_enabled(progress))
-    source = base or r.model.base
-    if not source:
-        raise UsageError(
-            "the recipe names no base model",
-            where=f"{r.path}: model.base",
-            hint="set [model] base or pass --base",
-        )
-    base_path = resolve_base(source, base_dir=None if base else rdir)
-    computed = False
-    if corpus_src:
-        tc = find_toolchain("mainline" if r.engine == "ik" and not bin_dir else r.engine, bin_dir=bin_dir)
-        if tc.imatrix is None and r.engine == "ik":
-            tc = find_toolchain("mainline")
-        corpus_path = resolve_corpus(corpus_src, base_dir=None if corpus else rdir)
-        out = Path(output) if output else default_output(r, base_path)
-        try:
-            info = compute_imatrix(
-                toolchain=tc, model=base_path, corpus=corpus_path, output=out,
-                chunks=chunks or (spec.chunks if spec else None), ctx=ctx or (spec.ctx if spec else None),
-                threads=threads, force=force, progress=lambda i, n: bars("imatrix", i, n), legacy=r.engine == "ik",
-            )  # fmt: skip
-        finally:
-            bars.close()
-        computed = True
-    else:
-        f = file or (spec.file if spec is not None else None)
-        if not f:
-            raise UsageError(
-                "the recipe has no [imatrix] file or corpus",
-                where=f"{r.path}: imatrix",
-                hint="add [imatrix] file = ... or corpus = ..., or pass --file / --corpus",
-            )
-        if f.startswith("hf://"):
-            from quantforge.acquire import hf_download  # startup
-
-            path = hf_download(f)
-        else:
-            p = Path(f).expanduser()
-            path = p if (file or p.is_absolute()) else rdir / p
-        info = read_imatrix(path, with_sha256=True)
-    inventory = load_inventory(base_path, engine=r.engine)
-    variants = [r.variant(quant)] if quant else list(r.quants)
-    from quantforge.plan import ImatrixMeta  # startup
-
-    meta = ImatrixMeta(
-        path=Path(info.path).name,
-        entries=tuple(sorted(info.names())),
-        chunks=max(info.chunk_count, 0),
-        dataset=info.dataset or "",
-    )
-    rows: list[dict[str, Any]] = []
-    for v in variants:
-        plan = expand(r, v.name, inventory, imatrix=meta)
-        rows.append({"variant": v.name, "coverage": coverage(info, plan).model_dump(mode="json")})
+    try:
+        report = recipe_imatrix(
+            r, file=file, corpus=corpus, chunks=chunks, ctx=ctx, output=Path(output) if output else None,
+            quant=quant, base=base, bin_dir=bin_dir, threads=threads, force=force,
+            progress=lambda i, n: bars("imatrix", i, n),
+        )  # fmt: skip
+    finally:
+        bars.close()
+    info, computed = report.imatrix, report.computed
     result = {
         "imatrix": info.model_dump(mode="json", exclude={"entries"}),
         "entries": info.entries_count,
         "computed": computed,
-        "variants": rows,
+        "variants": [{"variant": v.variant, "coverage": v.coverage.model_dump(mode="json")} for v in report.variants],
     }
 
     def human(d: dict[str, Any]) -> str:
@@ -196,13 +138,9 @@ def imatrix_cmd(
         return "\n".join(lines)
 
     emit(result, as_json=as_json, human=human)
-    if any(row["coverage"]["refused"] for row in rows):
-        first = next(row for row in rows if row["coverage"]["refused"])
-        raise BuildError(
-            f"variant {first['variant']}: {len(first['coverage']['refused'])} tensor(s) need imatrix data this file lacks",
-            where=info.path,
-            hint="use an imatrix computed on this model, or change those tensors' types",
-        )
+    refused = report.refusal()
+    if refused is not None:
+        raise refused
 
 
 @app.command("build")

@@ -11,7 +11,6 @@ the tool said about itself: its settings, version/commit and system_info line.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from quantforge.evaluate.bundled import sweep_bundled
 from quantforge.evaluate.models import EvalEngine, SweepResult, SweepRow, VaryPoint, VaryReport
 from quantforge.evaluate.stats import summarize
 from quantforge.evaluate.tables import read_table
+from quantforge.fsutil import atomic_write_text
 from quantforge.lock import folder_lock
 from quantforge.manifest import Manifest, read_manifest, update_manifest
 from quantforge.paths import MAX_JSON_BYTES, read_input_bytes, read_input_text
@@ -150,16 +150,9 @@ def run_sweeps(
 
 def write_raw_jsonl(path: str | Path, results: Sequence[SweepResult]) -> Path:
     """One JSON line per (config, run, row): every raw measurement, for later re-analysis."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".partial")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for res in results:
-            for i, run in enumerate(res.runs):
-                for row in run:
-                    f.write(json.dumps({"label": res.label, "run": i, **row.model_dump()}) + "\n")
-    os.replace(tmp, p)
-    return p
+    lines = [json.dumps({"label": res.label, "run": i, **row.model_dump()}) + "\n"
+             for res in results for i, run in enumerate(res.runs) for row in run]
+    return atomic_write_text(Path(path), "".join(lines), what="sweep runs file")
 
 
 def read_raw_jsonl(path: str | Path) -> dict[str, list[list[SweepRow]]]:
@@ -182,11 +175,7 @@ def save_result(result: SweepResult, path: str | Path, *, force: bool = True) ->
     p = Path(path)
     if p.exists() and not force:
         raise InputError("output exists", where=str(p), hint="pass --force to overwrite")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".partial")
-    tmp.write_text(result.model_dump_json(indent=2), encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    return atomic_write_text(p, result.model_dump_json(indent=2), what="sweep result")
 
 
 def load_result(path: str | Path, *, select: dict[str, str] | None = None, keep_warmup: bool = False) -> SweepResult:

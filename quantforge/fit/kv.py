@@ -18,13 +18,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from quantforge.catalogue import Engine, catalogue
+from quantforge.catalogue import KV_CACHE_TYPES, Engine, catalogue
 from quantforge.errors import UsageError
 from quantforge.fit.dims import ModelDims
-
-#: The cache types llama.cpp accepts for -ctk/-ctv (ik adds q8_KV, q6_0 and iq4_nl).
-KV_TYPES_IK = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1", "q6_0", "q8_KV")
-KV_TYPES_MAINLINE = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
 
 class KVCache(BaseModel):
@@ -62,7 +58,7 @@ def padded_ctx(n_ctx: int, flash_attn: bool, engine: Engine = "ik") -> int:
 
 def check_kv_type(name: str, engine: Engine, *, flag: str) -> str:
     """The engine's spelling of a cache type, or UsageError naming the accepted ones."""
-    allowed = KV_TYPES_IK if engine == "ik" else KV_TYPES_MAINLINE
+    allowed = KV_CACHE_TYPES[engine]
     for a in allowed:
         if a.lower() == name.lower():
             return a

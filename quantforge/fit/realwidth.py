@@ -28,6 +28,7 @@ from pathlib import Path
 
 from quantforge.catalogue import Engine, catalogue
 from quantforge.errors import InputError
+from quantforge.fsutil import atomic_write_bytes
 from quantforge.gguf_header import (
     DEFAULT_ALIGNMENT,
     GGUFHeader,
@@ -208,9 +209,7 @@ def write_header(spec: RealWidthSpec, path: str | os.PathLike[str], *, force: bo
     if out.exists() and not force:
         raise InputError("refusing to overwrite an existing file", where=str(out), hint="pass force=True")
     head, size, _ = realwidth_layout(spec)
-    tmp = out.with_name(out.name + ".partial")
-    tmp.write_bytes(head)
-    os.replace(tmp, out)
+    atomic_write_bytes(out, head, what="model header")
     return size
 
 
