@@ -33,3 +33,6 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
 ) -> None:
     debug_requested[0] = debug or debug_requested[0]
+
+#: ``quantforge recipe …``: added to ``app`` by cmd_recipe; cmd_publish adds import/export/diff to it.
+recipe_app = typer.Typer(help="Work with TOML quant recipes.", no_args_is_help=True)

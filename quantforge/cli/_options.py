@@ -2,14 +2,19 @@
 
 Use as ``as_json: JsonOpt = False``: the name, short flag and help text live here only, so
 ``--threads`` means the same thing (and reads the same in ``--help``) in every command.
-Only typer and the standard library are imported: ``quantforge --help`` must stay fast.
+Only typer, the standard library and the error types are imported: ``quantforge --help`` must
+stay fast. ``recipe_variants`` resolves the RECIPE / --quant / --all / --out options eval and
+sweep share.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from quantforge.errors import UsageError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 BinDirOpt = Annotated[
@@ -53,3 +58,19 @@ RecipeArg = Annotated[str, typer.Argument(help="Recipe TOML file.")]
 WaitOpt = Annotated[
     bool, typer.Option("--wait", help="If another quantforge run is using the folder, wait for it instead of stopping.")
 ]
+
+
+def recipe_variants(recipe_path: str, quant: str | None, all_: bool,
+                    out_dir: str | None) -> tuple[list[tuple[str, Path]], Path | None]:
+    """(variant name, built GGUF) pairs of a recipe, and its base model path when local."""
+    from quantforge.names import built_outputs, is_hf  # startup
+    from quantforge.recipe import load_recipe  # startup
+
+    recipe = load_recipe(recipe_path)
+    if quant and all_:
+        raise UsageError("--quant and --all exclude each other", where="eval")
+    names = [v.name for v in recipe.quants] if all_ else [recipe.variant(quant).name]
+    out = built_outputs(recipe, names, out_dir=Path(out_dir) if out_dir else None)
+    src = recipe.model.base
+    base = Path(str(recipe.resolve_path(src))).expanduser() if src and not is_hf(src) else None
+    return out, base

@@ -8,7 +8,15 @@ from typing import Any
 import typer
 
 from quantforge.cli._app import app
-from quantforge.cli._options import BinDirOpt, JsonOpt, OutDirOpt, ThreadsOpt, VariantOpt, WaitOpt
+from quantforge.cli._options import (
+    BinDirOpt,
+    JsonOpt,
+    OutDirOpt,
+    ThreadsOpt,
+    VariantOpt,
+    WaitOpt,
+    recipe_variants,
+)
 from quantforge.errors import InputError, UsageError
 
 
@@ -31,21 +39,6 @@ def _fmt_eval(r: Any) -> str:
             f"  base {Path(r.base).name if r.base else '?'}  PPL {k.ppl_base:.4f} ± {k.ppl_base_err:.4f}",
         ]
     return "\n".join(lines)
-
-
-def _recipe_variants(recipe_path: str, quant: str | None, all_: bool, out_dir: str | None) -> tuple[list[tuple[str, Path]], Path | None]:
-    """(variant name, built GGUF) pairs of a recipe, and its base model path when local."""
-    from quantforge.names import built_outputs, is_hf  # startup
-    from quantforge.recipe import load_recipe  # startup
-
-    recipe = load_recipe(recipe_path)
-    if quant and all_:
-        raise UsageError("--quant and --all exclude each other", where="eval")
-    names = [v.name for v in recipe.quants] if all_ else [recipe.variant(quant).name]
-    out = built_outputs(recipe, names, out_dir=Path(out_dir) if out_dir else None)
-    src = recipe.model.base
-    base = Path(str(recipe.resolve_path(src))).expanduser() if src and not is_hf(src) else None
-    return out, base
 
 
 def _recipe_eval(recipe_path: str) -> dict[str, Any]:
@@ -110,7 +103,7 @@ def eval_cmd(
         targets = [(Path(model).stem, Path(model))]
         base_model = base
     else:
-        targets, recipe_base = _recipe_variants(recipe, quant, all_, out_dir)
+        targets, recipe_base = recipe_variants(recipe, quant, all_, out_dir)
         base_model = base or (str(recipe_base) if recipe_base and (kld or base_logits) else None)
         spec = _recipe_eval(recipe)
         corpus = corpus or spec.get("corpus")

@@ -8,9 +8,8 @@ from typing import Any
 
 import typer
 
-from quantforge.cli._app import app
+from quantforge.cli._app import app, recipe_app
 from quantforge.cli._options import AllQuantsOpt, ForceOpt, JsonOpt, OutDirOpt, WaitOpt
-from quantforge.cli.cmd_recipe import recipe_app
 from quantforge.errors import QuantforgeError, UsageError
 from quantforge.units import human_bytes
 

@@ -8,12 +8,11 @@ from typing import Annotated
 
 import typer
 
-from quantforge.cli._app import app
+from quantforge.cli._app import app, recipe_app
 from quantforge.cli._options import ImatrixOpt, InventoryOpt, JsonOpt, QuantOpt, RecipeArg
 from quantforge.errors import RecipeError
 from quantforge.units import human_bytes
 
-recipe_app = typer.Typer(help="Work with TOML quant recipes.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 
 

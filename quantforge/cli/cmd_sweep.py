@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from quantforge.cli._app import app
-from quantforge.cli._options import BinDirOpt, ForceOpt, JsonOpt, ThreadsOpt, VariantOpt
+from quantforge.cli._options import BinDirOpt, ForceOpt, JsonOpt, ThreadsOpt, VariantOpt, recipe_variants
 from quantforge.errors import InputError, UsageError
 
 sweep_app = typer.Typer(
@@ -99,7 +99,6 @@ def sweep_cmd(
     if ctx_.invoked_subcommand is not None:
         return
     from quantforge.cli._output import emit  # startup
-    from quantforge.cli.cmd_eval import _recipe_variants  # startup
     from quantforge.evaluate.sweep import (  # startup
         binary_runner,
         bundled_runner,
@@ -118,7 +117,7 @@ def sweep_cmd(
                       inputs=(("the model", model), ("the recipe", recipe), ("the target", target)))
     path: Path | None = None
     if recipe:
-        variants, _ = _recipe_variants(recipe, quant, False, None)
+        variants, _ = recipe_variants(recipe, quant, False, None)
         path = variants[0][1]
     elif model:
         path = Path(model)
