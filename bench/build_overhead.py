@@ -45,7 +45,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _timed(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, log: Path | None = None,
+def _timed(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+           log: Path | None = None,
            before: Callable[[], None] | None = None, after: Callable[[], None] | None = None) -> float:
     """Wall seconds of ``before()``, ``cmd`` and ``after()``, after an untimed ``os.sync()``."""
     os.sync()  # no dirty pages of the previous run left to write back during this one
@@ -85,7 +86,8 @@ def main() -> int:
     # An installed quantforge runs from bytecode (pip compiles it); a sandbox that sets
     # PYTHONDONTWRITEBYTECODE would make every run recompile ~30 modules (~70 ms) instead.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    qf = [sys.executable, "-m", "quantforge", "build", str(recipe), "--quant", args.variant, "--base", str(base),
+    qf = [sys.executable, "-m", "quantforge", "build", str(recipe), "--quant", args.variant, "--base",
+          str(base),
           "--out", str(out), "--threads", str(args.threads), "--no-progress", "--force", "--json"]
     _timed(qf, env=env)  # warm-up: caches the base sha256, gives the exact command
     man_path = next(out.glob(f"*-{args.variant}.gguf.manifest.json"))
@@ -102,7 +104,8 @@ def main() -> int:
             p.unlink(missing_ok=True)
 
     def run_direct() -> float:
-        return _timed(direct, cwd=cwd, env=env, log=log, before=clear, after=lambda: os.replace(partial, final))
+        return _timed(direct, cwd=cwd, env=env, log=log, before=clear,
+                      after=lambda: os.replace(partial, final))
 
     run_direct()  # warm-up of the page cache for both
     rows = []
@@ -122,7 +125,8 @@ def main() -> int:
         })  # fmt: skip
     med = statistics.median(r["overhead"] for r in rows)
     med_s = statistics.median(r["overhead_s"] for r in rows)
-    tool = statistics.median(r["quantforge_quantize_s"] / r["direct_s"] - 1 for r in rows if r["quantforge_quantize_s"])
+    tool = statistics.median(r["quantforge_quantize_s"] / r["direct_s"] - 1 for r in rows
+                             if r["quantforge_quantize_s"])
     result = {
         "base_sha256_ok": manifest["base"]["sha256"] == SMOLLM2_F16_SHA256,
         "threads": args.threads,
@@ -141,7 +145,8 @@ def main() -> int:
             print(f"round {r['round']}: direct {r['direct_s']:.2f} s, quantforge {r['quantforge_s']:.2f} s "
                   f"(llama-quantize inside it {r['quantforge_quantize_s']:.2f} s), "
                   f"overhead {100 * r['overhead']:+.1f} %")
-        print(f"median overhead {100 * med:+.2f} % ({med_s:+.2f} s: start-up, plan, verification, sha256 of the "
+        print(f"median overhead {100 * med:+.2f} % ({med_s:+.2f} s: start-up, plan, verification, "
+              "sha256 of the "
               f"output, manifest); llama-quantize inside quantforge vs direct {100 * tool:+.1f} % "
               f"(limit {100 * args.limit:.0f} %): {'ok' if result['ok'] else 'TOO HIGH'}")
     return 0 if result["ok"] else 1

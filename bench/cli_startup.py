@@ -61,7 +61,8 @@ def main() -> int:
             _run(root, env)  # compiles the bytecode, warms the page cache
         times: dict[str, list[float]] = {"baseline": [], "this": []}
         for i in range(args.rounds):
-            order = (("baseline", base), ("this", this)) if i % 2 == 0 else (("this", this), ("baseline", base))
+            order = (("baseline", base), ("this", this)) if i % 2 == 0 else (("this", this), ("baseline",
+                                                                                              base))
             for name, root in order:
                 times[name].append(_run(root, env))
     med = {k: statistics.median(v) for k, v in times.items()}

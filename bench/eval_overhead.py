@@ -50,7 +50,8 @@ def _corpus(path: str | None, workdir: Path) -> Path:
 
 
 def _library_floor(model: Path, corpus: Path, ctx: int, chunks: int, threads: int) -> float:
-    """Wall time of the bundled ik libllama doing only what any tool must: load, tokenize, decode the chunks."""
+    """Wall time of the bundled ik libllama doing only what any tool must: load, tokenize, decode the
+    chunks."""
     from quantforge.evaluate.bundled import BundledModel
 
     t = time.perf_counter()
@@ -94,14 +95,16 @@ def main() -> int:
 
         _util._HASHES.clear()  # every quantforge run pays for hashing, as a fresh process would
         t = time.perf_counter()
-        r = evaluate(model, engine="mainline", corpus=corpus, ctx=args.ctx, chunks=args.chunks, threads=threads,
+        r = evaluate(model, engine="mainline", corpus=corpus, ctx=args.ctx, chunks=args.chunks,
+                     threads=threads,
                      binary=binary)
         times["wrapped"].append(time.perf_counter() - t)
         ppl["mainline"] = r.ppl
 
         _util._HASHES.clear()
         t = time.perf_counter()
-        r = evaluate(model, engine="bundled", corpus=corpus, ctx=args.ctx, chunks=args.chunks, threads=threads)
+        r = evaluate(model, engine="bundled", corpus=corpus, ctx=args.ctx, chunks=args.chunks,
+                     threads=threads)
         times["bundled"].append(time.perf_counter() - t)
         ppl["bundled"] = r.ppl
 
@@ -109,7 +112,8 @@ def main() -> int:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     report = {
-        "model": str(model), "ctx": args.ctx, "chunks": args.chunks, "threads": threads, "repeat": args.repeat,
+        "model": str(model), "ctx": args.ctx, "chunks": args.chunks, "threads": threads,
+        "repeat": args.repeat,
         "times_s": times, "median_s": med,
         "wrapped_overhead_pct": (med["wrapped"] / med["direct"] - 1) * 100,
         "bundled_ratio": med["bundled"] / med["direct"],
@@ -122,11 +126,15 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"model {model.name}, {args.chunks} chunks x {args.ctx}, {threads} threads, {args.repeat} repeats (median)")
+        print(f"model {model.name}, {args.chunks} chunks x {args.ctx}, {threads} threads, {args.repeat} "
+              "repeats (median)")
         print(f"  llama-perplexity direct : {med['direct']:8.2f} s")
-        print(f"  quantforge (mainline)   : {med['wrapped']:8.2f} s   overhead {report['wrapped_overhead_pct']:+.2f} %  (target < 3 %)")
-        print(f"  quantforge (bundled)    : {med['bundled']:8.2f} s   ratio {report['bundled_ratio']:.3f}  (target <= 1.2)")
-        print(f"  bundled libllama floor  : {med['library']:8.2f} s   bundled/floor {report['bundled_vs_library_ratio']:.3f}"
+        print(f"  quantforge (mainline)   : {med['wrapped']:8.2f} s   overhead "
+              f"{report['wrapped_overhead_pct']:+.2f} %  (target < 3 %)")
+        print(f"  quantforge (bundled)    : {med['bundled']:8.2f} s   ratio {report['bundled_ratio']:.3f}  "
+              "(target <= 1.2)")
+        print(f"  bundled libllama floor  : {med['library']:8.2f} s   bundled/floor "
+              f"{report['bundled_vs_library_ratio']:.3f}"
               "  (load + tokenize + decode only, same library)")
         print(f"  PPL mainline {ppl['mainline']:.4f}  bundled {ppl['bundled']:.4f}")
         print("OK" if ok else "TARGET MISSED")

@@ -34,7 +34,8 @@ MODELS = {"q235": "q235", "ds": "dsm", "air": "air", "glm": "glm"}  # mainline l
 
 
 def _experts_on_gpu_mib(placement: dict[str, str], tensors: list[FitTensor]) -> float:
-    on_gpu = [t.bytes for t in tensors if "_exps." in t.name and placement.get(t.name, "CPU").startswith(("CUDA", "Metal"))
+    on_gpu = [t.bytes for t in tensors if "_exps." in t.name
+              and placement.get(t.name, "CPU").startswith(("CUDA", "Metal"))
               and placement.get(t.name) != "CUDA_Host"]  # fmt: skip
     return sum(on_gpu) / MIB
 
@@ -52,7 +53,8 @@ def main() -> int:
         argv = shlex.split(r["args"])
         ub = int(argv[argv.index("-ub") + 1])
         tgt = HardwareTarget(name=f"free-{r['free_mib']:.0f}", ram=RAM(total=128 << 30, os_reserved=0),
-                             cpu=CPU(physical_cores=16), gpu=(GPU(name="H200", vram=int(r["free_mib"] * MIB)),),
+                             cpu=CPU(physical_cores=16), gpu=(GPU(name="H200",
+                                                                  vram=int(r["free_mib"] * MIB)),),
                              gpu_margin=0)  # fmt: skip
         rep = plan_fit(tensors, facts.dims, tgt, engine="mainline", extras=facts.extras, with_placement=True,
                        settings=Settings(n_ctx=32768, ub=ub, batch=max(2048, ub)))  # fmt: skip

@@ -44,7 +44,8 @@ def main() -> int:
     plans, dims = recipe_plans(recipe, "IQ2_K_R4")
     plan = plans[0]
     inv = recipe_inventory(recipe)
-    table = read_table(TABLE, engine="ik", curve=CURVE, tensors=[(t.name, tuple(t.shape)) for t in inv.tensors])
+    table = read_table(TABLE, engine="ik", curve=CURVE,
+                       tensors=[(t.name, tuple(t.shape)) for t in inv.tensors])
     target = load_target(args.target)
     s = Settings(n_ctx=args.ctx)
     solve(plan, dims, target, settings=s, table=table, has_imatrix=False)  # warm: imports, caches
@@ -67,8 +68,10 @@ def main() -> int:
     cold = time.perf_counter() - t0
     warm = statistics.median(times)
     pf = statistics.median(pf_times)
-    print(f"DeepSeek-R1 IQ2_K_R4 base, {len(got.choices)} groups from {TABLE.name}, {args.target} at -c {args.ctx}")
-    print(f"  solve (warm, median of {args.repeat}): {warm:.3f} s  [min {min(times):.3f}, max {max(times):.3f}]"
+    print(f"DeepSeek-R1 IQ2_K_R4 base, {len(got.choices)} groups from {TABLE.name}, {args.target} at -c "
+          f"{args.ctx}")
+    print(f"  solve (warm, median of {args.repeat}): {warm:.3f} s  [min {min(times):.3f}, max "
+          f"{max(times):.3f}]"
           f"  = {warm / pf:.1f}x one plan_fit ({pf * 1000:.0f} ms), {warm / 2.0:.2f}x the 2 s goal")
     print(f"  CLI, cold process (imports, reading the table, planning): {cold:.2f} s (exit {cli.returncode})")
     print(f"  solver: {got.solution.solver}; {got.solution.status}; {got.rounds} plan_fit confirmation(s)")

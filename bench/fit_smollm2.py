@@ -115,7 +115,8 @@ def main() -> int:
         plan = expand(uni, name, ctx.inventory, imatrix=False)
         k, ke = measure(out, ctx.base_path, ev, 8)
         h, he = measure(out, ctx.base_path, held, args.heldout_chunks)
-        results[name] = {"label": label, "tensor_bytes": plan.tensor_bytes, "kld": k, "kld_err": ke, "heldout": h,
+        results[name] = {"label": label, "tensor_bytes": plan.tensor_bytes, "kld": k, "kld_err": ke,
+                         "heldout": h,
                          "heldout_err": he}  # fmt: skip
         save()
         log(f"{label:24s} {plan.tensor_bytes:>12,} B  KLD {k:.6f} ± {ke:.6f}  held-out {h:.6f} ± {he:.6f}")
@@ -123,9 +124,11 @@ def main() -> int:
     log("sensitivity (cached runs are read back)")
     sens = run_sensitivity(recipe_p, corpus=ev, output=work / "smol.sensitivity.csv", force=True,
                            progress=lambda p: log(f"  [{p.done}/{p.total}] {p.label}"
-                                                  + (f" KLD {p.value:.6f}" if p.value is not None else "")))  # fmt: skip
+                                                  + (f" KLD {p.value:.6f}" if p.value is not None
+                                                     else "")))  # fmt: skip
     table = read_table(sens.output)
-    log(f"sensitivity: {len(table.groups)} groups, {len(table.entries)} entries, baseline {table.baseline:.6f}")
+    log(f"sensitivity: {len(table.groups)} groups, {len(table.entries)} entries, baseline "
+        f"{table.baseline:.6f}")
     for budget in BUDGETS:
         name = f"FIT-{budget}"
         t0 = time.perf_counter()
@@ -135,9 +138,11 @@ def main() -> int:
         assert res.verify is not None
         h, he = measure(res.verify["output"], ctx.base_path, held, args.heldout_chunks)
         results[name] = {"label": f"fit --budget {budget}", "tensor_bytes": res.tensor_bytes,
-                         "budget_bytes": res.budget_bytes, "predicted": res.predicted, "kld": res.verify["measured"],
+                         "budget_bytes": res.budget_bytes, "predicted": res.predicted,
+                         "kld": res.verify["measured"],
                          "kld_err": res.verify["measured_err"], "heldout": h, "heldout_err": he,
-                         "status": res.status, "rules": res.rules, "choices": [c.model_dump() for c in res.choices],
+                         "status": res.status, "rules": res.rules,
+                         "choices": [c.model_dump() for c in res.choices],
                          "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
         save()
         log(f"{name}: {res.tensor_bytes:,} B (budget {res.budget_bytes:,}), predicted {res.predicted:.6f}, "
@@ -159,10 +164,12 @@ def render(results: dict[str, dict[str, Any]], table: Any, heldout_chunks: int) 
     for name, r in rows:
         bold = "**" if name.startswith("FIT-") else ""
         pred = f"{r['predicted']:.6f}" if "predicted" in r else ""
-        out.append(f"| {bold}{r['label']}{bold} | {r['tensor_bytes']:,} | {r['kld']:.6f} ± {r['kld_err']:.6f} "
+        out.append(f"| {bold}{r['label']}{bold} | {r['tensor_bytes']:,} | {r['kld']:.6f} ± "
+                   f"{r['kld_err']:.6f} "
                    f"| {r['heldout']:.6f} ± {r['heldout_err']:.6f} | {pred} |")  # fmt: skip
     out.append("")
-    out.append("| budget | solver's variant | measured vs predicted | beats every uniform / hand-written quant up to |")
+    out.append("| budget | solver's variant | measured vs predicted | beats every uniform / hand-written "
+               "quant up to |")
     out.append("| --- | --- | ---: | --- |")
     for b in BUDGETS:
         r = results.get(f"FIT-{b}")
@@ -183,7 +190,8 @@ def render(results: dict[str, dict[str, Any]], table: Any, heldout_chunks: int) 
     out.append("")
     for c in table.checks:
         out.append(f"- check {c.name}: measured {c.measured:.6f}, additive prediction {c.predicted:.6f} "
-                   f"(measured / predicted excess over Q8_0: {excess_ratio(c, table.baseline):.2f})")  # fmt: skip
+                   "(measured / predicted excess over Q8_0: "
+                   f"{excess_ratio(c, table.baseline):.2f})")  # fmt: skip
     return "\n".join(out) + "\n"
 
 

@@ -314,7 +314,8 @@ def edited_headers(draw: st.DrawFn) -> tuple[bytes, bool]:
         kind = draw(st.sampled_from(["kv", "kv", "drop", "shape", "type", "name"]))
         if kind in ("kv", "drop"):
             key = draw(st.sampled_from([k for k in keys if not k.startswith("tokenizer.ggml.")] +
-                                       ["split.count", "split.no", "general.alignment", "llama.expert_count"]))
+                                       ["split.count", "split.no", "general.alignment",
+                                        "llama.expert_count"]))
             if kind == "drop":
                 kv.pop(key, None)
                 continue
@@ -322,7 +323,8 @@ def edited_headers(draw: st.DrawFn) -> tuple[bytes, bool]:
             if isinstance(value, bool):
                 kv[key] = GGUFValue.of(value, ValueType.BOOL)
             elif isinstance(value, int):
-                vt = draw(st.sampled_from([ValueType.UINT32, ValueType.INT32, ValueType.UINT64, ValueType.INT64]))
+                vt = draw(st.sampled_from([ValueType.UINT32, ValueType.INT32, ValueType.UINT64,
+                                           ValueType.INT64]))
                 lo, hi = {ValueType.UINT32: (0, 2**32 - 1), ValueType.INT32: (-(2**31), 2**31 - 1),
                           ValueType.UINT64: (0, 2**64 - 1), ValueType.INT64: (-(2**63), 2**63 - 1)}[vt]
                 kv[key] = GGUFValue.of(min(max(value, lo), hi), vt)
@@ -336,13 +338,16 @@ def edited_headers(draw: st.DrawFn) -> tuple[bytes, bool]:
             i = draw(st.integers(0, len(tensors) - 1))
             t = tensors[i]
             if kind == "shape":
-                shape = tuple(draw(st.lists(st.sampled_from([1, 2, 3, 32, 256, 576, 1536, 49152, 2**20, 2**31]),
+                shape = tuple(draw(st.lists(st.sampled_from([1, 2, 3, 32, 256, 576, 1536, 49152, 2**20,
+                                                             2**31]),
                                             min_size=1, max_size=4)))
                 tensors[i] = GGUFTensorInfo(name=t.name, shape=shape, type_id=t.type_id, offset=t.offset)
             elif kind == "type":
-                tensors[i] = GGUFTensorInfo(name=t.name, shape=t.shape, type_id=draw(st.integers(0, 400)), offset=t.offset)
+                tensors[i] = GGUFTensorInfo(name=t.name, shape=t.shape, type_id=draw(st.integers(0, 400)),
+                                            offset=t.offset)
             else:
-                name = draw(st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=20))
+                name = draw(st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1,
+                                    max_size=20))
                 if name not in {x.name for x in tensors}:
                     tensors[i] = GGUFTensorInfo(name=name, shape=t.shape, type_id=t.type_id, offset=t.offset)
     return header_bytes(kv, tensors, h.alignment), draw(st.booleans())  # type: ignore[attr-defined]
@@ -369,8 +374,10 @@ def check_header(data: bytes, with_size: bool) -> None:
 # --------------------------------------------------------------------------- regex dialect
 
 #: ECMAScript pieces, including the ones Python reads differently (they must be refused, not crash).
-_ECMA_ATOMS = ["a", "e", "_", r"\.", ".", r"\d", r"\w", r"\s", r"\D", "[0-9]", "[a-z]", "[^a-z]", "[a-f_.]", "blk",
-               "ffn", "exps", "x", r"\b", "^", "$", r"\x2e", "[[:alpha:]]", "(?>a)", r"\N{X}", "(?P<n>a)", "a{", "[]a]",
+_ECMA_ATOMS = ["a", "e", "_", r"\.", ".", r"\d", r"\w", r"\s", r"\D", "[0-9]", "[a-z]", "[^a-z]", "[a-f_.]",
+               "blk",
+               "ffn", "exps", "x", r"\b", "^", "$", r"\x2e", "[[:alpha:]]", "(?>a)", r"\N{X}", "(?P<n>a)",
+               "a{", "[]a]",
                r"\1", "(?=_)", "(?!x)", "(?:a|e)", "é", "a**", r"\Z", "[a-]", r"[\-.]"]
 _ECMA_CHARS = "ab._-()[]{}|*+?^$\\0123456789dwsfnx=:!<>,"
 
@@ -398,7 +405,8 @@ def check_regex_dialect(pattern: str) -> None:
     for name in _sample_names():
         matched, steps = std_search(pattern, name, budget=int((NAME_MAX + 1) * rx.work) + 1000)
         assert matched is not None, f"{pattern!r} on {name!r}: std::regex work over the bound {rx.work:.3g}"
-        assert matched == bool(rx.search(name)), f"{pattern!r} on {name!r}: std::regex {matched}, translation not"
+        assert matched == bool(rx.search(name)), (f"{pattern!r} on {name!r}: std::regex {matched}, "
+                                                  "translation not")
 
 
 # --------------------------------------------------------------------------- the pipeline on mutated headers

@@ -27,7 +27,8 @@ HEAD = '[model]\nid = "HuggingFaceTB/SmolLM2-135M-Instruct"\n'
 
 def many_rules(n: int) -> str:
     rules = ",\n".join(
-        f"  {{ match = 'blk\\.{i % 30}\\.ffn_(down|up)_{i}', layers = \"{i % 30}-{i % 30 + 2}\", type = \"q8_0\" }}"
+        f"  {{ match = 'blk\\.{i % 30}\\.ffn_(down|up)_{i}', layers = \"{i % 30}-{i % 30 + 2}\", type = "
+        f"\"q8_0\" }}"
         for i in range(n)
     )
     return f'{HEAD}[[quant]]\nname = "A"\ndefault = "q8_0"\nrules = [\n{rules}\n]\n'
@@ -36,7 +37,8 @@ def many_rules(n: int) -> str:
 def chain(n: int) -> str:
     parts = [HEAD]
     for i in range(n):
-        parts.append(f'[[quant]]\nname = "V{i}"\n' + ('default = "q8_0"\n' if i == 0 else f'extends = "V{i - 1}"\n'))
+        parts.append(f'[[quant]]\nname = "V{i}"\n' + ('default = "q8_0"\n' if i == 0 else 'extends = '
+                                                                                          f'"V{i - 1}"\n'))
         parts.append(f"rules = [ {{ match = 'attn_q_{i}', type = \"q6_0\" }} ]\n")
     return "".join(parts)
 
@@ -64,7 +66,8 @@ def main() -> int:
         t_large, resolved = best(large)
         verdict = "ok" if t_large < LIMIT_S else f"MISS (limit {LIMIT_S:.0f} s)"
         failed += t_large >= LIMIT_S
-        print(f"{n_large:>6} {label}: {t_large:.3f} s ({resolved} resolved rules); {n_small}: {t_small:.3f} s; "
+        print(f"{n_large:>6} {label}: {t_large:.3f} s ({resolved} resolved rules); {n_small}: "
+              f"{t_small:.3f} s; "
               f"ratio {t_large / t_small:.1f} for 10x the size (linear: 10) — {verdict}")
     return 1 if failed else 0
 

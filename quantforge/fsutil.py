@@ -21,7 +21,8 @@ _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 def remove_quietly(targets: Iterable[Path]) -> None:
-    """Remove each file, link or folder that exists; one that cannot be removed is left (cleanup never fails)."""
+    """Remove each file, link or folder that exists; one that cannot be removed is left (cleanup never
+    fails)."""
     for p in targets:
         try:
             if p.is_dir() and not p.is_symlink():

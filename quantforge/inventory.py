@@ -72,7 +72,8 @@ def load_inventory(
     raise InventoryError(
         "not a GGUF path, hf:// URL, config.json or model id",
         where=text,
-        hint="give a .gguf file, hf://org/repo/file.gguf, a config.json, or an HF id such as deepseek-ai/DeepSeek-R1-0528",
+        hint="give a .gguf file, hf://org/repo/file.gguf, a config.json, or an HF id such as "
+             "deepseek-ai/DeepSeek-R1-0528",
     )
 
 
@@ -128,9 +129,11 @@ def recipe_inventory(recipe: Recipe, source: str | None = None) -> TensorInvento
         raise RecipeError(
             "the base GGUF does not exist yet",
             where=local,
-            hint=f"make it (e.g. `quantforge base {local}`), fix [model] base, or set [model] id to plan offline",
+            hint=f"make it (e.g. `quantforge base {local}`), fix [model] base, or set [model] id to "
+                 "plan offline",
         )
-    raise RecipeError("the recipe names no model", where=recipe.path, hint="set [model] base or id, or pass --inventory")
+    raise RecipeError("the recipe names no model", where=recipe.path,
+                      hint="set [model] base or id, or pass --inventory")
 
 
 def load_source(
@@ -233,7 +236,8 @@ def _check_layout(inv: TensorInventory, layout: Layout | None, nextn: NextN | No
         raise InventoryError(
             f"this GGUF has the {inv.layout} layout ({_LAYOUT_SHAPE[inv.layout]}), not the {layout} layout",
             where=inv.source,
-            hint=f'plan it as it is (layout = "{inv.layout}" or no layout), or convert the model with {layout}\'s converter',
+            hint=f'plan it as it is (layout = "{inv.layout}" or no layout), or convert the model with '
+                 f'{layout}\'s converter',
         )
     return inv
 
@@ -292,7 +296,8 @@ def inventory_from_headers(
     elif "split.count" in first.kv and _split_int(first, "split.count", where) > 1:
         raise InventoryError(
             f"this file is shard {_split_int(first, 'split.no', where, 0) + 1} of a "
-            f"{_split_int(first, 'split.count', where)}-file split set but its name has no -0000K-of-0000N suffix",
+            f"{_split_int(first, 'split.count', where)}-file split set but its name has no "
+            "-0000K-of-0000N suffix",
             where=where,
             hint="keep the names llama-gguf-split gave the shards",
         )
@@ -307,7 +312,8 @@ def inventory_from_headers(
     tensors: list[TensorEntry] = []
     for shard, h in enumerate(headers):
         for t in h.tensors:
-            tensors.append(TensorEntry(name=t.name, shape=t.shape, dtype=type_name(t.type_id, spelling), shard=shard))
+            tensors.append(TensorEntry(name=t.name, shape=t.shape, dtype=type_name(t.type_id, spelling),
+                                       shard=shard))
     names_seen: set[str] = set()
     for entry in tensors:
         if entry.name in names_seen:
@@ -348,7 +354,8 @@ def _check_split(headers: Sequence[GGUFHeader], names: Sequence[str]) -> None:
                                  hint="the shards were not written by llama-gguf-split")
         no, cnt = _split_int(h, "split.no", name), _split_int(h, "split.count", name)
         if int(no) != k or int(cnt) != count:
-            raise InventoryError(f"shard says it is {int(no) + 1} of {cnt}, expected {k + 1} of {count}", where=name,
+            raise InventoryError(f"shard says it is {int(no) + 1} of {cnt}, expected {k + 1} of {count}",
+                                 where=name,
                                  hint="the shards come from different split sets; download them again")
     expected = headers[0].get("split.tensors.count")
     if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
@@ -398,7 +405,8 @@ INT_HPARAMS: dict[str, int] = {
 def _bad_hparam(where: str, key: str, value: Any, expected: str) -> InventoryError:
     shown = repr(value) if not isinstance(value, (list, StringArray)) else f"an array of {len(value)}"
     return InventoryError(f"malformed GGUF metadata: {key} is {shown}, expected {expected}", where=where,
-                          hint="the file is damaged or was written by a broken converter; re-convert the model")
+                          hint="the file is damaged or was written by a broken converter; re-convert "
+                               "the model")
 
 
 def _check_hparam(where: str, arch: str, name: str, value: Any) -> None:
@@ -528,9 +536,11 @@ class _hub_errors:
                                  hint="accept its terms on huggingface.co and set HF_TOKEN") from None
         if isinstance(exc, e.RepositoryNotFoundError):
             raise InventoryError("repository not found (or private)", where=w,
-                                 hint="check the org/repo spelling; for a private repo set HF_TOKEN") from None
+                                 hint="check the org/repo spelling; for a private repo set "
+                                      "HF_TOKEN") from None
         if isinstance(exc, e.RevisionNotFoundError):
-            raise InventoryError("revision not found", where=w, hint="check the @revision (branch, tag or commit)") from None
+            raise InventoryError("revision not found", where=w,
+                                 hint="check the @revision (branch, tag or commit)") from None
         if isinstance(exc, e.EntryNotFoundError):
             raise InventoryError("file not found in the repository", where=w,
                                  hint="check the path; `hf download --dry-run` lists the files") from None
@@ -541,8 +551,10 @@ class _hub_errors:
                                      hint="set HF_TOKEN to a token that can read this repository") from None
             raise InventoryError(f"the Hub answered HTTP {status}: {str(exc).splitlines()[0]}", where=w,
                                  hint="try again later") from None
-        if isinstance(exc, (OSError, ConnectionError)) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore"):
-            raise InventoryError(f"cannot reach the Hub: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+        if (isinstance(exc, (OSError, ConnectionError))
+            or type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore")):
+            raise InventoryError("cannot reach the Hub: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                                  where=w, hint="check the network connection or HF_ENDPOINT") from None
         return False
 
@@ -584,5 +596,6 @@ def _load_remote(url: str, *, engine: Engine | None) -> TensorInventory:
         reader = _RangeReader(url=file_url, size=meta.size, headers=headers_http, where=where)
         headers.append(read_header(reader, size=meta.size, where=where, first_chunk=REMOTE_FIRST_CHUNK))
         fetched += reader.fetched
-    return inventory_from_headers(headers, source=url, engine=engine, names=[f"hf://{repo_id}/{f}" for f in files],
+    return inventory_from_headers(headers, source=url, engine=engine,
+                                  names=[f"hf://{repo_id}/{f}" for f in files],
                                   bytes_fetched=fetched)

@@ -82,7 +82,8 @@ HF_MODEL_TYPES: dict[str, str] = {
     "bailing_moe_v2": "bailingmoe2",
     "qwen3_next": "qwen3next",
 }
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "glm4moe", "gpt-oss", "bailingmoe2", "qwen3next")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "glm4moe", "gpt-oss", "bailingmoe2",
+                   "qwen3next")
 
 Order = Literal["single_file", "sharded"]
 #: The MTP ("NextN") block of GLM-4.x GGUFs (``inventory.NextN``): "full" with its own embed_tokens
@@ -330,7 +331,8 @@ def _synth_qwen3moe(c: _Config) -> _Synth:
     head_dim = int(c.opt("head_dim", hidden // n_head if n_head else 0))
     if c.opt("mlp_only_layers") or int(c.opt("decoder_sparse_step", 1)) != 1:
         raise InventoryError(
-            "qwen3moe with dense layers (mlp_only_layers / decoder_sparse_step) is not supported by llama.cpp",
+            "qwen3moe with dense layers (mlp_only_layers / decoder_sparse_step) is not supported by "
+            "llama.cpp",
             where=f"{c.source}: mlp_only_layers",
             hint="give the GGUF itself if one exists",
         )
@@ -644,8 +646,10 @@ def _synth_bailingmoe2(c: _Config, nextn: NextN) -> _Synth:
             ]
             if n_shared:
                 t += [
-                    _mat(f"{p}mlp.shared_experts.down_proj.weight", f"{b}ffn_down_shexp.weight", sh_ff, hidden),
-                    _mat(f"{p}mlp.shared_experts.gate_proj.weight", f"{b}ffn_gate_shexp.weight", hidden, sh_ff),
+                    _mat(f"{p}mlp.shared_experts.down_proj.weight", f"{b}ffn_down_shexp.weight", sh_ff,
+                         hidden),
+                    _mat(f"{p}mlp.shared_experts.gate_proj.weight", f"{b}ffn_gate_shexp.weight", hidden,
+                         sh_ff),
                     _mat(f"{p}mlp.shared_experts.up_proj.weight", f"{b}ffn_up_shexp.weight", hidden, sh_ff),
                 ]
         else:
@@ -727,9 +731,11 @@ def _synth_qwen3next(c: _Config) -> _Synth:
             ]
         else:
             t += [
-                _mat(f"{p}linear_attn.in_proj_qkvz.weight", f"{b}attn_qkv.weight", hidden, 2 * key_dim + value_dim),
+                _mat(f"{p}linear_attn.in_proj_qkvz.weight", f"{b}attn_qkv.weight", hidden,
+                     2 * key_dim + value_dim),
                 _mat(f"{p}linear_attn.in_proj_qkvz.weight", f"{b}attn_gate.weight", hidden, value_dim),
-                _T(f"{p}linear_attn.conv1d.weight", f"{b}ssm_conv1d.weight", (conv, 2 * key_dim + value_dim), f32=True),
+                _T(f"{p}linear_attn.conv1d.weight", f"{b}ssm_conv1d.weight", (conv, 2 * key_dim + value_dim),
+                   f32=True),
                 _vec(f"{p}linear_attn.dt_bias", f"{b}ssm_dt.bias", v_heads),
                 _vec(f"{p}linear_attn.A_log", f"{b}ssm_a", v_heads),
                 _mat(f"{p}linear_attn.in_proj_ba.weight", f"{b}ssm_ba.weight", hidden, 2 * v_heads),
@@ -896,7 +902,8 @@ def _read_json(path: Path, *, what: str) -> Any:
     return read_input_json(path, what=what, max_bytes=MAX_JSON_BYTES, error=InventoryError)
 
 
-def inventory_from_config_file(path: str | Path, *, engine: Layout, nextn: NextN | None = None) -> TensorInventory:
+def inventory_from_config_file(path: str | Path, *, engine: Layout,
+                               nextn: NextN | None = None) -> TensorInventory:
     """Synthesize the inventory of a user-given ``config.json``.
 
     The order follows the files beside it: ``model.safetensors`` (one file) or an index
@@ -997,7 +1004,8 @@ def shipped_inventory(
         raise InventoryError(
             f"no shipped inventory for {model_id!r}",
             where=model_id,
-            hint=f"{guess}shipped: {', '.join(known)}; or give a GGUF path, hf://org/repo/file.gguf, or a config.json",
+            hint=f"{guess}shipped: {', '.join(known)}; or give a GGUF path, hf://org/repo/file.gguf, or a "
+                 "config.json",
         )
     return _shipped_cached(key, layout or _default_layout(engine), nextn)
 

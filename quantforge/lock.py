@@ -44,7 +44,8 @@ def lock_path(folder: str | os.PathLike[str], name: str = LOCK_NAME) -> Path:
 
 
 def holder(folder: str | os.PathLike[str], name: str = LOCK_NAME) -> dict[str, object] | None:
-    """What the lock file of ``folder`` says about its holder (None when there is none or it is unreadable)."""
+    """What the lock file of ``folder`` says about its holder (None when there is none or it is
+    unreadable)."""
     try:
         data = json.loads(lock_path(folder, name).read_text(encoding="utf-8")[:4096])
     except (OSError, ValueError):

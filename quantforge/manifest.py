@@ -5,7 +5,8 @@ command, engine and commit, base model source and sha256, imatrix sha256 and cov
 output files with sizes and sha256, planned vs actual bytes, what the output was verified
 against, timings. Later stages read it through the same model and add their own sections
 (``eval``, ``sweeps``, ``fit``, ``publish``) with ``update_manifest``; every section is typed and
-an unknown one is refused (a manifest of a newer quantforge says so by its ``schema_version``). File paths are stored relative to the manifest's folder so a moved
+an unknown one is refused (a manifest of a newer quantforge says so by its ``schema_version``). File paths are
+stored relative to the manifest's folder so a moved
 output folder still works; no token or secret is ever written.
 
 Writes are atomic (temp file in the same folder + ``os.replace``).
@@ -217,7 +218,8 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except RecursionError:
-        raise InputError("manifest values nest too deeply", where=str(p), hint="rebuild the variant") from None
+        raise InputError("manifest values nest too deeply", where=str(p),
+                         hint="rebuild the variant") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])

@@ -36,7 +36,8 @@ MiniArch = Literal["llama", "qwen3moe", "deepseek2", "glm4moe"]
 ARCHS: tuple[str, ...] = ("llama", "qwen3moe", "deepseek2", "glm4moe")
 
 # ggml type ids and file types of the two source dtypes (identical in both engines, so ik's).
-_DTYPES = {name: (catalogue("ik").get(name).type_id, ftype("ik", name.upper()).value) for name in ("bf16", "f16")}
+_DTYPES = {name: (catalogue("ik").get(name).type_id,
+                  ftype("ik", name.upper()).value) for name in ("bf16", "f16")}
 _F32 = catalogue("ik").get("f32").type_id
 
 U32, F32, BOOL, STR = ValueType.UINT32, ValueType.FLOAT32, ValueType.BOOL, ValueType.STRING
@@ -65,7 +66,8 @@ class _Spec:
 N_EMBD = 256
 
 
-def _common(s: _Spec, *, n_layer: int, n_head: int, n_head_kv: int, ff: int, rope: int, ctx: int = 4096) -> None:
+def _common(s: _Spec, *, n_layer: int, n_head: int, n_head_kv: int, ff: int, rope: int,
+            ctx: int = 4096) -> None:
     s.hp("block_count", n_layer, U32)
     s.hp("context_length", ctx, U32)
     s.hp("embedding_length", N_EMBD, U32)
@@ -270,7 +272,8 @@ def miniature_plan(
 ) -> tuple[list[tuple[str, GGUFValue]], list[GGUFTensorInfo]]:
     """The KV pairs and tensor infos (offsets included) of a miniature, without writing it."""
     if arch not in _BUILDERS:
-        raise InputError(f"no miniature for architecture {arch!r}", where="arch", hint=f"use one of {', '.join(ARCHS)}")
+        raise InputError(f"no miniature for architecture {arch!r}", where="arch",
+                         hint=f"use one of {', '.join(ARCHS)}")
     if dtype not in _DTYPES:
         raise InputError(f"unsupported miniature dtype {dtype!r}", where="dtype", hint="use bf16 or f16")
     if layout not in ("ik", "mainline"):
@@ -326,7 +329,8 @@ def write_miniature(
 
     out = Path(path)
     if out.exists() and not force:
-        raise InputError("refusing to overwrite an existing file", where=str(out), hint="pass force=True (--force)")
+        raise InputError("refusing to overwrite an existing file", where=str(out),
+                         hint="pass force=True (--force)")
     kv, infos = miniature_plan(arch, dtype=dtype, layout=layout, tokenizer_from=tokenizer_from)
     rng = np.random.default_rng(seed)
     tmp = out.with_name(out.name + ".partial")
@@ -397,12 +401,14 @@ def write_from_config(
 
     out = Path(path)
     if out.exists() and not force:
-        raise InputError("refusing to overwrite an existing file", where=str(out), hint="pass force=True (--force)")
+        raise InputError("refusing to overwrite an existing file", where=str(out),
+                         hint="pass force=True (--force)")
     inv = synthesize_inventory(config, engine=layout, source=str(out), nextn=nextn)
     tok = _tokenizer_kv(tokenizer_from)
     vocab = len(dict(tok)["tokenizer.ggml.tokens"].value)
     if inv.hparams.get("vocab_size") != vocab:
-        raise InputError(f"the config's vocab_size must be {vocab} (the tokenizer written)", where="config.vocab_size",
+        raise InputError(f"the config's vocab_size must be {vocab} (the tokenizer written)",
+                         where="config.vocab_size",
                          hint=f"set vocab_size = {vocab}")  # fmt: skip
     kv: list[tuple[str, GGUFValue]] = [
         ("general.architecture", GGUFValue.of(inv.arch, STR)),

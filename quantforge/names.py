@@ -215,7 +215,8 @@ def find_variant_output(folder: Path, variant: str, *, stem: str | None = None) 
     return hits[0] if hits else None
 
 
-def built_outputs(recipe: Recipe, variants: list[str], *, out_dir: Path | None = None) -> list[tuple[str, Path]]:
+def built_outputs(recipe: Recipe, variants: list[str], *,
+                  out_dir: Path | None = None) -> list[tuple[str, Path]]:
     """(variant, built GGUF) of each named variant of ``recipe`` in ``out_dir`` (default: the recipe's
     folder), as ``quantforge build`` named them; InputError naming the command for one not built."""
     folder = out_dir if out_dir is not None else (Path(recipe.path).parent if recipe.path else Path.cwd())

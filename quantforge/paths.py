@@ -116,7 +116,8 @@ def check_relative(path: str, *, field: str, where: str | None = None,
 
 
 def resolved(path: str | os.PathLike[str]) -> Path:
-    """``path`` with its symlinks resolved; a symlink loop (which ``resolve`` cannot follow) stays absolute."""
+    """``path`` with its symlinks resolved; a symlink loop (which ``resolve`` cannot follow) stays
+    absolute."""
     try:
         return Path(path).resolve()
     except (RuntimeError, OSError):
@@ -130,7 +131,8 @@ def is_within(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> boo
 
 
 def confined(root: str | os.PathLike[str], relative: str, *, what: str = "the output folder") -> Path:
-    """``root / relative`` resolved, refusing anything that escapes ``root`` (``..``, absolute paths, links)."""
+    """``root / relative`` resolved, refusing anything that escapes ``root`` (``..``, absolute paths,
+    links)."""
     root_r = resolved(root)
     try:
         candidate = (root_r / relative).resolve()
@@ -184,8 +186,10 @@ def refuse_overlap(output: str | os.PathLike[str], inputs: Iterable[tuple[str, s
 
 
 def refuse_input_as_output(output: str | os.PathLike[str],
-                           inputs: Iterable[tuple[str, str | os.PathLike[str]]], *, field: str, hint: str) -> None:
-    """``InputError`` when the output *file* ``output`` would be one of the ``inputs`` (same path or inode)."""
+                           inputs: Iterable[tuple[str, str | os.PathLike[str]]], *, field: str,
+                           hint: str) -> None:
+    """``InputError`` when the output *file* ``output`` would be one of the ``inputs`` (same path or
+    inode)."""
     for what, path in inputs:
         if same_file(output, path):
             link = "" if resolved(output) == resolved(path) else f" (a hard link of {path})"
@@ -223,20 +227,25 @@ def os_error(exc: OSError, path: str | os.PathLike[str], *, what: str = "file", 
     if code == errno.ENOENT:
         return error(f"{_file(what)} not found", where=where, hint="check the path")
     if code in (errno.EACCES, errno.EPERM):
-        return error(f"cannot {action} the {what}: permission denied", where=where, hint="check the permissions")
+        return error(f"cannot {action} the {what}: permission denied", where=where,
+                     hint="check the permissions")
     if code == errno.ELOOP:
-        return error(f"the {what} path is a symlink loop", where=where, hint="fix or remove the symbolic link")
+        return error(f"the {what} path is a symlink loop", where=where,
+                     hint="fix or remove the symbolic link")
     if code == errno.EISDIR:
-        return error(f"is a folder, not a {_file(what)}", where=where, hint=f"give the path of a {_file(what)}")
+        return error(f"is a folder, not a {_file(what)}", where=where,
+                     hint=f"give the path of a {_file(what)}")
     if code == errno.ENOTDIR:
         return error(f"a part of the {what} path is a file, not a folder", where=where, hint="check the path")
     if code == errno.ENAMETOOLONG:
-        return error(f"the {what} name is too long for the file system", where=where, hint="use a shorter name")
+        return error(f"the {what} name is too long for the file system", where=where,
+                     hint="use a shorter name")
     if code == errno.EROFS:
         return error(f"cannot {action} the {what}: read-only file system", where=where,
                      hint="choose a writable folder")
     if code == errno.ENXIO:
-        return error(f"the {what} is a socket or device without a reader", where=where, hint="give a regular file")
+        return error(f"the {what} is a socket or device without a reader", where=where,
+                     hint="give a regular file")
     if code in (errno.ENOSPC, errno.EDQUOT):
         return FileSystemError(f"no space left on the device while writing the {what}", where=where,
                                hint="free some space, then run the same command again")
@@ -262,7 +271,8 @@ def check_input_file(path: str | os.PathLike[str], *, what: str = "file",
     return p
 
 
-def open_input(path: str | os.PathLike[str], *, what: str = "file", error: InputErrorType = InputError) -> BinaryIO:
+def open_input(path: str | os.PathLike[str], *, what: str = "file",
+               error: InputErrorType = InputError) -> BinaryIO:
     """Open a regular file for reading without ever blocking on it.
 
     ``O_NONBLOCK`` makes opening a FIFO return at once instead of waiting for a writer; the

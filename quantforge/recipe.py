@@ -54,11 +54,13 @@ class RuleSpec(BaseModel):
     type: str = Field(description="Quant type, any case; normalised to the engine's ggml spelling.")
     layers: str | None = Field(
         default=None,
-        description='Layer range such as "3-60" or "0-2,61"; the match is then anchored right after "blk.N.".',
+        description='Layer range such as "3-60" or "0-2,61"; the match is then anchored right after '
+                    '"blk.N.".',
     )
     place: Place | None = Field(default=None, description="Where the tensor should live at run time.")
     repack: bool | None = Field(
-        default=None, description="ik only: use the _r4/_r8 twin of the type (overrides the variant's repack_cpu)."
+        default=None,
+        description="ik only: use the _r4/_r8 twin of the type (overrides the variant's repack_cpu)."
     )
     comment: str | None = None
 
@@ -66,13 +68,16 @@ class RuleSpec(BaseModel):
 class ModelSection(BaseModel):
     model_config = _FROZEN
     id: str | None = Field(default=None, description="Shipped offline inventory or Hugging Face model id.")
-    base: str | None = Field(default=None, description="Base GGUF: a local path (relative to the recipe) or hf://org/repo/file.gguf.")
+    base: str | None = Field(default=None,
+                             description="Base GGUF: a local path (relative to the recipe) or "
+                                         "hf://org/repo/file.gguf.")
     engine: Engine = Field(default="ik", description="ik (ik_llama.cpp) or mainline (llama.cpp).")
     layout: Layout | None = Field(
         default=None,
         description=(
             "Converter layout of the model to plan (DeepSeek/Kimi MLA: ik keeps attn_kv_b, mainline has 3-D "
-            "attn_k_b/attn_v_b, legacy has attn_kv_b only). Default: what the base GGUF has, else the engine's "
+            "attn_k_b/attn_v_b, legacy has attn_kv_b only). Default: what the base GGUF has, else the "
+            "engine's "
             "usual layout."
         ),
     )
@@ -95,8 +100,10 @@ class ModelSection(BaseModel):
 
 class ImatrixSection(BaseModel):
     model_config = _FROZEN
-    file: str | None = Field(default=None, description="Existing imatrix (legacy .dat or GGUF), path or hf://.")
-    corpus: str | None = Field(default=None, description="Calibration text used to compute one with llama-imatrix.")
+    file: str | None = Field(default=None,
+                             description="Existing imatrix (legacy .dat or GGUF), path or hf://.")
+    corpus: str | None = Field(default=None,
+                               description="Calibration text used to compute one with llama-imatrix.")
     chunks: int | None = Field(default=None, gt=0)
     ctx: int | None = Field(default=None, gt=0)
 
@@ -107,10 +114,12 @@ class QuantSection(BaseModel):
     ftype: str | None = Field(default=None, description="llama-quantize's base type argument, e.g. IQ2_K_R4.")
     default: str | None = Field(
         default=None,
-        description='Type for every quantizable tensor that no rule matches, or "mixture" for the ftype\'s own mixture.',
+        description='Type for every quantizable tensor that no rule matches, or "mixture" for the ftype\'s '
+                    'own mixture.',
     )
     extends: str | None = Field(default=None, description="Name of a variant whose rules follow this one's.")
-    repack_cpu: bool | None = Field(default=None, description="ik: cpu-placed rule types become their _r4/_r8 twin.")
+    repack_cpu: bool | None = Field(default=None,
+                                    description="ik: cpu-placed rule types become their _r4/_r8 twin.")
     description: str | None = None
     rules: list[RuleSpec] = Field(default_factory=list)
 
@@ -127,26 +136,34 @@ class SensitivitySection(BaseModel):
 
     model_config = _FROZEN
     base: str | None = Field(
-        default=None, description="Variant every tensor outside the measured group stays at (default: --quant)."
+        default=None,
+        description="Variant every tensor outside the measured group stays at (default: --quant)."
     )
     kinds: list[str] | None = Field(
         default=None,
-        description='Tensor kinds to measure, as named after "blk.N." ("attn_q", "ffn_down_exps") or "token_embd"/'
+        description='Tensor kinds to measure, as named after "blk.N." ("attn_q", "ffn_down_exps") or '
+                    '"token_embd"/'
         '"output" (default: every quantized kind of the model).',
     )
-    buckets: int | None = Field(default=None, gt=0, description="Layer buckets per kind, equal split (default 3).")
+    buckets: int | None = Field(default=None, gt=0,
+                                description="Layer buckets per kind, equal split (default 3).")
     layers: list[str] | None = Field(
-        default=None, description='Explicit layer buckets, e.g. ["0-9", "10-19", "20-29"] (overrides buckets).'
+        default=None,
+        description='Explicit layer buckets, e.g. ["0-9", "10-19", "20-29"] (overrides buckets).'
     )
     types: list[str] | None = Field(
-        default=None, description="Candidate types for every kind (default: two below and one above the base)."
+        default=None,
+        description="Candidate types for every kind (default: two below and one above the base)."
     )
     kind_types: dict[str, list[str]] = Field(
-        default_factory=dict, description="Candidate types of one kind, overriding types: { ffn_down = [...] }."
+        default_factory=dict,
+        description="Candidate types of one kind, overriding types: { ffn_down = [...] }."
     )
     corpus: str | None = Field(default=None, description="Evaluation text (default: [eval] corpus).")
-    ctx: int | None = Field(default=None, gt=0, description="Context of each chunk (default: [eval] ctx, else 512).")
-    chunks: int | None = Field(default=None, gt=0, description="Chunks to score (default: [eval] chunks, else 8).")
+    ctx: int | None = Field(default=None, gt=0,
+                            description="Context of each chunk (default: [eval] ctx, else 512).")
+    chunks: int | None = Field(default=None, gt=0,
+                               description="Chunks to score (default: [eval] chunks, else 8).")
     engine: Literal["bundled", "ik", "mainline"] | None = Field(
         default=None, description="Evaluator: the bundled one, or llama-perplexity of ik or mainline."
     )
@@ -165,7 +182,8 @@ class PublishSection(BaseModel):
     quantized_by: str | None = None
     pipeline_tag: str | None = None
     tags: list[str] = Field(default_factory=list)
-    targets: list[str] = Field(default_factory=list, description="Hardware targets shown in the card's fit table.")
+    targets: list[str] = Field(default_factory=list,
+                               description="Hardware targets shown in the card's fit table.")
     ctx: int | None = Field(default=None, gt=0, description="Context used for the card's fit table.")
 
 
@@ -385,7 +403,8 @@ def parse_recipe(text: str, *, path: str | None = None) -> Recipe:
     except ValidationError as exc:
         raise _validation_error(exc, label, locate) from None
     except RecursionError:
-        raise RecipeError("values nested too deeply", where=label, hint="see `quantforge recipe schema`") from None
+        raise RecipeError("values nested too deeply", where=label,
+                          hint="see `quantforge recipe schema`") from None
     return _resolve(spec, text=text, path=path, label=label, locate=locate)
 
 
@@ -403,7 +422,8 @@ def _validation_error(exc: ValidationError, label: str, locate: _Locator) -> Rec
         key = str(loc[-1])
         near = difflib.get_close_matches(key, list(parent.model_fields), n=1) if parent else []
         msg = f"unknown key {key!r}"
-        hint = f"did you mean {near[0]!r}?" if near else (f"valid keys: {', '.join(parent.model_fields)}" if parent else None)
+        hint = f"did you mean {near[0]!r}?" if near else (f"valid keys: {', '.join(parent.model_fields)}"
+                                                          if parent else None)
     elif err["type"] == "missing":
         msg = f"required field {str(loc[-1])!r} is missing"
         hint = "add it"
@@ -558,7 +578,8 @@ def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locat
     """
     if spec.model.id is None and spec.model.base is None:
         raise RecipeError(
-            "the [model] section needs `id` (a shipped inventory or HF id) or `base` (a GGUF path or hf:// URL)",
+            "the [model] section needs `id` (a shipped inventory or HF id) or `base` (a GGUF path or "
+            "hf:// URL)",
             where=f"{label}:{locate.line_of(('model',)) or 1} model",
             hint='add e.g. id = "deepseek-ai/DeepSeek-R1-0528"',
         )
@@ -646,7 +667,8 @@ def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locat
             j = parent[j]
         for m in reversed(todo):
             pm = parent[m]
-            lists[(m, repack_cpu)] = own_rules(m, repack_cpu) + (lists[(pm, repack_cpu)] if pm is not None else ())
+            lists[(m, repack_cpu)] = own_rules(m, repack_cpu) + (lists[(pm, repack_cpu)] if pm is not None
+                                                                 else ())
         return lists[(k, repack_cpu)]
 
     variants: list[QuantVariant] = []
@@ -669,14 +691,16 @@ def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locat
                     hint='add e.g. ftype = "Q4_K_M" (the mixture is the ftype\'s)',
                 )
         else:
-            default_t = _type(cat, default, f"{label}:{locate.line_of(('quant', i, 'default'))} quant[{i}].default")
+            default_t = _type(cat, default,
+                              f"{label}:{locate.line_of(('quant', i, 'default'))} quant[{i}].default")
         if ftype is None:
             ftype = default_t.upper()
         try:
             ft = lookup_ftype(engine, ftype)
         except RecipeError as exc:
             raise RecipeError(
-                exc.message, where=f"{label}:{locate.line_of(('quant', i, 'ftype'))} quant[{i}].ftype", hint=exc.hint
+                exc.message, where=f"{label}:{locate.line_of(('quant', i, 'ftype'))} quant[{i}].ftype",
+                hint=exc.hint
             ) from None
         # Built from validated parts: construct without revalidating every inherited rule again.
         variants.append(
@@ -727,7 +751,8 @@ def _rule(cat: Any, r: RuleSpec, *, engine: Engine, repack_cpu: bool, where: str
         else:
             check_engine_regex(pattern)
     except RegexError as exc:
-        raise RecipeError(f"bad match regex {r.match!r}: {exc}", where=f"{where}.match", hint="fix the regex") from None
+        raise RecipeError(f"bad match regex {r.match!r}: {exc}", where=f"{where}.match",
+                          hint="fix the regex") from None
     effective = declared
     want_repack = r.repack if r.repack is not None else (repack_cpu and r.place == "cpu")
     if want_repack:
@@ -740,7 +765,8 @@ def _rule(cat: Any, r: RuleSpec, *, engine: Engine, repack_cpu: bool, where: str
         twin = cat.repacked_twin(declared)
         if twin is None and r.repack:
             raise RecipeError(
-                f"{declared} has no row-interleaved twin", where=f"{where}.repack", hint="drop repack for this rule"
+                f"{declared} has no row-interleaved twin", where=f"{where}.repack",
+                hint="drop repack for this rule"
             )
         effective = twin or declared
     return Rule.model_construct(

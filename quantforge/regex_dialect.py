@@ -270,7 +270,8 @@ class _Parser:
             self.pos += width
             value = int(digits, 16)
             if value > 127:
-                raise self.fail(f"\\{c}{digits} is not ASCII: std::regex matches bytes, Python characters", at)
+                raise self.fail(f"\\{c}{digits} is not ASCII: std::regex matches bytes, Python characters",
+                                at)
             if value == 0:
                 raise self.fail("NUL (\\x00) never occurs in a tensor name", at)
             return value
@@ -308,10 +309,13 @@ class _Parser:
                 self.pos += 1
                 break
             if c == "[" and text[self.pos + 1 : self.pos + 2] in (":", ".", "="):
-                kind = {":": "a POSIX character class", ".": "a collating symbol", "=": "an equivalence class"}[
+                kind = {":": "a POSIX character class", ".": "a collating symbol",
+                        "=": "an equivalence class"}[
                     text[self.pos + 1]]
-                raise self.fail(f"'[{text[self.pos + 1]}' starts {kind} in std::regex but is a plain set member "
-                                "in Python re; write the characters, e.g. [A-Za-z] for [[:alpha:]], [0-9] for "
+                raise self.fail(f"'[{text[self.pos + 1]}' starts {kind} in std::regex but is a plain "
+                                "set member "
+                                "in Python re; write the characters, e.g. [A-Za-z] for [[:alpha:]], "
+                                "[0-9] for "
                                 "[[:digit:]]", at)
             if c == "-":
                 last = self.pos + 1 < n and text[self.pos + 1] == "]"
@@ -327,7 +331,8 @@ class _Parser:
                 self.pos += 1
                 end = self.bracket_char(range_end=True)
                 if end is None:
-                    raise self.fail("a range needs a single character at both ends; write \\- for a literal dash",
+                    raise self.fail("a range needs a single character at both ends; write \\- for a "
+                                    "literal dash",
                                     at)
                 if end < prev:
                     raise self.fail(f"range {chr(prev)}-{chr(end)} runs backwards", at)
@@ -340,7 +345,8 @@ class _Parser:
             if c == "\\" and self.pos + 1 < n and text[self.pos + 1] in "dwsDWS":
                 e = text[self.pos + 1]
                 if e.isupper():
-                    raise self.fail(f"\\{e} inside brackets is handled differently by libstdc++'s std::regex; "
+                    raise self.fail(f"\\{e} inside brackets is handled differently by libstdc++'s "
+                                    "std::regex; "
                                     f"write a negated set such as [^0-9] for [\\D]", at)
                 self.pos += 2
                 chars |= _mask(_CLASS_ESCAPES[e])
@@ -374,7 +380,8 @@ class _Parser:
                 raise self.fail("\\b inside brackets is a backspace; it never occurs in a tensor name", at)
             return self.char_escape(e, at, in_bracket=True)
         if c == "-" and range_end:
-            raise self.fail("a range ending in '-' reads differently in the engines; write \\- for a literal dash",
+            raise self.fail("a range ending in '-' reads differently in the engines; write \\- for a "
+                            "literal dash",
                             at)
         if c == "[" and text[self.pos + 1 : self.pos + 2] in (":", ".", "="):
             raise self.fail("POSIX bracket expressions ([:…:], [.….], [=…=]) differ between the engines", at)
@@ -422,7 +429,8 @@ def _escape_reason(c: str) -> str:
         "G": r"\G is an escape in neither engine",
         "k": r"\k<…> named back-references are not supported",
     }
-    return known.get(c, f"\\{c} is not an escape std::regex and Python read the same way (std::regex reads the "
+    return known.get(c, f"\\{c} is not an escape std::regex and Python read the same way (std::regex "
+                        "reads the "
                         f"letter {c}, Python refuses it); write {c} or [{c}]")
 
 
@@ -502,7 +510,8 @@ def _cost_alts(alts: Tree) -> _Cost:
 
 def _concat(a: _Cost, b: _Cost) -> _Cost:
     """The cost of ``a`` followed by ``b`` (what ``_cost_seq`` folds over a sequence)."""
-    return _Cost(min(_CAP, a.paths * b.paths), min(_CAP, a.work + a.paths * b.work), min(NAME_MAX + 1, a.wmin + b.wmin),
+    return _Cost(min(_CAP, a.paths * b.paths), min(_CAP, a.work + a.paths * b.work), min(NAME_MAX + 1,
+                                                                                         a.wmin + b.wmin),
                  min(NAME_MAX + 1, a.wmax + b.wmax), a.first | b.first if a.nullable else a.first,
                  a.nullable and b.nullable, a.states + b.states, a.unbounded or b.unbounded)
 
@@ -648,11 +657,13 @@ def parse(pattern: str) -> Tree:
 
 def _bound(cost: _Cost) -> None:
     if cost.states > MAX_STATES:
-        raise RegexError(f"std::regex would build an automaton of about {cost.states} states (repeat counts copy "
+        raise RegexError(f"std::regex would build an automaton of about {cost.states} states (repeat "
+                         "counts copy "
                          f"their expression; at most {MAX_STATES} are accepted); use smaller counts")
     if cost.work > MAX_WORK:
         raise RegexError(
-            "ambiguous repetition (like (.|..)*, (.?){30}, (a|[a-z])* or many .* in a row) can backtrack for hours "
+            "ambiguous repetition (like (.|..)*, (.?){30}, (a|[a-z])* or many .* in a row) can backtrack "
+            "for hours "
             "on a tensor name in the engines' std::regex, which tries every alternative at every character "
             "(Python's re merges some and looks fast); simplify the regex"
         )
@@ -669,7 +680,8 @@ def analyse(pattern: str) -> tuple[Tree, float, int]:
 
 @functools.lru_cache(maxsize=8192)
 def check(pattern: str) -> EngineRegex:
-    """The checked pattern (cached), or ``RegexError`` saying why the engines cannot use it as Python would."""
+    """The checked pattern (cached), or ``RegexError`` saying why the engines cannot use it as Python
+    would."""
     tree = parse(pattern)
     costs = tuple(_cost_seq(seq) for seq in tree)
     cost = _alts_cost(list(costs))

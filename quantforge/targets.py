@@ -149,7 +149,8 @@ class HardwareTarget(BaseModel):
             if isinstance(g, dict) and int(g.get("count", 1) or 1) > 1:
                 if int(g["count"]) > _MAX_GPUS:
                     # Expanding an absurd count would allocate one entry per GPU (MemoryError).
-                    raise ValueError(f"gpu.count {g['count']} is impossible (at most {_MAX_GPUS} GPUs in one machine)")
+                    raise ValueError(f"gpu.count {g['count']} is impossible (at most {_MAX_GPUS} GPUs in "
+                                     "one machine)")
                 out += [{**g, "count": 1}] * int(g["count"])
             else:
                 out.append(g)
@@ -266,7 +267,8 @@ def _cpuinfo() -> tuple[str, int, int, tuple[str, ...]]:
             core = val
             cores.add((phys, core))
     n_cores = len(cores) or (os.cpu_count() or 1)
-    isa: list[str] = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "neon") if f in flags]
+    isa: list[str] = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
+                                  "neon") if f in flags]
     isa = ["avx512" if f == "avx512f" else f for f in isa]
     if "avx512" in isa and "avx512_bf16" in isa and "AMD" in name.upper():
         isa.append("zen4")

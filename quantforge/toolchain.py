@@ -155,7 +155,8 @@ def _answer(cmd: list[str], *, timeout: float = 30.0) -> str:
 
 
 def identify_quantize(path: str | os.PathLike[str]) -> _Ident:
-    """(engine, build number, commit, compiler, has --dry-run, ftypes, rule flag, release) of a ``llama-quantize``."""
+    """(engine, build number, commit, compiler, has --dry-run, ftypes, rule flag, release) of a
+    ``llama-quantize``."""
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_size, int(st.st_mtime_ns))
@@ -174,7 +175,8 @@ def identify_quantize(path: str | os.PathLike[str]) -> _Ident:
         flag = "--tensor-type"
     else:
         raise ToolError(
-            f"{p} is not an llama-quantize this version understands (no --custom-q or --tensor-type in --help)",
+            f"{p} is not an llama-quantize this version understands (no --custom-q or --tensor-type "
+            "in --help)",
             where=str(p),
             hint="use a recent ik_llama.cpp or llama.cpp build",
         )
@@ -357,7 +359,8 @@ def find_toolchain(
                 raise ToolError(
                     f"{q} is {TOOLCHAIN_LABEL[tc.engine]}, but the recipe needs {TOOLCHAIN_LABEL[engine]}",
                     where=source,
-                    hint=f'use a {TOOLCHAIN_LABEL[engine]} build, or set engine = "{tc.engine}" in the recipe',
+                    hint=f'use a {TOOLCHAIN_LABEL[engine]} build, or set engine = "{tc.engine}" in '
+                         'the recipe',
                 )
             tried.append(f"{source} {d} (is {tc.engine})")
             continue

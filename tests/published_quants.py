@@ -61,7 +61,8 @@ class Row:
 
 def _thireus_rows() -> list[Row]:
     files = sorted(THIREUS_DIR.glob("*/*.recipe"))
-    files.append(DATA / "dialects" / "DeepSeek-R1-0528.THIREUS-3.1023bpw-3.3467ppl.242GB-GGUF_11GB-GPU_230GB-CPU.569b7f6_eba5f00.recipe")
+    name = "DeepSeek-R1-0528.THIREUS-3.1023bpw-3.3467ppl.242GB-GGUF_11GB-GPU_230GB-CPU.569b7f6_eba5f00.recipe"
+    files.append(DATA / "dialects" / name)
     rows = []
     for f in files:
         folder = "ik_harmonized_recipes" if f.parent.name == "dialects" else f.parent.name
@@ -86,14 +87,17 @@ def _thireus_rows() -> list[Row]:
 
 def _bartowski_rows() -> list[Row]:
     rows = []
-    v3 = {"Q8_0": 713.29, "Q6_K": 550.80, "Q5_K_M": 475.40, "Q5_K_S": 461.81, "Q4_1": 419.94, "Q4_K_M": 404.43}
+    v3 = {"Q8_0": 713.29, "Q6_K": 550.80, "Q5_K_M": 475.40, "Q5_K_S": 461.81, "Q4_1": 419.94,
+          "Q4_K_M": 404.43}
     for ft, gb in v3.items():
-        rows.append(Row(f"bartowski DeepSeek-V3-0324 {ft}", BARTOWSKI_V3, f"`{ft}` mixture, imatrix, llama.cpp b4944",
+        rows.append(Row(f"bartowski DeepSeek-V3-0324 {ft}", BARTOWSKI_V3,
+                        f"`{ft}` mixture, imatrix, llama.cpp b4944",
                         "mainline b4944", f"{gb:.2f} GB", "file_gb", gb,
                         ("mixture", "deepseek-ai/DeepSeek-V3-0324", "legacy", "b4944", ft)))  # fmt: skip
     r1 = {"Q8_0": 713.29, "Q6_K": 552.45, "Q5_K_M": 478.34, "Q5_K_S": 463.03, "Q4_1": 421.04}
     for ft, gb in r1.items():
-        rows.append(Row(f"bartowski DeepSeek-R1-0528 {ft}", BARTOWSKI_R1, f"`{ft}` mixture, imatrix, llama.cpp b5524",
+        rows.append(Row(f"bartowski DeepSeek-R1-0528 {ft}", BARTOWSKI_R1,
+                        f"`{ft}` mixture, imatrix, llama.cpp b5524",
                         "mainline b5524", f"{gb:.2f} GB", "file_gb", gb,
                         ("mixture", "deepseek-ai/DeepSeek-R1-0528", "mainline", "b5524", ft),
                         None if ft == "Q8_0" else _R1_BUILD_REASON))  # fmt: skip
@@ -102,8 +106,10 @@ def _bartowski_rows() -> list[Row]:
 
 ROWS: list[Row] = [
     *_thireus_rows(),
-    Row("lmganon123 DeepSeek-V3-0324 IQ2_XXS", "https://huggingface.co/lmganon123/DeepSeek-V3-0324_IK_GGUF_Q2",
-        "`custom=` rules (ubergarm's recipe), tests/data/dialects", "ik", "169.590 GiB (2.168 BPW)", "tensor_gib",
+    Row("lmganon123 DeepSeek-V3-0324 IQ2_XXS",
+        "https://huggingface.co/lmganon123/DeepSeek-V3-0324_IK_GGUF_Q2",
+        "`custom=` rules (ubergarm's recipe), tests/data/dialects", "ik", "169.590 GiB (2.168 BPW)",
+        "tensor_gib",
         169.590, ("dialect", str(DATA / "dialects" / "lmganon123-DeepSeek-V3-0324-IQ2_XXS.custom-q.sh"),
                   "deepseek-ai/DeepSeek-V3-0324", "ik", None)),
     Row("sokann DeepSeek-V3-0324 IQ1_S_R4", "https://huggingface.co/sokann/DeepSeek-V3-0324-GGUF",
@@ -131,7 +137,8 @@ def plan_of(spec: tuple[Any, ...]) -> Any:
             f'[[quant]]\nname = "v"\nftype = "{ft}"\ndefault = "mixture"\n')  # fmt: skip
     inv = load_inventory(model, layout=layout)
     # bartowski quantizes with an importance matrix: its KVs are part of the header.
-    imatrix = ImatrixMeta(path="imatrix.dat", entries=tuple(t.name for t in inv.tensors), chunks=125, dataset="x")
+    imatrix = ImatrixMeta(path="imatrix.dat", entries=tuple(t.name for t in inv.tensors), chunks=125,
+                          dataset="x")
     return expand(parse_recipe(text, path="mixture.toml"), None, inv, imatrix=imatrix)
 
 
@@ -191,7 +198,8 @@ def render(results: list[Result]) -> str:
             verdict = f"differs: {r.error}"
         else:
             verdict = "match" if r.within else "differs"
-        lines.append(f"| {i} | [{r.row.quant}]({r.row.url}) | {r.row.recipe} | {r.row.engine} | {r.row.published} | "
+        lines.append(f"| {i} | [{r.row.quant}]({r.row.url}) | {r.row.recipe} | {r.row.engine} | "
+                     f"{r.row.published} | "
                      f"{pred} | {delta} | {verdict} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 

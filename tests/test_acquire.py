@@ -32,7 +32,8 @@ KEPT = 2 * 10 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def split_set(tmp_path_factory: pytest.TempPathFactory, smol_q4_1: Path, mainline_bin_dir: Path) -> list[Path]:
+def split_set(tmp_path_factory: pytest.TempPathFactory, smol_q4_1: Path,
+              mainline_bin_dir: Path) -> list[Path]:
     d = tmp_path_factory.mktemp("split")
     proc = subprocess.run(
         [str(mainline_bin_dir / "llama-gguf-split"), "--split", "--split-max-size", "40M", str(smol_q4_1),
@@ -68,7 +69,8 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, split_set: list[Path]) 
 
 def _gets(hub: HubStandIn) -> list[tuple[str, str | None]]:
     _settle(hub)
-    return [(r.path.rsplit("/", 1)[-1], r.range) for r in hub.requests if r.method == "GET" and "/resolve/" in r.path]
+    return [(r.path.rsplit("/", 1)[-1],
+             r.range) for r in hub.requests if r.method == "GET" and "/resolve/" in r.path]
 
 
 def _settle(hub: HubStandIn) -> None:
@@ -77,7 +79,8 @@ def _settle(hub: HubStandIn) -> None:
 
 
 def _check_cached(path: Path, split_set: list[Path], tmp_path: Path) -> None:
-    snap = tmp_path / "hf-home" / "hub" / "models--qf-test--SmolLM2-135M-split" / "snapshots" / ("c0ffee" + "0" * 34)
+    repo = tmp_path / "hf-home" / "hub" / "models--qf-test--SmolLM2-135M-split"
+    snap = repo / "snapshots" / ("c0ffee" + "0" * 34)
     assert path == snap / SHARD1
     for s in split_set:
         assert sha256_file(snap / s.name) == sha256_file(s)
@@ -142,7 +145,8 @@ def test_network_error_fails_in_one_line_and_the_rerun_resumes(hub: HubStandIn, 
     assert hub.download_bytes_sent + KEPT == sum(s.stat().st_size for s in split_set)
 
 
-def test_offline_uses_the_cache_and_the_cli_builds_the_base(hub: HubStandIn, split_set: list[Path], tmp_path: Path,
+def test_offline_uses_the_cache_and_the_cli_builds_the_base(hub: HubStandIn, split_set: list[Path],
+                                                            tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     from huggingface_hub import constants
@@ -163,7 +167,8 @@ def test_offline_uses_the_cache_and_the_cli_builds_the_base(hub: HubStandIn, spl
     assert hub.requests == []
 
 
-def test_offline_without_the_files_is_one_line(hub: HubStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_offline_without_the_files_is_one_line(hub: HubStandIn, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from huggingface_hub import constants
 
@@ -172,7 +177,8 @@ def test_offline_without_the_files_is_one_line(hub: HubStandIn, tmp_path: Path, 
     assert main(["base", str(out), "--from", URL]) == 2
     err = capsys.readouterr().err
     cache = tmp_path / "hf-home" / "hub"
-    assert err == (f"quantforge: error: {URL}: offline mode is on (HF_HUB_OFFLINE=1) and the file is not in the "
+    assert err == (f"quantforge: error: {URL}: offline mode is on (HF_HUB_OFFLINE=1) and the file is "
+                   "not in the "
                    f"cache {cache} (unset HF_HUB_OFFLINE to download it, or give a local path)\n")
     assert hub.requests == [] and not out.exists()
 
@@ -186,5 +192,6 @@ def test_missing_file_and_repo_are_input_errors(hub: HubStandIn, capsys: pytest.
         "(check the path; `hf download REPO --dry-run` lists the files)\n")
     assert main(["base", str(out), "--from", "hf://qf-test/missing/x.gguf"]) == 2
     line = capsys.readouterr().err
-    assert line.startswith("quantforge: error: hf://qf-test/missing/x.gguf: repository not found or not readable")
+    assert line.startswith("quantforge: error: hf://qf-test/missing/x.gguf: repository not found or not "
+                           "readable")
     assert line.count("\n") == 1

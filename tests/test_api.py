@@ -36,7 +36,8 @@ def test_every_public_name_resolves_to_its_stage() -> None:
 def test_import_quantforge_is_cheap_and_names_load_on_first_use() -> None:
     code = (
         "import sys, quantforge\n"
-        "heavy = [m for m in ('quantforge.plan', 'quantforge.recipe', 'pydantic', 'numpy') if m in sys.modules]\n"
+        "heavy = [m for m in ('quantforge.plan', 'quantforge.recipe', 'pydantic', 'numpy') if m in "
+        "sys.modules]\n"
         "assert not heavy, heavy\n"
         "e = quantforge.expand\n"
         "assert e.__module__ == 'quantforge.plan' and 'quantforge.plan' in sys.modules\n"
@@ -54,6 +55,7 @@ def test_cli_import_leaves_stage_modules_numpy_and_pydantic_alone() -> None:
         m
         for m in loaded
         if m.split(".")[0] in ("numpy", "pydantic", "scipy", "matplotlib", "huggingface_hub", "gguf", "tqdm")
-        or m.startswith(("quantforge.plan", "quantforge.fit", "quantforge.recipe", "quantforge.build", "quantforge.evaluate"))
+        or m.startswith(("quantforge.plan", "quantforge.fit", "quantforge.recipe", "quantforge.build",
+                         "quantforge.evaluate"))
     )
     assert heavy == []

@@ -66,14 +66,16 @@ CONFIGS: dict[str, dict[str, object]] = {
                 "num_local_experts": 4, "experts_per_token": 2, "sliding_window": 128,
                 "tie_word_embeddings": False},
     "bailingmoe2": {"architectures": ["BailingMoeV2ForCausalLM"], "hidden_size": 256, "num_hidden_layers": 2,
-                    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 512,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+                    "intermediate_size": 512,
                     "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 128,
                     "num_shared_experts": 1, "first_k_dense_replace": 1, "num_nextn_predict_layers": 1,
                     "partial_rotary_factor": 0.5, "routed_scaling_factor": 2.5, "norm_topk_prob": True,
                     "n_group": 2, "topk_group": 1},
     "qwen3next": {"architectures": ["Qwen3NextForCausalLM"], "hidden_size": 256, "num_hidden_layers": 4,
                   "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "num_experts": 8,
-                  "num_experts_per_tok": 2, "moe_intermediate_size": 128, "shared_expert_intermediate_size": 128,
+                  "num_experts_per_tok": 2, "moe_intermediate_size": 128,
+                  "shared_expert_intermediate_size": 128,
                   "full_attention_interval": 4, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
                   "linear_key_head_dim": 64, "linear_value_head_dim": 64, "linear_conv_kernel_dim": 4,
                   "partial_rotary_factor": 0.25},
@@ -108,17 +110,20 @@ def _miniature(arch: str, variant: str | None) -> Path:
 
 def _mainline_load(bin_dir: Path, path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(bin_dir / "llama-bench"), "-m", str(path), "-p", "8", "-n", "1", "-r", "1", "-t", "2", "-o", "csv"],
+        [str(bin_dir / "llama-bench"), "-m", str(path), "-p", "8", "-n", "1", "-r", "1", "-t", "2", "-o",
+         "csv"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
 
-_IK_LOAD = "import sys\nfrom ik_llama_cpp._internals import IkModel\nprint('loaded', IkModel(sys.argv[1]).desc)\n"
+_IK_LOAD = ("import sys\nfrom ik_llama_cpp._internals import IkModel\nprint('loaded', "
+            "IkModel(sys.argv[1]).desc)\n")
 
 
 def _ik_load(path: Path) -> subprocess.CompletedProcess[str]:
     # A child process: a loader that aborts must not take the test run with it.
-    return subprocess.run([sys.executable, "-c", _IK_LOAD, str(path)], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-c", _IK_LOAD, str(path)], capture_output=True, text=True,
+                          timeout=600)
 
 
 @pytest.mark.parametrize(("arch", "variant"), LOADABLE)
@@ -133,9 +138,13 @@ def test_both_engines_load_the_synthesized_architecture(
     assert ik.returncode == 0 and "loaded " in ik.stdout, ik.stderr[-3000:]
     # The file reads back as the inventory it was written from, layout and NextN variant included.
     inv = load_inventory(path)
-    syn = synthesize_inventory(_config(arch), source="test", engine=variant if variant in ("mainline", "legacy") else "mainline",
-                               nextn=variant if variant in ("full", "shared", "none") else None)  # type: ignore[arg-type]
-    assert [(t.name, t.shape, t.dtype) for t in inv.tensors] == [(t.name, t.shape, t.dtype) for t in syn.tensors]
+    syn = synthesize_inventory(_config(arch), source="test", engine=variant if variant in ("mainline",
+                                                                                           "legacy")
+                                                                                           else "mainline",
+                               nextn=variant if variant in ("full", "shared",
+                                                            "none") else None)  # type: ignore[arg-type]
+    assert [(t.name, t.shape, t.dtype) for t in inv.tensors] == [(t.name, t.shape,
+                                                                  t.dtype) for t in syn.tensors]
     assert inv.arch == detect_arch(_config(arch), source="test") == syn.arch
     if arch == "deepseek2":
         assert detect_layout(inv.arch, [t.name for t in inv.tensors]) == variant
@@ -150,7 +159,8 @@ def test_mainline_refuses_the_ik_deepseek_layout_as_lint_says(mainline_bin_dir: 
     assert "wrong number of tensors" in main.stderr
     ik = _ik_load(path)
     assert ik.returncode == 0, ik.stderr[-3000:]
-    recipe = parse_recipe(f'[model]\nbase = "{path}"\nengine = "mainline"\n[[quant]]\nname = "v"\nftype = "Q8_0"\n'
+    recipe = parse_recipe(f'[model]\nbase = "{path}"\nengine = "mainline"\n[[quant]]\nname = "v"\nftype = '
+                          '"Q8_0"\n'
                           'default = "q8_0"\n', path="ik-on-mainline.toml")  # fmt: skip
     findings = lint(recipe, None, load_inventory(path, engine="mainline"))
     assert [f.code for f in findings if f.severity == "error"] == ["layout"]
@@ -181,14 +191,18 @@ def test_new_architectures_plan_as_llama_quantize_writes(
     base = _miniature(arch, variant)
     cat = catalogue(engine)  # type: ignore[arg-type]
     for ft in fts:
-        text = f'[model]\nbase = "{base}"\nengine = "{engine}"\n[[quant]]\nname = "v"\nftype = "{ft}"\ndefault = "mixture"\n'
-        plan = expand(parse_recipe(text, path=str(tmp_path / "r.toml")), None, load_inventory(base, engine=engine),  # type: ignore[arg-type]
+        text = (f'[model]\nbase = "{base}"\nengine = "{engine}"\n[[quant]]\nname = "v"\nftype = '
+                f'"{ft}"\ndefault = "mixture"\n')
+        plan = expand(parse_recipe(text, path=str(tmp_path / "r.toml")), None,
+                      load_inventory(base, engine=engine),  # type: ignore[arg-type]
                       imatrix=False)  # fmt: skip
         out = tmp_path / f"{ft}.gguf"
-        proc = subprocess.run([str(binary), *extra, str(base), str(out), ft, "2"], capture_output=True, text=True,
+        proc = subprocess.run([str(binary), *extra, str(base), str(out), ft, "2"], capture_output=True,
+                              text=True,
                               timeout=600)  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        written = {t.name: cat.by_id(t.type_id).name for t in read_header(out).tensors}  # type: ignore[union-attr]
+        written = {t.name: cat.by_id(t.type_id).name
+                   for t in read_header(out).tensors}  # type: ignore[union-attr]
         assert written == {t.name: t.type for t in plan.tensors}, ft
         assert out.stat().st_size == plan.file_bytes, ft
         out.unlink()
@@ -200,16 +214,20 @@ def test_gpt_oss_mxfp4_experts_stay_or_lint_says_llama_quantize_refuses(
     base = _miniature("gpt-oss", None)
     inv = load_inventory(base, engine="mainline")
     assert sorted({t.dtype for t in inv.tensors}) == ["bf16", "f32", "mxfp4"]
-    plain = parse_recipe(f'[model]\nbase = "{base}"\nengine = "mainline"\n[[quant]]\nname = "v"\nftype = "Q4_K_M"\n'
+    plain = parse_recipe(f'[model]\nbase = "{base}"\nengine = "mainline"\n[[quant]]\nname = "v"\nftype = '
+                         '"Q4_K_M"\n'
                          'default = "mixture"\n', path=str(tmp_path / "a.toml"))  # fmt: skip
     errors = [f for f in lint(plain, None, inv) if f.severity == "error"]
     assert [(f.code, f.count) for f in errors] == [("requantize", 6)]
-    proc = subprocess.run([str(mainline_bin_dir / "llama-quantize"), str(base), str(tmp_path / "o.gguf"), "Q4_K_M"],
+    proc = subprocess.run([str(mainline_bin_dir / "llama-quantize"), str(base), str(tmp_path / "o.gguf"),
+                           "Q4_K_M"],
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode != 0 and "requantizing from type mxfp4 is disabled" in proc.stdout + proc.stderr
     # ... while MXFP4_MOE (and a rule keeping the experts) plans and builds as it is.
-    for ft, rules in (("MXFP4_MOE", ""), ("Q4_K_M", '[[quant.rules]]\nmatch = "_exps\\\\.weight$"\ntype = "mxfp4"\n')):
-        recipe = parse_recipe(f'[model]\nbase = "{base}"\nengine = "mainline"\n[[quant]]\nname = "v"\nftype = "{ft}"\n'
+    for ft, rules in (("MXFP4_MOE", ""), ("Q4_K_M",
+                                          '[[quant.rules]]\nmatch = "_exps\\\\.weight$"\ntype = "mxfp4"\n')):
+        recipe = parse_recipe(f'[model]\nbase = "{base}"\nengine = "mainline"\n[[quant]]\nname = "v"\nftype '
+                              f'= "{ft}"\n'
                               f'default = "mixture"\n{rules}', path=str(tmp_path / "b.toml"))  # fmt: skip
         assert [f.code for f in lint(recipe, None, inv) if f.severity == "error"] == []
         plan = expand(recipe, None, inv, imatrix=False)
@@ -217,14 +235,16 @@ def test_gpt_oss_mxfp4_experts_stay_or_lint_says_llama_quantize_refuses(
 
 
 def test_glm_nextn_variants_are_selectable_and_cost_what_q8_0_says() -> None:
-    counts = {v: len(shipped_inventory("zai-org/GLM-4.5", nextn=v).tensors) for v in ("full", "shared", "none")}  # type: ignore[arg-type]
+    counts = {v: len(shipped_inventory("zai-org/GLM-4.5", nextn=v).tensors) for v in ("full", "shared",
+                                                                                      "none")}  # type: ignore[arg-type]
     assert counts == {"full": 1761, "shared": 1759, "none": 1736}
     assert len(shipped_inventory("zai-org/GLM-4.6").tensors) == 1759  # as GLM-4.6 BF16s ship
     assert len(shipped_inventory("zai-org/GLM-4.7").tensors) == 1761
     assert len(shipped_inventory("zai-org/GLM-4.6", nextn="full").tensors) == 1761
     sizes = {}
     for v in ("full", "shared"):
-        text = (f'[model]\nid = "zai-org/GLM-4.6"\nnextn = "{v}"\nengine = "ik"\n[[quant]]\nname = "q"\nftype = "Q8_0"\n'
+        text = (f'[model]\nid = "zai-org/GLM-4.6"\nnextn = "{v}"\nengine = "ik"\n[[quant]]\nname = '
+                '"q"\nftype = "Q8_0"\n'
                 'default = "q8_0"\n')  # fmt: skip
         recipe = parse_recipe(text)
         from quantforge.plan import recipe_inventory

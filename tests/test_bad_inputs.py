@@ -83,7 +83,8 @@ def _snapshot(root: Path) -> dict[str, Any]:
     return out
 
 
-def _values(case_dir: Path, smol_f16: Path, smol_imatrix: Path, real_quantize: Path, hub: str) -> dict[str, str]:
+def _values(case_dir: Path, smol_f16: Path, smol_imatrix: Path, real_quantize: Path,
+            hub: str) -> dict[str, str]:
     return {
         "case_dir": str(case_dir),
         "repo": str(REPO),
@@ -149,7 +150,8 @@ def _subprocess(case: Case, argv: list[str], case_dir: Path, env: dict[str, str]
             while not _when(case_dir, case.signal):
                 if proc.poll() is not None or time.monotonic() - t0 > case.timeout:
                     _, err = proc.communicate()
-                    pytest.fail(f"the run ended or hung before the moment to interrupt: {err.decode()[-2000:]}")
+                    pytest.fail("the run ended or hung before the moment to interrupt: "
+                                f"{err.decode()[-2000:]}")
                 time.sleep(0.02)
             time.sleep(float(case.signal.get("after", 0)))
             assert proc.poll() is None, "the run ended before the signal: the case would prove nothing"
@@ -184,7 +186,8 @@ def run_case(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: py
         if "{smol}" in text:
             smol_folder(case_dir / "smol", smol_f16=smol_f16, smol_imatrix=smol_imatrix)
         if "{built}" in text:
-            built_folder(case_dir / "built", smol_f16=smol_f16, smol_imatrix=smol_imatrix, built_gguf=built_iq2)
+            built_folder(case_dir / "built", smol_f16=smol_f16, smol_imatrix=smol_imatrix,
+                         built_gguf=built_iq2)
         sockets = materialise(case, case_dir, values)
         cleanups.extend(s.close for s in sockets)
         env = {"QUANTFORGE_CACHE": str(case_dir / ".cache"), "HOME": str(case_dir / "home"),
@@ -234,7 +237,8 @@ def run_case(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: py
         for rel, what in given.items():
             if any(Path(rel).match(pat) or rel.startswith(pat.rstrip("/") + "/") for pat in allowed):
                 continue
-            assert after.get(rel) == what, f"{case.id}: {rel} was changed or removed ({what} -> {after.get(rel)})"
+            assert after.get(rel) == what, (f"{case.id}: {rel} was changed or removed ({what} -> "
+                                            f"{after.get(rel)})")
         for pat in case.absent:
             assert not glob.glob(str(case_dir / fill(pat, values))), f"{case.id}: {pat} was left behind"
         # nothing written outside the case's folder

@@ -178,9 +178,11 @@ def test_mainline_imatrix_then_quantize_and_split(
     (tmp_path / "calib-small.txt").write_text((ik_fixtures / "corpus.txt").read_text()[:20000])
     recipe = tmp_path / "m.toml"
     recipe.write_text(
-        f'[model]\nbase = "{smol_f16}"\nengine = "mainline"\n\n[imatrix]\ncorpus = "calib-small.txt"\nchunks = 4\nctx = 128\n\n'
+        f'[model]\nbase = "{smol_f16}"\nengine = "mainline"\n\n[imatrix]\ncorpus = '
+        '"calib-small.txt"\nchunks = 4\nctx = 128\n\n'
         '[[quant]]\nname = "Q4_0-imat"\nftype = "Q4_0"\ndefault = "q4_0"\n'
-        "rules = [ { match = 'token_embd', type = \"q8_0\" }, { match = 'blk\\.[0-1]\\.ffn_down', type = \"iq2_xxs\" } ]\n"
+        "rules = [ { match = 'token_embd', type = \"q8_0\" }, { match = 'blk\\.[0-1]\\.ffn_down', type = "
+        "\"iq2_xxs\" } ]\n"
     )
     assert main(["imatrix", str(recipe)]) == 0
     capsys.readouterr()

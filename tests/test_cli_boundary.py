@@ -13,7 +13,8 @@ def _interrupt(*_a: object, **_k: object) -> None:
     raise KeyboardInterrupt
 
 
-def test_ctrl_c_anywhere_exits_130_with_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ctrl_c_anywhere_exits_130_with_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     # Fault injection: Ctrl-C arrives while the library loads the recipe.
     monkeypatch.setattr("quantforge.recipe.load_recipe", _interrupt)
     rc = main(["recipe", "show", "recipes/smollm2-135m.toml"])

@@ -17,10 +17,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory, smol_f16: Path) -> tuple[Path
     out.mkdir()
     # Reuse the session's F16 base (same bytes the demo would make) so CI does not dequantize twice.
     (out / "smollm2-135m-f16.gguf").symlink_to(smol_f16)
-    (out / "smollm2-135m-f16.gguf.sha256").write_text("fea43f3ffef83a020894679eb91b2ab0127287d657a7313b47ba9c411dd4d47f\n")
+    sha = "fea43f3ffef83a020894679eb91b2ab0127287d657a7313b47ba9c411dd4d47f"
+    (out / "smollm2-135m-f16.gguf.sha256").write_text(sha + "\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "quantforge", "demo", "--out", str(out), "--chunks", "2", "--json", "--no-progress"],
+        [sys.executable, "-m", "quantforge", "demo", "--out", str(out), "--chunks", "2", "--json",
+         "--no-progress"],
         capture_output=True, text=True, env=env, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -30,7 +32,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory, smol_f16: Path) -> tuple[Path
 def test_demo_runs_every_stage(demo: tuple[Path, dict, str]) -> None:
     out, result, log = demo
     steps = [s["name"] for s in result["steps"]]
-    assert steps == ["setup", "inventory", "lint", "plan", "imatrix", "build", "eval", "sweep", "card", "publish"]
+    assert steps == ["setup", "inventory", "lint", "plan", "imatrix", "build", "eval", "sweep", "card",
+                     "publish"]
     assert [v["name"] for v in result["variants"]] == ["IQ5_KS", "IQ4_KS", "IQ2_KS"]
     for v in result["variants"]:
         # the build verified every file against the plan to the byte
@@ -64,7 +67,8 @@ def test_demo_card_holds_the_measured_numbers(demo: tuple[Path, dict, str]) -> N
 def test_demo_second_run_resumes(demo: tuple[Path, dict, str]) -> None:
     out, first, _ = demo
     proc = subprocess.run(
-        [sys.executable, "-m", "quantforge", "demo", "--out", str(out), "--chunks", "2", "--json", "--no-progress"],
+        [sys.executable, "-m", "quantforge", "demo", "--out", str(out), "--chunks", "2", "--json",
+         "--no-progress"],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -28,7 +28,8 @@ from quantforge.publish.dialects import (
 from quantforge.recipe import parse_recipe
 
 DATA = Path(__file__).parent / "data" / "dialects"
-# https://huggingface.co/lmganon123/DeepSeek-V3-0324_IK_GGUF_Q2: "IQ2_XXS 169.590 GiB (2.168 BPW)" (ubergarm's recipe)
+# https://huggingface.co/lmganon123/DeepSeek-V3-0324_IK_GGUF_Q2: "IQ2_XXS 169.590 GiB (2.168 BPW)" (ubergarm's
+# recipe)
 LMGANON = DATA / "lmganon123-DeepSeek-V3-0324-IQ2_XXS.custom-q.sh"
 # https://huggingface.co/sokann/DeepSeek-V3-0324-GGUF: "The file size is 132998282944 bytes, or 123.864 GiB."
 SOKANN = DATA / "sokann-DeepSeek-V3-0324-IQ1_S_R4.custom-q.txt"
@@ -119,7 +120,8 @@ def test_mainline_tensor_type_through_the_real_llama_quantize(
     # "example: --tensor-type attn_q=q8_0", with an upper-case spelling the tool lower-cases.
     cmd = tmp_path / "cmd.txt"
     cmd.write_text(
-        "llama-quantize --tensor-type ATTN_Q=q8_0 --tensor-type ffn_down=q6_K model-f16.gguf out.gguf Q4_K_M\n"
+        "llama-quantize --tensor-type ATTN_Q=q8_0 --tensor-type ffn_down=q6_K model-f16.gguf out.gguf "
+        "Q4_K_M\n"
     )
     res = import_dialect(str(cmd), model=str(smol_f16), engine="mainline", ftype="Q4_K_M")
     recipe = _recipe(res, tmp_path)
@@ -148,7 +150,8 @@ def test_mainline_tensor_type_through_the_real_llama_quantize(
 
 def test_cli_import_of_a_rule_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "v3.toml"
-    assert main(["recipe", "import", str(LMGANON), "--model", "deepseek-ai/DeepSeek-V3-0324", "--layout", "ik",
+    assert main(["recipe", "import", str(LMGANON), "--model", "deepseek-ai/DeepSeek-V3-0324", "--layout",
+                 "ik",
                  "--ftype", "IQ2_XXS", "-o", str(out)]) == 0  # fmt: skip
     assert capsys.readouterr().out.startswith(f"wrote {out}: 25 rule(s) from a custom-q file, engine ik")
     assert main(["recipe", "show", str(out), "--json"]) == 0

@@ -32,7 +32,8 @@ def _mainline_server() -> Path:
 
 @pytest.fixture(scope="module")
 def mainline_help() -> str:
-    return subprocess.run([str(_mainline_server()), "--help"], capture_output=True, text=True, timeout=120).stdout
+    return subprocess.run([str(_mainline_server()), "--help"], capture_output=True, text=True,
+                          timeout=120).stdout
 
 
 def _commands() -> list[tuple[str, str, str, list[str]]]:
@@ -41,7 +42,8 @@ def _commands() -> list[tuple[str, str, str, list[str]]]:
         recipe = load_recipe(rp)
         for t in list_targets():
             for q in recipe.quants[:1] if t.name != "256gb-24gb" else recipe.quants:
-                s = Settings(n_ctx=32768, ub=4096, batch=2048) if t.name == "512gb-4x24gb" else Settings(n_ctx=32768)
+                s = Settings(n_ctx=32768, ub=4096,
+                             batch=2048) if t.name == "512gb-4x24gb" else Settings(n_ctx=32768)
                 r = fit_recipe(rp, quant=q.name, target=t.name, settings=s)
                 out.append((rp.stem, q.name, t.name, r.command))
     return out
@@ -57,7 +59,8 @@ def test_every_recipe_and_target_has_a_command() -> None:
     assert big and all(c[c.index("-b") + 1] == "4096" and c[c.index("-ub") + 1] == "4096" for c in big)
 
 
-@pytest.mark.parametrize(("recipe", "quant", "target", "cmd"), COMMANDS, ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(("recipe", "quant", "target", "cmd"), COMMANDS,
+                         ids=lambda x: x if isinstance(x, str) else "")
 def test_emitted_command_flags_are_the_builds_own(recipe: str, quant: str, target: str, cmd: list[str],
                                                   mainline_help: str) -> None:  # fmt: skip
     engine = load_recipe(REPO / "recipes" / f"{recipe}.toml").engine
@@ -80,7 +83,9 @@ def test_mainline_parser_reads_emitted_commands(tmp_path: Path) -> None:
         p = subprocess.run([str(exe), *argv, "--port", "0"], capture_output=True, text=True, timeout=120,
                            env={**os.environ, "LLAMA_ARG_HOST": "127.0.0.1"})  # fmt: skip
         text = p.stdout + p.stderr
-        assert p.returncode != 0 and "error: invalid argument" not in text and "unknown" not in text.lower(), text[-800:]
+        assert p.returncode != 0, text[-800:]
+        assert "error: invalid argument" not in text, text[-800:]
+        assert "unknown" not in text.lower(), text[-800:]
         assert "failed to load model" in text or "No such file" in text or "missing.gguf" in text, text[-800:]
         ran += 1
     assert ran > 0

@@ -24,7 +24,8 @@ BARTOWSKI_V3 = {"Q8_0": "713.29", "Q6_K": "550.80", "Q5_K_M": "475.40", "Q5_K_S"
                 "Q4_K_M": "404.43"}  # fmt: skip
 
 
-def _mixture(ftype: str, version: str | None = None, model: str = "deepseek-ai/DeepSeek-V3-0324"):  # type: ignore[no-untyped-def]
+def _mixture(ftype: str, version: str | None = None,
+             model: str = "deepseek-ai/DeepSeek-V3-0324"):  # type: ignore[no-untyped-def]
     extra = f'engine_version = "{version}"\n' if version else ""
     text = (f'[model]\nid = "{model}"\nengine = "mainline"\nlayout = "legacy"\n{extra}[[quant]]\nname = "v"\n'
             f'ftype = "{ftype}"\ndefault = "mixture"\n')  # fmt: skip
@@ -69,16 +70,19 @@ def test_versions_parse_and_name_their_era() -> None:
     assert parse_engine_version(None) is None
     with pytest.raises(RecipeError, match="is not a llama.cpp build"):
         parse_engine_version("v1.2")
-    assert [tensor_type_era(b) for b in (None, 9000, 8998, 7807, 7806, 6052, 6051, 5890, 5889, 5371, 5370)] == [
+    assert [tensor_type_era(b) for b in (None, 9000, 8998, 7807, 7806, 6052, 6051, 5890, 5889, 5371,
+                                         5370)] == [
         "current", "current", "first-differing-base", "first-differing-base", "last-unless-fallback",
-        "last-unless-fallback", "last", "last", "first-differing-mixture", "first-differing-mixture", "first"]  # fmt: skip
+        "last-unless-fallback", "last", "last", "first-differing-mixture", "first-differing-mixture",
+        "first"]  # fmt: skip
 
 
 def _smol_rules(
     smol_f16: Path, version: str | None, rules: str, default: str = "q4_K", ftype: str = "Q4_K_M"
 ):  # type: ignore[no-untyped-def]
     extra = f'engine_version = "{version}"\n' if version else ""
-    text = (f'[model]\nbase = "{smol_f16}"\nengine = "mainline"\n{extra}[[quant]]\nname = "v"\nftype = "{ftype}"\n'
+    text = (f'[model]\nbase = "{smol_f16}"\nengine = "mainline"\n{extra}[[quant]]\nname = "v"\nftype = '
+            f'"{ftype}"\n'
             f'default = "{default}"\nrules = [{rules}]\n')  # fmt: skip
     return parse_recipe(text, path="r.toml")
 
@@ -89,7 +93,8 @@ def test_last_match_builds_get_the_rules_reversed_and_plan_the_same(smol_f16: Pa
     now = _smol_rules(smol_f16, None, rules, default="q8_0")
     last = _smol_rules(smol_f16, "b6000", rules, default="q8_0")
     assert quantize_args_for("mainline", now.quants[0], catalogue("mainline")) == [
-        "--tensor-type", "ffn_down=q8_0", "--tensor-type", "ffn_=q5_0", "--tensor-type", ".*=q8_0"]  # fmt: skip
+        "--tensor-type", "ffn_down=q8_0", "--tensor-type", "ffn_=q5_0", "--tensor-type",
+        ".*=q8_0"]  # fmt: skip
     p_last = expand(last, None, inv, imatrix=False)
     assert p_last.quantize_args == ["--tensor-type", ".*=q8_0", "--tensor-type", "ffn_=q5_0", "--tensor-type",
                                     "ffn_down=q8_0"]  # fmt: skip

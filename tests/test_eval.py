@@ -1,4 +1,5 @@
-"""PPL/KLD end to end on the real SmolLM2: the bundled evaluator against mainline llama-perplexity and the ik fixtures.
+"""PPL/KLD end to end on the real SmolLM2: the bundled evaluator against mainline llama-perplexity and the ik
+fixtures.
 
 Variants are quantized from the real F16 base with the bundled ik llama-quantize to types
 both engines read (Q8_0, Q5_0). CI runs 4 chunks of 512 tokens (1020 scored tokens), enough
@@ -24,6 +25,7 @@ from quantforge.evaluate.parsers import parse_perplexity_log
 CTX = 512
 CHUNKS = 4
 VARIANTS = ("Q8_0", "Q5_0")
+EVAL_CORPUS_SHA256 = "796cb50e88ccd4b2a252ab70793ea62e4564303bfaf059531f0df9b4e413c75f"
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +34,7 @@ def eval_corpus(ik_fixtures: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     text = (ik_fixtures / "corpus.txt").read_text(encoding="utf-8")
     p = tmp_path_factory.mktemp("corpus") / "eval.txt"
     p.write_text(text[int(len(text) * 0.6):], encoding="utf-8")
-    assert _util.sha256_file(p) == "796cb50e88ccd4b2a252ab70793ea62e4564303bfaf059531f0df9b4e413c75f"
+    assert _util.sha256_file(p) == EVAL_CORPUS_SHA256
     return p
 
 
@@ -89,7 +91,8 @@ def results(smol_f16: Path, variants: dict[str, Path], eval_corpus: Path, kld_ca
     out: dict[tuple[str, str], object] = {}
     for engine in ("bundled", "mainline"):
         for name, path in variants.items():
-            out[(engine, name)] = evaluate(path, engine=engine, corpus=eval_corpus, ctx=CTX, chunks=CHUNKS, base=smol_f16)
+            out[(engine, name)] = evaluate(path, engine=engine, corpus=eval_corpus, ctx=CTX, chunks=CHUNKS,
+                                           base=smol_f16)
     return out
 
 
@@ -114,7 +117,7 @@ def test_bundled_agrees_with_mainline(results: dict, name: str) -> None:
     assert b.kld.ppl_base == pytest.approx(m.kld.ppl_base, rel=0.005)
     # the mainline result keeps its method: command, corpus, context, chunks, engine build
     assert m.command[0].endswith("llama-perplexity") and "--kl-divergence" in m.command
-    assert m.corpus_sha256 == b.corpus_sha256 == "796cb50e88ccd4b2a252ab70793ea62e4564303bfaf059531f0df9b4e413c75f"
+    assert m.corpus_sha256 == b.corpus_sha256 == EVAL_CORPUS_SHA256
     assert m.engine_commit and "build" in m.engine_commit
 
 
@@ -124,13 +127,15 @@ def test_mainline_ppl_output_parsed_as_printed(variants: dict[str, Path], eval_c
     import re
 
     out = subprocess.run(
-        [str(mainline_bin_dir / "llama-perplexity"), "-m", str(variants["Q8_0"]), "-f", str(eval_corpus), "-c", "256",
+        [str(mainline_bin_dir / "llama-perplexity"), "-m", str(variants["Q8_0"]), "-f", str(eval_corpus),
+         "-c", "256",
          "--chunks", "3", "-t", "2"], capture_output=True, text=True, check=True,
     )
     text = out.stdout + out.stderr
     log = parse_perplexity_log(text)
     ppl, err = re.search(r"Final estimate: PPL = (\S+) \+/- (\S+)", text).groups()  # type: ignore[union-attr]
-    assert (log.mode, log.ppl, log.ppl_err, log.n_chunks, log.n_ctx) == ("ppl", float(ppl), float(err), 3, 256)
+    assert (log.mode, log.ppl, log.ppl_err, log.n_chunks, log.n_ctx) == ("ppl", float(ppl), float(err), 3,
+                                                                         256)
     assert log.chunk_ppl == tuple(float(x) for x in re.findall(r"\[\d+\]([\d.]+),", text))
     assert log.n_threads == 2 and log.n_batch == 2048 and log.n_seq == 8
 
@@ -164,7 +169,8 @@ def test_mainline_reads_bundled_base(results: dict, kld_cache: Path, variants: d
     assert abs(log.kld.mean - bundled.mean) <= _kld_tolerance(log.kld, bundled)
 
 
-def test_ppl_only_cli_and_manifest(smol_f16: Path, variants: dict[str, Path], eval_corpus: Path, kld_cache: Path,
+def test_ppl_only_cli_and_manifest(smol_f16: Path, variants: dict[str, Path], eval_corpus: Path,
+                                   kld_cache: Path,
                                    capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from quantforge.manifest import Manifest, read_manifest, write_manifest
 
@@ -172,8 +178,10 @@ def test_ppl_only_cli_and_manifest(smol_f16: Path, variants: dict[str, Path], ev
     os.link(variants["Q8_0"], model)
     man = Path(str(model) + ".manifest.json")
     write_manifest(man, Manifest(quantforge_version="0", name="Q8_0", output=model.name, files=[],
-                                 planned_file_bytes=None, actual_file_bytes=model.stat().st_size, command=[], engine="ik"))
-    data = _eval_json(capsys, ["--model", str(model), "--corpus", str(eval_corpus), "--ctx", "256", "--chunks", "2", "--ppl"])
+                                 planned_file_bytes=None, actual_file_bytes=model.stat().st_size, command=[],
+                                 engine="ik"))
+    data = _eval_json(capsys, ["--model", str(model), "--corpus", str(eval_corpus), "--ctx", "256",
+                               "--chunks", "2", "--ppl"])
     assert set(data) >= {"ppl", "ppl_err", "kld"} and data["kld"] is None
     assert data["ctx"] == 256 and data["chunks"] == 2 and data["n_tokens_scored"] == 2 * 127
     assert len(data["chunk_ppl"]) == 2 and data["chunk_ppl"][-1] == data["ppl"]
@@ -181,7 +189,8 @@ def test_ppl_only_cli_and_manifest(smol_f16: Path, variants: dict[str, Path], ev
     assert m.eval["latest"]["ppl"] == data["ppl"] and len(m.eval["runs"]) == 1
 
 
-# ---------------------------------------------------------------- bad input: one line, exit != 0, nothing stored
+# ---------------------------------------------------------------- bad input: one line, exit != 0, nothing
+# stored
 
 
 def _fail(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str]:
@@ -199,7 +208,8 @@ def test_corpus_too_short(engine: str, variants: dict[str, Path], tmp_path: Path
                           capsys: pytest.CaptureFixture[str], mainline_bin_dir: Path) -> None:
     short = tmp_path / "short.txt"
     short.write_text("def f(x):\n    return x + 1\n" * 20)
-    rc, line = _fail(capsys, ["eval", "--model", str(variants["Q8_0"]), "--corpus", str(short), "--ctx", "512",
+    rc, line = _fail(capsys, ["eval", "--model", str(variants["Q8_0"]), "--corpus", str(short), "--ctx",
+                              "512",
                               "--engine", engine])
     assert rc == 1
     assert line.startswith(f"quantforge: error: {short}: corpus too short: it tokenizes to ")
@@ -213,7 +223,8 @@ def test_base_logits_of_another_model_are_refused(results: dict, kld_cache: Path
     base = keys["bundled"].with_name(keys["bundled"].name[: -len(".json")])
     # the logits are F16's; claiming they belong to the Q5_0 model must be refused
     rc, line = _fail(capsys, ["eval", "--model", str(variants["Q8_0"]), "--base", str(variants["Q5_0"]),
-                              "--base-logits", str(base), "--corpus", str(eval_corpus), "--chunks", str(CHUNKS)])
+                              "--base-logits", str(base), "--corpus", str(eval_corpus), "--chunks",
+                              str(CHUNKS)])
     assert rc == 1
     assert "base logits were computed for another model/corpus (model_sha256" in line
     # and for another corpus
@@ -226,7 +237,8 @@ def test_base_logits_of_another_model_are_refused(results: dict, kld_cache: Path
 
 def test_missing_binary(variants: dict[str, Path], eval_corpus: Path, tmp_path: Path,
                         capsys: pytest.CaptureFixture[str]) -> None:
-    rc, line = _fail(capsys, ["eval", "--model", str(variants["Q8_0"]), "--corpus", str(eval_corpus), "--engine", "ik",
+    rc, line = _fail(capsys, ["eval", "--model", str(variants["Q8_0"]), "--corpus", str(eval_corpus),
+                              "--engine", "ik",
                               "--binary", str(tmp_path / "nope" / "llama-perplexity")])
     assert rc == 1
     assert line == (f"quantforge: error: --binary: llama-perplexity not found or not executable: "
@@ -239,34 +251,44 @@ def test_crashed_run_stores_nothing(variants: dict[str, Path], eval_corpus: Path
     from quantforge.manifest import Manifest, read_manifest, write_manifest
 
     fake = tmp_path / "llama-perplexity"
-    fake.write_text("#!/bin/sh\necho 'perplexity: calculating perplexity over 4 chunks, n_ctx=512, batch_size=2048, n_seq=4'\n"
+    fake.write_text("#!/bin/sh\necho 'perplexity: calculating perplexity over 4 chunks, n_ctx=512, "
+                    "batch_size=2048, n_seq=4'\n"
                     "echo '[1]10.7247,'\nkill -SEGV $$\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     model = tmp_path / "smol-Q8_0.gguf"
     os.link(variants["Q8_0"], model)
     man = Path(str(model) + ".manifest.json")
     write_manifest(man, Manifest(quantforge_version="0", name="Q8_0", output=model.name, files=[],
-                                 planned_file_bytes=None, actual_file_bytes=model.stat().st_size, command=[], engine="ik"))
-    rc, line = _fail(capsys, ["eval", "--model", str(model), "--corpus", str(eval_corpus), "--engine", "mainline",
+                                 planned_file_bytes=None, actual_file_bytes=model.stat().st_size, command=[],
+                                 engine="ik"))
+    rc, line = _fail(capsys, ["eval", "--model", str(model), "--corpus", str(eval_corpus), "--engine",
+                              "mainline",
                               "--binary", str(fake)])
     assert rc == 1
-    assert line == f"quantforge: error: {model}: llama-perplexity crashed (SIGSEGV); nothing was stored ([1]10.7247,)"
+    assert line == (f"quantforge: error: {model}: llama-perplexity crashed (SIGSEGV); nothing was stored "
+                    "([1]10.7247,)")
     assert read_manifest(man).eval is None
 
 
-def test_usage_errors(capsys: pytest.CaptureFixture[str], variants: dict[str, Path], eval_corpus: Path) -> None:
-    rc, line = _fail(capsys, ["eval", "--model", str(variants["Q8_0"]), "--corpus", str(eval_corpus), "--kld"])
-    assert rc == 2 and line == "quantforge: error: --kld: --kld needs a reference model (pass --base FILE.gguf)"
+def test_usage_errors(capsys: pytest.CaptureFixture[str], variants: dict[str, Path],
+                      eval_corpus: Path) -> None:
+    rc, line = _fail(capsys, ["eval", "--model", str(variants["Q8_0"]), "--corpus", str(eval_corpus),
+                              "--kld"])
+    assert rc == 2 and line == ("quantforge: error: --kld: --kld needs a reference model (pass --base "
+                                "FILE.gguf)")
     rc, line = _fail(capsys, ["eval", "--model", str(variants["Q8_0"])])
     assert rc == 2 and "an evaluation corpus is needed" in line
-    rc, line = _fail(capsys, ["eval", "--model", str(variants["Q8_0"]), "--corpus", str(eval_corpus), "--engine", "vllm"])
+    rc, line = _fail(capsys, ["eval", "--model", str(variants["Q8_0"]), "--corpus", str(eval_corpus),
+                              "--engine", "vllm"])
     assert rc == 2 and "unknown engine 'vllm'" in line
 
 
-def test_eval_recipe_variant_uses_recipe_defaults(smol_f16: Path, variants: dict[str, Path], eval_corpus: Path,
+def test_eval_recipe_variant_uses_recipe_defaults(smol_f16: Path, variants: dict[str, Path],
+                                                  eval_corpus: Path,
                                                   kld_cache: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """`eval RECIPE --quant NAME --kld`: built file found next to the recipe, base/corpus/ctx/chunks from the recipe."""
+    """`eval RECIPE --quant NAME --kld`: built file found next to the recipe, base/corpus/ctx/chunks from the
+    recipe."""
     from quantforge.manifest import Manifest, read_manifest, write_manifest
 
     os.link(smol_f16, tmp_path / "smol-f16.gguf")
@@ -275,10 +297,12 @@ def test_eval_recipe_variant_uses_recipe_defaults(smol_f16: Path, variants: dict
     os.link(variants["Q8_0"], out)
     man = Path(str(out) + ".manifest.json")
     write_manifest(man, Manifest(quantforge_version="0", name="Q8_0", output=out.name, files=[],
-                                 planned_file_bytes=None, actual_file_bytes=out.stat().st_size, command=[], engine="ik"))
+                                 planned_file_bytes=None, actual_file_bytes=out.stat().st_size, command=[],
+                                 engine="ik"))
     recipe = tmp_path / "smol.toml"
     recipe.write_text(
-        '[model]\nid = "HuggingFaceTB/SmolLM2-135M-Instruct"\nbase = "smol-f16.gguf"\nengine = "ik"\nname = "SmolLM2"\n\n'
+        '[model]\nid = "HuggingFaceTB/SmolLM2-135M-Instruct"\nbase = "smol-f16.gguf"\nengine = "ik"\nname = '
+        '"SmolLM2"\n\n'
         '[eval]\ncorpus = "eval.txt"\nctx = 256\nchunks = 2\n\n'
         '[[quant]]\nname = "Q8_0"\nftype = "Q8_0"\ndefault = "q8_0"\n'
     )
@@ -291,15 +315,18 @@ def test_eval_recipe_variant_uses_recipe_defaults(smol_f16: Path, variants: dict
     assert rc == 2 and "Q4_0" in line
 
 
-def test_bundled_kld_matches_ik_fixture(smol_f16: Path, smol_imatrix: Path, ik_quantize: Path, eval_corpus: Path,
+def test_bundled_kld_matches_ik_fixture(smol_f16: Path, smol_imatrix: Path, ik_quantize: Path,
+                                        eval_corpus: Path,
                                         kld_cache: Path, ik_fixtures: Path) -> None:
-    """Quant c of the fixtures (same llama-quantize command, same imatrix): running KLD/PPL after 4 chunks as ik printed."""
+    """Quant c of the fixtures (same llama-quantize command, same imatrix): running KLD/PPL after 4 chunks as
+    ik printed."""
     from quantforge.evaluate.perplexity import evaluate
 
     # The fixtures' command named the imatrix relatively; cached_quant does too, so the recorded
     # quantize.imatrix.file (and with it the header's padding) does not depend on where ../shared is.
     custom = cached_quant(ik_quantize, smol_f16, "IQ4_K", imatrix=smol_imatrix,
-                          extra=("--custom-q", "ffn_down=q6_K,attn_.*=iq4_ks,ffn_(gate|up)=iq3_k,token_embd=q8_0"))
+                          extra=("--custom-q",
+                                 "ffn_down=q6_K,attn_.*=iq4_ks,ffn_(gate|up)=iq3_k,token_embd=q8_0"))
     assert custom.stat().st_size == 98_570_016  # sizes.txt
     res = evaluate(custom, engine="bundled", corpus=eval_corpus, ctx=CTX, chunks=CHUNKS, base=smol_f16)
     row = parse_perplexity_log((ik_fixtures / "logs" / "kld-custom.log").read_text()).kld_chunks[CHUNKS - 1]

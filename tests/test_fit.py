@@ -146,7 +146,8 @@ def _close(pred: int, logged_mib: float) -> bool:
         ("sweep-cpu.log", "-c 4096 -b 2048 -ub 512", 0),
     ],
 )
-def test_compute_buffers_vs_fixture_logs(ik_fixtures: Path, smol_dims: Any, log: str, argv: str, n_gpus: int) -> None:
+def test_compute_buffers_vs_fixture_logs(ik_fixtures: Path, smol_dims: Any, log: str, argv: str,
+                                         n_gpus: int) -> None:
     """The H100 and CPU runs of the fixtures (ik's own sweep-bench on SmolLM2 quant c): every
     compute buffer of the simulated graph exact to the printed 0.01 MiB."""
     b = parse_buffer_log((ik_fixtures / "logs" / log).read_text())
@@ -178,7 +179,8 @@ def test_real_cpu_load_matches_prediction(
     assert b.weights_mib == {"CPU": 256.63}
     cmd = parse_command(f"llama-cli -c {n_ctx} -b 2048 -ub {ub} -fa {'on' if fa else 'off'}", engine="ik")
     rb = run_buffers(model_facts(smol_f16).tensors, smol_dims, cmd, n_gpus=0)
-    assert _close(rb.get("CPU", "compute"), b.compute_mib["CPU"]), (rb.get("CPU", "compute") / MIB, b.compute_mib)
+    assert _close(rb.get("CPU", "compute"), b.compute_mib["CPU"]), (rb.get("CPU", "compute") / MIB,
+                                                                    b.compute_mib)
 
 
 # ------------------------------------------------------------------------ placement and -ot
@@ -202,7 +204,8 @@ def test_ot_arguments_replay_to_the_plan(r1: tuple[list[Any], Any]) -> None:
             # the layers' devices are what the emitted -ngl/-ts give on ik's loader
             cmd = parse_command(r.command, engine="ik")
             kv = kv_cache(dims, n_ctx=32768, type_k="f16", type_v="f16", flash_attn=True, mla=3, engine="ik")
-            sizes, max_compute = ik_layer_sizes(fit_tensors(p), dims, kv.per_layer, n_ubatch=cmd.effective_ubatch,
+            sizes, max_compute = ik_layer_sizes(fit_tensors(p), dims, kv.per_layer,
+                                                n_ubatch=cmd.effective_ubatch,
                                                 n_ctx=32768, mla=cmd.mla, amb=cmd.amb)  # fmt: skip
             ldev = ik_layer_devices(sizes, max_compute, ngl=int(cmd.n_gpu_layers or 0), n_gpus=n_gpu,
                                     tensor_split=cmd.tensor_split)  # fmt: skip
@@ -313,7 +316,8 @@ def test_command_flags_ik(r1: tuple[list[Any], Any]) -> None:
     assert cmd[cmd.index("-fa") + 1] in ("on", "off")
     assert int(cmd[cmd.index("-b") + 1]) >= int(cmd[cmd.index("-ub") + 1])
     assert cmd[cmd.index("-c") + 1] == "32768"
-    r3 = plan_fit(plans[0], dims, load_target("256gb-3x24gb"), settings=Settings(n_ctx=32768), with_placement=True)
+    r3 = plan_fit(plans[0], dims, load_target("256gb-3x24gb"), settings=Settings(n_ctx=32768),
+                  with_placement=True)
     assert r3.placement is not None
     gpu_of = {layer: int(r3.placement[f"blk.{layer}.attn_norm.weight"][-1]) for layer in range(61)}
     assert sorted(set(gpu_of.values())) == [0, 1, 2] and list(gpu_of.values()) == sorted(gpu_of.values())

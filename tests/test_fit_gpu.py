@@ -121,8 +121,10 @@ MLA_CPU_LOADS = [
     (65536, 512, True, 3, 256, 453.66),  # ik prompt path: K/V decompressed for all heads at once
     (65536, 512, True, 3, 64, 173.66),  # -amb 64: one head per step, k_rope kept across steps
     pytest.param(32768, 512, False, 1, 0, 332.66, marks=pytest.mark.xfail(
-        strict=True, reason="known gap: the simulated CPU-only -mla 1 no-FA graph without -amb keeps one more "
-        "all-heads KQ alive (588.66 MiB, 256 MiB over: conservative); with -amb it is exact")),  # no FA, all heads
+        strict=True,
+        reason="known gap: the simulated CPU-only -mla 1 no-FA graph without -amb keeps one more "
+        "all-heads KQ alive (588.66 MiB, 256 MiB over: conservative); with -amb it "
+        "is exact")),  # no FA, all heads
     (32768, 512, False, 1, 64, 140.66),  # no FA, -amb splits the heads
     (32768, 512, False, 3, 0, 364.66),  # no FA with -mla 3: pp_opt scores + transposed c^KV
 ]
@@ -130,7 +132,8 @@ MLA_CPU_LOADS = [
 
 @pytest.mark.parametrize(("n_ctx", "ub", "fa", "mla", "amb", "logged"), MLA_CPU_LOADS)
 def test_mla_compute_vs_real_cpu_loads(
-    gpu_models: dict[str, Path], facts: dict[str, ModelFacts], n_ctx: int, ub: int, fa: bool, mla: int, amb: int,
+    gpu_models: dict[str, Path], facts: dict[str, ModelFacts], n_ctx: int, ub: int, fa: bool, mla: int,
+    amb: int,
     logged: float,
 ) -> None:  # fmt: skip
     dims = facts["mini-deepseek2"].dims
@@ -139,7 +142,8 @@ def test_mla_compute_vs_real_cpu_loads(
     kv = kv_cache(dims, n_ctx=n_ctx, flash_attn=fa, mla=mla)
     assert round(kv.total / MIB, 2) == b.kv_self_mib
     f = facts["mini-deepseek2"]
-    cmd = parse_command(f"llama-cli -c {n_ctx} -b 2048 -ub {ub} -fa {'on' if fa else 'off'} -mla {mla} -amb {amb}",
-                        engine="ik").model_copy(update={"amb": amb})  # fmt: skip (the probe sets -amb as given)
+    cmd = parse_command(f"llama-cli -c {n_ctx} -b 2048 -ub {ub} -fa {'on' if fa else 'off'} -mla {mla} "
+                        f"-amb {amb}",
+                        engine="ik").model_copy(update={"amb": amb})  # the probe sets -amb as given
     pred = run_buffers(f.tensors, dims, cmd, n_gpus=0, extras=f.extras).get("CPU", "compute")
     assert round(pred / MIB, 2) == pytest.approx(logged, abs=0.011), (pred / MIB, logged)

@@ -121,8 +121,10 @@ def test_common_rigs_fit(recipe: str, quant: str, target: str) -> None:
     from quantforge.fit.api import fit_recipe
     from quantforge.fit.report import Settings
 
-    path = REPO / "recipes" / recipe if (REPO / "recipes" / recipe).exists() else REPO / "recipes" / "test" / recipe
-    s = Settings(n_ctx=32768, ctk="q8_0", ctv="q8_0", ub=4096, batch=4096, amb=64) if "4x" in target else Settings()
+    path = (REPO / "recipes" / recipe if (REPO / "recipes" / recipe).exists()
+            else REPO / "recipes" / "test" / recipe)
+    s = Settings(n_ctx=32768, ctk="q8_0", ctv="q8_0", ub=4096, batch=4096,
+                 amb=64) if "4x" in target else Settings()
     r = fit_recipe(path, quant=quant, target=target, settings=s)
     assert r.verdict == "fits", [(d.name, d.headroom_bytes) for d in r.devices]
     gpus = [d for d in r.devices if d.kind == "gpu"]
@@ -145,7 +147,8 @@ def test_every_realwidth_buffer_matches() -> None:
 def _free_target(free_mib: float):  # type: ignore[no-untyped-def]
     from quantforge.targets import CPU, GPU, RAM, HardwareTarget
 
-    return HardwareTarget(name=f"free-{free_mib:.0f}", ram=RAM(total=128 << 30, os_reserved=0), cpu=CPU(physical_cores=16),
+    return HardwareTarget(name=f"free-{free_mib:.0f}", ram=RAM(total=128 << 30, os_reserved=0),
+                          cpu=CPU(physical_cores=16),
                           gpu=(GPU(name="H200", vram=int(free_mib * MIB)),), gpu_margin=0)  # fmt: skip
 
 
@@ -167,14 +170,17 @@ def test_planner_beside_llama_fit_params(case: str, model: str, free_mib: float,
     from quantforge.fit.report import Settings, plan_fit
     from quantforge.fit.validate import facts_from_header
 
-    rows = {json.loads(x)["name"]: json.loads(x) for x in (RW / "fit-params.jsonl").read_text().splitlines() if x}
+    rows = {json.loads(x)["name"]: json.loads(x) for x in (RW / "fit-params.jsonl").read_text().splitlines()
+            if x}
     assert rows[case]["run"]["step"] and rows[case]["free_mib"] == free_mib
     f = facts_from_header(realwidth_header(VALIDATION_MODELS[model]), engine="mainline")
-    r = plan_fit(list(f.tensors), f.dims, _free_target(free_mib), engine="mainline", extras=f.extras, with_placement=True,
+    r = plan_fit(list(f.tensors), f.dims, _free_target(free_mib), engine="mainline", extras=f.extras,
+                 with_placement=True,
                  settings=Settings(n_ctx=32768, ub=ub))  # fmt: skip
     assert r.verdict == "fits" and r.ngl == expect_ngl
     assert r.command[r.command.index("-ngl") + 1] == str(expect_ngl)
-    ours = sum(t.bytes for t in f.tensors if "_exps." in t.name and (r.placement or {}).get(t.name) == "CUDA0")
+    ours = sum(t.bytes for t in f.tensors if "_exps." in t.name and (r.placement
+                                                                     or {}).get(t.name) == "CUDA0")
     assert round(ours / MIB) == our_experts_mib >= their_experts_mib
 
 

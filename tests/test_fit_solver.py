@@ -124,7 +124,8 @@ def test_fit_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureF
 @pytest.fixture(scope="module")
 def r1_table() -> SensitivityTable:
     inv = recipe_inventory(load_recipe(R1))
-    return read_table(THIREUS, engine="ik", curve=CURVE, tensors=[(t.name, tuple(t.shape)) for t in inv.tensors])
+    return read_table(THIREUS, engine="ik", curve=CURVE,
+                      tensors=[(t.name, tuple(t.shape)) for t in inv.tensors])
 
 
 def test_thireus_table_imported_as_published(r1_table: SensitivityTable) -> None:
@@ -140,7 +141,8 @@ def test_thireus_table_imported_as_published(r1_table: SensitivityTable) -> None
     e = next(e for e in r1_table.entries if e.group == g.name and e.type == "iq1_m_r4")
     assert (e.value, e.how) == (published[g.name], "imported")
     assert e.delta == pytest.approx(published[g.name] - r1_table.baseline, abs=1e-15)
-    # every other type of the curve scaled from it: delta(t) = delta0 * (curve(t) - base) / (curve(iq1_m_r4) - base)
+    # every other type of the curve scaled from it: delta(t) = delta0 * (curve(t) - base) / (curve(iq1_m_r4) -
+    # base)
     curve = {ln.split(",")[0]: float(ln.split(",")[1]) for ln in CURVE.read_text().splitlines()[1:]}
     q8 = next(x for x in r1_table.entries if x.group == g.name and x.type == "q8_0")
     want = e.delta * (curve["q8_0"] - r1_table.baseline) / (curve["iq1_m_r4"] - r1_table.baseline)
@@ -216,7 +218,8 @@ def _every_type_table(plan: Any, engine: Engine) -> SensitivityTable:
         for b in buckets_of(layers, 3) if layers else [()]:
             members = [t for t in ts if not b or t.layer in b]
             name = f"{kind}@{b[0]}-{b[-1]}" if b else kind
-            groups.append(SensitivityGroup(name=name, kind=kind, layers=tuple(b), tensors=tuple(t.name for t in members)))
+            groups.append(SensitivityGroup(name=name, kind=kind, layers=tuple(b),
+                                           tensors=tuple(t.name for t in members)))
             for typ in types:
                 d = len(members) * noise_scale(engine, "q8_0", typ)
                 entries.append(SensitivityEntry(group=name, type=typ, value=d, delta=d, how="scaled"))

@@ -150,8 +150,10 @@ def gguf_imatrix(
     import subprocess
 
     out = tmp_path_factory.mktemp("imx") / "smol.imatrix.gguf"
-    proc = subprocess.run([str(mainline_bin_dir / "llama-imatrix"), "-m", str(smol_f16), "--in-file", str(smol_imatrix),
-                           "-o", str(out), "--output-format", "gguf"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run([str(mainline_bin_dir / "llama-imatrix"), "-m", str(smol_f16), "--in-file",
+                           str(smol_imatrix),
+                           "-o", str(out), "--output-format", "gguf"], capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 
@@ -168,7 +170,8 @@ def test_imatrix_fork_and_the_ik_recipe_that_cannot_read_it(
     assert g.names() == d.names()
     inv = load_inventory(smol_f16)
     for engine, want in (("ik", ["imatrix-fork"]), ("mainline", [])):
-        text = f'[model]\nbase = "{smol_f16}"\nengine = "{engine}"\n[[quant]]\nname = "v"\nftype = "Q4_K_M"\ndefault = "q4_K"\n'
+        text = (f'[model]\nbase = "{smol_f16}"\nengine = "{engine}"\n[[quant]]\nname = "v"\nftype = '
+                '"Q4_K_M"\ndefault = "q4_K"\n')
         recipe = parse_recipe(text, path=str(tmp_path / "r.toml"))
         got = [f.code for f in lint(recipe, None, inv, imatrix=str(gguf_imatrix)) if f.severity == "error"]
         assert got == want, engine

@@ -27,7 +27,8 @@ def test_sha256_file_matches_hashlib_across_chunk_edges(tmp_path: Path) -> None:
     assert imatrix.sha256_file is fsutil.sha256_file
 
 
-def test_cached_sha256_is_kept_on_disk_and_follows_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_sha256_is_kept_on_disk_and_follows_changes(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(constants, "CACHE_DIR", tmp_path / "cache")
     p = tmp_path / "base.gguf"
     p.write_bytes(b"GGUF" + b"\0" * 100)

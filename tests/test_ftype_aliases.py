@@ -81,7 +81,8 @@ def _miniature(arch: str, layout: str) -> Path:
 
 
 def _mixture_plan(engine: str, base: Path, ft: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    text = f'[model]\nbase = "{base}"\nengine = "{engine}"\n[[quant]]\nname = "v"\nftype = "{ft}"\ndefault = "mixture"\n'
+    text = (f'[model]\nbase = "{base}"\nengine = "{engine}"\n[[quant]]\nname = "v"\nftype = "{ft}"\ndefault '
+            '= "mixture"\n')
     recipe = parse_recipe(text, path=str(tmp_path / "alias.toml"))
     assert recipe.quants[0].default == MIXTURE
     return expand(recipe, None, load_inventory(base, engine=engine), imatrix=False)  # type: ignore[arg-type]
@@ -111,7 +112,8 @@ def test_every_alias_plans_and_quantizes_like_its_target(
         )
         assert planned.tensor_bytes == want.tensor_bytes
         out = tmp_path / f"{arch}-{spelling}.gguf"
-        proc = subprocess.run([str(binary), str(base), str(out), spelling, "2"], capture_output=True, text=True,
+        proc = subprocess.run([str(binary), str(base), str(out), spelling, "2"], capture_output=True,
+                              text=True,
                               timeout=600)  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         written = {t.name: cat.by_id(t.type_id).name for t in read_header(out).tensors}  # type: ignore[union-attr]
@@ -125,7 +127,8 @@ def test_q5_k_alias_keeps_the_q6_k_bumps_on_glm_4_7() -> None:
     inv = load_inventory("zai-org/GLM-4.7", engine="mainline")
     plans = {}
     for name in ("Q5_K", "Q5_K_M", "Q5_K_S"):
-        text = f'[model]\nid = "zai-org/GLM-4.7"\nengine = "mainline"\n[[quant]]\nname = "v"\nftype = "{name}"\ndefault = "mixture"\n'
+        text = ('[model]\nid = "zai-org/GLM-4.7"\nengine = "mainline"\n[[quant]]\nname = "v"\nftype = '
+                f'"{name}"\ndefault = "mixture"\n')
         plans[name] = expand(parse_recipe(text), None, inv, imatrix=False)
     assert plans["Q5_K"].ftype == "Q5_K"  # the command keeps the user's spelling
     assert plans["Q5_K"].tensor_bytes == plans["Q5_K_M"].tensor_bytes == 254_000_309_504

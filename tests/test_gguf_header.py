@@ -41,7 +41,8 @@ def test_smol_f16_header_matches_gguf_py(smol_f16: Path) -> None:
     last = r.tensors[-1].field
     assert h.header_size == last.offset + sum(int(p.nbytes) for p in last.parts) == 1_785_664
     assert h.tensors[0] == GGUFTensorInfo(name="token_embd.weight", shape=(576, 49152), type_id=1, offset=0)
-    assert h.tensors[1] == GGUFTensorInfo(name="blk.0.attn_norm.weight", shape=(576,), type_id=0, offset=56_623_104)
+    assert h.tensors[1] == GGUFTensorInfo(name="blk.0.attn_norm.weight", shape=(576,), type_id=0,
+                                          offset=56_623_104)
     for mine, ref in zip(h.tensors, r.tensors, strict=True):
         assert mine.name == ref.name
         assert mine.shape == tuple(int(x) for x in ref.shape)
@@ -96,7 +97,8 @@ def test_string_arrays_stay_bytes_until_read(smol_f16: Path) -> None:
     assert tokens.value == plain and plain == tokens.value and tokens.value != plain[:-1]
     assert pickle.loads(pickle.dumps(tokens.value)) == tokens.value
     as_list = GGUFValue.of(plain, ValueType.ARRAY, ValueType.STRING)
-    assert as_list.size() == tokens.size() and header_bytes({"t": as_list}, []) == header_bytes({"t": tokens}, [])
+    assert as_list.size() == tokens.size() and header_bytes({"t": as_list}, []) == header_bytes({"t": tokens},
+                                                                                                [])
     assert tokens.model_dump(mode="json")["value"][:2] == ["<|endoftext|>", "<|im_start|>"]
     assert repr(h.kv["general.languages"].value) == "StringArray(['en'], 1 strings)"
 
@@ -114,7 +116,8 @@ def test_string_arrays_across_small_reads(smol_f16: Path) -> None:
 
 def test_string_array_limits_and_truncation() -> None:
     def array_of(lengths: list[int], body: bytes) -> bytes:
-        kv = b"".join([struct.pack("<Q", 3), b"arr", struct.pack("<IIQ", ValueType.ARRAY, ValueType.STRING, len(lengths))])
+        kv = b"".join([struct.pack("<Q", 3), b"arr", struct.pack("<IIQ", ValueType.ARRAY, ValueType.STRING,
+                                                                 len(lengths))])
         head = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + kv
         return head + b"".join(struct.pack("<Q", n) for n in lengths[:1]) + body
 
@@ -122,13 +125,15 @@ def test_string_array_limits_and_truncation() -> None:
     with pytest.raises(InventoryError) as e:
         read_header(io.BytesIO(huge), size=len(huge) + (MAX_STRING_BYTES + 1), where="h.gguf")
     assert e.value.message == (
-        f"absurd GGUF header: KV 0 (arr) has a string length of {MAX_STRING_BYTES + 1} bytes (limit {MAX_STRING_BYTES})"
+        f"absurd GGUF header: KV 0 (arr) has a string length of {MAX_STRING_BYTES + 1} bytes (limit "
+        f"{MAX_STRING_BYTES})"
     )
     cut = array_of([10, 10], b"0123456789")  # the second string's length is missing
     with pytest.raises(InventoryError) as e:
         read_header(io.BytesIO(cut), size=len(cut), where="c.gguf")
     assert e.value.one_line() == (
-        f"c.gguf: truncated GGUF header at byte {len(cut)}: file ends inside KV 0 (arr) (the file is incomplete; download it again)"
+        f"c.gguf: truncated GGUF header at byte {len(cut)}: file ends inside KV 0 (arr) (the file is "
+        "incomplete; download it again)"
     )
 
 
@@ -233,7 +238,8 @@ def test_small_header_parses() -> None:
 def test_bad_magic_is_not_a_gguf() -> None:
     with pytest.raises(InventoryError) as e:
         _read(b"PK\x03\x04" + b"\0" * 100, "model.zip")
-    assert e.value.one_line() == "model.zip: not a GGUF file (magic b'PK\\x03\\x04') (give a .gguf model file)"
+    assert e.value.one_line() == ("model.zip: not a GGUF file (magic b'PK\\x03\\x04') (give a .gguf "
+                                  "model file)")
 
 
 def test_unknown_version() -> None:
@@ -281,8 +287,10 @@ def _kv_string(key: str) -> bytes:
     [
         (_header_prefix(1 << 40, 0) + b"\0" * 64, r"the tensor count is 1099511627776 \(limit 1048576\)"),
         (_header_prefix(0, 1 << 40) + b"\0" * 64, r"the KV count is 1099511627776 \(limit 1048576\)"),
-        (_header_prefix(0, 1000) + b"\0" * 64, r"file ends inside the KV pairs \(1000 items need at least 13000 bytes, 64 are left\)"),
-        (_header_prefix(0, 1) + struct.pack("<Q", 1 << 40) + b"\0" * 64, r"string length of 1099511627776 bytes"),
+        (_header_prefix(0, 1000) + b"\0" * 64,
+         r"file ends inside the KV pairs \(1000 items need at least 13000 bytes, 64 are left\)"),
+        (_header_prefix(0, 1) + struct.pack("<Q", 1 << 40) + b"\0" * 64,
+         r"string length of 1099511627776 bytes"),
         (
             _header_prefix(0, 1) + _kv_string("a") + struct.pack("<IIQ", 9, 8, 1 << 26) + b"\0" * 64,
             r"file ends inside KV 0 \(a\) \(67108864 items need at least 536870912 bytes, 64 are left\)",
@@ -300,7 +308,8 @@ def _kv_string(key: str) -> bytes:
             r"tensor 't' has a dimension of 0",
         ),
         (
-            _header_prefix(1, 0) + _kv_string("t") + struct.pack("<IQQQ", 3, 1 << 32, 1 << 32, 1 << 32) + b"\0" * 64,
+            _header_prefix(1, 0) + _kv_string("t") + struct.pack("<IQQQ", 3, 1 << 32, 1 << 32,
+                                                                 1 << 32) + b"\0" * 64,
             r"tensor 't' has more than 2\^63 elements",
         ),
         (
@@ -318,7 +327,8 @@ def test_absurd_headers_fail_without_allocating(data: bytes, message: str) -> No
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20, peak
-    assert e.value.message.startswith(("absurd GGUF header", "truncated GGUF header", "duplicate")), e.value.message
+    assert e.value.message.startswith(("absurd GGUF header", "truncated GGUF header",
+                                       "duplicate")), e.value.message
     assert e.value.where == "x.gguf"
 
 

@@ -62,7 +62,8 @@ def test_coverage_names_tensors_that_would_be_refused(tmp_path: Path, smol_f16: 
 
     recipe = tmp_path / "r.toml"
     recipe.write_text(
-        f'[model]\nbase = "{smol_f16}"\nengine = "ik"\n\n[[quant]]\nname = "X"\nftype = "Q4_0"\ndefault = "q4_0"\n'
+        f'[model]\nbase = "{smol_f16}"\nengine = "ik"\n\n[[quant]]\nname = "X"\nftype = "Q4_0"\ndefault = '
+        '"q4_0"\n'
         'rules = [ { match = \'ffn_down\', layers = "0-1", type = "iq2_xxs" } ]\n'
     )
     # An imatrix with data for layer 0 only (and one entry of another model).
@@ -106,7 +107,8 @@ def test_imatrix_cli_fails_when_a_variant_would_be_refused(
     recipe = tmp_path / "r.toml"
     recipe.write_text(
         f'[model]\nbase = "{smol_f16}"\nengine = "ik"\n\n[imatrix]\nfile = "part.imatrix"\n\n'
-        '[[quant]]\nname = "L"\nftype = "Q4_0"\ndefault = "q4_0"\nrules = [ { match = \'ffn_down\', type = "iq2_xs" } ]\n'
+        '[[quant]]\nname = "L"\nftype = "Q4_0"\ndefault = "q4_0"\nrules = [ { match = \'ffn_down\', type = '
+        '"iq2_xs" } ]\n'
     )
     assert main(["imatrix", str(recipe), "--json"]) == 1
     cap = capsys.readouterr()
@@ -114,7 +116,8 @@ def test_imatrix_cli_fails_when_a_variant_would_be_refused(
     assert len(data["variants"][0]["coverage"]["refused"]) == 29
     assert (
         cap.err.strip()
-        == f"quantforge: error: {im}: variant L: 29 tensor(s) need imatrix data this file lacks (use an imatrix computed on this model, or change those tensors' types)"
+        == f"quantforge: error: {im}: variant L: 29 tensor(s) need imatrix data this file lacks (use an "
+           "imatrix computed on this model, or change those tensors' types)"
     )
 
 
@@ -130,7 +133,8 @@ def test_mainline_llama_imatrix_computes_a_gguf_imatrix(
     corpus.write_text((ik_fixtures / "corpus.txt").read_text()[:20000])
     recipe = tmp_path / "m.toml"
     recipe.write_text(
-        f'[model]\nbase = "{smol_f16}"\nengine = "mainline"\n\n[imatrix]\ncorpus = "calib-small.txt"\nchunks = 4\nctx = 128\n\n'
+        f'[model]\nbase = "{smol_f16}"\nengine = "mainline"\n\n[imatrix]\ncorpus = '
+        '"calib-small.txt"\nchunks = 4\nctx = 128\n\n'
         '[[quant]]\nname = "Q4_0"\nftype = "Q4_0"\ndefault = "q4_0"\n'
     )
     assert main(["imatrix", str(recipe), "--json"]) == 0

@@ -129,7 +129,8 @@ def test_publish_dry_run_sigkill_then_rerun(tmp_path: Path, smol_f16: Path, ik_q
 
 
 @pytest.mark.parametrize("fault,code", [("crash", 1), ("kill", 1)])
-def test_child_failure_leaves_nothing_final(tmp_path: Path, smol_f16: Path, smol_imatrix: Path, ik_quantize: Path,
+def test_child_failure_leaves_nothing_final(tmp_path: Path, smol_f16: Path, smol_imatrix: Path,
+                                            ik_quantize: Path,
                                             fault: str, code: int) -> None:  # fmt: skip
     recipe = _smol(tmp_path, smol_f16, smol_imatrix)
     out = tmp_path / "out"
@@ -182,7 +183,8 @@ def test_imatrix_sigint_leaves_nothing_final(tmp_path: Path, smol_f16: Path, sha
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
-    assert err.decode().strip().splitlines()[-1].startswith("quantforge: error:") and "Traceback" not in err.decode()
+    assert err.decode().strip().splitlines()[-1].startswith("quantforge: error:")
+    assert "Traceback" not in err.decode()
     assert not out.exists()
     assert sorted(p.name for p in out.parent.iterdir()) == ["smol.imatrix.log"]  # the partial is removed
 
@@ -208,7 +210,8 @@ def test_imatrix_sigkill_then_rerun_completes(tmp_path: Path, smol_f16: Path, sh
     assert sorted(p.name for p in out.parent.iterdir()) == ["smol.imatrix", "smol.imatrix.log"]
 
 
-def _eval_setup(tmp_path: Path, smol_f16: Path, ik_quantize: Path, shared_dir: Path) -> tuple[list[str], Path, Path]:
+def _eval_setup(tmp_path: Path, smol_f16: Path, ik_quantize: Path, shared_dir: Path) -> tuple[list[str], Path,
+                                                                                              Path]:
     from conftest import TEST_CACHE
     from support.publish_ladder import build_ladder
 
@@ -259,7 +262,8 @@ def _check_eval_state(man: Path, cache: Path) -> None:
 
 
 def _base_partial(cache: Path) -> bool:
-    return bool(list((cache / "kld-base").glob("*.logits.partial"))) if (cache / "kld-base").is_dir() else False
+    return (bool(list((cache / "kld-base").glob("*.logits.partial"))) if (cache / "kld-base").is_dir()
+            else False)
 
 
 def test_eval_sigint_leaves_nothing_final(tmp_path: Path, smol_f16: Path, ik_quantize: Path,

@@ -60,7 +60,8 @@ def smol_iq4_k(ik_quantize: Path, smol_f16: Path, smol_imatrix: Path) -> Path:
 def test_local_ik_quant_names_ik_types(smol_iq4_k: Path, ik_fixtures: Path) -> None:
     inv = load_inventory(smol_iq4_k, engine="ik")
     listing = [line.split() for line in (ik_fixtures / "tensors-smol-IQ4_K.txt").read_text().splitlines()]
-    assert [(t.name, t.dtype, "x".join(map(str, t.shape))) for t in inv.tensors] == [tuple(r[:3]) for r in listing]
+    assert [(t.name, t.dtype,
+             "x".join(map(str, t.shape))) for t in inv.tensors] == [tuple(r[:3]) for r in listing]
     assert {t.dtype for t in inv.tensors} == {"f32", "q5_0", "q6_0", "q8_0", "iq4_k"}
 
 
@@ -112,7 +113,8 @@ def test_mainline_gguf_split_of_the_fixtures_custom_quant(
 ) -> None:
     # The fixtures' quantize-c-custom and gguf-split commands; the real llama-gguf-split (mainline)
     # writes the shards, and they have the recorded byte sizes.
-    custom = cached_quant(ik_quantize, smol_f16, "IQ4_K", imatrix=smol_imatrix, extra=("--custom-q", CUSTOM_Q))
+    custom = cached_quant(ik_quantize, smol_f16, "IQ4_K", imatrix=smol_imatrix, extra=("--custom-q",
+                                                                                       CUSTOM_Q))
     proc = subprocess.run(
         [str(mainline_bin_dir / "llama-gguf-split"), "--split", "--split-max-size", "40M", str(custom),
          str(tmp_path / "smol-custom")],
@@ -120,13 +122,15 @@ def test_mainline_gguf_split_of_the_fixtures_custom_quant(
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     shards = sorted(tmp_path.glob("smol-custom-*-of-*.gguf"))
-    sizes = {line.split()[-1]: int(line.split()[4]) for line in (ik_fixtures / "sizes.txt").read_text().splitlines()}
+    sizes = {line.split()[-1]: int(line.split()[4])
+             for line in (ik_fixtures / "sizes.txt").read_text().splitlines()}
     assert [p.stat().st_size for p in shards] == [sizes[f"split/{p.name}"] for p in shards] == [
         41_474_624, 39_304_448, 17_791_232]
     inv = load_inventory(shards[1], engine="ik")
     assert inv.n_shards == 3
     listing = [line.split() for line in (ik_fixtures / "tensors-smol-custom.txt").read_text().splitlines()]
-    assert [(t.name, t.dtype, "x".join(map(str, t.shape))) for t in inv.tensors] == [tuple(r[:3]) for r in listing]
+    assert [(t.name, t.dtype,
+             "x".join(map(str, t.shape))) for t in inv.tensors] == [tuple(r[:3]) for r in listing]
     assert _without_shards(inv) == _without_shards(load_inventory(custom, engine="ik"))
     assert [sum(t.shard == k for t in inv.tensors) for k in range(3)] == [
         len(read_header(p).tensors) for p in shards]
@@ -146,7 +150,8 @@ def hub(monkeypatch: pytest.MonkeyPatch, smol_f16: Path, split_set: list[Path]) 
     import huggingface_hub.constants
 
     files = {"smol-f16.gguf": smol_f16, **{f"split/{p.name}": p for p in split_set}}
-    with RangeServer({"qf-test/smol": files, "qf-test/broken": {"split/" + split_set[0].name: split_set[0]}}) as srv:
+    with RangeServer({"qf-test/smol": files,
+                      "qf-test/broken": {"split/" + split_set[0].name: split_set[0]}}) as srv:
         monkeypatch.setenv("HF_ENDPOINT", srv.url)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         # huggingface_hub reads HF_HUB_OFFLINE once at import (conftest set it to 1).
@@ -157,7 +162,8 @@ def hub(monkeypatch: pytest.MonkeyPatch, smol_f16: Path, split_set: list[Path]) 
 def test_remote_single_file_fetches_only_the_header(hub: RangeServer, smol_f16: Path) -> None:
     inv = load_inventory("hf://qf-test/smol/smol-f16.gguf")
     local = load_inventory(smol_f16)
-    assert inv.model_dump(exclude={"source", "bytes_fetched"}) == local.model_dump(exclude={"source", "bytes_fetched"})
+    assert inv.model_dump(exclude={"source", "bytes_fetched"}) == local.model_dump(exclude={"source",
+                                                                                            "bytes_fetched"})
     assert inv.source == "hf://qf-test/smol/smol-f16.gguf"
     # 64 KiB, then doubling: 2 MiB for a 1,785,664-byte header, all of it counted by the server.
     assert inv.bytes_fetched == 2_097_152 == hub.bytes_sent
@@ -197,9 +203,11 @@ def _api_bytes(hub: RangeServer) -> int:
          "hf://qf-test/smol/none.gguf: file not found in the repository "
          "(check the path; `hf download --dry-run` lists the files)"),
         ("hf://qf-test/smol@v9/smol-f16.gguf",
-         "hf://qf-test/smol@v9/smol-f16.gguf: revision not found (check the @revision (branch, tag or commit))"),
+         "hf://qf-test/smol@v9/smol-f16.gguf: revision not found (check the @revision (branch, tag or "
+         "commit))"),
         ("hf://qf-test/broken/split/smol-IQ4_K-00001-of-00003.gguf",
-         "hf://qf-test/broken/split/smol-IQ4_K-00001-of-00003.gguf: shard split/smol-IQ4_K-00002-of-00003.gguf "
+         "hf://qf-test/broken/split/smol-IQ4_K-00001-of-00003.gguf: shard "
+         "split/smol-IQ4_K-00002-of-00003.gguf "
          "of the split set is missing from qf-test/broken "
          "(the upload is incomplete; pick another revision or repository)"),
         ("hf://qf-test/smol",
@@ -207,7 +215,8 @@ def _api_bytes(hub: RangeServer) -> int:
          "(write hf://org/repo/path/to/file.gguf (optionally hf://org/repo@revision/...))"),
     ],
 )
-def test_remote_errors_one_line(hub: RangeServer, capsys: pytest.CaptureFixture[str], url: str, line: str) -> None:
+def test_remote_errors_one_line(hub: RangeServer, capsys: pytest.CaptureFixture[str], url: str,
+                                line: str) -> None:
     assert main(["inventory", url]) == 2
     assert capsys.readouterr().err == f"quantforge: error: {line}\n"
 
@@ -255,7 +264,8 @@ def test_cli_human_view_collapses_layers(smol_f16: Path, capsys: pytest.CaptureF
     assert out[0] == f"{smol_f16}: llama"
     assert "attention.head_count=9" in out[1] and "vocab_size=49152" in out[1]
     assert out[3].split() == ["token_embd.weight", "[576,", "49152]", "f16", "54.00", "MiB"]
-    assert out[5].split() == ["blk.*.ffn_down.weight", "×30", "[1536,", "576]", "f16", "layers", "0-29", "50.62", "MiB"]
+    assert out[5].split() == ["blk.*.ffn_down.weight", "×30", "[1536,", "576]", "f16", "layers", "0-29",
+                              "50.62", "MiB"]
     assert len(out) == 3 + 11 + 3
     assert out[-2] == "272 tensors, 134,515,008 parameters, 256.63 MiB of tensor data, 1,785,664 header bytes"
     assert out[-1] == "fork: either (no type id or metadata specific to ik_llama.cpp or llama.cpp)"
@@ -266,10 +276,12 @@ def test_cli_json(smol_iq4_k: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = json.loads(capsys.readouterr().out)
     assert d["arch"] == "llama" and d["layout"] is None and d["n_tensors"] == 272
     assert d["n_params"] == 134_515_008
-    assert d["tensors"][2] == {"name": "blk.0.ffn_down.weight", "shape": [1536, 576], "dtype": "iq4_k", "shard": 0,
+    assert d["tensors"][2] == {"name": "blk.0.ffn_down.weight", "shape": [1536, 576], "dtype": "iq4_k",
+                               "shard": 0,
                                "bytes": 497_664}
     # Tensor bytes + header + per-tensor padding = the file: 102,095,136 bytes (sizes.txt).
-    assert d["tensor_bytes"] + d["metadata_bytes"] <= 102_095_136 < d["tensor_bytes"] + d["metadata_bytes"] + 272 * 32
+    assert (d["tensor_bytes"] + d["metadata_bytes"] <= 102_095_136 < d["tensor_bytes"] + d["metadata_bytes"]
+            + 272 * 32)
     assert "bytes_fetched" not in d
 
 
@@ -301,7 +313,8 @@ def test_cli_bad_inputs_exit_2_one_line(
             "(tokenizer.ggml.tokens) (49152 items need at least 393216 bytes, 127 are left) "
             "(the file is incomplete; download it again)",
         str(_write(tmp_path / "absurd.gguf", b"GGUF" + struct.pack("<IQQ", 3, 1 << 50, 1) + b"\0" * 100)):
-            f"{tmp_path / 'absurd.gguf'}: absurd GGUF header: the tensor count is 1125899906842624 (limit 1048576)",
+            f"{tmp_path / 'absurd.gguf'}: absurd GGUF header: the tensor count is 1125899906842624 (limit "
+            "1048576)",
     }
     for source, line in cases.items():
         assert main(["inventory", source]) == 2, source
@@ -317,7 +330,8 @@ def test_remote_private_repo_needs_hf_token(
 ) -> None:
     import huggingface_hub.constants
 
-    with RangeServer({"qf-test/priv": {"smol-f16.gguf": smol_f16}}, private={"qf-test/priv": "hf_qf_test"}) as srv:
+    with RangeServer({"qf-test/priv": {"smol-f16.gguf": smol_f16}},
+                     private={"qf-test/priv": "hf_qf_test"}) as srv:
         monkeypatch.setenv("HF_ENDPOINT", srv.url)
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
         monkeypatch.delenv("HF_TOKEN", raising=False)

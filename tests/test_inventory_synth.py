@@ -387,7 +387,8 @@ def test_cli_unknown_model_id_one_line(capsys: pytest.CaptureFixture[str]) -> No
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith(
-        "quantforge: error: moonshotai/Kimi-K3-Instruct: no shipped inventory for 'moonshotai/Kimi-K3-Instruct' "
+        "quantforge: error: moonshotai/Kimi-K3-Instruct: no shipped inventory for "
+        "'moonshotai/Kimi-K3-Instruct' "
         "(did you mean moonshotai/Kimi-K2-Instruct? shipped: HuggingFaceTB/SmolLM2-135M-Instruct, "
     )
 

@@ -33,11 +33,13 @@ def _tsv_inventory(path: Path, *, arch: str, layout: str, like: TensorInventory)
         dims = tuple(int(x) for x in shape.split(","))
         assert math.prod(dims) == int(elements)
         tensors.append(TensorEntry(name=name, shape=dims, dtype=dtype))
-    return TensorInventory(source=str(path), arch=arch, layout=layout, hparams=dict(like.hparams),  # type: ignore[arg-type]
+    return TensorInventory(source=str(path), arch=arch, layout=layout,
+                           hparams=dict(like.hparams),  # type: ignore[arg-type]
                            tensors=tuple(tensors), kv=None, metadata_bytes=like.metadata_bytes)  # fmt: skip
 
 
-def _with_layout(name: str, layout: str | None, tmp_path: Path, model_id: str | None = None):  # type: ignore[no-untyped-def]
+def _with_layout(name: str, layout: str | None, tmp_path: Path,
+                 model_id: str | None = None):  # type: ignore[no-untyped-def]
     text = (recipes_dir() / name).read_text()
     if model_id:
         text = text.replace('id = "deepseek-ai/DeepSeek-R1-0528"', f'id = "{model_id}"', 1)
@@ -105,7 +107,8 @@ def test_mainline_written_recipe_on_the_ik_layout_says_what_falls_to_the_default
   { match = '^output\\.weight$', type = "q8_0" },
   { match = 'ffn_', type = "q4_K" },
 ]"""
-    text = (f'[model]\nid = "deepseek-ai/DeepSeek-R1-0528"\nengine = "ik"\nlayout = "ik"\n[[quant]]\nname = "v"\n'
+    text = ('[model]\nid = "deepseek-ai/DeepSeek-R1-0528"\nengine = "ik"\nlayout = '
+            '"ik"\n[[quant]]\nname = "v"\n'
             f'ftype = "Q4_K_M"\ndefault = "q4_K"\n{rules}\n')  # fmt: skip
     recipe = parse_recipe(text, path=str(tmp_path / "r.toml"))
     findings = lint(recipe, None, recipe_inventory(recipe))
@@ -116,8 +119,10 @@ def test_mainline_written_recipe_on_the_ik_layout_says_what_falls_to_the_default
 
 
 def test_rule_for_attn_kv_b_on_the_mainline_layout_says_why_it_matches_nothing(tmp_path: Path) -> None:
-    text = ('[model]\nid = "deepseek-ai/DeepSeek-R1-0528"\nengine = "ik"\nlayout = "mainline"\n[[quant]]\nname = "v"\n'
-            "ftype = \"IQ4_KS\"\ndefault = \"iq4_ks\"\nrules = [ { match = 'attn_kv_b', type = \"q8_0\" } ]\n")  # fmt: skip
+    text = ('[model]\nid = "deepseek-ai/DeepSeek-R1-0528"\nengine = "ik"\nlayout = '
+            '"mainline"\n[[quant]]\nname = "v"\n'
+            "ftype = \"IQ4_KS\"\ndefault = \"iq4_ks\"\nrules = [ { match = 'attn_kv_b', type = "
+            "\"q8_0\" } ]\n")  # fmt: skip
     recipe = parse_recipe(text, path=str(tmp_path / "r.toml"))
     f = next(x for x in lint(recipe, None, recipe_inventory(recipe)) if x.code == "matches-nothing")
     assert "attn_kv_b does not exist in the mainline layout" in f.message
@@ -145,5 +150,6 @@ def test_inventory_cli_layout_option(capsys: pytest.CaptureFixture[str]) -> None
     assert (d["layout"], d["n_tensors"]) == ("legacy", 1025)  # attn_kv_b only: 1086 - 2 x 61 + 61
     assert main(["inventory", "deepseek-ai/DeepSeek-R1-0528", "--layout", "mla"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["quantforge: error: --layout: unknown layout 'mla' (use --layout ik or --layout mainline or "
+    assert err == ["quantforge: error: --layout: unknown layout 'mla' (use --layout ik or --layout "
+                   "mainline or "
                    "--layout legacy)"]  # fmt: skip

@@ -27,10 +27,12 @@ def test_mainline_mixture_counts_layers_in_its_own_order(
     inv = load_inventory(smol_f16, engine="mainline")
     assert [t.name for t in inv.tensors if t.name.endswith("attn_v.weight")][:3] == [
         "blk.0.attn_v.weight", "blk.1.attn_v.weight", "blk.10.attn_v.weight"]  # fmt: skip
-    text = f'[model]\nbase = "{smol_f16}"\nengine = "mainline"\n[[quant]]\nname = "v"\nftype = "{ftype}"\ndefault = "mixture"\n'
+    text = (f'[model]\nbase = "{smol_f16}"\nengine = "mainline"\n[[quant]]\nname = "v"\nftype = '
+            f'"{ftype}"\ndefault = "mixture"\n')
     plan = expand(parse_recipe(text, path=str(tmp_path / "r.toml")), None, inv, imatrix=False)
     out = tmp_path / f"{ftype}.gguf"
-    cmd = quantize_command(plan, binary=mainline_bin_dir / "llama-quantize", input_path=smol_f16, output_path=out,
+    cmd = quantize_command(plan, binary=mainline_bin_dir / "llama-quantize", input_path=smol_f16,
+                           output_path=out,
                            threads=2)  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,8 +16,10 @@ from quantforge.gguf_header import read_header
 from quantforge.inventory import TensorInventory, load_inventory
 from quantforge.miniature import write_miniature
 
-VARIANTS = [("llama", "ik"), ("qwen3moe", "ik"), ("deepseek2", "ik"), ("deepseek2", "mainline"), ("glm4moe", "ik")]
-N_TENSORS = {"llama-ik": 21, "qwen3moe-ik": 27, "deepseek2-ik": 55, "deepseek2-mainline": 52, "glm4moe-ik": 55}
+VARIANTS = [("llama", "ik"), ("qwen3moe", "ik"), ("deepseek2", "ik"), ("deepseek2", "mainline"), ("glm4moe",
+                                                                                                  "ik")]
+N_TENSORS = {"llama-ik": 21, "qwen3moe-ik": 27, "deepseek2-ik": 55, "deepseek2-mainline": 52,
+             "glm4moe-ik": 55}
 # The real BF16 listings whose naming and row divisibility each miniature must share.
 REAL = {
     "qwen3moe-ik": "Qwen3-VL-235B-A22B-Thinking.bf16.tsv",
@@ -30,7 +32,8 @@ REAL = {
 def minis(tmp_path_factory: pytest.TempPathFactory, smol_q4_1: Path) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("mini")
     return {
-        f"{a}-{lay}": write_miniature(a, d / f"mini-{a}-{lay}.gguf", layout=lay, tokenizer_from=smol_q4_1)  # type: ignore[arg-type]
+        f"{a}-{lay}": write_miniature(a, d / f"mini-{a}-{lay}.gguf", layout=lay,
+                                      tokenizer_from=smol_q4_1)  # type: ignore[arg-type]
         for a, lay in VARIANTS
     }
 
@@ -78,7 +81,8 @@ def test_miniature_inventory(minis: dict[str, Path], key: str) -> None:
 
 
 @pytest.mark.parametrize("key", sorted(REAL))
-def test_naming_and_row_divisibility_match_the_real_model(minis: dict[str, Path], key: str, shared_dir: Path) -> None:
+def test_naming_and_row_divisibility_match_the_real_model(minis: dict[str, Path], key: str,
+                                                          shared_dir: Path) -> None:
     mini = _suffix_rows([(t.name, t.shape) for t in load_inventory(minis[key]).tensors])
     real = _suffix_rows(_real_pairs(shared_dir / "models" / REAL[key]))
     assert mini == real
@@ -110,7 +114,8 @@ def _inv(arch: str, layout: str) -> TensorInventory:
         import tempfile
 
         with tempfile.TemporaryDirectory() as d:
-            _CACHE[arch, layout] = load_inventory(write_miniature(arch, Path(d) / "m.gguf", layout=layout))  # type: ignore[arg-type]
+            _CACHE[arch, layout] = load_inventory(write_miniature(arch, Path(d) / "m.gguf",
+                                                                  layout=layout))  # type: ignore[arg-type]
     return _CACHE[arch, layout]
 
 
@@ -142,7 +147,8 @@ def test_gguf_py_reads_a_miniature(minis: dict[str, Path]) -> None:
 
     r = GGUFReader(str(minis["deepseek2-mainline"]))
     inv = load_inventory(minis["deepseek2-mainline"])
-    assert [(t.name, tuple(int(x) for x in t.shape)) for t in r.tensors] == [(t.name, t.shape) for t in inv.tensors]
+    assert [(t.name, tuple(int(x) for x in t.shape)) for t in r.tensors] == [(t.name, t.shape)
+                                                                             for t in inv.tensors]
     assert r.data_offset == inv.metadata_bytes
 
 
@@ -167,7 +173,8 @@ def test_ik_llama_quantize_accepts_the_miniature(
     # The vocab-wide matrices at q8_0 keep the IQ4_K runs short; every block tensor gets IQ4_K.
     fast = ["--token-embedding-type", "q8_0", "--output-tensor-type", "q8_0",
             "--custom-q", r"nextn\.(embed_tokens|shared_head_head)=q8_0"] if ftype == "IQ4_K" else []
-    proc = subprocess.run([str(ik_quantize), *fast, str(src), str(out), ftype], capture_output=True, text=True)
+    proc = subprocess.run([str(ik_quantize), *fast, str(src), str(out), ftype], capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     q = read_header(out)
     m = read_header(src)
@@ -183,9 +190,11 @@ def test_ik_llama_quantize_accepts_the_miniature(
         for t in q.tensors:
             if t.name.endswith("ffn_down_exps.weight"):
                 # Rows of 384 (GLM-Air's 1408 is not a multiple of 256 either) fall back; 256 do not.
-                assert cat.by_id(t.type_id).name == ("q5_0" if t.shape[0] == 384 else "iq4_k")  # type: ignore[union-attr]
+                assert cat.by_id(t.type_id).name == ("q5_0" if t.shape[0] == 384
+                                                     else "iq4_k")  # type: ignore[union-attr]
     # Exact file size: header + each tensor's catalogue bytes padded to 32.
-    data = sum((cat.by_id(t.type_id).tensor_bytes(t.shape) + 31) // 32 * 32 for t in q.tensors)  # type: ignore[union-attr]
+    data = sum((cat.by_id(t.type_id).tensor_bytes(t.shape) + 31) // 32 * 32
+               for t in q.tensors)  # type: ignore[union-attr]
     assert out.stat().st_size == q.data_offset + data
 
 
@@ -209,7 +218,8 @@ def test_mainline_llama_bench_runs_the_miniature(
     import io
 
     proc = subprocess.run(
-        [str(mainline_bin_dir / "llama-bench"), "-m", str(minis[key]), "-p", "8", "-n", "2", "-r", "1", "-t", "2",
+        [str(mainline_bin_dir / "llama-bench"), "-m", str(minis[key]), "-p", "8", "-n", "2", "-r", "1", "-t",
+         "2",
          "-o", "csv"],
         capture_output=True, text=True, timeout=300,
     )
@@ -219,4 +229,5 @@ def test_mainline_llama_bench_runs_the_miniature(
     arch = key.split("-")[0]
     assert rows and all(r["model_type"] == f"{arch} ?B BF16" for r in rows)
     assert int(rows[0]["model_n_params"]) == inv.n_params
-    assert int(rows[0]["model_size"]) == sum(t.n_elements * (4 if t.type_id == 0 else 2) for t in read_header(minis[key]).tensors)
+    assert int(rows[0]["model_size"]) == sum(t.n_elements * (4 if t.type_id == 0 else 2)
+                                             for t in read_header(minis[key]).tensors)

@@ -61,7 +61,8 @@ def test_kld_logs(ik_fixtures: Path, name: str, ppl: float, ppl_err: float, kld:
     assert len(r.kld_chunks) == 199 and r.kld_chunks[-1].chunk == 199
     assert r.kld_chunks[-1].ppl == round(ppl, 4)
     assert set(r.kld.percentiles) == {"99.9", "99.0", "95.0", "90.0", "10.0", "5.0", "1.0", "0.1"}
-    assert set(r.kld.dp_percentiles_pct) == {"99.9", "99.0", "95.0", "90.0", "75.0", "25.0", "10.0", "5.0", "1.0", "0.1"}
+    assert set(r.kld.dp_percentiles_pct) == {"99.9", "99.0", "95.0", "90.0", "75.0", "25.0", "10.0", "5.0",
+                                             "1.0", "0.1"}
 
 
 def test_kld_custom_every_number(ik_fixtures: Path) -> None:
@@ -80,7 +81,8 @@ def test_kld_custom_every_number(ik_fixtures: Path) -> None:
     assert k.dp_percentiles_pct["75.0"] == 0.514 and k.dp_percentiles_pct["0.1"] == -41.686
     assert (k.rms_dp_pct, k.rms_dp_pct_err) == (7.039, 0.053)
     row = r.kld_chunks[0]
-    assert (row.chunk, row.ppl, row.ppl_err, row.ln_ratio, row.ln_ratio_err) == (1, 10.8736, 1.9192, 0.01380, 0.02743)
+    assert (row.chunk, row.ppl, row.ppl_err, row.ln_ratio, row.ln_ratio_err) == (1, 10.8736, 1.9192, 0.01380,
+                                                                                 0.02743)
     assert (row.kld, row.kld_err, row.rms_dp_pct, row.rms_dp_pct_err) == (0.06748, 0.00390, 6.717, 0.485)
     assert (row.same_top_pct, row.same_top_pct_err) == (86.275, 2.159)
 
@@ -100,7 +102,8 @@ def test_unfinished_log_is_an_error(ik_fixtures: Path) -> None:
 
 SWEEPS = [
     # name, rows, first row, last row
-    ("sweep-cpu", 8, (512, 128, 0, 0.141, 3631.51, 0.266, 480.98), (512, 128, 3584, 0.325, 1575.84, 0.476, 268.90)),
+    ("sweep-cpu", 8, (512, 128, 0, 0.141, 3631.51, 0.266, 480.98), (512, 128, 3584, 0.325, 1575.84, 0.476,
+                                                                    268.90)),
     ("sweep-cpu-rtr", 8, (512, 128, 0, 0.172, 2977.68, 0.225, 568.10), None),
     ("gpu-sweep-full", 8, (512, 128, 0, 0.109, 4705.58, 0.152, 843.29), None),
     ("gpu-sweep-hybrid-ub512", 8, (512, 128, 0, 0.083, 6143.66, 0.338, 378.69), None),
@@ -114,7 +117,8 @@ def _tuple(r: object) -> tuple[float, ...]:
 
 
 @pytest.mark.parametrize("name,n,first,last", SWEEPS)
-def test_sweep_logs(ik_fixtures: Path, name: str, n: int, first: tuple[float, ...], last: tuple[float, ...] | None) -> None:
+def test_sweep_logs(ik_fixtures: Path, name: str, n: int, first: tuple[float, ...],
+                    last: tuple[float, ...] | None) -> None:
     rows = parse_sweep(_log(ik_fixtures, name))
     assert len(rows) == n
     assert _tuple(rows[0]) == first
@@ -129,7 +133,8 @@ def test_sweep_jsonl_roundtrip(ik_fixtures: Path) -> None:
 
     rows = parse_sweep_markdown(_log(ik_fixtures, "sweep-cpu"))
     jl = "\n".join(
-        json.dumps({"n_kv_max": 4096, "pp": r.pp, "tg": r.tg, "n_kv": r.n_kv, "t_pp": r.t_pp, "speed_pp": r.s_pp,
+        json.dumps({"n_kv_max": 4096, "pp": r.pp, "tg": r.tg, "n_kv": r.n_kv, "t_pp": r.t_pp,
+                    "speed_pp": r.s_pp,
                     "t_tg": r.t_tg, "speed_tg": r.s_tg})
         for r in rows
     )
@@ -156,7 +161,8 @@ def test_bench_json_cpu(ik_fixtures: Path) -> None:
 
 def test_bench_json_gpu(ik_fixtures: Path) -> None:
     rows = parse_bench_json(_log(ik_fixtures, "gpu-bench-json"))
-    assert [(r.test, r.avg_ts, r.backend) for r in rows] == [("pp512", 36464.669139, "CUDA"), ("tg128", 856.186265, "CUDA")]
+    assert [(r.test, r.avg_ts, r.backend) for r in rows] == [("pp512", 36464.669139, "CUDA"),
+                                                             ("tg128", 856.186265, "CUDA")]
     assert rows[0].samples_ts == (6548.15, 50490.5, 52355.3)
 
 
@@ -164,9 +170,11 @@ def test_bench_json_gpu(ik_fixtures: Path) -> None:
     ("bench-cpu-md", "CPU", (3563.57, 25.55), (523.18, 6.38)),
     ("gpu-bench-md", "CUDA", (36964.72, 26832.40), (862.70, 6.37)),
 ])
-def test_bench_markdown(ik_fixtures: Path, name: str, backend: str, pp: tuple[float, float], tg: tuple[float, float]) -> None:
+def test_bench_markdown(ik_fixtures: Path, name: str, backend: str, pp: tuple[float, float],
+                        tg: tuple[float, float]) -> None:
     rows = parse_bench_markdown(_log(ik_fixtures, name))
-    assert [(r.test, r.n_prompt, r.n_gen, r.backend) for r in rows] == [("pp512", 512, 0, backend), ("tg128", 0, 128, backend)]
+    assert [(r.test, r.n_prompt, r.n_gen, r.backend) for r in rows] == [("pp512", 512, 0, backend),
+                                                                        ("tg128", 0, 128, backend)]
     assert (rows[0].avg_ts, rows[0].stddev_ts) == pp
     assert (rows[1].avg_ts, rows[1].stddev_ts) == tg
 

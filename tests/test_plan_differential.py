@@ -42,8 +42,10 @@ def smol_inventory(smol_f16: Path):  # type: ignore[no-untyped-def]
 # -- against the recorded ik fixtures ---------------------------------------------------------
 
 
-def _fixture_recipe(ftype: str, default: str, rules: str = "", *, mixture: bool = False):  # type: ignore[no-untyped-def]
-    text = f'[model]\nbase = "x.gguf"\nengine = "ik"\n[[quant]]\nname = "v"\nftype = "{ftype}"\ndefault = "{default}"\n{rules}\n'
+def _fixture_recipe(ftype: str, default: str, rules: str = "", *,
+                    mixture: bool = False):  # type: ignore[no-untyped-def]
+    text = (f'[model]\nbase = "x.gguf"\nengine = "ik"\n[[quant]]\nname = "v"\nftype = "{ftype}"\ndefault = '
+            f'"{default}"\n{rules}\n')
     r = parse_recipe(text, path="fixture.toml")
     if mixture:  # the fixtures' a/b runs gave only an ftype: the engine's own mixture decides
         r = r.model_copy(update={"quants": (r.quants[0].model_copy(update={"default": MIXTURE}),)})
@@ -52,8 +54,8 @@ def _fixture_recipe(ftype: str, default: str, rules: str = "", *, mixture: bool 
 
 _CUSTOM = """rules = [{match="ffn_down", type="q6_K"}, {match="attn_.*", type="iq4_ks"},
  {match="ffn_(gate|up)", type="iq3_k"}, {match="token_embd", type="q8_0"}]"""
-_R4 = r"""rules = [{match='blk\.[0-9]\.ffn_.*', type="iq4_k_r4"}, {match='blk\.[1-2][0-9]\.ffn_.*', type="q4_k_r4"},
- {match="attn_.*", type="q8_0"}]"""
+_R4 = r"""rules = [{match='blk\.[0-9]\.ffn_.*', type="iq4_k_r4"},
+ {match='blk\.[1-2][0-9]\.ffn_.*', type="q4_k_r4"}, {match="attn_.*", type="q8_0"}]"""
 
 
 @pytest.mark.parametrize(
@@ -99,7 +101,8 @@ def test_expansion_matches_ik_fixture_listings(  # type: ignore[no-untyped-def]
     assert seen == fallbacks
 
 
-def test_fixture_custom_command_is_the_recorded_one(smol_inventory, ik_fixtures: Path) -> None:  # type: ignore[no-untyped-def]
+def test_fixture_custom_command_is_the_recorded_one(smol_inventory,
+                                                    ik_fixtures: Path) -> None:  # type: ignore[no-untyped-def]
     plan = expand(_fixture_recipe("IQ4_K", "iq4_k", _CUSTOM), None, smol_inventory, imatrix=False)
     assert plan.quantize_args == [
         "--custom-q",
@@ -140,7 +143,8 @@ def _quantize(cmd: list[str], key: str, out: Path) -> Path:
     return cached
 
 
-def _check_against_binary(recipe_path: Path, inventory, base: Path, binary: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def _check_against_binary(recipe_path: Path, inventory, base: Path, binary: Path,
+                          tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from quantforge.acquire import SMOLLM2_F16_SHA256
 
     recipe = load_recipe(recipe_path)
@@ -243,7 +247,8 @@ def test_miniature_prediction_is_exact(  # type: ignore[no-untyped-def]
     base = _miniature(arch, layout)
     rules = _MINI_RULES[engine] if mode == "rules" else ""
     default = "iq4_k" if engine == "ik" else "q6_K"
-    text = f'[model]\nbase = "{base}"\nengine = "{engine}"\n[[quant]]\nname = "{mode}"\nftype = "Q4_K_M"\ndefault = "{default}"\n{rules}\n'
+    text = (f'[model]\nbase = "{base}"\nengine = "{engine}"\n[[quant]]\nname = "{mode}"\nftype = '
+            f'"Q4_K_M"\ndefault = "{default}"\n{rules}\n')
     recipe = parse_recipe(text, path=str(tmp_path / f"{arch}.toml"))
     if mode == "mixture":
         recipe = recipe.model_copy(
@@ -252,7 +257,8 @@ def test_miniature_prediction_is_exact(  # type: ignore[no-untyped-def]
     inventory = load_inventory(base, engine=engine)  # type: ignore[arg-type]
     plan = expand(recipe, None, inventory, imatrix=False)
     cmd = quantize_command(plan, binary=binary, input_path=base, output_path="@OUT@", threads=2)
-    key = "|".join(["mini", arch, layout, engine, mode, hashlib.sha256(base.read_bytes()[:1 << 20]).hexdigest(),
+    key = "|".join(["mini", arch, layout, engine, mode,
+                    hashlib.sha256(base.read_bytes()[:1 << 20]).hexdigest(),
                     str(base.stat().st_size), _binary_key(binary), *cmd])  # fmt: skip
     out = _quantize(cmd, key, tmp_path / "mini.gguf")
     h = read_header(out)

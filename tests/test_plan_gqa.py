@@ -89,7 +89,8 @@ def test_ftype_mixture_attn_v_follows_gqa(  # type: ignore[no-untyped-def]
     """The planner's whole mixture equals what the real llama-quantize writes, byte for byte."""
     binary = ik_quantize if engine == "ik" else request.getfixturevalue("mainline_bin_dir") / "llama-quantize"
     base = gqa_models[gqa]
-    text = f'[model]\nbase = "{base}"\nengine = "{engine}"\n[[quant]]\nname = "m"\nftype = "{ftype}"\ndefault = "q8_0"\n'
+    text = (f'[model]\nbase = "{base}"\nengine = "{engine}"\n[[quant]]\nname = "m"\nftype = '
+            f'"{ftype}"\ndefault = "q8_0"\n')
     recipe = parse_recipe(text, path=str(tmp_path / "gqa.toml"))
     recipe = recipe.model_copy(update={"quants": (recipe.quants[0].model_copy(update={"default": MIXTURE}),)})
     plan = expand(recipe, None, load_inventory(base, engine=engine), imatrix=False)  # type: ignore[arg-type]

@@ -49,7 +49,8 @@ def test_publish_ladder_end_to_end(hub, ladder, capsys, caplog):
     repo = hub.repos[REPO]
     for name, gguf in outs.items():
         assert hub.file_bytes(REPO, gguf.name) == gguf.read_bytes(), name
-    assert hub.file_bytes(REPO, "smollm2-135m.imatrix") == (recipe.parent / "smollm2-135m.imatrix").read_bytes()
+    imatrix = (recipe.parent / "smollm2-135m.imatrix").read_bytes()
+    assert hub.file_bytes(REPO, "smollm2-135m.imatrix") == imatrix
     card = hub.file_bytes(REPO, "README.md").decode()
     assert all(f"| {n} |" in card for n in LADDER)
     assert [c.paths for c in repo.commits][-1] == ["README.md"]
@@ -79,7 +80,8 @@ def test_publish_ladder_end_to_end(hub, ladder, capsys, caplog):
 def test_publish_dry_run_staging(ladder, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     stage = tmp_path / "stage"
-    assert main(["publish", str(ladder[0]), "--repo", REPO, "--quant", "IQ2_KS", "--dry-run", "--staging", str(stage)]) == 0
+    assert main(["publish", str(ladder[0]), "--repo", REPO, "--quant", "IQ2_KS", "--dry-run", "--staging",
+                 str(stage)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("dry run: 3 file(s)")
     plan = json.loads((stage / "upload-plan.json").read_text())

@@ -70,7 +70,8 @@ def _plan(variants: list[VariantFiles], tmp_path: Path, **kw):
 def test_plan_layout_and_commit_order(variants, tmp_path):
     plan = _plan(variants, tmp_path)
     assert [f.path_in_repo for f in plan.files] == [
-        "A/M-A-00001-of-00002.gguf", "A/M-A-00002-of-00002.gguf", "M-B.gguf", "M-C.gguf", "plots/ppl.png", "README.md"]
+        "A/M-A-00001-of-00002.gguf", "A/M-A-00002-of-00002.gguf", "M-B.gguf", "M-C.gguf", "plots/ppl.png",
+        "README.md"]
     assert [c.paths for c in plan.commits] == [
         ("A/M-A-00001-of-00002.gguf", "A/M-A-00002-of-00002.gguf"), ("M-B.gguf",), ("M-C.gguf",),
         ("plots/ppl.png",), ("README.md",)]
@@ -124,7 +125,8 @@ def test_interrupted_upload_resumes(hub, variants, tmp_path):
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(plan.model_dump_json())
     hub.hold_after_uploads = 1  # the second LFS PUT hangs: the publisher's machine "dies" there
-    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_TOKEN": TOKEN}
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
+           "HF_TOKEN": TOKEN}
     code = (
         "import sys; from quantforge.publish.upload import UploadPlan, execute\n"
         "plan = UploadPlan.model_validate_json(open(sys.argv[1]).read())\n"
@@ -161,7 +163,8 @@ def test_over_limit_file_refused_before_any_request(hub, variants, tmp_path):
     assert hub.requests == []
 
 
-@pytest.mark.parametrize("bad", ["noslash", "a/b/c", "-org/x", "org/x--y", "org/", "org/na me", "o/" + "x" * 97])
+@pytest.mark.parametrize("bad", ["noslash", "a/b/c", "-org/x", "org/x--y", "org/", "org/na me",
+                                 "o/" + "x" * 97])
 def test_repo_id_malformed(bad):
     with pytest.raises(UsageError, match="malformed"):
         check_repo_id(bad)

@@ -22,7 +22,8 @@ def test_every_comparable_published_quant_is_within_tolerance_and_the_doc_says_s
     assert len(comparable) >= 20
     text = DOC.read_text()
     table = text.split(START, 1)[1].split(END, 1)[0].strip("\n") + "\n"
-    assert table == render(results), "regenerate: PYTHONPATH=. python tests/published_quants.py --write " + str(DOC)
+    fix = "regenerate: PYTHONPATH=. python tests/published_quants.py --write " + str(DOC)
+    assert table == render(results), fix
 
 
 def test_published_rows_cover_the_issues_publishers_and_layouts() -> None:
@@ -42,7 +43,8 @@ def test_published_rows_cover_the_issues_publishers_and_layouts() -> None:
     kinds = {f.code for f in lint(recipe, None, recipe_inventory(recipe))}
     assert "layout-default" in kinds and "no-default" not in kinds
     # bartowski R1-0528: Q8_0 matches; the others are the drift the issue reports (0.26 % / 0.61 %)
-    r1 = {r.row.quant.split()[-1]: r for r in (evaluate(x) for x in ROWS if "R1-0528" in x.quant and "bartowski" in x.quant)}
+    r1 = {r.row.quant.split()[-1]: r for r in (evaluate(x) for x in ROWS if "R1-0528" in x.quant
+                                               and "bartowski" in x.quant)}
     assert r1["Q8_0"].within
     assert {k: round(-v.delta / v.row.value * 100, 2) for k, v in r1.items() if k != "Q8_0"} == {
         "Q6_K": 0.28, "Q5_K_M": 0.61, "Q5_K_S": 0.26, "Q4_1": 0.26}  # fmt: skip

@@ -37,7 +37,8 @@ def test_cli_reference_is_current() -> None:
 
 def test_every_command_is_in_the_reference() -> None:
     text = (REPO / "README.md").read_text()
-    for cmd in ["demo", "inventory", "recipe show", "recipe lint", "recipe args", "recipe schema", "recipe import",
+    for cmd in ["demo", "inventory", "recipe show", "recipe lint", "recipe args", "recipe schema",
+                "recipe import",
                 "recipe diff", "plan", "fit", "target detect", "doctor", "imatrix", "build", "base", "eval",
                 "sweep compare", "plot ladder", "card", "publish"]:
         assert f"`quantforge {cmd} " in text, cmd

@@ -91,20 +91,31 @@ rules = [
 @pytest.mark.parametrize(
     ("body", "expect"),
     [
-        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\nrules = [ { match = 'x', type = 'q8_0' ]\n", r"r\.toml:8:\d+: malformed TOML"),
-        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\nrulez = []\n", r"r\.toml:8 quant\[0\]\.rulez: unknown key 'rulez' \(did you mean 'rules'\?\)"),
-        ("[[quant]]\nname = 'A'\nextends = 'B'\ndefault = 'q8_0'\n", r"r\.toml:7 quant\[0\]\.extends: extends unknown variant 'B'"),
-        ("[[quant]]\nname = 'A'\ndefault = 'iq4_kz'\n", r"quant\[0\]\.default: unknown quant type 'iq4_kz'.*iq4_ks"),
-        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\nrules = [\n  { match = 'ffn_(down', type = 'q8_0' },\n]\n", r"r\.toml:9 quant\[A\]\.rules\[0\]\.match: bad match regex"),
-        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\nrules = [\n  { match = '(a+)+b', type = 'q8_0' },\n]\n", r"backtrack catastrophically"),
-        ("[[quant]]\nname = 'A'\nrules = []\n", r"quant\[0\]: variant 'A' has no `default`.*explicit default is required"),
-        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\n[[quant]]\nname = 'A'\ndefault = 'q8_0'\n", r"two variants are named 'A'"),
-        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\nrules = [\n  { match = 'x', layers = '9-3', type = 'q8_0' },\n]\n", r"rules\[0\]\.layers: layer range '9-3' runs backwards"),
-        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\nrules = [\n  { match = 'x', type = 'q8_0', place = 'tpu' },\n]\n", r"r\.toml:9 quant\[0\]\.rules\[0\]\.place: Input should be 'cpu' or 'gpu'"),
+        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\nrules = [ { match = 'x', type = 'q8_0' ]\n",
+         r"r\.toml:8:\d+: malformed TOML"),
+        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\nrulez = []\n",
+         r"r\.toml:8 quant\[0\]\.rulez: unknown key 'rulez' \(did you mean 'rules'\?\)"),
+        ("[[quant]]\nname = 'A'\nextends = 'B'\ndefault = 'q8_0'\n",
+         r"r\.toml:7 quant\[0\]\.extends: extends unknown variant 'B'"),
+        ("[[quant]]\nname = 'A'\ndefault = 'iq4_kz'\n",
+         r"quant\[0\]\.default: unknown quant type 'iq4_kz'.*iq4_ks"),
+        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\nrules = [\n  { match = 'ffn_(down', type = 'q8_0' },\n]\n",
+         r"r\.toml:9 quant\[A\]\.rules\[0\]\.match: bad match regex"),
+        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\nrules = [\n  { match = '(a+)+b', type = 'q8_0' },\n]\n",
+         r"backtrack catastrophically"),
+        ("[[quant]]\nname = 'A'\nrules = []\n",
+         r"quant\[0\]: variant 'A' has no `default`.*explicit default is required"),
+        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\n[[quant]]\nname = 'A'\ndefault = 'q8_0'\n",
+         r"two variants are named 'A'"),
+        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\nrules = [\n  { match = 'x', layers = '9-3', type = "
+         "'q8_0' },\n]\n", r"rules\[0\]\.layers: layer range '9-3' runs backwards"),
+        ("[[quant]]\nname = 'A'\ndefault = 'q8_0'\nrules = [\n  { match = 'x', type = 'q8_0', place = "
+         "'tpu' },\n]\n", r"r\.toml:9 quant\[0\]\.rules\[0\]\.place: Input should be 'cpu' or 'gpu'"),
         ("[[quant]]\nname = 'A'\nextends = 'A'\ndefault = 'q8_0'\n", r"cycle: A -> A"),
     ],
 )
-def test_bad_recipes_end_with_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, expect: str) -> None:
+def test_bad_recipes_end_with_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  body: str, expect: str) -> None:
     p = write(tmp_path, "\n" + body)
     with pytest.raises(RecipeError):
         load_recipe(p)
@@ -175,13 +186,15 @@ def test_add_variant_keeps_comments_and_round_trips(tmp_path: Path) -> None:
     assert again.quants == r.quants
 
 
-def test_mixture_default_reproduces_the_fixture_q4_k_m_listing(tmp_path: Path, smol_f16: Path, ik_fixtures: Path) -> None:
+def test_mixture_default_reproduces_the_fixture_q4_k_m_listing(tmp_path: Path, smol_f16: Path,
+                                                               ik_fixtures: Path) -> None:
     """default = "mixture" leaves unmatched tensors to the ftype's mixture: fixture a, exactly."""
     from quantforge.inventory import load_inventory
     from quantforge.plan import expand
 
     p = tmp_path / "a.toml"
-    p.write_text(f'[model]\nbase = "{smol_f16}"\nengine = "ik"\n[[quant]]\nname = "Q4_K_M"\nftype = "Q4_K_M"\ndefault = "mixture"\n')
+    p.write_text(f'[model]\nbase = "{smol_f16}"\nengine = "ik"\n[[quant]]\nname = "Q4_K_M"\nftype = '
+                 '"Q4_K_M"\ndefault = "mixture"\n')
     r = load_recipe(p)
     assert r.variant().default == "mixture"
     plan = expand(r, None, load_inventory(str(smol_f16), engine="ik"))

@@ -17,7 +17,8 @@ def _write(
 ) -> Path:
     p = tmp_path / "r.toml"
     p.write_text(
-        f'[model]\nbase = "{base}"\nengine = "{engine}"\nname = "smol"\n\n[[quant]]\nname = "v"\nftype = "{ftype}"\n'
+        f'[model]\nbase = "{base}"\nengine = "{engine}"\nname = "smol"\n\n[[quant]]\nname = "v"\nftype = '
+        f'"{ftype}"\n'
         f'default = "{default}"\nrules = [\n{rules}\n]\n'
     )
     return p
@@ -33,7 +34,8 @@ def test_show_json(smol_f16: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert q["tensor_bytes"] == sum(t["bytes"] for t in q["tensors"])
     t = {x["name"]: x for x in q["tensors"]}
     assert t["blk.0.attn_q.weight"] == {**t["blk.0.attn_q.weight"], "shape": [576, 576], "type": "iq4_nl",
-                                        "requested_type": "iq4_ks", "bytes": 186_624, "rule": "rules[1]"}  # fmt: skip
+                                        "requested_type": "iq4_ks", "bytes": 186_624,
+                                        "rule": "rules[1]"}  # fmt: skip
     assert t["blk.0.ffn_up.weight"]["type"] == "q8_0" and t["blk.0.ffn_up.weight"]["rule"] == "default"
     assert t["output_norm.weight"]["requested_type"] is None
     assert q["file_bytes_exact"] is True
@@ -71,7 +73,8 @@ def test_args_mainline_test_recipe(capsys: pytest.CaptureFixture[str], smol_f16:
     assert main(["recipe", "args", str(r)]) == 0
     out = capsys.readouterr().out
     assert (
-        "--tensor-type ffn_down=q6_K --tensor-type attn_v=q8_0 --tensor-type token_embd=q6_K --tensor-type '.*=q4_K'"
+        "--tensor-type ffn_down=q6_K --tensor-type attn_v=q8_0 --tensor-type token_embd=q6_K --tensor-type "
+        "'.*=q4_K'"
         in out
     )
     # The output is named as `quantforge build` names it (the base's -f16 suffix dropped).

@@ -26,9 +26,11 @@ from quantforge.regex_dialect import MAX_WORK, NAME_MAX, RegexError, check
 _CUSTOM = re.compile(r"Using custom type (\S+) for tensor (\S+)")
 
 
-def _dry_run(ik_quantize: Path, smol_f16: Path, tmp_path: Path, pattern: str) -> subprocess.CompletedProcess[str]:
+def _dry_run(ik_quantize: Path, smol_f16: Path, tmp_path: Path,
+             pattern: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(ik_quantize), "--dry-run", "--custom-q", f"{pattern}=q4_0", str(smol_f16), str(tmp_path / "dry.gguf"),
+        [str(ik_quantize), "--dry-run", "--custom-q", f"{pattern}=q4_0", str(smol_f16),
+         str(tmp_path / "dry.gguf"),
          "Q8_0"], capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
@@ -224,12 +226,15 @@ def test_the_recipe_uses_the_one_checker_at_load_and_in_plan(tmp_path: Path) -> 
     from quantforge.recipe import check_regex, parse_recipe
 
     assert check_regex is not None and check_regex(r"ffn_(gate|up)").search("blk.0.ffn_up.weight")
-    text = '[model]\nid = "x"\n[[quant]]\nname = "A"\ndefault = "q8_0"\nrules = [ {{ match = \'{m}\', type = "q4_0" }} ]\n'
-    with pytest.raises(RecipeError, match=r"r\.toml:6 quant\[A\]\.rules\[0\]\.match: bad match regex .*POSIX"):
+    text = ('[model]\nid = "x"\n[[quant]]\nname = "A"\ndefault = "q8_0"\nrules = [ {{ match = \'{m}\', type '
+            '= "q4_0" }} ]\n')
+    with pytest.raises(RecipeError,
+                       match=r"r\.toml:6 quant\[A\]\.rules\[0\]\.match: bad match regex .*POSIX"):
         parse_recipe(text.format(m="blk\\.[[:digit:]]\\."), path="r.toml")
     with pytest.raises(RecipeError, match="backtrack"):
         parse_recipe(text.format(m="(?:[a-z]|[a-z0-9_.])*Z"), path="r.toml")
     recipe = parse_recipe(text.format(m="ffn_(gate|up)"), path="r.toml")
     from quantforge.catalogue import catalogue
 
-    assert quantize_args_for("ik", recipe.quants[0], catalogue("ik")) == ["--custom-q", "ffn_(gate|up)=q4_0,.*=q8_0"]
+    assert quantize_args_for("ik", recipe.quants[0], catalogue("ik")) == ["--custom-q",
+                                                                          "ffn_(gate|up)=q4_0,.*=q8_0"]

@@ -120,7 +120,8 @@ def test_sensitivity_measures_each_group_with_the_real_engine(
     c0 = checks["all@rank0"]
     assert c0["assignment"] == {"attn_v@0-29": "iq4_nl", "ffn_down@0-29": "iq4_nl"}
     assert c0["predicted"] == pytest.approx(
-        table["baseline"] + entries[("attn_v@0-29", "iq4_nl")]["delta"] + entries[("ffn_down@0-29", "iq4_nl")]["delta"])
+        table["baseline"] + entries[("attn_v@0-29", "iq4_nl")]["delta"] + entries[("ffn_down@0-29",
+                                                                                   "iq4_nl")]["delta"])
     # the CSV written reads back as the same table
     back = read_table(measured["out"])
     assert back.model_dump(mode="json") == {**table, "notes": table["notes"]}
@@ -132,7 +133,8 @@ def test_sensitivity_measures_each_group_with_the_real_engine(
 
 def _start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "quantforge", *args], cwd=cwd, env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+        [sys.executable, "-m", "quantforge", *args], cwd=cwd, env={**os.environ, **env,
+                                                                   "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=sigint_default,
     )  # fmt: skip
 
@@ -220,7 +222,8 @@ def test_sensitivity_resumes_after_ctrl_c_and_after_a_kill(
 
 def test_import_thireus_table_for_a_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r1.sensitivity.csv"
-    res = _json(capsys, ["sensitivity", str(R1), "--import", str(THIREUS), "--curve", str(CURVE), "-o", str(out),
+    res = _json(capsys, ["sensitivity", str(R1), "--import", str(THIREUS), "--curve", str(CURVE), "-o",
+                         str(out),
                          "--json"])  # fmt: skip
     assert len(res["groups"]) == 725 and res["metric"] == "kld" and res["arch"] == "deepseek2"
     assert res["model"] == "deepseek-ai/DeepSeek-R1-0528"
@@ -232,7 +235,8 @@ def test_import_thireus_table_for_a_recipe(tmp_path: Path, capsys: pytest.Captur
     got = {e.group: e.value for e in back.entries if e.type == "iq1_m_r4"}
     assert got == row
     # written again without --force: the same method, so allowed (a resumed or refreshed import)
-    assert main(["sensitivity", str(R1), "--import", str(THIREUS), "--curve", str(CURVE), "-o", str(out)]) == 0
+    assert main(["sensitivity", str(R1), "--import", str(THIREUS), "--curve", str(CURVE), "-o",
+                 str(out)]) == 0
 
 
 def test_import_tensor_kld_rows_and_bad_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -242,7 +246,8 @@ def test_import_tensor_kld_rows_and_bad_tables(tmp_path: Path, capsys: pytest.Ca
     assert t.metric == "relative" and [g.name for g in t.groups] == ["blk.3.ffn_down_exps.weight",
                                                                       "blk.4.ffn_down_exps.weight"]
     iq1 = {e.group: e.delta for e in t.entries if e.type == "iq1_s"}
-    assert iq1 == {"blk.3.ffn_down_exps.weight": pytest.approx(0.5), "blk.4.ffn_down_exps.weight": pytest.approx(0.25)}
+    assert iq1 == {"blk.3.ffn_down_exps.weight": pytest.approx(0.5),
+                   "blk.4.ffn_down_exps.weight": pytest.approx(0.25)}
     bad = tmp_path / "bad.csv"
     bad.write_text("QTYPE,blk.0.attn_q.weight,blk.0.attn_k.weight\niq1_m_r4,0.1\n")
     assert main(["sensitivity", str(R1), "--import", str(bad)]) == 2
@@ -274,8 +279,10 @@ def test_fit_budget_over_a_measured_table_and_verify(
     # 2 MB under Q8_0: one group must drop; the cheapest way is the one the table says
     budget = base_bytes - 2_000_000
     out = tmp_path / "built"
-    res = _json(capsys, ["fit", str(measured["recipe"]), "--budget", str(budget), "--sensitivity", str(measured["out"]),
-                         "--name", "FIT-TEST", "--write", "--verify", "--corpus", str(corpus), "--out-dir", str(out),
+    res = _json(capsys, ["fit", str(measured["recipe"]), "--budget", str(budget), "--sensitivity",
+                         str(measured["out"]),
+                         "--name", "FIT-TEST", "--write", "--verify", "--corpus", str(corpus), "--out-dir",
+                         str(out),
                          "--json"])  # fmt: skip
     assert res["tensor_bytes"] <= budget and res["status"] == "optimal"
     chosen = {c["group"]: c["type"] for c in res["choices"]}
@@ -286,7 +293,8 @@ def test_fit_budget_over_a_measured_table_and_verify(
         for b, tb in costs["ffn_down@0-29"].items():
             by = {"attn_v@0-29": a, "ffn_down@0-29": b}
             nbytes = base_bytes + sum(
-                next((e.bytes for e in table.entries if e.group == g and e.type == t), size[g]) - size[g]  # type: ignore[misc]
+                next((e.bytes for e in table.entries if e.group == g and e.type == t),
+                     size[g]) - size[g]  # type: ignore[misc]
                 for g, t in by.items())  # fmt: skip
             if nbytes <= budget:
                 options.append((ta + tb, by))

@@ -73,7 +73,8 @@ def test_shipped_rules_on_a_miniature_with_the_real_quantize(
             continue  # iq1_s/iq2_xxs need importance data the miniature does not have
         plan = expand(recipe, v.name, inv, imatrix=False)
         out = cached_quant(binary, base, plan.ftype, extra=tuple(plan.quantize_args))
-        written = {t.name: cat.by_id(t.type_id).name for t in read_header(out).tensors}  # type: ignore[union-attr]
+        written = {t.name: cat.by_id(t.type_id).name
+                   for t in read_header(out).tensors}  # type: ignore[union-attr]
         assert written == {t.name: t.type for t in plan.tensors}, v.name
         assert out.stat().st_size == plan.file_bytes
         attn_rule = next((r for r in v.rules if r.match == "attn_"), None)
@@ -109,14 +110,17 @@ def test_lint_names_the_kinds_a_rule_matches_and_the_rules_nothing_is_left_for()
         "{ match = '.*', type = \"iq4_k\" }, { match = 'ffn_', type = \"iq3_k\" } ]\n"
     )
     recipe = parse_recipe(text, path="q.toml")
-    findings = {f.code: f for f in lint(recipe, None, load_inventory("Qwen/Qwen3-235B-A22B", engine="ik"), imatrix=False)}
+    findings = {f.code: f for f in lint(recipe, None, load_inventory("Qwen/Qwen3-235B-A22B", engine="ik"),
+                                        imatrix=False)}
     multi = findings["multi-kind"]
     assert multi.severity == "warning" and multi.where == "q.toml:8 quant[v].rules[0]"
     assert "matches 2 kinds of tensor: attn_output.weight ×94, output.weight ×1" in multi.message
     assert multi.count == 94 and multi.examples[0].endswith(".attn_output.weight")
     left = findings["nothing-left"]
-    assert left.where == "q.toml:8 quant[v].rules[1]" and "the 1 rule(s) after it and the default never apply" in left.message
+    assert left.where == "q.toml:8 quant[v].rules[1]"
+    assert "the 1 rule(s) after it and the default never apply" in left.message
     # Anchored, as the shipped recipes now write it: one kind, no warning.
     fixed = parse_recipe(text.replace("'output\\.weight'", "'^output\\.weight$'"), path="q.toml")
-    assert "multi-kind" not in {f.code for f in lint(fixed, None, load_inventory("Qwen/Qwen3-235B-A22B", engine="ik"),
+    assert "multi-kind" not in {f.code for f in lint(fixed, None, load_inventory("Qwen/Qwen3-235B-A22B",
+                                                                                 engine="ik"),
                                                      imatrix=False)}  # fmt: skip

@@ -151,5 +151,6 @@ def test_recipe_show_gives_tensor_data_row_metadata_and_file_bytes(
     assert main(["recipe", "show", str(r)]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     gib = q["tensor_bytes"] / 2**30
-    assert first == (f"v  [ik IQ4_KS]  {gib:.3f} GiB ({q['bpw']:.3f} BPW) tensor data, 0.000 GiB of it row metadata; "
+    assert first == (f"v  [ik IQ4_KS]  {gib:.3f} GiB ({q['bpw']:.3f} BPW) tensor data, 0.000 GiB of it row "
+                     "metadata; "
                      f"file {q['file_bytes']:,} bytes (exact); 0.135 B params")  # fmt: skip

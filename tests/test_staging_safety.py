@@ -57,19 +57,22 @@ def test_the_build_folder_is_never_the_staging_folder(built: Path, capsys: pytes
     before = _tree(built.parent)
     assert main(_stage(built, built.parent, *(["--force"] if force else []))) == 2
     line = _one_line(capsys)
-    assert line == (f"quantforge: error: --staging: --staging {built.parent} is the build folder {built.parent.resolve()} "
+    assert line == (f"quantforge: error: --staging: --staging {built.parent} is the build folder "
+                    f"{built.parent.resolve()} "
                     "(stage into a new folder of its own: it is replaced as a whole)")
     assert _tree(built.parent) == before  # every built variant and manifest still there
 
 
-def test_a_staging_folder_around_the_build_folder_is_refused(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_staging_folder_around_the_build_folder_is_refused(built: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     before = _tree(built.parent)
     assert main(_stage(built, built.parent.parent, "--force")) == 2
     assert "contains the build folder" in _one_line(capsys)
     assert _tree(built.parent) == before
 
 
-def test_force_replaces_only_an_earlier_staging(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_force_replaces_only_an_earlier_staging(built: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     stage = tmp_path / "stage"
     assert main(_stage(built, stage)) == 0
     capsys.readouterr()
@@ -105,8 +108,10 @@ def test_a_manifest_imatrix_path_outside_the_output_folder_is_never_staged(
     stage = tmp_path / "stage"
     assert main(_stage(built, stage)) == 2
     assert _one_line(capsys) == (
-        f"quantforge: error: {GGUF}.manifest.json: the importance matrix {secret} named by {GGUF}.manifest.json "
-        "escapes the output folder (publish with --no-imatrix, or put the imatrix in the output folder or the recipe)")
+        f"quantforge: error: {GGUF}.manifest.json: the importance matrix {secret} named by "
+        f"{GGUF}.manifest.json "
+        "escapes the output folder (publish with --no-imatrix, or put the imatrix in the output folder or "
+        "the recipe)")
     assert not stage.exists() and not (tmp_path / "stage.partial").exists()
 
 
@@ -139,7 +144,8 @@ def test_the_recipes_own_imatrix_outside_the_output_folder_is_still_published(
     _edit_manifest_at.write_text(json.dumps(data))
     stage = tmp_path / "stage"
     assert main([*_stage(built, stage), "--out-dir", str(out)]) == 0, capsys.readouterr().err
-    assert (stage / "repo" / "smollm2-135m.imatrix").read_bytes() == (built.parent / "smollm2-135m.imatrix").read_bytes()
+    staged = (stage / "repo" / "smollm2-135m.imatrix").read_bytes()
+    assert staged == (built.parent / "smollm2-135m.imatrix").read_bytes()
 
 
 def test_repo_paths_cannot_escape_the_staging_folder(tmp_path: Path) -> None:
@@ -157,11 +163,13 @@ def test_repo_paths_cannot_escape_the_staging_folder(tmp_path: Path) -> None:
     src.write_bytes(b"GGUF")
     for name in ("../../x", "a/b", ".."):
         with pytest.raises(PublishError, match="variant name"):
-            layout_variant(VariantFiles(name=name, files=(LocalFile(path=str(src), bytes=4, sha256="0" * 64),)))
+            layout_variant(VariantFiles(name=name, files=(LocalFile(path=str(src), bytes=4, sha256="0" * 64),
+                                                          )))
     for path in ("../../outside.gguf", "/etc/x.gguf", "a/../../b.gguf", "a//b.gguf"):
         plan = UploadPlan(repo="org/x", private=False, recipe_sha256="0", card="", total_bytes=4,
                           max_file_bytes=10, commits=(),
-                          files=(StagedFile(path_in_repo=path, bytes=4, sha256="0", kind="gguf", source=str(src)),))
+                          files=(StagedFile(path_in_repo=path, bytes=4, sha256="0", kind="gguf",
+                                            source=str(src)),))
         with pytest.raises(PublishError, match="repo path"):
             write_staging(plan, tmp_path / "stage")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.gguf"]

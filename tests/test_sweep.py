@@ -17,10 +17,12 @@ from quantforge.evaluate.sweep import load_result, read_raw_jsonl
 
 def _result(label: str, runs: list[list[tuple[float, float]]]) -> SweepResult:
     rr = tuple(
-        tuple(SweepRow(pp=128, tg=16, n_kv=i * 128, t_pp=128 / pp, s_pp=pp, t_tg=16 / tg, s_tg=tg) for i, (pp, tg) in enumerate(run))
+        tuple(SweepRow(pp=128, tg=16, n_kv=i * 128, t_pp=128 / pp, s_pp=pp, t_tg=16 / tg,
+                       s_tg=tg) for i, (pp, tg) in enumerate(run))
         for run in runs
     )
-    return SweepResult(label=label, engine="bundled", ctx=512, ubatch=128, tg=16, runs=rr, summary=summarize(rr),
+    return SweepResult(label=label, engine="bundled", ctx=512, ubatch=128, tg=16, runs=rr,
+                       summary=summarize(rr),
                        created="2026-01-01T00:00:00+00:00")
 
 
@@ -48,7 +50,8 @@ def test_verdicts() -> None:
     faster = _result("fast", [[(120, 12)] * 4, [(121, 12.1)] * 4, [(119, 11.9)] * 4])
     noisy = _result("noisy", [[(100.5, 10.05)] * 4, [(99.2, 9.95)] * 4, [(100.4, 10.0)] * 4])
     up = compare(base, faster)
-    assert {m.verdict for m in up.rows} == {"improvement"} and {m.verdict for m in up.overall} == {"improvement"}
+    assert {m.verdict for m in up.rows} == {"improvement"} and {m.verdict
+                                                                for m in up.overall} == {"improvement"}
     pp = up.overall[0]
     assert pp.metric == "pp" and pp.change_pct == pytest.approx(20.0, abs=0.01)
     assert pp.ci_low_pct < 20.0 < pp.ci_high_pct
@@ -58,7 +61,8 @@ def test_verdicts() -> None:
     assert {m.verdict for m in [*same.rows, *same.overall]} == {"no significant change"}
     # one run each: nothing can be said
     single = compare(_result("a", [[(100, 10)]]), _result("b", [[(150, 15)]]))
-    assert {m.verdict for m in single.overall} == {"no significant change"} and single.overall[0].p_value is None
+    assert {m.verdict
+            for m in single.overall} == {"no significant change"} and single.overall[0].p_value is None
 
 
 def test_compare_fixture_logs(ik_fixtures: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,7 +76,8 @@ def test_compare_fixture_logs(ik_fixtures: Path, capsys: pytest.CaptureFixture[s
     first = rep["rows"][0]
     assert (first["baseline_mean"], first["candidate_mean"]) == (3631.51, 2977.68)
     assert first["change_pct"] == pytest.approx((2977.68 / 3631.51 - 1) * 100)
-    assert {r["verdict"] for r in rep["rows"] + rep["overall"]} == {"no significant change"}  # n = 1: no test possible
+    assert {r["verdict"] for r in rep["rows"]
+            + rep["overall"]} == {"no significant change"}  # n = 1: no test possible
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +89,8 @@ def q8(smol_f16: Path, ik_quantize: Path, tmp_path_factory: pytest.TempPathFacto
     return dst
 
 
-def test_bundled_sweep_three_runs_jsonl_and_plot(q8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bundled_sweep_three_runs_jsonl_and_plot(q8: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "q8.json"
     rc = main(["sweep", "--model", str(q8), "--repeat", "3", "--ctx", "512", "--ubatch", "128", "--tg", "16",
                "--threads", "2", "-o", str(out), "--json"])
@@ -111,11 +117,13 @@ def test_bundled_sweep_three_runs_jsonl_and_plot(q8: Path, tmp_path: Path, capsy
     assert b"<svg" in svg.read_bytes()[:2000]
 
 
-def test_compare_interleaved_run_records_every_run(q8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_interleaved_run_records_every_run(q8: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     # 4 repeats run A B, B A, A B, B A after one discarded warm-up run of each. Whether A vs A is
     # "no significant change" (and fewer threads a regression) is a timing question: it is
     # measured side by side in bench/sweep_ab.py, not asserted here.
-    rc = main(["sweep", "compare", "--model", str(q8), "--a", "threads=1", "--b", "threads=1", "--repeat", "4",
+    rc = main(["sweep", "compare", "--model", str(q8), "--a", "threads=1", "--b", "threads=1", "--repeat",
+               "4",
                "--ctx", "256", "--ubatch", "64", "--tg", "8", "--alpha", "0.001",
                "-o", str(tmp_path / "same.json"), "--json"])
     cap = capsys.readouterr()
@@ -144,7 +152,8 @@ def test_sweep_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     (tmp_path / "old.json").write_text("{}")
     rc = main(["sweep", "--model", str(tmp_path / "m.gguf"), "-o", str(tmp_path / "old.json")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == [f"quantforge: error: {tmp_path / 'old.json'}: output exists (pass --force to overwrite "
+    assert rc == 2 and err == [f"quantforge: error: {tmp_path / 'old.json'}: output exists (pass --force to "
+                               "overwrite "
                                "it, or choose another -o)"]
     assert (tmp_path / "old.json").read_text() == "{}"
 
@@ -152,21 +161,27 @@ def test_sweep_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_sweep_command_from_planner_run_command() -> None:
     from quantforge.evaluate.sweep import sweep_command_from_run
 
-    run = ["llama-server", "-m", "MODEL.gguf", "-c", "4096", "-ngl", "99", "-ot", "ffn_.*=CPU", "-fmoe", "-fa",
+    run = ["llama-server", "-m", "MODEL.gguf", "-c", "4096", "-ngl", "99", "-ot", "ffn_.*=CPU", "-fmoe",
+           "-fa",
            "-ctk", "f16", "-ctv", "f16", "-b", "2048", "-ub", "512", "-t", "16"]
     assert sweep_command_from_run(run, model="/m/x.gguf", engine="ik", binary="/b/llama-sweep-bench") == [
-        "/b/llama-sweep-bench", "-m", "/m/x.gguf", "-c", "4096", "-ngl", "99", "-ot", "ffn_.*=CPU", "-fmoe", "-fa",
+        "/b/llama-sweep-bench", "-m", "/m/x.gguf", "-c", "4096", "-ngl", "99", "-ot", "ffn_.*=CPU", "-fmoe",
+        "-fa",
         "-ctk", "f16", "-ctv", "f16", "-b", "2048", "-ub", "512", "-t", "16"]
-    assert sweep_command_from_run(run, model="/m/x.gguf", engine="mainline", binary="/b/llama-bench", tg=128) == [
-        "/b/llama-bench", "-m", "/m/x.gguf", "-p", "512", "-n", "128", "-d", "0,512,1024,1536,2048,2560,3072,3584",
-        "-ub", "512", "-o", "json", "-r", "1", "-b", "2048", "-t", "16", "-ngl", "99", "-ctk", "f16", "-ctv", "f16",
+    assert sweep_command_from_run(run, model="/m/x.gguf", engine="mainline", binary="/b/llama-bench",
+                                  tg=128) == [
+        "/b/llama-bench", "-m", "/m/x.gguf", "-p", "512", "-n", "128", "-d",
+        "0,512,1024,1536,2048,2560,3072,3584",
+        "-ub", "512", "-o", "json", "-r", "1", "-b", "2048", "-t", "16", "-ngl", "99", "-ctk", "f16", "-ctv",
+        "f16",
         "-fa", "1", "-ot", "ffn_.*=CPU"]
 
 
 @pytest.mark.mainline
 def test_mainline_llama_bench_depth_real_output(q8: Path, mainline_bin_dir: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """Real mainline llama-bench output (JSON and markdown, with -d depths) parsed, then swept through the CLI."""
+    """Real mainline llama-bench output (JSON and markdown, with -d depths) parsed, then swept through the
+    CLI."""
     import re
     import subprocess
 
@@ -177,7 +192,8 @@ def test_mainline_llama_bench_depth_real_output(q8: Path, mainline_bin_dir: Path
     js = subprocess.run([*base, "-o", "json"], capture_output=True, text=True, check=True).stdout
     rows = parse_bench_json(js)
     raw = json.loads(js)
-    assert [(r.n_prompt, r.n_gen, r.n_depth) for r in rows] == [(64, 0, 0), (0, 8, 0), (64, 0, 64), (0, 8, 64)]
+    assert [(r.n_prompt, r.n_gen, r.n_depth) for r in rows] == [(64, 0, 0), (0, 8, 0), (64, 0, 64),
+                                                                (0, 8, 64)]
     assert [r.avg_ts for r in rows] == [d["avg_ts"] for d in raw]
     assert [list(r.samples_ts) for r in rows] == [d["samples_ts"] for d in raw]
     assert [s.n_kv for s in bench_to_sweep_rows(rows)] == [0, 64]
@@ -189,7 +205,8 @@ def test_mainline_llama_bench_depth_real_output(q8: Path, mainline_bin_dir: Path
         [r.n_depth for r in mrows] == [0, 0, 64, 64]
 
     out = tmp_path / "ml.json"
-    rc = main(["sweep", "--cmd", " ".join([*base, "-o", "json"]), "--engine", "mainline", "--repeat", "2", "-o", str(out)])
+    rc = main(["sweep", "--cmd", " ".join([*base, "-o", "json"]), "--engine", "mainline", "--repeat", "2",
+               "-o", str(out)])
     assert rc == 0, capsys.readouterr().err
     res = SweepResult.model_validate_json(out.read_text())
     # 2 invocations x llama-bench's own 2 repetitions (-r 2): each repetition is a run
@@ -197,9 +214,11 @@ def test_mainline_llama_bench_depth_real_output(q8: Path, mainline_bin_dir: Path
     assert {s.n for s in res.summary} == {4} and res.settings["t"] == "2" and res.build == "unknown (0)"
 
 
-def test_vary_one_knob_interleaved_with_a_plot(q8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_vary_one_knob_interleaved_with_a_plot(q8: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ub.json"
-    rc = main(["sweep", "--model", str(q8), "--vary", "ub=32,64", "--repeat", "2", "--ctx", "128", "--tg", "4",
+    rc = main(["sweep", "--model", str(q8), "--vary", "ub=32,64", "--repeat", "2", "--ctx", "128", "--tg",
+               "4",
                "--threads", "1", "-o", str(out), "--json"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
@@ -207,7 +226,8 @@ def test_vary_one_knob_interleaved_with_a_plot(q8: Path, tmp_path: Path, capsys:
     assert rep["knob"] == "ub" and rep["values"] == ["32", "64"]
     assert [(p["value"], p["runs"], p["rows"]) for p in rep["points"]] == [("32", 2, 4), ("64", 2, 2)]
     first, second = rep["results"]
-    assert [r["pp"] for r in first["runs"][0]] == [32] * 4 and [r["n_kv"] for r in second["runs"][0]] == [0, 64]
+    assert [r["pp"] for r in first["runs"][0]] == [32] * 4 and [r["n_kv"]
+                                                                for r in second["runs"][0]] == [0, 64]
     assert all(p["pp_mean"] > 0 and p["tg_mean"] > 0 and p["pp_std"] is not None for p in rep["points"])
     assert rep["best_pp"] in ("32", "64") and rep["best_tg"] in ("32", "64")
     assert rep["plot"] == [str(tmp_path / "ub.png"), str(tmp_path / "ub.svg")]
@@ -223,7 +243,8 @@ def test_vary_one_knob_interleaved_with_a_plot(q8: Path, tmp_path: Path, capsys:
 def test_with_knob_rewrites_command_lines() -> None:
     from quantforge.evaluate.sweep import parse_vary, with_knob
 
-    cmd = ["llama-sweep-bench", "-m", "m.gguf", "-c", "16384", "-ub", "512", "-fa", "-ot", "exps=CPU", "-t", "16"]
+    cmd = ["llama-sweep-bench", "-m", "m.gguf", "-c", "16384", "-ub", "512", "-fa", "-ot", "exps=CPU", "-t",
+           "16"]
     assert with_knob(cmd, "ub", "4096") == ["llama-sweep-bench", "-m", "m.gguf", "-c", "16384", "-fa", "-ot",
                                             "exps=CPU", "-t", "16", "-ub", "4096"]
     assert with_knob(cmd, "rtr", "on")[-1] == "-rtr" and with_knob([*cmd, "-rtr"], "rtr", "off") == cmd

@@ -55,7 +55,8 @@ exit 1
 
 
 def _git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
+           "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.org"}
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
                           env=env).stdout.strip()
@@ -99,7 +100,8 @@ def test_bisect_names_the_slow_commit_and_skips_the_broken_build(
         repo: tuple[Path, list[str]], q8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     r, shas = repo
     out = tmp_path / "bisect"
-    rc = main(["sweep", "bisect", "--repo", str(r), "--good", shas[0], "--bad", shas[5], "--build", "sh build.sh",
+    rc = main(["sweep", "bisect", "--repo", str(r), "--good", shas[0], "--bad", shas[5], "--build",
+               "sh build.sh",
                "--command", f"out/bench -m {q8} -c 256 -ub 64 -n 8 -t 1", "--metric", "pp", "-o", str(out),
                "--json"])
     cap = capsys.readouterr()
@@ -108,7 +110,8 @@ def test_bisect_names_the_slow_commit_and_skips_the_broken_build(
     assert rep["first_bad"] == shas[4] and rep["first_bad_subject"] == "c4: the slow one"
     steps = {s["commit"]: s for s in rep["steps"]}
     # git bisect tries c2 first (the midpoint): it does not build, so it is skipped
-    assert steps[shas[2]]["verdict"] == "skip" and steps[shas[2]]["reason"].startswith("the build failed (exit status 1)")
+    assert steps[shas[2]]["verdict"] == "skip" and steps[shas[2]]["reason"].startswith("the build failed "
+                                                                                       "(exit status 1)")
     assert steps[shas[4]]["verdict"] == "bad" and steps[shas[3]]["verdict"] == "good"
     assert [s["commit"] for s in rep["steps"]] == [s for s in shas if s in steps]  # in commit order
     good_ref, bad_ref = rep["references"]
@@ -131,10 +134,12 @@ def test_bisect_names_the_slow_commit_and_skips_the_broken_build(
     assert not (r / ".git" / "BISECT_LOG").exists()
     assert "bisect: BAD is " in cap.err
     # a second bisect into the same folder needs --force
-    rc = main(["sweep", "bisect", "--repo", str(r), "--good", shas[0], "--bad", shas[5], "--build", "sh build.sh",
+    rc = main(["sweep", "bisect", "--repo", str(r), "--good", shas[0], "--bad", shas[5], "--build",
+               "sh build.sh",
                "--command", "out/bench", "-o", str(out)])
     assert rc == 2 and capsys.readouterr().err.strip() == (
-        f"quantforge: error: {out}: the output folder holds an earlier bisect (pass --force to replace it, or "
+        f"quantforge: error: {out}: the output folder holds an earlier bisect (pass --force to "
+        "replace it, or "
         "choose another --out-dir)")
 
 
@@ -142,22 +147,26 @@ def test_bisect_refuses_what_it_cannot_bisect(repo: tuple[Path, list[str]], q8: 
                                              capsys: pytest.CaptureFixture[str]) -> None:
     r, shas = repo
     bench = f"out/bench -m {q8} -c 128 -ub 64 -n 4 -t 1"
-    base = ["sweep", "bisect", "--repo", str(r), "--build", "sh build.sh", "--command", bench, "-o", str(tmp_path / "o")]
+    base = ["sweep", "bisect", "--repo", str(r), "--build", "sh build.sh", "--command", bench, "-o",
+            str(tmp_path / "o")]
     cases = [
         (["--good", shas[5], "--bad", shas[0]], 2, "is not an ancestor of --bad"),
         (["--good", "no-such-rev", "--bad", shas[5]], 2, "--good: unknown revision 'no-such-rev'"),
         (["--good", shas[0], "--bad", shas[2]], 1, "the BAD revision"),  # c2 does not build
-        (["--good", shas[0], "--bad", shas[1]], 1, "is not measurably slower than GOOD"),  # no regression there
+        (["--good", shas[0], "--bad", shas[1]], 1,
+         "is not measurably slower than GOOD"),  # no regression there
     ]
     for extra, code, text in cases:
         rc = main([*base, *extra])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == code and err[-1].startswith("quantforge: error: ") and text in err[-1], err
-        assert _git(r, "symbolic-ref", "--short", "HEAD") == "main" and not (r / ".git" / "BISECT_START").exists()
+        assert _git(r, "symbolic-ref", "--short",
+                    "HEAD") == "main" and not (r / ".git" / "BISECT_START").exists()
     (r / "build.sh").write_text("changed\n")
     rc = main([*base, "--good", shas[0], "--bad", shas[5]])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.endswith("the repository has uncommitted changes: bisecting checks out other commits "
+    assert rc == 2 and err.endswith("the repository has uncommitted changes: bisecting checks out other "
+                                    "commits "
                                     "(commit or stash them first)")
 
 
@@ -179,7 +188,8 @@ def test_ctrl_c_stops_the_whole_bisect_and_resets_the_repository(repo: tuple[Pat
     r, shas = repo
     out = tmp_path / "bisect"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "quantforge", "sweep", "bisect", "--repo", str(r), "--good", shas[0], "--bad", shas[5],
+        [sys.executable, "-m", "quantforge", "sweep", "bisect", "--repo", str(r), "--good", shas[0], "--bad",
+         shas[5],
          "--build", "sh build.sh", "--command", f"out/bench -m {q8} -c 256 -ub 64 -n 8 -t 1", "-o", str(out)],
         env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True, preexec_fn=sigint_default)
@@ -192,7 +202,8 @@ def test_ctrl_c_stops_the_whole_bisect_and_resets_the_repository(repo: tuple[Pat
     _, err = proc.communicate(timeout=60)
     text = err.decode()
     assert proc.returncode == 130, text
-    assert text.strip().splitlines()[-1] == "quantforge: error: interrupted; the repository was reset to where it was"
+    assert text.strip().splitlines()[-1] == ("quantforge: error: interrupted; the repository was reset to "
+                                             "where it was")
     assert "Traceback" not in text
     assert _git(r, "symbolic-ref", "--short", "HEAD") == "main" and _git(r, "rev-parse", "HEAD") == shas[5]
     assert not (r / ".git" / "BISECT_START").exists() and not (r / ".git" / "BISECT_LOG").exists()

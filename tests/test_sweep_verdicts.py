@@ -1,4 +1,5 @@
-"""Verdicts on tables users paste: one run per side (rows paired by depth), llama-bench mean ± sd, strict JSON."""
+"""Verdicts on tables users paste: one run per side (rows paired by depth), llama-bench mean ± sd, strict
+JSON."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_two_pasted_sweep_tables_one_run_each(tmp_path: Path, capsys: pytest.Cap
     assert (tg["metric"], tg["verdict"]) == ("tg", "no significant change")
     assert tg["near_threshold"] is True and "confirm with repeats" in tg["recommendation"]
     assert rep["assumptions"] == ["run-to-run noise unknown (one run per side): treating the 5 depths as "
-                                  "replicates; the interval is the spread of the per-depth ratio, not run-to-run noise"]
+                                  "replicates; the interval is the spread of the per-depth ratio, not "
+                                  "run-to-run noise"]
     # one run per side: per-row intervals do not exist, and say so (null, never NaN)
     assert all(r["ci_low_pct"] is None and r["p_value"] is None and r["test"] == "none" for r in rep["rows"])
     assert rep["rows"][0]["why"].startswith("one run per side: no run-to-run variance")
@@ -66,12 +68,16 @@ def test_two_pasted_sweep_tables_one_run_each(tmp_path: Path, capsys: pytest.Cap
     out = capsys.readouterr().out
     assert rc == 0
     line = next(x for x in out.splitlines() if x.startswith("PP: "))
-    assert line.startswith(f"PP: regression, -90.3 % (95 % CI {pp['ci_low_pct']:+.1f} % .. {pp['ci_high_pct']:+.1f} %;"
+    assert line.startswith(f"PP: regression, -90.3 % (95 % CI {pp['ci_low_pct']:+.1f} % .. "
+                           f"{pp['ci_high_pct']:+.1f} %;"
                            " paired t-test on log-ratios across 5 depths, p = ")
     assert "5 of 5 depths slower" in line
-    assert next(x for x in out.splitlines() if x.startswith("TG: ")).startswith("TG: no significant change, -0.6 %")
-    assert "assumption: run-to-run noise unknown (one run per side): treating the 5 depths as replicates" in out
-    assert "n/a: one run per side: no run-to-run variance, so no interval or test here (1 vs 1 run) (JSON: null)" in out
+    assert next(x for x in out.splitlines() if x.startswith("TG: ")).startswith("TG: no significant "
+                                                                                "change, -0.6 %")
+    assert ("assumption: run-to-run noise unknown (one run per side): "
+            "treating the 5 depths as replicates") in out
+    assert ("n/a: one run per side: no run-to-run variance, "
+            "so no interval or test here (1 vs 1 run) (JSON: null)") in out
     # the other way round it is an improvement of the same size
     rc = main(["sweep", "compare", str(ml), str(ik), "--json"])
     back = _strict(capsys.readouterr().out)
@@ -93,10 +99,12 @@ def test_paired_test_needs_consistent_signs_and_the_minimum_effect(tmp_path: Pat
     assert paired_test(base, faster, "pp", min_effect_pct=1.0).verdict == "improvement"
 
 
-def test_pasted_llama_bench_mean_sd_builds_of_one_paste(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pasted_llama_bench_mean_sd_builds_of_one_paste(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Issue #1258: ik vs mainline llama-bench in one paste; TG 3x better on mainline, PP worse."""
     f = _write(tmp_path, "i1258.md", P.ISSUE1258)
-    rc = main(["sweep", "compare", str(f), str(f), "--a-select", "build=1ec12b8e", "--b-select", "build=22cae8321",
+    rc = main(["sweep", "compare", str(f), str(f), "--a-select", "build=1ec12b8e", "--b-select",
+               "build=22cae8321",
                "--json"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
@@ -110,10 +118,12 @@ def test_pasted_llama_bench_mean_sd_builds_of_one_paste(tmp_path: Path, capsys: 
     assert (rep["baseline_build"], rep["candidate_build"]) == ("1ec12b8e (4180)", "22cae8321 (7951)")
     row = rep["rows"][0]
     assert row["test"] == "welch-summary" and row["baseline_n"] == row["candidate_n"] == 5
-    assert row["why"] == "from the mean ± sd the tool printed, n = 5 vs 5 repetitions assumed (llama-bench's default -r)"
+    assert row["why"] == ("from the mean ± sd the tool printed, n = 5 vs 5 repetitions assumed "
+                          "(llama-bench's default -r)")
 
 
-def test_old_llama_bench_regression_between_two_builds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_old_llama_bench_regression_between_two_builds(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """Issue #5986: pp 32 of Q4_0 fell from 11.19 ± 0.05 to 7.48 ± 0.07 t/s between two builds."""
     f = _write(tmp_path, "i5986.md", P.ISSUE5986)
     rc = main(["sweep", "compare", str(f), str(f), "--select", "model=Q4_0", "--a-select", "table=1",
@@ -128,7 +138,8 @@ def test_old_llama_bench_regression_between_two_builds(tmp_path: Path, capsys: p
 def test_one_depth_one_run_cannot_be_tested(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Issue #523: TG 4.32 -> 5.43 t/s at one depth, one run each: the report says no test is possible."""
     f = _write(tmp_path, "i523.md", P.ISSUE523)
-    rc = main(["sweep", "compare", str(f), str(f), "--a-select", "table=2", "--b-select", "table=1", "--json"])
+    rc = main(["sweep", "compare", str(f), str(f), "--a-select", "table=2", "--b-select", "table=1",
+               "--json"])
     rep = _strict(capsys.readouterr().out)
     assert rc == 0
     tg = rep["summary"][1]
@@ -145,15 +156,19 @@ def test_flag_differences_come_first(ik_fixtures: Path, capsys: pytest.CaptureFi
     rc = main(["sweep", "compare", str(logs / "sweep-cpu.log"), str(logs / "sweep-cpu-rtr.log")])
     out = capsys.readouterr().out.splitlines()
     assert rc == 0
-    assert out[1:3] == ["settings that differ (a speed change they explain is not the build's):", "  -rtr: off -> on"]
-    assert out[4].startswith("PP: regression, -18.7 % (95 % CI -22.7 % .. -14.4 %; paired t-test on log-ratios "
+    assert out[1:3] == ["settings that differ (a speed change they explain is not the build's):",
+                        "  -rtr: off -> on"]
+    assert out[4].startswith("PP: regression, -18.7 % (95 % CI -22.7 % .. -14.4 %; paired t-test on "
+                             "log-ratios "
                              "across 8 depths")
-    rc = main(["sweep", "compare", str(logs / "gpu-sweep-hybrid-ub512.log"), str(logs / "gpu-sweep-hybrid-ub2048.log"),
+    rc = main(["sweep", "compare", str(logs / "gpu-sweep-hybrid-ub512.log"),
+               str(logs / "gpu-sweep-hybrid-ub2048.log"),
                "--json"])
     assert rc == 2  # no common row: -ub 512 and -ub 2048 measure PP of different sizes
 
 
-def test_compare_json_is_strict_even_with_missing_halves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_json_is_strict_even_with_missing_halves(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     a = load_result(_write(tmp_path, "a.md", P.ISSUE5986), select={"table": "1", "model": "Q4_0"})
     b = load_result(_write(tmp_path, "b.md", P.ISSUE5986), select={"table": "2", "model": "Q4_0"})
     rep = compare(a, b)

@@ -1,4 +1,5 @@
-"""The table reader on what users paste (public issues, as written) and on real tool output of both engines."""
+"""The table reader on what users paste (public issues, as written) and on real tool output of both
+engines."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from quantforge.evaluate.tables import first_sample_outlier, read_table, warmup_
 
 
 def _rows(table: object) -> list[tuple[object, ...]]:
-    return [(r.pp, r.tg, r.n_kv, r.t_pp, r.s_pp, r.t_tg, r.s_tg) for r in table.runs[0]]  # type: ignore[attr-defined]
+    return [(r.pp, r.tg, r.n_kv, r.t_pp, r.s_pp, r.t_tg,
+             r.s_tg) for r in table.runs[0]]  # type: ignore[attr-defined]
 
 
 def test_plain_markdown_tables_with_prose_around() -> None:
@@ -53,7 +55,8 @@ def test_leading_space_before_every_line() -> None:
 def test_two_tables_one_tab_separated_as_copied_from_the_rendered_page(tmp_path: Path) -> None:
     with pytest.raises(InputError) as exc:
         read_table(P.ISSUE523, source="i523.md")
-    assert str(exc.value) == ("i523.md:7: the file holds 2 tables (lines 2, 7) (pick one with --select table=N, or "
+    assert str(exc.value) == ("i523.md:7: the file holds 2 tables (lines 2, 7) (pick one with --select "
+                              "table=N, or "
                               "read them as repeated runs of one configuration with --select table=all)")
     md = read_table(P.ISSUE523, source="i523.md", select={"table": "1"})
     tsv = read_table(P.ISSUE523, source="i523.md", select={"table": "2"})
@@ -66,7 +69,8 @@ def test_two_tables_one_tab_separated_as_copied_from_the_rendered_page(tmp_path:
 def test_settings_line_inside_a_code_fence() -> None:
     t = read_table(P.ISSUE909, source="i909.md")
     assert [r.s_pp for r in t.runs[0]] == [360.09, 300.89, 254.85]
-    assert t.settings == {"c": "73728", "b": "8192", "ub": "8192", "fa": "on", "ngl": "99", "t": "12", "tb": "12"}
+    assert t.settings == {"c": "73728", "b": "8192", "ub": "8192", "fa": "on", "ngl": "99", "t": "12",
+                          "tb": "12"}
 
 
 def test_batched_bench_table_and_its_command() -> None:
@@ -75,7 +79,8 @@ def test_batched_bench_table_and_its_command() -> None:
     assert _rows(t) == [(4096, 1024, 5120, 38.594, 106.13, 46.432, 22.05)]
     s = t.settings
     assert s["ot"] == r"blk\.(3|4|5|6|7|8)\.ffn_.*=CUDA0,exps=CPU"
-    assert (s["ub"], s["b"], s["c"], s["t"], s["ngl"], s["fa"]) == ("4096", "4096", "131072", "32", "62", "on")
+    assert (s["ub"], s["b"], s["c"], s["t"], s["ngl"], s["fa"]) == ("4096", "4096", "131072", "32", "62",
+                                                                    "on")
     assert s["model"] == "Kimi-K2-Instruct-UD-Q4_K_XL-00001-of-00013.gguf"
 
 
@@ -83,7 +88,8 @@ def test_llama_bench_rows_without_header_between_log_lines() -> None:
     with pytest.raises(InputError) as exc:
         read_table(P.ISSUE1258, source="i1258.md")
     assert str(exc.value) == (
-        "i1258.md:12: the llama-bench output holds 2 configurations (build=1ec12b8e (4180), params=1026.92 B, "
+        "i1258.md:12: the llama-bench output holds 2 configurations (build=1ec12b8e (4180), "
+        "params=1026.92 B, "
         "size=539.80 GiB; build=22cae8321 (7951), params=1026.41 B, size=539.29 GiB) (pick one with --select "
         "build=VALUE, or split the file)")
     ik = read_table(P.ISSUE1258, source="i1258.md", select={"build": "1ec12b8e"})
@@ -152,7 +158,8 @@ def test_fixture_llama_bench_json_samples_are_runs(ik_fixtures: Path) -> None:
 def test_sweep_jsonl_and_csv_as_written(ik_fixtures: Path, tmp_path: Path) -> None:
     cpu = read_table((ik_fixtures / "logs" / "sweep-cpu.log").read_text(), source="x")
     jl = "\n".join(json.dumps({"n_kv_max": 4096, "n_batch": 2048, "n_ubatch": 512, "flash_attn": 1,
-                               "n_gpu_layers": -1, "n_threads": 16, "n_threads_batch": 16, "pp": r.pp, "tg": r.tg,
+                               "n_gpu_layers": -1, "n_threads": 16, "n_threads_batch": 16, "pp": r.pp,
+                               "tg": r.tg,
                                "n_kv": r.n_kv, "t_pp": r.t_pp, "speed_pp": r.s_pp, "t_tg": r.t_tg,
                                "speed_tg": r.s_tg}) for r in cpu.runs[0])
     t = read_table("main: loading\n" + jl, source="sweep.jsonl")
@@ -165,7 +172,8 @@ def test_sweep_jsonl_and_csv_as_written(ik_fixtures: Path, tmp_path: Path) -> No
     bad = csv_text.replace("3631.51", "fast")
     with pytest.raises(InputError) as exc:
         read_table(bad, source="sweep.csv")
-    assert str(exc.value) == "sweep.csv:2: 'speed_pp' is 'fast', not a number (pass the tool's output unchanged)"
+    assert str(exc.value) == ("sweep.csv:2: 'speed_pp' is 'fast', not a number (pass the tool's output "
+                              "unchanged)")
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +185,10 @@ def q8_mainline(smol_f16: Path, ik_quantize: Path, tmp_path_factory: pytest.Temp
 
 @pytest.mark.mainline
 def test_real_mainline_outputs_every_format(q8_mainline: Path, mainline_bin_dir: Path) -> None:
-    """llama-bench md/json/jsonl/csv and llama-batched-bench table/jsonl, produced now by the real binaries."""
-    bench = [str(mainline_bin_dir / "llama-bench"), "-m", str(q8_mainline), "-p", "32", "-n", "4", "-d", "0,32",
+    """llama-bench md/json/jsonl/csv and llama-batched-bench table/jsonl, produced now by the real
+    binaries."""
+    bench = [str(mainline_bin_dir / "llama-bench"), "-m", str(q8_mainline), "-p", "32", "-n", "4", "-d",
+             "0,32",
              "-r", "2", "-t", "1", "-ub", "32"]
     parsed = {}
     for fmt in ("md", "json", "jsonl", "csv"):
@@ -191,10 +201,12 @@ def test_real_mainline_outputs_every_format(q8_mainline: Path, mainline_bin_dir:
         assert all(r.s_pp and r.s_tg and r.s_pp > 0 for run in t.runs for r in run)
     assert len(parsed["json"].runs) == len(parsed["jsonl"].runs) == 2  # -r 2: two repetitions each
     assert len(parsed["md"].runs) == len(parsed["csv"].runs) == 1 and len(parsed["md"].spread) == 4
-    raw = json.loads(subprocess.run([*bench, "-o", "json"], capture_output=True, text=True, check=True).stdout)
+    raw = json.loads(subprocess.run([*bench, "-o", "json"], capture_output=True, text=True,
+                                    check=True).stdout)
     again = read_table(json.dumps(raw), source="bench.json", keep_warmup=True)
     assert [run[0].s_pp for run in again.runs] == [float(x) for x in raw[0]["samples_ts"]]
-    batched = [str(mainline_bin_dir / "llama-batched-bench"), "-m", str(q8_mainline), "-c", "256", "-npp", "32,64",
+    batched = [str(mainline_bin_dir / "llama-batched-bench"), "-m", str(q8_mainline), "-c", "256", "-npp",
+               "32,64",
                "-ntg", "8", "-npl", "1,2", "-t", "1"]
     out = subprocess.run(batched, capture_output=True, text=True, check=True)
     t = read_table(out.stdout + out.stderr, source="batched.md")
@@ -220,7 +232,8 @@ def test_unreadable_rows_name_the_line(tmp_path: Path, capsys: pytest.CaptureFix
     rc = main(["sweep", "compare", str(bad), str(ok)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [
-        f"quantforge: error: {bad}:7: this row has 6 cells, the table header (line 2) has 7: PP | TG | N_KV | "
+        f"quantforge: error: {bad}:7: this row has 6 cells, the table header (line 2) has 7: PP | TG "
+        "| N_KV | "
         "T_PP s | S_PP t/s | T_TG s | S_TG t/s (paste the table as the tool printed it, one row per line)"]
     lines = P.PR602_Q4_0.splitlines()
     lines[4] = lines[4].replace("217.69", "217,69")
@@ -232,7 +245,8 @@ def test_unreadable_rows_name_the_line(tmp_path: Path, capsys: pytest.CaptureFix
     bad.write_text("PP dropped from 75 to 12 t/s after this commit\n")
     rc = main(["sweep", "compare", str(bad), str(ok)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith(f"quantforge: error: {bad}: no speed table found (")
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"quantforge: error: {bad}: no speed "
+                                                           "table found (")
     bad.write_bytes(b"\x00GGUF\x00\x00")
     rc = main(["sweep", "compare", str(bad), str(ok)])
     assert rc == 2 and capsys.readouterr().err.strip() == (
@@ -252,7 +266,8 @@ def test_warmup_detector() -> None:
 
 
 def test_repeated_rows_in_one_table_are_runs() -> None:
-    """Runs appended to one log without a new header (or sweep-bench -nrep rows): each N_KV's k-th row is run k."""
+    """Runs appended to one log without a new header (or sweep-bench -nrep rows): each N_KV's k-th row is run
+    k."""
     body = P.PR602_Q4_0.splitlines()
     rows = body[3:6]  # N_KV 0, 512, 1024
     text = "\n".join([*body[1:3], *rows, *[r.replace("225.48", "224.90") for r in rows]]) + "\n"

@@ -67,7 +67,8 @@ def test_bin_dir_without_quantize_is_a_tool_error(tmp_path: Path) -> None:
         find_toolchain("ik", bin_dir=str(tmp_path))
     assert (
         ei.value.one_line()
-        == f"--bin-dir: no llama-quantize in {tmp_path} (point --bin-dir at the folder with the built binaries (e.g. build/bin))"
+        == f"--bin-dir: no llama-quantize in {tmp_path} (point --bin-dir at the folder with the built "
+           "binaries (e.g. build/bin))"
     )
 
 

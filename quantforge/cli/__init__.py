@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug_requested[0]:
             raise
         text = " ".join(str(exc).split())[:300]
-        print(f"quantforge: error: internal error: {type(exc).__name__}: {text} (this is a bug in quantforge: "
+        print(f"quantforge: error: internal error: {type(exc).__name__}: {text} (this is a bug in "
+              "quantforge: "
               "run the command again with --debug and report the traceback)", file=sys.stderr)
         return 1
 
@@ -110,6 +111,7 @@ def _render_click(exc: BaseException) -> int:
     assert isinstance(exc, ex.ClickException)
     msg = exc.format_message().replace("\n", " ")
     ctx = getattr(exc, "ctx", None)
-    cmd = f" (see 'quantforge {ctx.command_path.split(' ', 1)[1]} --help')" if ctx and " " in ctx.command_path else ""
+    cmd = (f" (see 'quantforge {ctx.command_path.split(' ', 1)[1]} --help')" if ctx
+           and " " in ctx.command_path else "")
     print(f"quantforge: error: {msg}{cmd}", file=sys.stderr)
     return 2 if isinstance(exc, ex.UsageError) else exc.exit_code

@@ -16,7 +16,8 @@ app = typer.Typer(
         "Examples:\n\n"
         "  quantforge demo\n\n"
         "  quantforge recipe show recipes/smollm2-135m.toml\n\n"
-        "  quantforge plan recipes/deepseek-r1-0528.toml --quant IQ2_K_R4 --target hw_targets/256gb-24gb.toml --ctx 32768"
+        "  quantforge plan recipes/deepseek-r1-0528.toml --quant IQ2_K_R4 --target "
+        "hw_targets/256gb-24gb.toml --ctx 32768"
     ),
     no_args_is_help=True,
     add_completion=False,

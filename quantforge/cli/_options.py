@@ -39,7 +39,8 @@ QuantsOpt = Annotated[
 #: Several variants, every variant of the recipe when left out (card, publish): repeatable.
 AllQuantsOpt = Annotated[
     list[str] | None,
-    typer.Option("--quant", "-q", help="Variant to include (repeatable; default: every variant of the recipe)."),
+    typer.Option("--quant", "-q",
+                 help="Variant to include (repeatable; default: every variant of the recipe)."),
 ]
 OutDirOpt = Annotated[
     str | None, typer.Option("--out-dir", help="Folder of the built variants (default: the recipe's folder).")
@@ -56,7 +57,8 @@ ImatrixOpt = Annotated[
 RecipeArg = Annotated[str, typer.Argument(help="Recipe TOML file.")]
 #: Another run holds the folder: wait for it instead of stopping (build, eval, publish staging).
 WaitOpt = Annotated[
-    bool, typer.Option("--wait", help="If another quantforge run is using the folder, wait for it instead of stopping.")
+    bool, typer.Option("--wait",
+                       help="If another quantforge run is using the folder, wait for it instead of stopping.")
 ]
 
 

@@ -46,7 +46,8 @@ def doctor_cmd(bin_dir: BinDirOpt = None, as_json: JsonOpt = False) -> None:
             lines.append(f"found   {t.label:22} {t.version:24} {t.source}")
             lines.append(f"        {t.quantize}")
             lines.append(
-                f"        rules via {t.rule_flag}, {len(t.ftypes)} base types, dry-run: {'yes' if t.has_dry_run else 'no'}, other tools: {tools or 'none'}"
+                f"        rules via {t.rule_flag}, {len(t.ftypes)} base types, dry-run: "
+                f"{'yes' if t.has_dry_run else 'no'}, other tools: {tools or 'none'}"
             )
         for m in r.missing:
             lines.append(f"missing {m.engine}: {m.tool} ({m.why}) -> {m.fix}")
@@ -115,14 +116,16 @@ def imatrix_cmd(
         "imatrix": info.model_dump(mode="json", exclude={"entries"}),
         "entries": info.entries_count,
         "computed": computed,
-        "variants": [{"variant": v.variant, "coverage": v.coverage.model_dump(mode="json")} for v in report.variants],
+        "variants": [{"variant": v.variant,
+                      "coverage": v.coverage.model_dump(mode="json")} for v in report.variants],
     }
 
     def human(d: dict[str, Any]) -> str:
         i = d["imatrix"]
         ds = ", ".join(i["datasets"]) or "unknown"
         lines = [
-            f"{'computed' if computed else 'imatrix'} {i['path']} ({i['format']}, {d['entries']} entries, {i['chunk_count']} chunks, dataset {ds})"
+            f"{'computed' if computed else 'imatrix'} {i['path']} ({i['format']}, {d['entries']} entries, "
+            f"{i['chunk_count']} chunks, dataset {ds})"
         ]
         for row in d["variants"]:
             c = row["coverage"]
@@ -206,7 +209,8 @@ def build_cmd(
 
     try:
         result = build(
-            r, variants=names, out_dir=Path(out) if out else None, base=base, imatrix=imatrix, bin_dir=bin_dir,
+            r, variants=names, out_dir=Path(out) if out else None, base=base, imatrix=imatrix,
+            bin_dir=bin_dir,
             threads=threads, force=force, min_free=parse_size(min_free), split_max_bytes=split_bytes or None,
             timeout=timeout, progress=bars, on_result=on_result, wait=wait,
         )  # fmt: skip
@@ -221,7 +225,8 @@ def build_cmd(
         for b in res.results:
             planned = human_bytes(b.planned_file_bytes) if b.planned_file_bytes else "?"
             lines.append(
-                f"{b.status:8} {b.variant:12} {human_bytes(b.actual_file_bytes):>11} (planned {planned})  {b.manifest}"
+                f"{b.status:8} {b.variant:12} {human_bytes(b.actual_file_bytes):>11} (planned {planned})  "
+                f"{b.manifest}"
             )
         return "\n".join(lines)
 
@@ -257,7 +262,8 @@ def base_cmd(
     if (dst.exists() or dst.is_symlink()) and not force:
         raise BuildError(f"{dst} already exists", where=str(dst), hint="pass --force to overwrite it")
     if dst.is_dir():
-        raise UsageError(f"{dst} is a folder", where=str(dst), hint="give the path of the .gguf file to write")
+        raise UsageError(f"{dst} is a folder", where=str(dst),
+                         hint="give the path of the .gguf file to write")
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

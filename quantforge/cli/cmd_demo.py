@@ -14,7 +14,8 @@ from quantforge.units import human_bytes
 @app.command("demo")
 def demo_cmd(
     out: str = typer.Option("quantforge-demo", "--out", "-o", help="Folder for everything the demo makes."),
-    chunks: int = typer.Option(6, "--chunks", help="PPL/KLD chunks of 512 tokens (more is slower and tighter)."),
+    chunks: int = typer.Option(6, "--chunks",
+                               help="PPL/KLD chunks of 512 tokens (more is slower and tighter)."),
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     progress: bool = typer.Option(
@@ -37,10 +38,12 @@ def demo_cmd(
     def human(r: DemoResult) -> str:
         lines = [
             "",
-            f"quantforge demo: SmolLM2-135M-Instruct, {len(r.variants)} variants in {r.seconds:.0f} s  ({r.folder})",
+            f"quantforge demo: SmolLM2-135M-Instruct, {len(r.variants)} variants in {r.seconds:.0f} s  "
+            f"({r.folder})",
             f"  base F16 PPL {r.base_ppl:.4f}" if r.base_ppl is not None else "  base F16 PPL: not measured",
             "",
-            f"  {'variant':<8} {'size':>10} {'planned = actual':>17} {'BPW':>6} {'PPL':>16} {'KLD mean':>9} {'KLD p99':>8}  fits",
+            f"  {'variant':<8} {'size':>10} {'planned = actual':>17} {'BPW':>6} {'PPL':>16} {'KLD mean':>9} "
+            f"{'KLD p99':>8}  fits",
         ]
         for v in r.variants:
             exact = "yes" if v.planned_file_bytes == v.file_bytes else f"NO ({v.planned_file_bytes})"
@@ -48,7 +51,8 @@ def demo_cmd(
             kld = f"{v.kld_mean:.5f}" if v.kld_mean is not None else "-"
             p99 = f"{v.kld_p99:.4f}" if v.kld_p99 is not None else "-"
             lines.append(
-                f"  {v.name:<8} {human_bytes(v.file_bytes):>10} {exact:>17} {v.bpw:>6.3f} {ppl:>16} {kld:>9} {p99:>8}  "
+                f"  {v.name:<8} {human_bytes(v.file_bytes):>10} {exact:>17} {v.bpw:>6.3f} {ppl:>16} "
+                f"{kld:>9} {p99:>8}  "
                 f"{len(v.fits)} targets"
             )
         lines += [

@@ -26,15 +26,18 @@ def _fmt_eval(r: Any) -> str:
     assert isinstance(r, EvalResult)
     lines = [
         f"{Path(r.model).name}  [{r.engine}{' ' + r.engine_commit if r.engine_commit else ''}]",
-        f"  PPL  {r.ppl:.4f} ± {r.ppl_err:.4f}   ({r.chunks} chunks × {r.ctx} ctx, {r.n_tokens_scored} tokens scored,"
+        f"  PPL  {r.ppl:.4f} ± {r.ppl_err:.4f}   ({r.chunks} chunks × {r.ctx} ctx, {r.n_tokens_scored} "
+        "tokens scored,"
         f" corpus {r.corpus_sha256[:12]}, {r.wall_s:.1f} s)",
     ]
     if r.kld is not None:
         k = r.kld
         lines += [
-            f"  KLD  mean {k.mean:.6f} ± {k.mean_err:.6f}   median {k.median:.6f}   99% {k.percentiles.get('99.0', float('nan')):.6f}"
+            f"  KLD  mean {k.mean:.6f} ± {k.mean_err:.6f}   median {k.median:.6f}   99% "
+            f"{k.percentiles.get('99.0', float('nan')):.6f}"
             f"   max {k.maximum:.6f}",
-            f"  same top token {k.same_top_pct:.3f} ± {k.same_top_pct_err:.3f} %   RMS Δp {k.rms_dp_pct:.3f} ± {k.rms_dp_pct_err:.3f} %"
+            f"  same top token {k.same_top_pct:.3f} ± {k.same_top_pct_err:.3f} %   RMS Δp "
+            f"{k.rms_dp_pct:.3f} ± {k.rms_dp_pct_err:.3f} %"
             f"   PPL(Q)/PPL(base) {k.ppl_ratio:.6f} ± {k.ppl_ratio_err:.6f}",
             f"  base {Path(r.base).name if r.base else '?'}  PPL {k.ppl_base:.4f} ± {k.ppl_base_err:.4f}",
         ]
@@ -63,19 +66,25 @@ def eval_cmd(
     all_: bool = typer.Option(False, "--all", help="Every variant of the recipe."),
     model: str = typer.Option(None, "--model", "-m", help="Any GGUF file to evaluate."),
     base: str = typer.Option(None, "--base", help="Reference GGUF for KLD (F16/BF16/Q8_0)."),
-    base_logits: str = typer.Option(None, "--base-logits", help="An existing --kl-divergence-base file (its key is checked)."),
+    base_logits: str = typer.Option(None, "--base-logits",
+                                    help="An existing --kl-divergence-base file (its key is checked)."),
     ppl: bool = typer.Option(False, "--ppl", help="Measure perplexity only."),
     kld: bool = typer.Option(False, "--kld", help="Measure KLD against --base (implies PPL)."),
     corpus: str | None = typer.Option(None, "--corpus", "-f", help="Evaluation text (UTF-8)."),
-    ctx: int | None = typer.Option(None, "--ctx", "-c", help="Context of each chunk (tokens; default: the recipe's [eval] ctx, else 512)."),
-    chunks: int | None = typer.Option(None, "--chunks", help="Number of chunks (default: the recipe's [eval] chunks, else all)."),
+    ctx: int | None = typer.Option(None, "--ctx", "-c",
+                                   help="Context of each chunk (tokens; default: the recipe's [eval] ctx, "
+                                        "else 512)."),
+    chunks: int | None = typer.Option(None, "--chunks",
+                                      help="Number of chunks (default: the recipe's [eval] chunks, "
+                                           "else all)."),
     engine: str = typer.Option("bundled", "--engine", help="bundled | ik | mainline"),
     threads: ThreadsOpt = None,
     batch: int = typer.Option(None, "--batch", "-b", help="Logical batch size."),
     binary: str = typer.Option(None, "--binary", help="Path of llama-perplexity (else the toolchain's)."),
     bin_dir: BinDirOpt = None,
     out_dir: OutDirOpt = None,
-    no_manifest: bool = typer.Option(False, "--no-manifest", help="Do not record results in the variants' manifests."),
+    no_manifest: bool = typer.Option(False, "--no-manifest",
+                                     help="Do not record results in the variants' manifests."),
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -119,15 +128,18 @@ def eval_cmd(
     results = []
     eng: Any = engine  # checked above: bundled | ik | mainline
     for _, path in targets:
-        res = evaluate(path, engine=eng, corpus=corpus, ctx=ctx, chunks=chunks, base=base_model if want_kld else None,
-                       base_logits=base_logits if want_kld else None, kld=want_kld, threads=threads, batch=batch,
+        res = evaluate(path, engine=eng, corpus=corpus, ctx=ctx, chunks=chunks,
+                       base=base_model if want_kld else None,
+                       base_logits=base_logits if want_kld else None, kld=want_kld, threads=threads,
+                       batch=batch,
                        binary=binary, bin_dir=bin_dir)
         results.append(res)
         man = manifest_path(path)
         if not no_manifest and man.is_file():
             record_in_manifest(man, res, wait=wait)
     data: Any = results[0] if len(results) == 1 else results
-    emit(data, as_json=as_json, human=lambda d: "\n".join(_fmt_eval(r) for r in (d if isinstance(d, list) else [d])))
+    emit(data, as_json=as_json,
+         human=lambda d: "\n".join(_fmt_eval(r) for r in (d if isinstance(d, list) else [d])))
 
 
 plot_app = typer.Typer(help="Charts (PNG + SVG): speed vs N_KV, quality vs size.", no_args_is_help=True)
@@ -136,7 +148,8 @@ app.add_typer(plot_app, name="plot")
 
 @plot_app.command("sweep")
 def plot_sweep_cmd(
-    results: list[str] = typer.Argument(..., help="Sweep results (JSON from 'quantforge sweep') or tool logs."),
+    results: list[str] = typer.Argument(..., help="Sweep results (JSON from 'quantforge sweep') or "
+                                                  "tool logs."),
     out: str = typer.Option(..., "--out", "-o", help="Output path without extension (writes .png and .svg)."),
     title: str = typer.Option(None, "--title"),
 ) -> None:
@@ -153,7 +166,8 @@ def plot_sweep_cmd(
 
 @plot_app.command("ladder")
 def plot_ladder_cmd(
-    results: list[str] = typer.Argument(..., help="Eval results (JSON from 'quantforge eval --json') or variant manifests."),
+    results: list[str] = typer.Argument(..., help="Eval results (JSON from 'quantforge eval --json') or "
+                                                  "variant manifests."),
     out: str = typer.Option(..., "--out", "-o", help="Output path without extension (writes .png and .svg)."),
     x: str = typer.Option("gib", "--x", help="gib | bpw"),
     n_params: int = typer.Option(None, "--n-params", help="Parameter count (for --x bpw)."),

@@ -31,10 +31,12 @@ def _render_report(r: Any) -> str:
     lines = [
         f"{r.quant} on {r.target} at -c {r.settings.n_ctx}: {r.verdict.replace('_', ' ').upper()}"
         + (f" (largest context that fits: {r.max_ctx})" if r.max_ctx else ""),
-        f"weights {_gib(r.weights_bytes)}, KV cache {_gib(r.kv_bytes)} (K {_gib(r.kv_k_bytes)}, V {_gib(r.kv_v_bytes)}, "
+        f"weights {_gib(r.weights_bytes)}, KV cache {_gib(r.kv_bytes)} (K {_gib(r.kv_k_bytes)}, V "
+        f"{_gib(r.kv_v_bytes)}, "
         f"{r.kv_size} cells)",
         "",
-        f"{'device':8s} {'weights':>11s} {'KV':>11s} {'compute':>11s} {'overhead':>11s} {'total':>11s} {'capacity':>11s} {'headroom':>11s}",
+        f"{'device':8s} {'weights':>11s} {'KV':>11s} {'compute':>11s} {'overhead':>11s} {'total':>11s} "
+        f"{'capacity':>11s} {'headroom':>11s}",
     ]
     for d in r.devices:
         lines.append(
@@ -79,7 +81,8 @@ def _render_matrix(m: Any) -> str:
 
 
 def _render_command_plan(p: Any) -> str:
-    head = f"{p.engine} command at -c {p.n_ctx} ({p.kv_size} KV cells), -ub {p.n_ubatch}, FA {'on' if p.flash_attn else 'off'}"
+    head = (f"{p.engine} command at -c {p.n_ctx} ({p.kv_size} KV cells), -ub {p.n_ubatch}, FA "
+            f"{'on' if p.flash_attn else 'off'}")
     if p.gpu_layers:
         head += ", layers per GPU " + "/".join(str(n) for n in p.gpu_layers)
     lines = [head, "", f"{'buffer':12s} {'kind':8s} {'size':>11s}"]
@@ -97,7 +100,8 @@ def _render_command_plan(p: Any) -> str:
 
 @app.command("plan")
 def plan_cmd(
-    recipe: Path = typer.Argument(..., help="Recipe TOML (or, with --command, a GGUF file or any shard of a set)."),
+    recipe: Path = typer.Argument(..., help="Recipe TOML (or, with --command, a GGUF file or any shard "
+                                            "of a set)."),
     quant: VariantOpt = None,
     target: str = typer.Option(None, "--target", "-t", help="Hardware target TOML (or a shipped name)."),
     ctx: int = typer.Option(32768, "--ctx", "-c", help="Context length in tokens."),
@@ -117,12 +121,15 @@ def plan_cmd(
         False, "--placement", help="Include the tensor -> device map in the JSON."
     ),
     command: str = typer.Option(
-        None, "--command", help="Size the buffers of this llama-server/llama-cli/llama-sweep-bench command line "
+        None, "--command",
+        help="Size the buffers of this llama-server/llama-cli/llama-sweep-bench command line "
         "(its -ngl, -ot, -ts, -c, -b, -ub, -fa, -mla, -amb, -ctk/-ctv, -ncmoe) instead of planning one.",
     ),
-    engine: str = typer.Option(None, "--engine", help="With --command on a GGUF: ik or mainline (default ik)."),
+    engine: str = typer.Option(None, "--engine",
+                               help="With --command on a GGUF: ik or mainline (default ik)."),
     engine_version: str = typer.Option(
-        None, "--engine-version", help="With --command: the ik build (commit count) the command runs on, e.g. 4300 "
+        None, "--engine-version",
+        help="With --command: the ik build (commit count) the command runs on, e.g. 4300 "
         "(ik before 4327 split layers over GPUs by count, since then by bytes).",
     ),
     as_json: JsonOpt = False,
@@ -131,11 +138,13 @@ def plan_cmd(
 
     Examples:
 
-      quantforge plan recipes/deepseek-r1-0528.toml --quant IQ2_K_R4 --target hw_targets/256gb-24gb.toml --ctx 32768
+      quantforge plan recipes/deepseek-r1-0528.toml --quant IQ2_K_R4 --target hw_targets/256gb-24gb.toml --ctx
+      32768
 
       quantforge plan recipes/deepseek-r1-0528.toml --matrix --json
 
-      quantforge plan model.gguf --command 'llama-server -m model.gguf -c 32768 -ngl 99 -ot exps=CPU' --target 256gb-24gb
+      quantforge plan model.gguf --command 'llama-server -m model.gguf -c 32768 -ngl 99 -ot exps=CPU' --target
+      256gb-24gb
     """
     from quantforge.cli._output import emit  # startup
     from quantforge.fit.api import fit_recipe, plan_source_command, recipe_matrix  # startup
@@ -154,7 +163,8 @@ def plan_cmd(
             except Exception as e:  # a RecipeError names the recipe key; this is a flag
                 raise UsageError(f"--engine-version {engine_version!r}: not a build number",
                                  hint="e.g. --engine-version 4300") from e  # fmt: skip
-        cp = plan_source_command(recipe, command, quant=quant, target=target, engine=engine,  # type: ignore[arg-type]
+        cp = plan_source_command(recipe, command, quant=quant, target=target,
+                                 engine=engine,  # type: ignore[arg-type]
                                  engine_build=build)  # fmt: skip
         emit(cp, as_json=as_json, human=_render_command_plan)
         return
@@ -177,31 +187,39 @@ def fit_cmd(
     recipe: Path = typer.Argument(..., help="Recipe TOML."),
     target: str = typer.Option(None, "--target", "-t", help="Hardware target TOML (or a shipped name)."),
     budget: str = typer.Option(
-        None, "--budget", help='Tensor-data budget instead of a target: a size ("90 MB"), an ftype or a variant.'
+        None, "--budget",
+        help='Tensor-data budget instead of a target: a size ("90 MB"), an ftype or a variant.'
     ),
     ladder: list[str] = typer.Option(
         None, "--ladder", help="One variant per target (repeatable; with --budget-ladder: per budget)."
     ),
-    budget_ladder: bool = typer.Option(False, "--budget-ladder", help="--ladder values are budgets, not targets."),
+    budget_ladder: bool = typer.Option(False, "--budget-ladder",
+                                       help="--ladder values are budgets, not targets."),
     ctx: int = typer.Option(32768, "--ctx", "-c", help="Context length in tokens."),
     quant: VariantOpt = None,
     name: str = typer.Option(None, "--name", help="Name of the new variant (default: FIT-<target>)."),
     sensitivity: Path = typer.Option(
-        None, "--sensitivity", help="Sensitivity table (quantforge sensitivity, Thireus' kld_results.csv, tensor,kld)."
+        None, "--sensitivity",
+        help="Sensitivity table (quantforge sensitivity, Thireus' kld_results.csv, tensor,kld)."
     ),
-    curve: Path = typer.Option(None, "--curve", help="Thireus' group0/kld_results.csv for an imported table."),
-    min_tg: float = typer.Option(None, "--min-tg", help="Minimum token generation speed (t/s, the speed model)."),
+    curve: Path = typer.Option(None, "--curve",
+                               help="Thireus' group0/kld_results.csv for an imported table."),
+    min_tg: float = typer.Option(None, "--min-tg",
+                                 help="Minimum token generation speed (t/s, the speed model)."),
     down_step: bool = typer.Option(
         None, "--down-step/--no-down-step",
         help="ffn_down at least one bpw step above ffn_gate/up (default: on without a sensitivity table).",
     ),
-    repack: str = typer.Option("auto", "--repack", help="RAM-resident _r4/_r8 twins (ik): auto | always | never."),
+    repack: str = typer.Option("auto", "--repack",
+                               help="RAM-resident _r4/_r8 twins (ik): auto | always | never."),
     ctk: str = typer.Option("f16", "--ctk", help="K cache type."),
     ctv: str = typer.Option("f16", "--ctv", help="V cache type."),
     ub: int = typer.Option(512, "--ub", help="u-batch size."),
     write: bool = typer.Option(False, "--write", help="Append the variant(s) to the recipe file."),
-    verify: bool = typer.Option(False, "--verify", help="Build the variant, measure its KLD, report predicted vs measured."),
-    corpus: str = typer.Option(None, "--corpus", "-f", help="--verify: evaluation text (default: the table's)."),
+    verify: bool = typer.Option(False, "--verify",
+                                help="Build the variant, measure its KLD, report predicted vs measured."),
+    corpus: str = typer.Option(None, "--corpus", "-f",
+                               help="--verify: evaluation text (default: the table's)."),
     chunks: int = typer.Option(None, "--chunks", help="--verify: chunks (default: the table's)."),
     out_dir: OutDirOpt = None,
     bin_dir: BinDirOpt = None,

@@ -23,7 +23,8 @@ _BLK = re.compile(r"^blk\.(\d+)\.")
         "config.json; and which fork (ik_llama.cpp or llama.cpp) a GGUF's type ids belong to.\n\n"
         "Examples:\n\n"
         "  quantforge inventory SmolLM2-135M-Instruct-f16.gguf\n\n"
-        "  quantforge inventory hf://unsloth/DeepSeek-R1-0528-GGUF/BF16/DeepSeek-R1-0528-BF16-00001-of-00030.gguf\n\n"
+        "  quantforge inventory "
+        "hf://unsloth/DeepSeek-R1-0528-GGUF/BF16/DeepSeek-R1-0528-BF16-00001-of-00030.gguf\n\n"
         "  quantforge inventory deepseek-ai/DeepSeek-R1-0528 --layout mainline --json\n\n"
         "  quantforge inventory path/to/config.json"
     ),
@@ -31,13 +32,15 @@ _BLK = re.compile(r"^blk\.(\d+)\.")
 def inventory(
     source: str = typer.Argument(
         ...,
-        help="A recipe (.toml), a .gguf (any shard), hf://org/repo[@rev]/file.gguf, an HF model id, or a config.json.",
+        help="A recipe (.toml), a .gguf (any shard), hf://org/repo[@rev]/file.gguf, an HF model id, or a "
+             "config.json.",
     ),
     engine: str | None = typer.Option(
         None, "--engine", help="ik or mainline: names ambiguous type ids and picks the usual layout."
     ),
     layout: str | None = typer.Option(
-        None, "--layout", help="ik, mainline or legacy converter layout of a synthesized DeepSeek/Kimi inventory."
+        None, "--layout",
+        help="ik, mainline or legacy converter layout of a synthesized DeepSeek/Kimi inventory."
     ),
     nextn: str | None = typer.Option(
         None, "--nextn", help="GLM MTP block: full, shared (no own embed/head copies) or none."
@@ -47,10 +50,12 @@ def inventory(
     from quantforge.cli._output import emit  # startup
     from quantforge.inventory import load_source  # startup
 
-    for flag, value, allowed in (("--engine", engine, ("ik", "mainline")), ("--layout", layout, ("ik", "mainline", "legacy")),
+    for flag, value, allowed in (("--engine", engine, ("ik", "mainline")), ("--layout", layout,
+                                                                            ("ik", "mainline", "legacy")),
                                  ("--nextn", nextn, ("full", "shared", "none"))):
         if value is not None and value not in allowed:
-            raise UsageError(f"unknown {flag[2:]} {value!r}", where=flag, hint="use " + " or ".join(f"{flag} {a}" for a in allowed))
+            raise UsageError(f"unknown {flag[2:]} {value!r}", where=flag,
+                             hint="use " + " or ".join(f"{flag} {a}" for a in allowed))
     src = load_source(source, engine=engine, layout=layout, nextn=nextn)  # type: ignore[arg-type]
     emit(_as_dict(src.inventory), as_json=as_json, human=_render)
 
@@ -129,7 +134,8 @@ def _render(d: dict[str, Any]) -> str:
     total = human_bytes(d["tensor_bytes"]) if d["tensor_bytes"] is not None else "?"
     tail = f"{d['n_tensors']} tensors, {d['n_params']:,} parameters, {total} of tensor data"
     if d.get("metadata_bytes") is not None:
-        tail += f", {d['metadata_bytes']:,} header bytes" + ("" if d["metadata_bytes_exact"] else " (estimated)")
+        tail += f", {d['metadata_bytes']:,} header bytes" + ("" if d["metadata_bytes_exact"]
+                                                             else " (estimated)")
     if d.get("bytes_fetched") is not None:
         tail += f"; fetched {d['bytes_fetched']:,} bytes"
     lines.append(tail)

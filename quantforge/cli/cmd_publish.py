@@ -19,15 +19,18 @@ def card_cmd(
     source: str = typer.Argument(
         ...,
         metavar="SOURCE",
-        help="Recipe TOML whose variants were built (and evaluated), or a quantized GGUF (local, any shard, hf://).",
+        help="Recipe TOML whose variants were built (and evaluated), or a quantized GGUF (local, any "
+             "shard, hf://).",
     ),
     quant: AllQuantsOpt = None,
     repo: str = typer.Option(None, "--repo", help="ORG/NAME shown in the download instructions."),
     out_dir: OutDirOpt = None,
-    output: str = typer.Option("README.md", "--output", "-o", help="Where to write the card ('-' for stdout)."),
+    output: str = typer.Option("README.md", "--output", "-o",
+                               help="Where to write the card ('-' for stdout)."),
     force: ForceOpt = False,
 ) -> None:
-    """Generate the model card (README.md) from the recipe and the build/eval manifests, or from a GGUF's header.
+    """Generate the model card (README.md) from the recipe and the build/eval manifests, or from a GGUF's
+    header.
 
     Examples:
 
@@ -73,7 +76,8 @@ def _warn_base_model(recipe_path: str) -> None:
     found, why = base_model_of(load_recipe(recipe_path))
     if found is None:
         print(f"quantforge: warning: the card will have no base_model ({why}), so the Hub will not link the "
-              f'quant to its base model (set [publish] base_model = "org/name")', file=sys.stderr)  # fmt: skip
+              f'quant to its base model (set [publish] base_model = "org/name")',
+              file=sys.stderr)  # fmt: skip
 
 
 @app.command("publish")
@@ -83,11 +87,13 @@ def publish_cmd(
     quant: AllQuantsOpt = None,
     private: bool = typer.Option(False, "--private", help="Create the repo private."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Plan (and stage) only; no network."),
-    staging: str = typer.Option(None, "--staging", help="With --dry-run: write the exact upload folder here."),
+    staging: str = typer.Option(None, "--staging",
+                                help="With --dry-run: write the exact upload folder here."),
     out_dir: OutDirOpt = None,
     no_imatrix: bool = typer.Option(False, "--no-imatrix", help="Do not upload the importance matrix."),
     force: ForceOpt = False,
-    max_file_bytes: int = typer.Option(None, "--max-file-bytes", hidden=True, help="Per-file limit (default 50 GB)."),
+    max_file_bytes: int = typer.Option(None, "--max-file-bytes", hidden=True,
+                                       help="Per-file limit (default 50 GB)."),
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -114,7 +120,8 @@ def publish_cmd(
     res = publish(recipe, repo=repo, quants=quant or None, private=private, dry_run=dry_run, staging=staging,
                   out_dir=out_dir, include_imatrix=not no_imatrix, force=force,
                   max_file_bytes=max_file_bytes or HF_MAX_FILE_BYTES, progress=sys.stderr.isatty(), wait=wait)
-    emit(res.model_dump(mode="json", exclude={"plan": {"card"}}), as_json=as_json, human=lambda _: _human(res))
+    emit(res.model_dump(mode="json", exclude={"plan": {"card"}}), as_json=as_json,
+         human=lambda _: _human(res))
 
 
 def _human(res: Any) -> str:
@@ -126,7 +133,8 @@ def _human(res: Any) -> str:
         if plan.staging:
             head += f"; staged in {plan.staging} (upload-plan.json beside repo/)"
         return "\n".join([head, *iter_plan_lines(plan)])
-    lines = [f"published {res.repo}: {len(res.uploaded)} file(s) uploaded ({human_bytes(res.bytes_uploaded)}), "
+    lines = [f"published {res.repo}: {len(res.uploaded)} file(s) uploaded "
+             f"({human_bytes(res.bytes_uploaded)}), "
              f"{len(res.skipped)} already there"]
     for c in res.commits:
         lines.append(f"  {c.oid[:12] if c.oid else 'no change   '}  {c.summary}")
@@ -137,19 +145,22 @@ def _human(res: Any) -> str:
 def import_cmd(
     source: str = typer.Argument(
         ...,
-        help="A quantized GGUF (local, any shard, or hf://org/repo[@rev]/file.gguf), or a rule file: ik --custom-q, "
+        help="A quantized GGUF (local, any shard, or hf://org/repo[@rev]/file.gguf), or a rule file: ik "
+             "--custom-q, "
         "mainline --tensor-type / --tensor-type-file, or a Thireus .recipe.",
     ),
     output: str = typer.Option(None, "--output", "-o", help="Write the recipe here (default: stdout)."),
     name: str = typer.Option(None, "--name", help="Variant name (default: from the file name)."),
-    engine: str = typer.Option(None, "--engine", help="ik or mainline (default: the file's fork or dialect)."),
+    engine: str = typer.Option(None, "--engine",
+                               help="ik or mainline (default: the file's fork or dialect)."),
     model: str = typer.Option(
         None, "--model", help="For a rule file: the model it is for (shipped id, config.json, GGUF or hf://)."
     ),
     dialect: str = typer.Option(
         None, "--dialect", help="custom-q, tensor-type, tensor-type-file or thireus (default: detected)."
     ),
-    ftype: str = typer.Option(None, "--ftype", help="For a rule file: llama-quantize's ftype (default: from the rules)."),
+    ftype: str = typer.Option(None, "--ftype",
+                              help="For a rule file: llama-quantize's ftype (default: from the rules)."),
     layout: str = typer.Option(None, "--layout", help="For a rule file: ik or mainline layout of the model."),
     force: ForceOpt = False,
 ) -> None:
@@ -158,14 +169,18 @@ def import_cmd(
 
     Examples:
 
-      quantforge recipe import hf://ubergarm/DeepSeek-R1-0528-GGUF/IQ2_K_R4/DeepSeek-R1-0528-IQ2_K_R4-00001-of-00005.gguf -o r1.toml
+      quantforge recipe import
+      hf://ubergarm/DeepSeek-R1-0528-GGUF/IQ2_K_R4/DeepSeek-R1-0528-IQ2_K_R4-00001-of-00005.gguf -o r1.toml
 
       quantforge recipe import custom.txt --model deepseek-ai/DeepSeek-V3-0324 --ftype IQ2_XXS -o v3.toml
     """
-    for flag, value, allowed in (("--engine", engine, ("ik", "mainline")), ("--layout", layout, ("ik", "mainline", "legacy")),
-                                 ("--dialect", dialect, ("custom-q", "tensor-type", "tensor-type-file", "thireus"))):
+    for flag, value, allowed in (("--engine", engine, ("ik", "mainline")), ("--layout", layout,
+                                                                            ("ik", "mainline", "legacy")),
+                                 ("--dialect", dialect, ("custom-q", "tensor-type", "tensor-type-file",
+                                                         "thireus"))):
         if value is not None and value not in allowed:
-            raise UsageError(f"unknown {flag[2:]} {value!r}", where=flag, hint=f"use one of {', '.join(allowed)}")
+            raise UsageError(f"unknown {flag[2:]} {value!r}", where=flag,
+                             hint=f"use one of {', '.join(allowed)}")
     is_gguf = source.startswith("hf://") or source.lower().endswith(".gguf") or _has_gguf_magic(Path(source))
     # A config.json or a recipe is a model SOURCE (refused below as "not a quant"), never a rule file.
     is_model_source = source.lower().endswith((".json", ".toml"))
@@ -173,21 +188,26 @@ def import_cmd(
         from quantforge.publish.dialects import import_dialect  # startup
 
         if not model:
-            raise UsageError(f"{Path(source).name} is a rule file: it needs the model it is for", where="--model",
-                             hint="add --model ORG/NAME (a shipped id), a config.json, a GGUF or hf://")  # fmt: skip
-        d = import_dialect(source, model=model, dialect=dialect, engine=engine, layout=layout,  # type: ignore[arg-type]
+            raise UsageError(f"{Path(source).name} is a rule file: it needs the model it is for",
+                             where="--model",
+                             hint="add --model ORG/NAME (a shipped id), a config.json, a GGUF "
+                                  "or hf://")  # fmt: skip
+        d = import_dialect(source, model=model, dialect=dialect, engine=engine,  # type: ignore[arg-type]
+                           layout=layout,
                            ftype=ftype, name=name, output=output, force=force)  # fmt: skip
         if d.path is None:
             sys.stdout.write(d.text)
         else:
             print(f"wrote {d.path}: {d.rules} rule(s) from a {d.dialect} file, engine {d.engine}")
         if d.dropped:
-            print(f"note: {len(d.dropped)} rule(s) only meet tensors llama-quantize never quantizes and were left out, "
+            print(f"note: {len(d.dropped)} rule(s) only meet tensors llama-quantize never quantizes and "
+                  "were left out, "
                   f"e.g. {d.dropped[0]}", file=sys.stderr)  # fmt: skip
         return
     for flag, value in (("--model", model), ("--dialect", dialect), ("--ftype", ftype), ("--layout", layout)):
         if value:
-            raise UsageError(f"{flag} is for rule files; a GGUF says all of it itself", where=flag, hint=f"drop {flag}")
+            raise UsageError(f"{flag} is for rule files; a GGUF says all of it itself", where=flag,
+                             hint=f"drop {flag}")
 
     from quantforge.publish.importer import import_recipe  # startup
 
@@ -198,7 +218,8 @@ def import_cmd(
         print(f"wrote {res.path}: variant {res.name}, default {res.default}, {len(res.rules)} rule(s) "
               f"for {res.n_tensors} tensors")
     if res.mismatches:
-        print(f"warning: {len(res.mismatches)} tensor(s) would re-expand differently, e.g. {res.mismatches[0]}",
+        print(f"warning: {len(res.mismatches)} tensor(s) would re-expand differently, e.g. "
+              f"{res.mismatches[0]}",
               file=sys.stderr)
 
 
@@ -233,7 +254,8 @@ def export_cmd(
     from quantforge.recipe import load_recipe  # startup
 
     if dialect not in DIALECTS:
-        raise UsageError(f"unknown dialect {dialect!r}", where="--dialect", hint=f"use one of {', '.join(DIALECTS)}")
+        raise UsageError(f"unknown dialect {dialect!r}", where="--dialect",
+                         hint=f"use one of {', '.join(DIALECTS)}")
     r = load_recipe(recipe)
     plan = expand(r, quant, recipe_inventory(r), imatrix=False) if dialect == "thireus" else None
     text = export_dialect(r, quant, dialect, plan=plan)
@@ -277,6 +299,7 @@ def _human_diff(d: Any) -> str:
         lines.append(f"{g.pattern}{where} ×{g.count}  {g.type_a or '-'} -> {g.type_b or '-'}  "
                      f"{human_bytes(g.bytes_a)} -> {human_bytes(g.bytes_b)}")
     sign = "+" if d.delta_bytes >= 0 else "-"
-    lines.append(f"{len(d.tensors)} tensor(s) differ, {d.n_same} same; B - A = {sign}{human_bytes(abs(d.delta_bytes))} "
+    lines.append(f"{len(d.tensors)} tensor(s) differ, {d.n_same} same; B - A = "
+                 f"{sign}{human_bytes(abs(d.delta_bytes))} "
                  f"(A {human_bytes(d.bytes_a)}, B {human_bytes(d.bytes_b)})")
     return "\n".join(lines)

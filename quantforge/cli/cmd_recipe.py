@@ -45,12 +45,14 @@ EngineVersionOpt = Annotated[
     str | None,
     typer.Option(
         "--engine-version",
-        help='mainline llama.cpp build whose llama-quantize rules to plan, e.g. b5524 (overrides [model] engine_version).',
+        help='mainline llama.cpp build whose llama-quantize rules to plan, e.g. b5524 (overrides [model] '
+             'engine_version).',
     ),
 ]
 
 
-def _load(recipe: str, inventory: str | None, imatrix: str | None, quant: str | None,  # type: ignore[no-untyped-def]
+def _load(recipe: str, inventory: str | None, imatrix: str | None,  # type: ignore[no-untyped-def]
+          quant: str | None,
           engine_version: str | None = None):
     from quantforge.plan import recipe_inventory  # startup
     from quantforge.recipe import load_recipe  # startup
@@ -175,7 +177,8 @@ def _render_show(plans: list) -> str:  # type: ignore[type-arg]
         # Thireus' listings leave them out), and the bytes of the file(s).
         exact = "exact" if p.file_bytes_exact else "estimate"
         out.append(
-            f"{p.name}  [{p.engine} {p.ftype}]  {p.tensor_bytes / 2**30:.3f} GiB ({p.bpw:.3f} BPW) tensor data, "
+            f"{p.name}  [{p.engine} {p.ftype}]  {p.tensor_bytes / 2**30:.3f} GiB ({p.bpw:.3f} BPW) "
+            "tensor data, "
             f"{p.row_meta_bytes / 2**30:.3f} GiB of it row metadata; file {p.file_bytes:,} bytes ({exact}); "
             f"{p.n_params / 1e9:.3f} B params"
         )

@@ -27,18 +27,25 @@ def _progress_line(p: Any) -> None:
 def sensitivity_cmd(
     recipe: str = typer.Argument(..., help="Recipe TOML (its [sensitivity] table says what to measure)."),
     quant: str = typer.Option(
-        None, "--quant", "-q", help="Base variant (or a bare ftype such as Q8_0); default: [sensitivity] base."
+        None, "--quant", "-q",
+        help="Base variant (or a bare ftype such as Q8_0); default: [sensitivity] base."
     ),
     output: str = typer.Option(None, "--output", "-o", help="Table to write (.csv or .json)."),
-    corpus: str = typer.Option(None, "--corpus", "-f", help="Evaluation text (default: [sensitivity] corpus)."),
-    ctx: int = typer.Option(None, "--ctx", "-c", help="Tokens per chunk (default: [sensitivity] ctx, else 512)."),
-    chunks: int = typer.Option(None, "--chunks", help="Chunks scored (default: [sensitivity] chunks, else 8)."),
-    engine: str = typer.Option(None, "--engine", help="Evaluator: bundled | ik | mainline (default bundled)."),
+    corpus: str = typer.Option(None, "--corpus", "-f",
+                               help="Evaluation text (default: [sensitivity] corpus)."),
+    ctx: int = typer.Option(None, "--ctx", "-c",
+                            help="Tokens per chunk (default: [sensitivity] ctx, else 512)."),
+    chunks: int = typer.Option(None, "--chunks",
+                               help="Chunks scored (default: [sensitivity] chunks, else 8)."),
+    engine: str = typer.Option(None, "--engine",
+                               help="Evaluator: bundled | ik | mainline (default bundled)."),
     kind: list[str] = typer.Option(None, "--kind", help="Only this tensor kind (repeatable)."),
     type_: list[str] = typer.Option(None, "--type", help="Candidate type for every kind (repeatable)."),
     buckets: int = typer.Option(None, "--buckets", help="Layer buckets per kind (default 3)."),
-    check: bool = typer.Option(None, "--check/--no-check", help="Measure the all-groups mixtures (additivity)."),
-    jobs: int = typer.Option(None, "--jobs", "-j", help="Variants in flight (quantize the next while measuring)."),
+    check: bool = typer.Option(None, "--check/--no-check",
+                               help="Measure the all-groups mixtures (additivity)."),
+    jobs: int = typer.Option(None, "--jobs", "-j",
+                             help="Variants in flight (quantize the next while measuring)."),
     threads: ThreadsOpt = None,
     bin_dir: BinDirOpt = None,
     base: str = typer.Option(None, "--base", help="F16/BF16 base GGUF (default: the recipe's [model] base)."),
@@ -65,7 +72,8 @@ def sensitivity_cmd(
 
       quantforge sensitivity recipes/smollm2-135m.toml --quant Q8_0 --corpus eval.txt -o smol.sensitivity.csv
 
-      quantforge sensitivity recipes/deepseek-r1-0528.toml --import kld_results.csv --curve group0/kld_results.csv -o r1.csv
+      quantforge sensitivity recipes/deepseek-r1-0528.toml --import kld_results.csv --curve
+      group0/kld_results.csv -o r1.csv
     """
     from quantforge.cli._output import emit  # startup
     from quantforge.cli._progress import progress_enabled  # startup
@@ -75,7 +83,8 @@ def sensitivity_cmd(
     if import_:
         from quantforge.sensitivity.imports import import_for_recipe  # startup
 
-        table, out = import_for_recipe(recipe, import_, quant=quant, output=output, curve=curve, baseline=baseline,
+        table, out = import_for_recipe(recipe, import_, quant=quant, output=output, curve=curve,
+                                       baseline=baseline,
                                        baseline_type=baseline_type, force=force)  # fmt: skip
         emit(table, as_json=as_json, human=lambda t: t.summary() + f"\n\nwrote {out}")
         return

@@ -29,7 +29,8 @@ def _fmt_sweep(r: Any) -> str:
              f"| {'N_KV':>6} | {'PP':>5} | {'S_PP t/s':>18} | {'TG':>4} | {'S_TG t/s':>16} |",
              f"|{'-' * 8}|{'-' * 7}|{'-' * 20}|{'-' * 6}|{'-' * 18}|"]
     for s in r.summary:
-        lines.append(f"| {s.n_kv:>6} | {s.pp:>5} | {_num(s.s_pp_mean):>9} ± {_num(s.s_pp_std):>6} | {s.tg:>4} |"
+        lines.append(f"| {s.n_kv:>6} | {s.pp:>5} | {_num(s.s_pp_mean):>9} ± {_num(s.s_pp_std):>6} | "
+                     f"{s.tg:>4} |"
                      f" {_num(s.s_tg_mean):>8} ± {_num(s.s_tg_std):>5} |")
     lines += [f"note: {n}" for n in r.notes]
     if r.build:
@@ -41,7 +42,8 @@ def _fmt_sweep(r: Any) -> str:
 
 def _fmt_vary(rep: Any) -> str:
     n = rep.points[0].runs if rep.points else 0
-    lines = [f"{rep.knob}: {len(rep.values)} values, {n} runs each, interleaved; PP and TG as the geometric mean "
+    lines = [f"{rep.knob}: {len(rep.values)} values, {n} runs each, interleaved; PP and TG as the "
+             "geometric mean "
              "over each run's N_KV rows (mean ± sd of runs)",
              f"| {rep.knob:>8} | {'PP t/s':>17} | {'TG t/s':>15} | rows |",
              f"|{'-' * 10}|{'-' * 19}|{'-' * 17}|------|"]
@@ -59,25 +61,37 @@ def _fmt_vary(rep: Any) -> str:
 @sweep_app.callback()
 def sweep_cmd(
     ctx_: typer.Context,
-    recipe: str = typer.Option(None, "--recipe", help="Recipe TOML (with --quant) whose built variant to sweep."),
+    recipe: str = typer.Option(None, "--recipe",
+                               help="Recipe TOML (with --quant) whose built variant to sweep."),
     quant: VariantOpt = None,
     model: str = typer.Option(None, "--model", "-m", help="Any GGUF to sweep."),
-    target: str = typer.Option(None, "--target", help="Hardware target TOML: run the command the planner generates for it."),
-    engine: str = typer.Option("bundled", "--engine", help="bundled (CPU, libllama) | ik (llama-sweep-bench) | mainline (llama-bench -d)"),
-    cmd: str = typer.Option(None, "--cmd", help="Your own llama-sweep-bench / llama-bench command line (quoted)."),
+    target: str = typer.Option(None, "--target",
+                               help="Hardware target TOML: run the command the planner generates for it."),
+    engine: str = typer.Option("bundled", "--engine",
+                               help="bundled (CPU, libllama) | ik (llama-sweep-bench) | mainline "
+                                    "(llama-bench -d)"),
+    cmd: str = typer.Option(None, "--cmd",
+                            help="Your own llama-sweep-bench / llama-bench command line (quoted)."),
     repeat: int = typer.Option(3, "--repeat", "-r", help="Runs of the sweep."),
-    ctx: int = typer.Option(512, "--ctx", "-c", help="Context (bundled sweep; with --target the planned context)."),
-    ubatch: int = typer.Option(128, "--ubatch", "-ub", help="U-batch: PP size and N_KV step (bundled sweep)."),
+    ctx: int = typer.Option(512, "--ctx", "-c",
+                            help="Context (bundled sweep; with --target the planned context)."),
+    ubatch: int = typer.Option(128, "--ubatch", "-ub",
+                               help="U-batch: PP size and N_KV step (bundled sweep)."),
     tg: int = typer.Option(16, "--tg", help="Generated tokens per row (bundled sweep)."),
     threads: ThreadsOpt = None,
-    vary: str = typer.Option(None, "--vary", help="Run the sweep at each value of one knob, interleaved, and plot "
+    vary: str = typer.Option(None, "--vary",
+                             help="Run the sweep at each value of one knob, interleaved, and plot "
                              "PP/TG against it: ub=512,1024,2048 | t=1,2 | rtr=off,on | any flag of --cmd."),
-    plot: str = typer.Option(None, "--plot", help="With --vary: write the plot here (default: next to -o, else "
+    plot: str = typer.Option(None, "--plot",
+                             help="With --vary: write the plot here (default: next to -o, else "
                              "./sweep-vary-KNOB)."),
-    warmup: int = typer.Option(0, "--warmup", help="Discarded runs of each configuration before the measured ones."),
-    keep_warmup: bool = typer.Option(False, "--keep-warmup", help="Keep a first row that is a warm-up outlier."),
+    warmup: int = typer.Option(0, "--warmup",
+                               help="Discarded runs of each configuration before the measured ones."),
+    keep_warmup: bool = typer.Option(False, "--keep-warmup",
+                                     help="Keep a first row that is a warm-up outlier."),
     bin_dir: BinDirOpt = None,
-    out: str = typer.Option(None, "--out", "-o", help="Write the result JSON here (raw runs go to OUT.jsonl)."),
+    out: str = typer.Option(None, "--out", "-o",
+                            help="Write the result JSON here (raw runs go to OUT.jsonl)."),
     force: ForceOpt = False,
     no_manifest: bool = typer.Option(False, "--no-manifest", help="Do not record results in the manifest."),
     as_json: JsonOpt = False,
@@ -135,11 +149,13 @@ def sweep_cmd(
         if path is None:
             raise UsageError("give --model FILE.gguf, --recipe R --quant Q, or --cmd", where="sweep")
         if engine != "bundled":
-            raise UsageError("ik/mainline sweeps run a command", where="--engine", hint="pass --cmd or --target")
+            raise UsageError("ik/mainline sweeps run a command", where="--engine",
+                             hint="pass --cmd or --target")
         label = path.stem
     if path is not None:
         meta["model"] = str(path)
-        _refuse_overwrite(out, True, also_jsonl=True, inputs=(("the model", path),))  # a recipe's built variant
+        _refuse_overwrite(out, True, also_jsonl=True, inputs=(("the model", path),
+                                                              ))  # a recipe's built variant
     bundled_opts: dict[str, Any] = {"ctx": ctx, "ubatch": ubatch, "tg": tg, "threads": threads}
     if vary:
         knob, values = parse_vary(vary)
@@ -150,7 +166,8 @@ def sweep_cmd(
         metas = []
         for v in values:
             if argv is not None:
-                configs.append((f"{knob}={v}", binary_runner(with_knob(argv, knob, v), keep_warmup=keep_warmup)))
+                configs.append((f"{knob}={v}", binary_runner(with_knob(argv, knob, v),
+                                                             keep_warmup=keep_warmup)))
                 metas.append({**meta, "command": with_knob(argv, knob, v)})
             else:
                 assert path is not None
@@ -210,7 +227,8 @@ def _refuse_overwrite(out: str | None, force: bool, *, also_jsonl: bool = False,
         return
     for p in outputs:
         if p.exists():
-            raise InputError("output exists", where=str(p), hint="pass --force to overwrite it, or choose another -o")
+            raise InputError("output exists", where=str(p),
+                             hint="pass --force to overwrite it, or choose another -o")
 
 
 def _progress_line(label: str, k: int, total: int) -> None:
@@ -220,7 +238,8 @@ def _progress_line(label: str, k: int, total: int) -> None:
 
 def _target_command(recipe: str | None, quant: str | None, model: Path, target: str, engine: str,
                     bin_dir: str | None, ctx: int, tg: int) -> list[str]:
-    """The planner's run command for ``target``, turned into a sweep-bench (ik) / llama-bench (mainline) run."""
+    """The planner's run command for ``target``, turned into a sweep-bench (ik) / llama-bench (mainline)
+    run."""
     from quantforge.evaluate.sweep import sweep_command_from_run  # startup
     from quantforge.fit.api import fit_recipe  # startup
     from quantforge.fit.report import Settings  # startup
@@ -230,7 +249,8 @@ def _target_command(recipe: str | None, quant: str | None, model: Path, target: 
         raise UsageError("--target needs the recipe the variant was planned from", where="--target",
                          hint="quantforge sweep --recipe R.toml --quant NAME --target T.toml")
     if engine == "bundled":
-        raise UsageError("--target runs the engine's own sweep tool", where="--engine", hint="use --engine ik or mainline")
+        raise UsageError("--target runs the engine's own sweep tool", where="--engine",
+                         hint="use --engine ik or mainline")
     report = fit_recipe(Path(recipe), quant=quant, target=target, settings=Settings(n_ctx=ctx))
     tc = find_toolchain(engine, bin_dir=bin_dir)  # type: ignore[arg-type]
     binary = tc.require("sweep_bench" if engine == "ik" else "bench")
@@ -255,13 +275,15 @@ def _fmt_compare(rep: Any) -> str:
     if rep.differences:
         lines.append("settings that differ (a speed change they explain is not the build's):")
         for d in rep.differences:
-            lines.append(f"  {'-' + d.knob if d.knob != 'model' else 'model'}: {d.baseline or 'not stated'} -> "
+            lines.append(f"  {'-' + d.knob if d.knob != 'model' else 'model'}: "
+                         f"{d.baseline or 'not stated'} -> "
                          f"{d.candidate or 'not stated'}")
     lines += [f"warning: {w}" for w in rep.warnings]
     for side, build, info in (("baseline", rep.baseline_build, rep.baseline_system_info),
                               ("candidate", rep.candidate_build, rep.candidate_system_info)):
         if build or info:
-            lines.append(f"{side}: build {build or 'not stated'}" + (f"; system_info: {info}" if info else ""))
+            lines.append(f"{side}: build {build or 'not stated'}" + (f"; system_info: {info}" if info
+                                                                     else ""))
     lines.append("")
     paired = {p.metric: p for p in rep.paired}
     for s in rep.summary:
@@ -277,8 +299,10 @@ def _fmt_compare(rep: Any) -> str:
                      f"{p.n_slower} of {p.n_pairs} depths slower, per-depth {p.min_ratio_pct:+.1f} .. "
                      f"{p.max_ratio_pct:+.1f} %")
         lines.append(line + ")")
-        if s.decided_by == "paired" and p is not None and p.rank_floor_p is not None and p.rank_floor_p >= rep.alpha:
-            lines.append(f"  with {p.n_pairs} depths the signed-rank test cannot go below p = {p.rank_floor_p:.3g}: "
+        if (s.decided_by == "paired" and p is not None and p.rank_floor_p is not None
+            and p.rank_floor_p >= rep.alpha):
+            lines.append(f"  with {p.n_pairs} depths the signed-rank test cannot go below p = "
+                         f"{p.rank_floor_p:.3g}: "
                          "it checks that the depths agree in direction")
         if s.decided_by == "paired" and p is not None and p.why:
             lines.append(f"  {p.why}")
@@ -287,15 +311,18 @@ def _fmt_compare(rep: Any) -> str:
     if rep.summary and rep.summary[0].decided_by == "welch":
         for p in rep.paired:
             if p.p_value is not None:
-                lines.append(f"  paired check ({p.metric.upper()}, {p.n_pairs} depths): {p.change_pct:+.1f} % "
+                lines.append(f"  paired check ({p.metric.upper()}, {p.n_pairs} depths): "
+                             f"{p.change_pct:+.1f} % "
                              f"(95 % CI {_pct(p.ci_low_pct)} .. {_pct(p.ci_high_pct)}), p = {_p(p.p_value)}, "
                              f"{p.verdict}")
     lines += [f"assumption: {a}" for a in rep.assumptions]
-    lines.append(f"rule: p < {rep.alpha:g}, |t| > {rep.sigma_rule:g} and |change| >= {rep.min_effect_pct:g} % "
+    lines.append(f"rule: p < {rep.alpha:g}, |t| > {rep.sigma_rule:g} and |change| >= "
+                 f"{rep.min_effect_pct:g} % "
                  "for a regression or an improvement")
     lines += ["", f"| {'N_KV':>6} | metric | {'baseline t/s':>17} | {'candidate t/s':>17} | {'change':>8} | "
               f"{'95% CI':>19} | {'p':>7} | verdict",
-              "|" + "-" * 8 + "|" + "-" * 8 + "|" + "-" * 19 + "|" + "-" * 19 + "|" + "-" * 10 + "|" + "-" * 21
+              "|" + "-" * 8 + "|" + "-" * 8 + "|" + "-" * 19 + "|" + "-" * 19 + "|" + "-" * 10 + "|"
+              + "-" * 21
               + "|" + "-" * 9 + "|" + "-" * 22]
     undefined = None
     for m in [*rep.rows, *rep.overall]:
@@ -305,7 +332,8 @@ def _fmt_compare(rep: Any) -> str:
             undefined = m.why
         sd_a = "" if m.baseline_std is None else f" ± {m.baseline_std:>6.2f}"
         sd_b = "" if m.candidate_std is None else f" ± {m.candidate_std:>6.2f}"
-        lines.append(f"| {kv:>6} | {m.metric:>6} | {m.baseline_mean:>8.2f}{sd_a:<9} | {m.candidate_mean:>8.2f}{sd_b:<9}"
+        lines.append(f"| {kv:>6} | {m.metric:>6} | {m.baseline_mean:>8.2f}{sd_a:<9} | "
+                     f"{m.candidate_mean:>8.2f}{sd_b:<9}"
                      f" | {m.change_pct:>+7.2f}% | {ci:>19} | {_p(m.p_value):>7} | "
                      f"{m.verdict if m.test != 'none' else '- (not testable)'}")
     if undefined:
@@ -316,31 +344,44 @@ def _fmt_compare(rep: Any) -> str:
 
 @sweep_app.command("compare")
 def sweep_compare_cmd(
-    baseline: str = typer.Argument(None, help="Stored result (JSON from 'quantforge sweep'), a tool log or a pasted table."),
-    candidate: str = typer.Argument(None, help="Stored result, log or pasted table to compare with the baseline."),
+    baseline: str = typer.Argument(None, help="Stored result (JSON from 'quantforge sweep'), a tool log or "
+                                              "a pasted table."),
+    candidate: str = typer.Argument(None, help="Stored result, log or pasted table to compare with the "
+                                               "baseline."),
     model: str = typer.Option(None, "--model", "-m", help="The GGUF both sides run (A/B runs)."),
-    a: str = typer.Option(None, "--a", help="Baseline run: bundled options 'threads=1,ubatch=128' or a quoted command line."),
+    a: str = typer.Option(None, "--a",
+                          help="Baseline run: bundled options 'threads=1,ubatch=128' or a quoted "
+                               "command line."),
     b: str = typer.Option(None, "--b", help="Candidate run: bundled options or a quoted command line."),
-    a_bin_dir: str = typer.Option(None, "--a-bin-dir", help="Build A: a folder with llama-sweep-bench, llama-bench, "
+    a_bin_dir: str = typer.Option(None, "--a-bin-dir",
+                                  help="Build A: a folder with llama-sweep-bench, llama-bench, "
                                   "llama-batched-bench or libllama.so."),
     b_bin_dir: str = typer.Option(None, "--b-bin-dir", help="Build B: the same kind of folder."),
-    args: str = typer.Option(None, "--args", help="Extra arguments for both builds' tool (quoted), e.g. '-t 16 -fa'."),
+    args: str = typer.Option(None, "--args",
+                             help="Extra arguments for both builds' tool (quoted), e.g. '-t 16 -fa'."),
     tool: str = typer.Option(None, "--tool", help="With --a-bin-dir/--b-bin-dir: sweep-bench | llama-bench | "
                              "batched-bench | bundled (default: the first the folder has)."),
     repeat: int = typer.Option(3, "--repeat", "-r", help="Measured runs of each side."),
-    warmup: int = typer.Option(1, "--warmup", help="Discarded runs of each side before the measured ones (A/B runs)."),
+    warmup: int = typer.Option(1, "--warmup",
+                               help="Discarded runs of each side before the measured ones (A/B runs)."),
     ctx: int = typer.Option(512, "--ctx", "-c", help="Context: the sweep's N_KV goes up to it (A/B runs)."),
     ubatch: int = typer.Option(128, "--ubatch", "-ub", help="U-batch: PP size and N_KV step (A/B runs)."),
     tg: int = typer.Option(16, "--tg", help="Generated tokens per row (A/B runs)."),
-    select: list[str] = typer.Option(None, "--select", help="Pick one configuration of a llama-bench paste holding "
-                                     "several, for both sides: COLUMN=VALUE (repeatable; e.g. build=1ec12b8e)."),
+    select: list[str] = typer.Option(None, "--select",
+                                     help="Pick one configuration of a llama-bench paste holding "
+                                     "several, for both sides: COLUMN=VALUE (repeatable; e.g. "
+                                     "build=1ec12b8e)."),
     a_select: list[str] = typer.Option(None, "--a-select", help="--select for the baseline only."),
     b_select: list[str] = typer.Option(None, "--b-select", help="--select for the candidate only."),
-    keep_warmup: bool = typer.Option(False, "--keep-warmup", help="Keep a first row that is a warm-up outlier."),
-    out: str = typer.Option(None, "--out", "-o", help="Write the report JSON here (raw runs of A/B runs: OUT.jsonl)."),
+    keep_warmup: bool = typer.Option(False, "--keep-warmup",
+                                     help="Keep a first row that is a warm-up outlier."),
+    out: str = typer.Option(None, "--out", "-o",
+                            help="Write the report JSON here (raw runs of A/B runs: OUT.jsonl)."),
     force: ForceOpt = False,
-    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the tests (false-positive rate per metric)."),
-    min_effect: float = typer.Option(2.0, "--min-effect", help="Smallest change in % ever called a regression/improvement."),
+    alpha: float = typer.Option(0.05, "--alpha",
+                                help="Significance level of the tests (false-positive rate per metric)."),
+    min_effect: float = typer.Option(2.0, "--min-effect",
+                                     help="Smallest change in % ever called a regression/improvement."),
     as_json: JsonOpt = False,
 ) -> None:
     """Is a speed difference real? Verdict per metric with its interval and test, then per N_KV row.
@@ -349,7 +390,8 @@ def sweep_compare_cmd(
 
       quantforge sweep compare before.md after.md              # pasted sweep-bench tables, one run each
 
-      quantforge sweep compare --model m.gguf --a-bin-dir ik-old/build/bin --b-bin-dir ik-new/build/bin --args '-t 16'
+      quantforge sweep compare --model m.gguf --a-bin-dir ik-old/build/bin --b-bin-dir ik-new/build/bin --args
+      '-t 16'
 
       quantforge sweep compare --model smol-Q8_0.gguf --a threads=1 --b threads=2 --repeat 3
 
@@ -360,7 +402,8 @@ def sweep_compare_cmd(
     from quantforge.evaluate.sweep import load_result, parse_select  # startup
 
     if not 0.0 < alpha < 1.0:
-        raise UsageError(f"--alpha must be between 0 and 1, not {alpha}", where="--alpha", hint="e.g. --alpha 0.05")
+        raise UsageError(f"--alpha must be between 0 and 1, not {alpha}", where="--alpha",
+                         hint="e.g. --alpha 0.05")
     if min_effect < 0:
         raise UsageError(f"--min-effect must not be negative, not {min_effect}", where="--min-effect")
     _refuse_overwrite(out, force, also_jsonl=not (baseline and candidate),
@@ -368,25 +411,32 @@ def sweep_compare_cmd(
     warnings: list[str] = []
     if baseline and candidate:
         if a or b or model or a_bin_dir or b_bin_dir:
-            raise UsageError("give two stored results or an A/B run (--a/--b or --a-bin-dir/--b-bin-dir), not both",
+            raise UsageError("give two stored results or an A/B run (--a/--b or --a-bin-dir/--b-bin-dir), "
+                             "not both",
                              where="sweep compare")
         both = parse_select(select or [])
-        ra = load_result(baseline, select={**both, **parse_select(a_select or [])} or None, keep_warmup=keep_warmup)
-        rb = load_result(candidate, select={**both, **parse_select(b_select or [])} or None, keep_warmup=keep_warmup)
+        ra = load_result(baseline, select={**both, **parse_select(a_select or [])} or None,
+                         keep_warmup=keep_warmup)
+        rb = load_result(candidate, select={**both, **parse_select(b_select or [])} or None,
+                         keep_warmup=keep_warmup)
     elif a_bin_dir or b_bin_dir:
         if not (a_bin_dir and b_bin_dir):
-            raise UsageError("an A/B run of two builds needs both --a-bin-dir and --b-bin-dir", where="sweep compare")
+            raise UsageError("an A/B run of two builds needs both --a-bin-dir and --b-bin-dir",
+                             where="sweep compare")
         if a or b:
             raise UsageError("--a/--b and --a-bin-dir/--b-bin-dir exclude each other", where="sweep compare")
         if not model:
             raise UsageError("an A/B run of two builds needs --model FILE.gguf", where="--model")
-        ra, rb, warnings = _ab_builds(model, a_bin_dir, b_bin_dir, args, tool, repeat=repeat, warmup=warmup, ctx=ctx,
+        ra, rb, warnings = _ab_builds(model, a_bin_dir, b_bin_dir, args, tool, repeat=repeat, warmup=warmup,
+                                      ctx=ctx,
                                       ubatch=ubatch, tg=tg, out=out, keep_warmup=keep_warmup)
     elif a and b:
-        ra, rb, warnings = _ab_specs(model, a, b, repeat=repeat, warmup=warmup, ctx=ctx, ubatch=ubatch, tg=tg, out=out,
+        ra, rb, warnings = _ab_specs(model, a, b, repeat=repeat, warmup=warmup, ctx=ctx, ubatch=ubatch, tg=tg,
+                                     out=out,
                                      keep_warmup=keep_warmup)
     else:
-        raise UsageError("give BASELINE CANDIDATE results, or an A/B run: --model M --a-bin-dir A --b-bin-dir B, "
+        raise UsageError("give BASELINE CANDIDATE results, or an A/B run: --model M --a-bin-dir A "
+                         "--b-bin-dir B, "
                          "or --a and --b", where="sweep compare")
     rep = compare(ra, rb, alpha=alpha, min_effect_pct=min_effect, warnings=warnings)
     if out:
@@ -397,14 +447,17 @@ def sweep_compare_cmd(
     emit(rep, as_json=as_json, human=_fmt_compare)
 
 
-def _ab_builds(model: str, a_dir: str, b_dir: str, args: str | None, tool: str | None, *, repeat: int, warmup: int,
-               ctx: int, ubatch: int, tg: int, out: str | None, keep_warmup: bool) -> tuple[Any, Any, list[str]]:
+def _ab_builds(model: str, a_dir: str, b_dir: str, args: str | None, tool: str | None, *, repeat: int,
+               warmup: int,
+               ctx: int, ubatch: int, tg: int, out: str | None, keep_warmup: bool) -> tuple[Any, Any,
+                                                                                            list[str]]:
     from quantforge.evaluate._util import check_model_file  # startup
     from quantforge.evaluate.ab import bench_command, find_tool, setup_warnings, tool_version  # startup
     from quantforge.evaluate.sweep import binary_runner, run_sweeps, split_command  # startup
 
     if tool not in (None, "sweep-bench", "llama-bench", "batched-bench", "bundled"):
-        raise UsageError(f"unknown tool {tool!r}", where="--tool", hint="sweep-bench, llama-bench, batched-bench or bundled")
+        raise UsageError(f"unknown tool {tool!r}", where="--tool",
+                         hint="sweep-bench, llama-bench, batched-bench or bundled")
     check_model_file(model)
     extra = split_command(args) if args else []
     sides = []
@@ -471,14 +524,16 @@ def _fmt_bisect(rep: Any) -> str:
     lines.append(f"GOOD {g.commit[:12]} {g.subject}")
     lines.append(f"BAD  {b.commit[:12]} {b.subject}: {rep.metric.upper()} {_pct(b.change_pct)} "
                  f"(95 % CI {_pct(b.ci_low_pct)} .. {_pct(b.ci_high_pct)})")
-    lines.append(f"a commit is bad when its {rep.metric.upper()} change vs GOOD is below -{rep.threshold_pct:.1f} % "
+    lines.append(f"a commit is bad when its {rep.metric.upper()} change vs GOOD is below "
+                 f"-{rep.threshold_pct:.1f} % "
                  f"({rep.threshold_source})")
     lines += ["", f"| {'commit':<12} | verdict | {'change':>9} | {'95% CI':>19} | runs | subject",
               f"|{'-' * 14}|---------|{'-' * 11}|{'-' * 21}|------|{'-' * 30}"]
     for s in rep.steps:
         ci = "n/a" if s.ci_low_pct is None else f"{s.ci_low_pct:+.1f}..{s.ci_high_pct:+.1f} %"
         mark = " <- first bad" if s.commit == rep.first_bad else ""
-        lines.append(f"| {s.commit[:12]:<12} | {s.verdict:<7} | {_pct(s.change_pct):>9} | {ci:>19} | {s.runs:>4} | "
+        lines.append(f"| {s.commit[:12]:<12} | {s.verdict:<7} | {_pct(s.change_pct):>9} | {ci:>19} | "
+                     f"{s.runs:>4} | "
                      f"{s.subject}{mark}")
     lines.append("")
     lines += [f"{s.commit[:12]}: {s.reason}" for s in rep.steps]
@@ -490,7 +545,8 @@ def _fmt_bisect(rep: Any) -> str:
 
 @sweep_app.command("bisect")
 def sweep_bisect_cmd(
-    repo: str = typer.Option(..., "--repo", help="The engine's git checkout (clean: bisect checks out commits)."),
+    repo: str = typer.Option(..., "--repo",
+                             help="The engine's git checkout (clean: bisect checks out commits)."),
     good: str = typer.Option(..., "--good", help="A revision with the old speed."),
     bad: str = typer.Option(..., "--bad", help="A later revision with the drop."),
     build: str = typer.Option(..., "--build", help="Build command, run in the repository (no shell: use "
@@ -498,7 +554,8 @@ def sweep_bisect_cmd(
     command: str = typer.Option(..., "--command", help="Bench command printing a sweep-bench / llama-bench / "
                                 "batched-bench table, run in the repository."),
     metric: str = typer.Option("pp", "--metric", help="pp | tg: the speed that dropped."),
-    threshold: float = typer.Option(None, "--threshold", help="A commit is bad when it is at least this many % "
+    threshold: float = typer.Option(None, "--threshold",
+                                    help="A commit is bad when it is at least this many % "
                                     "slower than GOOD (default: half the measured GOOD->BAD drop)."),
     repeat: int = typer.Option(3, "--repeat", "-r", help="Runs of the bench command per commit."),
     max_repeat: int = typer.Option(9, "--max-repeat", help="Runs at most, when a commit is inconclusive."),
@@ -527,7 +584,9 @@ def sweep_bisect_cmd(
         sys.stderr.write(f"bisect: {msg}\n")
         sys.stderr.flush()
 
-    rep = bisect(repo, good=good, bad=bad, build=build, command=command, metric=metric,  # type: ignore[arg-type]
-                 threshold_pct=threshold, repeat=repeat, max_repeat=max_repeat, out_dir=out_dir, timeout=timeout,
+    rep = bisect(repo, good=good, bad=bad, build=build, command=command,
+                 metric=metric,  # type: ignore[arg-type]
+                 threshold_pct=threshold, repeat=repeat, max_repeat=max_repeat, out_dir=out_dir,
+                 timeout=timeout,
                  alpha=alpha, progress=say, force=force)
     emit(rep, as_json=as_json, human=_fmt_bisect)

@@ -100,7 +100,8 @@ def read_logits_header(path: str | Path) -> tuple[int, int, int]:
     return n_ctx, n_vocab, n_chunk
 
 
-def base_key(*, model_sha256: str, corpus_sha256: str, ctx: int, chunks: int, engine: str) -> dict[str, object]:
+def base_key(*, model_sha256: str, corpus_sha256: str, ctx: int, chunks: int,
+             engine: str) -> dict[str, object]:
     return {
         "model_sha256": model_sha256,
         "corpus_sha256": corpus_sha256,
@@ -117,7 +118,8 @@ def base_cache_path(cache_dir: Path, key: dict[str, object]) -> Path:
 
 def write_key(logits_path: Path, key: dict[str, object]) -> None:
     # A unique temporary name (two evaluations may share a cache folder), fsync, rename.
-    atomic_write_text(logits_path.with_name(logits_path.name + ".json"), json.dumps(key, indent=2, sort_keys=True))
+    atomic_write_text(logits_path.with_name(logits_path.name + ".json"), json.dumps(key, indent=2,
+                                                                                    sort_keys=True))
 
 
 def read_key(logits_path: Path) -> dict[str, object] | None:
@@ -177,7 +179,8 @@ def tool_output(cmd: list[str], *, where: str, timeout: float | None = None,
         if done.returncode < 0:
             raise EvalError(f"{name} crashed ({done.signal_name}); nothing was stored", where=where,
                             hint=_last_line(out))
-        raise EvalError(f"{name} failed with exit status {done.returncode}: {_last_line(out)}; nothing was stored",
+        raise EvalError(f"{name} failed with exit status {done.returncode}: {_last_line(out)}; nothing "
+                        "was stored",
                         where=where)
     return out, done.seconds
 

@@ -28,8 +28,10 @@ from quantforge.evaluate._util import sha256_file
 from quantforge.evaluate.models import SweepResult
 
 ToolKind = Literal["sweep-bench", "llama-bench", "batched-bench", "bundled"]
-_TOOLS: tuple[tuple[ToolKind, str], ...] = (("sweep-bench", "llama-sweep-bench"), ("llama-bench", "llama-bench"),
-                                            ("batched-bench", "llama-batched-bench"), ("bundled", "libllama.so"))
+_TOOLS: tuple[tuple[ToolKind, str], ...] = (("sweep-bench", "llama-sweep-bench"), ("llama-bench",
+                                                                                   "llama-bench"),
+                                            ("batched-bench", "llama-batched-bench"), ("bundled",
+                                                                                       "libllama.so"))
 BUNDLED_MODULE = "quantforge.evaluate.bundled_bench"
 
 
@@ -49,7 +51,8 @@ def find_tool(bin_dir: str | Path, *, prefer: ToolKind | None = None) -> tuple[T
     """The sweep tool a build folder has (sweep-bench first: it is the tool speed reports are made with)."""
     d = Path(bin_dir).expanduser()
     if not d.is_dir():
-        raise InputError("build folder not found", where=str(d), hint="pass the folder holding llama-sweep-bench, "
+        raise InputError("build folder not found", where=str(d),
+                         hint="pass the folder holding llama-sweep-bench, "
                          "llama-bench or libllama.so (e.g. build/bin)")
     order = [t for t in _TOOLS if prefer is None or t[0] == prefer]
     for kind, name in order:
@@ -63,7 +66,8 @@ def find_tool(bin_dir: str | Path, *, prefer: ToolKind | None = None) -> tuple[T
 
 def bench_command(kind: ToolKind, tool: Path, *, model: str | Path, ctx: int, ubatch: int, tg: int,
                   args: Sequence[str] = ()) -> list[str]:
-    """The command one A/B side runs: the same sweep (N_KV 0, ub, 2ub … < ctx; PP = ub; TG = tg) in every tool."""
+    """The command one A/B side runs: the same sweep (N_KV 0, ub, 2ub … < ctx; PP = ub; TG = tg) in every
+    tool."""
     if ctx < ubatch or ubatch < 1 or tg < 1:
         raise InputError(f"impossible sweep: ctx {ctx}, ubatch {ubatch}, tg {tg}",
                          hint="need ctx >= ubatch >= 1 and tg >= 1")
@@ -75,14 +79,16 @@ def bench_command(kind: ToolKind, tool: Path, *, model: str | Path, ctx: int, ub
         return cmd + extra
     if kind == "llama-bench":
         depths = ",".join(str(d) for d in range(0, ctx - ubatch + 1, ubatch))
-        cmd = [str(tool), "-m", m, "-p", str(ubatch), "-n", str(tg), "-d", depths, "-ub", str(ubatch), "-r", "1",
+        cmd = [str(tool), "-m", m, "-p", str(ubatch), "-n", str(tg), "-d", depths, "-ub", str(ubatch), "-r",
+               "1",
                "-o", "json"]
         if ubatch > 2048 and not _has(extra, "-b", "--batch-size"):
             cmd += ["-b", str(ubatch)]
         return cmd + extra
     if kind == "batched-bench":
         return [str(tool), "-m", m, "-c", str(ctx), "-npp", str(ubatch), "-ntg", str(tg), "-npl", "1", *extra]
-    return [sys.executable, "-m", BUNDLED_MODULE, "--lib", str(tool), "-m", m, "-c", str(ctx), "-ub", str(ubatch),
+    return [sys.executable, "-m", BUNDLED_MODULE, "--lib", str(tool), "-m", m, "-c", str(ctx), "-ub",
+            str(ubatch),
             "-n", str(tg), *extra]
 
 
@@ -91,7 +97,8 @@ def _has(argv: Sequence[str], *flags: str) -> bool:
 
 
 def tool_version(command: Sequence[str]) -> str | None:
-    """``<tool> --version`` (both engines print ``version: N (commit)``), or None when it says nothing usable."""
+    """``<tool> --version`` (both engines print ``version: N (commit)``), or None when it says nothing
+    usable."""
     if not command:
         return None
     if len(command) > 2 and command[1:3] == ["-m", BUNDLED_MODULE]:

@@ -108,7 +108,8 @@ class _State(_Frozen):
 _IN_STEP = False
 
 
-def _run(argv: Sequence[str], *, cwd: Path, timeout: float | None, log: Path | None = None) -> tuple[int, str]:
+def _run(argv: Sequence[str], *, cwd: Path, timeout: float | None,
+         log: Path | None = None) -> tuple[int, str]:
     """Run a command in its own process group; (exit status, stdout+stderr). Ctrl-C stops it."""
     try:
         done = runner.capture(argv, cwd=cwd, timeout=timeout, own_group=not _IN_STEP)
@@ -132,7 +133,8 @@ def _git(repo: Path, *args: str, check: bool = True) -> str:
     done = _git_run(repo, *args)
     if check and done.returncode != 0:
         msg = (done.stderr.strip() or done.output.strip()).splitlines()
-        raise InputError(f"git {' '.join(args[:2])} failed: {msg[-1] if msg else done.returncode}", where=str(repo),
+        raise InputError(f"git {' '.join(args[:2])} failed: {msg[-1] if msg else done.returncode}",
+                         where=str(repo),
                          hint="check the repository and the revisions")
     return done.output.strip()
 
@@ -140,12 +142,14 @@ def _git(repo: Path, *args: str, check: bool = True) -> str:
 # ---------------------------------------------------------------- measuring one commit
 
 
-def _measure(state: _State, commit: str, *, runs: int, tag: str, prior: SweepResult | None = None) -> SweepResult:
+def _measure(state: _State, commit: str, *, runs: int, tag: str,
+             prior: SweepResult | None = None) -> SweepResult:
     """``runs`` more runs of the bench command at the checked-out commit (added to ``prior``)."""
     out_dir = Path(state.out_dir)
     logs = out_dir / "logs"
     have = list(prior.runs) if prior else []
-    settings, build, sysinfo = (dict(prior.settings), prior.build, prior.system_info) if prior else ({}, None, None)
+    settings, build, sysinfo = (dict(prior.settings), prior.build, prior.system_info) if prior else ({}, None,
+                                                                                                     None)
     fmt = prior.source_format if prior else None
     start = len(have)
     for i in range(start, start + runs):
@@ -164,15 +168,18 @@ def _measure(state: _State, commit: str, *, runs: int, tag: str, prior: SweepRes
         sysinfo = sysinfo or table.system_info
         fmt = table.format
     first = have[0]
-    return SweepResult(label=commit[:12], engine="ik" if (fmt or "").startswith("sweep-bench") else "mainline",
+    return SweepResult(label=commit[:12],
+                       engine="ik" if (fmt or "").startswith("sweep-bench") else "mainline",
                        source_format=fmt,
-                       command=list(state.command), ctx=first[-1].n_kv + first[-1].pp, ubatch=max(r.pp for r in first),
+                       command=list(state.command), ctx=first[-1].n_kv + first[-1].pp,
+                       ubatch=max(r.pp for r in first),
                        tg=max(r.tg for r in first), runs=tuple(have), summary=summarize(have),
                        created=_util.now_iso(), settings=settings, build=build, system_info=sysinfo,
                        engine_commit=commit)
 
 
-def _effect(good: SweepResult, cand: SweepResult, state: _State) -> tuple[float, float | None, float | None, str]:
+def _effect(good: SweepResult, cand: SweepResult, state: _State) -> tuple[float, float | None, float | None,
+                                                                          str]:
     rep = compare(good, cand, alpha=state.alpha, min_effect_pct=state.min_effect_pct)
     head = next(s for s in rep.summary if s.metric == state.metric)
     return head.change_pct, head.ci_low_pct, head.ci_high_pct, head.method
@@ -211,25 +218,30 @@ def _step(state: _State, commit: str, subject: str) -> BisectStep:
         change, lo, hi, method = _effect(good, res, state)
         verdict = _classify(change, lo, hi, state.threshold_pct)
         while verdict is None and len(res.runs) < state.max_repeat:
-            res = _measure(state, commit, runs=min(state.repeat, state.max_repeat - len(res.runs)), tag="step",
+            res = _measure(state, commit, runs=min(state.repeat, state.max_repeat - len(res.runs)),
+                           tag="step",
                            prior=res)
             change, lo, hi, method = _effect(good, res, state)
             verdict = _classify(change, lo, hi, state.threshold_pct)
         if verdict is None:
             verdict = "bad" if change < -abs(state.threshold_pct) else "good"
             reason = (f"inconclusive after {len(res.runs)} runs (interval {_fmt_ci(lo, hi)} reaches the "
-                      f"-{state.threshold_pct:.1f} % threshold): decided on the point estimate {change:+.1f} %")
+                      f"-{state.threshold_pct:.1f} % threshold): decided on the point estimate "
+                      f"{change:+.1f} %")
         else:
-            reason = f"{change:+.1f} % {_fmt_ci(lo, hi)} vs GOOD, {'below' if verdict == 'bad' else 'above'} " \
-                     f"-{state.threshold_pct:.1f} % ({method})"
+            side = "below" if verdict == "bad" else "above"
+            reason = (f"{change:+.1f} % {_fmt_ci(lo, hi)} vs GOOD, {side} -{state.threshold_pct:.1f} % "
+                      f"({method})")
     except EvalError as exc:
         return BisectStep(commit=commit, subject=subject, role="step", verdict="skip",
                           reason=f"the benchmark failed: {exc.one_line()}: skipped", build_log=str(log),
                           wall_s=time.perf_counter() - t0)
     result = Path(state.out_dir) / "results" / f"{commit[:12]}.json"
     _util_write(result, res.model_dump_json(indent=2))
-    return BisectStep(commit=commit, subject=subject, role="step", verdict=verdict, reason=reason, change_pct=change,
-                      ci_low_pct=lo, ci_high_pct=hi, runs=len(res.runs), result=str(result), build_log=str(log),
+    return BisectStep(commit=commit, subject=subject, role="step", verdict=verdict, reason=reason,
+                      change_pct=change,
+                      ci_low_pct=lo, ci_high_pct=hi, runs=len(res.runs), result=str(result),
+                      build_log=str(log),
                       wall_s=time.perf_counter() - t0)
 
 
@@ -248,7 +260,8 @@ def _util_write(path: Path, text: str) -> None:
 def bisect(
     repo: str | Path, *, good: str, bad: str, build: str | Sequence[str], command: str | Sequence[str],
     metric: Metric = "pp", threshold_pct: float | None = None, repeat: int = 3, max_repeat: int = 9,
-    out_dir: str | Path | None = None, timeout: float | None = None, alpha: float = 0.05, min_effect_pct: float = 2.0,
+    out_dir: str | Path | None = None, timeout: float | None = None, alpha: float = 0.05,
+    min_effect_pct: float = 2.0,
     progress: Callable[[str], None] | None = None, force: bool = False,
 ) -> BisectReport:
     """Find the first commit between GOOD and BAD whose ``metric`` speed dropped (see the module doc)."""
@@ -261,7 +274,8 @@ def bisect(
     if repeat < 1 or max_repeat < repeat:
         raise InputError(f"need 1 <= --repeat ({repeat}) <= --max-repeat ({max_repeat})", where="--repeat")
     if threshold_pct is not None and not 0 < threshold_pct < 100:
-        raise InputError(f"--threshold must be a percentage between 0 and 100, not {threshold_pct}", where="--threshold")
+        raise InputError(f"--threshold must be a percentage between 0 and 100, not {threshold_pct}",
+                         where="--threshold")
     good_sha = _rev(top, good, "--good")
     bad_sha = _rev(top, bad, "--bad")
     if good_sha == bad_sha:
@@ -291,7 +305,8 @@ def bisect(
     state = _State(repo=str(top), out_dir=str(out), build=build_argv, command=bench_argv, metric=metric,
                    threshold_pct=threshold_pct or 0.0, repeat=repeat, max_repeat=max_repeat, timeout=timeout,
                    good_result=str(out / "results" / "good.json"), alpha=alpha, min_effect_pct=min_effect_pct)
-    start_ref = _git(top, "symbolic-ref", "-q", "--short", "HEAD", check=False) or _git(top, "rev-parse", "HEAD")
+    start_ref = _git(top, "symbolic-ref", "-q", "--short", "HEAD", check=False) or _git(top, "rev-parse",
+                                                                                        "HEAD")
     say = progress or (lambda _msg: None)
     steps: list[BisectStep] = []
     try:
@@ -303,22 +318,26 @@ def bisect(
             t0 = time.perf_counter()
             rc, log, _ = _build(state, sha)
             if rc != 0:
-                raise BuildError(f"the {role.split()[0].upper()} revision {sha[:12]} does not build (exit status {rc})",
+                raise BuildError(f"the {role.split()[0].upper()} revision {sha[:12]} does not build (exit "
+                                 f"status {rc})",
                                  where=str(log), hint="fix --build, or pick revisions that build")
             say(f"{role}: measuring {sha[:12]} ({repeat} runs)")
             res = _measure(state, sha, runs=repeat, tag=role.split()[0])
             results[role] = res
             path = out / "results" / f"{role.split()[0]}.json"
             _util_write(path, res.model_dump_json(indent=2))
-            refs.append(BisectStep(commit=sha, subject=_subject(top, sha), role=role,  # type: ignore[arg-type]
+            refs.append(BisectStep(commit=sha, subject=_subject(top, sha),
+                                   role=role,  # type: ignore[arg-type]
                                    verdict="good" if role.startswith("good") else "bad", reason=role,
                                    runs=len(res.runs), result=str(path), build_log=str(log),
                                    wall_s=time.perf_counter() - t0))
         change, lo, hi, method = _effect(results["good reference"], results["bad reference"], state)
-        rep = compare(results["good reference"], results["bad reference"], alpha=alpha, min_effect_pct=min_effect_pct)
+        rep = compare(results["good reference"], results["bad reference"], alpha=alpha,
+                      min_effect_pct=min_effect_pct)
         head = next(s for s in rep.summary if s.metric == metric)
         refs[1] = refs[1].model_copy(update={"change_pct": change, "ci_low_pct": lo, "ci_high_pct": hi,
-                                             "reason": f"bad reference: {change:+.1f} % {_fmt_ci(lo, hi)} vs GOOD"})
+                                             "reason": f"bad reference: {change:+.1f} % "
+                                                       f"{_fmt_ci(lo, hi)} vs GOOD"})
         refs[0] = refs[0].model_copy(update={"change_pct": 0.0, "reason": "good reference"})
         source: Literal["given", "half the measured drop"] = "given"
         threshold = threshold_pct
@@ -327,7 +346,8 @@ def bisect(
             source = "half the measured drop"
         if head.verdict != "regression" or change > -threshold:
             raise EvalError(f"BAD ({bad_sha[:12]}) is not measurably slower than GOOD ({good_sha[:12]}) in "
-                            f"{metric.upper()}: {change:+.1f} % {_fmt_ci(lo, hi)}, verdict {head.verdict} ({method})",
+                            f"{metric.upper()}: {change:+.1f} % {_fmt_ci(lo, hi)}, verdict {head.verdict} "
+                            f"({method})",
                             where=str(out), hint="check the revisions and the bench command, or add --repeat")
         state = state.model_copy(update={"threshold_pct": threshold})
         state_file = out / "state.json"
@@ -350,7 +370,8 @@ def bisect(
         for f in sorted((out / "steps").glob("*.json")) if (out / "steps").is_dir() else []:
             steps.append(BisectStep.model_validate_json(f.read_text()))
         if first is None and not candidates:
-            raise EvalError("git bisect run did not name a first bad commit", where=str(out / "bisect-run.log"),
+            raise EvalError("git bisect run did not name a first bad commit",
+                            where=str(out / "bisect-run.log"),
                             hint=text.strip().splitlines()[-1][:200] if text.strip() else None)
     except KeyboardInterrupt:
         raise Interrupted("interrupted; the repository was reset to where it was") from None
@@ -361,8 +382,10 @@ def bisect(
     order = _git(top, "rev-list", "--reverse", f"{good_sha}..{bad_sha}").split()
     steps.sort(key=lambda s: order.index(s.commit) if s.commit in order else len(order))
     report = BisectReport(repo=str(top), good=good_sha, bad=bad_sha, metric=metric, threshold_pct=threshold,
-                          threshold_source=source, build=build_argv, command=bench_argv, references=tuple(refs),
-                          steps=tuple(steps), first_bad=first, first_bad_subject=_subject(top, first) if first else None,
+                          threshold_source=source, build=build_argv, command=bench_argv,
+                          references=tuple(refs),
+                          steps=tuple(steps), first_bad=first,
+                          first_bad_subject=_subject(top, first) if first else None,
                           candidates=tuple(candidates), out_dir=str(out), git_log=git_log)
 
     plots = plot_bisect(report, out / "bisect")
@@ -384,7 +407,8 @@ def _argv(cmd: str | Sequence[str], where: str) -> list[str]:
 def _rev(repo: Path, rev: str, where: str) -> str:
     done = _git_run(repo, "rev-parse", "--verify", "-q", f"{rev}^{{commit}}")
     if done.returncode != 0:
-        raise InputError(f"unknown revision {rev!r}", where=where, hint="pass a commit, tag or branch of the repository")
+        raise InputError(f"unknown revision {rev!r}", where=where,
+                         hint="pass a commit, tag or branch of the repository")
     return done.output.strip()
 
 
@@ -426,7 +450,8 @@ def _step_main(state_file: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or args[0] != "step":
-        sys.stderr.write("usage: python -m quantforge.evaluate.bisect step STATE.json (run by git bisect run)\n")
+        sys.stderr.write("usage: python -m quantforge.evaluate.bisect step STATE.json (run by git "
+                         "bisect run)\n")
         return 2
     try:
         return _step_main(args[1])

@@ -101,7 +101,8 @@ def default_threads() -> int:
 class BundledModel:
     """One model and one context in the bundled libllama, with numpy access to the logits."""
 
-    def __init__(self, path: str | Path, *, n_ctx: int, n_batch: int | None = None, n_ubatch: int | None = None,
+    def __init__(self, path: str | Path, *, n_ctx: int, n_batch: int | None = None,
+                 n_ubatch: int | None = None,
                  threads: int | None = None, flash_attn: bool = True) -> None:
         self.lib = _Lib.get()
         api = self.lib.api
@@ -128,7 +129,8 @@ class BundledModel:
         self.ctx = api.llama_init_from_model(self.model, cp)
         if not self.ctx:
             api.llama_free_model(self.model)
-            raise EvalError(f"the bundled libllama could not create a context of {n_ctx} tokens", where=self.path)
+            raise EvalError(f"the bundled libllama could not create a context of {n_ctx} tokens",
+                            where=self.path)
         lib = self.lib.lib
         self.n_vocab = int(lib.llama_n_vocab(self.model))
         add_bos = int(lib.llama_add_bos_token(self.model))
@@ -226,7 +228,8 @@ def nll_rows(lg: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def compress_rows(lg: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """NLL per row and the uint16 rows of a base-logits file (perplexity.cpp's ``log_softmax`` with ``log_prob``)."""
+    """NLL per row and the uint16 rows of a base-logits file (perplexity.cpp's ``log_softmax`` with
+    ``log_prob``)."""
     t, v = lg.shape
     mx, se = _log_sum_exp(lg)
     mn = lg.min(axis=1)
@@ -346,7 +349,8 @@ def kld_stats(acc: _KLDAcc) -> KLDStats:
     n = acc.count
     lp, lp_unc = _mean_unc(acc.sum_nll, acc.sum_nll2, n)
     lb, lb_unc = _mean_unc(acc.sum_nll_base, acc.sum_nll_base2, n)
-    cov = (acc.sum_nll_nll_base / n - (acc.sum_nll / n) * (acc.sum_nll_base / n)) / (n - 1) if n >= 10 else 0.0
+    mean_cross = (acc.sum_nll / n) * (acc.sum_nll_base / n)
+    cov = (acc.sum_nll_nll_base / n - mean_cross) / (n - 1) if n >= 10 else 0.0
     ppl, ppl_b = float(np.exp(lp)), float(np.exp(lb))
     ratio_unc = float(np.sqrt(max(lp_unc**2 + lb_unc**2 - 2 * cov, 0.0)))
     ppl_unc, ppl_b_unc = ppl * lp_unc, ppl_b * lb_unc
@@ -462,7 +466,8 @@ def kld_bundled(
     ubatch: int | None = None, corpus: str | Path | None = None, corpus_sha256: str | None = None,
     base_sha256: str | None = None, base_model: str | None = None, progress: Progress | None = None,
 ) -> EvalResult:
-    """KLD (and PPL) of ``model`` against a ``--kl-divergence-base`` file, as ``llama-perplexity --kl-divergence``."""
+    """KLD (and PPL) of ``model`` against a ``--kl-divergence-base`` file, as ``llama-perplexity
+    --kl-divergence``."""
     t0 = time.perf_counter()
     base_p = Path(base_logits)
     n_ctx, n_vocab, n_chunk = _util.read_logits_header(base_p)
@@ -488,7 +493,8 @@ def kld_bundled(
                 chunk[0] = m.bos
             lg = m.chunk_logits(chunk, first)[:n_scored]
             off = rows_off + 2 * i * n_scored * row
-            base_rows = np.frombuffer(data, dtype=np.uint16, count=n_scored * row, offset=off).reshape(n_scored, row)
+            base_rows = np.frombuffer(data, dtype=np.uint16, count=n_scored * row,
+                                      offset=off).reshape(n_scored, row)
             kld_rows(lg, base_rows, tokens[i * n_ctx + first + 1:(i + 1) * n_ctx], acc)
             running.append(float(np.exp(acc.sum_nll / acc.count)))
             if progress:
@@ -497,7 +503,8 @@ def kld_bundled(
         return EvalResult(
             model=str(model_p), model_sha256=model_sha(), model_bytes=model_p.stat().st_size,
             engine="bundled", binary=str(m.lib.path), engine_commit=bundled_version(), command=None,
-            corpus=str(corpus) if corpus else None, corpus_sha256=corpus_sha256 or "", ctx=n_ctx, chunks=n_chunk,
+            corpus=str(corpus) if corpus else None, corpus_sha256=corpus_sha256 or "", ctx=n_ctx,
+            chunks=n_chunk,
             n_tokens_scored=acc.count, batch=m.n_batch, ubatch=m.n_ubatch, threads=m.threads, ppl=stats.ppl,
             ppl_err=stats.ppl_err, chunk_ppl=tuple(running), kld=stats, base=base_model or str(base_p),
             base_sha256=base_sha256, wall_s=time.perf_counter() - t0, created=_util.now_iso(),
@@ -511,7 +518,8 @@ def sweep_bundled(
     model: str | Path, *, ctx: int = 512, ubatch: int = 128, tg: int = 16, threads: int | None = None,
     seed: int = 1, flash_attn: bool = True,
 ) -> tuple[SweepRow, ...]:
-    """One ``llama-sweep-bench`` pass through libllama: at N_KV = 0, ub, 2ub, …: TG of ``tg`` tokens, then PP of ``ub``.
+    """One ``llama-sweep-bench`` pass through libllama: at N_KV = 0, ub, 2ub, …: TG of ``tg`` tokens, then PP
+    of ``ub``.
 
     As sweep-bench: random tokens, a warm-up (one BOS token and one u-batch), the cache rewound
     to N_KV before each measurement, PP measured as one u-batch at that depth.

@@ -36,12 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m quantforge.evaluate.bundled_bench",
                 description="llama-sweep-bench's table through the bundled (or a given) ik libllama.")
     p.add_argument("-m", "--model", help="GGUF model")
-    p.add_argument("-c", "--ctx-size", type=int, default=512, help="context: the sweep goes up to it (default 512)")
-    p.add_argument("-ub", "--ubatch-size", type=int, default=128, help="u-batch: PP size and N_KV step (default 128)")
-    p.add_argument("-b", "--batch-size", type=int, default=None, help="accepted for sweep-bench compatibility")
+    p.add_argument("-c", "--ctx-size", type=int, default=512,
+                   help="context: the sweep goes up to it (default 512)")
+    p.add_argument("-ub", "--ubatch-size", type=int, default=128,
+                   help="u-batch: PP size and N_KV step (default 128)")
+    p.add_argument("-b", "--batch-size", type=int, default=None,
+                   help="accepted for sweep-bench compatibility")
     p.add_argument("-n", "--n-predict", type=int, default=None, help="TG tokens per row (default ub/4)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("-fa", "--flash-attn", nargs="?", const="on", default="on", help="flash attention on|off (default on)")
+    p.add_argument("-fa", "--flash-attn", nargs="?", const="on", default="on",
+                   help="flash attention on|off (default on)")
     p.add_argument("--seed", type=int, default=1, help="seed of the random tokens")
     p.add_argument("--lib", help="libllama.so to load instead of the bundled one")
     p.add_argument("-o", "--output-format", choices=("md", "jsonl"), default="md")
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         if lib.is_dir():
             lib = lib / "libllama.so"
         if not lib.is_file():
-            sys.stderr.write(f"bundled_bench: error: {lib}: no libllama.so there (pass the library or its folder)\n")
+            sys.stderr.write(f"bundled_bench: error: {lib}: no libllama.so there (pass the library or its "
+                             "folder)\n")
             return 2
         # the bindings read this once, when they are first imported (below, inside the sweep)
         os.environ["IK_LLAMA_CPP_LIB_PATH"] = str(lib.resolve())
@@ -114,13 +119,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"n_gpu_layers = 0, n_threads = {threads}, n_threads_batch = {threads}")
     if args.output_format == "jsonl":
         for r in rows:
-            out.write(json.dumps({"n_kv_max": args.ctx_size, "n_batch": ub, "n_ubatch": ub, "flash_attn": int(fa),
-                                  "n_gpu_layers": 0, "n_threads": threads, "n_threads_batch": threads, "pp": r.pp,
-                                  "tg": r.tg, "n_kv": r.n_kv, "t_pp": r.t_pp, "speed_pp": r.s_pp, "t_tg": r.t_tg,
+            out.write(json.dumps({"n_kv_max": args.ctx_size, "n_batch": ub, "n_ubatch": ub,
+                                  "flash_attn": int(fa),
+                                  "n_gpu_layers": 0, "n_threads": threads, "n_threads_batch": threads,
+                                  "pp": r.pp,
+                                  "tg": r.tg, "n_kv": r.n_kv, "t_pp": r.t_pp, "speed_pp": r.s_pp,
+                                  "t_tg": r.t_tg,
                                   "speed_tg": r.s_tg}) + "\n")
         return 0
-    out.write(f"version: {version}\nsystem_info: n_threads = {threads} | {system_info}\n\nmain: {settings}\n\n")
-    out.write(f"|{'PP':>6} | {'TG':>6} | {'N_KV':>6} | {'T_PP s':>8} | {'S_PP t/s':>8} | {'T_TG s':>8} | {'S_TG t/s':>8} |\n")
+    out.write(f"version: {version}\nsystem_info: n_threads = {threads} | {system_info}\n\nmain: "
+              f"{settings}\n\n")
+    out.write(f"|{'PP':>6} | {'TG':>6} | {'N_KV':>6} | {'T_PP s':>8} | {'S_PP t/s':>8} | {'T_TG s':>8} | "
+              f"{'S_TG t/s':>8} |\n")
     out.write(f"|{'-' * 7}|{'-' * 8}|{'-' * 8}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 10}|\n")
     for r in rows:
         out.write(f"|{r.pp:6d} | {r.tg:6d} | {r.n_kv:6d} | {r.t_pp:8.3f} | {r.s_pp:8.2f} | {r.t_tg:8.3f} | "

@@ -20,7 +20,8 @@ from quantforge.evaluate.models import SettingDifference
 
 #: Canonical knobs in the order a report lists their differences: the ones that explain most
 #: speed differences between two otherwise equal runs come first.
-KNOB_ORDER = ("rtr", "ub", "b", "amb", "mla", "fa", "ot", "t", "tb", "ngl", "c", "ctk", "ctv", "fmoe", "ncmoe",
+KNOB_ORDER = ("rtr", "ub", "b", "amb", "mla", "fa", "ot", "t", "tb", "ngl", "c", "ctk", "ctv", "fmoe",
+              "ncmoe",
               "ser", "model")
 
 #: Knobs that are on/off switches on the command line (absent = off).
@@ -67,7 +68,8 @@ _MAIN_FIELDS = {"n_kv_max": "c", "n_batch": "b", "n_ubatch": "ub", "flash_attn":
 _CTX_FIELDS = {"n_ctx": "c", "n_batch": "b", "n_ubatch": "ub", "flash_attn": "fa", "mla_attn": "mla",
                "attn_max_b": "amb", "fused_moe": "fmoe"}
 _MAIN_LINE = re.compile(r"^\s*(?:main|llama_batched_bench):\s*(n_kv_max\s*=.*)$", re.M)
-_CTX_LINE = re.compile(r"^\s*(?:=+\s*)?llama_(?:new_context_with_model|init_from_model):\s*(\w+)\s*=\s*(\S+)\s*$",
+_CTX_LINE = re.compile(r"^\s*(?:=+\s*)?llama_(?:new_context_with_model|init_from_model):"
+                       r"\s*(\w+)\s*=\s*(\S+)\s*$",
                        re.M)
 _REPACKED = re.compile(r"=+\s*Repacked\s+(\d+)\s+tensors")
 _LOAD_TENSORS = re.compile(r"^llm_load_tensors:", re.M)
@@ -81,7 +83,8 @@ def normalise(knob: str, value: object) -> str:
         return {"1": "on", "true": "on", "on": "on", "": "on", "0": "off", "false": "off", "off": "off",
                 "-1": "auto", "auto": "auto"}.get(low, text)
     if knob in SWITCHES:
-        return {"1": "on", "true": "on", "on": "on", "": "on", "0": "off", "false": "off", "off": "off"}.get(low, text)
+        return {"1": "on", "true": "on", "on": "on", "": "on", "0": "off", "false": "off",
+                "off": "off"}.get(low, text)
     if knob == "ot":
         return "none" if low in ("", "none") else text
     if knob == "model":
@@ -154,7 +157,8 @@ def from_text(text: str) -> dict[str, str]:
             out[knob] = normalise(knob, m.group(2))
     if _REPACKED.search(text):
         out["rtr"] = "on"
-    elif _LOAD_TENSORS.search(text) and ("llama_new_context_with_model" in text or "llama_init_from_model" in text):
+    elif _LOAD_TENSORS.search(text) and ("llama_new_context_with_model" in text
+                                         or "llama_init_from_model" in text):
         out["rtr"] = "off"  # a whole load log without ik's "Repacked N tensors" line
     for m in _MAIN_LINE.finditer(text):
         for part in m.group(1).split(","):
@@ -183,7 +187,8 @@ def from_bench_fields(fields: Mapping[str, object]) -> dict[str, str]:
     return out
 
 
-def differences(a: Mapping[str, str], b: Mapping[str, str], *, ignore: Iterable[str] = ()) -> tuple[SettingDifference, ...]:
+def differences(a: Mapping[str, str], b: Mapping[str, str], *,
+                ignore: Iterable[str] = ()) -> tuple[SettingDifference, ...]:
     """Knobs whose values differ, in :data:`KNOB_ORDER` (a knob only one side states counts as differing)."""
     skip = set(ignore)
     keys = [k for k in KNOB_ORDER if k in a or k in b] + sorted((set(a) | set(b)) - set(KNOB_ORDER))
@@ -200,5 +205,6 @@ def differences(a: Mapping[str, str], b: Mapping[str, str], *, ignore: Iterable[
 
 
 def flags_of(knob: str) -> list[str]:
-    """Every command-line spelling of a canonical knob, the short one first (``ub`` -> ``-ub``, ``--ubatch-size``)."""
+    """Every command-line spelling of a canonical knob, the short one first (``ub`` -> ``-ub``,
+    ``--ubatch-size``)."""
     return [f for f, k in FLAG_KNOB.items() if k == knob]

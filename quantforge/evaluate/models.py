@@ -297,7 +297,9 @@ class MetricVerdict(_Frozen):
     ci_low_pct: float | None
     ci_high_pct: float | None
     p_value: float | None
-    method: str  # "paired t-test on log-ratios across 8 depths" | "Welch's t-test on per-run geometric means (3 vs 3 runs)"
+    #: "paired t-test on log-ratios across 8 depths" |
+    #: "Welch's t-test on per-run geometric means (3 vs 3 runs)"
+    method: str
     decided_by: Literal["paired", "welch", "welch-summary", "none"]
     near_threshold: bool = False
     recommendation: str | None = None
@@ -318,7 +320,8 @@ class CompareReport(_Frozen):
     sigma_rule: float = 3.0
     min_effect_pct: float = 2.0
     method: str = Field(
-        default="Welch's t-test (p < alpha), |difference| > 3 standard errors and |change| >= min_effect_pct; "
+        default="Welch's t-test (p < alpha), |difference| > 3 standard errors and |change| >= "
+                "min_effect_pct; "
         "overall: per-run geometric mean across rows"
     )
     rows: tuple[MetricComparison, ...]

@@ -146,7 +146,8 @@ def parse_perplexity_log(text: str, *, where: str = "llama-perplexity output") -
 
 # ---------------------------------------------------------------- sweep-bench
 
-_SWEEP_HEADER = re.compile(r"^\|\s*PP\s*\|\s*TG\s*\|\s*N_KV\s*\|\s*T_PP s\s*\|\s*S_PP t/s\s*\|\s*T_TG s\s*\|\s*S_TG t/s\s*\|", re.M)
+_SWEEP_HEADER = re.compile(r"^\|\s*PP\s*\|\s*TG\s*\|\s*N_KV\s*\|\s*T_PP s\s*\|\s*S_PP t/s\s*\|\s*T_TG "
+                           r"s\s*\|\s*S_TG t/s\s*\|", re.M)
 
 
 def parse_sweep_markdown(text: str, *, where: str = "llama-sweep-bench output") -> tuple[SweepRow, ...]:
@@ -167,7 +168,8 @@ def parse_sweep_markdown(text: str, *, where: str = "llama-sweep-bench output") 
     return rows
 
 
-def parse_sweep_jsonl(lines: Iterable[str] | str, *, where: str = "llama-sweep-bench output") -> tuple[SweepRow, ...]:
+def parse_sweep_jsonl(lines: Iterable[str] | str, *,
+                      where: str = "llama-sweep-bench output") -> tuple[SweepRow, ...]:
     """Rows of ``llama-sweep-bench --output-format jsonl`` (other lines are skipped)."""
     if isinstance(lines, str):
         lines = lines.splitlines()
@@ -240,7 +242,8 @@ def _backend(d: dict[str, object]) -> str | None:
 def parse_bench_markdown(text: str, *, where: str = "llama-bench output") -> tuple[BenchRow, ...]:
     """Tests of ``llama-bench -o md``: ``| model | size | params | backend | threads | test | t/s |``."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("|")]
-    header_idx = next((i for i, ln in enumerate(lines) if re.search(r"\|\s*test\s*\|", ln) and "t/s" in ln), None)
+    header_idx = next((i for i, ln in enumerate(lines) if re.search(r"\|\s*test\s*\|", ln) and "t/s" in ln),
+                      None)
     if header_idx is None:
         raise EvalError("no llama-bench markdown table in the output", where=where)
     cols = [c.strip() for c in lines[header_idx].strip("|").split("|")]
@@ -256,7 +259,8 @@ def parse_bench_markdown(text: str, *, where: str = "llama-bench output") -> tup
             raise EvalError(f"malformed llama-bench row: {ln!r}", where=where)
         kind = re.match(r"(pp|tg)(\d+)(?:\+tg(\d+))?", test)
         n_prompt = int(kind.group(2)) if kind and kind.group(1) == "pp" else 0
-        n_gen = int(kind.group(2)) if kind and kind.group(1) == "tg" else (int(kind.group(3)) if kind and kind.group(3) else 0)
+        n_gen = int(kind.group(2)) if kind and kind.group(1) == "tg" else (int(kind.group(3)) if kind
+                                                                           and kind.group(3) else 0)
         depth = _DEPTH.search(test)
         threads = row.get("threads")
         out.append(

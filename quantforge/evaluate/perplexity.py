@@ -32,7 +32,8 @@ from quantforge.toolchain import find_toolchain
 # ---------------------------------------------------------------- binaries
 
 
-def find_perplexity(engine: Literal["ik", "mainline"], *, binary: str | None = None, bin_dir: str | None = None) -> tuple[str, str | None]:
+def find_perplexity(engine: Literal["ik", "mainline"], *, binary: str | None = None,
+                    bin_dir: str | None = None) -> tuple[str, str | None]:
     """(path of llama-perplexity, engine version) for ``engine``; ToolError with the fix when absent."""
     if binary:
         p = Path(binary).expanduser()
@@ -88,19 +89,23 @@ def perplexity_binary(
         cmd += ["--kl-divergence"]
     cmd += list(extra_args or [])
     model_sha = _util.sha256_background(model_p)  # hashed while the tool runs: no added wall time
-    out, wall = _util.tool_output(cmd, where=str(model_p), timeout=timeout, check=lambda o: _check_too_short(o, ctx, corpus))
+    out, wall = _util.tool_output(cmd, where=str(model_p), timeout=timeout,
+                                  check=lambda o: _check_too_short(o, ctx, corpus))
     log = parse_perplexity_log(out, where=f"{Path(binary).name} on {model_p.name}")
     if kl_divergence and log.kld is None:
-        raise EvalError("the KLD run printed no statistics (fewer than 100 scored tokens?)", where=str(model_p),
+        raise EvalError("the KLD run printed no statistics (fewer than 100 scored tokens?)",
+                        where=str(model_p),
                         hint="use more chunks")
     n_chunks = log.n_chunks
     first = ctx // 2
     result = EvalResult(
         model=str(model_p), model_sha256=model_sha(), model_bytes=model_p.stat().st_size,
         engine=engine, binary=binary, engine_commit=engine_version or log.build, command=cmd,
-        corpus=str(corpus) if corpus else None, corpus_sha256=corpus_sha, ctx=log.n_ctx or ctx, chunks=n_chunks,
+        corpus=str(corpus) if corpus else None, corpus_sha256=corpus_sha, ctx=log.n_ctx or ctx,
+        chunks=n_chunks,
         n_tokens_scored=n_chunks * (ctx - 1 - first), batch=log.n_batch or batch, ubatch=ubatch,
-        threads=log.n_threads or threads, ppl=log.ppl, ppl_err=log.ppl_err, chunk_ppl=log.chunk_ppl, kld=log.kld,
+        threads=log.n_threads or threads, ppl=log.ppl, ppl_err=log.ppl_err, chunk_ppl=log.chunk_ppl,
+        kld=log.kld,
         wall_s=wall, created=_util.now_iso(),
     )
     return result, out
@@ -122,7 +127,8 @@ def evaluate(model: str | Path, **kwargs: Any) -> EvalResult:
     try:
         return _evaluate(model, **kwargs)
     except KeyboardInterrupt:
-        raise Interrupted("interrupted", hint="partial base logits were removed; run the same command again") from None
+        raise Interrupted("interrupted",
+                          hint="partial base logits were removed; run the same command again") from None
 
 
 def _evaluate(
@@ -149,10 +155,12 @@ def _evaluate(
 
     if not want_kld:
         if engine == "bundled":
-            return perplexity_bundled(model_p, corpus=corpus, ctx=ctx, chunks=chunks, threads=threads, batch=batch,
+            return perplexity_bundled(model_p, corpus=corpus, ctx=ctx, chunks=chunks, threads=threads,
+                                      batch=batch,
                                       ubatch=ubatch)
         assert bin_path is not None
-        return perplexity_binary(model_p, binary=bin_path, engine=engine, corpus=corpus, ctx=ctx, chunks=chunks,
+        return perplexity_binary(model_p, binary=bin_path, engine=engine, corpus=corpus, ctx=ctx,
+                                 chunks=chunks,
                                  threads=threads, batch=batch, ubatch=ubatch, engine_version=version,
                                  timeout=timeout)[0]
 
@@ -163,7 +171,8 @@ def _evaluate(
         key_found = _util.read_key(logits_p)
         if base is not None:
             base_p = _util.check_model_file(base)
-            expected = _util.base_key(model_sha256=_util.sha256_file(base_p), corpus_sha256=corpus_sha, ctx=ctx,
+            expected = _util.base_key(model_sha256=_util.sha256_file(base_p), corpus_sha256=corpus_sha,
+                                      ctx=ctx,
                                       chunks=_chunks_key(chunks), engine=engine)
             _util.verify_key(logits_p, expected)
         elif key_found is not None:
@@ -174,7 +183,8 @@ def _evaluate(
         base_name = str(base) if base else None
     else:
         if base is None:
-            raise InputError("KLD needs a base model", where="--kld", hint="pass --base FILE.gguf (the F16/BF16/Q8_0 reference)")
+            raise InputError("KLD needs a base model", where="--kld",
+                             hint="pass --base FILE.gguf (the F16/BF16/Q8_0 reference)")
         base_p = _util.check_model_file(base)
         base_sha = _util.sha256_file(base_p)
         base_name = str(base_p)
@@ -187,7 +197,8 @@ def _evaluate(
                         where=str(logits_p))
 
     if engine == "bundled":
-        return kld_bundled(model_p, base_logits=logits_p, threads=threads, batch=batch, ubatch=ubatch, corpus=corpus,
+        return kld_bundled(model_p, base_logits=logits_p, threads=threads, batch=batch, ubatch=ubatch,
+                           corpus=corpus,
                            corpus_sha256=corpus_sha, base_sha256=base_sha, base_model=base_name)
     assert bin_path is not None
     res, _ = perplexity_binary(model_p, binary=bin_path, engine=engine, corpus=None, ctx=ctx, chunks=None,
@@ -203,7 +214,8 @@ def _chunks_key(chunks: int | None) -> int:
 
 def ensure_base_logits(
     base: Path, *, engine: EvalEngine, corpus: str | Path, corpus_sha256: str, ctx: int, chunks: int | None,
-    threads: int | None = None, batch: int | None = None, ubatch: int | None = None, binary: str | None = None,
+    threads: int | None = None, batch: int | None = None, ubatch: int | None = None,
+    binary: str | None = None,
     version: str | None = None, cache_dir: str | Path | None = None, timeout: float | None = None,
 ) -> Path:
     """The cached base-logits file for this key, computed now if absent (and its base PPL recorded)."""
@@ -226,7 +238,8 @@ def ensure_base_logits(
         assert binary is not None
         tmp = path.with_name(path.name + ".partial")
         try:
-            res, _ = perplexity_binary(base, binary=binary, engine=engine, corpus=corpus, ctx=ctx, chunks=chunks,
+            res, _ = perplexity_binary(base, binary=binary, engine=engine, corpus=corpus, ctx=ctx,
+                                       chunks=chunks,
                                        threads=threads, batch=batch, ubatch=ubatch, kl_divergence_base=tmp,
                                        engine_version=version, timeout=timeout)
             _util.read_logits_header(tmp)

@@ -53,10 +53,12 @@ def plot_sweeps(results: Sequence[SweepResult], out: str | Path, *, title: str |
         n = res.summary[0].n if res.summary else 0
         label = f"{res.label} (n={n})"
         for ax, metric in ((axes[0], "pp"), (axes[1], "tg")):
-            pts = [(r.n_kv, getattr(r, f"s_{metric}_mean"), getattr(r, f"s_{metric}_std") or 0.0) for r in res.summary
+            pts = [(r.n_kv, getattr(r, f"s_{metric}_mean"),
+                    getattr(r, f"s_{metric}_std") or 0.0) for r in res.summary
                    if getattr(r, f"s_{metric}_mean") is not None]
             if pts:
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4,
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                            ms=4,
                             capsize=3, color=color, label=label, lw=1.6)
     pp, tg = results[0].ubatch, results[0].tg
     axes[0].set_title(f"Prompt processing (PP{pp})")
@@ -94,10 +96,12 @@ def plot_ladder(
     order = sorted(range(len(results)), key=lambda i: xv(results[i]))
     xs = [xv(results[i]) for i in order]
     ax = axes[0][0]
-    ax.errorbar(xs, [results[i].ppl for i in order], yerr=[results[i].ppl_err for i in order], marker="o", ms=5,
+    ax.errorbar(xs, [results[i].ppl for i in order], yerr=[results[i].ppl_err for i in order], marker="o",
+                ms=5,
                 capsize=3, color=_COLORS[0], lw=1.4)
     for i in order:
-        ax.annotate(names[i], (xv(results[i]), results[i].ppl), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(names[i], (xv(results[i]), results[i].ppl), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)
     base = next((r.kld.ppl_base for r in results if r.kld is not None), None)
     if base is not None:
         ax.axhline(base, color="0.4", ls="--", lw=1, label=f"base PPL {base:.4f}")
@@ -107,11 +111,14 @@ def plot_ladder(
     if has_kld:
         ax2 = axes[0][1]
         kl = [i for i in order if results[i].kld is not None]
-        ax2.errorbar([xv(results[i]) for i in kl], [results[i].kld.mean for i in kl],  # type: ignore[union-attr]
-                     yerr=[results[i].kld.mean_err for i in kl], marker="s", ms=5, capsize=3,  # type: ignore[union-attr]
+        ax2.errorbar([xv(results[i]) for i in kl],
+                     [results[i].kld.mean for i in kl],  # type: ignore[union-attr]
+                     yerr=[results[i].kld.mean_err for i in kl], marker="s", ms=5,  # type: ignore[union-attr]
+                     capsize=3,
                      color=_COLORS[1], lw=1.4)
         for i in kl:
-            ax2.annotate(names[i], (xv(results[i]), results[i].kld.mean), textcoords="offset points",  # type: ignore[union-attr]
+            ax2.annotate(names[i], (xv(results[i]), results[i].kld.mean),  # type: ignore[union-attr]
+                         textcoords="offset points",
                          xytext=(5, 5), fontsize=8)
         ax2.set_ylabel("mean KL divergence vs base (lower is better)")
         ax2.set_title("KLD vs size")
@@ -151,7 +158,8 @@ def plot_vary(knob: str, values: Sequence[str], results: Sequence[SweepResult], 
         ax.errorbar(xs, means, yerr=sds, marker="o", ms=5, capsize=3, color=color, lw=1.6)
         for x, m in zip(xs, means, strict=True):
             if m == m:
-                ax.annotate(f"{m:.1f}", (x, m), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+                ax.annotate(f"{m:.1f}", (x, m), textcoords="offset points", xytext=(0, 7), ha="center",
+                            fontsize=8)
         if numeric and len(xs) > 2 and min(xs) > 0 and max(xs) / min(xs) >= 8:
             ax.set_xscale("log", base=2)
         ax.set_xticks(xs)
@@ -169,7 +177,8 @@ def plot_vary(knob: str, values: Sequence[str], results: Sequence[SweepResult], 
 
 
 def plot_bisect(report: BisectReport, out: str | Path) -> list[Path]:
-    """Each tested commit's change vs GOOD (with its interval), in commit order; the threshold and the first bad."""
+    """Each tested commit's change vs GOOD (with its interval), in commit order; the threshold and the first
+    bad."""
     plt = _plt()
     seq = [report.references[0], *report.steps, report.references[1]]  # steps are in commit order
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(seq) + 2), 4.2))
@@ -177,7 +186,8 @@ def plot_bisect(report: BisectReport, out: str | Path) -> list[Path]:
     for i, s in enumerate(seq):
         y = s.change_pct if s.change_pct is not None else 0.0
         if s.ci_low_pct is not None and s.ci_high_pct is not None:
-            ax.errorbar([i], [y], yerr=[[y - s.ci_low_pct], [s.ci_high_pct - y]], fmt="none", ecolor="0.4", capsize=4)
+            ax.errorbar([i], [y], yerr=[[y - s.ci_low_pct], [s.ci_high_pct - y]], fmt="none", ecolor="0.4",
+                        capsize=4)
         marker = "x" if s.verdict == "skip" else ("D" if s.commit == report.first_bad else "o")
         ax.scatter([i], [y], color=colors[s.verdict], marker=marker, s=70 if marker == "D" else 45, zorder=3)
         if s.verdict == "skip":
@@ -187,7 +197,8 @@ def plot_bisect(report: BisectReport, out: str | Path) -> list[Path]:
                label=f"threshold -{report.threshold_pct:.1f} % ({report.threshold_source})")
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xticks(range(len(seq)))
-    ax.set_xticklabels([("GOOD " if s.role == "good reference" else "BAD " if s.role == "bad reference" else "")
+    ax.set_xticklabels([("GOOD " if s.role == "good reference" else "BAD " if s.role == "bad reference"
+                         else "")
                         + s.commit[:8] for s in seq], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(f"{report.metric.upper()} change vs GOOD, %")
     first = f"first bad: {report.first_bad[:12]}" if report.first_bad else "first bad: not found"

@@ -73,23 +73,28 @@ def summarize(runs: Sequence[Sequence[SweepRow]]) -> tuple[RowStats, ...]:
         for metric in METRICS:
             vals = np.array([v for r in rows if (v := _speed(r, metric)) is not None], dtype=float)
             stats[f"s_{metric}_mean"] = float(vals.mean()) if len(vals) else None
-            stats[f"s_{metric}_std"] = (float(vals.std(ddof=1)) if len(vals) > 1 else 0.0) if len(vals) else None
+            stats[f"s_{metric}_std"] = (float(vals.std(ddof=1)) if len(vals) > 1
+                                        else 0.0) if len(vals) else None
         out.append(RowStats(n_kv=key[0], pp=key[1], tg=key[2], n=len(rows), **stats))
     return tuple(out)
 
 
-def welch(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, alpha: float = ALPHA) -> tuple[float, float | None, float | None, float | None, float | None]:
-    """(difference b-a, CI low, CI high, p-value, sigmas) with Welch's t-test; all but the difference None when n < 2."""
+def welch(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *,
+          alpha: float = ALPHA) -> tuple[float, float | None, float | None, float | None, float | None]:
+    """(difference b-a, CI low, CI high, p-value, sigmas) with Welch's t-test; all but the difference None
+    when n < 2."""
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     diff = float(xb.mean() - xa.mean())
     if len(xa) < 2 or len(xb) < 2:
         return diff, None, None, None, None
-    return welch_summary(float(xa.mean()), float(xa.std(ddof=1)), len(xa), float(xb.mean()), float(xb.std(ddof=1)),
+    return welch_summary(float(xa.mean()), float(xa.std(ddof=1)), len(xa), float(xb.mean()),
+                         float(xb.std(ddof=1)),
                          len(xb), alpha=alpha)
 
 
 def welch_summary(ma: float, sa: float, na: int, mb: float, sb: float, nb: int, *,
-                  alpha: float = ALPHA) -> tuple[float, float | None, float | None, float | None, float | None]:
+                  alpha: float = ALPHA) -> tuple[float, float | None, float | None, float | None,
+                                                 float | None]:
     """Welch's t-test from means, sample standard deviations and counts (what llama-bench prints)."""
     from scipy import stats  # startup
 
@@ -161,9 +166,11 @@ def _compare_spread(metric: Metric, key: RowKey, a: ReportedSpread, b: ReportedS
     change = diff / a.mean * 100
     assumed = a.n_assumed or b.n_assumed
     return MetricComparison(
-        metric=metric, n_kv=key[0], pp=key[1], tg=key[2], baseline_mean=a.mean, baseline_std=a.std, baseline_n=a.n,
+        metric=metric, n_kv=key[0], pp=key[1], tg=key[2], baseline_mean=a.mean, baseline_std=a.std,
+        baseline_n=a.n,
         candidate_mean=b.mean, candidate_std=b.std, candidate_n=b.n, change_pct=change,
-        ci_low_pct=None if lo is None else lo / a.mean * 100, ci_high_pct=None if hi is None else hi / a.mean * 100,
+        ci_low_pct=None if lo is None else lo / a.mean * 100,
+        ci_high_pct=None if hi is None else hi / a.mean * 100,
         p_value=p, sigmas=sig,
         verdict=_verdict_of(change, _significant(p, sig, change, alpha=alpha, sigma_rule=sigma_rule,
                                                  min_effect_pct=min_effect_pct)),
@@ -194,12 +201,15 @@ def paired_test(baseline: SweepResult, candidate: SweepResult, metric: Metric, *
     mean = float(d.mean()) if n else 0.0
     change = (math.exp(mean) - 1) * 100
     faster, slower = int((d > 0).sum()), int((d < 0).sum())
-    base = dict(metric=metric, n_pairs=n, depths=tuple(k[0] for k in keys), change_pct=change, n_faster=faster,
+    base = dict(metric=metric, n_pairs=n, depths=tuple(k[0] for k in keys), change_pct=change,
+                n_faster=faster,
                 n_slower=slower, min_ratio_pct=_pct(float(d.min())) if n else 0.0,
                 max_ratio_pct=_pct(float(d.max())) if n else 0.0)
     if n < 2:
-        return PairedTest(**base, ci_low_pct=None, ci_high_pct=None, t=None, df=None, p_value=None,  # type: ignore[arg-type]
-                          signed_rank_p=None, sign_test_p=None, rank_floor_p=None, verdict="no significant change",
+        return PairedTest(**base, ci_low_pct=None, ci_high_pct=None, t=None, df=None,  # type: ignore[arg-type]
+                          p_value=None,
+                          signed_rank_p=None, sign_test_p=None, rank_floor_p=None,
+                          verdict="no significant change",
                           why=f"{n} depth{'s' if n != 1 else ''} in common: a paired test needs at least 2")
     sd = float(d.std(ddof=1))
     se = sd / math.sqrt(n)
@@ -231,7 +241,8 @@ def paired_test(baseline: SweepResult, candidate: SweepResult, metric: Metric, *
         why = f"|t| = {abs(t_stat):.2f} is not above the {sigma_rule:g}-sigma rule"
     elif p < alpha and abs(change) < min_effect_pct:
         why = f"the change is smaller than the {min_effect_pct:g} % minimum effect"
-    return PairedTest(**base, ci_low_pct=_pct(lo), ci_high_pct=_pct(hi), t=t_stat if math.isfinite(t_stat) else None,  # type: ignore[arg-type]
+    return PairedTest(**base, ci_low_pct=_pct(lo), ci_high_pct=_pct(hi),  # type: ignore[arg-type]
+                      t=t_stat if math.isfinite(t_stat) else None,
                       df=df, p_value=p, signed_rank_p=rank_p, sign_test_p=sign_p, rank_floor_p=floor,
                       verdict=_verdict_of(change, sig), why=why)
 
@@ -253,7 +264,8 @@ def compare(baseline: SweepResult, candidate: SweepResult, *, alpha: float = ALP
     ``-ot`` …) are listed in ``differences``: a speed change they explain is not the build's."""
     common = {m: sorted(_keys(baseline, m) & _keys(candidate, m)) for m in METRICS}
     if not any(common.values()):
-        raise InputError("the two results share no row (same N_KV, PP and TG sizes), so they cannot be compared",
+        raise InputError("the two results share no row (same N_KV, PP and TG sizes), so they cannot be "
+                         "compared",
                          hint="run both with the same context, u-batch and TG size")
     rows: list[MetricComparison] = []
     sa, sb = _spread_map(baseline), _spread_map(candidate)
@@ -288,34 +300,42 @@ def compare(baseline: SweepResult, candidate: SweepResult, *, alpha: float = ALP
         ov = _compare(metric, None, ga_ok, gb_ok, alpha=alpha, sigma_rule=sigma_rule, log_space=True,
                       min_effect_pct=min_effect_pct)
         overall.append(ov)
-        pt = paired_test(baseline, candidate, metric, alpha=alpha, sigma_rule=sigma_rule, min_effect_pct=min_effect_pct)
+        pt = paired_test(baseline, candidate, metric, alpha=alpha, sigma_rule=sigma_rule,
+                         min_effect_pct=min_effect_pct)
         paired.append(pt)
         summary.append(_headline(metric, ov, pt, [r for r in rows if r.metric == metric], one_run=one_run,
                                  min_effect_pct=min_effect_pct))
     if one_run and any(p.n_pairs >= 2 for p in paired):
         n = max(p.n_pairs for p in paired)
-        assumptions.append(f"run-to-run noise unknown (one run per side): treating the {n} depths as replicates; "
+        assumptions.append(f"run-to-run noise unknown (one run per side): treating the {n} depths as "
+                           "replicates; "
                            "the interval is the spread of the per-depth ratio, not run-to-run noise")
-    return CompareReport(baseline=baseline.label, candidate=candidate.label, alpha=alpha, sigma_rule=sigma_rule,
-                         min_effect_pct=min_effect_pct, rows=tuple(rows), overall=tuple(overall), paired=tuple(paired),
+    return CompareReport(baseline=baseline.label, candidate=candidate.label, alpha=alpha,
+                         sigma_rule=sigma_rule,
+                         min_effect_pct=min_effect_pct, rows=tuple(rows), overall=tuple(overall),
+                         paired=tuple(paired),
                          summary=tuple(summary), assumptions=tuple(assumptions),
                          differences=knobs.differences(baseline.settings, candidate.settings),
                          warnings=tuple(warnings),
                          notes=tuple([*(f"baseline: {n}" for n in baseline.notes),
                                       *(f"candidate: {n}" for n in candidate.notes)]),
                          baseline_build=baseline.build, candidate_build=candidate.build,
-                         baseline_system_info=baseline.system_info, candidate_system_info=candidate.system_info)
+                         baseline_system_info=baseline.system_info,
+                         candidate_system_info=candidate.system_info)
 
 
 def _headline(metric: Metric, ov: MetricComparison, pt: PairedTest, rows: Sequence[MetricComparison], *,
               one_run: bool, min_effect_pct: float) -> MetricVerdict:
     """Which test answers for this metric: Welch on per-run means with repeats, else the paired test."""
     if not one_run and ov.p_value is not None:
-        mv = MetricVerdict(metric=metric, verdict=ov.verdict, change_pct=ov.change_pct, ci_low_pct=ov.ci_low_pct,
+        mv = MetricVerdict(metric=metric, verdict=ov.verdict, change_pct=ov.change_pct,
+                           ci_low_pct=ov.ci_low_pct,
                            ci_high_pct=ov.ci_high_pct, p_value=ov.p_value, decided_by="welch",
-                           method=f"Welch's t-test on per-run geometric means ({ov.baseline_n} vs {ov.candidate_n} runs)")
+                           method=f"Welch's t-test on per-run geometric means ({ov.baseline_n} vs "
+                                  f"{ov.candidate_n} runs)")
     elif pt.p_value is not None:
-        mv = MetricVerdict(metric=metric, verdict=pt.verdict, change_pct=pt.change_pct, ci_low_pct=pt.ci_low_pct,
+        mv = MetricVerdict(metric=metric, verdict=pt.verdict, change_pct=pt.change_pct,
+                           ci_low_pct=pt.ci_low_pct,
                            ci_high_pct=pt.ci_high_pct, p_value=pt.p_value, decided_by="paired",
                            method=f"paired t-test on log-ratios across {pt.n_pairs} depths")
     elif len(rows) == 1 and rows[0].p_value is not None:
@@ -324,7 +344,8 @@ def _headline(metric: Metric, ov: MetricComparison, pt: PairedTest, rows: Sequen
                            ci_high_pct=r.ci_high_pct, p_value=r.p_value, decided_by="welch-summary",
                            method="Welch's t-test on the mean ± sd the tool printed")
     else:
-        return MetricVerdict(metric=metric, verdict="no significant change", change_pct=ov.change_pct, ci_low_pct=None,
+        return MetricVerdict(metric=metric, verdict="no significant change", change_pct=ov.change_pct,
+                             ci_low_pct=None,
                              ci_high_pct=None, p_value=None, decided_by="none",
                              method="no test possible: one run per side and one depth in common",
                              near_threshold=abs(ov.change_pct) >= min_effect_pct,

@@ -49,7 +49,8 @@ def bundled_runner(model: str | Path, *, ctx: int = 512, ubatch: int = 128, tg: 
                    threads: int | None = None, flash_attn: bool = True) -> Runner:
     _util.check_model_file(model)
     if ctx < ubatch or ubatch < 1 or tg < 1:
-        raise InputError(f"impossible sweep: ctx {ctx}, ubatch {ubatch}, tg {tg}", hint="need ctx >= ubatch >= 1 and tg >= 1")
+        raise InputError(f"impossible sweep: ctx {ctx}, ubatch {ubatch}, tg {tg}",
+                         hint="need ctx >= ubatch >= 1 and tg >= 1")
     counter = {"i": 0}
 
     def run() -> tuple[SweepRow, ...]:
@@ -61,12 +62,14 @@ def bundled_runner(model: str | Path, *, ctx: int = 512, ubatch: int = 128, tg: 
 
 
 def binary_runner(cmd: Sequence[str], *, timeout: float | None = None, keep_warmup: bool = False) -> Runner:
-    """Run a ``llama-sweep-bench`` / ``llama-bench`` / ``llama-batched-bench`` command line and read its table."""
+    """Run a ``llama-sweep-bench`` / ``llama-bench`` / ``llama-batched-bench`` command line and read its
+    table."""
     if not cmd:
         raise InputError("empty sweep command")
     exe = Path(cmd[0])
     if not (exe.is_file() or _which(cmd[0])):
-        raise ToolError(f"{cmd[0]} not found", where="sweep command", hint="build llama-sweep-bench / llama-bench or pass its path")
+        raise ToolError(f"{cmd[0]} not found", where="sweep command",
+                        hint="build llama-sweep-bench / llama-bench or pass its path")
     stated = knobs.from_command(list(cmd))
 
     def run() -> RunOutput:
@@ -135,7 +138,8 @@ def run_sweeps(
         builds = {o.build for o in outs if o.build}
         results.append(
             SweepResult(
-                label=label, engine=m.pop("engine", "bundled"), ctx=m.pop("ctx", first[-1].n_kv + first[-1].pp),
+                label=label, engine=m.pop("engine", "bundled"),
+                ctx=m.pop("ctx", first[-1].n_kv + first[-1].pp),
                 ubatch=m.pop("ubatch", first[0].pp), tg=m.pop("tg", first[0].tg), runs=runs,
                 summary=summarize(runs), created=created, raw_jsonl=str(raw_jsonl) if raw_jsonl else None,
                 settings=settings, build=m.pop("build", None) or (builds.pop() if len(builds) == 1 else None),
@@ -166,8 +170,10 @@ def read_raw_jsonl(path: str | Path) -> dict[str, list[list[SweepRow]]]:
             label, run = d.pop("label"), d.pop("run")
             out.setdefault(label, {}).setdefault(run, []).append(SweepRow(**d))
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-            raise InputError(f"not a sweep run record: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                             where=f"{path}:{n}", hint="give the .jsonl written by quantforge sweep") from None
+            raise InputError("not a sweep run record: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                             where=f"{path}:{n}",
+                             hint="give the .jsonl written by quantforge sweep") from None
     return {k: [v[i] for i in sorted(v)] for k, v in out.items()}
 
 
@@ -178,21 +184,26 @@ def save_result(result: SweepResult, path: str | Path, *, force: bool = True) ->
     return atomic_write_text(p, result.model_dump_json(indent=2), what="sweep result")
 
 
-def load_result(path: str | Path, *, select: dict[str, str] | None = None, keep_warmup: bool = False) -> SweepResult:
-    """A stored sweep result (JSON from ``quantforge sweep``) or any speed table a tool printed or a user pasted."""
+def load_result(path: str | Path, *, select: dict[str, str] | None = None,
+                keep_warmup: bool = False) -> SweepResult:
+    """A stored sweep result (JSON from ``quantforge sweep``) or any speed table a tool printed or a user
+    pasted."""
     p = Path(path)
     if not p.exists() and not p.is_symlink():
-        raise InputError("sweep result not found", where=str(p), hint="pass a JSON written by 'quantforge sweep' or a sweep-bench log")
+        raise InputError("sweep result not found", where=str(p),
+                         hint="pass a JSON written by 'quantforge sweep' or a sweep-bench log")
 
     raw = read_input_bytes(p, what="sweep result", max_bytes=MAX_JSON_BYTES)
     if b"\0" in raw[:4096]:
-        raise InputError("not a text file", where=str(p), hint="pass a sweep result JSON or a tool log (text)")
+        raise InputError("not a text file", where=str(p),
+                         hint="pass a sweep result JSON or a tool log (text)")
     text = raw.decode("utf-8", errors="replace")
     if text.lstrip().startswith("{") and ('"runs"' in text[:2000] or '"summary"' in text):
         try:
             return SweepResult.model_validate_json(text)
         except ValueError as exc:
-            raise InputError(f"not a quantforge sweep result: {str(exc).splitlines()[0]}", where=str(p)) from exc
+            raise InputError(f"not a quantforge sweep result: {str(exc).splitlines()[0]}",
+                             where=str(p)) from exc
     table = read_table(text, source=str(p), select=select, keep_warmup=keep_warmup)
     first = table.runs[0]
     if not first:
@@ -304,7 +315,8 @@ def vary_report(knob: str, values: Sequence[str], results: Sequence[SweepResult]
                                 rows=len(res.runs[0]) if res.runs else 0, **stats))
 
     def best(metric: str) -> str | None:
-        cands = [(getattr(p, f"{metric}_mean"), p.value) for p in points if getattr(p, f"{metric}_mean") is not None]
+        cands = [(getattr(p, f"{metric}_mean"),
+                  p.value) for p in points if getattr(p, f"{metric}_mean") is not None]
         return max(cands)[1] if cands else None
 
     return VaryReport(knob=knob, values=tuple(values), points=tuple(points), results=tuple(results),
@@ -316,11 +328,14 @@ def parse_option_set(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for part in [p for p in text.split(",") if p.strip()]:
         if "=" not in part:
-            raise InputError(f"expected key=value, got {part!r}", where="--a/--b", hint="e.g. --a threads=1 --b threads=2")
+            raise InputError(f"expected key=value, got {part!r}", where="--a/--b",
+                             hint="e.g. --a threads=1 --b threads=2")
         k, v = (s.strip() for s in part.split("=", 1))
         if k not in ("threads", "ubatch", "ctx", "tg", "flash_attn", "model"):
-            raise InputError(f"unknown option {k!r}", where="--a/--b", hint="threads, ubatch, ctx, tg, flash_attn, model")
-        out[k] = (v.lower() in ("1", "true", "on", "yes")) if k == "flash_attn" else (int(v) if k != "model" else v)
+            raise InputError(f"unknown option {k!r}", where="--a/--b",
+                             hint="threads, ubatch, ctx, tg, flash_attn, model")
+        out[k] = (v.lower() in ("1", "true", "on",
+                                "yes")) if k == "flash_attn" else (int(v) if k != "model" else v)
     return out
 
 
@@ -352,7 +367,8 @@ def sweep_command_from_run(run_cmd: Sequence[str], *, model: str | Path, engine:
     while i < len(argv):
         a = argv[i]
         nxt = argv[i + 1] if i + 1 < len(argv) else None
-        has_value = nxt is not None and not (nxt.startswith("-") and not nxt.lstrip("-").replace(".", "").isdigit())
+        has_value = nxt is not None and not (nxt.startswith("-")
+                                             and not nxt.lstrip("-").replace(".", "").isdigit())
         if a == "-ot" and nxt is not None:
             ot.append(nxt)
             i += 2
@@ -365,7 +381,8 @@ def sweep_command_from_run(run_cmd: Sequence[str], *, model: str | Path, engine:
     ctx = int(opts.get("-c", "4096"))
     ub = int(opts.get("-ub", "512"))
     depths = ",".join(str(d) for d in range(0, max(ctx - ub, 0) + 1, ub))
-    out = [binary, "-m", opts.get("-m", str(model)), "-p", str(ub), "-n", str(tg or max(ub // 4, 1)), "-d", depths,
+    out = [binary, "-m", opts.get("-m", str(model)), "-p", str(ub), "-n", str(tg or max(ub // 4, 1)), "-d",
+           depths,
            "-ub", str(ub), "-o", "json", "-r", "1"]
     for k in ("-b", "-t", "-ngl", "-ctk", "-ctv", "-ts"):
         if k in opts:

@@ -115,7 +115,8 @@ def read_table(text: str, *, source: str, select: Mapping[str, str] | None = Non
     return _text_tables(text, source=source, select=select, keep_warmup=keep_warmup)
 
 
-_WHAT = ("paste a llama-sweep-bench table (| PP | TG | N_KV | …), llama-bench output (md/json/jsonl/csv) or a "
+_WHAT = ("paste a llama-sweep-bench table (| PP | TG | N_KV | …), llama-bench output "
+         "(md/json/jsonl/csv) or a "
          "llama-batched-bench table, or pass a JSON written by 'quantforge sweep'")
 
 
@@ -185,11 +186,13 @@ def _drop_warmup(runs: list[list[SweepRow]], *, fmt: str) -> tuple[list[list[Swe
         for metric in ("pp", "tg"):
             exp = warmup_outlier(xs, [getattr(r, f"s_{metric}") for r in run])
             if exp is not None:
-                why.append(f"S_{metric.upper()} {getattr(run[0], f's_{metric}'):.2f} t/s where the other rows "
+                why.append(f"S_{metric.upper()} {getattr(run[0], f's_{metric}'):.2f} t/s where the "
+                           "other rows "
                            f"give about {exp:.2f}")
         if why:
             run_txt = f"run {i + 1}, " if len(runs) > 1 else ""
-            notes.append(f"warm-up outlier dropped ({run_txt}first row, N_KV {run[0].n_kv}): {'; '.join(why)}")
+            notes.append(f"warm-up outlier dropped ({run_txt}first row, N_KV {run[0].n_kv}): "
+                         f"{'; '.join(why)}")
             out.append(run[1:])
         else:
             out.append(run)
@@ -274,7 +277,8 @@ def _csv(text: str, *, source: str) -> tuple[str, list[dict[str, Any]], int] | N
 
 def _csv_key(k: str) -> str:
     n = _norm(k.strip().strip('"'))
-    return {"s_ppt/s": "speed_pp", "s_tgt/s": "speed_tg", "t_pps": "t_pp", "t_tgs": "t_tg", "s_pp": "speed_pp",
+    return {"s_ppt/s": "speed_pp", "s_tgt/s": "speed_tg", "t_pps": "t_pp", "t_tgs": "t_tg",
+            "s_pp": "speed_pp",
             "s_tg": "speed_tg"}.get(n, n)
 
 
@@ -282,12 +286,14 @@ def _num(rec: Mapping[str, Any], key: str, *, source: str, kind: type = float) -
     line = rec.get("__line__")
     where = f"{source}:{line}" if line else source
     if key not in rec:
-        raise InputError(f"the record has no '{key}' field", where=where, hint="pass the tool's output unchanged")
+        raise InputError(f"the record has no '{key}' field", where=where,
+                         hint="pass the tool's output unchanged")
     value = rec[key]
     try:
         x = kind(float(value)) if kind is int else float(value)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"'{key}' is {value!r}, not a number", where=where, hint="pass the tool's output unchanged") from exc
+        raise InputError(f"'{key}' is {value!r}, not a number", where=where,
+                         hint="pass the tool's output unchanged") from exc
     return x
 
 
@@ -301,7 +307,8 @@ def _sweep_records(records: list[dict[str, Any]], text: str, *, source: str, fmt
         s_tg = _num(d, "speed_tg" if "speed_tg" in d else "s_tg", source=source)
         rows.append(SweepRow(pp=pp, tg=tg, n_kv=_num(d, "n_kv", source=source, kind=int),
                              t_pp=_num(d, "t_pp", source=source) if "t_pp" in d else pp / s_pp,
-                             s_pp=s_pp, t_tg=_num(d, "t_tg", source=source) if "t_tg" in d else tg / s_tg, s_tg=s_tg))
+                             s_pp=s_pp, t_tg=_num(d, "t_tg", source=source) if "t_tg" in d else tg / s_tg,
+                             s_tg=s_tg))
     settings = knobs.from_text(text)
     first = records[0]
     for key, knob in (("n_kv_max", "c"), ("n_batch", "b"), ("n_ubatch", "ub"), ("flash_attn", "fa"),
@@ -316,7 +323,8 @@ def _sweep_records(records: list[dict[str, Any]], text: str, *, source: str, fmt
         runs, dropped = _drop_warmup(runs, fmt=fmt)
         notes += dropped
     return ParsedTable(source=source, format=fmt, runs=tuple(tuple(r) for r in runs), settings=settings,
-                       build=stated_build(text), system_info=stated_system_info(text), notes=tuple(notes), line=line)
+                       build=stated_build(text), system_info=stated_system_info(text), notes=tuple(notes),
+                       line=line)
 
 
 def _raw_runs(records: list[dict[str, Any]], *, source: str, select: Mapping[str, str] | None) -> ParsedTable:
@@ -338,7 +346,8 @@ def _raw_runs(records: list[dict[str, Any]], *, source: str, select: Mapping[str
         try:
             row = SweepRow.model_validate(fields)
         except ValueError as exc:
-            raise InputError(f"not a sweep row: {str(exc).splitlines()[0]}", where=f"{source}:{d['__line__']}",
+            raise InputError(f"not a sweep row: {str(exc).splitlines()[0]}",
+                             where=f"{source}:{d['__line__']}",
                              hint="pass the file quantforge wrote unchanged") from exc
         by_run.setdefault(int(d["run"]), []).append(row)
     runs = tuple(tuple(by_run[i]) for i in sorted(by_run))
@@ -390,7 +399,8 @@ def _test_kind(test: str, n_prompt: int = 0, n_gen: int = 0) -> tuple[str, int, 
     return None
 
 
-_RESULT_KEYS = frozenset({"avg_ts", "stddev_ts", "avg_ns", "stddev_ns", "samples_ts", "samples_ns", "test_time",
+_RESULT_KEYS = frozenset({"avg_ts", "stddev_ts", "avg_ns", "stddev_ns", "samples_ts", "samples_ns",
+                          "test_time",
                           "test", "n_prompt", "n_gen", "n_depth", "__line__", "t/s"})
 
 
@@ -417,7 +427,8 @@ def _bench_records(records: list[dict[str, Any]], text: str, *, source: str, fmt
         if build is not None:
             config["build"] = f"{build} ({number})" if number is not None else build
         tests.append(_BenchTest(kind=kind[0], n=kind[1], depth=depth or kind[2], avg=avg, std=std,
-                                samples=tuple(float(x) for x in samples), config=config, line=d.get("__line__")))
+                                samples=tuple(float(x) for x in samples), config=config,
+                                line=d.get("__line__")))
     return _bench_result(tests, text, source=source, fmt=fmt, select=select, keep_warmup=keep_warmup,
                          skipped=skipped)
 
@@ -428,11 +439,13 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-_IDENTITY = ("build", "model_type", "model", "model_filename", "size", "model_size", "params", "model_n_params",
+_IDENTITY = ("build", "model_type", "model", "model_filename", "size", "model_size", "params",
+             "model_n_params",
              "backend", "backends", "cpu_info", "gpu_info")
 
 
-def _bench_result(tests: list[_BenchTest], text: str, *, source: str, fmt: str, select: Mapping[str, str] | None,
+def _bench_result(tests: list[_BenchTest], text: str, *, source: str, fmt: str,
+                  select: Mapping[str, str] | None,
                   keep_warmup: bool, skipped: int) -> ParsedTable:
     if not tests:
         raise InputError("the llama-bench output has no pp/tg tests", where=source, hint=_WHAT)
@@ -467,13 +480,15 @@ def _bench_result(tests: list[_BenchTest], text: str, *, source: str, fmt: str, 
     for t in group:
         key = (t.kind, t.n, t.depth)
         if key in seen:
-            raise InputError(f"{_test_name(t)} appears twice with the same settings (lines {seen[key].line} and "
+            raise InputError(f"{_test_name(t)} appears twice with the same settings (lines "
+                             f"{seen[key].line} and "
                              f"{t.line})", where=f"{source}:{t.line}",
                              hint="pick one table with --select table=N, or split the file")
         seen[key] = t
     notes: list[str] = []
     if skipped:
-        notes.append(f"{skipped} prompt+generation (pg) test(s) ignored: they are neither a PP nor a TG speed")
+        notes.append(f"{skipped} prompt+generation (pg) test(s) ignored: they are neither a PP nor a "
+                     "TG speed")
     # samples -> runs; the first sample of a test is dropped when it is a warm-up outlier
     n_samples = {len(t.samples) for t in group}
     runs: list[list[SweepRow]] = []
@@ -501,11 +516,13 @@ def _bench_result(tests: list[_BenchTest], text: str, *, source: str, fmt: str, 
             if t.std is None:
                 continue
             row = _bench_key(t, group)
-            spread.append(ReportedSpread(n_kv=row[0], pp=row[1], tg=row[2], metric=t.kind,  # type: ignore[arg-type]
+            spread.append(ReportedSpread(n_kv=row[0], pp=row[1], tg=row[2],
+                                         metric=t.kind,  # type: ignore[arg-type]
                                          mean=t.avg, std=t.std, n=n_reps, n_assumed=reps is None))
         if spread:
             notes.append(f"llama-bench printed mean ± sd of {n_reps} repetitions"
-                         + ("" if reps else f" (not stated: llama-bench's default -r {BENCH_DEFAULT_REPS} assumed)"))
+                         + ("" if reps else f" (not stated: llama-bench's default -r {BENCH_DEFAULT_REPS} "
+                                            "assumed)"))
     settings = knobs.from_bench_fields(config)
     cmd_settings = knobs.from_text(text)
     for k, v in cmd_settings.items():
@@ -515,7 +532,8 @@ def _bench_result(tests: list[_BenchTest], text: str, *, source: str, fmt: str, 
             settings.setdefault("model", config[k])
             break
     build = config.get("build") or stated_build(text)
-    sysinfo = stated_system_info(text) or " | ".join(config[k] for k in ("cpu_info", "gpu_info", "backends", "backend")
+    sysinfo = stated_system_info(text) or " | ".join(config[k] for k in ("cpu_info", "gpu_info", "backends",
+                                                                         "backend")
                                                       if config.get(k)) or None
     return ParsedTable(source=source, format=fmt, runs=tuple(tuple(r) for r in runs), spread=tuple(spread),
                        settings=settings, build=build, system_info=sysinfo, notes=tuple(notes),
@@ -536,7 +554,8 @@ def _bench_key(t: _BenchTest, group: Sequence[_BenchTest]) -> tuple[int, int, in
 
 
 def _bench_rows(values: Sequence[tuple[_BenchTest, float]]) -> list[SweepRow]:
-    """llama-bench tests to sweep rows: ``ppN @ dD`` and ``tgM @ dD`` share a row when they are the only ones at D."""
+    """llama-bench tests to sweep rows: ``ppN @ dD`` and ``tgM @ dD`` share a row when they are the only ones
+    at D."""
     group = [t for t, _ in values]
     rows: dict[tuple[int, int, int], dict[str, float]] = {}
     for t, v in values:
@@ -559,7 +578,8 @@ def _selected(config: Mapping[str, str], select: Mapping[str, str]) -> bool:
         if key == "build" or key.startswith("model"):
             if want not in v:
                 return False
-        elif knobs.normalise(knobs.BENCH_FIELDS.get(key, key), v) != knobs.normalise(knobs.BENCH_FIELDS.get(key, key), want):
+        elif knobs.normalise(knobs.BENCH_FIELDS.get(key, key),
+                             v) != knobs.normalise(knobs.BENCH_FIELDS.get(key, key), want):
             return False
     return True
 
@@ -579,7 +599,8 @@ def _describe(configs: Mapping[tuple[tuple[str, str], ...], list[_BenchTest]]) -
     return "; ".join(", ".join(f"{k}={dict(key).get(k, '-')}" for k in varying) for key in keys)
 
 
-# ---------------------------------------------------------------- text tables (sweep-bench, batched-bench, llama-bench md)
+# ---------------------------------------------------------------- text tables (sweep-bench, batched-bench,
+# llama-bench md)
 
 
 def _cells(line: str) -> list[str]:
@@ -623,7 +644,8 @@ class _Block:
 _NOISE = re.compile(r"^\s*(?:=+|-{3,}|`{3}.*|#.*|\.\.\.)?\s*$")
 
 
-def _text_tables(text: str, *, source: str, select: Mapping[str, str] | None, keep_warmup: bool) -> ParsedTable:
+def _text_tables(text: str, *, source: str, select: Mapping[str, str] | None,
+                 keep_warmup: bool) -> ParsedTable:
     lines = text.splitlines()
     blocks: list[_Block] = []
     bench_lines: list[tuple[int, list[str]]] = []
@@ -660,7 +682,8 @@ def _text_tables(text: str, *, source: str, select: Mapping[str, str] | None, ke
                         f"this row has {len(cells)} cells, the table header (line {cur.header_line}) has "
                         f"{len(cur.columns)}: {' | '.join(cur.columns)}" if cur.header_line else
                         f"this row has {len(cells)} cells, the rows above have {len(cur.columns)}",
-                        where=f"{source}:{no}", hint="paste the table as the tool printed it, one row per line")
+                        where=f"{source}:{no}",
+                        hint="paste the table as the tool printed it, one row per line")
             else:
                 cur.rows.append((no, cells))
                 prev_end = idx + 1
@@ -677,7 +700,8 @@ def _text_tables(text: str, *, source: str, select: Mapping[str, str] | None, ke
         if cur is not None and cur.rows and not _NOISE.match(line):
             cur = None  # text after the rows ends the table
     if bench_lines and not blocks:
-        return _bench_markdown(bench_lines, bench_builds, text, source=source, select=select, keep_warmup=keep_warmup)
+        return _bench_markdown(bench_lines, bench_builds, text, source=source, select=select,
+                               keep_warmup=keep_warmup)
     blocks = [b for b in blocks if b.rows]
     if not blocks:
         raise InputError("no speed table found", where=source, hint=_WHAT)
@@ -747,9 +771,11 @@ def _sweep_blocks(blocks: list[_Block], lines: list[str], text: str, *, source: 
         diff = knobs.differences(stated[0][1], s)
         if diff:
             d = diff[0]
-            raise InputError(f"the file holds tables of different settings (line {stated[0][0]}: {d.knob} {d.baseline}; "
+            raise InputError(f"the file holds tables of different settings (line {stated[0][0]}: {d.knob} "
+                             f"{d.baseline}; "
                              f"line {ln}: {d.knob} {d.candidate})", where=f"{source}:{ln}",
-                             hint="one configuration per file: split the tables into two files and compare them")
+                             hint="one configuration per file: split the tables into two files and "
+                                  "compare them")
     # the whole text when it holds one table; else what precedes the (first) chosen table
     settings = knobs.from_text(text) if single else dict(block_settings[0][1])
     notes: list[str] = []
@@ -761,12 +787,14 @@ def _sweep_blocks(blocks: list[_Block], lines: list[str], text: str, *, source: 
     if not keep_warmup:
         runs, dropped = _drop_warmup(runs, fmt=blocks[0].kind)
         notes += dropped
-    return ParsedTable(source=source, format=blocks[0].kind, runs=tuple(tuple(r) for r in runs), settings=settings,
+    return ParsedTable(source=source, format=blocks[0].kind, runs=tuple(tuple(r) for r in runs),
+                       settings=settings,
                        build=stated_build(text), system_info=stated_system_info(text), notes=tuple(notes),
                        line=blocks[0].header_line or blocks[0].rows[0][0])
 
 
-def _bench_markdown(entries: list[tuple[int, list[str]]], builds: list[tuple[int, str]], text: str, *, source: str,
+def _bench_markdown(entries: list[tuple[int, list[str]]], builds: list[tuple[int, str]], text: str, *,
+                    source: str,
                     select: Mapping[str, str] | None, keep_warmup: bool) -> ParsedTable:
     """llama-bench ``-o md`` rows (header optional; log lines between rows and several tables allowed)."""
     headers = [cells[1:] for _, cells in entries if cells[0] == "__header__"]
@@ -807,7 +835,9 @@ def _bench_markdown(entries: list[tuple[int, list[str]]], builds: list[tuple[int
         config = {k: v for k, v in row.items() if k not in ("test", "t/s")}
         if build:
             config["build"] = build
-        tests.append(_BenchTest(kind=kind[0], n=kind[1], depth=kind[2], avg=float(m.group(1)), std=float(m.group(2)),
+        tests.append(_BenchTest(kind=kind[0], n=kind[1], depth=kind[2], avg=float(m.group(1)),
+                                std=float(m.group(2)),
                                 samples=(), config=config, line=no, table=table))
-    return _bench_result(tests, text, source=source, fmt="llama-bench-md", select=select, keep_warmup=keep_warmup,
+    return _bench_result(tests, text, source=source, fmt="llama-bench-md", select=select,
+                         keep_warmup=keep_warmup,
                          skipped=skipped)

@@ -132,7 +132,8 @@ def plan_source_command(
     for t in inv.tensors:
         qt = cat.get(t.dtype)
         layer = int(t.name.split(".")[1]) if t.name.startswith("blk.") else None
-        tensors.append(FitTensor(name=t.name, shape=tuple(t.shape), type=qt.name, bytes=qt.tensor_bytes(t.shape),
+        tensors.append(FitTensor(name=t.name, shape=tuple(t.shape), type=qt.name,
+                                 bytes=qt.tensor_bytes(t.shape),
                                  layer=layer))  # fmt: skip
     dims = dims_from_hparams(inv.arch, inv.hparams)
     ex = extras_from_hparams(inv.arch, inv.hparams, layout=inv.layout or "ik")

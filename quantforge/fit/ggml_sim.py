@@ -57,7 +57,8 @@ class TypeInfo:
 
 
 class Tensor:
-    __slots__ = ("name", "op", "type", "ne", "nb", "src", "view_src", "view_offs", "flags", "buffer", "row_meta",
+    __slots__ = ("name", "op", "type", "ne", "nb", "src", "view_src", "view_offs", "flags", "buffer",
+                 "row_meta",
                  "op_params")  # fmt: skip
 
     def __init__(
@@ -124,7 +125,8 @@ class Graph:
         self._n_unnamed = 0
 
     # ---- construction -------------------------------------------------------------------
-    def new(self, type_: str, *ne: int, name: str = "", op: str = "NONE", src: Sequence[Tensor | None] = ()) -> Tensor:
+    def new(self, type_: str, *ne: int, name: str = "", op: str = "NONE",
+            src: Sequence[Tensor | None] = ()) -> Tensor:
         return Tensor(name, op, type_, ne, src=src, engine=self.engine)
 
     def weight(self, name: str, type_: str, *ne: int, buffer: str, row_meta: int = 0) -> Tensor:
@@ -135,10 +137,12 @@ class Graph:
         t.flags |= FLAG_INPUT
         return t
 
-    def _op(self, op: str, type_: str, ne: Sequence[int], src: Sequence[Tensor | None], name: str = "") -> Tensor:
+    def _op(self, op: str, type_: str, ne: Sequence[int], src: Sequence[Tensor | None],
+            name: str = "") -> Tensor:
         return Tensor(name, op, type_, ne, src=src, engine=self.engine)
 
-    def view(self, a: Tensor, ne: Sequence[int], nb: Sequence[int] | None = None, offs: int = 0, *, op: str = "VIEW",
+    def view(self, a: Tensor, ne: Sequence[int], nb: Sequence[int] | None = None, offs: int = 0, *,
+             op: str = "VIEW",
              name: str | None = None) -> Tensor:  # fmt: skip
         ne4 = tuple(ne) + (1,) * (4 - len(ne))
         if nb is None:
@@ -149,7 +153,8 @@ class Graph:
         else:
             nb = tuple(nb) + tuple(a.nb[len(nb):])  # ggml_view_Nd keeps the higher strides computed below
         base = a.view_src if a.view_src is not None else a
-        t = Tensor(name if name is not None else a.name + " (view)", op, a.type, ne4, nb=nb, src=[a], view_src=base,
+        t = Tensor(name if name is not None else a.name + " (view)", op, a.type, ne4, nb=nb, src=[a],
+                   view_src=base,
                    view_offs=a.view_offs + offs, engine=self.engine, row_meta=a.row_meta)  # fmt: skip
         return t
 
@@ -185,7 +190,8 @@ class Graph:
     def mul_mat_id(self, a: Tensor, b: Tensor, ids: Tensor, name: str = "") -> Tensor:
         return self._op("MUL_MAT_ID", "f32", (a.ne[1], ids.ne[0], b.ne[2], 1), [a, b, ids], name)
 
-    def unary_like(self, op: str, a: Tensor, *others: Tensor | None, name: str = "", type_: str | None = None) -> Tensor:
+    def unary_like(self, op: str, a: Tensor, *others: Tensor | None, name: str = "",
+                   type_: str | None = None) -> Tensor:
         return self._op(op, type_ or a.type, a.ne, [a, *others], name)
 
     def add(self, a: Tensor, b: Tensor, name: str = "") -> Tensor:
@@ -315,7 +321,8 @@ class SchedResult:
     n_splits: int
     assignment: dict[int, int] = field(default_factory=dict)
     graph: list[tuple[Tensor, int]] = field(default_factory=list)
-    peak: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)  # buffer -> live tensors at its peak
+    peak: dict[str, list[tuple[str, int,
+                               int]]] = field(default_factory=dict)  # buffer -> live tensors at its peak
 
 
 def _cuda_runs(node: Tensor, engine: Engine) -> bool:
@@ -330,7 +337,8 @@ def _cuda_runs(node: Tensor, engine: Engine) -> bool:
 def _offload_op(b: Backend, node: Tensor, engine: Engine) -> bool:
     if not b.gpu:
         return False
-    if node.op in ("MUL_MAT", "MUL_MAT_ID", "MOE_FUSED_UP_GATE", "FUSED_UP_GATE") and not _cuda_runs(node, engine):
+    if node.op in ("MUL_MAT", "MUL_MAT_ID", "MOE_FUSED_UP_GATE",
+                   "FUSED_UP_GATE") and not _cuda_runs(node, engine):
         return False
     if node.op in ("MUL_MAT_ID", "MOE_FUSED_UP_GATE"):
         ids = node.src[2] if node.op == "MUL_MAT_ID" else node.src[3]
@@ -354,7 +362,8 @@ def alloc_size(t: Tensor, backend: Backend, engine: Engine) -> int:
 
 
 def schedule(graph: Graph, backends: Sequence[Backend], *, n_outputs_all: bool = True,
-             fixed: dict[int, int] | None = None, offload_ops: bool = True, trace_peak: bool = False) -> SchedResult:  # fmt: skip
+             fixed: dict[int, int] | None = None, offload_ops: bool = True,
+             trace_peak: bool = False) -> SchedResult:  # fmt: skip
     """Assign backends, split, add the split-input copies and run the graph allocator.
 
     ``fixed``: node id -> backend index assignments the graph builder made
@@ -497,7 +506,8 @@ def schedule(graph: Graph, backends: Sequence[Backend], *, n_outputs_all: bool =
                 key = (id(s), cur_b)
                 c = copies.get(key)
                 if c is None:
-                    c = Tensor(f"{backends[cur_b].name}#{s.name}#0", "NONE", s.type, s.ne, nb=s.nb, engine=engine,
+                    c = Tensor(f"{backends[cur_b].name}#{s.name}#0", "NONE", s.type, s.ne, nb=s.nb,
+                               engine=engine,
                                row_meta=s.row_meta)  # fmt: skip
                     copies[key] = c
                     bid[id(c)] = cur_b
@@ -512,7 +522,8 @@ def schedule(graph: Graph, backends: Sequence[Backend], *, n_outputs_all: bool =
     for (b, start, inputs), end in zip(splits, bounds, strict=True):
         for inp in inputs:
             dep = Tensor(inp.name + " (dep)", "NONE", inp.type, inp.ne, nb=inp.nb, src=[inp],
-                         view_src=inp.view_src if inp.view_src is not None else inp, engine=engine)  # fmt: skip
+                         view_src=inp.view_src if inp.view_src is not None else inp,
+                         engine=engine)  # fmt: skip
             gnodes.append((dep, get(inp)))
             gnodes.append((copies[(id(inp), b)], b))
         split_nodes = nodes[start:end]
@@ -526,7 +537,8 @@ def schedule(graph: Graph, backends: Sequence[Backend], *, n_outputs_all: bool =
                 # ggml_backend_sched: a GGML_OP_NONE node that keeps the fused ops' inputs alive until here
                 dep = Tensor(n.name + " (keep)", "NONE", kept[0].type, kept[0].ne, nb=kept[0].nb,
                              src=list(kept),
-                             view_src=kept[0].view_src if kept[0].view_src is not None else kept[0], engine=engine)
+                             view_src=kept[0].view_src if kept[0].view_src is not None else kept[0],
+                             engine=engine)
                 gnodes.append((dep, b))
     leafs = [(lf, get(lf)) for lf in graph.leafs]
     trace: dict[str, list[tuple[str, int, int]]] | None = {} if trace_peak else None
@@ -549,7 +561,8 @@ def _cuda_alloc_deps(nodes: Sequence[Tensor]) -> dict[int, list[Tensor]]:
         first = nodes[i]
         if first.op == "MUL" and first.type == "f32" and _contiguous(first) and len(first.src) >= 2:
             a, w = first.src[0], first.src[1]
-            if a is not None and w is not None and a.ne == first.ne and w.ne[0] == 1 and w.ne[1:] == first.ne[1:]:
+            if (a is not None and w is not None and a.ne == first.ne and w.ne[0] == 1
+                and w.ne[1:] == first.ne[1:]):
                 n_used = first.ne[1]
                 count = 2 * n_used
                 if 2 <= n_used <= 15 and i + count <= n:
@@ -631,7 +644,8 @@ def _same_layout(a: Tensor, b: Tensor) -> bool:
 
 def _allocate(
     gnodes: Sequence[tuple[Tensor, int]], leafs: Sequence[tuple[Tensor, int]], backends: Sequence[Backend],
-    engine: Engine, new_src: dict[int, list[Tensor | None]], trace: dict[str, list[tuple[str, int, int]]] | None = None,
+    engine: Engine, new_src: dict[int, list[Tensor | None]], trace: dict[str, list[tuple[str, int,
+                                                                                         int]]] | None = None,
 ) -> dict[str, int]:  # fmt: skip
     # one dynamic allocator per distinct compute buffer
     allocs: dict[str, _DynAlloc] = {}
@@ -687,7 +701,8 @@ def _allocate(
         offset[id(t)] = (be.buffer, a.alloc(size))
         owner[id(t)] = be
         if trace is not None and a.max_size > before:
-            trace[be.buffer] = [(x.name, offset[id(x)][1], alloc_size(x, owner[id(x)], engine)) for x in live.values()
+            trace[be.buffer] = [(x.name, offset[id(x)][1], alloc_size(x, owner[id(x)],
+                                                                      engine)) for x in live.values()
                                 if offset[id(x)][0] == be.buffer] + [(t.name, offset[id(t)][1], size)]
         live[id(t)] = t
 

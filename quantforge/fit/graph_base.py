@@ -98,7 +98,8 @@ class GraphBuilder:
         key = (il, which)
         t = self._kv.get(key)
         if t is None:
-            t = Tensor(f"cache_{which}_l{il}", "NONE", type_, ne, buffer=self.mw.kv_buffer[il], engine=self.engine)
+            t = Tensor(f"cache_{which}_l{il}", "NONE", type_, ne, buffer=self.mw.kv_buffer[il],
+                       engine=self.engine)
             self._kv[key] = t
         return t
 

@@ -83,7 +83,8 @@ class IkBuilder(GraphBuilder):
             cur = g.add(cur, inp)
         return cur
 
-    def build_kv(self, il: int, k_cur: Tensor, v_cur: Tensor, q_cur: Tensor, kq_mask: Tensor, *, wo: str) -> Tensor:
+    def build_kv(self, il: int, k_cur: Tensor, v_cur: Tensor, q_cur: Tensor, kq_mask: Tensor, *,
+                 wo: str) -> Tensor:
         g, d, T, cfg = self.g, self.d, self.T, self.cfg
         g.expand(q_cur)
         g.expand(k_cur)
@@ -106,7 +107,8 @@ class IkBuilder(GraphBuilder):
             g.expand(g.cpy(g.transpose(v_cur), vview))
         return self.build_kqv(il, q_cur, kq_mask, kc, vc, wo=wo)
 
-    def build_kqv(self, il: int, q_cur: Tensor, kq_mask: Tensor, kc: Tensor, vc: Tensor, *, wo: str) -> Tensor:
+    def build_kqv(self, il: int, q_cur: Tensor, kq_mask: Tensor, kc: Tensor, vc: Tensor, *,
+                  wo: str) -> Tensor:
         g, d, T, cfg = self.g, self.d, self.T, self.cfg
         n_head, n_head_kv = d.n_head, d.n_head_kv
         hk, hv = d.head_dim_k, d.head_dim_v
@@ -226,7 +228,8 @@ class IkBuilder(GraphBuilder):
             routed = g.add(routed, inp, name=f"routed_out_with_inp-{il}")
         g.expand(routed)
         if self.w(b + "ffn_up_shexp.weight") is not None:
-            shared = self.ffn(il, cur, norm=None, up=b + "ffn_up_shexp.weight", gate=b + "ffn_gate_shexp.weight",
+            shared = self.ffn(il, cur, norm=None, up=b + "ffn_up_shexp.weight",
+                              gate=b + "ffn_gate_shexp.weight",
                               down=b + "ffn_down_shexp.weight", name="shexp")  # fmt: skip
             return g.add(routed, shared, name=f"ffn_out-{il}")
         return routed
@@ -262,9 +265,11 @@ class IkBuilder(GraphBuilder):
             if glm and il < d.leading_dense:
                 b = f"blk.{il}."
                 cur = self.ffn(il, cur, norm=b + "post_attention_norm.weight", up=b + "ffn_up.weight",
-                               gate=b + "ffn_gate.weight", down=b + "ffn_down.weight", add_input=True)  # fmt: skip
+                               gate=b + "ffn_gate.weight", down=b + "ffn_down.weight",
+                               add_input=True)  # fmt: skip
             elif glm:
-                cur = self.std_moe_ffn(il, cur, gating="sigmoid", norm_w=True, w_scale=self._w_scale(), add_input=True)
+                cur = self.std_moe_ffn(il, cur, gating="sigmoid", norm_w=True, w_scale=self._w_scale(),
+                                       add_input=True)
             else:
                 cur = self.std_moe_ffn(il, cur, gating="softmax", norm_w=True, w_scale=1.0, add_input=True)
             inpL = cur
@@ -285,7 +290,8 @@ class IkBuilder(GraphBuilder):
             b = f"blk.{il}."
             out_ids = self.inp_out_ids() if il == last and self.T > 1 else None
             cur = self.std_attention(il, inpL, pos, mask, out_ids, add_input=True)
-            cur = self.ffn(il, cur, norm=b + "ffn_norm.weight", up=b + "ffn_up.weight", gate=b + "ffn_gate.weight",
+            cur = self.ffn(il, cur, norm=b + "ffn_norm.weight", up=b + "ffn_up.weight",
+                           gate=b + "ffn_gate.weight",
                            down=b + "ffn_down.weight", add_input=True)  # fmt: skip
             inpL = cur
         res = self.output(inpL)
@@ -370,7 +376,8 @@ class IkBuilder(GraphBuilder):
         g.expand(qc)
         cur = None
         for it in range(n_head // n_max):
-            wv = g.view_nd(wkv_b, (wkv_b.ne[0], n_per_head * n_max), (wkv_b.nb[1],), wkv_b.nb[1] * n_per_head * n_max * it)
+            wv = g.view_nd(wkv_b, (wkv_b.ne[0], n_per_head * n_max), (wkv_b.nb[1],),
+                           wkv_b.nb[1] * n_per_head * n_max * it)
             kv_f32 = g.mul_mat(wv, kv_nope, name=f"kv_f32-{il}")
             rs = 4 * n_max * (nope + hv)
             v_f32 = g.view_nd(kv_f32, (hv, self.n_kv, n_max), (rs, 4 * (nope + hv)), 4 * nope)
@@ -465,8 +472,10 @@ class IkBuilder(GraphBuilder):
                 cur = self.ffn(il, cur, norm=None, up=b + "ffn_up.weight", gate=b + "ffn_gate.weight",
                                down=b + "ffn_down.weight")  # fmt: skip
             else:
-                moe_out = self.moe(il, cur, gating="sigmoid", norm_w=True, w_scale=self._w_scale(), add_input=False)
-                shexp = self.ffn(il, cur, norm=None, up=b + "ffn_up_shexp.weight", gate=b + "ffn_gate_shexp.weight",
+                moe_out = self.moe(il, cur, gating="sigmoid", norm_w=True, w_scale=self._w_scale(),
+                                   add_input=False)
+                shexp = self.ffn(il, cur, norm=None, up=b + "ffn_up_shexp.weight",
+                                 gate=b + "ffn_gate_shexp.weight",
                                  down=b + "ffn_down_shexp.weight", name="shexp")  # fmt: skip
                 cur = g.add(moe_out, shexp, name=f"ffn_out-{il}")
             cur = g.add(cur, ffn_inp, name=f"l_out-{il}")
@@ -477,7 +486,8 @@ class IkBuilder(GraphBuilder):
 
 
 def build_graph(engine: Engine, mw: ModelWeights, cfg: GraphConfig, layers: Sequence[int]) -> Graph:
-    """The reserve graph of ``engine`` for the model's ``layers`` (in order; the last one makes the outputs)."""
+    """The reserve graph of ``engine`` for the model's ``layers`` (in order; the last one makes the
+    outputs)."""
     arch = mw.dims.arch
     if engine == "ik":
         b = IkBuilder(mw, cfg, engine)

@@ -80,7 +80,8 @@ class MainlineBuilder(GraphBuilder):
         return g.reshape(res, *cur.ne)
 
     # ---- attention --------------------------------------------------------------------------
-    def qkv(self, il: int, cur: Tensor, hk: int, n_head: int, n_head_kv: int) -> tuple[Tensor, Tensor, Tensor]:
+    def qkv(self, il: int, cur: Tensor, hk: int, n_head: int, n_head_kv: int) -> tuple[Tensor, Tensor,
+                                                                                       Tensor]:
         g, T = self.g, self.T
         b = f"blk.{il}."
         q = g.mul_mat(self.W(b + "attn_q.weight"), cur, name=f"Qcur-{il}")
@@ -94,7 +95,8 @@ class MainlineBuilder(GraphBuilder):
             v = g.add(v, bv, name=f"Vcur-{il}")
         return g.reshape(q, hk, n_head, T), g.reshape(k, hk, n_head_kv, T), g.reshape(v, hk, n_head_kv, T)
 
-    def attn_mha(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, v_mla: Tensor | None, il: int) -> Tensor:
+    def attn_mha(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, v_mla: Tensor | None,
+                 il: int) -> Tensor:
         g, cfg = self.g, self.cfg
         v_trans = v.nb[1] > v.nb[2]
         q = g.view_nd(q, (q.ne[0], q.ne[1], q.ne[2], 1), (q.nb[1], q.nb[2], q.nb[2] * q.ne[2]), 0)
@@ -158,7 +160,8 @@ class MainlineBuilder(GraphBuilder):
             vview = g.view_nd(vc, (hv, nkv, self.n_kv, 1), (vr, vr * nkv, vr * nkv * self.n_kv), 0)
         else:
             es = self.row(cfg.type_v, 1)
-            vview = g.view_nd(vc, (self.n_kv, nkv, hv, 1), (es * self.n_kv * hv, es * self.n_kv, es * self.n_kv * hv * nkv), 0)
+            vview = g.view_nd(vc, (self.n_kv, nkv, hv, 1), (es * self.n_kv * hv, es * self.n_kv,
+                                                            es * self.n_kv * hv * nkv), 0)
         cur = self.attn_mha(q, kview, vview, mask, None, il)
         if self.v_rot is not None:
             cur = self.hadamard(cur, self.v_rot)
@@ -278,7 +281,8 @@ class MainlineBuilder(GraphBuilder):
                 if il < d.leading_dense:
                     cur = self.ffn(il, cur, b + "ffn_up.weight", b + "ffn_gate.weight", b + "ffn_down.weight")
                 else:
-                    routed = self.moe(il, cur, gating="sigmoid", norm_w=True, w_scale=self.mw.expert_weights_scale)
+                    routed = self.moe(il, cur, gating="sigmoid", norm_w=True,
+                                      w_scale=self.mw.expert_weights_scale)
                     shared = self.ffn(il, cur, b + "ffn_up_shexp.weight", b + "ffn_gate_shexp.weight",
                                       b + "ffn_down_shexp.weight")  # fmt: skip
                     cur = g.add(routed, shared, name=f"ffn_out-{il}")
@@ -340,7 +344,8 @@ class MainlineBuilder(GraphBuilder):
             g.expand(self.set_rows(kc, k2, k_idxs))
             kr = self.row(cfg.type_k, width)
             kview = g.view_nd(kc, (width, 1, self.n_kv, 1), (kr, kr, kr * self.n_kv), 0)
-            vview = g.view_nd(kview, (lora, kview.ne[1], kview.ne[2], kview.ne[3]), (kview.nb[1], kview.nb[2], kview.nb[3]), 0)
+            vview = g.view_nd(kview, (lora, kview.ne[1], kview.ne[2], kview.ne[3]), (kview.nb[1], kview.nb[2],
+                                                                                     kview.nb[3]), 0)
             cur = self.attn_mha(qcur, kview, vview, mask, self.W(b + "attn_v_b.weight"), il)
             cur = g.mul_mat(self.W(b + "attn_output.weight"), cur, name=f"attn_out-{il}")
             if il == last:
@@ -352,7 +357,8 @@ class MainlineBuilder(GraphBuilder):
                 cur = self.ffn(il, cur, b + "ffn_up.weight", b + "ffn_gate.weight", b + "ffn_down.weight")
             else:
                 moe = self.moe(il, cur, gating="sigmoid", norm_w=True, w_scale=self.mw.expert_weights_scale)
-                sh = self.ffn(il, cur, b + "ffn_up_shexp.weight", b + "ffn_gate_shexp.weight", b + "ffn_down_shexp.weight")
+                sh = self.ffn(il, cur, b + "ffn_up_shexp.weight", b + "ffn_gate_shexp.weight",
+                              b + "ffn_down_shexp.weight")
                 cur = g.add(moe, sh, name=f"ffn_out-{il}")
             cur = g.add(cur, ffn_inp, name=f"l_out-{il}")
             inpL = cur

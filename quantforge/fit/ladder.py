@@ -37,14 +37,16 @@ class LadderResult(BaseModel):
     plot: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        lines = [f"{'variant':24s} {'target':16s} {'tensor data':>14s} {'predicted ' + self.metric:>18s}  status"]
+        lines = [f"{'variant':24s} {'target':16s} {'tensor data':>14s} "
+                 f"{'predicted ' + self.metric:>18s}  status"]
         for v in self.variants:
             lines.append(f"{v.name:24s} {v.target or '-':16s} {human_bytes(v.tensor_bytes):>14s} "
                          f"{v.predicted:>18.6f}  {v.status}")  # fmt: skip
         lines += ["", f"Pareto front (tensor bytes vs predicted {self.metric}, the knapsack at each budget):",
                   f"{'budget':>14s} {'tensor data':>14s} {'predicted':>12s}"]  # fmt: skip
         for p in self.front:
-            lines.append(f"{human_bytes(p.budget_bytes):>14s} {human_bytes(p.tensor_bytes):>14s} {p.predicted:>12.6f}"
+            lines.append(f"{human_bytes(p.budget_bytes):>14s} {human_bytes(p.tensor_bytes):>14s} "
+                         f"{p.predicted:>12.6f}"
                          + (f"  <- {p.label}" if p.label else ""))  # fmt: skip
         for v in self.variants:
             if v.written:
@@ -55,7 +57,8 @@ class LadderResult(BaseModel):
 
 def pareto_front(plan: QuantPlan, table: SensitivityTable | None, *, points: int = 16,
                  time_limit: float = 5.0) -> list[ParetoPoint]:  # fmt: skip
-    """The best predicted metric at ``points`` tensor-data budgets from the smallest mixture to the largest."""
+    """The best predicted metric at ``points`` tensor-data budgets from the smallest mixture to the
+    largest."""
     engine = plan.engine
     groups = groups_from_table(plan, table)[0] if table is not None else groups_prior(plan, engine)
     per = _options(plan, groups, engine, rig=None, repack="never", gpu_ok=False)
@@ -73,7 +76,8 @@ def pareto_front(plan: QuantPlan, table: SensitivityTable | None, *, points: int
         except Exception:  # noqa: BLE001 - an infeasible budget is simply not on the front
             continue
         used = sum(per[gi][k2].tensor_bytes for gi, k2 in enumerate(sol.pick))
-        out.append(ParetoPoint(budget_bytes=fixed + b, tensor_bytes=fixed + used, predicted=baseline + sol.objective))
+        out.append(ParetoPoint(budget_bytes=fixed + b, tensor_bytes=fixed + used,
+                               predicted=baseline + sol.objective))
     return out
 
 
@@ -83,8 +87,10 @@ def plot_front(front: Sequence[ParetoPoint], variants: Sequence[SolveResult], ou
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     gib = float(1 << 30)
-    scale, unit = (gib, "GiB") if max((p.tensor_bytes for p in front), default=0) > gib else (float(1 << 20), "MiB")
-    ax.plot([p.tensor_bytes / scale for p in front], [p.predicted for p in front], "-o", ms=3, color="#1f77b4",
+    scale, unit = (gib, "GiB") if max((p.tensor_bytes for p in front), default=0) > gib else (float(1 << 20),
+                                                                                              "MiB")
+    ax.plot([p.tensor_bytes / scale for p in front], [p.predicted for p in front], "-o", ms=3,
+            color="#1f77b4",
             label="Pareto front (predicted)")  # fmt: skip
     for v in variants:
         ax.plot([v.tensor_bytes / scale], [v.predicted], "s", color="#d62728", ms=7)
@@ -115,20 +121,24 @@ def solve_ladder(
     for t in targets:
         kw: dict[str, Any] = {"budget": t} if budget_mode else {"target": t}
         variants.append(solve_recipe(recipe_path, settings=settings, quant=quant, sensitivity=sensitivity,
-                                     curve=curve, min_tg=min_tg, down_step=down_step, repack=repack, write=write,
-                                     force=force, time_limit=time_limit, verify=verify, verify_options=verify_options,
+                                     curve=curve, min_tg=min_tg, down_step=down_step, repack=repack,
+                                     write=write,
+                                     force=force, time_limit=time_limit, verify=verify,
+                                     verify_options=verify_options,
                                      **kw))  # fmt: skip
     recipe = load_recipe(recipe_path)
     inv = recipe_inventory(recipe)
     table = (read_table(sensitivity, engine=recipe.engine, curve=curve,
-                        tensors=[(x.name, tuple(x.shape)) for x in inv.tensors]) if sensitivity else None)  # fmt: skip
+                        tensors=[(x.name, tuple(x.shape)) for x in inv.tensors]) if sensitivity
+                        else None)  # fmt: skip
     r, base = with_base_variant(recipe, variants[0].base)
     plan = expand(r, base, inv, imatrix=False)
     front = pareto_front(plan, table, points=points)
     metric = variants[0].metric
     labelled = list(front)
     for v in variants:
-        labelled.append(ParetoPoint(budget_bytes=v.tensor_bytes, tensor_bytes=v.tensor_bytes, predicted=v.predicted,
+        labelled.append(ParetoPoint(budget_bytes=v.tensor_bytes, tensor_bytes=v.tensor_bytes,
+                                    predicted=v.predicted,
                                     label=v.name))  # fmt: skip
     labelled.sort(key=lambda p: p.tensor_bytes)
     paths = plot_front(front, variants, plot, metric=metric) if plot else []

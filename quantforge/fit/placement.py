@@ -145,7 +145,8 @@ def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None
     p = Prepared(
         engine=engine, tensors=list(tensors), cpu_bytes=cpu_b, gpu_bytes=gpu_b, cuda_ok=cuda_ok,
         interleaved=inter, n_layer=nl, layer_base_gpu=[0] * nl, layer_base_cpu=[0] * nl,
-        layer_base_idx=[[] for _ in range(nl)], forced_cpu_idx=[], forced_cpu_max_matrix=0, embd_idx=None, out_idx=[],
+        layer_base_idx=[[] for _ in range(nl)], forced_cpu_idx=[], forced_cpu_max_matrix=0, embd_idx=None,
+        out_idx=[],
         tied_output=not any(t.name == "output.weight" for t in tensors), layer_expert_cpu=[0] * nl,
         layer_base_raw=[0] * nl, total_raw=sum(t.bytes for t in tensors),
     )  # fmt: skip
@@ -155,7 +156,8 @@ def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None
         if part is not None and t.layer is not None and t.layer < nl:
             # ik fuses gate and up into one op (-fmoe, its default), so they move together;
             # mainline runs them as separate matmuls, so each may sit on its own device
-            key = (t.layer, "down" if part == "down" else ("gate_up" if engine == "ik" or part == "gate_up" else part))
+            key = (t.layer, "down" if part == "down" else ("gate_up" if engine == "ik" or part == "gate_up"
+                                                           else part))
             groups.setdefault(key, []).append(i)
             p.layer_expert_cpu[t.layer] += cpu_b[i]
             continue
@@ -184,7 +186,8 @@ def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None
                 layer=layer, parts=("gate", "up") if kind == "gate_up" else (kind,), idx=idx,
                 cpu_bytes=sum(cpu_b[i] for i in idx), gpu_bytes=sum(gpu_b[i] for i in idx),
                 cuda_ok=all(cuda_ok[i] or not inter[i] for i in idx),
-                forced=forced.pop() if len(forced) == 1 else None, raw_bytes=sum(tensors[i].bytes for i in idx),
+                forced=forced.pop() if len(forced) == 1 else None,
+                raw_bytes=sum(tensors[i].bytes for i in idx),
                 max_gpu_tensor=max(gpu_b[i] for i in idx),
             )
         )  # fmt: skip

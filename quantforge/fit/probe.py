@@ -24,7 +24,8 @@ _MIB = 1 << 20
 # ik: "llm_load_tensors:  CUDA_Host buffer size = ..."; mainline (after its timestamp prefix):
 # "load_tensors:   CPU_Mapped model buffer size = ...", "llama_kv_cache:      CUDA0 KV buffer size = ..."
 _BUF_RE = re.compile(
-    r"^(?:[0-9.]+ [A-Z] )?(llm_load_tensors|load_tensors):\s+(\S+) (?:model )?buffer size =\s+([0-9.]+) MiB", re.M
+    r"^(?:[0-9.]+ [A-Z] )?(llm_load_tensors|load_tensors):\s+(\S+) (?:model )?buffer size =\s+([0-9.]+) MiB",
+    re.M
 )
 _KVBUF_RE = re.compile(r"(?:llama_kv_cache_init|llama_kv_cache):\s+(\S+) KV buffer size =\s+([0-9.]+) MiB")
 _KVSELF_RE = re.compile(r"KV self size\s+=\s+([0-9.]+) MiB")

@@ -41,7 +41,8 @@ from quantforge.gguf_header import (
 from quantforge.inventory import TensorInventory
 from quantforge.inventory_synth import MODELS_DIR, synthesize_inventory
 
-U32, F32, BOOL, STR, ARR = ValueType.UINT32, ValueType.FLOAT32, ValueType.BOOL, ValueType.STRING, ValueType.ARRAY
+U32, F32, BOOL = ValueType.UINT32, ValueType.FLOAT32, ValueType.BOOL
+STR, ARR = ValueType.STRING, ValueType.ARRAY
 I32 = ValueType.INT32
 
 #: The shipped configs real-width models are made from (file stem under ``data/models``).
@@ -83,7 +84,8 @@ class RealWidthSpec:
 def _config(spec: RealWidthSpec) -> dict[str, object]:
     if spec.model not in REALWIDTH_MODELS:
         raise InputError(
-            f"no real-width model {spec.model!r}", where="model", hint=f"use one of {', '.join(REALWIDTH_MODELS)}"
+            f"no real-width model {spec.model!r}", where="model",
+            hint=f"use one of {', '.join(REALWIDTH_MODELS)}"
         )
     raw = json.loads((MODELS_DIR / f"{REALWIDTH_MODELS[spec.model]}.json").read_text())
     cfg: dict[str, object] = copy.deepcopy({k: v for k, v in raw.items() if k != "quantforge"})

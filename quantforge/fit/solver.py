@@ -123,7 +123,8 @@ class SolveResult(BaseModel):
             for d in self.report.devices:
                 lines.append(
                     f"  {d.name:6s} {d.total_bytes / _GIB:9.2f} GiB of {d.capacity_bytes / _GIB:8.2f} GiB "
-                    f"(headroom {d.headroom_bytes / _GIB:6.2f} GiB, {100 * d.headroom_bytes / d.capacity_bytes:5.2f} %)"
+                    f"(headroom {d.headroom_bytes / _GIB:6.2f} GiB, "
+                    f"{100 * d.headroom_bytes / d.capacity_bytes:5.2f} %)"
                 )
             lines.append(f"  token generation upper bound {self.report.tg_tokens_per_s:.1f} t/s")
             lines.append("")
@@ -203,7 +204,8 @@ def groups_from_table(plan: QuantPlan, table: SensitivityTable) -> tuple[list[_G
             continue
         taken.update(idx)
         kind = g.kind
-        out.append(_Group(name=g.name, idx=idx, costs=c, kind=kind, expert=any(expert_part(plan.tensors[i].name)
+        out.append(_Group(name=g.name, idx=idx, costs=c, kind=kind,
+                          expert=any(expert_part(plan.tensors[i].name)
                                                                              for i in idx)))  # fmt: skip
     if missing:
         notes.append(f"{missing} tensors named by the table are not in this plan")
@@ -271,7 +273,8 @@ def _reference(
     """Fixed costs per device: ``plan_fit`` with every routed expert in RAM, minus the solver's tensors."""
     base = fit_tensors(plan)
     ref_tensors = [t._replace(place="cpu") if expert_part(t.name) else t for t in base]
-    rep = plan_fit(ref_tensors, dims, target, settings=settings, engine=engine, with_placement=True, advice=False,
+    rep = plan_fit(ref_tensors, dims, target, settings=settings, engine=engine, with_placement=True,
+                   advice=False,
                    max_ctx_cap=settings.n_ctx)  # fmt: skip
     names = [d.name for d in rep.devices]
     row = {n: i for i, n in enumerate(names)}
@@ -351,12 +354,14 @@ def _options(
         return written[key]
 
     # one template per (candidate, the group's shapes): groups of the same kind share it
-    templates: dict[tuple[str, tuple[tuple[tuple[int, ...], bool], ...]], tuple[list[str], list[str], bool] | None] = {}
+    templates: dict[tuple[str, tuple[tuple[tuple[int, ...], bool], ...]], tuple[list[str], list[str],
+                                                                                bool] | None] = {}
     shapes: set[tuple[str, tuple[int, ...]]] = set()
     per_raw: list[list[tuple[str, float, tuple[Any, ...]]]] = []
     bpw = {t.name: t.bpw for t in cat.types()}
     for g in groups:
-        sig = tuple((tuple(plan.tensors[i].shape), plan.tensors[i].name == "token_embd.weight") for i in g.idx)
+        sig = tuple((tuple(plan.tensors[i].shape),
+                     plan.tensors[i].name == "token_embd.weight") for i in g.idx)
         opts: list[tuple[str, float, tuple[Any, ...]]] = []
         for typ, cost in sorted(g.costs.items(), key=lambda kv: bpw[kv[0]]):
             key = (typ, sig)
@@ -382,7 +387,8 @@ def _options(
         per_raw.append(opts)
     # buffer bytes of every (type, shape) the options write, from the planner's placement facts
     pairs = sorted(shapes)
-    fts = [FitTensor(f"t{k}", shape, w, cat.get(w).tensor_bytes(shape), None) for k, (w, shape) in enumerate(pairs)]
+    fts = [FitTensor(f"t{k}", shape, w, cat.get(w).tensor_bytes(shape),
+                     None) for k, (w, shape) in enumerate(pairs)]
     prep = prepare(fts, engine=engine) if fts else None
     cpu_b = {p: prep.cpu_bytes[k] for k, p in enumerate(pairs)} if prep else {}
     gpu_b = {p: prep.gpu_bytes[k] for k, p in enumerate(pairs)} if prep else {}
@@ -400,12 +406,14 @@ def _options(
                 sh = [x[0] for x in key[1]]
                 rc = [raw[(w, x)] for w, x in zip(cpu_w, sh, strict=True)]
                 filled[key] = (
-                    cpu_w, plain_w if on_gpu else None, [cpu_b[(w, x)] for w, x in zip(cpu_w, sh, strict=True)], rc,
+                    cpu_w, plain_w if on_gpu else None, [cpu_b[(w, x)] for w, x in zip(cpu_w, sh,
+                                                                                       strict=True)], rc,
                     [gpu_b[(w, x)] for w, x in zip(plain_w, sh, strict=True)] if on_gpu else [],
                     [raw[(w, x)] for w, x in zip(plain_w, sh, strict=True)] if on_gpu else [], sum(rc),
                 )  # fmt: skip
             cw, gw, cb, rcpu, gb, rgpu, tb = filled[key]
-            o = _Option(typ=typ, cost=cost, cpu_types=cw, gpu_types=gw, tensor_bytes=tb, cpu_bytes=cb, gpu_bytes=gb,
+            o = _Option(typ=typ, cost=cost, cpu_types=cw, gpu_types=gw, tensor_bytes=tb, cpu_bytes=cb,
+                        gpu_bytes=gb,
                         raw_cpu=rcpu, raw_gpu=rgpu)  # fmt: skip
             wkey = tuple(cw)
             if wkey in seen:  # equal writes: keep the cheaper
@@ -428,8 +436,10 @@ def _prune(per: list[list[_Option]], keep_all: set[int]) -> list[list[_Option]]:
             out.append(opts)
             continue
         big = 1e30
-        m = np.array([[o.cost, *o.cpu_bytes, *o.raw_cpu, *(o.gpu_bytes if o.gpu_types is not None else [big] * len(o.cpu_bytes)),
-                       *(o.raw_gpu if o.gpu_types is not None else [big] * len(o.cpu_bytes))] for o in opts])  # fmt: skip
+        m = np.array([[o.cost, *o.cpu_bytes, *o.raw_cpu,
+                       *(o.gpu_bytes if o.gpu_types is not None else [big] * len(o.cpu_bytes)),
+                       *(o.raw_gpu if o.gpu_types is not None else [big] * len(o.cpu_bytes))]
+                       for o in opts])  # fmt: skip
         le = (m[:, None, :] <= m[None, :, :]).all(axis=2)  # le[j, i]: j no worse than i everywhere
         lt = (m[:, None, :] < m[None, :, :]).any(axis=2)
         idx = np.arange(len(opts))
@@ -522,7 +532,8 @@ def _contributions(
                 u = _unit_of(t.name, t.layer) if g.expert else None
                 f = rig.frac if u is not None else 1.0
                 if u is not None and u in rig.unit_gpu:
-                    cv, gv = units.get(u, (np.zeros(nrow), np.zeros(nrow) if o.gpu_types is not None else None))
+                    cv, gv = units.get(u, (np.zeros(nrow),
+                                           np.zeros(nrow) if o.gpu_types is not None else None))
                     cv[0] += o.cpu_bytes[pos]
                     cv[-1] += f * o.raw_cpu[pos] / rig.bw[0]
                     if gv is not None:
@@ -685,7 +696,8 @@ def _build_model(cb: _Contrib, pairs: list[tuple[int, int]], ranks: list[list[in
 
 
 def _run(
-    m: _Model, *, integral: bool, time_limit: float, mip_gap: float = 1e-4, fixed: dict[int, int] | None = None,
+    m: _Model, *, integral: bool, time_limit: float, mip_gap: float = 1e-4,
+    fixed: dict[int, int] | None = None,
     fixed_units: dict[tuple[int, str], bool] | None = None,
 ) -> Any:  # fmt: skip
     """Solve the model (the LP relaxation unless ``integral``) with groups/units ``fixed``."""
@@ -894,11 +906,14 @@ def _solve_milp(
     cb = _contributions(plan, groups, per, rig, budget, min_tg)
     pairs, ranks = _down_rank(engine, plan, groups, per, down_step)
     n_cols = sum(len(o) for o in cb.cost) + len(cb.unit_list) + sum(
-        1 for gi in range(len(cb.cost)) for k in range(len(cb.cost[gi])) for _u, (_c, gv) in cb.units[gi][k].items()
+        1 for gi in range(len(cb.cost)) for k in range(len(cb.cost[gi]))
+        for _u, (_c, gv) in cb.units[gi][k].items()
         if gv is not None)  # fmt: skip
 
-    def decode(x: np.ndarray, x_of: list[list[int]], y_of: dict[tuple[int, str], int]) -> tuple[list[int], dict[tuple[int, str], bool]]:
-        return [int(np.argmax([x[c] for c in cs])) for cs in x_of], {u: bool(x[c] > 0.5) for u, c in y_of.items()}
+    def decode(x: np.ndarray, x_of: list[list[int]],
+               y_of: dict[tuple[int, str], int]) -> tuple[list[int], dict[tuple[int, str], bool]]:
+        picks = [int(np.argmax([x[c] for c in cs])) for cs in x_of]
+        return picks, {u: bool(x[c] > 0.5) for u, c in y_of.items()}
 
     def objective(pick: list[int]) -> float:
         return float(sum(cb.cost[gi][k] for gi, k in enumerate(pick)))
@@ -921,7 +936,8 @@ def _solve_milp(
         why = "infeasible" if res.status == 2 else res.message
         raise UsageError(
             f"no assignment satisfies the constraints ({why})",
-            hint="a bigger target or budget, a smaller context, fewer constraints (--no-down-step, --min-tg), "
+            hint="a bigger target or budget, a smaller context, fewer constraints (--no-down-step, "
+                 "--min-tg), "
             "or cheaper candidate types in the sensitivity table",
         )  # fmt: skip
     bound = float(res.fun) * model.scale
@@ -958,7 +974,8 @@ def _solve_milp(
     if exact is not None:
         cands.append((objective(exact[0]), exact[0], exact[1], "milp (scipy HiGHS, time limit)"))
     if not cands:
-        raise UsageError("no feasible assignment was found", hint="a bigger target or budget, or fewer constraints")
+        raise UsageError("no feasible assignment was found",
+                         hint="a bigger target or budget, or fewer constraints")
     obj, pick, flag, how = min(cands, key=lambda c: c[0])
     polished = _polish(cb, pairs, ranks, pick, flag)
     if objective(polished) < obj - 1e-15:
@@ -1052,7 +1069,8 @@ def rules_for(
             singles.append({"match": "^" + re.escape(stem).replace(r"\_", "_") + r"\.weight", "type": typ})
     rules = list(singles)
     for (kind, typ, place), layers in sorted(by.items(), key=lambda kv: (kv[0][0], min(kv[1]))):
-        r = {"match": re.escape(kind).replace(r"\_", "_") + r"\.weight", "layers": format_layers(layers), "type": typ}
+        r = {"match": re.escape(kind).replace(r"\_", "_") + r"\.weight", "layers": format_layers(layers),
+             "type": typ}
         if place:
             r["place"] = place
         rules.append(r)
@@ -1115,7 +1133,8 @@ def solve(
     per = _prune(per, paired)
     empty = [g.name for g, o in zip(groups, per, strict=True) if not o]
     if empty:
-        raise InputError(f"no usable candidate type for group {empty[0]}", where=table.source if table else "fit",
+        raise InputError(f"no usable candidate type for group {empty[0]}",
+                         where=table.source if table else "fit",
                          hint="the table's types must be writable for these tensors")  # fmt: skip
     report: FitReport | None = None
     rounds = 0
@@ -1139,7 +1158,8 @@ def solve(
             best = (fts, types, places, sol, report)
             # a generous fixed cost leaves room: try once to spend it, keep whichever fits
             spare = [d.headroom_bytes for d in report.devices]
-            if rounds >= max_rounds or all(s <= 0.002 * d.capacity_bytes for s, d in zip(spare, report.devices,
+            if rounds >= max_rounds or all(s <= 0.002 * d.capacity_bytes
+                                           for s, d in zip(spare, report.devices,
                                                                                            strict=True)):
                 break
             rig.budgets = [b + max(0, s) * 9 // 10 for b, s in zip(rig.budgets, spare, strict=True)]
@@ -1149,7 +1169,8 @@ def solve(
             rep2 = plan_fit(fts2, dims, target, settings=settings, engine=engine, advice=True,
                             max_ctx_cap=settings.n_ctx)  # fmt: skip
             rounds += 1
-            if all(d.headroom_bytes >= 0 for d in rep2.devices) and not (min_tg and rep2.tg_tokens_per_s < min_tg):
+            if all(d.headroom_bytes >= 0
+                   for d in rep2.devices) and not (min_tg and rep2.tg_tokens_per_s < min_tg):
                 best = (fts2, types2, places2, sol2, rep2)
             break
         if rounds >= max_rounds:
@@ -1263,7 +1284,8 @@ def solve_recipe(
         table = read_table(sensitivity, engine=recipe.engine, curve=curve,
                            tensors=[(t.name, tuple(t.shape)) for t in inv.tensors])  # fmt: skip
     base_ask = quant or (table.base_variant if table is not None and table.base_variant else None)
-    recipe_b, base_name = with_base_variant(recipe, base_ask) if base_ask else (recipe, recipe.variant(None).name)
+    recipe_b, base_name = (with_base_variant(recipe, base_ask) if base_ask
+                           else (recipe, recipe.variant(None).name))
     uniform = base_name not in [q.name for q in recipe.quants]
     plan = expand(recipe_b, base_name, inv, imatrix=False)
     tgt = load_target(target) if target is not None else None
@@ -1272,13 +1294,15 @@ def solve_recipe(
         raise UsageError("--target and --budget exclude each other", where="fit")
     has_imatrix = recipe.imatrix is not None and bool(recipe.imatrix.file or recipe.imatrix.corpus)
     solved = solve(plan, dims, tgt, settings=settings, table=table, budget=budget_bytes, min_tg=min_tg,
-                   down_step=down_step, repack=repack, time_limit=time_limit, has_imatrix=has_imatrix)  # fmt: skip
+                   down_step=down_step, repack=repack, time_limit=time_limit,
+                   has_imatrix=has_imatrix)  # fmt: skip
     rules = rules_for(plan, solved.types, solved.places, solved.controlled)
     vname = name or (f"FIT-{tgt.name}" if tgt is not None else f"FIT-{budget}".replace(" ", ""))
     section = QuantSection(
         name=vname, extends=None if uniform else base_name, ftype=base_name if uniform else None,
         default="mixture" if uniform else None,
-        rules=[RuleSpec(match=r["match"], layers=r.get("layers"), type=r["type"], place=r.get("place"))  # type: ignore[arg-type]
+        rules=[RuleSpec(match=r["match"], layers=r.get("layers"), type=r["type"],
+                        place=r.get("place"))  # type: ignore[arg-type]
                for r in rules],
     )  # fmt: skip
     # the variant as the recipe will hold it must plan exactly what the solver chose
@@ -1286,7 +1310,8 @@ def solve_recipe(
     replanned = expand(check, vname, inv, imatrix=False)
     wrong = [t.name for t in replanned.tensors if t.type != solved.types[t.name]]
     if wrong:  # pragma: no cover - a defect in rules_for, never the user's input
-        raise InputError(f"the emitted rules do not reproduce the solution ({len(wrong)} tensors, e.g. {wrong[0]})",
+        raise InputError(f"the emitted rules do not reproduce the solution ({len(wrong)} tensors, e.g. "
+                         f"{wrong[0]})",
                          where=vname, hint="report this with the --json output")  # fmt: skip
     rep = solved.report
     weights = replanned.tensor_bytes
@@ -1294,12 +1319,14 @@ def solve_recipe(
         budget_bytes - weights if budget_bytes is not None else None)  # fmt: skip
     how = (f"{table.metric} costs from {Path(str(sensitivity)).name} ({table.source})" if table is not None
            else "routed experts only, by a noise prior (elements x 2^-2bpw)")  # fmt: skip
-    where_to = (f"fills {tgt.name} at -c {settings.n_ctx} ({rep.verdict})" if tgt is not None and rep is not None
+    where_to = (f"fills {tgt.name} at -c {settings.n_ctx} ({rep.verdict})" if tgt is not None
+                and rep is not None
                 else f"fits a tensor-data budget of {budget_bytes:,} bytes ({budget_what})")  # fmt: skip
     sol = solved.solution
     comment = (
         f"quantforge fit: {vname} {where_to}: {weights / _GIB:.3f} GiB of tensor data ({weights:,} bytes); "
-        f"predicted {solved.metric} {solved.predicted:.6f} (baseline {solved.baseline:.6f} + sum of group costs); "
+        f"predicted {solved.metric} {solved.predicted:.6f} (baseline {solved.baseline:.6f} + sum of group "
+        "costs); "
         f"{how}; base {base_name}; {sol.solver} {sol.status} in {sol.seconds:.2f} s"
     )
     levels: dict[int, str] = {}
@@ -1313,7 +1340,8 @@ def solve_recipe(
         written = str(recipe_path)
     verify_out = None
     if verify:
-        verify_out = _verify(check, vname, predicted=solved.predicted, table=table, options=verify_options or {},
+        verify_out = _verify(check, vname, predicted=solved.predicted, table=table,
+                             options=verify_options or {},
                              force=force, comment=comment, recipe_path=Path(recipe_path))  # fmt: skip
     return SolveResult(
         name=vname, base=base_name, target=tgt.name if tgt is not None else None, budget_bytes=budget_bytes,
@@ -1336,7 +1364,8 @@ def _verify(
     if corpus is None or not Path(corpus).is_file():
         raise UsageError("--verify needs the evaluation corpus the sensitivity was measured on",
                          where="--corpus", hint="pass --corpus FILE")  # fmt: skip
-    engine = options.get("engine") or ((table.evaluator or "bundled").split()[0] if table is not None else "bundled")
+    engine = options.get("engine") or ((table.evaluator or "bundled").split()[0] if table is not None
+                                       else "bundled")
     ctx_n = options.get("ctx") or (table.ctx if table is not None and table.ctx else 512)
     chunks = options.get("chunks") or (table.chunks if table is not None else None)
     bctx = prepare_build(recipe, out_dir=options.get("out_dir"), bin_dir=options.get("bin_dir"),
@@ -1344,7 +1373,8 @@ def _verify(
     # one run per build folder, as `quantforge build` holds it (the manifest writes re-enter the lock)
     with folder_lock(bctx.out_dir, purpose=f"quantforge fit --verify {recipe_path.name}"):
         built = build_variant(bctx, name, force=force, split_max_bytes=None)
-        res = evaluate(built.output, engine=engine, corpus=corpus, ctx=ctx_n, chunks=chunks, base=bctx.base_path,
+        res = evaluate(built.output, engine=engine, corpus=corpus, ctx=ctx_n, chunks=chunks,
+                       base=bctx.base_path,
                        kld=True, threads=options.get("threads"), bin_dir=options.get("bin_dir"))  # fmt: skip
         assert res.kld is not None
         man = Path(built.manifest)
@@ -1357,5 +1387,6 @@ def _verify(
             "recipe": str(recipe_path),
         }  # fmt: skip
         update_manifest(man, fit=fit_section)
-    return {"output": built.output, "manifest": str(man), "measured": res.kld.mean, "measured_err": res.kld.mean_err,
+    return {"output": built.output, "manifest": str(man), "measured": res.kld.mean,
+            "measured_err": res.kld.mean_err,
             "ppl": res.ppl, "error": err, "engine": res.engine, "chunks": res.chunks, "corpus": str(corpus)}

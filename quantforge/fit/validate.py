@@ -135,12 +135,14 @@ def facts_from_header(header: GGUFHeader, *, engine: Engine = "ik") -> ModelFact
     for info in header.tensors:
         qt = cat.by_id(info.type_id)
         if qt is None:
-            raise InputError(f"tensor {info.name}: type id {info.type_id} unknown to {engine}", where=str(header.path))
+            raise InputError(f"tensor {info.name}: type id {info.type_id} unknown to {engine}",
+                             where=str(header.path))
         layer = int(info.name.split(".")[1]) if info.name.startswith("blk.") else None
         out.append(FitTensor(name=info.name, shape=tuple(info.shape), type=qt.name,
                              bytes=qt.tensor_bytes(info.shape), layer=layer))  # fmt: skip
     return ModelFacts(dims=dims, tensors=tuple(out), offsets=tuple(t.offset for t in header.tensors),
-                      extras=extras_from_hparams(inv.arch, inv.hparams, layout=inv.layout or "ik"))  # fmt: skip
+                      extras=extras_from_hparams(inv.arch, inv.hparams,
+                                                 layout=inv.layout or "ik"))  # fmt: skip
 
 
 def model_facts(path: str | Path, *, engine: Engine = "ik") -> ModelFacts:
@@ -160,7 +162,8 @@ def predict_buffers(facts: ModelFacts, run: RunSpec, *, engine: Engine | None = 
     the log (``weights CUDA0``, ``KV``, ``compute CUDA_Host`` ...)."""
     eng = engine or run_engine(run)
     cmd = parse_command(list(run.command), engine=eng)
-    rb = run_buffers(facts.tensors, facts.dims, cmd, n_gpus=n_gpus, extras=facts.extras, offsets=facts.offsets)
+    rb = run_buffers(facts.tensors, facts.dims, cmd, n_gpus=n_gpus, extras=facts.extras,
+                     offsets=facts.offsets)
     out: dict[str, int] = {}
     for b in rb.buffers:
         if b.kind == "weights":
@@ -184,7 +187,8 @@ def logged_buffers(b: LoadBuffers) -> dict[str, float]:
     return out
 
 
-def compare_log(facts: ModelFacts, run: RunSpec, log_text: str, *, engine: Engine | None = None) -> list[BufferRow]:
+def compare_log(facts: ModelFacts, run: RunSpec, log_text: str, *,
+                engine: Engine | None = None) -> list[BufferRow]:
     """Every buffer the log reports, with its prediction (a buffer the prediction lacks is 0 B)."""
     b = parse_buffer_log(log_text)
     pred = predict_buffers(facts, run, engine=engine)
@@ -204,7 +208,8 @@ def markdown_table(rows: Sequence[BufferRow]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r.run} | {r.buffer} | {r.logged_mib:.2f} | {r.predicted_mib:.2f} | {round(r.diff_mib, 2) + 0.0:+.2f} | "
+            f"| {r.run} | {r.buffer} | {r.logged_mib:.2f} | {r.predicted_mib:.2f} | "
+            f"{round(r.diff_mib, 2) + 0.0:+.2f} | "
             f"{'yes' if r.ok else 'NO'} |"
         )
     return "\n".join(lines)
@@ -308,12 +313,14 @@ def make_gpu_models(
         if tensors != GPU_MODEL_TENSORS_SHA256[name]:
             raise ToolError(
                 f"{dst.name}: its tensors differ from those the GPU runs loaded ({tensors[:12]})",
-                where=str(dst), hint="regenerate from the fixtures' F16 base and imatrix with ik llama-quantize 8337e4cd3",
+                where=str(dst),
+                hint="regenerate from the fixtures' F16 base and imatrix with ik llama-quantize 8337e4cd3",
             )  # fmt: skip
         digest = sha256_file(dst)
         if digest != GPU_MODEL_SHA256[name]:
             raise ToolError(
-                f"{dst.name}: same tensors as the GPU runs, but the file differs from the recorded one ({digest[:12]})",
+                f"{dst.name}: same tensors as the GPU runs, but the file differs from the recorded one "
+                f"({digest[:12]})",
                 where=str(dst), hint="its KV header changed: compare `quantforge inventory` of both files",
             )  # fmt: skip
         marker.write_text(digest)

@@ -37,7 +37,8 @@ from quantforge.plan._models import CollapsedRow, Group, LintFinding, QuantPlan,
 from quantforge.recipe import MIXTURE
 
 # The documented home of the stage's functions is ``quantforge.plan`` (reprs, docs, pickles).
-for _fn in (collapse, expand, file_plan, group_totals, layer_totals, lint, quantize_args_for, quantize_command,
+for _fn in (collapse, expand, file_plan, group_totals, layer_totals, lint, quantize_args_for,
+            quantize_command,
             recipe_build, shell_join, source_plans, tensor_group):
     _fn.__module__ = __name__
 del _fn

@@ -139,7 +139,8 @@ def _layer(st: MixtureState, kind: str, name: str) -> tuple[int, int]:
 
 _IK_IQ2_FAMILY = frozenset({"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M", "IQ2_KS", "IQ2_XXS_R4",
                             "IQ2_XS_R4", "IQ2_M_R4"})  # fmt: skip
-_IK_OUT_LOWBIT = frozenset({"IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M", "IQ2_K", "IQ3_K",
+_IK_OUT_LOWBIT = frozenset({"IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M", "IQ2_K",
+                            "IQ3_K",
                             "IQ2_KS", "IQ3_K_R4", "IQ3_KS", "IQ2_K_R4", "IQ3_XXS_R4", "IQ2_KL", "IQ2_M_R4",
                             "IQ1_S_R4", "IQ1_M_R4", "IQ2_KT", "IQ3_KT", "IQ1_KT"})  # fmt: skip
 _IK_OUT_IQ5K_TIED = frozenset(
@@ -149,10 +150,14 @@ _IK_OUT_KEEP = frozenset({"q8_0", "q8_0_r8", "iq6_k", "q6_k_r4", "q8_k_r8", "q8_
 _IK_TOK_Q2K = frozenset(
     {"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "IQ2_XXS_R4", "IQ2_XS_R4", "IQ1_S_R4", "IQ1_M_R4"}
 )
-_IK_ATTN_OUT_MOE_Q5K = frozenset({"Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M",
-                                  "IQ3_S", "IQ3_M", "IQ4_XS", "IQ4_K", "IQ4_KSS", "IQ4_KS", "IQ4_KS_R4", "IQ5_KS",
-                                  "IQ5_KS_R4", "IQ2_K", "IQ3_K", "IQ3_KL", "Q4_K_R4", "IQ4_NL_R4", "IQ4_XS_R8",
-                                  "Q3_K_R4", "IQ3_KT", "IQ3_KS", "Q2_K_R4", "IQ4_K_R4", "IQ3_K_R4", "IQ2_K_R4",
+_IK_ATTN_OUT_MOE_Q5K = frozenset({"Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S",
+                                  "Q4_K_M",
+                                  "IQ3_S", "IQ3_M", "IQ4_XS", "IQ4_K", "IQ4_KSS", "IQ4_KS", "IQ4_KS_R4",
+                                  "IQ5_KS",
+                                  "IQ5_KS_R4", "IQ2_K", "IQ3_K", "IQ3_KL", "Q4_K_R4", "IQ4_NL_R4",
+                                  "IQ4_XS_R8",
+                                  "Q3_K_R4", "IQ3_KT", "IQ3_KS", "Q2_K_R4", "IQ4_K_R4", "IQ3_K_R4",
+                                  "IQ2_K_R4",
                                   "IQ3_XXS_R4", "IQ3_S_R4"})  # fmt: skip
 # attn_v bump for n_gqa >= 4 (the last branch of ik's attn_v chain): type -> bigger type.
 _IK_GQA4_BUMP = {"q2_K": "iq3_s", "iq3_xxs": "iq3_s", "q2_k_r4": "iq3_k_r4", "iq3_xxs_r4": "iq3_k_r4",
@@ -374,7 +379,8 @@ def _ik_ffn_down(st: MixtureState, f: str, t: str, i: int, n: int) -> str:  # no
 # mainline -----------------------------------------------------------------------------------
 
 _ML_IQ2_FAMILY = frozenset({"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"})
-_ML_ATTN_OUT_MOE_Q5K = frozenset({"Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M",
+_ML_ATTN_OUT_MOE_Q5K = frozenset({"Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S",
+                                  "Q4_K_M",
                                   "IQ3_S", "IQ3_M", "IQ4_XS"})  # fmt: skip
 
 
@@ -383,7 +389,8 @@ def _ml_category(name: str) -> str:
         return "output"
     if name in ("token_embd.weight", "per_layer_token_embd.weight"):
         return "token_embd"
-    for sub, cat in (("attn_qkv.weight", "attn_v"), ("attn_kv_b.weight", "attn_v"), ("attn_v.weight", "attn_v"),
+    for sub, cat in (("attn_qkv.weight", "attn_v"), ("attn_kv_b.weight", "attn_v"), ("attn_v.weight",
+                                                                                     "attn_v"),
                      ("attn_k.weight", "attn_k"), ("attn_q.weight", "attn_q"),
                      ("attn_output.weight", "attn_output"), ("ffn_up", "ffn_up"), ("ffn_gate", "ffn_gate"),
                      ("ffn_down", "ffn_down")):  # fmt: skip
@@ -392,7 +399,8 @@ def _ml_category(name: str) -> str:
     return "other"
 
 
-def _ml_mixture(st: MixtureState, t: str, name: str, shape: Sequence[int], block_size: int) -> str:  # noqa: C901
+def _ml_mixture(st: MixtureState, t: str, name: str, shape: Sequence[int],
+                block_size: int) -> str:  # noqa: C901
     f, gqa, nexp = st.ftype, st.n_gqa, st.n_expert
     cat = _ml_category(name)
     if cat == "attn_v" and "attn_kv_b.weight" in name and st.build is not None and st.build < 8266:

@@ -58,8 +58,10 @@ def imatrix_has_entry(entries: frozenset[str], name: str) -> bool:
     # ik's lookup, with its aliases (merged gate/up experts, ffn_gate -> ffn_up, MLA kv_b <-> v_b).
     if name in entries:
         return True
-    for a, b in (("ffn_up_exps.weight", "ffn_gate_up_exps.weight"), ("ffn_gate_exps.weight", "ffn_gate_up_exps.weight"),
-                 ("ffn_gate_exps.weight", "ffn_up_exps.weight"), ("ffn_gate_up_exps.weight", "ffn_up_exps.weight"),
+    for a, b in (("ffn_up_exps.weight", "ffn_gate_up_exps.weight"), ("ffn_gate_exps.weight",
+                                                                     "ffn_gate_up_exps.weight"),
+                 ("ffn_gate_exps.weight", "ffn_up_exps.weight"), ("ffn_gate_up_exps.weight",
+                                                                  "ffn_up_exps.weight"),
                  ("ffn_gate.weight", "ffn_up.weight"), (".attn_v_b.weight", ".attn_kv_b.weight"),
                  (".attn_kv_b.weight", ".attn_v_b.weight")):  # fmt: skip
         if a in name and name.replace(a, b) in entries:
@@ -202,8 +204,10 @@ def expand(
             row_meta += ne // (shape[0] or 1) * qt.row_meta_size
         plans.append(
             _fast(TensorPlan, {
-                "name": t.name, "shape": shape, "source_dtype": t.dtype, "requested_type": requested, "type": typ,
-                "bytes": nbytes, "rule": rule_label, "note": note, "place": place, "group": group, "layer": layer,
+                "name": t.name, "shape": shape, "source_dtype": t.dtype, "requested_type": requested,
+                "type": typ,
+                "bytes": nbytes, "rule": rule_label, "note": note, "place": place, "group": group,
+                "layer": layer,
             })
         )  # fmt: skip
     args = quantize_args_for(engine, v, cat, engine_build=build)
@@ -262,7 +266,8 @@ def file_plan(inventory: TensorInventory, *, engine: Engine | None = None, name:
             place = next((r.place for r, rx in rules if rx.search(t.name)), None)
         qt = cat.find(t.dtype) or other.find(t.dtype)
         if qt is None:
-            raise RecipeError(f"tensor {t.name} has a type no engine knows ({t.dtype})", where=inventory.source,
+            raise RecipeError(f"tensor {t.name} has a type no engine knows ({t.dtype})",
+                              where=inventory.source,
                               hint="the file needs a newer quantforge, or it is damaged")  # fmt: skip
         nbytes = qt.tensor_bytes(shape)
         n_params += ne
@@ -271,7 +276,8 @@ def file_plan(inventory: TensorInventory, *, engine: Engine | None = None, name:
         by_shard[t.shard] = by_shard.get(t.shard, 0) + (nbytes + align - 1) // align * align
         plans.append(_fast(TensorPlan, {
             "name": t.name, "shape": shape, "source_dtype": t.dtype, "requested_type": None, "type": qt.name,
-            "bytes": nbytes, "rule": "as in the file", "note": None, "place": place, "group": group, "layer": layer,
+            "bytes": nbytes, "rule": "as in the file", "note": None, "place": place, "group": group,
+            "layer": layer,
         }))  # fmt: skip
     headers = inventory.shard_metadata_bytes
     exact = inventory.kv is not None and len(headers) == inventory.n_shards
@@ -291,7 +297,8 @@ def file_plan(inventory: TensorInventory, *, engine: Engine | None = None, name:
     )  # fmt: skip
 
 
-def source_plans(source: ModelSource, quant: str | None = None, *, engine: Engine | None = None) -> list[QuantPlan]:
+def source_plans(source: ModelSource, quant: str | None = None, *,
+                 engine: Engine | None = None) -> list[QuantPlan]:
     """The plans a ``SOURCE`` stands for (``inventory.load_source``): a recipe's variants (one
     when ``quant`` names it) expanded against its inventory, or the model file as it is."""
     recipe = source.recipe
@@ -358,7 +365,8 @@ def _old_mainline_pick(
     return pre, label, None
 
 
-def _as_written(cat: Catalogue, requested: str, shape: tuple[int, ...], name: str, build: int | None) -> tuple[str, str | None]:
+def _as_written(cat: Catalogue, requested: str, shape: tuple[int, ...], name: str,
+                build: int | None) -> tuple[str, str | None]:
     """Before b7807 a --tensor-type override got no row-length fallback: it is written as it is,
     and a type the rows cannot take makes llama-quantize abort."""
     qt = cat.get(requested)
@@ -520,7 +528,8 @@ def _source_kv(inventory: TensorInventory) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------- emission
 
 
-def quantize_args_for(engine: str, variant: QuantVariant, cat: Catalogue, *, engine_build: int | None = None) -> list[str]:
+def quantize_args_for(engine: str, variant: QuantVariant, cat: Catalogue, *,
+                      engine_build: int | None = None) -> list[str]:
     """The rule arguments that make ``engine``'s llama-quantize reproduce the expansion (for a
     mainline build where the last matching ``--tensor-type`` wins, in reverse order)."""
     pairs: list[tuple[str, str, str]] = [(r.pattern, cat.get(r.type).name, r.where) for r in variant.rules]

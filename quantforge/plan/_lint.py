@@ -130,7 +130,8 @@ def lint(
     ft = lookup_ftype(engine, v.ftype)
     if ft.default_type is None or cat.get(ft.default_type).block_size == 1:
         add("error", "ftype-not-quantized",
-            f"ftype {ft.name} is not a quantized type: llama-quantize ignores every rule and writes {ft.default_type}",
+            f"ftype {ft.name} is not a quantized type: llama-quantize ignores every rule and writes "
+            f"{ft.default_type}",
             v.where)  # fmt: skip
 
     quantizable = [
@@ -157,9 +158,11 @@ def lint(
                     tensor_kind(n) == kind for n in qnames
                 ):
                     why = f" ({stem} does not exist in the {layout} layout this model is planned in)"
-            add("warning", "matches-nothing", f"rule {r.pattern!r} matches no quantizable tensor{why}", r.where)
+            add("warning", "matches-nothing", f"rule {r.pattern!r} matches no quantizable tensor{why}",
+                r.where)
         elif all(n in claimed for n in hits):
-            add("warning", "shadowed", f"rule {r.pattern!r} is fully shadowed by earlier rules (all {len(hits)} matches taken)",
+            add("warning", "shadowed",
+                f"rule {r.pattern!r} is fully shadowed by earlier rules (all {len(hits)} matches taken)",
                 r.where, hits)  # fmt: skip
         kinds: dict[str, int] = defaultdict(int)
         inside: dict[str, int] = defaultdict(int)
@@ -170,15 +173,18 @@ def lint(
         if len(kinds) > 1 and inside and len(inside) < len(kinds):
             also = ", ".join(sorted(inside))
             add("warning", "multi-kind",
-                f"rule {r.pattern!r} matches {len(kinds)} kinds of tensor: {_kinds_text(kinds)}; inside {also} it "
-                f"matches the middle of a longer name, which is rarely meant (anchor it, e.g. ^{r.pattern}$ or a "
+                f"rule {r.pattern!r} matches {len(kinds)} kinds of tensor: {_kinds_text(kinds)}; inside "
+                f"{also} it "
+                "matches the middle of a longer name, which is rarely meant (anchor it, e.g. "
+                f"^{r.pattern}$ or a "
                 f"leading \\.)", r.where, [n for n, s in matches if _inside_word(n, s)])  # fmt: skip
         claimed.update(hits)
         if not exhausted and qnames and len(claimed) == len(set(qnames)) and k + 1 < len(compiled):
             exhausted = True
             later = len(compiled) - k - 1
             add("warning", "nothing-left",
-                f"after rule {r.pattern!r} no quantizable tensor is left to match: the {later} rule(s) after it "
+                f"after rule {r.pattern!r} no quantizable tensor is left to match: the {later} rule(s) "
+                "after it "
                 "and the default never apply", r.where)  # fmt: skip
     unclaimed = [n for n in qnames if n not in claimed]
     if layout is not None and v.rules:
@@ -191,12 +197,14 @@ def lint(
             gets = f"the {ft.name} mixture" if v.default == MIXTURE else f"the default {v.default}"
             add("warning", "layout-default",
                 f"{len(names)} tensors of the {layout} layout match no rule and get {gets}: "
-                f"{_kinds_text(layout_default)} (write a rule for them, or plan the layout the recipe was written for)",
+                f"{_kinds_text(layout_default)} (write a rule for them, or plan the layout the recipe was "
+                "written for)",
                 v.where, names)  # fmt: skip
             unclaimed = [n for n in unclaimed if n not in set(names)]
     if v.default == MIXTURE and unclaimed:
         add("warning", "no-default",
-            f"{len(unclaimed)} quantizable tensors match no rule and get the {ft.name} mixture; set an explicit default",
+            f"{len(unclaimed)} quantizable tensors match no rule and get the {ft.name} mixture; set an "
+            "explicit default",
             v.where, unclaimed)  # fmt: skip
 
     try:
@@ -212,27 +220,33 @@ def lint(
         differ = [p.name for p, q in zip(plan.tensors, meant.tensors, strict=True) if p.type != q.type]
         if differ:
             add("warning", "engine-version",
-                f"llama.cpp b{build} combines --tensor-type with its own mixture differently: {len(differ)} tensors "
-                "get other types than the rules give them (see quantforge.plan._versions; the plan shows what that "
+                f"llama.cpp b{build} combines --tensor-type with its own mixture differently: {len(differ)} "
+                "tensors "
+                "get other types than the rules give them (see quantforge.plan._versions; the plan shows "
+                "what that "
                 "build writes)", v.where, differ)  # fmt: skip
     # gpt-oss GGUFs carry their experts as MXFP4 straight from the checkpoint: both engines'
     # llama-quantize stop at the first quantized source tensor they would convert.
     requant = [
         p.name
         for p in plan.tensors
-        if p.type != p.source_dtype and cat.find(p.source_dtype) is not None and cat.get(p.source_dtype).block_size > 1
+        if p.type != p.source_dtype and cat.find(p.source_dtype) is not None
+        and cat.get(p.source_dtype).block_size > 1
     ]
     if requant:
         src = next(p.source_dtype for p in plan.tensors if p.name == requant[0])
         add("error", "requantize",
-            f"{len(requant)} tensors are already {src} in the base and planned as other types: llama-quantize "
-            f"refuses (\"requantizing from type {src} is disabled\"); keep them with a rule giving them {src}",
+            f"{len(requant)} tensors are already {src} in the base and planned as other types: "
+            "llama-quantize "
+            f"refuses (\"requantizing from type {src} is disabled\"); keep them with a rule giving "
+            f"them {src}",
             v.where, requant)  # fmt: skip
     imeta = resolve_imatrix_meta(recipe, imatrix)
     entries = frozenset(imeta.entries) if imeta else None
     if engine == "ik" and imeta is not None and imeta.fork == "mainline":
         add("error", "imatrix-fork",
-            f"{imeta.path} is a GGUF-format imatrix (llama.cpp's); ik_llama.cpp's llama-quantize reads only the "
+            f"{imeta.path} is a GGUF-format imatrix (llama.cpp's); ik_llama.cpp's llama-quantize reads "
+            "only the "
             "legacy .dat format: convert it with `llama-imatrix --in-file F --output-format dat` (llama.cpp) "
             "or ik_llama.cpp's convert_imatrix_gguf_to_dat.py", recipe.path)  # fmt: skip
     # A recipe that names an imatrix we cannot read here (hf://, or one to compute from a
@@ -249,14 +263,17 @@ def lint(
     for (rule, req, got, why), names in fb.items():
         where = rule_where.get(rule)
         if why.startswith("fallback"):
-            msg = f"{req} falls back to {got} on {len(names)} tensors (row length not a multiple of {cat.get(req).row_multiple})"
+            msg = (f"{req} falls back to {got} on {len(names)} tensors (row length not a multiple of "
+                   f"{cat.get(req).row_multiple})")
             add("warning", "fallback", msg, where, names)
         elif "token_embd" in why:
-            add("warning", "interleaved-token-embd", f"token_embd cannot be row-interleaved: {req} is written as {got}",
+            add("warning", "interleaved-token-embd",
+                f"token_embd cannot be row-interleaved: {req} is written as {got}",
                 where, names)  # fmt: skip
         else:
             add("warning", "deinterleaved",
-                f"{req} becomes {got} on {len(names)} tensors (row count not a multiple of {cat.get(req).interleave})",
+                f"{req} becomes {got} on {len(names)} tensors (row count not a multiple of "
+                f"{cat.get(req).interleave})",
                 where, names)  # fmt: skip
 
     by_name = {p.name: p for p in plan.tensors}
@@ -280,7 +297,8 @@ def lint(
     if need:
         t0 = by_name[need[0]].type
         add("error", "needs-imatrix",
-            f"{len(need)} tensors get very-low-bit types (e.g. {t0}) without importance-matrix data: llama-quantize refuses",
+            f"{len(need)} tensors get very-low-bit types (e.g. {t0}) without importance-matrix data: "
+            "llama-quantize refuses",
             None, need)  # fmt: skip
 
     if engine == "ik":
@@ -291,7 +309,8 @@ def lint(
                 per_layer[p.layer]["up" if ".ffn_up_exps." in p.name else "gate"] = p.type
         diff = [f"blk.{i}" for i, d in sorted(per_layer.items()) if len(set(d.values())) > 1]
         if diff:
-            add("warning", "fmoe-mismatch", "ffn_up_exps and ffn_gate_exps differ in type: ik's fused -fmoe kernel is not used",
+            add("warning", "fmoe-mismatch",
+                "ffn_up_exps and ffn_gate_exps differ in type: ik's fused -fmoe kernel is not used",
                 None, diff)  # fmt: skip
         # interleaved type without CUDA matmul on a GPU-placed tensor
         slow = [
@@ -301,7 +320,8 @@ def lint(
         ]
         if slow:
             add("warning", "no-cuda-kernel",
-                f"{by_name[slow[0]].type} has no CUDA matmul: these GPU-placed tensors will run on the CPU", None, slow)  # fmt: skip
+                f"{by_name[slow[0]].type} has no CUDA matmul: these GPU-placed tensors will run on the CPU",
+                None, slow)  # fmt: skip
     return _sorted(out)
 
 

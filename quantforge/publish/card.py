@@ -143,7 +143,8 @@ def compat_labels(types: Sequence[str], engine: str) -> tuple[str, ...]:
     rn = sorted({t for t in types if (q := cat.find(t)) is not None and q.interleave > 1})
     if rn:
         labels.append(f"row-interleaved {', '.join(rn)}: for CPU-resident tensors")
-    no_cuda = sorted({t for t in types if (q := cat.find(t)) is not None and q.quantizable and not q.cuda_matmul})
+    no_cuda = sorted({t for t in types if (q := cat.find(t)) is not None and q.quantizable
+                      and not q.cuda_matmul})
     if no_cuda:
         labels.append(f"no CUDA matmul for {', '.join(no_cuda)}: those tensors run on the CPU")
     if not labels:
@@ -252,18 +253,21 @@ def render_card(data: CardData) -> str:
     predicted = any(v.kld_predicted is not None for v in data.variants)
     title = f"{data.model_name} GGUF"
     lines += [f"# {title}", ""]
-    base = f"[{data.base_model}](https://huggingface.co/{data.base_model})" if data.base_model else data.model_name
+    base = (f"[{data.base_model}](https://huggingface.co/{data.base_model})" if data.base_model
+            else data.model_name)
     engine = "ik_llama.cpp" if data.engine == "ik" else "llama.cpp"
     made_by = f"quantforge {data.quantforge_version}" if data.quantforge_version else "quantforge"
     if data.recipe_sha256:
         origin = (
             f"Quantizations of {base} made with {engine}'s `llama-quantize` by {made_by} (the `quantforge` "
-            f"Python package) from one recipe (sha256 `{data.recipe_sha256}`). Every number below was measured on "
+            f"Python package) from one recipe (sha256 `{data.recipe_sha256}`). Every number below was "
+            "measured on "
             f"the files in this repo; a missing measurement is shown as *{NOT_MEASURED}*."
         )
     else:
         origin = (
-            f"A quantization of {base} for {engine}, described by {made_by} (the `quantforge` Python package) from "
+            f"A quantization of {base} for {engine}, described by {made_by} (the `quantforge` Python "
+            "package) from "
             f"the file's header: sizes exact, no measurement (shown as *{NOT_MEASURED}*)."
         )
     lines += [
@@ -273,7 +277,8 @@ def render_card(data: CardData) -> str:
         "",
         "| Quant | Size (GiB) | Row metadata (GiB) | File (bytes) | BPW | PPL ± err | KLD mean | KLD 99% "
         + ("| KLD predicted " if predicted else "") + "| Fits (target: max context) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | " + ("---: | " if predicted else "") + "--- |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | " + ("---: | " if predicted else "")
+        + "--- |",
     ]
     for v in data.variants:
         size = f"{v.tensor_bytes / GIB:.3f}" if v.tensor_bytes is not None else NOT_MEASURED
@@ -286,13 +291,15 @@ def render_card(data: CardData) -> str:
     if predicted:
         lines += [
             "",
-            "*KLD predicted* is what `quantforge fit` expected of a variant it solved for (the KLD of its base "
+            "*KLD predicted* is what `quantforge fit` expected of a variant it solved for (the KLD of "
+            "its base "
             "variant plus the measured cost of each tensor group it changed), beside the KLD measured on the "
             "built file.",
         ]
     lines += [
         "",
-        "Size is the tensor data (GiB = 2^30 bytes) as llama.cpp's load log prints it, ik_llama.cpp's per-row "
+        "Size is the tensor data (GiB = 2^30 bytes) as llama.cpp's load log prints it, ik_llama.cpp's "
+        "per-row "
         "scales included; *Row metadata* is that part alone (gguf-py's and Thireus' listings leave it out); "
         "*File* is the bytes to download (every shard of a split set).",
     ]
@@ -342,13 +349,16 @@ def render_card(data: CardData) -> str:
 
     if any(v.run_commands for v in data.variants):
         lines += ["## Run", "",
-                  "Commands from quantforge's planner for each target the quant fits (ik_llama.cpp or llama.cpp "
-                  "`llama-server`; `-ot` keeps the listed tensors on the named device). Run them from the folder "
+                  "Commands from quantforge's planner for each target the quant fits (ik_llama.cpp or "
+                  "llama.cpp "
+                  "`llama-server`; `-ot` keeps the listed tensors on the named device). Run them from "
+                  "the folder "
                   "holding the downloaded files.", ""]  # fmt: skip
         for v in data.variants:
             if not v.run_commands:
                 continue
-            lines += ["<details>", f"<summary>{v.name}: run commands ({len(v.run_commands)} targets)</summary>", ""]
+            lines += ["<details>",
+                      f"<summary>{v.name}: run commands ({len(v.run_commands)} targets)</summary>", ""]
             for rc in v.run_commands:
                 ctx = f" ({ctx_label(rc.ctx)} context)" if rc.ctx else ""
                 lines += [f"**{rc.target}**{ctx}:", "", "```bash", rc.command, "```", ""]
@@ -396,7 +406,8 @@ def _fit_section(data: CardData) -> list[str]:
     ]
     for v in data.variants:
         cells = {f.target: fit_cell_text(f) for f in v.fits}
-        lines.append(f"| {v.name} | " + " | ".join(cells.get(n, "not planned") for n, _ in fit.targets) + " |")
+        lines.append(f"| {v.name} | " + " | ".join(cells.get(n, "not planned") for n, _ in fit.targets)
+                     + " |")
     lines += ["", "Targets:", ""]
     lines += [f"- **{name}**: {_md_cell(summary)}" for name, summary in fit.targets]
     lines.append("")
@@ -576,7 +587,8 @@ def card_data_from_manifests(
             )
         )
         version = man.toolchain["version"] if man.toolchain is not None else ""
-        commit = f"commit {man.engine_commit}" if man.engine_commit and man.engine_commit not in version else None
+        commit = (f"commit {man.engine_commit}" if man.engine_commit and man.engine_commit not in version
+                  else None)
         ver = " ".join(x for x in (version, commit) if x)
         if ver:
             tools[f"{ENGINE_LABEL[man.engine]} llama-quantize"] = ver
@@ -689,7 +701,8 @@ def plan_card_fits(
         note = f"the built file of {', '.join(unread) or 'every variant'} cannot be read"
         return {}, {}, FitSetup(ctx=want_ctx or 0, settings="", targets=summaries, note=note)
     ready = [p for p in plans.values() if p is not None]
-    return fits_for_plans(ready, dims, [p.name for p in ready], model_files, tgts, ctx=want_ctx, engine=recipe.engine)
+    return fits_for_plans(ready, dims, [p.name for p in ready], model_files, tgts, ctx=want_ctx,
+                          engine=recipe.engine)
 
 
 def fits_for_plans(
@@ -757,12 +770,14 @@ def card_from_source(
     in_repo = tuple(str(p) if source.startswith("hf://") else p.name for p in shards)
     types = tuple(sorted({t.type for t in plan.tensors}))
     imported = import_recipe(source, engine=plan.engine)
-    command = ("llama-quantize", *_quantize_args_of(imported.text, plan.engine), "model-BF16.gguf", shards[0].name,
+    command = ("llama-quantize", *_quantize_args_of(imported.text, plan.engine), "model-BF16.gguf",
+               shards[0].name,
                plan.ftype)  # fmt: skip
     tgts = card_targets(None, targets)
     try:
         dims = dims_from_hparams(inv.arch, inv.hparams)
-        fits, runs, setup = fits_for_plans([plan], dims, [name], {name: in_repo[0]}, tgts, ctx=ctx, engine=plan.engine)
+        fits, runs, setup = fits_for_plans([plan], dims, [name], {name: in_repo[0]}, tgts, ctx=ctx,
+                                           engine=plan.engine)
     except QuantforgeError as exc:
         fits, runs = {}, {}
         setup = FitSetup(ctx=ctx or 0, settings="", targets=tuple((t.name, t.summary()) for t in tgts),
@@ -770,7 +785,8 @@ def card_from_source(
     row = VariantCardRow(
         name=name, files=in_repo, bytes=plan.file_bytes or 0, tensor_bytes=plan.tensor_bytes,
         row_meta_bytes=plan.row_meta_bytes, bpw=plan.bpw, fits=fits.get(name, ()), command=command,
-        description="A command that writes these per-tensor types from the BF16 base (read back from the file's "
+        description="A command that writes these per-tensor types from the BF16 base (read back from "
+                    "the file's "
                     "header; the importance matrix it was made with, if any, is not known).",
         types=types, labels=compat_labels(types, plan.engine), run_commands=runs.get(name, ()),
     )  # fmt: skip

@@ -126,7 +126,8 @@ def parse_dialect(text: str, dialect: Dialect, *, where: str = "<text>") -> Pars
             pattern = pattern.lower()  # llama-quantize's parse_tensor_type lower-cases the name
         rules.append(DialectRule(pattern=pattern, type=typ.strip(), line=at, comment=header))
     if not rules:
-        raise UsageError(f"no rules found in this {dialect} text", where=where, hint="give the rule list itself")
+        raise UsageError(f"no rules found in this {dialect} text", where=where,
+                         hint="give the rule list itself")
     return ParsedDialect(dialect=dialect, rules=tuple(rules))
 
 
@@ -167,7 +168,8 @@ def import_dialect(
         inputs = [("the rule file it is imported from", source)]
         if not model.startswith("hf://") and Path(model).exists():
             inputs.append(("the model it is imported for", model))
-        refuse_input_as_output(Path(output), inputs, field="--output", hint="write the recipe to a new .toml file")
+        refuse_input_as_output(Path(output), inputs, field="--output",
+                               hint="write the recipe to a new .toml file")
     # a regular file of bounded size, never a FIFO or device (opening one would block)
     text = read_input_text(p, what="rule file", max_bytes=MAX_RECIPE_BYTES, error=UsageError)
     dia = dialect or detect_dialect(text, p.name)
@@ -204,10 +206,13 @@ def import_dialect(
     ft = ftype or _ftype_for(eng, counts)
     lookup_ftype(eng, ft)  # type: ignore[arg-type] # a bad --ftype is a RecipeError here
     doc = tomlkit.document()
-    doc.add(tomlkit.comment(f"Imported by `quantforge recipe import` from {p.name} ({dia}); rules in their order,"))
-    doc.add(tomlkit.comment(f"first match wins; unmatched tensors get the {ft} mixture as in llama-quantize."))
+    doc.add(tomlkit.comment(f"Imported by `quantforge recipe import` from {p.name} ({dia}); rules in "
+                            "their order,"))
+    doc.add(tomlkit.comment(f"first match wins; unmatched tensors get the {ft} mixture as in "
+                            "llama-quantize."))
     if dropped:
-        doc.add(tomlkit.comment(f"{len(dropped)} rule(s) for tensors llama-quantize never quantizes were left out."))
+        doc.add(tomlkit.comment(f"{len(dropped)} rule(s) for tensors llama-quantize never quantizes were "
+                                "left out."))
     doc.add(tomlkit.nl())
     msec = tomlkit.table()
     if src.kind == "shipped":
@@ -237,7 +242,8 @@ def import_dialect(
             raise UsageError(f"{out} exists", where="--output", hint="pass --force to overwrite it")
         atomic_write_text(out, out_text)
         path = str(out)
-    return DialectImport(dialect=dia, engine=eng, text=out_text, rules=len(kept), dropped=tuple(dropped), path=path)
+    return DialectImport(dialect=dia, engine=eng, text=out_text, rules=len(kept), dropped=tuple(dropped),
+                         path=path)
 
 
 def rules_layout(rules: Sequence[DialectRule]) -> Layout | None:

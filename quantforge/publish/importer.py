@@ -110,7 +110,8 @@ def rules_for(tensors: Sequence[tuple[str, tuple[int, ...], str]]) -> tuple[str,
         for typ, layers in sorted(per_type.items(), key=lambda kv: min(kv[1])):
             if typ == main_type:
                 continue
-            rules.append(ImportedRule(match=_kind_match(kind, layered=True), layers=format_layers(layers), type=typ,
+            rules.append(ImportedRule(match=_kind_match(kind, layered=True), layers=format_layers(layers),
+                                      type=typ,
                                       tensors=len(layers)))
         if main_type != default:
             rules.append(ImportedRule(match=_kind_match(kind, layered=False), type=main_type,
@@ -154,8 +155,10 @@ def import_recipe(
 
     doc = tomlkit.document()
     doc.add(tomlkit.comment(f"Imported by `quantforge recipe import` from {_display(source)}"))
-    doc.add(tomlkit.comment(f"{len(tensors)} tensors; written types reproduced exactly, fallbacks requested as written."))
-    doc.add(tomlkit.comment("Point [model] base at the BF16/F16 GGUF of this model (or of a fine-tune of it)."))
+    doc.add(tomlkit.comment(f"{len(tensors)} tensors; written types reproduced exactly, fallbacks requested "
+                            "as written."))
+    doc.add(tomlkit.comment("Point [model] base at the BF16/F16 GGUF of this model (or of a "
+                            "fine-tune of it)."))
     doc.add(tomlkit.nl())
     model = tomlkit.table()
     model.add("name", str(model_name))
@@ -169,7 +172,8 @@ def import_recipe(
                                 f"dataset {_kv(kv, 'quantize.imatrix.dataset') or 'unknown'})"))
         imx.add("file", Path(str(im_file)).name)
         chunks = _kv(kv, "quantize.imatrix.chunks_count")
-        if isinstance(chunks, int) and not isinstance(chunks, bool) and chunks > 0:  # metadata may be anything
+        # the metadata may hold anything
+        if isinstance(chunks, int) and not isinstance(chunks, bool) and chunks > 0:
             imx.add("chunks", chunks)
         doc.add("imatrix", imx)
     section = QuantSection(
@@ -285,7 +289,8 @@ def diff_quants(a: str, b: str) -> QuantDiff:
     for (pattern, t1, t2), items in groups.items():
         layers = [n for n, _ in items if n is not None]
         out_groups.append(DiffGroup(
-            pattern=pattern, layers=format_layers(layers) if layers else None, type_a=t1, type_b=t2, count=len(items),
+            pattern=pattern, layers=format_layers(layers) if layers else None, type_a=t1, type_b=t2,
+            count=len(items),
             bytes_a=sum(d.bytes_a or 0 for _, d in items), bytes_b=sum(d.bytes_b or 0 for _, d in items)))
     return QuantDiff(
         a=_display(a), b=_display(b), tensors=tuple(diffs), groups=tuple(out_groups), n_same=same,

@@ -234,7 +234,8 @@ def build_plan(
 
     def claim(f: StagedFile) -> None:
         if f.path_in_repo in seen:
-            raise PublishError(f"two files would be uploaded as {f.path_in_repo}", where=f.variant or f.path_in_repo,
+            raise PublishError(f"two files would be uploaded as {f.path_in_repo}",
+                               where=f.variant or f.path_in_repo,
                                hint="give the variants distinct output names")
         seen.add(f.path_in_repo)
         files.append(f)
@@ -249,18 +250,21 @@ def build_plan(
     for path_in_repo, local, kind in extras:
         size = os.path.getsize(local)
         if size > max_file_bytes:
-            raise PublishError(f"{path_in_repo} is {size} bytes, over the per-file limit of {max_file_bytes} bytes "
+            raise PublishError(f"{path_in_repo} is {size} bytes, over the per-file limit of "
+                               f"{max_file_bytes} bytes "
                                "and cannot be split", where=path_in_repo, hint="leave it out of the upload")
         # Plots and the imatrix (about 1 GB for a big MoE) are hashed once per (path, size, mtime),
         # not on every dry run; the variants' GGUFs carry their manifest's sha256 (see _variant_files).
-        f = StagedFile(path_in_repo=path_in_repo, bytes=size, sha256=cached_sha256(local), kind=kind, source=local)
+        f = StagedFile(path_in_repo=path_in_repo, bytes=size, sha256=cached_sha256(local), kind=kind,
+                       source=local)
         claim(f)
         assets.append(f)
     if assets:
         add_commit(f"Add {len(assets)} asset file{'s' if len(assets) != 1 else ''} (plots, imatrix)", assets)
 
     data = card.encode()
-    card_file = StagedFile(path_in_repo="README.md", bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), kind="card")
+    card_file = StagedFile(path_in_repo="README.md", bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                           kind="card")
     claim(card_file)
     add_commit("Update model card", [card_file])
 
@@ -302,7 +306,8 @@ def write_staging(plan: UploadPlan, staging: Path, *, force: bool = False,
     """
     staging = Path(staging)
     for what, path in protect:
-        if Path(path).resolve() == staging.resolve() or Path(staging).resolve() in Path(path).resolve().parents:
+        if (Path(path).resolve() == staging.resolve()
+            or Path(staging).resolve() in Path(path).resolve().parents):
             refuse_overlap(staging, [(what, path)], field="--staging",
                            hint="stage into a new folder of its own: it is replaced as a whole")
     if staging.exists() and not staging.is_dir():
@@ -313,7 +318,8 @@ def write_staging(plan: UploadPlan, staging: Path, *, force: bool = False,
             raise UsageError(f"staging folder {staging} is not empty", where="--staging",
                              hint="give an empty or new folder, or --force to replace it")
         if not _is_staging(staging):
-            raise UsageError(f"staging folder {staging} holds files quantforge did not stage", where="--staging",
+            raise UsageError(f"staging folder {staging} holds files quantforge did not stage",
+                             where="--staging",
                              hint="--force replaces only an earlier staging folder; give a new folder")
     tmp = staging.with_name(staging.name + ".partial")
     try:
@@ -322,7 +328,8 @@ def write_staging(plan: UploadPlan, staging: Path, *, force: bool = False,
         (tmp / "repo").mkdir(parents=True)
         root = tmp / "repo"
         for f in plan.files:
-            check_relative(f.path_in_repo, field="repo path", where=f.variant or f.path_in_repo, error=PublishError)
+            check_relative(f.path_in_repo, field="repo path", where=f.variant or f.path_in_repo,
+                           error=PublishError)
             dst = confined(root, f.path_in_repo, what="the staging folder")
             dst.parent.mkdir(parents=True, exist_ok=True)
             if f.kind == "card":
@@ -340,7 +347,8 @@ def write_staging(plan: UploadPlan, staging: Path, *, force: bool = False,
         os.replace(tmp, staging)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise os_error(exc, getattr(exc, "filename", None) or staging, what="staging folder", action="write") from None
+        raise os_error(exc, getattr(exc, "filename", None) or staging, what="staging folder",
+                       action="write") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -356,7 +364,8 @@ def plan_json(plan: UploadPlan) -> dict[str, Any]:
         "total_bytes": plan.total_bytes,
         "max_file_bytes": plan.max_file_bytes,
         "files": [
-            {"path": f.path_in_repo, "bytes": f.bytes, "sha256": f.sha256, "kind": f.kind, "variant": f.variant}
+            {"path": f.path_in_repo, "bytes": f.bytes, "sha256": f.sha256, "kind": f.kind,
+             "variant": f.variant}
             for f in plan.files
         ],
         "commits": [c.model_dump() for c in plan.commits],
@@ -373,7 +382,8 @@ def resolve_token() -> str:
     token = get_token()
     if not token:
         raise UsageError("no Hugging Face token found", where="HF_TOKEN",
-                         hint="set HF_TOKEN or run `hf auth login`; or use --dry-run to stage without uploading")
+                         hint="set HF_TOKEN or run `hf auth login`; or use --dry-run to stage without "
+                              "uploading")
     return token
 
 
@@ -425,7 +435,8 @@ def execute(plan: UploadPlan, *, token: str, progress: bool = False) -> UploadRe
     )
 
     if hf_constants.is_offline_mode():
-        raise PublishError("huggingface_hub is in offline mode (HF_HUB_OFFLINE is set)", where="HF_HUB_OFFLINE",
+        raise PublishError("huggingface_hub is in offline mode (HF_HUB_OFFLINE is set)",
+                           where="HF_HUB_OFFLINE",
                            hint="unset HF_HUB_OFFLINE to upload, or use --dry-run")
     api = HfApi(endpoint=hf_endpoint(), token=token, library_name="quantforge")
     was_disabled = are_progress_bars_disabled()
@@ -453,7 +464,8 @@ def execute(plan: UploadPlan, *, token: str, progress: bool = False) -> UploadRe
                 c_up.append(p)
             oid = None
             if ops:
-                info = api.create_commit(plan.repo, ops, commit_message=c.summary, commit_description=c.description,
+                info = api.create_commit(plan.repo, ops, commit_message=c.summary,
+                                         commit_description=c.description,
                                          repo_type="model")
                 oid = info.oid
             done.append(CommitDone(summary=c.summary, oid=oid, uploaded=tuple(c_up), skipped=tuple(c_skip)))
@@ -507,7 +519,8 @@ class Collected(_Frozen):
     recipe_sha256: str
 
 
-def find_manifests(recipe: Any, names: Sequence[str] | None, *, out_dir: str | Path | None = None) -> list[tuple[Path, Any]]:
+def find_manifests(recipe: Any, names: Sequence[str] | None, *,
+                   out_dir: str | Path | None = None) -> list[tuple[Path, Any]]:
     """The build manifest of each named variant (all variants when ``names`` is None) in ``out_dir``."""
     folder = Path(out_dir) if out_dir else (Path(recipe.path).parent if recipe.path else Path.cwd())
     wanted = list(names) if names else [v.name for v in recipe.quants]
@@ -544,7 +557,8 @@ def _variant_files(man_path: Path, man: Any) -> VariantFiles:
         # A manifest names files next to itself; an edited one must not make us upload ../../.ssh/id_rsa.
         p = confined(man_path.resolve().parent, f.path)
         if not p.is_file() or p.stat().st_size != f.bytes:
-            raise InputError(f"{p.name} is missing or its size differs from the build manifest", where=man_path.name,
+            raise InputError(f"{p.name} is missing or its size differs from the build manifest",
+                             where=man_path.name,
                              hint=f"rebuild it: quantforge build RECIPE --quant {man.name} --force")
         files.append(LocalFile(path=str(p), bytes=f.bytes, sha256=f.sha256))
     return VariantFiles(name=man.name, files=tuple(files))
@@ -563,17 +577,20 @@ def _imatrix_source(recipe: Any, man_path: Path, record: dict[str, Any]) -> Path
     """The importance matrix to publish: the manifest's, when it is inside the output folder or is the
     recipe's own ``[imatrix] file`` (a trusted input), and its sha256 is the one the build recorded."""
     im = resolve_file(man_path, str(record["path"]))
-    own = recipe.resolve_path(recipe.imatrix.file) if recipe.imatrix is not None and recipe.imatrix.file else None
+    own = (recipe.resolve_path(recipe.imatrix.file) if recipe.imatrix is not None and recipe.imatrix.file
+           else None)
     trusted = own is not None and not own.startswith("hf://") and same_file(im, own)
     if not trusted and not is_within(im, man_path.resolve().parent):
         raise InputError(f"the importance matrix {im} named by {man_path.name} escapes the output folder",
                          where=man_path.name,
-                         hint="publish with --no-imatrix, or put the imatrix in the output folder or the recipe")
+                         hint="publish with --no-imatrix, or put the imatrix in the output folder or "
+                              "the recipe")
     if not im.is_file():
         return None
     want = record.get("sha256")
     if want and cached_sha256(im) != want:
-        raise InputError(f"{im.name} is not the importance matrix the variants were built with (sha256 differs)",
+        raise InputError(f"{im.name} is not the importance matrix the variants were built with (sha256 "
+                         "differs)",
                          where=man_path.name, hint="publish with --no-imatrix, or rebuild the variants")
     return im
 
@@ -597,7 +614,8 @@ def collect(
 
     mans = find_manifests(recipe, quants, out_dir=out_dir)
     variants = [_variant_files(p, m) for p, m in mans]
-    files_in_repo = {v.name: tuple(f.path_in_repo for f in layout_variant(v, max_file_bytes=max_file_bytes)) for v in variants}
+    files_in_repo = {v.name: tuple(f.path_in_repo for f in layout_variant(v, max_file_bytes=max_file_bytes))
+                     for v in variants}
     extras: list[tuple[str, str, FileKind]] = []
     plots: list[Plot] = []
 
@@ -617,7 +635,8 @@ def collect(
                 break
     # The run commands name the file a reader downloads (the first shard of a split set).
     plans, dims = built_plans(mans, recipe)
-    fits, runs, setup = plan_card_fits(recipe, plans, dims, {n: files[0] for n, files in files_in_repo.items()},
+    fits, runs, setup = plan_card_fits(recipe, plans, dims,
+                                       {n: files[0] for n, files in files_in_repo.items()},
                                        targets=targets, ctx=fit_ctx)
     data = card_data_from_manifests(recipe, mans, repo=repo, files_in_repo=files_in_repo, plots=plots,
                                     fits=fits, run_commands=runs, fit=setup, plans=plans)
@@ -656,7 +675,8 @@ def make_card(
         inputs: list[tuple[str, str | os.PathLike[str]]] = [("the recipe", recipe_path)]
         inputs += [("a manifest", m) for m in col.manifests]
         inputs += [("a built file", f.path) for v in col.variants for f in v.files]
-        refuse_input_as_output(out, inputs, field="--output", hint="write the card to README.md or another new file")
+        refuse_input_as_output(out, inputs, field="--output",
+                               hint="write the card to README.md or another new file")
         if out.exists() and not force:
             raise UsageError(f"{out} exists", where="--output", hint="pass --force to overwrite it")
         if out.exists() and not out.is_file():
@@ -713,7 +733,8 @@ def publish(
                 protect += [("a published file", f.source) for f in plan.files if f.source]
                 protect += [("a manifest", m) for m in col.manifests]
                 parent = st.absolute().parent
-                held.enter_context(folder_lock(parent, purpose=f"quantforge publish --staging {st.name}", wait=wait,
+                held.enter_context(folder_lock(parent, purpose=f"quantforge publish --staging {st.name}",
+                                               wait=wait,
                                                name=f".{st.name}.staging.lock", where=str(st)))
                 plan = write_staging(plan, st, force=force, protect=protect)
             return UploadResult(repo=repo, url="", plan=plan, commits=(), uploaded=(), skipped=(),

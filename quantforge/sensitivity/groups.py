@@ -20,10 +20,12 @@ _GLOBAL_KINDS = {"token_embd.weight": "token_embd", "output.weight": "output"}
 #: Candidate ladders (low -> high bpw) by engine and by the row length a type needs. The defaults
 #: pick around the base type; a recipe names its own in ``[sensitivity] types`` / ``kind_types``.
 LADDERS: dict[tuple[Engine, int], tuple[str, ...]] = {
-    ("ik", 256): ("iq1_s", "iq1_m", "iq2_ks", "iq2_k", "iq2_kl", "iq3_ks", "iq3_k", "iq4_ks", "iq4_k", "iq5_ks",
+    ("ik", 256): ("iq1_s", "iq1_m", "iq2_ks", "iq2_k", "iq2_kl", "iq3_ks", "iq3_k", "iq4_ks", "iq4_k",
+                  "iq5_ks",
                   "iq5_k", "iq6_k", "q8_0"),
     ("ik", 32): ("iq4_nl", "q5_0", "q6_0", "q8_0"),
-    ("mainline", 256): ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "q3_K", "iq4_xs", "q4_K",
+    ("mainline", 256): ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "q3_K", "iq4_xs",
+                        "q4_K",
                         "q5_K", "q6_K", "q8_0"),
     ("mainline", 32): ("iq4_nl", "q5_0", "q5_1", "q8_0"),
 }  # fmt: skip
@@ -135,7 +137,8 @@ def resolve_groups(
     for kt in kind_types:
         if kt not in by_kind:
             raise RecipeError(f"kind_types names {kt!r}, not a quantized kind of this model",
-                              where=f"{where}.kind_types", hint=f"kinds here: {', '.join(sorted(by_kind))}")  # fmt: skip
+                              where=f"{where}.kind_types",
+                              hint=f"kinds here: {', '.join(sorted(by_kind))}")  # fmt: skip
     out: list[GroupSpec] = []
     for kind in want:
         members = by_kind[kind]
@@ -149,9 +152,11 @@ def resolve_groups(
                 parts = buckets_of(present, n_buckets)
         else:
             parts = [()]
-        asked = list(types) if types else (kind_types.get(kind) or (section.types if section and section.types else None))
+        asked = list(types) if types else (kind_types.get(kind) or (section.types if section
+                                                                    and section.types else None))
         for layers in parts:
-            ts = sorted((t for t in members if not layers or t.layer in layers), key=lambda t: (t.layer or 0, t.name))
+            ts = sorted((t for t in members if not layers or t.layer in layers), key=lambda t: (t.layer or 0,
+                                                                                                t.name))
             layers_spec = format_layers(layers) if layers else None
             match = _match_for(kind)
             pattern = (compile_layers(layers_spec) + match) if layers_spec else match
@@ -180,7 +185,8 @@ def resolve_groups(
             gname = f"{kind}@{layers_spec}" if layers_spec else kind
             out.append(
                 GroupSpec(
-                    name=gname, kind=kind, layers=tuple(layers), tensors=tuple(t.name for t in ts), match=match,
+                    name=gname, kind=kind, layers=tuple(layers), tensors=tuple(t.name for t in ts),
+                    match=match,
                     layers_spec=layers_spec, pattern=pattern, base_written=base_written,
                     base_bytes=sum(t.bytes for t in ts), candidates=tuple(kept), written=written, bytes=sizes,
                 )

@@ -31,7 +31,8 @@ def import_for_recipe(
                            field="--output", hint="write the table to a new .csv or .json file")  # fmt: skip
     inv = recipe_inventory(recipe)
     shapes = [(t.name, tuple(t.shape)) for t in inv.tensors]
-    table = read_table(source, engine=recipe.engine, curve=curve, baseline=baseline, baseline_type=baseline_type,
+    table = read_table(source, engine=recipe.engine, curve=curve, baseline=baseline,
+                       baseline_type=baseline_type,
                        tensors=shapes)  # fmt: skip
     names = {n for n, _ in shapes}
     foreign = [t for g in table.groups for t in g.tensors if t not in names]
@@ -46,6 +47,7 @@ def import_for_recipe(
                      f"e.g. {', '.join(foreign[:3])}")  # fmt: skip
     model = recipe.model.name or recipe.model.id or inv.source
     table = table.model_copy(update={"model": model, "arch": inv.arch, "notes": tuple(notes),
-                                     "base_variant": recipe.variant(quant).name if quant else None})  # fmt: skip
+                                     "base_variant": recipe.variant(quant).name if quant
+                                     else None})  # fmt: skip
     write_table(table, out, force=force)
     return table, out

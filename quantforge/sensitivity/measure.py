@@ -190,7 +190,8 @@ def run_sensitivity(
     recipe = load_recipe(recipe_path)
     sec = recipe.sensitivity
     base_ask = quant or (sec.base if sec else None)
-    recipe, base_name = with_base_variant(recipe, base_ask) if base_ask else (recipe, recipe.variant(None).name)
+    recipe, base_name = (with_base_variant(recipe, base_ask) if base_ask
+                         else (recipe, recipe.variant(None).name))
     uniform = base_name if base_name not in [q.name for q in load_recipe(recipe_path).quants] else None
     rdir = Path(recipe.path or ".").resolve().parent
     ev = recipe.eval
@@ -198,7 +199,8 @@ def run_sensitivity(
     corpus_s = corpus or (sec.corpus if sec and sec.corpus else None) or (ev.corpus if ev else None)
     if corpus_s is None:
         raise UsageError("an evaluation corpus is needed", where="--corpus",
-                         hint="pass --corpus FILE or set [sensitivity] corpus (or [eval] corpus) in the recipe")  # fmt: skip
+                         hint="pass --corpus FILE or set [sensitivity] corpus (or [eval] corpus) in "
+                              "the recipe")  # fmt: skip
     corpus_p = Path(corpus_s) if corpus is not None or Path(corpus_s).is_absolute() else rdir / corpus_s
     n_ctx = ctx or (sec.ctx if sec and sec.ctx else None) or (ev.ctx if ev and ev.ctx else 512)
     n_chunks = chunks or (sec.chunks if sec and sec.chunks else None) or 8
@@ -216,11 +218,13 @@ def run_sensitivity(
 
     # the base variant's plan and the groups around it
     ctx0 = prepare_build(recipe, out_dir=None, base=base, imatrix=imatrix, bin_dir=bin_dir, threads=per_job)
-    out_path = Path(output) if output else rdir / f"{Path(recipe.path or 'recipe').stem}-{base_name}.sensitivity.csv"
+    out_path = (Path(output) if output
+                else rdir / f"{Path(recipe.path or 'recipe').stem}-{base_name}.sensitivity.csv")
     # before hours of measuring: the table is never written over an input, with --force or not
     refuse_input_as_output(out_path, [("the recipe", recipe.path or ""), ("the evaluation corpus", corpus_p),
                                       ("the base model", ctx0.base_path),
-                                      *([("the importance matrix", ctx0.imatrix.path)] if ctx0.imatrix else [])],
+                                      *([("the importance matrix",
+                                          ctx0.imatrix.path)] if ctx0.imatrix else [])],
                            field="--output", hint="write the table to a new .csv or .json file")  # fmt: skip
     imeta = _imatrix_meta(ctx0)
     base_plan = expand(recipe, base_name, ctx0.inventory, imatrix=imeta)
@@ -228,14 +232,16 @@ def run_sensitivity(
                             types=types, buckets=buckets)  # fmt: skip
     if not any(g.candidates for g in groups):
         raise RecipeError("no group has a candidate type that changes what llama-quantize writes",
-                          where=f"{recipe.path}: sensitivity.types", hint="name types other than the base's")  # fmt: skip
+                          where=f"{recipe.path}: sensitivity.types",
+                          hint="name types other than the base's")  # fmt: skip
 
     # every run, named by what it does
     specs: list[tuple[Run, list[RuleSpec]]] = [(Run(name=_PREFIX + "BASE", label="base", kind="base"), [])]
     for g in groups:
         for t in g.candidates:
             specs.append(
-                (Run(name=f"{_PREFIX}{len(specs)}", label=f"{g.name} {t}", kind="group", group=g.name, type=t),
+                (Run(name=f"{_PREFIX}{len(specs)}", label=f"{g.name} {t}", kind="group", group=g.name,
+                     type=t),
                  [_group_rule(g, t)])
             )  # fmt: skip
     if do_check:
@@ -293,8 +299,10 @@ def run_sensitivity(
 
         # measure
 
-        logits = ensure_base_logits(ctx0.base_path, engine=engine_e, corpus=corpus_p, corpus_sha256=corpus_sha,
-                                    ctx=n_ctx, chunks=n_chunks, threads=threads, binary=ppl_binary, version=eval_version)  # fmt: skip
+        logits = ensure_base_logits(ctx0.base_path, engine=engine_e, corpus=corpus_p,
+                                    corpus_sha256=corpus_sha,
+                                    ctx=n_ctx, chunks=n_chunks, threads=threads, binary=ppl_binary,
+                                    version=eval_version)  # fmt: skip
         build_ctx = ctx0.model_copy(update={"recipe": derived, "out_dir": work.resolve(), "threads": per_job})
         base_value = results[keyed[0].key].value if keyed[0].key in results else None
         stop = threading.Event()
@@ -310,14 +318,17 @@ def run_sensitivity(
             left = len(keyed) - done_n
             eta = (time.monotonic() - t_start) / measured_n * left if measured_n else None
             if progress is not None:
-                delta = res.value - base_value if res is not None and base_value is not None and r.kind != "base" else None
+                delta = (res.value - base_value if res is not None and base_value is not None
+                         and r.kind != "base" else None)
                 progress(Progress(done=done_n, total=len(keyed), cached=n_cached, label=r.label,
-                                  value=res.value if res else None, delta=delta, seconds=res.seconds if res else 0.0,
+                                  value=res.value if res else None, delta=delta,
+                                  seconds=res.seconds if res else 0.0,
                                   eta_s=eta))  # fmt: skip
 
         def measure(r: Run, gguf: Path, t_build: float) -> RunResult:
             t0 = time.monotonic()
-            res = _kld(gguf, engine=engine_e, logits=logits, corpus=corpus_p, corpus_sha=corpus_sha, threads=per_job,
+            res = _kld(gguf, engine=engine_e, logits=logits, corpus=corpus_p, corpus_sha=corpus_sha,
+                       threads=per_job,
                        binary=ppl_binary, version=eval_version, stop=stop)  # fmt: skip
             assert res.kld is not None
             p = plans[r.name]
@@ -379,11 +390,13 @@ def run_sensitivity(
                 where=str(cdir), hint="run the same command again to resume",
             ) from None
         except _Cancelled:  # pragma: no cover - only raised after stop was set above
-            raise Interrupted("stopped", where=str(cdir), hint="run the same command again to resume") from None
+            raise Interrupted("stopped", where=str(cdir),
+                              hint="run the same command again to resume") from None
         if not keep:
             remove_quietly([work])
 
-    table = _table(recipe, base_name, groups, keyed, results, method=method, engine_label=f"{engine_e} {eval_version}",
+    table = _table(recipe, base_name, groups, keyed, results, method=method,
+                   engine_label=f"{engine_e} {eval_version}",
                    corpus=str(corpus_p), plans=plans, arch=ctx0.inventory.arch)  # fmt: skip
     write_table(table, out_path, force=force)
     return SensitivityResult(table=table, output=str(out_path), measured=measured_n, cached=n_cached,
@@ -411,7 +424,8 @@ def _kld(
                            progress=check_stop)  # fmt: skip
 
     assert binary is not None
-    res, _ = perplexity_binary(gguf, binary=binary, engine=engine, corpus=None, ctx=_util.read_logits_header(logits)[0],
+    res, _ = perplexity_binary(gguf, binary=binary, engine=engine, corpus=None,
+                               ctx=_util.read_logits_header(logits)[0],
                                threads=threads, kl_divergence_base=logits, kl_divergence=True,
                                engine_version=version)  # fmt: skip
     if res.kld is None:  # pragma: no cover - perplexity_binary raises first
@@ -420,7 +434,8 @@ def _kld(
 
 
 def _table(
-    recipe: Recipe, base_name: str, groups: list[GroupSpec], runs: list[Run], results: dict[str, RunResult], *,
+    recipe: Recipe, base_name: str, groups: list[GroupSpec], runs: list[Run], results: dict[str, RunResult],
+    *,
     method: dict[str, Any], engine_label: str, corpus: str, plans: dict[str, Any], arch: str | None = None,
 ) -> SensitivityTable:  # fmt: skip
     base = results[runs[0].key]
@@ -457,7 +472,8 @@ def _table(
     inv_model = recipe.model.name or recipe.model.id or Path(recipe.path or "model").stem
     return SensitivityTable(
         model=inv_model, arch=arch, engine=recipe.engine, metric="kld", evaluator=engine_label, corpus=corpus,
-        corpus_sha256=method["corpus_sha256"], ctx=method["ctx"], chunks=method["chunks"], base_variant=base_name,
+        corpus_sha256=method["corpus_sha256"], ctx=method["ctx"], chunks=method["chunks"],
+        base_variant=base_name,
         base_sha256=method["base_sha256"], imatrix_sha256=method["imatrix_sha256"], baseline=base.value,
         baseline_err=base.value_err, source="measured", groups=out_groups, entries=tuple(entries),
         checks=tuple(checks), created=_util.now_iso(),

@@ -143,7 +143,8 @@ class SensitivityTable(BaseModel):
             f"{self.model}: {len(self.groups)} groups x {len(self.entries)} types ({measured} measured), "
             f"{self.metric} of the base variant {self.base_variant or '?'} = {self.baseline:.6f}"
             + (f" ± {self.baseline_err:.6f}" if self.baseline_err else ""),
-            f"method: {self.evaluator or self.source}, corpus {Path(self.corpus).name if self.corpus else '?'}"
+            f"method: {self.evaluator or self.source}, corpus "
+            f"{Path(self.corpus).name if self.corpus else '?'}"
             f" ({(self.corpus_sha256 or '')[:12]}), ctx {self.ctx}, {self.chunks} chunks",
             "",
             f"{'group':28s} {'type':12s} {'bytes':>12s} {self.metric:>10s} {'delta':>10s}",
@@ -186,7 +187,8 @@ def write_table(table: SensitivityTable, path: str | Path, *, force: bool = Fals
             same = False
         if not same:
             raise InputError(
-                "exists and is not a sensitivity table of this method", where=str(p), hint="pass --force to replace it"
+                "exists and is not a sensitivity table of this method", where=str(p),
+                hint="pass --force to replace it"
             )
     text = table_json(table) if p.suffix.lower() == ".json" else table_csv(table)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -205,7 +207,8 @@ _META_KEYS = (
     "format", "model", "arch", "engine", "metric", "evaluator", "corpus", "corpus_sha256", "ctx", "chunks",
     "base_variant", "base_sha256", "imatrix_sha256", "baseline", "baseline_err", "source", "created",
 )  # fmt: skip
-_CSV_COLUMNS = ("group", "kind", "layers", "type", "written", "bytes", "value", "value_err", "delta", "ppl", "how",
+_CSV_COLUMNS = ("group", "kind", "layers", "type", "written", "bytes", "value", "value_err", "delta", "ppl",
+                "how",
                 "seconds")  # fmt: skip
 
 
@@ -229,7 +232,8 @@ def table_csv(table: SensitivityTable) -> str:
     for e in table.entries:
         g = by_group[e.group]
         w.writerow([
-            g.name, g.kind, format_layers(g.layers), e.type, ";".join(e.written), e.bytes if e.bytes is not None else "",
+            g.name, g.kind, format_layers(g.layers), e.type, ";".join(e.written),
+            e.bytes if e.bytes is not None else "",
             repr(e.value), "" if e.value_err is None else repr(e.value_err), repr(e.delta),
             "" if e.ppl is None else repr(e.ppl), e.how, "" if e.seconds is None else repr(e.seconds),
         ])  # fmt: skip
@@ -258,7 +262,8 @@ def read_table(
     p = Path(path)
     if not p.exists() and not p.is_symlink():
         raise InputError("no such sensitivity file", where=str(p),
-                         hint="a table from quantforge sensitivity, Thireus' kld_results.csv, or tensor,kld rows")  # fmt: skip
+                         hint="a table from quantforge sensitivity, Thireus' kld_results.csv, or "
+                              "tensor,kld rows")  # fmt: skip
     # a regular file of bounded size (a FIFO or device is refused before it is opened)
     text = read_input_text(p, what="sensitivity file", max_bytes=MAX_JSON_BYTES).removeprefix("\ufeff")
     head = text.lstrip()[:200]
@@ -267,7 +272,8 @@ def read_table(
     first = next((ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")), "")
     cells = [c.strip() for c in first.split(",")]
     if cells and cells[0].upper() == "QTYPE":
-        return import_thireus(text, p, engine=engine, curve=curve, baseline=baseline, baseline_type=baseline_type,
+        return import_thireus(text, p, engine=engine, curve=curve, baseline=baseline,
+                              baseline_type=baseline_type,
                               tensors=tensors)
     if tuple(cells[: len(_CSV_COLUMNS)]) == _CSV_COLUMNS:
         return _read_csv(text, p)
@@ -278,15 +284,18 @@ def _read_json(text: str, p: Path) -> SensitivityTable:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"malformed JSON: {exc.msg}", where=f"{p}:{exc.lineno}", hint="fix the JSON") from None
+        raise InputError(f"malformed JSON: {exc.msg}", where=f"{p}:{exc.lineno}",
+                         hint="fix the JSON") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InputError(f"not a {FORMAT} table", where=str(p), hint="write it with quantforge sensitivity -o FILE.json")
+        raise InputError(f"not a {FORMAT} table", where=str(p),
+                         hint="write it with quantforge sensitivity -o FILE.json")
     try:
         return SensitivityTable.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
-        raise InputError(f"{loc}: {err['msg']}", where=str(p), hint="the table was edited or truncated") from None
+        raise InputError(f"{loc}: {err['msg']}", where=str(p),
+                         hint="the table was edited or truncated") from None
 
 
 def _read_csv(text: str, p: Path) -> SensitivityTable:
@@ -321,23 +330,29 @@ def _read_csv(text: str, p: Path) -> SensitivityTable:
             if name not in groups:  # a hand-written table: the group is its rows' kind and layers
                 layers = tuple(parse_layers(r["layers"])) if r["layers"] else ()
                 groups[name] = SensitivityGroup(name=name, kind=r["kind"], layers=layers, tensors=(
-                    tuple(f"blk.{i}.{r['kind']}.weight" for i in layers) if layers else (f"{r['kind']}.weight",)))
+                    tuple(f"blk.{i}.{r['kind']}.weight" for i in layers) if layers
+                    else (f"{r['kind']}.weight",)))
             entries.append(
                 SensitivityEntry(
                     group=name, type=r["type"], written=tuple(x for x in r["written"].split(";") if x),
                     bytes=int(r["bytes"]) if r["bytes"] else None, value=float(r["value"]),
                     value_err=float(r["value_err"]) if r["value_err"] else None, delta=float(r["delta"]),
-                    ppl=float(r["ppl"]) if r["ppl"] else None, how=r["how"] or "measured",  # type: ignore[arg-type]
+                    ppl=float(r["ppl"]) if r["ppl"] else None,
+                    how=r["how"] or "measured",  # type: ignore[arg-type]
                     seconds=float(r["seconds"]) if r.get("seconds") else None,
                 )
             )  # fmt: skip
         except (KeyError, ValueError, TypeError, ValidationError):
-            raise InputError("bad sensitivity row", where=f"{p}:{n}", hint=f"columns: {','.join(_CSV_COLUMNS)}") from None
+            raise InputError("bad sensitivity row", where=f"{p}:{n}",
+                             hint=f"columns: {','.join(_CSV_COLUMNS)}") from None
     try:
         return SensitivityTable(
-            model=meta.get("model", p.stem), arch=meta.get("arch"), engine=meta.get("engine", "ik"),  # type: ignore[arg-type]
-            metric=meta.get("metric", "kld"), evaluator=meta.get("evaluator"), corpus=meta.get("corpus"),  # type: ignore[arg-type]
-            corpus_sha256=meta.get("corpus_sha256"), ctx=_int(meta.get("ctx")), chunks=_int(meta.get("chunks")),
+            model=meta.get("model", p.stem), arch=meta.get("arch"), engine=meta.get("engine",
+                                                                                    "ik"),  # type: ignore[arg-type]
+            metric=meta.get("metric", "kld"), evaluator=meta.get("evaluator"),  # type: ignore[arg-type]
+            corpus=meta.get("corpus"),
+            corpus_sha256=meta.get("corpus_sha256"), ctx=_int(meta.get("ctx")),
+            chunks=_int(meta.get("chunks")),
             base_variant=meta.get("base_variant"), base_sha256=meta.get("base_sha256"),
             imatrix_sha256=meta.get("imatrix_sha256"), baseline=float(meta.get("baseline", "0")),
             baseline_err=float(meta["baseline_err"]) if meta.get("baseline_err") else None,
@@ -345,7 +360,8 @@ def _read_csv(text: str, p: Path) -> SensitivityTable:
             entries=tuple(entries), checks=tuple(checks), created=meta.get("created"),
         )  # fmt: skip
     except (ValueError, ValidationError):
-        raise InputError("bad table header lines", where=str(p), hint="the # key: value lines were edited") from None
+        raise InputError("bad table header lines", where=str(p),
+                         hint="the # key: value lines were edited") from None
 
 
 def _int(x: str | None) -> int | None:
@@ -375,7 +391,8 @@ def noise_scale(engine: Engine, measured_type: str, other: str) -> float:
     return float(2.0 ** (-2.0 * (cat.get(other).bpw - cat.get(measured_type).bpw)))
 
 
-def _bytes_of(engine: Engine, shapes: dict[str, tuple[int, ...]], names: Sequence[str], typ: str) -> int | None:
+def _bytes_of(engine: Engine, shapes: dict[str, tuple[int, ...]], names: Sequence[str],
+              typ: str) -> int | None:
     if not names or any(n not in shapes for n in names):
         return None
 
@@ -406,7 +423,8 @@ def import_thireus(
     header = [c.strip() for c in rows[0]]
     names = header[1:]
     if not names:
-        raise InputError("the QTYPE header names no tensor", where=f"{p}:1", hint="a kld_results.csv of GGUF Tool Suite")
+        raise InputError("the QTYPE header names no tensor", where=f"{p}:1",
+                         hint="a kld_results.csv of GGUF Tool Suite")
     measured: dict[str, dict[str, float]] = {n: {} for n in names}  # tensor -> type -> value
     notes: list[str] = []
     skipped: set[str] = set()
@@ -427,7 +445,8 @@ def import_thireus(
             try:
                 v = float(cell)
             except ValueError:
-                raise InputError(f"not a number: {cell!r}", where=f"{p}:{n}", hint="cells are the metric, e.g. 0.0042") from None
+                raise InputError(f"not a number: {cell!r}", where=f"{p}:{n}",
+                                 hint="cells are the metric, e.g. 0.0042") from None
             if v > 0:
                 measured[name][qt.name] = v
     if skipped:
@@ -458,7 +477,8 @@ def import_thireus(
         for typ, v in measured[name].items():
             nbytes = _bytes_of(engine, shapes, (name,), typ)
             entries.append(SensitivityEntry(group=name, type=typ, value=v, delta=v - base,
-                                            bytes=None if nbytes == -1 else nbytes, how="imported"))  # fmt: skip
+                                            bytes=None if nbytes == -1 else nbytes,
+                                            how="imported"))  # fmt: skip
         # carry the cost at the lowest measured type to every other type of the curve (or the prior)
         t0 = min(measured[name], key=lambda t: cat.get(t).bpw)
         d0 = measured[name][t0] - base
@@ -479,10 +499,12 @@ def import_thireus(
                                             bytes=nbytes, how="scaled"))  # fmt: skip
     if curve is not None:
         notes.append(f"costs at other types scaled by the whole-model curve {Path(curve).name}: "
-                     "delta(t) = delta(measured) * (curve(t) - baseline) / (curve(measured) - baseline)")  # fmt: skip
+                     "delta(t) = delta(measured) * (curve(t) - baseline) / (curve(measured) - "
+                     "baseline)")  # fmt: skip
     else:
         notes.append(f"no curve given: costs at other types scaled by the 2^(-2·Δbpw) noise prior, {anchor} "
-                     "taken as the baseline type (delta 0); pass --curve group0/kld_results.csv for measured scaling")  # fmt: skip
+                     "taken as the baseline type (delta 0); pass --curve group0/kld_results.csv for "
+                     "measured scaling")  # fmt: skip
     return SensitivityTable(
         model=p.parent.name or p.stem, engine=engine, metric=metric, evaluator=None, baseline=base,
         source=f"thireus: {p.name}", notes=tuple(notes), groups=tuple(groups), entries=tuple(entries),
@@ -493,12 +515,14 @@ def _read_curve(path: str | Path, engine: Engine) -> tuple[dict[str, float], str
     """``QTYPE,group0`` rows: the whole model at each type (0 or empty: not measured)."""
     p = Path(path)
     if not p.exists() and not p.is_symlink():
-        raise InputError("no such curve file", where=str(p), hint="Thireus' group0/kld_results.csv (QTYPE,group0)")
+        raise InputError("no such curve file", where=str(p),
+                         hint="Thireus' group0/kld_results.csv (QTYPE,group0)")
     cat = catalogue(engine)
     text = read_input_text(p, what="curve file", max_bytes=MAX_JSON_BYTES).removeprefix("\ufeff")
     rows = list(csv.reader(ln for ln in text.splitlines() if ln.strip()))
     if not rows or rows[0][0].strip().upper() != "QTYPE" or len(rows[0]) != 2:
-        raise InputError("expected a QTYPE,group0 table", where=f"{p}:1", hint="Thireus' group0/kld_results.csv")
+        raise InputError("expected a QTYPE,group0 table", where=f"{p}:1",
+                         hint="Thireus' group0/kld_results.csv")
     raw: dict[str, float] = {}
     for n, r in enumerate(rows[1:], 2):
         qt = cat.find(r[0].strip())
@@ -545,14 +569,16 @@ def import_tensor_kld(
         try:
             name, kld = row[0].strip(), float(row[1])
         except (IndexError, ValueError):
-            raise InputError("expected tensor,kld", where=f"{p}:{n}", hint="write one tensor,kld row per line") from None
+            raise InputError("expected tensor,kld", where=f"{p}:{n}",
+                             hint="write one tensor,kld row per line") from None
         weights[name] = weights.get(name, 0.0) + kld
     if not weights:
         raise InputError("no tensor,kld rows", where=str(p), hint="write one tensor,kld row per line")
     shapes = dict(tensors or ())
     cat = catalogue(engine)
     ref = "q8_0"
-    ladder = [t.name for t in cat.types() if t.quantizable and t.block_size > 1 and t.interleave == 1 and t.bpw <= 8.5]
+    ladder = [t.name for t in cat.types() if t.quantizable and t.block_size > 1 and t.interleave == 1
+              and t.bpw <= 8.5]
     groups = []
     entries = []
     for name, w in weights.items():
@@ -565,10 +591,12 @@ def import_tensor_kld(
             nbytes = _bytes_of(engine, shapes, (name,), typ)
             if nbytes == -1:
                 continue
-            entries.append(SensitivityEntry(group=name, type=typ, value=d, delta=d, bytes=nbytes, how="scaled"))
+            entries.append(SensitivityEntry(group=name, type=typ, value=d, delta=d, bytes=nbytes,
+                                            how="scaled"))
     return SensitivityTable(
         model=p.stem, engine=engine, metric="relative", baseline=0.0, source=f"tensor,kld: {p.name}",
-        notes=("tensor,kld rows state no type: each value is taken as the tensor's weight at the lowest type and "
+        notes=("tensor,kld rows state no type: each value is taken as the tensor's weight at the lowest "
+               "type and "
                "carried to others by the 2^(-2·Δbpw) noise prior; predicted values are relative",),
         groups=tuple(groups), entries=tuple(entries),
     )  # fmt: skip

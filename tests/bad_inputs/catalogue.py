@@ -52,7 +52,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DOC = REPO / "docs" / "bad-inputs.md"
 
-AREAS = ("recipe", "regex", "gguf", "inventory", "imatrix", "target", "plan", "fit", "filesystem", "build", "card",
+AREAS = ("recipe", "regex", "gguf", "inventory", "imatrix", "target", "plan", "fit", "filesystem", "build",
+         "card",
          "publish", "environment", "hub", "interrupt", "eval", "sweep", "sensitivity")
 
 
@@ -85,7 +86,8 @@ def load_cases() -> list[Case]:
     cases = []
     for path in sorted(HERE.glob("[0-9][0-9][0-9]-*.toml")):
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-        runner = data.get("runner", "subprocess" if data.get("signal") or data.get("drop_dac") else "inprocess")
+        runner = data.get("runner",
+                          "subprocess" if data.get("signal") or data.get("drop_dac") else "inprocess")
         cases.append(
             Case(
                 id=path.stem,
@@ -170,7 +172,8 @@ def _gguf(spec: dict[str, Any], values: dict[str, str]) -> bytes:
         raw_name = bytes.fromhex(hexname)
         placeholder = b"Q" * len(raw_name)
         t = tensors[index]
-        tensors[index] = GGUFTensorInfo(name=placeholder.decode(), shape=t.shape, type_id=t.type_id, offset=t.offset)
+        tensors[index] = GGUFTensorInfo(name=placeholder.decode(), shape=t.shape, type_id=t.type_id,
+                                        offset=t.offset)
     if "tensor_type" in spec:
         index, type_id = spec["tensor_type"]
         t = tensors[index]
@@ -273,7 +276,8 @@ def render_doc(cases: list[Case]) -> str:
     for c in cases:
         cmd = "quantforge " + " ".join(c.argv)
         lines.append(
-            f"| {c.id[:3]} | {cell(c.area)} | {cell(c.description)} | `{cell(cmd)}` | {c.exit_code} | `{cell(c.stderr_regex)}` |"
+            f"| {c.id[:3]} | {cell(c.area)} | {cell(c.description)} | `{cell(cmd)}` | {c.exit_code} | "
+            f"`{cell(c.stderr_regex)}` |"
         )
     return "\n".join(lines) + "\n"
 

@@ -44,7 +44,8 @@ def cached_quant(binary: Path, src: Path, ftype: str, *, imatrix: Path | None = 
     if not out.is_file():
         tmp = out.with_name(out.name + ".partial")
         proc = subprocess.run(
-            [str(binary), *args, str(src.resolve()), str(tmp.resolve()), ftype], capture_output=True, text=True, cwd=cwd
+            [str(binary), *args, str(src.resolve()), str(tmp.resolve()), ftype], capture_output=True,
+            text=True, cwd=cwd
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         os.replace(tmp, out)

@@ -58,7 +58,8 @@ class RepoFile:
     def oid(self) -> str:
         if self.lfs_sha256 is not None:
             pointer = (
-                f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.lfs_sha256}\nsize {self.size}\n"
+                f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.lfs_sha256}\nsize "
+                f"{self.size}\n"
             ).encode()
             return git_blob_sha1(pointer)
         assert self.content is not None
@@ -251,11 +252,14 @@ class _Handler(BaseHTTPRequestHandler):
 
         if method == "POST" and path == "/api/repos/create":
             payload = json.loads(body or b"{}")
-            repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+            repo_id = (f"{payload['organization']}/{payload['name']}" if payload.get("organization")
+                       else payload["name"])
             with hub.lock:
                 if repo_id in hub.repos:
-                    return self._send(409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"})
-                hub.repos[repo_id] = Repo(repo_id, private=payload.get("visibility") == "private" or bool(payload.get("private")))
+                    return self._send(409, {"error": "You already created this model repo",
+                                            "url": f"{hub.url}/{repo_id}"})
+                hub.repos[repo_id] = Repo(repo_id, private=payload.get("visibility") == "private"
+                                          or bool(payload.get("private")))
             return self._send(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
 
         if method == "POST" and path == "/api/validate-yaml":
@@ -267,18 +271,21 @@ class _Handler(BaseHTTPRequestHandler):
         if m and method == "GET":
             repo = self._repo(m.group(1))
             if repo is None:
-                return self._send(404, {"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound"})
+                return self._send(404, {"error": "Repository not found"},
+                                  headers={"X-Error-Code": "RepoNotFound"})
             return self._send(200, {
                 "id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.sha, "private": repo.private,
                 "siblings": [{"rfilename": p} for p in sorted(repo.files)],
             })
 
-        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit|paths-info|tree)/([^/]+)(?:/(.*))?", path)
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit|paths-info|tree)/([^/]+)(?:/(.*))?",
+                         path)
         if m:
             repo_id, action, _rev, sub = m.groups()
             repo = self._repo(repo_id)
             if repo is None:
-                return self._send(404, {"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound"})
+                return self._send(404, {"error": "Repository not found"},
+                                  headers={"X-Error-Code": "RepoNotFound"})
             if action == "preupload" and method == "POST":
                 return self._preupload(repo, json.loads(body))
             if action == "commit" and method == "POST":
@@ -318,7 +325,8 @@ class _Handler(BaseHTTPRequestHandler):
             oid = None
             if remote is not None:
                 oid = remote.lfs_sha256 if remote.lfs_sha256 is not None else remote.oid
-            files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+            files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
+                          "oid": oid})
         self._send(200, {"files": files, "commitOid": repo.sha})
 
     def _lfs_batch(self, repo_id: str, payload: dict[str, Any]) -> None:
@@ -334,7 +342,8 @@ class _Handler(BaseHTTPRequestHandler):
                     "verify": {"href": f"{hub.url}/_lfs_verify/{repo_id}", "header": {}},
                 }
             objects.append(item)
-        self._send(200, {"transfer": "basic", "objects": objects}, headers={"Content-Type": "application/vnd.git-lfs+json"})
+        self._send(200, {"transfer": "basic", "objects": objects},
+                   headers={"Content-Type": "application/vnd.git-lfs+json"})
 
     def _lfs_put(self, oid: str, body: bytes) -> None:
         hub = self.server_hub
@@ -375,7 +384,8 @@ class _Handler(BaseHTTPRequestHandler):
                 new[v["path"]] = RepoFile(v["path"], len(data), None, data)
             elif item["key"] == "lfsFile":
                 if not hub.blob_path(v["oid"]).is_file():
-                    return self._send(422, {"error": f"LFS object {v['oid']} for {v['path']} was never uploaded"})
+                    return self._send(422, {"error": f"LFS object {v['oid']} for {v['path']} was never "
+                                                     "uploaded"})
                 new[v["path"]] = RepoFile(v["path"], v["size"], v["oid"], None)
             elif item["key"] == "deletedFile":
                 repo.files.pop(v["path"], None)
@@ -383,7 +393,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(400, {"error": f"stand-in: unsupported commit op {item['key']}"})
         with hub.lock:
             repo.files.update(new)
-            oid = hashlib.sha1(f"{repo.sha}{header['summary']}{sorted(new)}{len(repo.commits)}".encode()).hexdigest()
+            seed = f"{repo.sha}{header['summary']}{sorted(new)}{len(repo.commits)}"
+            oid = hashlib.sha1(seed.encode()).hexdigest()
             repo.commits.append(Commit(oid, header["summary"], header.get("description", ""), sorted(new)))
         self._send(200, {"commitUrl": f"{hub.url}/{repo.repo_id}/commit/{oid}", "commitOid": oid,
                          "success": True, "pullRequestUrl": None})
@@ -442,9 +453,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         repo = self._repo(repo_id)
         if repo is None:
-            return self._send(404, {"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound"}, head=head)
+            return self._send(404, {"error": "Repository not found"},
+                              headers={"X-Error-Code": "RepoNotFound"}, head=head)
         if path not in repo.files:
-            return self._send(404, {"error": "Entry not found"}, headers={"X-Error-Code": "EntryNotFound"}, head=head)
+            return self._send(404, {"error": "Entry not found"}, headers={"X-Error-Code": "EntryNotFound"},
+                              head=head)
         f = repo.files[path]
         data = self.server_hub.file_bytes(repo_id, path)
         headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{f.lfs_sha256 or f.oid}"', "Accept-Ranges": "bytes"}

@@ -52,7 +52,8 @@ class RangeServer:
         self._thread.start()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -87,7 +88,8 @@ class RangeServer:
             def _error(self, status: int, code: str, message: str, *, head: bool) -> None:
                 body = json.dumps({"error": message}).encode()
                 self._send(status, b"" if head else body,
-                           {"Content-Type": "application/json", "X-Error-Code": code, "X-Error-Message": message},
+                           {"Content-Type": "application/json", "X-Error-Code": code,
+                            "X-Error-Message": message},
                            head=head)
 
             def _serve(self, *, head: bool) -> None:

@@ -215,12 +215,14 @@ class _Executor:
             if self.cur == self.end:
                 self.dfs(st.next)
         elif op == WORD:
-            left = self.cur > 0 and (self.cur != self.begin or self.prev_avail) and _is_word(self.s[self.cur - 1])
+            left = self.cur > 0 and (self.cur != self.begin
+                                     or self.prev_avail) and _is_word(self.s[self.cur - 1])
             right = self.cur != self.end and _is_word(self.s[self.cur])
             if (left != right) != st.neg:
                 self.dfs(st.next)
         elif op == LOOK:
-            sub = _Executor(self.nfa, self.s, self.cur, prev_avail=True, budget=self.budget, counter=self.counter)
+            sub = _Executor(self.nfa, self.s, self.cur, prev_avail=True, budget=self.budget,
+                            counter=self.counter)
             if sub.run(st.alt) != st.neg:
                 self.dfs(st.next)
         elif op == ACCEPT:
