@@ -25,7 +25,7 @@ from quantforge.evaluate.bundled import default_threads, kld_bundled, perplexity
 from quantforge.evaluate.models import EvalEngine, EvalResult
 from quantforge.evaluate.parsers import parse_perplexity_log
 from quantforge.lock import folder_lock
-from quantforge.manifest import read_manifest, update_manifest
+from quantforge.manifest import Manifest, read_manifest, update_manifest
 from quantforge.paths import read_input_json
 from quantforge.toolchain import find_toolchain
 
@@ -258,7 +258,7 @@ def _write_base_result(path: Path, res: EvalResult) -> None:
     _util.write_key(path, key)
 
 
-def record_in_manifest(manifest: str | Path, result: EvalResult, *, wait: bool = False) -> Any:
+def record_in_manifest(manifest: str | Path, result: EvalResult, *, wait: bool = False) -> Manifest:
     """Add ``result`` to the variant's manifest ``eval`` section (latest per engine+method, plus history).
 
     The read-modify-write of the manifest holds its folder's lock: a build (or another evaluation)

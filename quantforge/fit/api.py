@@ -14,18 +14,15 @@ from quantforge.fit.report import CommandPlan, FitReport, Settings, Verdict, pla
 from quantforge.fit.validate import facts_from_header
 from quantforge.gguf_header import read_header
 from quantforge.inventory import load_source
-from quantforge.plan import expand
-from quantforge.plan import recipe_inventory as plan_recipe_inventory
-from quantforge.recipe import load_recipe
+from quantforge.inventory import (
+    recipe_inventory as recipe_inventory,  # the fit stage's callers import it here
+)
+from quantforge.plan import QuantPlan, expand
+from quantforge.recipe import Recipe, load_recipe
 from quantforge.targets import HardwareTarget, list_targets, load_target
 
 
-def recipe_inventory(recipe: Any) -> Any:
-    """The inventory a recipe plans against (one policy, owned by the plan stage)."""
-    return plan_recipe_inventory(recipe)
-
-
-def recipe_plans(recipe: Any, quant: str | None = None) -> tuple[list[Any], ModelDims]:
+def recipe_plans(recipe: Recipe, quant: str | None = None) -> tuple[list[QuantPlan], ModelDims]:
     """Expanded plans of one (or every) variant and the model's dims."""
     inv = recipe_inventory(recipe)
     dims = dims_from_hparams(inv.arch, inv.hparams)

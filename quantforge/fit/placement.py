@@ -21,9 +21,10 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import NamedTuple, Protocol
 
 from quantforge.catalogue import Engine, catalogue
+from quantforge.plan import QuantPlan
 
 _EXPERT_RE = re.compile(r"^blk\.(\d+)\.ffn_(up|gate|down|gate_up)_exps\.")
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.")
@@ -43,9 +44,28 @@ class FitTensor(NamedTuple):
     place: str | None = None  # a recipe rule's explicit "cpu" / "gpu"
 
 
-def fit_tensors(plan_or_tensors: Any) -> list[FitTensor]:
+class SizedTensor(Protocol):
+    """What the planner needs of a tensor (a ``TensorPlan``, a ``FitTensor``); ``layer`` and
+    ``place`` are read when the object has them."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> Sequence[int]: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def bytes(self) -> int: ...
+
+
+#: What ``plan_fit`` plans: a ``QuantPlan``, or its tensors (or ``FitTensor``s) alone.
+FitInput = QuantPlan | Sequence[SizedTensor]
+
+
+def fit_tensors(plan_or_tensors: FitInput) -> list[FitTensor]:
     """``FitTensor``s of a ``QuantPlan`` (or any sequence of objects with name/shape/type/bytes)."""
-    items = getattr(plan_or_tensors, "tensors", plan_or_tensors)
+    items: Sequence[SizedTensor] = (plan_or_tensors.tensors if isinstance(plan_or_tensors, QuantPlan)
+                                    else plan_or_tensors)
     out = []
     missing = object()
     for t in items:

@@ -7,7 +7,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -18,7 +18,8 @@ from quantforge.fit.cmdline import RunCommand, parse_command, split_command_line
 from quantforge.fit.dims import ModelDims, ModelExtras
 from quantforge.fit.kv import KVCache, check_kv_type, kv_cache, kv_padding
 from quantforge.fit.margin import GpuMargin, gpu_margin
-from quantforge.fit.placement import FitTensor, Prepared, fit_tensors, override_args, prepare
+from quantforge.fit.placement import FitInput, FitTensor, Prepared, fit_tensors, override_args, prepare
+from quantforge.plan import QuantPlan
 from quantforge.targets import HardwareTarget
 
 _GIB = 1 << 30
@@ -529,7 +530,7 @@ def _findings(
 
 
 def plan_fit(
-    plan: Any,
+    plan: FitInput,
     dims: ModelDims,
     target: HardwareTarget,
     *,
@@ -544,7 +545,7 @@ def plan_fit(
 ) -> FitReport:
     """Does ``plan`` fit ``target`` at ``settings``: per-device bytes, verdict, command, advice."""
     s = settings or Settings()
-    eng: Engine = engine or getattr(plan, "engine", None) or "ik"
+    eng: Engine = engine or (plan.engine if isinstance(plan, QuantPlan) else None) or "ik"
     _check(s, dims, eng)
     prep = prepared or prepare(fit_tensors(plan), engine=eng, n_layer=dims.n_layer)
     ex = extras or infer_extras(prep.tensors)
@@ -576,7 +577,7 @@ def plan_fit(
         placement = _placement_map(prep, ev, target)
     weights = prep.total_raw
     return FitReport(
-        quant=getattr(plan, "name", "plan"), target=target.name, engine=eng, settings=s, verdict=verdict,
+        quant=plan.name if isinstance(plan, QuantPlan) else "plan", target=target.name, engine=eng, settings=s, verdict=verdict,
         max_ctx=max_ctx, kv_bytes=ev.kv.total, kv_k_bytes=ev.kv.k_bytes, kv_v_bytes=ev.kv.v_bytes,
         kv_size=ev.kv.kv_size, weights_bytes=weights, devices=tuple(ev.devices), short_by_bytes=ev.short_by,
         cheapest_change=cheapest, command=cmd, override_args=ot, ngl=ngl,

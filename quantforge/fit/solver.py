@@ -50,10 +50,11 @@ from quantforge.fit.api import recipe_inventory, recipe_plans
 from quantforge.fit.dims import ModelDims
 from quantforge.fit.placement import FitTensor, expert_part, fit_tensors, layer_device, prepare, split_layers
 from quantforge.fit.report import FitReport, Settings, plan_fit
+from quantforge.inventory_models import TensorInventory
 from quantforge.lock import folder_lock
 from quantforge.manifest import update_manifest
 from quantforge.plan import QuantPlan, expand
-from quantforge.recipe import QuantSection, RuleSpec, add_variant, format_layers, load_recipe
+from quantforge.recipe import QuantSection, Recipe, RuleSpec, add_variant, format_layers, load_recipe
 from quantforge.sensitivity.measure import derived_recipe, with_base_variant
 from quantforge.sensitivity.table import SensitivityTable, read_table
 from quantforge.targets import HardwareTarget, load_target
@@ -1235,7 +1236,7 @@ class Solved:
 # --------------------------------------------------------------------------- over a recipe
 
 
-def parse_budget(text: str, recipe: Any, inventory: Any) -> tuple[int, str]:
+def parse_budget(text: str, recipe: Recipe, inventory: TensorInventory) -> tuple[int, str]:
     """``"91.7 MB"`` / ``"85GiB"`` / ``12345`` bytes, or the tensor data of an ftype (``Q3_K_M``: the
     engine's own mixture of it) or of a variant of the recipe (``IQ4_KS``). Returns (bytes, what)."""
     try:

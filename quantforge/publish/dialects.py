@@ -32,9 +32,9 @@ from quantforge.errors import UsageError
 from quantforge.fsutil import atomic_write_text
 from quantforge.inventory import Layout, load_source
 from quantforge.paths import MAX_RECIPE_BYTES, read_input_text, refuse_input_as_output
-from quantforge.plan import quantize_args_for
+from quantforge.plan import QuantPlan, quantize_args_for
 from quantforge.plan._engine import skip_reason
-from quantforge.recipe import QuantSection, RuleSpec, layers_regex, parse_recipe, variant_table
+from quantforge.recipe import QuantSection, Recipe, RuleSpec, layers_regex, parse_recipe, variant_table
 from quantforge.regex_dialect import RegexError
 from quantforge.regex_dialect import check as check_engine_regex
 
@@ -272,7 +272,8 @@ def _ftype_for(engine: str, counts: dict[str, int]) -> str:
 # -- export -------------------------------------------------------------------------------------
 
 
-def export_dialect(recipe: Any, variant: str | None, dialect: Dialect, *, plan: Any = None) -> str:
+def export_dialect(recipe: Recipe, variant: str | None, dialect: Dialect, *,
+                   plan: QuantPlan | None = None) -> str:
     """The variant's rules in ``dialect``.
 
     ``custom-q`` and ``tensor-type`` give exactly what quantforge passes to llama-quantize (the

@@ -32,7 +32,14 @@ from quantforge.constants import HF_MAX_FILE_BYTES, hf_endpoint
 from quantforge.errors import InputError, PublishError, UsageError
 from quantforge.fsutil import atomic_write_text, cached_sha256
 from quantforge.lock import folder_lock
-from quantforge.manifest import MANIFEST_SUFFIX, read_manifest, resolve_file, update_manifest
+from quantforge.manifest import (
+    MANIFEST_SUFFIX,
+    ImatrixRecord,
+    Manifest,
+    read_manifest,
+    resolve_file,
+    update_manifest,
+)
 from quantforge.paths import (
     check_name,
     check_relative,
@@ -52,7 +59,7 @@ from quantforge.publish.card import (
     plot_files,
     render_card,
 )
-from quantforge.recipe import load_recipe
+from quantforge.recipe import Recipe, load_recipe
 
 #: The Hub's repo-id grammar (namespace/name): letters, digits, "-", "_", "." ; no "--" or "..";
 #: no leading/trailing "-" or "."; name at most 96 characters.
@@ -519,8 +526,8 @@ class Collected(_Frozen):
     recipe_sha256: str
 
 
-def find_manifests(recipe: Any, names: Sequence[str] | None, *,
-                   out_dir: str | Path | None = None) -> list[tuple[Path, Any]]:
+def find_manifests(recipe: Recipe, names: Sequence[str] | None, *,
+                   out_dir: str | Path | None = None) -> list[tuple[Path, Manifest]]:
     """The build manifest of each named variant (all variants when ``names`` is None) in ``out_dir``."""
     folder = Path(out_dir) if out_dir else (Path(recipe.path).parent if recipe.path else Path.cwd())
     wanted = list(names) if names else [v.name for v in recipe.quants]
@@ -551,7 +558,7 @@ def find_manifests(recipe: Any, names: Sequence[str] | None, *,
     return out
 
 
-def _variant_files(man_path: Path, man: Any) -> VariantFiles:
+def _variant_files(man_path: Path, man: Manifest) -> VariantFiles:
     files = []
     for f in man.files:
         # A manifest names files next to itself; an edited one must not make us upload ../../.ssh/id_rsa.
@@ -573,7 +580,7 @@ def _staged_source(path: Path, man_path: Path, *, what: str) -> Path:
     return path.resolve()
 
 
-def _imatrix_source(recipe: Any, man_path: Path, record: dict[str, Any]) -> Path | None:
+def _imatrix_source(recipe: Recipe, man_path: Path, record: ImatrixRecord) -> Path | None:
     """The importance matrix to publish: the manifest's, when it is inside the output folder or is the
     recipe's own ``[imatrix] file`` (a trusted input), and its sha256 is the one the build recorded."""
     im = resolve_file(man_path, str(record["path"]))
@@ -596,7 +603,7 @@ def _imatrix_source(recipe: Any, man_path: Path, record: dict[str, Any]) -> Path
 
 
 def collect(
-    recipe: Any,
+    recipe: Recipe,
     *,
     repo: str | None,
     quants: Sequence[str] | None = None,
