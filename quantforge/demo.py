@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from quantforge.acquire import SMOLLM2_F16_SHA256, dequantize_gguf, smollm2_q4_1_path
-from quantforge.build import build
+from quantforge.build import Progress, build
 from quantforge.constants import DATA_DIR
 from quantforge.errors import InputError
 from quantforge.evaluate.models import EvalResult
@@ -110,7 +110,7 @@ def run_demo(
     sweep_repeat: int = 3,
     threads: int | None = None,
     report: Reporter | None = None,
-    build_progress: Any = None,
+    build_progress: Progress | None = None,
 ) -> DemoResult:
     """Run (or resume) the demo pipeline in ``folder`` and return what it produced."""
     t_start = time.perf_counter()
