@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from quantforge.errors import InputError, InventoryError
+from quantforge.paths import relative_problem
 
 if TYPE_CHECKING:  # names.py sits below the recipe format; it only reads [model] name
     from quantforge.recipe import Recipe
@@ -153,6 +154,12 @@ def parse_hf(url: str, *, gguf: bool = False) -> HfSource:
         if not _HF_NAME.match(part) or ".." in part or len(part) > 96:
             raise error(f"malformed hf:// source: {what} {part!r} is not a Hub name", where=url,
                         hint="write hf://org/repo/path/file.gguf with letters, digits, '.', '_', '-'")
+    # the revision and the path become cache paths too: plain names separated by '/' only
+    for what, rel in (("revision", revision), ("file path", path)):
+        why = relative_problem(rel) if rel is not None else None
+        if why is not None:
+            raise error(f"malformed hf:// source: the {what} {rel!r} {why}", where=url,
+                        hint="only plain names separated by '/' can name a file in a repository")
     return HfSource(repo_type=repo_type, org=org, repo=repo, revision=revision, path=path)
 
 

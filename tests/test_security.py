@@ -96,7 +96,7 @@ def test_a_match_stays_inside_one_argument(smol_f16: Path, evil: str) -> None:
 
 
 def test_confined_refuses_escapes(tmp_path: Path) -> None:
-    from quantforge.fsutil import confined
+    from quantforge.paths import confined
 
     root = tmp_path / "out"
     root.mkdir()
