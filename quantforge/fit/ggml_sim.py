@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 
 from quantforge.catalogue import Engine, catalogue
 
-#: element sizes of the non-quantized types the graphs use
-_ELEM = {"f32": 4, "f16": 2, "bf16": 2, "i32": 4, "i64": 8, "i8": 1}
-
 #: ops whose result may reuse a parent's memory (``ggml_op_can_inplace``)
 INPLACE_OPS = frozenset(
     {"SCALE", "DIAG_MASK_ZERO", "DIAG_MASK_INF", "ADD", "ADD_ID", "ADD1", "SUB", "MUL", "DIV", "SQR", "SQRT",
@@ -37,7 +34,7 @@ CUDA_ROW_PADDING = 512  # ggml-cuda MATRIX_ROW_PADDING
 
 
 class TypeInfo:
-    """Block size and bytes per block of a ggml type, from the catalogue for quantized types."""
+    """Block size and bytes per block of a ggml type (the catalogue's, cached)."""
 
     _cache: dict[tuple[str, str], tuple[int, int]] = {}
 
@@ -47,11 +44,8 @@ class TypeInfo:
         hit = cls._cache.get(key)
         if hit is not None:
             return hit
-        if name in _ELEM:
-            out = (1, _ELEM[name])
-        else:
-            qt = catalogue(engine).get(name)
-            out = (qt.block_size, qt.type_size)
+        qt = catalogue(engine).get(name)
+        out = (qt.block_size, qt.type_size)
         cls._cache[key] = out
         return out
 
@@ -107,7 +101,7 @@ class Tensor:
 
     @property
     def quantized(self) -> bool:
-        return self.type not in _ELEM
+        return TypeInfo.get(self.type)[0] > 1
 
     def __repr__(self) -> str:
         return f"Tensor({self.name!r}, {self.op}, {self.type}, {self.ne})"
