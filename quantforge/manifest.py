@@ -121,8 +121,8 @@ class FitRecord(TypedDict):
     recipe: str
 
 
-class PublishRecord(TypedDict):
-    repo: str
+class PublishRecord(TypedDict, total=False):
+    repo: Required[str]
     paths: list[str]
     head_commit: str | None
 

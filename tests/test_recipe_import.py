@@ -57,7 +57,7 @@ def test_import_r4_keeps_interleaved_and_fallen_back_types(ladder, tmp_path):
 
 
 def test_layers_spec_compresses_runs():
-    from quantforge.publish.importer import layers_spec
+    from quantforge.recipe import format_layers as layers_spec
 
     assert layers_spec(range(3, 61)) == "3-60"
     assert layers_spec([0, 1, 2, 61]) == "0-2,61"

@@ -542,8 +542,6 @@ def find_manifests(recipe: Recipe, names: Sequence[str] | None, *,
             continue
         if man.name not in wanted:
             continue
-        if man.plan is None or man.verification is None:
-            continue  # evaluations of a GGUF quantforge did not build: nothing to publish
         if man.recipe is not None and man.recipe["sha256"] != recipe.sha256:
             stale[man.name] = p.name
             continue
