@@ -126,6 +126,21 @@ class PublishSection(BaseModel):
     ctx: int | None = Field(default=None, gt=0, description="Context used for the card's fit table.")
 
 
+class ClusterSection(BaseModel):
+    """Where a cluster run (``--cluster``) keeps its artifacts; see ``quantforge.cluster``."""
+
+    model_config = _FROZEN
+    shared: str | None = Field(
+        default=None,
+        description="A folder every node sees at the same path (NFS …): outputs are written there directly. "
+        "Without it, outputs are built in each node's scratch folder and pulled back to the driver.",
+    )
+    retries: int = Field(
+        default=0, ge=0, le=10,
+        description="How often Ray re-runs a task whose node died, on another node (0: report it; the rerun resumes).",
+    )
+
+
 class RecipeFile(BaseModel):
     """The whole TOML document."""
 
@@ -135,6 +150,7 @@ class RecipeFile(BaseModel):
     quant: list[QuantSection] = Field(min_length=1)
     eval: EvalSection | None = None
     publish: PublishSection | None = None
+    cluster: ClusterSection | None = None
 
 
 # --------------------------------------------------------------------------- resolved models
@@ -175,6 +191,7 @@ class Recipe(BaseModel):
     quants: tuple[QuantVariant, ...]
     eval: EvalSection | None = None
     publish: PublishSection | None = None
+    cluster: ClusterSection | None = None
 
     def variant(self, name: str | None = None) -> QuantVariant:
         """The variant called ``name`` (case-insensitive); ``None`` gives the first."""
@@ -693,6 +710,7 @@ def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locat
         quants=tuple(variants),
         eval=spec.eval,
         publish=spec.publish,
+        cluster=spec.cluster,
     )
 
 

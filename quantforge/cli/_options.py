@@ -49,3 +49,12 @@ ImatrixOpt = Annotated[
     typer.Option("--imatrix", help="Importance matrix file; overrides the recipe's [imatrix] file."),
 ]
 RecipeArg = Annotated[str, typer.Argument(help="Recipe TOML file.")]
+#: A Ray cluster to run on (build, eval, sensitivity, sweep); resolved by quantforge.cluster.config.
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        help="Run the tasks on a Ray cluster: ray://HOST:PORT (default: QUANTFORGE_CLUSTER, else [cluster] "
+        "address in the user config; 'local' runs here).",
+    ),
+]
