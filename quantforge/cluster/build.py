@@ -35,7 +35,7 @@ from quantforge.cluster.transfer import pull_file, read_chunk, ship_file
 from quantforge.constants import HF_MAX_FILE_BYTES
 from quantforge.errors import BuildError, ClusterError, QuantforgeError
 from quantforge.fsutil import atomic_write_bytes, cached_sha256, sha256_background
-from quantforge.manifest import Manifest, manifest_path, relative_to_manifest, write_manifest
+from quantforge.manifest import Manifest, manifest_path, relative_to_manifest, update_manifest, write_manifest
 from quantforge.plan import expand
 
 
@@ -120,7 +120,7 @@ def build_on_cluster(
 
 
 def _plan(ctx: Any, name: str) -> Any:
-    imeta = qb._imatrix_meta(ctx.imatrix) if ctx.imatrix is not None else False
+    imeta: Any = qb._imatrix_meta(ctx.imatrix) if ctx.imatrix is not None else False
     return expand(ctx.recipe, name, ctx.inventory, imatrix=imeta)
 
 
@@ -184,19 +184,28 @@ def _commit(session: Session, ctx: Any, cluster: ClusterSpec, name: str, plan: A
     if cluster.shared is not None:
         files = [Path(p) for p in result.files]
         qb.verify_output(files, plan, expect_kv=qb._expected_kv(ctx, plan))
+        if ctx.imatrix is not None and node_man.get("imatrix"):
+            # A shipped imatrix was read from the node's scratch copy; the manifest names the driver's.
+            want = relative_to_manifest(man_path, ctx.imatrix.path)
+            if node_man["imatrix"].get("path") != want:
+                update_manifest(man_path, imatrix={**node_man["imatrix"], "path": want})
         return result
     # Pull every file next to its final name, verify as a local build does, then commit.
     t0 = time.monotonic()
     node_dir = Path(value["out_dir"])
     partials: list[tuple[Path, Path]] = []
     pulled = 0
+    def shown(file_name: str) -> Callable[[int, int], None] | None:
+        if progress is None:
+            return None
+        return lambda done, total: progress(name, "driver", f"pull {file_name}", done, total)
+
     try:
         for f in node_man["files"]:
             final = Path(ctx.out_dir) / Path(f["path"]).name
             partial = pull_file(
                 session, node_id=node["node_id"], source=str(node_dir / f["path"]), dest=final,
-                sha256=f["sha256"], size=f["bytes"],
-                on_bytes=(lambda d, n, _f=final.name: progress(name, "driver", f"pull {_f}", d, n)) if progress else None,
+                sha256=f["sha256"], size=f["bytes"], on_bytes=shown(final.name),
             )  # fmt: skip
             partials.append((partial, final))
             pulled += f["bytes"]

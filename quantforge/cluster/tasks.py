@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from quantforge import constants
-from quantforge.errors import ClusterError, InputError, Interrupted, QuantforgeError
 from quantforge.cluster.session import Reporter, error_record
 from quantforge.cluster.transfer import materialize
+from quantforge.errors import ClusterError, InputError, Interrupted, QuantforgeError
 
 
 def scratch_dir() -> Path:
@@ -34,7 +34,7 @@ def identity() -> dict[str, Any]:
     rc = ray.get_runtime_context()
     return {
         "node_id": rc.get_node_id(),
-        "ip": ray.util.get_node_ip_address(),
+        "ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
         "scratch": str(scratch_dir()),

@@ -117,8 +117,8 @@ def materialize(shipped: dict[str, Any], scratch: Path) -> Path:
     """Node side: the shipped file under ``scratch/inputs/<sha256>/<name>`` (written once, checked)."""
     import ray
 
-    folder = scratch / "inputs" / shipped["sha256"]
-    final = folder / shipped["name"]
+    folder = scratch / "inputs" / str(shipped["sha256"])
+    final = folder / str(shipped["name"])
     if final.is_file() and final.stat().st_size == shipped["bytes"]:
         return final  # written by an earlier task on this node only after its sha256 matched
     folder.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ class LoopbackCluster:
         self.cluster: Any = None
         self.workers: list[Any] = []
         self.scratch: dict[str, Path] = {}  # node id -> scratch folder
+        self.resources: dict[str, dict[str, float]] = {}  # node id -> its custom resources
         self.address = ""
 
     def _env(self, name: str) -> dict[str, str]:
@@ -37,7 +38,12 @@ class LoopbackCluster:
         cache = self.root / name / "cache"
         scratch.mkdir(parents=True, exist_ok=True)
         cache.mkdir(parents=True, exist_ok=True)
-        return {"QUANTFORGE_SCRATCH": str(scratch), "QUANTFORGE_CACHE": str(cache)}
+        import quantforge
+
+        # The nodes import the quantforge the tests import (a checkout need not be installed).
+        code = str(Path(quantforge.__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH", "")) if p)
+        return {"QUANTFORGE_SCRATCH": str(scratch), "QUANTFORGE_CACHE": str(cache), "PYTHONPATH": path}
 
     def start(self) -> LoopbackCluster:
         from ray.cluster_utils import Cluster
@@ -63,7 +69,8 @@ class LoopbackCluster:
             object_store_memory=200 * 1024**2, env_vars=env,
         )  # fmt: skip
         self.workers.append(node)
-        self.scratch[node.unique_id] = Path(env["QUANTFORGE_SCRATCH"])
+        self.scratch[node.node_id] = Path(env["QUANTFORGE_SCRATCH"])
+        self.resources[node.node_id] = dict(w.get("resources", {}))
         self.cluster.wait_for_nodes()
         return node
 
@@ -79,16 +86,17 @@ class LoopbackCluster:
         while p > 1:
             if p in raylets:
                 return raylets[p]
-            try:
-                stat = Path(f"/proc/{p}/stat").read_text()
-            except OSError:
-                return None
-            p = int(stat.rsplit(")", 1)[1].split()[1])
+            p = _ppid(p)
         return None
 
     def kill_node(self, node: Any, tool_pids: list[int]) -> None:
-        """A machine dying: its tools, workers and raylet SIGKILLed at once."""
-        for pid in tool_pids:
+        """A machine dying: its workers, tools and raylet SIGKILLed, none of them left to clean up.
+
+        The Ray worker goes first: killed after its tool, it would see the tool die and remove the
+        tool's partial output, which a machine that loses power does not do.
+        """
+        parents = [_ppid(p) for p in tool_pids]
+        for pid in [*parents, *tool_pids]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -100,6 +108,13 @@ class LoopbackCluster:
         if self.cluster is not None:
             self.cluster.shutdown()
             self.cluster = None
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def processes_with(text: str) -> list[int]:
