@@ -1,17 +1,29 @@
-"""Property-based fuzzing of the recipe parser/compiler and the GGUF header reader.
+"""Property-based fuzzing of the whole offline pipeline: recipes, regexes, GGUF headers, inventory,
+recipe import and diff, and the planners.
 
-    python bench/fuzz.py --examples 10000          # the acceptance run
+    python bench/fuzz.py --examples 10000          # the acceptance run (every target)
     python bench/fuzz.py --examples 200 --target gguf-header
 
-Targets:
+Targets (a "crash" is any exception outside the project's error classes, or a broken property):
 
 * ``recipe-compile``: generated recipe TOML (valid and broken keys, types, regexes, layer
   ranges, extends chains) either compiles or raises a ``QuantforgeError``; every accepted
-  regex is searched against the 1147 DeepSeek-R1 tensor names within a time bound.
+  regex is searched, as the engines' std::regex matches, against the 1147 DeepSeek-R1 tensor
+  names within a time bound.
+* ``regex-dialect``: generated regexes over the ECMAScript grammar (and raw character soup)
+  are accepted or refused with ``RegexError``; for accepted ones the Python translation agrees
+  with a step-counting model of libstdc++'s matcher (``tests/support/std_regex.py``) on tensor
+  names, and the model's work stays within the checker's bound.
 * ``layer-regex``: a compiled layer range matches ``blk.N.`` exactly for its layers.
 * ``gguf-header``: mutated real GGUF headers (the SmolLM2 F16 header with a shortened
   vocabulary, plus an ik quant's) parse or raise ``InventoryError``, never anything else,
   and never allocate more than a bound (tracemalloc peak).
+* ``inventory``: the same mutated headers written to a file and read by ``load_inventory``
+  (hparams, split keys, type ids, names).
+* ``recipe-import``: ``import_recipe`` of a mutated header (recipe written and re-expanded).
+* ``recipe-diff``: ``diff_quants`` of a mutated header against a real one, and of two mutated.
+* ``plan``: every variant of the shipped SmolLM2 recipe and a generated one expanded, linted
+  and fitted (``plan_fit`` on a shipped target) against the inventory of a mutated header.
 
 Each target prints one summary line: ``recipe-compile: 10000 examples, 0 crashes``.
 ``tests/test_fuzz.py`` runs the same targets with the small ``ci`` profile.
@@ -191,7 +203,7 @@ def recipe_texts(draw: st.DrawFn) -> str:
 
 def check_recipe(text: str) -> None:
     """The property: a Recipe, or a QuantforgeError; accepted regexes run in bounded time."""
-    from quantforge.recipe import parse_recipe
+    from quantforge.recipe import check_regex, parse_recipe
 
     try:
         recipe = parse_recipe(text, path="fuzz.toml")
@@ -200,7 +212,7 @@ def check_recipe(text: str) -> None:
     names = deepseek_names()
     for q in recipe.quants:
         for r in q.rules:
-            rx = re.compile(r.pattern)
+            rx = check_regex(r.pattern)  # matched as the engines match it
             t0 = time.perf_counter()
             for n in names:
                 rx.search(n)
@@ -272,6 +284,74 @@ def mutated_headers(draw: st.DrawFn) -> tuple[bytes, bool]:
     return bytes(data), draw(st.booleans())
 
 
+@cache
+def _seed_parsed() -> tuple[object, ...]:
+    import io as _io
+
+    from quantforge.gguf_header import read_header
+
+    return tuple(read_header(_io.BytesIO(h), size=len(h), where="seed") for h in seed_headers())
+
+
+_VALUES = st.one_of(
+    st.integers(-(2**63), 2**64 - 1), st.sampled_from([0, 1, 2, 7, 64, 576, 49152, 2**31, 2**40]),
+    st.floats(allow_nan=True, allow_infinity=True, width=32), st.booleans(), st.text(max_size=12),
+    st.lists(st.integers(0, 2**32 - 1), max_size=4),
+)
+
+
+@st.composite
+def edited_headers(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """A real header with its metadata edited (well-formed bytes, hostile values): a new type or value for
+    a KV, a KV dropped, a tensor's shape, type id or name changed. Reaches the stages past the reader."""
+    from quantforge.gguf_header import GGUFTensorInfo, GGUFValue, ValueType, header_bytes
+
+    h = draw(st.sampled_from(_seed_parsed()))
+    kv = dict(h.kv)  # type: ignore[attr-defined]
+    tensors = list(h.tensors)  # type: ignore[attr-defined]
+    keys = sorted(kv)
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["kv", "kv", "drop", "shape", "type", "name"]))
+        if kind in ("kv", "drop"):
+            key = draw(st.sampled_from([k for k in keys if not k.startswith("tokenizer.ggml.")] +
+                                       ["split.count", "split.no", "general.alignment", "llama.expert_count"]))
+            if kind == "drop":
+                kv.pop(key, None)
+                continue
+            value = draw(_VALUES)
+            if isinstance(value, bool):
+                kv[key] = GGUFValue.of(value, ValueType.BOOL)
+            elif isinstance(value, int):
+                vt = draw(st.sampled_from([ValueType.UINT32, ValueType.INT32, ValueType.UINT64, ValueType.INT64]))
+                lo, hi = {ValueType.UINT32: (0, 2**32 - 1), ValueType.INT32: (-(2**31), 2**31 - 1),
+                          ValueType.UINT64: (0, 2**64 - 1), ValueType.INT64: (-(2**63), 2**63 - 1)}[vt]
+                kv[key] = GGUFValue.of(min(max(value, lo), hi), vt)
+            elif isinstance(value, float):
+                kv[key] = GGUFValue.of(value, ValueType.FLOAT32)
+            elif isinstance(value, str):
+                kv[key] = GGUFValue.of(value, ValueType.STRING)
+            else:
+                kv[key] = GGUFValue.of(value, ValueType.ARRAY, ValueType.UINT32)
+        elif tensors:
+            i = draw(st.integers(0, len(tensors) - 1))
+            t = tensors[i]
+            if kind == "shape":
+                shape = tuple(draw(st.lists(st.sampled_from([1, 2, 3, 32, 256, 576, 1536, 49152, 2**20, 2**31]),
+                                            min_size=1, max_size=4)))
+                tensors[i] = GGUFTensorInfo(name=t.name, shape=shape, type_id=t.type_id, offset=t.offset)
+            elif kind == "type":
+                tensors[i] = GGUFTensorInfo(name=t.name, shape=t.shape, type_id=draw(st.integers(0, 400)), offset=t.offset)
+            else:
+                name = draw(st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=20))
+                if name not in {x.name for x in tensors}:
+                    tensors[i] = GGUFTensorInfo(name=name, shape=t.shape, type_id=t.type_id, offset=t.offset)
+    return header_bytes(kv, tensors, h.alignment), draw(st.booleans())  # type: ignore[attr-defined]
+
+
+def any_headers() -> st.SearchStrategy[tuple[bytes, bool]]:
+    return st.one_of(mutated_headers(), edited_headers(), edited_headers())
+
+
 def check_header(data: bytes, with_size: bool) -> None:
     from quantforge.gguf_header import read_header
 
@@ -286,12 +366,139 @@ def check_header(data: bytes, with_size: bool) -> None:
     assert peak < HEADER_ALLOC_BOUND, f"reading a {len(data)}-byte header allocated {peak} bytes"
 
 
+# --------------------------------------------------------------------------- regex dialect
+
+#: ECMAScript pieces, including the ones Python reads differently (they must be refused, not crash).
+_ECMA_ATOMS = ["a", "e", "_", r"\.", ".", r"\d", r"\w", r"\s", r"\D", "[0-9]", "[a-z]", "[^a-z]", "[a-f_.]", "blk",
+               "ffn", "exps", "x", r"\b", "^", "$", r"\x2e", "[[:alpha:]]", "(?>a)", r"\N{X}", "(?P<n>a)", "a{", "[]a]",
+               r"\1", "(?=_)", "(?!x)", "(?:a|e)", "é", "a**", r"\Z", "[a-]", r"[\-.]"]
+_ECMA_CHARS = "ab._-()[]{}|*+?^$\\0123456789dwsfnx=:!<>,"
+
+
+def ecma_regexes() -> st.SearchStrategy[str]:
+    return st.one_of(_regex_tree(st.sampled_from(_ECMA_ATOMS)), st.text(_ECMA_CHARS, max_size=20))
+
+
+def _sample_names() -> tuple[str, ...]:
+    names = deepseek_names()
+    return (*names[::97], "blk.0.é.weight", "", "x" * 63)
+
+
+def check_regex_dialect(pattern: str) -> None:
+    """Refused with RegexError, or: the translation matches as libstdc++ does, within the bound."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from support.std_regex import search as std_search
+
+    from quantforge.regex_dialect import NAME_MAX, RegexError, check
+
+    try:
+        rx = check(pattern)
+    except RegexError:
+        return
+    for name in _sample_names():
+        matched, steps = std_search(pattern, name, budget=int((NAME_MAX + 1) * rx.work) + 1000)
+        assert matched is not None, f"{pattern!r} on {name!r}: std::regex work over the bound {rx.work:.3g}"
+        assert matched == bool(rx.search(name)), f"{pattern!r} on {name!r}: std::regex {matched}, translation not"
+
+
+# --------------------------------------------------------------------------- the pipeline on mutated headers
+
+
+@cache
+def _scratch() -> Path:
+    import atexit
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="qf-fuzz-"))
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+def _write(data: bytes, name: str) -> Path:
+    p = _scratch() / name
+    p.write_bytes(data)
+    return p
+
+
+def check_inventory(data: bytes, _with_size: bool) -> None:
+    from quantforge.inventory import load_inventory
+
+    try:
+        inv = load_inventory(_write(data, "inv.gguf"))
+    except QuantforgeError:
+        return
+    inv.model_dump(mode="json")  # what `inventory --json` prints
+    _ = inv.n_params
+
+
+def check_import(data: bytes, _with_size: bool) -> None:
+    from quantforge.publish.importer import import_recipe
+
+    try:
+        res = import_recipe(str(_write(data, "imp.gguf")))
+    except QuantforgeError:
+        return
+    assert res.text
+
+
+def check_diff(data: bytes, two: bool) -> None:
+    from quantforge.publish.importer import diff_quants
+
+    a = _write(data, "a.gguf")
+    b = _write(data[::-1] if two else seed_headers()[0], "b.gguf")
+    for x, y in ((a, b), (b, a)):
+        try:
+            diff_quants(str(x), str(y))
+        except QuantforgeError:
+            pass
+
+
+@cache
+def _plan_recipes() -> tuple[object, ...]:
+    from quantforge.recipe import load_recipe, parse_recipe
+
+    generated = parse_recipe(
+        '[model]\nid = "HuggingFaceTB/SmolLM2-135M-Instruct"\n[[quant]]\nname = "M"\nftype = "Q4_K_M"\n'
+        'default = "mixture"\n[[quant]]\nname = "R"\ndefault = "iq4_ks"\nrepack_cpu = true\nrules = [\n'
+        '  { match = "ffn_(gate|up)", layers = "0-9", type = "iq2_k", place = "cpu" },\n'
+        '  { match = "attn_", type = "q8_0" },\n]\n', path="fuzz-plan.toml")
+    return (load_recipe(REPO / "recipes" / "smollm2-135m.toml"), generated)
+
+
+def check_plan(data: bytes, with_fit: bool) -> None:
+    from quantforge.fit.dims import dims_from_hparams
+    from quantforge.fit.report import plan_fit
+    from quantforge.inventory import load_inventory
+    from quantforge.plan import expand, lint
+    from quantforge.targets import load_target
+
+    try:
+        inv = load_inventory(_write(data, "plan.gguf"))
+    except QuantforgeError:
+        return
+    for recipe in _plan_recipes():
+        for v in recipe.quants:  # type: ignore[attr-defined]
+            try:
+                plan = expand(recipe, v.name, inv, imatrix=False)
+                lint(recipe, v.name, inv, imatrix=False)
+                if with_fit:
+                    plan_fit(plan, dims_from_hparams(inv.arch, inv.hparams), load_target("64gb-24gb"))
+            except QuantforgeError:
+                pass
+
+
 # --------------------------------------------------------------------------- runner
 
 TARGETS: dict[str, tuple[Callable[[], st.SearchStrategy[object]], Callable[..., None]]] = {
     "recipe-compile": (recipe_texts, check_recipe),
     "layer-regex": (lambda: st.sets(st.integers(0, 160), min_size=1, max_size=12), check_layers),
     "gguf-header": (mutated_headers, check_header),
+    "regex-dialect": (ecma_regexes, check_regex_dialect),
+    "inventory": (any_headers, check_inventory),
+    "recipe-import": (any_headers, check_import),
+    "recipe-diff": (any_headers, check_diff),
+    "plan": (any_headers, check_plan),
 }
 
 
@@ -303,10 +510,14 @@ def run_target(name: str, examples: int, *, seed: int | None = None) -> Outcome:
     def body(value: object) -> None:
         outcome.examples += 1
         try:
-            check(*value) if isinstance(value, tuple) and name == "gguf-header" else check(value)
+            check(*value) if isinstance(value, tuple) else check(value)
         except Exception as exc:  # noqa: BLE001 - that is what a crash is
             if len(outcome.crashes) < 20:
-                outcome.crashes.append(f"{type(exc).__name__}: {exc} <- {value!r:.300}")
+                import traceback
+
+                frame = traceback.extract_tb(exc.__traceback__)[-1]
+                at = f"{Path(frame.filename).name}:{frame.lineno}"
+                outcome.crashes.append(f"{type(exc).__name__} at {at}: {exc} <- {value!r:.300}")
             else:
                 outcome.crashes.append(type(exc).__name__)
 

@@ -44,6 +44,11 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "FitReport": ("quantforge.fit", "FitReport"),
     "HardwareTarget": ("quantforge.targets", "HardwareTarget"),
     "load_target": ("quantforge.targets", "load_target"),
+    "solve_fit": ("quantforge.fit.solver", "solve_recipe"),
+    # sensitivity
+    "run_sensitivity": ("quantforge.sensitivity.measure", "run_sensitivity"),
+    "read_sensitivity": ("quantforge.sensitivity.table", "read_table"),
+    "SensitivityTable": ("quantforge.sensitivity.table", "SensitivityTable"),
     # test models
     "write_miniature": ("quantforge.miniature", "write_miniature"),
     # errors
@@ -79,6 +84,7 @@ __all__ = [  # literal, so linters see the re-exports; a test checks it against 
     "QuantforgeError",
     "Recipe",
     "RecipeError",
+    "SensitivityTable",
     "TargetError",
     "TensorInventory",
     "TensorPlan",
@@ -97,6 +103,9 @@ __all__ = [  # literal, so linters see the re-exports; a test checks it against 
     "quantize_command",
     "read_imatrix",
     "read_manifest",
+    "read_sensitivity",
+    "run_sensitivity",
+    "solve_fit",
     "update_manifest",
     "write_miniature",
 ]
@@ -134,11 +143,15 @@ if TYPE_CHECKING:  # what type checkers and editors see; nothing is imported at 
         UsageError,
     )
     from quantforge.fit import FitReport, plan_fit
+    from quantforge.fit.solver import solve_recipe as solve_fit
     from quantforge.imatrix import read_imatrix
     from quantforge.inventory import TensorInventory, load_inventory
     from quantforge.manifest import read_manifest, update_manifest
     from quantforge.miniature import write_miniature
     from quantforge.plan import QuantPlan, TensorPlan, expand, lint, quantize_command
     from quantforge.recipe import Recipe, load_recipe
+    from quantforge.sensitivity.measure import run_sensitivity
+    from quantforge.sensitivity.table import SensitivityTable
+    from quantforge.sensitivity.table import read_table as read_sensitivity
     from quantforge.targets import HardwareTarget, load_target
     from quantforge.toolchain import find_toolchain

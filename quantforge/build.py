@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
+import glob
 import os
 import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -37,7 +39,7 @@ from pydantic import BaseModel, ConfigDict
 from quantforge import units
 from quantforge.constants import HF_MAX_FILE_BYTES
 from quantforge.errors import BuildError, InputError, Interrupted, QuantforgeError, ToolError, UsageError
-from quantforge.fsutil import cached_sha256, sha256_background, sha256_file
+from quantforge.fsutil import cached_sha256, interrupts_deferred, sha256_background, sha256_file
 
 #: progress(kind, done, total): kind is "quantize", "imatrix", "split" or "hash".
 Progress = Callable[[str, int, int], None]
@@ -82,7 +84,7 @@ class BuildResult(BaseModel):
 
     model_config = _FROZEN
     variant: str
-    status: Literal["built", "skipped"]
+    status: Literal["built", "skipped", "recovered"]
     output: str  # nominal output path (split sets: see files)
     files: tuple[str, ...]
     manifest: str
@@ -180,9 +182,15 @@ def run_tool(
     a signal or the timeout, ``Interrupted`` on Ctrl-C/SIGTERM; in each case ``partials``
     are removed and the log is kept.
     """
+    from quantforge.lock import inheritable_fds
+    from quantforge.paths import os_error
+
     tool = Path(cmd[0]).name
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab", buffering=0)
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab", buffering=0)
+    except OSError as exc:
+        raise os_error(exc, log_path, what="log", action="write") from None
     stamp = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     log.write(f"# quantforge {stamp}: {shlex.join(list(cmd))}\n".encode())
     if cwd is not None:
@@ -191,9 +199,10 @@ def run_tool(
     last: list[tuple[int, int] | None] = [None]
     t0 = time.monotonic()
     try:
+        # The child keeps this run's folder locks: an orphaned llama-quantize still owns its folder.
         proc = subprocess.Popen(
             list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=cwd, env=env, start_new_session=True,
+            cwd=cwd, env=env, start_new_session=True, pass_fds=inheritable_fds(),
         )  # fmt: skip
     except OSError as exc:
         log.write(f"# quantforge: cannot start {cmd[0]}: {exc}\n".encode())
@@ -429,8 +438,8 @@ def existing_outputs(output: Path) -> list[Path]:
     if output.is_file():
         return [output]
     stem = output.name[: -len(".gguf")] if output.name.endswith(".gguf") else output.name
-    shards = sorted(output.parent.glob(f"{stem}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].gguf"))
-    return shards
+    pattern = f"{glob.escape(stem)}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].gguf"
+    return sorted(p for p in output.parent.glob(pattern) if p.is_file())
 
 
 def parse_size(text: str | int | None) -> int | None:
@@ -445,8 +454,13 @@ def parse_size(text: str | int | None) -> int | None:
 
 def check_disk(out_dir: Path, needed: int, *, min_free: int | None) -> None:
     """BuildError when ``out_dir`` lacks ``needed`` bytes plus the free-space reserve."""
+    from quantforge.paths import os_error
+
     reserve = DEFAULT_MARGIN_BYTES if min_free is None else min_free
-    free = shutil.disk_usage(out_dir).free
+    try:
+        free = shutil.disk_usage(out_dir).free
+    except OSError as exc:
+        raise os_error(exc, out_dir, what="output folder", action="inspect") from None
     if free < needed + reserve:
         raise BuildError(
             f"not enough free disk space in {out_dir}: {units.human_bytes(free)} free, {units.human_bytes(needed)} planned + {units.human_bytes(reserve)} kept free",
@@ -627,6 +641,140 @@ def _manifest_matches(man_path: Path, key: dict[str, Any], files: list[Path]) ->
     return all(p.is_file() and p.stat().st_size == f.bytes for p, f in zip(listed, man.files, strict=False))
 
 
+def pending_path(man_path: Path) -> Path:
+    """The journal of a commit in progress: the manifest, written before the output is renamed into place."""
+    return man_path.with_name(man_path.name + ".pending")
+
+
+def work_dir(output: Path) -> Path:
+    """Where llama-gguf-split writes the shards of ``output`` before they are renamed into place."""
+    stem = output.name[: -len(".gguf")] if output.name.endswith(".gguf") else output.name
+    return output.with_name(f".{stem}.splitting")
+
+
+def _output_names(output: Path) -> list[Path]:
+    """Every path a build of ``output`` may write or remove (for the input-overlap check)."""
+    from quantforge.manifest import manifest_path
+
+    man = manifest_path(output)
+    return [output, output.with_name(output.name + ".partial"), output.with_name(output.name + ".log"), man,
+            pending_path(man), work_dir(output), *existing_outputs(output)]
+
+
+def _inputs(ctx: _Context) -> list[tuple[str, Path]]:
+    """The files a build reads: never written, replaced or removed, with --force or without."""
+    from quantforge.acquire import split_set
+
+    out: list[tuple[str, Path]] = [("the base model", s) for s in split_set(ctx.base_path)]
+    if ctx.imatrix is not None:
+        out.append(("the importance matrix", Path(ctx.imatrix.path)))
+    if ctx.recipe.path:
+        out.append(("the recipe", Path(ctx.recipe.path)))
+    return out
+
+
+def _refuse_inputs_as_outputs(ctx: _Context, output: Path) -> None:
+    """Before anything is written or removed: no output name is an input, or something else in the way."""
+    from quantforge.paths import kind_of, refuse_input_as_output
+
+    names = _output_names(output)
+    for path in names:
+        refuse_input_as_output(path, _inputs(ctx), field="--out",
+                               hint="build into another folder (--out DIR) or give the variant another name: "
+                                    "an input is never overwritten, even with --force")
+    for path in names:
+        if path == work_dir(output):
+            continue
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            from quantforge.paths import os_error
+
+            raise os_error(exc, path, what="output") from None
+        if path.is_symlink() and path.name.endswith((".log", ".partial")):
+            path.unlink()  # written in place: never through a link to somewhere else
+        elif not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            raise InputError(f"{kind_of(st.st_mode)} is in the way of the output {path.name}", where=str(path),
+                             hint="move it away, or build into another folder with --out")
+
+
+def _read_journal(path: Path) -> Any:
+    """The manifest a commit journal holds, or None when it is unreadable (then it is discarded)."""
+    import json
+
+    from quantforge.manifest import Manifest
+
+    try:
+        return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _recover(ctx: _Context, plan: Any, output: Path, man_path: Path, *, log_path: Path) -> Any:
+    """Finish a commit that a crash, SIGKILL or full disk cut short (``<manifest>.pending`` exists).
+
+    The journal was written after the output had been verified and hashed, before it was
+    renamed into place. What it lists is found under its final name, still as ``.partial`` or
+    in the split work folder; every file's size and sha256 are checked against the journal and
+    its header against the plan, then the renames and the manifest are completed: nothing is
+    quantized again. Returns the manifest, or None when the journal cannot be completed (it is
+    removed, with the unfinished files it names, and the variant is built anew).
+    """
+    from quantforge.manifest import resolve_file, write_manifest
+
+    journal = pending_path(man_path)
+    man = _read_journal(journal)
+    if man is None or man.plan.get("build_key") != _build_key(ctx, plan):
+        _remove([journal])
+        return None
+    partial = output.with_name(output.name + ".partial")
+    work = work_dir(output)
+    finals = [resolve_file(man_path, f.path) for f in man.files]
+    ok = True
+    for f, final in zip(man.files, finals, strict=True):
+        if final.is_file() and final.stat().st_size == f.bytes:
+            continue
+        found = next((c for c in (partial, work / final.name) if c.is_file() and c.stat().st_size == f.bytes), None)
+        if found is None:
+            ok = False
+            break
+        os.replace(found, final)
+    entries = list(man.files)
+    if ok:
+        for k, (f, final) in enumerate(zip(man.files, finals, strict=True)):
+            digest = sha256_file(final)  # a journal written before hashing finished has no sha256 yet
+            if f.sha256 and digest != f.sha256:
+                ok = False
+                break
+            entries[k] = f.model_copy(update={"sha256": digest})
+    if ok:
+        try:
+            verify_output(finals, plan, expect_kv=_expected_kv(ctx, plan), exact_file_bytes=len(finals) == 1)
+        except BuildError:
+            ok = False
+    if not ok:
+        _remove([journal, partial, work, *[p for p in finals if p.exists()]])
+        return None
+    base = dict(man.base)
+    if not base.get("sha256"):  # journalled before the base's hash was done
+        base["sha256"] = cached_sha256(ctx.base_path)
+    man = man.model_copy(update={"files": entries, "base": base})
+    write_manifest(man_path, man)
+    _remove([journal, partial, work])
+    with open(log_path, "a", encoding="utf-8") as fh:
+        fh.write("# quantforge: completed an interrupted commit: the output verified against its journal\n")
+    return man
+
+
+def _adopt(ctx: _Context, plan: Any, existing: list[Path]) -> Verification:
+    """Verify a complete output that has no manifest (its commit was cut short before this version
+    kept a journal, or the disk filled while the manifest was written): every tensor, byte and
+    metadata key must match the plan, so it can be recorded instead of rebuilt (BuildError if not)."""
+    return verify_output(existing, plan, expect_kv=_expected_kv(ctx, plan), exact_file_bytes=len(existing) == 1)
+
+
 def build_variant(
     ctx: _Context,
     variant: str,
@@ -637,84 +785,106 @@ def build_variant(
     timeout: float | None = None,
     progress: Progress | None = None,
 ) -> BuildResult:
-    """Build one variant (or skip it when its output already verifies)."""
-    from quantforge import __version__
+    """Build one variant (or skip it when its output already verifies).
+
+    The output is committed in one journalled step: verified and hashed as ``.partial`` (or as
+    shards in a work folder), the manifest written as ``<manifest>.pending``, the files renamed
+    into place, the journal renamed to the manifest (Ctrl-C held back meanwhile). A run cut
+    short anywhere in that step is completed by the next one without quantizing again, and an
+    output that is complete but has no manifest is verified against the plan and recorded.
+    """
     from quantforge.imatrix import coverage, refusal_error
-    from quantforge.manifest import (
-        Manifest,
-        ManifestFile,
-        manifest_path,
-        relative_to_manifest,
-        write_manifest,
-    )
-    from quantforge.plan import expand, quantize_command
+    from quantforge.manifest import manifest_path
+    from quantforge.paths import MAX_NAME_BYTES, confined, name_problem
 
     t_start = time.monotonic()
-    recipe, tc = ctx.recipe, ctx.toolchain
+    recipe = ctx.recipe
     v = recipe.variant(variant)
-    output = ctx.out_dir / f"{output_stem(recipe, ctx.base_path)}-{v.name}.gguf"
+    name = f"{output_stem(recipe, ctx.base_path)}-{v.name}.gguf"
+    why = name_problem(name, max_bytes=255 - 40)
+    if why is not None:
+        raise InputError(f"the output file name {name[:80]!r}… {why}", where=f"quant[{v.name}]",
+                         hint=f'set a shorter [model] name (at most {MAX_NAME_BYTES} bytes) or variant name')
+    # ``name`` is one plain component (checked above) and out_dir is resolved: the output cannot leave
+    # it. Its last component is not resolved: a link there is replaced by the rename, never followed.
+    output = ctx.out_dir / name
     log_path = output.with_name(output.name + ".log")
     man_path = manifest_path(output)
     partial = output.with_name(output.name + ".partial")
+    journal = pending_path(man_path)
+    phase = ["prepare"]
+    committing: list[list[Path]] = []  # [staged, finals] once the output is verified
+    log_ok = [False]  # the log is written only once it is known not to be an input
 
     def fail(exc: QuantforgeError) -> QuantforgeError:
-        try:
-            with open(log_path, "a", encoding="utf-8") as f:
-                f.write(f"# quantforge: error: {exc.one_line()}\n")
-        except OSError:
-            pass
+        if log_ok[0]:
+            try:
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(f"# quantforge: error: {exc.one_line()}\n")
+            except OSError:
+                pass
         return exc
 
-    try:
-        imeta: Any = _imatrix_meta(ctx.imatrix) if ctx.imatrix is not None else False
-        plan = expand(recipe, v.name, ctx.inventory, imatrix=imeta)
-        im_arg = Path(ctx.imatrix.path).name if ctx.imatrix is not None else None
-        cmd_final = quantize_command(
-            plan,
-            binary=tc.quantize,
-            input_path=ctx.base_path,
-            output_path=output,
-            imatrix=im_arg,
-            threads=ctx.threads,
-        )
-        cmd_run = quantize_command(
-            plan,
-            binary=tc.quantize,
-            input_path=ctx.base_path,
-            output_path=partial,
-            imatrix=im_arg,
-            threads=ctx.threads,
-        )
+    def result(status: Literal["built", "skipped", "recovered"], files: list[Path], cmd: list[str],
+               actual: int, planned: int | None) -> BuildResult:
+        return BuildResult(
+            variant=v.name, status=status, output=str(output), files=tuple(str(p) for p in files),
+            manifest=str(man_path), log=str(log_path), planned_file_bytes=planned, actual_file_bytes=actual,
+            command=cmd, seconds=time.monotonic() - t_start,
+        )  # fmt: skip
 
+    try:
+        _refuse_inputs_as_outputs(ctx, output)
+        log_ok[0] = True
+        plan, cmd_final, cmd_run = _plan_and_commands(ctx, v.name, output, partial)
+        if journal.exists() and not force:
+            phase[0] = "recover"
+            man = _recover(ctx, plan, output, man_path, log_path=log_path)
+            phase[0] = "prepare"
+            if man is not None:
+                files = [confined(ctx.out_dir, f.path) for f in man.files]
+                return result("recovered", files, cmd_final, man.actual_file_bytes, plan.file_bytes)
         existing = existing_outputs(output)
         if existing and not force:
             if _manifest_matches(man_path, _build_key(ctx, plan), existing):
                 verify_output(existing, plan, expect_kv=_expected_kv(ctx, plan))
-                return BuildResult(
-                    variant=v.name, status="skipped", output=str(output), files=tuple(str(p) for p in existing),
-                    manifest=str(man_path), log=str(log_path), planned_file_bytes=plan.file_bytes,
-                    actual_file_bytes=sum(p.stat().st_size for p in existing), command=cmd_final,
-                    seconds=time.monotonic() - t_start,
-                )  # fmt: skip
-            raise BuildError(
-                f"{existing[0].name} already exists and is not this variant's verified build",
-                where=str(existing[0]),
-                hint="pass --force to overwrite it, or choose another --out",
-            )
+                return result("skipped", existing, cmd_final, sum(p.stat().st_size for p in existing), plan.file_bytes)
+            adopted = None
+            if not man_path.exists():
+                try:
+                    adopted = _adopt(ctx, plan, existing)
+                except BuildError:
+                    adopted = None
+            if adopted is None:
+                raise BuildError(
+                    f"{existing[0].name} already exists and is not this variant's verified build",
+                    where=str(existing[0]),
+                    hint="pass --force to overwrite it, or choose another --out",
+                )
+            phase[0] = "adopt"
+            man = _write_record(ctx=ctx, plan=plan, v=v, output=output, target=man_path, log_path=log_path,
+                                files=existing, ver=adopted, cmd_final=cmd_final,
+                                timings={"total_s": round(time.monotonic() - t_start, 3)},
+                                recovered="complete output without a manifest; verified against the plan")
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write("# quantforge: recorded a complete output that had no manifest (verified against the plan)\n")
+            return result("recovered", existing, cmd_final, man.actual_file_bytes, plan.file_bytes)
         # A fresh log per attempt; pre-flight failures are written to it too.
+        from quantforge import __version__
+
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(
-            f"# quantforge {__version__}: building {v.name} ({plan.ftype}, {tc.label} {tc.version})\n",
-            encoding="utf-8",
-        )
-        _check_types(plan, tc)
+            f"# quantforge {__version__}: building {v.name} ({plan.ftype}, {ctx.toolchain.label} "
+            f"{ctx.toolchain.version})\n", encoding="utf-8",
+        )  # fmt: skip
+        _check_types(plan, ctx.toolchain)
         cov = coverage(ctx.imatrix, plan)
         if cov.refused:
             raise refusal_error(cov, plan, have_imatrix=ctx.imatrix is not None)
         planned = plan.file_bytes or plan.tensor_bytes
         will_split = split_max_bytes is not None and planned > split_max_bytes
         check_disk(ctx.out_dir, planned * (2 if will_split else 1), min_free=min_free)
-        _remove([partial])
+        _remove([partial, journal, work_dir(output)])
         for old in existing:  # --force: the old output goes only now, after every check passed
             _remove([old])
         _remove([man_path])
@@ -722,6 +892,7 @@ def build_variant(
         # The base is hashed once (then cached) while llama-quantize reads it: for a 1 TB BF16 base
         # that is minutes that no longer follow the build.
         base_digest = sha256_background(ctx.base_path, hasher=cached_sha256)
+        phase[0] = "quantize"
         t_q = time.monotonic()
         run_tool(
             cmd_run, log_path=log_path,
@@ -735,86 +906,188 @@ def build_variant(
             raise BuildError(
                 "llama-quantize exited 0 but wrote no output", where=str(log_path), hint="read the log"
             )
+        phase[0] = "verify"
         t_v = time.monotonic()
         size = partial.stat().st_size
         will_split = split_max_bytes is not None and size > split_max_bytes
         # An output that stays whole is hashed while its header is verified; a split one is
-        # hashed shard by shard afterwards (hashing the unsplit file too would be wasted).
+        # hashed shard by shard in the work folder (hashing the unsplit file too would be wasted).
         output_digest = None if will_split else sha256_background(partial)
-        try:
-            ver = verify_output([partial], plan, expect_kv=_expected_kv(ctx, plan))
-        except BuildError:
-            _remove([partial])  # the daemon hashing thread is left to fail or finish on its own
-            raise
+        ver = verify_output([partial], plan, expect_kv=_expected_kv(ctx, plan))
         partial_sha = output_digest() if output_digest is not None else None
         verify_s = time.monotonic() - t_v
         split_s = 0.0
         if will_split:
             assert split_max_bytes is not None
             t_s = time.monotonic()
-            files = _split(ctx, plan, partial, output, split_max_bytes, log_path, timeout=timeout)
+            staged = _split(ctx, plan, partial, output, split_max_bytes, log_path, timeout=timeout)
             split_s = time.monotonic() - t_s
+            finals = split_names(output, len(staged))
         else:
-            os.replace(partial, output)
-            files = [output]
+            staged, finals = [partial], [output]
+        committing[:] = [staged, finals]
+        # The verified output is journalled before it is hashed (minutes for a big model): a
+        # Ctrl-C or a crash from here on never costs the quantizing again.
+        phase[0] = "hash"
+        record = {"ctx": ctx, "plan": plan, "v": v, "output": output, "log_path": log_path, "files": finals,
+                  "ver": ver, "cmd_final": cmd_final, "sizes": [s.stat().st_size for s in staged],
+                  "manifest_path_for_paths": man_path}
+        journal_error = None
+        try:
+            _write_record(target=journal, hashes=["" for _ in staged], base_sha="",
+                          timings={"quantize_s": round(quantize_s, 3)}, **record)
+        except QuantforgeError as exc:  # a full disk: the renames below still put the output in place
+            journal_error = exc
         t_h = time.monotonic()
-        entries = [
-            ManifestFile(
-                path=relative_to_manifest(man_path, p), bytes=p.stat().st_size,
-                sha256=partial_sha if partial_sha is not None and p == output else sha256_file(p),
-            )
-            for p in files
-        ]  # fmt: skip
+        hashes = [partial_sha if partial_sha is not None and s == partial else sha256_file(s) for s in staged]
         base_sha = base_digest()
         hash_s = time.monotonic() - t_h
-        type_counts = collections.Counter(t.type for t in plan.tensors)
-        im = ctx.imatrix
-        man = Manifest(
-            quantforge_version=__version__,
-            name=v.name,
-            output=output.name,
-            files=entries,
-            planned_file_bytes=plan.file_bytes,
-            planned_tensor_bytes=plan.tensor_bytes,
-            actual_file_bytes=sum(e.bytes for e in entries),
-            file_bytes_exact=plan.file_bytes_exact,
-            command=cmd_final,
-            engine=tc.engine,
-            engine_build=tc.build_number,
-            engine_commit=tc.commit,
-            toolchain={"source": tc.source, "quantize": tc.quantize, "version": tc.version, "compiler": tc.compiler},
-            recipe={"path": recipe.path, "sha256": recipe.sha256, "variant": v.name, "ftype": plan.ftype},
-            base={
-                "source": ctx.base_source, "path": relative_to_manifest(man_path, ctx.base_path),
-                "bytes": ctx.base_path.stat().st_size, "sha256": base_sha,
-            },
-            imatrix=None if im is None else {
-                "path": relative_to_manifest(man_path, im.path), "sha256": im.sha256, "format": im.format,
-                "dataset": im.dataset, "chunk_count": im.chunk_count, "entries": im.entries_count,
-                "coverage": {"covered": cov.covered, "total": cov.total, "missing": [g.tensor for g in cov.missing]},
-            },
-            plan={"n_tensors": len(plan.tensors), "n_params": plan.n_params, "bpw": round(plan.bpw, 4),
-                  "types": dict(type_counts), "build_key": _build_key(ctx, plan)},
-            verification={"ok": True, "tensors": ver.tensors, "tensor_bytes": ver.tensor_bytes, "file_bytes": ver.file_bytes, "metadata": ver.metadata},
-            timings={"quantize_s": round(quantize_s, 3), "verify_s": round(verify_s, 3), "split_s": round(split_s, 3),
-                     "hash_s": round(hash_s, 3), "total_s": round(time.monotonic() - t_start, 3)},
-            log=relative_to_manifest(man_path, log_path),
-            created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        )  # fmt: skip
-        write_manifest(man_path, man)
-        return BuildResult(
-            variant=v.name, status="built", output=str(output), files=tuple(str(p) for p in files),
-            manifest=str(man_path), log=str(log_path), planned_file_bytes=plan.file_bytes,
-            actual_file_bytes=man.actual_file_bytes, command=cmd_final, seconds=time.monotonic() - t_start,
-        )  # fmt: skip
-    except QuantforgeError as exc:
-        _remove([partial])
-        raise fail(exc) from None
-    except KeyboardInterrupt:
-        _remove([partial])
-        raise fail(
-            Interrupted("Ctrl-C: build stopped, partial output removed", where=str(log_path))
-        ) from None
+        # Commit: final journal, renames, manifest; Ctrl-C is held back until the three are done.
+        with interrupts_deferred():
+            phase[0] = "commit"
+            if journal_error is None:
+                try:
+                    man = _write_record(
+                        target=journal, base_sha=base_sha, hashes=list(hashes),
+                        timings={"quantize_s": round(quantize_s, 3), "verify_s": round(verify_s, 3),
+                                 "split_s": round(split_s, 3), "hash_s": round(hash_s, 3),
+                                 "total_s": round(time.monotonic() - t_start, 3)}, **record,
+                    )  # fmt: skip
+                except QuantforgeError as exc:
+                    journal_error = exc
+            for src, dst in zip(staged, finals, strict=True):
+                os.replace(src, dst)
+            _remove([work_dir(output)])
+            if journal_error is not None:
+                raise journal_error
+            os.replace(journal, man_path)
+            phase[0] = "done"
+        return result("built", finals, cmd_final, man.actual_file_bytes, plan.file_bytes)
+    except (QuantforgeError, OSError, KeyboardInterrupt) as exc:
+        raise fail(_failed(exc, phase[0], v.name, output, man_path, log_path, journal, committing)) from None
+
+
+def _failed(exc: BaseException, phase: str, variant: str, output: Path, man_path: Path, log_path: Path,
+            journal: Path, committing: list[list[Path]]) -> QuantforgeError:
+    """The one line for a build that stopped in ``phase``, after making sure nothing verified is lost.
+
+    Before quantizing nothing of this run exists; while quantizing or verifying, the partial output
+    is removed; once the output is verified it is kept (a journal, or its final name) so that the
+    next run records it without quantizing again; and the message says which of these happened.
+    """
+    from quantforge.paths import os_error
+
+    partial = output.with_name(output.name + ".partial")
+    if phase in ("quantize", "verify") or (phase == "prepare" and not journal.exists()):
+        _remove([partial, work_dir(output)])
+    if phase == "hash" and not journal.exists() and committing:
+        # No journal (the disk is full): put the verified output in place, the next run adopts it.
+        for src, dst in zip(*committing, strict=True):
+            try:
+                os.replace(src, dst)
+            except OSError:
+                pass
+    kept = phase in ("hash", "commit", "adopt", "recover")
+    if isinstance(exc, KeyboardInterrupt):
+        if phase == "done":
+            return Interrupted(f"Ctrl-C: stopped after {variant} was built, verified and recorded", where=str(man_path),
+                               hint="run the same command again for the other variants")
+        if kept:
+            return Interrupted(f"Ctrl-C: {output.name} is complete and verified, but its manifest was not written",
+                               where=str(log_path),
+                               hint="run the same command again: it records the output without quantizing again")
+        what = {"prepare": "before quantizing; nothing was written",
+                "quantize": "while llama-quantize ran; it was stopped and the partial output removed",
+                "verify": "while the output was verified; the unverified output was removed"}[phase]
+        return Interrupted(f"Ctrl-C: build of {variant} stopped {what}", where=str(log_path),
+                           hint="run the same command again to build it")
+    err = exc if isinstance(exc, QuantforgeError) else os_error(
+        exc, getattr(exc, "filename", None) or output, what="output", action="write")  # type: ignore[arg-type]
+    if kept or phase == "done":
+        return _committed_error(err, man_path, phase)
+    return err
+
+
+def _committed_error(exc: QuantforgeError, man_path: Path, phase: str) -> QuantforgeError:
+    """An error after the output was verified: say that nothing needs rebuilding."""
+    msg = f"the output is complete and verified, but its manifest could not be written: {exc.message}"
+    return type(exc)(msg, where=exc.where or str(man_path),
+                     hint="fix that, then run the same command again: it records the output without quantizing again")
+
+
+def _plan_and_commands(ctx: _Context, variant: str, output: Path, partial: Path) -> tuple[Any, list[str], list[str]]:
+    from quantforge.plan import expand, quantize_command
+
+    tc = ctx.toolchain
+    imeta: Any = _imatrix_meta(ctx.imatrix) if ctx.imatrix is not None else False
+    plan = expand(ctx.recipe, variant, ctx.inventory, imatrix=imeta)
+    im_arg = Path(ctx.imatrix.path).name if ctx.imatrix is not None else None
+    cmd_final = quantize_command(plan, binary=tc.quantize, input_path=ctx.base_path, output_path=output,
+                                 imatrix=im_arg, threads=ctx.threads)
+    cmd_run = quantize_command(plan, binary=tc.quantize, input_path=ctx.base_path, output_path=partial,
+                               imatrix=im_arg, threads=ctx.threads)
+    return plan, cmd_final, cmd_run
+
+
+def _write_record(
+    *, ctx: _Context, plan: Any, v: Any, output: Path, target: Path, log_path: Path, files: list[Path], ver: Any,
+    cmd_final: list[str], base_sha: str | None = None, sizes: list[int] | None = None,
+    hashes: list[str | None] | None = None, timings: dict[str, float], recovered: str | None = None,
+    manifest_path_for_paths: Path | None = None,
+) -> Any:
+    """Write the manifest of ``files`` to ``target`` (the manifest, or the commit journal)."""
+    from quantforge import __version__
+    from quantforge.imatrix import coverage
+    from quantforge.manifest import Manifest, ManifestFile, relative_to_manifest, write_manifest
+
+    man_path = manifest_path_for_paths or target
+    tc, im = ctx.toolchain, ctx.imatrix
+    sizes = sizes if sizes is not None else [p.stat().st_size for p in files]
+    hashes = hashes if hashes is not None else [sha256_file(p) for p in files]
+    entries = [
+        ManifestFile(path=relative_to_manifest(man_path, p), bytes=n, sha256=sha256_file(p) if h is None else h)
+        for p, n, h in zip(files, sizes, hashes, strict=True)
+    ]
+    cov = coverage(im, plan)
+    type_counts = collections.Counter(t.type for t in plan.tensors)
+    verification = {"ok": True, "tensors": ver.tensors, "tensor_bytes": ver.tensor_bytes,
+                    "file_bytes": ver.file_bytes, "metadata": ver.metadata}
+    if recovered:
+        verification["recovered"] = recovered
+    man = Manifest(
+        quantforge_version=__version__,
+        name=v.name,
+        output=output.name,
+        files=entries,
+        planned_file_bytes=plan.file_bytes,
+        planned_tensor_bytes=plan.tensor_bytes,
+        actual_file_bytes=sum(e.bytes for e in entries),
+        file_bytes_exact=plan.file_bytes_exact,
+        command=cmd_final,
+        engine=tc.engine,
+        engine_build=tc.build_number,
+        engine_commit=tc.commit,
+        toolchain={"source": tc.source, "quantize": tc.quantize, "version": tc.version, "compiler": tc.compiler},
+        recipe={"path": ctx.recipe.path, "sha256": ctx.recipe.sha256, "variant": v.name, "ftype": plan.ftype},
+        base={
+            "source": ctx.base_source, "path": relative_to_manifest(man_path, ctx.base_path),
+            "bytes": ctx.base_path.stat().st_size,
+            "sha256": base_sha if base_sha is not None else cached_sha256(ctx.base_path),
+        },
+        imatrix=None if im is None else {
+            "path": relative_to_manifest(man_path, im.path), "sha256": im.sha256, "format": im.format,
+            "dataset": im.dataset, "chunk_count": im.chunk_count, "entries": im.entries_count,
+            "coverage": {"covered": cov.covered, "total": cov.total, "missing": [g.tensor for g in cov.missing]},
+        },
+        plan={"n_tensors": len(plan.tensors), "n_params": plan.n_params, "bpw": round(plan.bpw, 4),
+              "types": dict(type_counts), "build_key": _build_key(ctx, plan)},
+        verification=verification,
+        timings=timings,
+        log=relative_to_manifest(man_path, log_path),
+        created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    )  # fmt: skip
+    write_manifest(target, man)
+    return man
 
 
 def _split(
@@ -827,7 +1100,11 @@ def _split(
     *,
     timeout: float | None,
 ) -> list[Path]:
-    """Split ``partial`` into ``<stem>-0000k-of-0000N.gguf`` shards with llama-gguf-split."""
+    """Split ``partial`` into ``<stem>-0000k-of-0000N.gguf`` shards with llama-gguf-split.
+
+    The shards are verified and left in the work folder (``work_dir(output)``), in order; the
+    caller renames them into place as part of its journalled commit. ``partial`` is removed.
+    """
     from quantforge.catalogue import catalogue
     from quantforge.toolchain import find_toolchain
 
@@ -852,7 +1129,7 @@ def _split(
             hint="add an ik_llama.cpp build with llama-gguf-split via --bin-dir, or raise --split-max",
         )
     stem = output.name[: -len(".gguf")] if output.name.endswith(".gguf") else output.name
-    work = output.with_name(f".{stem}.splitting")
+    work = work_dir(output)
     _remove([work])
     work.mkdir()
     # gguf-split counts only tensor data against --split-max-size (M = 10^6 bytes), while the
@@ -878,12 +1155,14 @@ def _split(
                 where=str(log_path),
                 hint="a single tensor is larger than the limit; raise --split-max",
             )
-        finals = split_names(output, len(shards))
-        for s, f in zip(shards, finals, strict=False):
-            os.replace(s, f)
-    finally:
+        if [s.name for s in shards] != [f.name for f in split_names(output, len(shards))]:
+            raise BuildError(f"llama-gguf-split named its shards {shards[0].name} …, not as expected",
+                             where=str(log_path))
+    except BaseException:
         _remove([work, partial])
-    return finals
+        raise
+    _remove([partial])
+    return shards
 
 
 def _log_early_failure(
@@ -899,9 +1178,13 @@ def _log_early_failure(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return
+    from quantforge.paths import same_file
+
     stem = output_stem(recipe, Path(source.rsplit("/", 1)[-1]))
     for name in names:
         log = folder / f"{stem}-{name}.gguf.log"
+        if same_file(log, source if source.startswith("/") else rdir / source):
+            continue  # never append to an input
         try:
             with open(log, "a", encoding="utf-8") as f:
                 f.write(f"# quantforge: error: {exc.one_line()}\n")
@@ -924,8 +1207,15 @@ def build(
     timeout: float | None = None,
     progress: Progress | None = None,
     on_result: Callable[[BuildResult], None] | None = None,
+    wait: bool = False,
 ) -> LadderResult:
-    """Build ``variants`` (None: the first variant) of ``recipe``; resolve shared inputs once."""
+    """Build ``variants`` (None: the first variant) of ``recipe``; resolve shared inputs once.
+
+    The output folder is locked for the whole ladder: a second build (or an evaluation) of the
+    same folder is refused with the holder's pid, or waits for it with ``wait``.
+    """
+    from quantforge.lock import folder_lock
+
     names = [recipe.variant(n).name for n in variants] if variants else [recipe.variant(None).name]
     try:
         ctx = prepare(
@@ -941,19 +1231,21 @@ def build(
         _log_early_failure(recipe, names, exc, out_dir=out_dir, base=base)
         raise
     results: list[BuildResult] = []
-    for name in names:
-        r = build_variant(
-            ctx,
-            name,
-            force=force,
-            min_free=min_free,
-            split_max_bytes=split_max_bytes,
-            timeout=timeout,
-            progress=progress,
-        )
-        results.append(r)
-        if on_result is not None:
-            on_result(r)
+    label = Path(recipe.path).name if recipe.path else "recipe"
+    with folder_lock(ctx.out_dir, purpose=f"quantforge build {label}", wait=wait):
+        for name in names:
+            r = build_variant(
+                ctx,
+                name,
+                force=force,
+                min_free=min_free,
+                split_max_bytes=split_max_bytes,
+                timeout=timeout,
+                progress=progress,
+            )
+            results.append(r)
+            if on_result is not None:
+                on_result(r)
     return LadderResult(
         recipe=recipe.path, engine=ctx.toolchain.engine, toolchain=f"{ctx.toolchain.label} {ctx.toolchain.version} ({ctx.toolchain.source})",
         base=str(ctx.base_path), imatrix=ctx.imatrix.path if ctx.imatrix else None, results=tuple(results),

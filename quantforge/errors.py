@@ -76,6 +76,14 @@ class ClusterError(QuantforgeError):
     """A cluster run cannot start or lost a task: no Ray, no connection, no node that fits, a node died."""
 
 
+class FileSystemError(QuantforgeError):
+    """The file system failed under a valid request: disk full, I/O error, quota. Exit code 1."""
+
+
+class LockedError(QuantforgeError):
+    """Another quantforge run holds the folder this one would write. Exit code 1."""
+
+
 class Interrupted(QuantforgeError):
     """The user pressed Ctrl-C; children were stopped and partial files removed."""
 

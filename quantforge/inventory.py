@@ -9,6 +9,7 @@ cost a few megabytes.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -339,13 +340,15 @@ def inventory_from_headers(
     where = names[0]
     if len(headers) > 1:
         _check_split(headers, names)
-    elif "split.count" in first.kv and int(first.get("split.count")) > 1:
+    elif "split.count" in first.kv and _split_int(first, "split.count", where) > 1:
         raise InventoryError(
-            f"this file is shard {int(first.get('split.no', 0)) + 1} of a {first.get('split.count')}-file split set "
-            "but its name has no -0000K-of-0000N suffix",
+            f"this file is shard {_split_int(first, 'split.no', where, 0) + 1} of a "
+            f"{_split_int(first, 'split.count', where)}-file split set but its name has no -0000K-of-0000N suffix",
             where=where,
             hint="keep the names llama-gguf-split gave the shards",
         )
+    if "general.architecture" in first.kv and not isinstance(first.get("general.architecture"), str):
+        raise _bad_hparam(where, "general.architecture", first.get("general.architecture"), "a string")
     arch = first.architecture
     if arch is None:
         raise InventoryError("general.architecture is missing", where=where, hint="re-convert the model")
@@ -365,7 +368,7 @@ def inventory_from_headers(
         source=source,
         arch=arch,
         layout=detect_layout(arch, [t.name for t in tensors]),
-        hparams=extract_hparams(first, arch, tensors),
+        hparams=extract_hparams(first, arch, tensors, where=where),
         tensors=tuple(tensors),
         kv=dict(first.kv),
         metadata_bytes=first.data_offset,
@@ -377,18 +380,30 @@ def inventory_from_headers(
     )
 
 
+def _split_int(h: GGUFHeader, key: str, where: str, default: int | None = None) -> int:
+    """A ``split.*`` count: an integer from 0 to 99999 (shard names have five digits)."""
+    value = h.get(key, default)
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 99_999:
+        raise _bad_hparam(where, key, value, "an integer from 0 to 99999")
+    return value
+
+
 def _check_split(headers: Sequence[GGUFHeader], names: Sequence[str]) -> None:
     count = len(headers)
     total = sum(len(h.tensors) for h in headers)
     for k, (h, name) in enumerate(zip(headers, names, strict=True)):
-        no, cnt = h.get("split.no"), h.get("split.count")
-        if no is None or cnt is None:
+        if h.get("split.no") is None or h.get("split.count") is None:
             raise InventoryError("split.no / split.count are missing from a shard", where=name,
                                  hint="the shards were not written by llama-gguf-split")
+        no, cnt = _split_int(h, "split.no", name), _split_int(h, "split.count", name)
         if int(no) != k or int(cnt) != count:
             raise InventoryError(f"shard says it is {int(no) + 1} of {cnt}, expected {k + 1} of {count}", where=name,
                                  hint="the shards come from different split sets; download them again")
     expected = headers[0].get("split.tensors.count")
+    if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
+        raise _bad_hparam(names[0], "split.tensors.count", expected, "an integer")
     if expected is not None and int(expected) != total:
         raise InventoryError(f"the split set holds {total} tensors but split.tensors.count is {expected}",
                              where=names[0], hint="a shard is from another split set")
@@ -419,7 +434,45 @@ def detect_layout(arch: str, names: Sequence[str]) -> Layout | None:
     return None
 
 
-def extract_hparams(header: GGUFHeader, arch: str, tensors: Sequence[TensorEntry]) -> dict[str, int | float | bool | str]:
+#: Integer hparams the planners compute with, and the largest value a real model could have:
+#: llama.cpp reads them as uint32 and refuses another type; a NaN, a string or 2**40 layers here
+#: is a damaged file (one line), not a loop over a trillion layers.
+INT_HPARAMS: dict[str, int] = {
+    "block_count": 10_000, "embedding_length": 1 << 20, "feed_forward_length": 1 << 24,
+    "context_length": 1 << 32, "vocab_size": 1 << 26, "attention.head_count": 1 << 16,
+    "attention.head_count_kv": 1 << 16, "attention.key_length": 1 << 16, "attention.value_length": 1 << 16,
+    "attention.kv_lora_rank": 1 << 20, "attention.q_lora_rank": 1 << 20, "expert_count": 1 << 16,
+    "expert_used_count": 1 << 16, "expert_shared_count": 1 << 16, "expert_feed_forward_length": 1 << 24,
+    "expert_shared_feed_forward_length": 1 << 24, "leading_dense_block_count": 10_000,
+    "nextn_predict_layers": 10_000, "rope.dimension_count": 1 << 16,
+}
+
+
+def _bad_hparam(where: str, key: str, value: Any, expected: str) -> InventoryError:
+    shown = repr(value) if not isinstance(value, (list, StringArray)) else f"an array of {len(value)}"
+    return InventoryError(f"malformed GGUF metadata: {key} is {shown}, expected {expected}", where=where,
+                          hint="the file is damaged or was written by a broken converter; re-convert the model")
+
+
+def _check_hparam(where: str, arch: str, name: str, value: Any) -> None:
+    key = f"{arch}.{name}"
+    items = value if isinstance(value, list) else [value]
+    for x in items:
+        if isinstance(x, float) and not math.isfinite(x):
+            raise _bad_hparam(where, key, x, "a finite number")
+    bound = INT_HPARAMS.get(name)
+    if bound is None:
+        return
+    expected = f"an integer from 0 to {bound}"
+    if isinstance(value, list) and not value:
+        raise _bad_hparam(where, key, value, expected)
+    for x in items:
+        if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= bound:
+            raise _bad_hparam(where, key, x if not isinstance(value, list) else value, expected)
+
+
+def extract_hparams(header: GGUFHeader, arch: str, tensors: Sequence[TensorEntry],
+                    *, where: str | None = None) -> dict[str, int | float | bool | str]:
     """Architecture hyper-parameters from the ``{arch}.*`` KVs.
 
     Naming: the GGUF key without the ``{arch}.`` prefix (``llama.attention.head_count`` ->
@@ -435,6 +488,7 @@ def extract_hparams(header: GGUFHeader, arch: str, tensors: Sequence[TensorEntry
             continue
         name = key[len(prefix) :]
         value = v.plain()
+        _check_hparam(where or header.path or "GGUF", arch, name, value)
         if isinstance(value, list):
             nums = [x for x in value if isinstance(x, (int, float)) and not isinstance(x, bool)]
             if not value or len(nums) != len(value):

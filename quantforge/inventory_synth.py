@@ -40,7 +40,6 @@ addressed by Hugging Face id, so planning works offline.
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -890,22 +889,11 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _read_json(path: Path, *, what: str) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InventoryError(f"{what} not found", where=str(path), hint="check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InventoryError(
-            f"cannot read {what}: {exc}", where=str(path), hint="give a readable UTF-8 JSON file"
-        ) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InventoryError(
-            f"{what} is not valid JSON: {exc.msg}",
-            where=f"{path}:{exc.lineno}:{exc.colno}",
-            hint="give the model's config.json as downloaded from Hugging Face",
-        ) from None
+    from quantforge.paths import MAX_JSON_BYTES, read_input_json
+
+    if not path.exists() and not path.is_symlink():
+        raise InventoryError(f"{what} not found", where=str(path), hint="check the path")
+    return read_input_json(path, what=what, max_bytes=MAX_JSON_BYTES, error=InventoryError)
 
 
 def inventory_from_config_file(path: str | Path, *, engine: Layout, nextn: NextN | None = None) -> TensorInventory:

@@ -81,7 +81,7 @@ def resolve_file(manifest: str | os.PathLike[str], rel: str) -> Path:
 
 def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> Path:
     p = Path(path)
-    atomic_write_text(p, json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    atomic_write_text(p, json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n", what="manifest")
     return p
 
 
@@ -90,18 +90,15 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     p = Path(path)
     if p.suffix != ".json" and not p.name.endswith(MANIFEST_SUFFIX):
         p = manifest_path(p)  # an output path was given
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
+    from quantforge.paths import MAX_MANIFEST_BYTES, read_input_json
+
+    if not p.exists() and not p.is_symlink():
         raise InputError(
             f"no manifest at {p}",
             where=str(p),
             hint="build the variant with `quantforge build RECIPE --quant NAME`",
-        ) from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(
-            f"cannot read manifest: {exc}", where=str(p), hint="rebuild the variant or fix the JSON"
-        ) from exc
+        )
+    data = read_input_json(p, what="manifest", max_bytes=MAX_MANIFEST_BYTES)
     if not isinstance(data, dict):
         raise InputError("manifest is not a JSON object", where=str(p))
     version = data.get("schema_version")
@@ -113,6 +110,8 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         )
     try:
         return Manifest.model_validate(data)
+    except RecursionError:
+        raise InputError("manifest values nest too deeply", where=str(p), hint="rebuild the variant") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])

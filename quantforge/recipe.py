@@ -16,6 +16,7 @@ the tensor name (``std::regex_search`` in both engines), first match wins.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import re
 from collections.abc import Iterable
@@ -25,6 +26,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quantforge.errors import RecipeError
+from quantforge.paths import MAX_RECIPE_BYTES, check_name, name_problem, read_input_text
+from quantforge.regex_dialect import EngineRegex, RegexError, check_prefixed
+from quantforge.regex_dialect import check as check_engine_regex
 
 Engine = Literal["ik", "mainline"]
 Layout = Literal["ik", "mainline", "legacy"]
@@ -114,6 +118,41 @@ class EvalSection(BaseModel):
     chunks: int | None = Field(default=None, gt=0)
 
 
+class SensitivitySection(BaseModel):
+    """``[sensitivity]``: what ``quantforge sensitivity`` measures (defaults per architecture)."""
+
+    model_config = _FROZEN
+    base: str | None = Field(
+        default=None, description="Variant every tensor outside the measured group stays at (default: --quant)."
+    )
+    kinds: list[str] | None = Field(
+        default=None,
+        description='Tensor kinds to measure, as named after "blk.N." ("attn_q", "ffn_down_exps") or "token_embd"/'
+        '"output" (default: every quantized kind of the model).',
+    )
+    buckets: int | None = Field(default=None, gt=0, description="Layer buckets per kind, equal split (default 3).")
+    layers: list[str] | None = Field(
+        default=None, description='Explicit layer buckets, e.g. ["0-9", "10-19", "20-29"] (overrides buckets).'
+    )
+    types: list[str] | None = Field(
+        default=None, description="Candidate types for every kind (default: two below and one above the base)."
+    )
+    kind_types: dict[str, list[str]] = Field(
+        default_factory=dict, description="Candidate types of one kind, overriding types: { ffn_down = [...] }."
+    )
+    corpus: str | None = Field(default=None, description="Evaluation text (default: [eval] corpus).")
+    ctx: int | None = Field(default=None, gt=0, description="Context of each chunk (default: [eval] ctx, else 512).")
+    chunks: int | None = Field(default=None, gt=0, description="Chunks to score (default: [eval] chunks, else 8).")
+    engine: Literal["bundled", "ik", "mainline"] | None = Field(
+        default=None, description="Evaluator: the bundled one, or llama-perplexity of ik or mainline."
+    )
+    check: bool | None = Field(
+        default=None,
+        description="Also measure every group at once at each candidate rank, to check the additive model "
+        "(default true).",
+    )
+
+
 class PublishSection(BaseModel):
     model_config = _FROZEN
     repo: str | None = None
@@ -150,6 +189,7 @@ class RecipeFile(BaseModel):
     quant: list[QuantSection] = Field(min_length=1)
     eval: EvalSection | None = None
     publish: PublishSection | None = None
+    sensitivity: SensitivitySection | None = None
     cluster: ClusterSection | None = None
 
 
@@ -166,7 +206,6 @@ class Rule(BaseModel):
     repack: bool | None = None
     pattern: str
     where: str
-    index: int
 
 
 class QuantVariant(BaseModel):
@@ -191,6 +230,7 @@ class Recipe(BaseModel):
     quants: tuple[QuantVariant, ...]
     eval: EvalSection | None = None
     publish: PublishSection | None = None
+    sensitivity: SensitivitySection | None = None
     cluster: ClusterSection | None = None
 
     def variant(self, name: str | None = None) -> QuantVariant:
@@ -289,6 +329,11 @@ def layers_regex(layers: Iterable[int]) -> str:
     return "|".join(alts)
 
 
+@functools.lru_cache(maxsize=1024)
+def _layers_prefix(spec: str) -> str:
+    return compile_layers(spec)
+
+
 def compile_layers(spec: str) -> str:
     """``"3-60"`` → ``blk\\.([3-9]|[1-5][0-9]|60)\\.``, the prefix a rule's match follows."""
     alt = layers_regex(parse_layers(spec))
@@ -297,167 +342,28 @@ def compile_layers(spec: str) -> str:
 
 # --------------------------------------------------------------------------- regex checks
 
-# Constructs Python's ``re`` accepts but ECMAScript ``std::regex`` (both engines) does not.
-_NON_ECMA = [
-    (re.compile(r"\(\?P[<=>]"), "named groups (?P<…>) are Python-only"),
-    (re.compile(r"\(\?<[=!]"), "lookbehind is not supported by std::regex"),
-    (re.compile(r"\(\?[aiLmsux-]+[):]"), "inline flags such as (?i) are Python-only"),
-    (re.compile(r"\\[AZ]"), r"\A and \Z are Python-only (use ^ and $)"),
-    (re.compile(r"\(\?#"), "comments (?#…) are Python-only"),
-]
 
+def check_regex(pattern: str) -> EngineRegex:
+    """The pattern as the engines' std::regex reads it, or ``ValueError`` saying why it cannot be used.
 
-def check_regex(pattern: str) -> re.Pattern[str]:
-    """Compile ``pattern`` or raise ValueError saying why it cannot be used.
-
-    Besides syntax errors this refuses constructs the C++ engines would parse differently
-    and nested unbounded quantifiers such as ``(a+)+``, which can backtrack for hours.
+    One checker for the whole package (``quantforge.regex_dialect``): the ECMAScript grammar of
+    libstdc++, constructs Python and std::regex read differently, the automaton size and the
+    backtracking cost std::regex pays. ``search`` on the result matches as the engines do.
     """
-    if not pattern:
-        raise ValueError("empty regex")
-    for probe, why in _NON_ECMA:
-        if probe.search(pattern):
-            raise ValueError(why)
-    try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"invalid regex: {exc}") from exc
-    if _has_nested_unbounded_repeat(pattern):
-        raise ValueError("nested unbounded quantifiers (like (a+)+) can backtrack catastrophically; simplify the regex")
-    if _backtrack_paths(pattern) > _MAX_PATHS:
-        raise ValueError(
-            "ambiguous repetition (like (.|..)*, (.?){30} or many .* in a row) can backtrack for hours on a tensor name; "
-            "simplify the regex"
-        )
-    return compiled
-
-
-# GGML_MAX_NAME: tensor names are at most 64 bytes, so no repeat can run more often than that.
-_NAME_MAX = 64
-# Worst-case number of ways the pattern can match at one position of a 64-byte name
-# (three `.*` in a row: 65**3 ≈ 2.7e5, matched against 1147 DeepSeek names in well under a second).
-_MAX_PATHS = 1e6
-
-
-def _backtrack_paths(pattern: str) -> float:
-    """Upper bound of the match paths a backtracking engine may try at one start position.
-
-    Sequences multiply, alternatives add (or take the max when their first characters are
-    disjoint, since then only one can proceed), a repeat of a body with one way to match costs
-    one path per iteration count, and a repeat of an ambiguous body costs ``paths ** count``.
-    Subjects are tensor names, at most ``_NAME_MAX`` bytes, which bounds every count.
-    """
-    import re._parser as sre_parse
-    from re import _constants as c
-
-    cap = 1e300
-    anything = None  # first-character set "any character"
-
-    def first(items: Any) -> set[int] | None:
-        for op, av in items:
-            if op is c.LITERAL:
-                return {av}
-            if op is c.IN:
-                chars: set[int] = set()
-                for iop, iav in av:
-                    if iop is c.LITERAL:
-                        chars.add(iav)
-                    elif iop is c.RANGE:
-                        chars.update(range(iav[0], iav[1] + 1))
-                    else:  # NEGATE, CATEGORY: too wide to reason about
-                        return anything
-                return chars
-            if op is c.SUBPATTERN:
-                return first(av[-1])
-            if op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] > 0:
-                return first(av[2])
-            return anything
-        return anything
-
-    def paths(items: Any) -> float:
-        total = 1.0
-        for op, av in items:
-            total = min(cap, total * node(op, av))
-        return total
-
-    def node(op: Any, av: Any) -> float:
-        if op is c.SUBPATTERN:
-            return paths(av[-1])
-        if op is c.BRANCH:
-            alts = av[1]
-            counts = [paths(a) for a in alts]
-            firsts = [first(a) for a in alts]
-            disjoint = all(f is not None for f in firsts) and sum(len(f) for f in firsts if f) == len(
-                set().union(*[f for f in firsts if f])
-            )
-            return max(counts) if disjoint else min(cap, sum(counts))
-        if op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
-            lo, hi, sub = av
-            body = paths(sub)
-            count = min(hi, _NAME_MAX) - min(lo, _NAME_MAX) + 1
-            if body <= 1:  # one way to match at any position: one path per iteration count
-                return float(max(count, 1))
-            # An ambiguous or variable-width body: every iteration may split differently.
-            per = body * (sub.getwidth()[1] - sub.getwidth()[0] + 1 if sub.getwidth()[1] < 1 << 16 else _NAME_MAX)
-            return min(cap, float(float(max(per, 2)) ** min(hi, _NAME_MAX)))
-        if op in (c.ASSERT, c.ASSERT_NOT):
-            return paths(av[1])
-        if op is getattr(c, "ATOMIC_GROUP", None):
-            return 1.0
-        if op is c.GROUPREF_EXISTS:
-            return min(cap, paths(av[1]) + (paths(av[2]) if av[2] is not None else 1.0))
-        return 1.0
-
-    return paths(sre_parse.parse(pattern))
-
-
-def _has_nested_unbounded_repeat(pattern: str) -> bool:
-    import re._parser as sre_parse  # Python >= 3.11, as the package requires
-    from re._constants import MAX_REPEAT, MAXREPEAT, MIN_REPEAT
-
-    def walk(items: Any, inside_unbounded: bool) -> bool:
-        for op, av in items:
-            if op in (MAX_REPEAT, MIN_REPEAT):
-                lo, hi, sub = av
-                unbounded = hi == MAXREPEAT or hi > 1000
-                if unbounded and inside_unbounded and _can_repeat_nonempty(sub):
-                    return True
-                if walk(sub, inside_unbounded or unbounded):
-                    return True
-            elif isinstance(av, (list, tuple)):
-                for x in av:
-                    if isinstance(x, sre_parse.SubPattern) and walk(x, inside_unbounded):
-                        return True
-                    if isinstance(x, (list, tuple)):
-                        for y in x:
-                            if isinstance(y, sre_parse.SubPattern) and walk(y, inside_unbounded):
-                                return True
-            elif isinstance(av, sre_parse.SubPattern) and walk(av, inside_unbounded):
-                return True
-        return False
-
-    return walk(sre_parse.parse(pattern), False)
-
-
-def _can_repeat_nonempty(sub: Any) -> bool:
-    lo, hi = sub.getwidth()
-    return bool(hi > 0)
+    return check_engine_regex(pattern)
 
 
 # --------------------------------------------------------------------------- loading
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read, validate and resolve a recipe file. Raises ``RecipeError`` pointing at the spot."""
+    """Read, validate and resolve a recipe file. Raises ``RecipeError`` pointing at the spot.
+
+    The file must be a regular file (a FIFO, device or folder is refused before it is opened)
+    of at most ``MAX_RECIPE_BYTES``, in UTF-8.
+    """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError("recipe file not found", where=str(p), hint="check the path") from None
-    except IsADirectoryError:
-        raise RecipeError("is a folder, not a recipe file", where=str(p), hint="give a .toml file") from None
-    except UnicodeDecodeError:
-        raise RecipeError("recipe is not UTF-8 text", where=str(p), hint="save the recipe as UTF-8 TOML") from None
+    text = read_input_text(p, what="recipe", max_bytes=MAX_RECIPE_BYTES, error=RecipeError)
     return parse_recipe(text, path=str(p))
 
 
@@ -474,11 +380,16 @@ def parse_recipe(text: str, *, path: str | None = None) -> Recipe:
         raise RecipeError(
             f"malformed TOML: {re.sub(r' ?[(]at line.*', '', msg)}", where=where, hint="fix the TOML syntax"
         ) from None
+    except RecursionError:
+        raise RecipeError("malformed TOML: arrays or tables nested too deeply", where=label,
+                          hint="a recipe needs a few levels of nesting at most") from None
     locate = _Locator(text)
     try:
         spec = RecipeFile.model_validate(data)
     except ValidationError as exc:
         raise _validation_error(exc, label, locate) from None
+    except RecursionError:
+        raise RecipeError("values nested too deeply", where=label, hint="see `quantforge recipe schema`") from None
     return _resolve(spec, text=text, path=path, label=label, locate=locate)
 
 
@@ -545,11 +456,23 @@ class _Locator:
     """Finds the TOML line of a field path like ``quant[1].rules[3].match`` (best effort).
 
     tomllib gives no positions, so this scans the text: the k-th ``[[quant]]`` header, then
-    the ``rules`` key inside it, then the n-th inline table of that array.
+    the ``rules`` key inside it, then the n-th inline table of that array. Every scan is done
+    once and kept, so locating all rules of a 10,000-rule recipe costs one pass over the text.
     """
+
+    _QUANT = re.compile(r"\s*\[\[\s*quant\s*\]\]")
+    _TABLE = re.compile(r"\s*\[")
 
     def __init__(self, text: str) -> None:
         self.lines = text.splitlines()
+        self._quant_starts: list[int] | None = None
+        self._keys: dict[tuple[int, int], dict[str, int]] = {}
+        self._tables: dict[int, list[int]] = {}
+
+    def quant_starts(self) -> list[int]:
+        if self._quant_starts is None:
+            self._quant_starts = [i for i, ln in enumerate(self.lines) if self._QUANT.match(ln)]
+        return self._quant_starts
 
     def line_of(self, loc: tuple[Any, ...] | list[Any]) -> int | None:
         loc = tuple(loc)
@@ -557,7 +480,7 @@ class _Locator:
             return None
         head = str(loc[0])
         if head == "quant":
-            starts = [i for i, ln in enumerate(self.lines) if re.match(r"\s*\[\[\s*quant\s*\]\]", ln)]
+            starts = self.quant_starts()
             if len(loc) < 2 or not isinstance(loc[1], int) or loc[1] >= len(starts):
                 return starts[0] + 1 if starts else None
             start = starts[loc[1]]
@@ -566,7 +489,8 @@ class _Locator:
                 key = str(loc[2])
                 key_line = self._key_line(key, start, end)
                 if key == "rules" and key_line is not None and len(loc) >= 4 and isinstance(loc[3], int):
-                    return self._nth_inline_table(key_line, end, loc[3]) or key_line + 1
+                    tables = self._inline_tables(key_line, end)
+                    return tables[loc[3]] if loc[3] < len(tables) else key_line + 1
                 return (key_line + 1) if key_line is not None else start + 1
             return start + 1
         sec = [i for i, ln in enumerate(self.lines) if re.match(rf"\s*\[\s*{re.escape(head)}\s*\]", ln)]
@@ -574,39 +498,70 @@ class _Locator:
             return None
         start = sec[0]
         if len(loc) >= 2:
-            nxt = next((i for i in range(start + 1, len(self.lines)) if re.match(r"\s*\[", self.lines[i])), len(self.lines))
+            nxt = next((i for i in range(start + 1, len(self.lines)) if self._TABLE.match(self.lines[i])),
+                       len(self.lines))
             key_line = self._key_line(str(loc[1]), start, nxt)
             if key_line is not None:
                 return key_line + 1
         return start + 1
 
     def _key_line(self, key: str, start: int, end: int) -> int | None:
-        pat = re.compile(rf"\s*{re.escape(key)}\s*=")
-        for i in range(start, end):
-            if pat.match(self.lines[i]):
-                return i
-        return None
+        keys = self._keys.get((start, end))
+        if keys is None:
+            keys = {}
+            for i in range(start, end):
+                m = re.match(r"\s*([A-Za-z0-9_-]+)\s*=", self.lines[i])
+                if m and m[1] not in keys:
+                    keys[m[1]] = i
+            self._keys[(start, end)] = keys
+        return keys.get(key)
 
-    def _nth_inline_table(self, from_line: int, end: int, n: int) -> int | None:
-        count = -1
+    def _inline_tables(self, from_line: int, end: int) -> list[int]:
+        """1-based lines of the top-level inline tables of the array starting at ``from_line``."""
+        found = self._tables.get(from_line)
+        if found is not None:
+            return found
+        found = []
         depth = 0
+        strings = re.compile(r"'[^']*'|\"(?:[^\"\\]|\\.)*\"")
         for i in range(from_line, end):
-            line = re.sub(r"'[^']*'|\"(?:[^\"\\]|\\.)*\"", "''", self.lines[i])
-            line = line.split("#", 1)[0]
+            line = strings.sub("''", self.lines[i]).split("#", 1)[0]
             for ch in line:
                 if ch == "{":
                     if depth == 0:
-                        count += 1
-                        if count == n:
-                            return i + 1
+                        found.append(i + 1)
                     depth += 1
                 elif ch == "}":
                     depth -= 1
-        return None
+        self._tables[from_line] = found
+        return found
+
+
+def _check_names(spec: RecipeFile, label: str, locate: _Locator) -> None:
+    """Variant names become file names: one plain component each; the model name is a display name."""
+    for i, q in enumerate(spec.quant):
+        field = f"quant[{i}].name"
+        check_name(q.name, field=field, where=f"{label}:{locate.line_of(('quant', i, 'name'))} {field}",
+                   error=RecipeError)
+    name = spec.model.name
+    if name is not None:
+        why = name_problem(name.replace("/", "-").replace("\\", "-"))
+        # a display name: output_stem turns what is not a plain file-name character into '-'
+        if why is not None and not why.startswith(("starts or ends", "is '")):
+            raise RecipeError(f"model.name {name!r} {why}",
+                              where=f"{label}:{locate.line_of(('model', 'name'))} model.name",
+                              hint="use a short display name; it becomes the start of every output file name")
 
 
 def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locate: _Locator) -> Recipe:
+    """Resolve ``extends``, types, layer ranges and regexes, in time linear in the recipe's size.
+
+    Each rule is compiled once per repack setting and shared by every variant that inherits it;
+    each variant's inherited values and rule list are built from its parent's, so a 1,500-deep
+    ``extends`` chain costs one pass (a parent's rule list is reused, not rebuilt).
+    """
     from quantforge.catalogue import catalogue
+    from quantforge.catalogue import ftype as lookup_ftype
 
     if spec.model.id is None and spec.model.base is None:
         raise RecipeError(
@@ -614,9 +569,10 @@ def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locat
             where=f"{label}:{locate.line_of(('model',)) or 1} model",
             hint='add e.g. id = "deepseek-ai/DeepSeek-R1-0528"',
         )
+    _check_names(spec, label, locate)
     engine = spec.model.engine
     cat = catalogue(engine)
-    by_name: dict[str, tuple[int, QuantSection]] = {}
+    by_name: dict[str, int] = {}
     for i, q in enumerate(spec.quant):
         if q.name in by_name:
             raise RecipeError(
@@ -624,38 +580,85 @@ def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locat
                 where=f"{label}:{locate.line_of(('quant', i, 'name'))} quant[{i}].name",
                 hint="give each [[quant]] a unique name",
             )
-        by_name[q.name] = (i, q)
+        by_name[q.name] = i
 
-    def chain(i: int, q: QuantSection) -> list[tuple[int, QuantSection]]:
-        seen = [q.name]
-        out = [(i, q)]
-        cur = q
-        while cur.extends is not None:
-            if cur.extends not in by_name:
-                j = out[-1][0]
-                near = difflib.get_close_matches(cur.extends, list(by_name), n=1)
+    # parent[i]: the index of the variant quant[i] extends (checked: known, no cycle).
+    parent: list[int | None] = [None] * len(spec.quant)
+    for i, q in enumerate(spec.quant):
+        if q.extends is None:
+            continue
+        if q.extends not in by_name:
+            near = difflib.get_close_matches(q.extends, list(by_name), n=1)
+            raise RecipeError(
+                f"extends unknown variant {q.extends!r}",
+                where=f"{label}:{locate.line_of(('quant', i, 'extends'))} quant[{i}].extends",
+                hint=f"did you mean {near[0]!r}?" if near else f"variants: {', '.join(by_name)}",
+            )
+        parent[i] = by_name[q.extends]
+    depth: list[int | None] = [None] * len(spec.quant)
+    order: list[int] = []  # parents before children
+    for i in range(len(spec.quant)):
+        chain: list[int] = []
+        on_chain: set[int] = set()
+        j: int | None = i
+        while j is not None and depth[j] is None:
+            if j in on_chain:
+                names = [spec.quant[k].name for k in chain[chain.index(j):]] + [spec.quant[j].name]
                 raise RecipeError(
-                    f"extends unknown variant {cur.extends!r}",
+                    f"variants extend each other in a cycle: {' -> '.join(names)}",
                     where=f"{label}:{locate.line_of(('quant', j, 'extends'))} quant[{j}].extends",
-                    hint=f"did you mean {near[0]!r}?" if near else f"variants: {', '.join(by_name)}",
-                )
-            if cur.extends in seen:
-                raise RecipeError(
-                    f"variants extend each other in a cycle: {' -> '.join([*seen, cur.extends])}",
-                    where=f"{label}:{locate.line_of(('quant', i, 'extends'))} quant[{i}].extends",
                     hint="remove one of the extends",
                 )
-            seen.append(cur.extends)
-            j, cur = by_name[cur.extends]
-            out.append((j, cur))
-        return out
+            chain.append(j)
+            on_chain.add(j)
+            j = parent[j]
+        base = 0 if j is None else (depth[j] or 0) + 1
+        for k in reversed(chain):
+            depth[k] = base
+            base += 1
+            order.append(k)
+
+    def inherited(attr: str) -> list[Any]:
+        values: list[Any] = [None] * len(spec.quant)
+        for k in order:
+            own = getattr(spec.quant[k], attr)
+            pk = parent[k]
+            values[k] = own if own is not None else (values[pk] if pk is not None else None)
+        return values
+
+    ftypes, defaults, repacks = inherited("ftype"), inherited("default"), inherited("repack_cpu")
+    rule_memo: dict[tuple[int, int, bool], Rule] = {}
+
+    def own_rules(k: int, repack_cpu: bool) -> tuple[Rule, ...]:
+        x = spec.quant[k]
+        out = []
+        for n, r in enumerate(x.rules):
+            key = (k, n, repack_cpu)
+            rule = rule_memo.get(key)
+            if rule is None:
+                rwhere = f"{label}:{locate.line_of(('quant', k, 'rules', n))} quant[{x.name}].rules[{n}]"
+                rule = _rule(cat, r, engine=engine, repack_cpu=repack_cpu, where=rwhere)
+                rule_memo[key] = rule
+            out.append(rule)
+        return tuple(out)
+
+    # Rule lists per (variant, repack setting): own rules first, then the parent's list as is.
+    lists: dict[tuple[int, bool], tuple[Rule, ...]] = {}
+
+    def rules_of(k: int, repack_cpu: bool) -> tuple[Rule, ...]:
+        todo = []
+        j: int | None = k
+        while j is not None and (j, repack_cpu) not in lists:
+            todo.append(j)
+            j = parent[j]
+        for m in reversed(todo):
+            pm = parent[m]
+            lists[(m, repack_cpu)] = own_rules(m, repack_cpu) + (lists[(pm, repack_cpu)] if pm is not None else ())
+        return lists[(k, repack_cpu)]
 
     variants: list[QuantVariant] = []
     for i, q in enumerate(spec.quant):
-        lineage = chain(i, q)
-        ftype = next((x.ftype for _, x in lineage if x.ftype), None)
-        default = next((x.default for _, x in lineage if x.default), None)
-        repack_cpu = next((x.repack_cpu for _, x in lineage if x.repack_cpu is not None), False)
+        ftype, default, repack_cpu = ftypes[i], defaults[i], bool(repacks[i])
         qwhere = f"{label}:{locate.line_of(('quant', i))} quant[{i}]"
         if default is None:
             raise RecipeError(
@@ -676,25 +679,19 @@ def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locat
             default_t = _type(cat, default, f"{label}:{locate.line_of(('quant', i, 'default'))} quant[{i}].default")
         if ftype is None:
             ftype = default_t.upper()
-        from quantforge.catalogue import ftype as lookup_ftype
-
         try:
             ft = lookup_ftype(engine, ftype)
         except RecipeError as exc:
             raise RecipeError(
                 exc.message, where=f"{label}:{locate.line_of(('quant', i, 'ftype'))} quant[{i}].ftype", hint=exc.hint
             ) from None
-        rules: list[Rule] = []
-        for j, x in lineage:
-            for k, r in enumerate(x.rules):
-                rwhere = f"{label}:{locate.line_of(('quant', j, 'rules', k))} quant[{x.name}].rules[{k}]"
-                rules.append(_rule(cat, r, engine=engine, repack_cpu=repack_cpu, where=rwhere, index=len(rules)))
+        # Built from validated parts: construct without revalidating every inherited rule again.
         variants.append(
-            QuantVariant(
+            QuantVariant.model_construct(
                 name=q.name,
                 ftype=ft.name,
                 default=default_t,
-                rules=tuple(rules),
+                rules=rules_of(i, repack_cpu),
                 repack_cpu=repack_cpu,
                 extends=q.extends,
                 description=q.description,
@@ -710,6 +707,7 @@ def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locat
         quants=tuple(variants),
         eval=spec.eval,
         publish=spec.publish,
+        sensitivity=spec.sensitivity,
         cluster=spec.cluster,
     )
 
@@ -721,20 +719,23 @@ def _type(cat: Any, name: str, where: str) -> str:
         raise RecipeError(exc.message, where=where, hint=exc.hint) from None
 
 
-def _rule(cat: Any, r: RuleSpec, *, engine: Engine, repack_cpu: bool, where: str, index: int) -> Rule:
+def _rule(cat: Any, r: RuleSpec, *, engine: Engine, repack_cpu: bool, where: str) -> Rule:
     declared = _type(cat, r.type, f"{where}.type")
-    try:
-        check_regex(r.match)
-    except ValueError as exc:
-        raise RecipeError(f"bad match regex {r.match!r}: {exc}", where=f"{where}.match", hint="fix the regex") from None
     if r.layers is not None:
         try:
-            prefix = compile_layers(r.layers)
+            prefix = _layers_prefix(r.layers)
         except ValueError as exc:
             raise RecipeError(str(exc), where=f"{where}.layers", hint='write e.g. layers = "3-60"') from None
         pattern = prefix + r.match
     else:
         pattern = r.match
+    try:
+        if pattern != r.match:  # the layer prefix and the match together, as the engine gets them
+            check_prefixed(pattern[: len(pattern) - len(r.match)], r.match)
+        else:
+            check_engine_regex(pattern)
+    except RegexError as exc:
+        raise RecipeError(f"bad match regex {r.match!r}: {exc}", where=f"{where}.match", hint="fix the regex") from None
     effective = declared
     want_repack = r.repack if r.repack is not None else (repack_cpu and r.place == "cpu")
     if want_repack:
@@ -750,7 +751,7 @@ def _rule(cat: Any, r: RuleSpec, *, engine: Engine, repack_cpu: bool, where: str
                 f"{declared} has no row-interleaved twin", where=f"{where}.repack", hint="drop repack for this rule"
             )
         effective = twin or declared
-    return Rule(
+    return Rule.model_construct(
         match=r.match,
         layers=r.layers,
         type=effective,
@@ -759,7 +760,6 @@ def _rule(cat: Any, r: RuleSpec, *, engine: Engine, repack_cpu: bool, where: str
         repack=r.repack,
         pattern=pattern,
         where=where,
-        index=index,
     )
 
 
@@ -772,6 +772,17 @@ def recipe_json_schema() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- rewriting (tomlkit)
+
+
+def _toml_regex(pattern: str) -> Any:
+    """A regex as a TOML literal string (no escaping), or a basic string when it holds a quote or control."""
+    import tomlkit
+    from tomlkit.exceptions import InvalidStringError
+
+    try:
+        return tomlkit.string(pattern, literal=True)
+    except InvalidStringError:
+        return tomlkit.string(pattern)
 
 
 def variant_table(variant: QuantSection, *, comment: str | None = None) -> Any:
@@ -791,7 +802,7 @@ def variant_table(variant: QuantSection, *, comment: str | None = None) -> Any:
     for r in variant.rules:
         inline = tomlkit.inline_table()
         for key, value in r.model_dump(exclude_none=True).items():
-            inline.append(key, tomlkit.string(value, literal=True) if key == "match" else value)
+            inline.append(key, _toml_regex(value) if key == "match" else value)
         rules.append(inline)
     table.add("rules", rules)
     return table
@@ -805,11 +816,17 @@ def add_variant(
     The result is validated before it is written; the file is replaced atomically.
     """
     import tomlkit
+    from tomlkit.exceptions import TOMLKitError
 
     from quantforge.fsutil import atomic_write_text
 
     p = Path(path)
-    doc = tomlkit.parse(p.read_text(encoding="utf-8"))
+    text = read_input_text(p, what="recipe", max_bytes=MAX_RECIPE_BYTES, error=RecipeError)
+    try:
+        doc = tomlkit.parse(text)
+    except (TOMLKitError, RecursionError) as exc:
+        raise RecipeError(f"cannot rewrite the recipe: {' '.join(str(exc).split())}", where=str(p),
+                          hint="fix the TOML syntax (tomllib and tomlkit both must read it)") from None
     quants = doc.get("quant")
     if quants is None:
         quants = tomlkit.aot()

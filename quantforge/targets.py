@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -207,13 +206,14 @@ def load_target(path: str | Path) -> HardwareTarget:
     p = Path(path)
     if not p.is_file() and not p.suffix and (TARGETS_DIR / f"{p.name}.toml").is_file():
         p = TARGETS_DIR / f"{p.name}.toml"
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         known = ", ".join(sorted(x.stem for x in TARGETS_DIR.glob("*.toml")))
         raise TargetError("no such target file", where=str(path), hint=f"shipped targets: {known}")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TargetError(f"not valid TOML: {exc}", where=str(p)) from None
+    from quantforge.paths import MAX_TARGET_BYTES, parse_toml, read_input_text
+
+    # a FIFO, a device or a folder is refused before it is read; a target is a few hundred bytes
+    text = read_input_text(p, what="hardware target", max_bytes=MAX_TARGET_BYTES, error=TargetError)
+    data = parse_toml(text, where=str(p), what="hardware target", error=TargetError)
     data.setdefault("name", p.stem)
     t = target_from_dict(data, where=str(p))
     return t.model_copy(update={"path": str(p)})

@@ -308,17 +308,16 @@ def bundled_mainline_dir() -> Path | None:
 
 def _config_dirs() -> dict[str, str]:
     path = constants.CONFIG_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return {}
-    import tomllib
 
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(
-            f"cannot read the config file: {exc}", where=str(path), hint="fix or remove the file"
-        ) from exc
+    from quantforge.paths import MAX_TARGET_BYTES, parse_toml, read_input_text
+
+    text = read_input_text(path, what="config file", max_bytes=MAX_TARGET_BYTES)
+    data = parse_toml(text, where=str(path), what="config file")
     tools = data.get("tools", {})
+    if not isinstance(tools, dict):
+        raise InputError("[tools] must be a table", where=str(path), hint="fix or remove the file")
     return {k: str(v) for k, v in tools.items() if k in ("bin_dir", "ik_bin_dir", "mainline_bin_dir") and v}
 
 

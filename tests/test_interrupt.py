@@ -293,6 +293,9 @@ def test_eval_sigkill_then_rerun_completes(tmp_path: Path, smol_f16: Path, ik_qu
         pass
     proc.communicate(timeout=30)
     _check_eval_state(man, cache)
+    # base logits that were complete (and keyed) before the kill are reused, not computed again
+    kept = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (cache / "kld-base").glob("*.logits")} \
+        if (cache / "kld-base").is_dir() else {}
     rerun = _start_env(args, tmp_path, QUANTFORGE_CACHE=str(cache))
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err.decode()
@@ -300,5 +303,100 @@ def test_eval_sigkill_then_rerun_completes(tmp_path: Path, smol_f16: Path, ik_qu
     _check_eval_state(man, cache)
     (logits,) = (cache / "kld-base").glob("*.logits")
     assert _util.read_logits_header(logits) == (128, 49152, 8)
+    for p, stamp in kept.items():
+        assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp, "verified base logits were recomputed"
     latest = read_manifest(man).eval["latest"]
     assert latest["kld"]["mean"] == res["kld"]["mean"] and latest["chunks"] == 8 == res["chunks"]
+
+
+# -- base, ladders, staging: the same guarantees, and nothing verified is done twice ------------
+
+
+def _quantize_runs(log: Path) -> int:
+    return sum(1 for ln in log.read_text(errors="replace").splitlines()
+               if ln.startswith("# quantforge 20") and "llama-quantize" in ln) if log.is_file() else 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_base_interrupted_then_rerun_is_byte_identical(tmp_path: Path, sig: signal.Signals) -> None:
+    from quantforge.acquire import SMOLLM2_F16_SHA256
+    from quantforge.fsutil import sha256_file
+
+    out = tmp_path / "base.gguf"
+    proc = _start(["base", str(out)], tmp_path)
+    _wait_for(lambda: out.with_name(out.name + ".partial").exists())
+    time.sleep(RNG.uniform(0.0, 1.5))
+    if proc.poll() is None:
+        (os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig))
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 130:
+        assert err.decode().strip().splitlines() == [
+            f"quantforge: error: {out}: Ctrl-C: the base was not written (its partial file was removed) "
+            "(run the same command again)"]
+        assert not out.with_name(out.name + ".partial").exists()
+    assert not out.exists() or sha256_file(out) == SMOLLM2_F16_SHA256  # nothing half-written under the name
+    rerun = _start(["base", str(out), "--force"], tmp_path)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err.decode()
+    assert sha256_file(out) == SMOLLM2_F16_SHA256
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.gguf"]
+
+
+def test_a_ladder_killed_at_a_random_moment_keeps_every_verified_variant(tmp_path: Path, smol_f16: Path,
+                                                                       smol_imatrix: Path) -> None:
+    recipe = _smol(tmp_path, smol_f16, smol_imatrix)
+    out = tmp_path / "out"
+    args = ["build", str(recipe), "--quant", "IQ2_KS", "--quant", "IQ4_KS", "-o", str(out), "--no-progress"]
+    first_log = out / "SmolLM2-135M-Instruct-IQ2_KS.gguf.log"
+    second_log = out / "SmolLM2-135M-Instruct-IQ4_KS.gguf.log"
+    proc = _start(args, tmp_path)
+    # anywhere from the end of the first variant's quantizing to the middle of the second's
+    _wait_for(lambda: "/ 272]" in (first_log.read_text(errors="replace") if first_log.is_file() else ""), 120)
+    _wait_for(lambda: second_log.is_file() or proc.poll() is not None, 300)
+    time.sleep(RNG.uniform(0.0, 3.0))
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate(timeout=30)
+    _manifests_parse(out)
+    done_before = {p.name: p.stat().st_ino for p in out.glob("*.gguf")}
+    rerun = _start(args, tmp_path)
+    _, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err.decode()
+    from quantforge.manifest import read_manifest
+
+    for name in ("SmolLM2-135M-Instruct-IQ2_KS.gguf", "SmolLM2-135M-Instruct-IQ4_KS.gguf"):
+        final = out / name
+        man = read_manifest(final)
+        assert man.files[0].bytes == final.stat().st_size == man.planned_file_bytes
+        if name in done_before:  # verified before the kill: kept, never quantized again
+            assert final.stat().st_ino == done_before[name]
+            assert _quantize_runs(out / (name + ".log")) == 1
+    assert _quantize_runs(first_log) == 1  # the first variant was done before the kill
+    assert not list(out.glob("*.partial")) and not list(out.glob("*.pending"))
+
+
+def test_publish_staging_sigint_leaves_a_complete_staging_or_none(tmp_path: Path, smol_f16: Path,
+                                                                  ik_quantize: Path) -> None:
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import TEST_CACHE
+    from support.publish_ladder import build_ladder
+
+    recipe, _ = build_ladder(TEST_CACHE, smol_f16, ik_quantize)
+    stage = tmp_path / "stage"
+    args = ["publish", str(recipe), "--repo", "org/Smol-GGUF", "--dry-run", "--staging", str(stage)]
+    proc = _start(args, tmp_path)
+    time.sleep(RNG.uniform(0.5, 2.5))
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), err.decode()
+    if proc.returncode == 130:
+        assert len(err.decode().strip().splitlines()) == 1 and "Traceback" not in err.decode()
+    assert not stage.exists() or (stage / "repo" / "README.md").is_file()
+    assert not (tmp_path / "stage.partial").exists()
+    rerun = _start([*args, "--force"], tmp_path)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err.decode()
+    assert (stage / "repo" / "README.md").is_file() and (stage / "upload-plan.json").is_file()

@@ -52,6 +52,7 @@ def _register() -> None:
         cmd_inventory,
         cmd_publish,
         cmd_recipe,
+        cmd_sensitivity,
         cmd_sweep,
     )
 
@@ -83,6 +84,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except _click_exceptions() as exc:  # usage errors from click/typer
         return _render_click(exc)
+    except OSError as exc:
+        # A file operation the library did not expect to fail (each known one names its file).
+        if _DEBUG:
+            raise
+        from quantforge.paths import os_error
+
+        err = os_error(exc, exc.filename or "quantforge", action="use")
+        print(f"quantforge: error: {err.one_line()}", file=sys.stderr)
+        return err.exit_code
+    except RecursionError:
+        if _DEBUG:
+            raise
+        print("quantforge: error: an input is nested too deeply to read (fix the file; --debug shows where)",
+              file=sys.stderr)
+        return 2
+    except MemoryError:
+        if _DEBUG:
+            raise
+        print("quantforge: error: out of memory (free memory or use a smaller input; --debug shows where)",
+              file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if _DEBUG:
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"quantforge: error: internal error: {type(exc).__name__}: {text} (this is a bug in quantforge: "
+              "run the command again with --debug and report the traceback)", file=sys.stderr)
+        return 1
 
 
 def _click() -> Any:

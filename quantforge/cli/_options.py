@@ -49,6 +49,10 @@ ImatrixOpt = Annotated[
     typer.Option("--imatrix", help="Importance matrix file; overrides the recipe's [imatrix] file."),
 ]
 RecipeArg = Annotated[str, typer.Argument(help="Recipe TOML file.")]
+#: Another run holds the folder: wait for it instead of stopping (build, eval, publish staging).
+WaitOpt = Annotated[
+    bool, typer.Option("--wait", help="If another quantforge run is using the folder, wait for it instead of stopping.")
+]
 #: A Ray cluster to run on (build, eval, sensitivity, sweep); resolved by quantforge.cluster.config.
 ClusterOpt = Annotated[
     str | None,

@@ -19,6 +19,7 @@ from quantforge.cli._options import (
     QuantsOpt,
     RecipeArg,
     ThreadsOpt,
+    WaitOpt,
 )
 from quantforge.cli._progress import Bars, TaskBars, progress_enabled
 
@@ -225,6 +226,7 @@ def build_cmd(
     progress: bool = typer.Option(
         None, "--progress/--no-progress", help="Show a progress bar (default: on a terminal)."
     ),
+    wait: WaitOpt = False,
     cluster: ClusterOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -232,7 +234,9 @@ def build_cmd(
 
     Each output is written as <name>.partial and renamed only after its header matches the plan
     tensor by tensor; the full tool log is kept as <output>.log and the manifest as
-    <output>.manifest.json. Outputs that already verify are skipped (resume).
+    <output>.manifest.json. Outputs that already verify are skipped (resume); an output whose
+    manifest was not written (Ctrl-C, crash, full disk) is verified and recorded, not rebuilt.
+    One build at a time per output folder (--wait to queue behind another).
 
     Examples:
 
@@ -260,7 +264,7 @@ def build_cmd(
     def on_result(res: Any) -> None:
         bars.close()
         if bars.enabled and not as_json:
-            word = "built  " if res.status == "built" else "skipped"
+            word = {"built": "built  ", "skipped": "skipped", "recovered": "recorded"}[res.status]
             print(
                 f"{word} {res.variant:12} {human_bytes(res.actual_file_bytes):>11}  {res.output}",
                 file=sys.stderr,
@@ -278,13 +282,13 @@ def build_cmd(
             result = build_on_cluster(
                 r, cluster=spec, variants=names, out_dir=Path(out) if out else None, base=base, imatrix=imatrix,
                 bin_dir=bin_dir, threads=threads, force=force, min_free=parse_size(min_free),
-                split_max_bytes=split_bytes or None, timeout=timeout, progress=task_bars, on_result=on_result,
+                split_max_bytes=split_bytes or None, timeout=timeout, progress=task_bars, on_result=on_result, wait=wait,
             )  # fmt: skip
         else:
             result = build(
                 r, variants=names, out_dir=Path(out) if out else None, base=base, imatrix=imatrix, bin_dir=bin_dir,
                 threads=threads, force=force, min_free=parse_size(min_free), split_max_bytes=split_bytes or None,
-                timeout=timeout, progress=bars, on_result=on_result,
+                timeout=timeout, progress=bars, on_result=on_result, wait=wait,
             )  # fmt: skip
     finally:
         bars.close()
@@ -330,11 +334,18 @@ def base_cmd(
         raise UsageError(
             f"--dtype must be f16 or bf16, not {dtype!r}", hint="pass --dtype f16 or --dtype bf16"
         )
+    from quantforge.paths import os_error
+
     src = resolve_base(source) if source else smollm2_q4_1_path()
     dst = Path(output)
-    if dst.exists() and not force:
+    if (dst.exists() or dst.is_symlink()) and not force:
         raise BuildError(f"{dst} already exists", where=str(dst), hint="pass --force to overwrite it")
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_dir():
+        raise UsageError(f"{dst} is a folder", where=str(dst), hint="give the path of the .gguf file to write")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, dst.parent, what="output folder", action="create") from None
     dequantize_gguf(src, dst, dtype=dtype)  # type: ignore[arg-type]
     data = {
         "source": str(src),

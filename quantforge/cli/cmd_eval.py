@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from quantforge.cli import app
-from quantforge.cli._options import BinDirOpt, ClusterOpt, JsonOpt, OutDirOpt, ThreadsOpt, VariantOpt
+from quantforge.cli._options import BinDirOpt, ClusterOpt, JsonOpt, OutDirOpt, ThreadsOpt, VariantOpt, WaitOpt
 
 
 def _fmt_eval(r: Any) -> str:
@@ -95,6 +95,7 @@ def eval_cmd(
     bin_dir: BinDirOpt = None,
     out_dir: OutDirOpt = None,
     no_manifest: bool = typer.Option(False, "--no-manifest", help="Do not record results in the variants' manifests."),
+    wait: WaitOpt = False,
     cluster: ClusterOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -158,7 +159,7 @@ def eval_cmd(
         for (_, path), res in zip(targets, results, strict=True):
             man = Path(str(path) + ".manifest.json")
             if not no_manifest and man.is_file():
-                record_in_manifest(man, res)
+                record_in_manifest(man, res, wait=wait)
         targets = []  # measured on the cluster
     for _, path in targets:
         res = evaluate(path, engine=eng, corpus=corpus, ctx=ctx, chunks=chunks, base=base_model if want_kld else None,
@@ -167,7 +168,7 @@ def eval_cmd(
         results.append(res)
         man = Path(str(path) + ".manifest.json")
         if not no_manifest and man.is_file():
-            record_in_manifest(man, res)
+            record_in_manifest(man, res, wait=wait)
     data: Any = results[0] if len(results) == 1 else results
     emit(data, as_json=as_json, human=lambda d: "\n".join(_fmt_eval(r) for r in (d if isinstance(d, list) else [d])))
 
@@ -211,7 +212,6 @@ def plot_ladder_cmd(
 
     Example: quantforge plot ladder q8.json q6.json q4.json -o ladder --x bpw --n-params 134515008
     """
-    import json
 
     from quantforge.errors import InputError
     from quantforge.evaluate.models import EvalResult
@@ -221,13 +221,22 @@ def plot_ladder_cmd(
         raise InputError(f"--x must be gib or bpw, not {x!r}", where="--x")
     evals = []
     for r in results:
+        from pydantic import ValidationError
+
+        from quantforge.paths import read_input_json
+
         p = Path(r)
-        if not p.is_file():
+        if not p.exists() and not p.is_symlink():
             raise InputError("result file not found", where=r)
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data: Any = read_input_json(p, what="result file")
         if isinstance(data, dict) and isinstance(data.get("eval"), dict):  # a manifest
             data = data["eval"].get("latest")
         for d in data if isinstance(data, list) else [data]:
-            evals.append(EvalResult.model_validate(d))
+            try:
+                evals.append(EvalResult.model_validate(d))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise InputError(f"not an evaluation result: {'.'.join(map(str, first['loc'])) or 'value'}: "
+                                 f"{first['msg']}", where=r, hint="give the JSON of quantforge eval or a manifest") from None
     paths = plot_ladder(evals, out, x=x, n_params=n_params, title=title)  # type: ignore[arg-type]
     print("\n".join(str(p) for p in paths))

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from quantforge.cli import app
-from quantforge.cli._options import ForceOpt, JsonOpt, VariantOpt
+from quantforge.cli._options import BinDirOpt, ForceOpt, JsonOpt, OutDirOpt, VariantOpt
 
 target_app = typer.Typer(
     help="Hardware targets: detect this machine, list and show the shipped ones.", no_args_is_help=True
@@ -137,35 +137,85 @@ def plan_cmd(
 @app.command("fit")
 def fit_cmd(
     recipe: Path = typer.Argument(..., help="Recipe TOML."),
-    target: str = typer.Option(..., "--target", "-t", help="Hardware target TOML (or a shipped name)."),
+    target: str = typer.Option(None, "--target", "-t", help="Hardware target TOML (or a shipped name)."),
+    budget: str = typer.Option(
+        None, "--budget", help='Tensor-data budget instead of a target: a size ("90 MB"), an ftype or a variant.'
+    ),
+    ladder: list[str] = typer.Option(
+        None, "--ladder", help="One variant per target (repeatable; with --budget-ladder: per budget)."
+    ),
+    budget_ladder: bool = typer.Option(False, "--budget-ladder", help="--ladder values are budgets, not targets."),
     ctx: int = typer.Option(32768, "--ctx", "-c", help="Context length in tokens."),
     quant: VariantOpt = None,
     name: str = typer.Option(None, "--name", help="Name of the new variant (default: FIT-<target>)."),
-    sensitivity: Path = typer.Option(None, "--sensitivity", help="CSV of per-tensor KLD (tensor,kld)."),
+    sensitivity: Path = typer.Option(
+        None, "--sensitivity", help="Sensitivity table (quantforge sensitivity, Thireus' kld_results.csv, tensor,kld)."
+    ),
+    curve: Path = typer.Option(None, "--curve", help="Thireus' group0/kld_results.csv for an imported table."),
+    min_tg: float = typer.Option(None, "--min-tg", help="Minimum token generation speed (t/s, the speed model)."),
+    down_step: bool = typer.Option(
+        None, "--down-step/--no-down-step",
+        help="ffn_down at least one bpw step above ffn_gate/up (default: on without a sensitivity table).",
+    ),
+    repack: str = typer.Option("auto", "--repack", help="RAM-resident _r4/_r8 twins (ik): auto | always | never."),
     ctk: str = typer.Option("f16", "--ctk", help="K cache type."),
     ctv: str = typer.Option("f16", "--ctv", help="V cache type."),
-    write: bool = typer.Option(False, "--write", help="Append the variant to the recipe file."),
+    ub: int = typer.Option(512, "--ub", help="u-batch size."),
+    write: bool = typer.Option(False, "--write", help="Append the variant(s) to the recipe file."),
+    verify: bool = typer.Option(False, "--verify", help="Build the variant, measure its KLD, report predicted vs measured."),
+    corpus: str = typer.Option(None, "--corpus", "-f", help="--verify: evaluation text (default: the table's)."),
+    chunks: int = typer.Option(None, "--chunks", help="--verify: chunks (default: the table's)."),
+    out_dir: OutDirOpt = None,
+    bin_dir: BinDirOpt = None,
+    plot: str = typer.Option(None, "--plot", help="--ladder: write the Pareto front here (PNG + SVG)."),
+    time_limit: float = typer.Option(10.0, "--time-limit", help="Seconds the exact solver may take."),
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Choose per-tensor types that fill a target's memory (weights + KV + compute + margin).
 
-    Example: quantforge fit recipes/deepseek-r1-0528.toml --target 256gb-24gb --ctx 32768 --write
+    With a sensitivity table every measured group (attention, shared experts, dense layers, embeddings,
+    output, routed experts) gets the type, and every routed-expert unit the device, that minimize the
+    predicted KLD; solved exactly (MILP), confirmed by the planner.
+
+    Examples:
+
+      quantforge fit recipes/deepseek-r1-0528.toml --target 256gb-24gb --ctx 32768 --write
+
+      quantforge fit recipes/smollm2-135m.toml --budget Q3_K_M --sensitivity smol.sensitivity.csv --verify
+
+      quantforge fit r1.toml --ladder 128gb-24gb --ladder 256gb-24gb --sensitivity r1.csv --plot front
     """
     from quantforge.cli._output import emit
+    from quantforge.errors import UsageError
+
+    if repack not in ("auto", "always", "never"):
+        raise UsageError(f"--repack {repack!r}", where="--repack", hint="auto, always or never")
+    rp: Any = repack
+    s = _settings(ctx, ctk, ctv, 3, True, ub, 512)
+    vopts = {"corpus": corpus, "chunks": chunks, "out_dir": out_dir, "bin_dir": bin_dir}
+    if ladder:
+        if target or budget:
+            raise UsageError("--ladder replaces --target/--budget", where="--ladder")
+        from quantforge.fit.ladder import solve_ladder
+
+        lad = solve_ladder(
+            recipe, ladder, settings=s, quant=quant, sensitivity=sensitivity, curve=curve, min_tg=min_tg,
+            down_step=down_step, repack=rp, write=write, force=force, plot=plot, budget_mode=budget_ladder,
+            time_limit=time_limit, verify=verify, verify_options=vopts,
+        )  # fmt: skip
+        emit(lad, as_json=as_json, human=lambda r: r.summary())
+        return
+    if bool(target) == bool(budget):
+        raise UsageError("give --target or --budget (one of them), or --ladder", where="fit",
+                         hint="e.g. --target 256gb-24gb, or --budget Q4_K_M")  # fmt: skip
     from quantforge.fit.solver import solve_recipe
 
-    s = _settings(ctx, ctk, ctv, 3, True, 512, 512)
     res = solve_recipe(
-        recipe,
-        target=target,
-        settings=s,
-        quant=quant,
-        name=name,
-        sensitivity=sensitivity,
-        write=write,
-        force=force,
-    )
+        recipe, target=target, budget=budget, settings=s, quant=quant, name=name, sensitivity=sensitivity,
+        curve=curve, min_tg=min_tg, down_step=down_step, repack=rp, write=write, force=force, verify=verify,
+        verify_options=vopts, time_limit=time_limit,
+    )  # fmt: skip
     emit(res, as_json=as_json, human=lambda r: r.summary())
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from quantforge.cli import app
-from quantforge.cli._options import AllQuantsOpt, ForceOpt, JsonOpt, OutDirOpt
+from quantforge.cli._options import AllQuantsOpt, ForceOpt, JsonOpt, OutDirOpt, WaitOpt
 from quantforge.cli.cmd_recipe import recipe_app
 
 
@@ -91,12 +91,15 @@ def publish_cmd(
     no_imatrix: bool = typer.Option(False, "--no-imatrix", help="Do not upload the importance matrix."),
     force: ForceOpt = False,
     max_file_bytes: int = typer.Option(None, "--max-file-bytes", hidden=True, help="Per-file limit (default 50 GB)."),
+    wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Upload the built variants and the generated card to Hugging Face (card last).
 
     The token comes from HF_TOKEN or `hf auth login`; files already on the Hub with the same
-    sha256 are skipped, so an interrupted publish is resumed by running it again.
+    sha256 are skipped, so an interrupted publish is resumed by running it again. Only files
+    inside the output folder (and the recipe's own imatrix) are published; the staging folder
+    may not be or contain the build folder, and --force replaces only an earlier staging.
 
     Examples:
 
@@ -116,7 +119,7 @@ def publish_cmd(
     _warn_base_model(recipe)
     res = publish(recipe, repo=repo, quants=quant or None, private=private, dry_run=dry_run, staging=staging,
                   out_dir=out_dir, include_imatrix=not no_imatrix, force=force,
-                  max_file_bytes=max_file_bytes or HF_MAX_FILE_BYTES, progress=sys.stderr.isatty())
+                  max_file_bytes=max_file_bytes or HF_MAX_FILE_BYTES, progress=sys.stderr.isatty(), wait=wait)
     emit(res.model_dump(mode="json", exclude={"plan": {"card"}}), as_json=as_json, human=lambda _: _human(res))
 
 
@@ -212,10 +215,13 @@ def import_cmd(
 
 
 def _has_gguf_magic(path: Any) -> bool:
-    try:
-        with open(path, "rb") as f:
+    from quantforge.errors import QuantforgeError
+    from quantforge.paths import open_input
+
+    try:  # open_input never blocks (a FIFO is refused, not waited on): the reader says why later
+        with open_input(path) as f:
             return f.read(4) == b"GGUF"
-    except OSError:
+    except (OSError, QuantforgeError):
         return False
 
 
@@ -251,7 +257,11 @@ def export_cmd(
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
+    from quantforge.paths import refuse_input_as_output
+
     out = Path(output)
+    refuse_input_as_output(out, [("the recipe it is exported from", recipe)], field="--output",
+                           hint="write the rules to a new file")
     if out.exists() and not force:
         raise UsageError(f"{out} exists", where="--output", hint="pass --force to overwrite it")
     atomic_write_text(out, text if text.endswith("\n") else text + "\n")

@@ -121,7 +121,8 @@ def sweep_cmd(
 
     if engine not in ("bundled", "ik", "mainline"):
         raise UsageError(f"unknown engine {engine!r}", where="--engine", hint="bundled, ik or mainline")
-    _refuse_overwrite(out, force, also_jsonl=True)
+    _refuse_overwrite(out, force, also_jsonl=True,
+                      inputs=(("the model", model), ("the recipe", recipe), ("the target", target)))
     path: Path | None = None
     if recipe:
         variants, _ = _recipe_variants(recipe, quant, False, None)
@@ -146,6 +147,7 @@ def sweep_cmd(
         label = path.stem
     if path is not None:
         meta["model"] = str(path)
+        _refuse_overwrite(out, True, also_jsonl=True, inputs=(("the model", path),))  # a recipe's built variant
     bundled_opts: dict[str, Any] = {"ctx": ctx, "ubatch": ubatch, "tg": tg, "threads": threads}
     knob, values = parse_vary(vary) if vary else ("", [])
 
@@ -210,13 +212,15 @@ def sweep_cmd(
     if path is not None and not no_manifest:
         man = Path(str(path) + ".manifest.json")
         if man.is_file():
+            from quantforge.lock import folder_lock
             from quantforge.manifest import read_manifest, update_manifest
 
-            prev = getattr(read_manifest(man), "sweeps", None) or {}
-            if not isinstance(prev, dict):
-                prev = {"runs": prev}
-            key = f"{res.engine}:{res.label}" + (f"@{res.node['rig']}" if res.node else "")
-            update_manifest(man, sweeps={**prev, key: res.model_dump(mode="json")})
+            with folder_lock(man.parent, purpose="quantforge sweep"):
+                prev = getattr(read_manifest(man), "sweeps", None) or {}
+                if not isinstance(prev, dict):
+                    prev = {"runs": prev}
+                key = f"{res.engine}:{res.label}" + (f"@{res.node['rig']}" if res.node else "")
+                update_manifest(man, sweeps={**prev, key: res.model_dump(mode="json")})
     emit(res, as_json=as_json, human=_fmt_sweep)
 
 
@@ -262,13 +266,22 @@ def _sweep_on_rig(spec: Any, rig: str | None, path: Path | None, measure: Any, r
     return [SweepResult.model_validate(r).model_copy(update=update) for r in value["results"]]
 
 
-def _refuse_overwrite(out: str | None, force: bool, *, also_jsonl: bool = False) -> None:
-    """Nothing is overwritten without --force: checked before any run, so no sweep is wasted."""
+def _refuse_overwrite(out: str | None, force: bool, *, also_jsonl: bool = False,
+                      inputs: tuple[tuple[str, str | Path | None], ...] = ()) -> None:
+    """Nothing is overwritten without --force, and an input never (even with it): checked before
+    any run, so no sweep is wasted."""
     from quantforge.errors import InputError
+    from quantforge.paths import refuse_input_as_output
 
-    if not out or force:
+    if not out:
         return
-    for p in (Path(out), *([Path(out).with_suffix(".jsonl")] if also_jsonl else [])):
+    outputs = (Path(out), *([Path(out).with_suffix(".jsonl")] if also_jsonl else []))
+    given = [(what, p) for what, p in inputs if p and not str(p).startswith("hf://")]
+    for p in outputs:
+        refuse_input_as_output(p, given, field="--out", hint="choose another -o")
+    if force:
+        return
+    for p in outputs:
         if p.exists():
             raise InputError("output exists", where=str(p), hint="pass --force to overwrite it, or choose another -o")
 
@@ -425,7 +438,8 @@ def sweep_compare_cmd(
         raise UsageError(f"--alpha must be between 0 and 1, not {alpha}", where="--alpha", hint="e.g. --alpha 0.05")
     if min_effect < 0:
         raise UsageError(f"--min-effect must not be negative, not {min_effect}", where="--min-effect")
-    _refuse_overwrite(out, force, also_jsonl=not (baseline and candidate))
+    _refuse_overwrite(out, force, also_jsonl=not (baseline and candidate),
+                      inputs=(("the baseline", baseline), ("the candidate", candidate), ("the model", model)))
     warnings: list[str] = []
     if baseline and candidate:
         if a or b or model or a_bin_dir or b_bin_dir:

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from quantforge import build as qb
 from quantforge.cluster import tasks
@@ -34,7 +34,8 @@ from quantforge.cluster.session import Job, Outcome, Session, TaskProgress, conn
 from quantforge.cluster.transfer import pull_file, read_chunk, ship_file
 from quantforge.constants import HF_MAX_FILE_BYTES
 from quantforge.errors import BuildError, ClusterError, QuantforgeError
-from quantforge.fsutil import atomic_write_bytes, cached_sha256, sha256_background
+from quantforge.fsutil import atomic_write_bytes, cached_sha256, interrupts_deferred, sha256_background
+from quantforge.lock import folder_lock
 from quantforge.manifest import Manifest, manifest_path, relative_to_manifest, update_manifest, write_manifest
 from quantforge.plan import expand
 
@@ -55,10 +56,9 @@ def build_on_cluster(
     timeout: float | None = None,
     progress: TaskProgress | None = None,
     on_result: Callable[[qb.BuildResult], None] | None = None,
+    wait: bool = False,
 ) -> qb.LadderResult:
     """Build ``variants`` of ``recipe`` on ``cluster``; the same outputs, manifests and resume as ``build``."""
-    from quantforge import __version__
-
     names = [recipe.variant(n).name for n in variants] if variants else [recipe.variant(None).name]
     ctx = qb.prepare(recipe, out_dir=out_dir, base=base, imatrix=imatrix, bin_dir=bin_dir, threads=threads)
     check_out_dir(cluster, ctx.out_dir, where="--out")
@@ -72,17 +72,33 @@ def build_on_cluster(
         if on_result is not None:
             on_result(r)
 
-    todo = []
-    for name in names:
-        skipped = _verified(ctx, name, plans[name])
-        if skipped is not None:
-            done(skipped)
-        else:
-            if cluster.shared is None and not force:
-                _refuse_existing(ctx, name)
-            todo.append(name)
-    if not todo:
-        return _ladder(ctx, names, results)
+    label = Path(recipe.path).name if recipe.path else "recipe"
+    # One run per output folder, as locally: the nodes of a shared folder write only the variants
+    # this driver gave them, each under its own lock (tasks.build_task).
+    with folder_lock(ctx.out_dir, purpose=f"quantforge build {label} on {cluster.address}", wait=wait):
+        todo = []
+        for name in names:
+            skipped = _verified(ctx, name, plans[name], pulled=cluster.shared is None, force=force)
+            if skipped is not None:
+                done(skipped)
+            else:
+                if cluster.shared is None and not force:
+                    _refuse_existing(ctx, name, plans[name])
+                todo.append(name)
+        if todo:
+            _run(recipe, ctx, cluster, todo, plans, base_digest, done, failures, bin_dir=bin_dir, threads=threads,
+                 force=force, min_free=min_free, split_max_bytes=split_max_bytes, timeout=timeout, progress=progress)
+    if failures:
+        raise _summarise(failures, len(names))
+    return _ladder(ctx, names, results)
+
+
+def _run(recipe: Any, ctx: Any, cluster: ClusterSpec, todo: list[str], plans: dict[str, Any],
+         base_digest: Callable[[], str], done: Callable[[qb.BuildResult], None],
+         failures: list[tuple[str, QuantforgeError]], *, bin_dir: str | None, threads: int | None, force: bool,
+         min_free: int | None, split_max_bytes: int | None, timeout: float | None,
+         progress: TaskProgress | None) -> None:
+    from quantforge import __version__
 
     with connect(cluster) as session:
         nodes = session.nodes()
@@ -114,9 +130,6 @@ def build_on_cluster(
                 failures.append((o.key, exc))
 
         session.run(jobs, progress=progress, on_outcome=on_outcome)
-    if failures:
-        raise _summarise(failures, len(names))
-    return _ladder(ctx, names, results)
 
 
 def _plan(ctx: Any, name: str) -> Any:
@@ -128,25 +141,42 @@ def _output(ctx: Any, name: str) -> Path:
     return Path(ctx.out_dir) / f"{qb.output_stem(ctx.recipe, ctx.base_path)}-{name}.gguf"
 
 
-def _verified(ctx: Any, name: str, plan: Any) -> qb.BuildResult | None:
-    """The skip of a local build: outputs that verify against their manifest and the plan."""
+def _verified(ctx: Any, name: str, plan: Any, *, pulled: bool, force: bool) -> qb.BuildResult | None:
+    """The skip of a local build: outputs that verify against their manifest and the plan; for pulled
+    outputs also the completion of a commit that was cut short (its journal), as a local build does."""
     t0 = time.monotonic()
     output = _output(ctx, name)
-    existing = qb.existing_outputs(output)
     man = manifest_path(output)
+    log = output.with_name(output.name + ".log")
+    status: Literal["skipped", "recovered"] = "skipped"
+    if pulled and not force and qb.pending_path(man).exists():
+        recovered = qb._recover(ctx, plan, output, man, log_path=log)
+        if recovered is None:
+            return None
+        status = "recovered"
+    existing = qb.existing_outputs(output)
     if not existing or not qb._manifest_matches(man, qb._build_key(ctx, plan), existing):
         return None
     qb.verify_output(existing, plan, expect_kv=qb._expected_kv(ctx, plan))
     return qb.BuildResult(
-        variant=name, status="skipped", output=str(output), files=tuple(str(p) for p in existing),
-        manifest=str(man), log=str(output.with_name(output.name + ".log")), planned_file_bytes=plan.file_bytes,
+        variant=name, status=status, output=str(output), files=tuple(str(p) for p in existing),
+        manifest=str(man), log=str(log), planned_file_bytes=plan.file_bytes,
         actual_file_bytes=sum(p.stat().st_size for p in existing), command=[], seconds=time.monotonic() - t0,
     )  # fmt: skip
 
 
-def _refuse_existing(ctx: Any, name: str) -> None:
-    """As locally: an output that is not this variant's verified build is not replaced without --force."""
-    existing = qb.existing_outputs(_output(ctx, name))
+def _refuse_existing(ctx: Any, name: str, plan: Any) -> None:
+    """As locally: an output that is not this variant's verified build is not replaced without --force,
+    unless it has no manifest and verifies against the plan (a commit cut short): then the pull replaces
+    it with the node's verified copy and writes the manifest."""
+    output = _output(ctx, name)
+    existing = qb.existing_outputs(output)
+    if existing and not manifest_path(output).exists():
+        try:
+            qb._adopt(ctx, plan, existing)
+            return
+        except BuildError:
+            pass
     if existing:
         raise BuildError(
             f"{existing[0].name} already exists and is not this variant's verified build",
@@ -190,57 +220,60 @@ def _commit(session: Session, ctx: Any, cluster: ClusterSpec, name: str, plan: A
             if node_man["imatrix"].get("path") != want:
                 update_manifest(man_path, imatrix={**node_man["imatrix"], "path": want})
         return result
-    # Pull every file next to its final name, verify as a local build does, then commit.
+    # Pull every file to where a local build stages it (``.partial``, or the split work folder),
+    # verify it as a local build does, then commit through the same journal.
     t0 = time.monotonic()
     node_dir = Path(value["out_dir"])
-    partials: list[tuple[Path, Path]] = []
-    pulled = 0
+    finals = [Path(ctx.out_dir) / Path(f["path"]).name for f in node_man["files"]]
+    work = qb.work_dir(output)
+    if len(finals) == 1:
+        staged = [output.with_name(output.name + ".partial")]
+    else:
+        work.mkdir(exist_ok=True)
+        staged = [work / f.name for f in finals]
+    journal = qb.pending_path(man_path)
+
     def shown(file_name: str) -> Callable[[int, int], None] | None:
         if progress is None:
             return None
         return lambda done, total: progress(name, "driver", f"pull {file_name}", done, total)
 
     try:
-        for f in node_man["files"]:
-            final = Path(ctx.out_dir) / Path(f["path"]).name
-            partial = pull_file(
-                session, node_id=node["node_id"], source=str(node_dir / f["path"]), dest=final,
-                sha256=f["sha256"], size=f["bytes"], on_bytes=shown(final.name),
-            )  # fmt: skip
-            partials.append((partial, final))
-            pulled += f["bytes"]
-        qb.verify_output([p for p, _ in partials], plan, expect_kv=qb._expected_kv(ctx, plan),
-                         exact_file_bytes=len(partials) == 1)
+        for f, part, final in zip(node_man["files"], staged, finals, strict=True):
+            pull_file(session, node_id=node["node_id"], source=str(node_dir / f["path"]), partial=part,
+                      sha256=f["sha256"], size=f["bytes"], on_bytes=shown(final.name))
+        qb.verify_output(staged, plan, expect_kv=qb._expected_kv(ctx, plan), exact_file_bytes=len(staged) == 1)
         log_text = session.call(read_chunk, str(node_dir / Path(result.log).name), 0, 1 << 30, node_id=node["node_id"])
     except BaseException:
-        qb._remove([p for p, _ in partials])
+        qb._remove([*staged, work])
         raise
     pull_s = time.monotonic() - t0
-    if force:
-        qb._remove([p for p in qb.existing_outputs(output) if p not in {f for _, f in partials}])
     log_path = output.with_name(output.name + ".log")
     atomic_write_bytes(log_path, log_text)
     os.chmod(log_path, 0o666 & ~_umask())  # as a local build's log, not the temp file's 0600
     data = dict(node_man)
     node_out = str(node_dir / node_man["output"])
     data["command"] = [str(output) if a == node_out else a for a in node_man["command"]]
+    data["files"] = [{**f, "path": relative_to_manifest(man_path, final)} for f, final in zip(node_man["files"], finals, strict=True)]
     data["base"] = {**node_man["base"], "path": relative_to_manifest(man_path, ctx.base_path)}
     if data.get("imatrix") and ctx.imatrix is not None:
         data["imatrix"] = {**node_man["imatrix"], "path": relative_to_manifest(man_path, ctx.imatrix.path)}
     data["log"] = relative_to_manifest(man_path, log_path)
-    data["node"] = {**(node_man.get("node") or node), "pulled": {"bytes": pulled, "seconds": round(pull_s, 3)}}
+    data["node"] = {**(node_man.get("node") or node), "pulled": {"bytes": sum(f["bytes"] for f in node_man["files"]),
+                                                               "seconds": round(pull_s, 3)}}
     man = Manifest.model_validate(data)
-    # The files go into place first, the manifest last: an interruption in between leaves outputs
-    # without a manifest, which the rerun does not take for verified (it pulls them again).
-    try:
-        for partial, final in partials:
-            os.replace(partial, final)
-    except BaseException:
-        qb._remove([p for p, _ in partials])
-        raise
-    write_manifest(man_path, man)
+    # Journal, renames, manifest, with Ctrl-C held back: a run cut short in between is completed
+    # by the rerun (``_verified`` → ``build._recover``) without pulling again.
+    write_manifest(journal, man)
+    with interrupts_deferred():
+        if force:
+            qb._remove([p for p in qb.existing_outputs(output) if p not in finals])
+        for src, dst in zip(staged, finals, strict=True):
+            os.replace(src, dst)
+        qb._remove([work])
+        os.replace(journal, man_path)
     return qb.BuildResult(
-        variant=name, status="built", output=str(output), files=tuple(str(f) for _, f in partials),
+        variant=name, status="built", output=str(output), files=tuple(str(f) for f in finals),
         manifest=str(man_path), log=str(log_path), planned_file_bytes=plan.file_bytes,
         actual_file_bytes=man.actual_file_bytes, command=data["command"], seconds=result.seconds + pull_s,
     )  # fmt: skip

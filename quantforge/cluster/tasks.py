@@ -20,6 +20,7 @@ from quantforge import constants
 from quantforge.cluster.session import Reporter, error_record
 from quantforge.cluster.transfer import materialize
 from quantforge.errors import ClusterError, InputError, Interrupted, QuantforgeError
+from quantforge.lock import folder_lock
 
 
 def scratch_dir() -> Path:
@@ -134,12 +135,16 @@ def _build(spec: dict[str, Any], report: Reporter, ident: dict[str, Any]) -> dic
             hint="install the same engine build on every node (or give --bin-dir a path that holds it everywhere)",
         )
     variant = recipe.variant(spec["variant"]).name
-    if spec["out_dir"] is None:
-        _clear_stale(qb, ctx, variant, expand)
-    result = qb.build_variant(
-        ctx, variant, force=spec["force"] and spec["out_dir"] is not None, min_free=spec.get("min_free"),
-        split_max_bytes=spec.get("split_max_bytes"), timeout=spec.get("timeout"), progress=report,
-    )  # fmt: skip
+    # The driver holds the folder's lock; each variant has its own, which llama-quantize inherits: a
+    # node cut off from the cluster whose tool still writes keeps the rerun from racing it.
+    with folder_lock(ctx.out_dir, purpose=f"quantforge build {variant} (cluster task)",
+                     name=f".quantforge-{variant}.lock"):
+        if spec["out_dir"] is None:
+            _clear_stale(qb, ctx, variant, expand)
+        result = qb.build_variant(
+            ctx, variant, force=spec["force"] and spec["out_dir"] is not None, min_free=spec.get("min_free"),
+            split_max_bytes=spec.get("split_max_bytes"), timeout=spec.get("timeout"), progress=report,
+        )  # fmt: skip
     man = manifest_path(result.output)
     if result.status == "built" or getattr(read_manifest(man), "node", None) is None:
         update_manifest(man, node={**ident, "cluster": spec["address"], "out_dir": str(ctx.out_dir)})
@@ -156,8 +161,8 @@ def _clear_stale(qb: Any, ctx: Any, variant: str, expand: Any) -> None:
 
     output = ctx.out_dir / f"{qb.output_stem(ctx.recipe, ctx.base_path)}-{variant}.gguf"
     existing = qb.existing_outputs(output)
-    if not existing:
-        return
+    if not existing or qb.pending_path(manifest_path(output)).exists():
+        return  # nothing there, or a commit cut short that build_variant completes
     imeta = qb._imatrix_meta(ctx.imatrix) if ctx.imatrix is not None else False
     plan = expand(ctx.recipe, variant, ctx.inventory, imatrix=imeta)
     if not qb._manifest_matches(manifest_path(output), qb._build_key(ctx, plan), existing):

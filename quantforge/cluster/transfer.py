@@ -41,14 +41,14 @@ def pull_file(
     *,
     node_id: str,
     source: str,
-    dest: Path,
+    partial: Path,
     sha256: str,
     size: int,
     on_bytes: Callable[[int, int], None] | None = None,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Path:
-    """Copy ``source`` on node ``node_id`` to ``dest.partial`` and check it; returns the partial path."""
-    partial = dest.with_name(dest.name + ".partial")
+    """Copy ``source`` on node ``node_id`` to ``partial`` (never a final name) and check its size and sha256."""
+    dest = partial
     offsets = list(range(0, size, chunk_bytes)) or [0]
     h = hashlib.sha256()
     done = 0

@@ -41,10 +41,12 @@ def now_iso() -> str:
 
 def read_corpus(path: str | Path) -> tuple[str, str]:
     """Text and sha256 of an evaluation corpus (UTF-8, as llama-perplexity reads it: raw bytes)."""
+    from quantforge.paths import MAX_CORPUS_BYTES, read_input_bytes
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         raise InputError("corpus file not found", where=str(p), hint="pass --corpus FILE (plain UTF-8 text)")
-    data = p.read_bytes()
+    data = read_input_bytes(p, what="corpus", max_bytes=MAX_CORPUS_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -53,10 +55,12 @@ def read_corpus(path: str | Path) -> tuple[str, str]:
 
 
 def check_model_file(path: str | Path) -> Path:
+    from quantforge.paths import open_input
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         raise InputError("model file not found", where=str(p), hint="pass an existing .gguf file")
-    with open(p, "rb") as f:
+    with open_input(p, what="model (GGUF)") as f:
         if f.read(4) != b"GGUF":
             raise InputError("not a GGUF file (bad magic)", where=str(p))
     return p

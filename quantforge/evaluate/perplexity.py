@@ -304,15 +304,21 @@ def _write_base_result(path: Path, res: EvalResult) -> None:
     _util.write_key(path, key)
 
 
-def record_in_manifest(manifest: str | Path, result: EvalResult) -> Any:
-    """Add ``result`` to the variant's manifest ``eval`` section (latest per engine+method, plus history)."""
+def record_in_manifest(manifest: str | Path, result: EvalResult, *, wait: bool = False) -> Any:
+    """Add ``result`` to the variant's manifest ``eval`` section (latest per engine+method, plus history).
+
+    The read-modify-write of the manifest holds its folder's lock: a build (or another evaluation)
+    of that folder is never interleaved with it; ``wait`` queues behind one instead of stopping.
+    """
+    from quantforge.lock import folder_lock
     from quantforge.manifest import read_manifest, update_manifest
 
-    m = read_manifest(manifest)
-    section: dict[str, Any] = dict(m.eval or {})
-    runs = list(section.get("runs", []))
-    data = result.model_dump(mode="json")
-    runs.append(data)
-    section["runs"] = runs
-    section["latest"] = data
-    return update_manifest(manifest, eval=section)
+    with folder_lock(Path(manifest).parent, purpose="quantforge eval", wait=wait):
+        m = read_manifest(manifest)
+        section: dict[str, Any] = dict(m.eval or {})
+        runs = list(section.get("runs", []))
+        data = result.model_dump(mode="json")
+        runs.append(data)
+        section["runs"] = runs
+        section["latest"] = data
+        return update_manifest(manifest, eval=section)

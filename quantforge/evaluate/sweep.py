@@ -165,13 +165,20 @@ def write_raw_jsonl(path: str | Path, results: Sequence[SweepResult]) -> Path:
 
 
 def read_raw_jsonl(path: str | Path) -> dict[str, list[list[SweepRow]]]:
+    from quantforge.paths import MAX_JSON_BYTES, read_input_text
+
     out: dict[str, dict[int, list[SweepRow]]] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    text = read_input_text(path, what="sweep runs file", max_bytes=MAX_JSON_BYTES)
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        d = json.loads(line)
-        label, run = d.pop("label"), d.pop("run")
-        out.setdefault(label, {}).setdefault(run, []).append(SweepRow(**d))
+        try:
+            d = json.loads(line)
+            label, run = d.pop("label"), d.pop("run")
+            out.setdefault(label, {}).setdefault(run, []).append(SweepRow(**d))
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            raise InputError(f"not a sweep run record: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                             where=f"{path}:{n}", hint="give the .jsonl written by quantforge sweep") from None
     return {k: [v[i] for i in sorted(v)] for k, v in out.items()}
 
 
@@ -191,9 +198,11 @@ def load_result(path: str | Path, *, select: dict[str, str] | None = None, keep_
     from quantforge.evaluate.tables import read_table
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         raise InputError("sweep result not found", where=str(p), hint="pass a JSON written by 'quantforge sweep' or a sweep-bench log")
-    raw = p.read_bytes()
+    from quantforge.paths import MAX_JSON_BYTES, read_input_bytes
+
+    raw = read_input_bytes(p, what="sweep result", max_bytes=MAX_JSON_BYTES)
     if b"\0" in raw[:4096]:
         raise InputError("not a text file", where=str(p), hint="pass a sweep result JSON or a tool log (text)")
     text = raw.decode("utf-8", errors="replace")

@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict
 from quantforge.errors import RecipeError
 from quantforge.plan._engine import MixtureState, count_attention_wv, mixture_type, skip_reason
 from quantforge.plan._versions import emits_reversed, parse_engine_version, tensor_type_era
+from quantforge.regex_dialect import EngineRegex, RegexError
+from quantforge.regex_dialect import check as check_engine_regex
 
 Engine = Literal["ik", "mainline"]
 Group = Literal[
@@ -160,10 +162,11 @@ def _imatrix_has(entries: frozenset[str], name: str) -> bool:
     return False
 
 
-def _compile(pattern: str, where: str) -> re.Pattern[str]:
+def _compile(pattern: str, where: str) -> EngineRegex:
+    """The rule's regex as the engines' std::regex matches it (the one dialect checker)."""
     try:
-        return re.compile(pattern)
-    except re.error as exc:
+        return check_engine_regex(pattern)
+    except RegexError as exc:
         raise RecipeError(f"bad match regex {pattern!r}: {exc}", where=where, hint="fix the regex") from None
 
 
@@ -208,7 +211,7 @@ def expand(
     build = recipe_build(recipe, engine_build)
     era = tensor_type_era(build)
 
-    rules = [(r, _compile(r.pattern, r.where)) for r in v.rules]
+    rules = [(idx, r, _compile(r.pattern, r.where)) for idx, r in enumerate(v.rules)]
     use_mixture = v.default == MIXTURE
     default_type = ft.default_type or "f16"
     default_q = cat.get(default_type)
@@ -258,9 +261,10 @@ def expand(
                 typ, note = _as_written(cat, requested, shape, t.name, build)
         else:
             matched = None
-            for r, rx in rules:
+            matched_at = 0
+            for idx, r, rx in rules:
                 if rx.search(t.name):
-                    matched = r
+                    matched, matched_at = r, idx
                     break
             mix = None
             if engine == "ik" and use_mixture:
@@ -274,7 +278,7 @@ def expand(
                     mix = None
             if matched is not None:
                 requested = matched.type
-                rule_label = f"rules[{matched.index}]"
+                rule_label = f"rules[{matched_at}]"
                 place = matched.place
             elif not use_mixture:
                 requested = v.default
@@ -407,11 +411,13 @@ def recipe_build(recipe: Any, engine_build: int | None = None) -> int | None:
     return parse_engine_version(getattr(model, "engine_version", None), where=getattr(recipe, "path", None))
 
 
-def _emitted_rules(v: Any, rules: Sequence[tuple[Any, re.Pattern[str]]], cat: Any, build: int | None) -> list[Any]:
+def _emitted_rules(
+    v: Any, rules: Sequence[tuple[int, Any, EngineRegex]], cat: Any, build: int | None
+) -> list[Any]:
     """(regex, type, label, place) in the order quantforge passes them to this build."""
-    out = [(rx, cat.get(r.type).name, f"rules[{r.index}]", r.place) for r, rx in rules]
+    out = [(rx, cat.get(r.type).name, f"rules[{idx}]", r.place) for idx, r, rx in rules]
     if v.default != MIXTURE:
-        out.append((re.compile(".*"), cat.get(v.default).name, "default", None))
+        out.append((check_engine_regex(".*"), cat.get(v.default).name, "default", None))
     return list(reversed(out)) if emits_reversed(build) else out
 
 
@@ -611,11 +617,6 @@ def _source_kv(inventory: Any) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------- emission
 
 
-# Python-only regex syntax: std::regex (ECMAScript) has no lookbehind, named groups,
-# comments, \A/\Z anchors or inline flags.
-_NOT_ECMASCRIPT = ("(?<", "(?P", "(?#", "\\A", "\\Z", "(?i", "(?s", "(?m", "(?x", "(?a", "(?u", "(?L")
-
-
 def quantize_args_for(engine: str, variant: Any, cat: Any, *, engine_build: int | None = None) -> list[str]:
     """The rule arguments that make ``engine``'s llama-quantize reproduce the expansion (for a
     mainline build where the last matching ``--tensor-type`` wins, in reverse order)."""
@@ -627,13 +628,7 @@ def quantize_args_for(engine: str, variant: Any, cat: Any, *, engine_build: int 
     if not pairs:
         return []
     for pattern, _t, where in pairs:
-        bad = next((x for x in _NOT_ECMASCRIPT if x in pattern), None)
-        if bad is not None:
-            raise RecipeError(
-                f"{bad!r} is Python regex syntax that llama-quantize's std::regex (ECMAScript) rejects",
-                where=where,
-                hint="use plain groups, alternation and classes",
-            )
+        _compile(pattern, where)  # what the engines' std::regex rejects or reads differently
         if "=" in pattern:
             raise RecipeError(
                 "llama-quantize splits rules at '=', so a pattern cannot contain '='",

@@ -7,6 +7,8 @@ from collections import defaultdict
 from typing import Any, Literal
 
 from quantforge.errors import RecipeError
+from quantforge.regex_dialect import EngineRegex, RegexError
+from quantforge.regex_dialect import check as check_engine_regex
 
 
 def _examples(names: list[str]) -> tuple[str, ...]:
@@ -74,7 +76,7 @@ def lint(
 
     # unknown types / bad regexes (the loader normally stops on these; lint reports them all)
     bad = False
-    compiled: list[tuple[Any, re.Pattern[str]]] = []
+    compiled: list[tuple[Any, EngineRegex]] = []
     for r in v.rules:
         if cat.find(r.type) is None:
             close = cat.suggest(r.type)
@@ -86,8 +88,8 @@ def lint(
             )
             bad = True
         try:
-            compiled.append((r, re.compile(r.pattern)))
-        except re.error as exc:
+            compiled.append((r, check_engine_regex(r.pattern)))
+        except RegexError as exc:
             add("error", "bad-regex", f"invalid regex {r.pattern!r}: {exc}", r.where)
             bad = True
     if v.default != MIXTURE and cat.find(v.default) is None:
@@ -233,7 +235,7 @@ def lint(
     declared = imatrix is None and _declares_imatrix(recipe)
 
     # fallbacks, grouped by (rule, requested -> written, reason)
-    rule_where = {f"rules[{r.index}]": r.where for r in v.rules}
+    rule_where = {f"rules[{i}]": r.where for i, r in enumerate(v.rules)}
     rule_where["default"] = getattr(v, "where", None)
     fb: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
     for p in plan.tensors:

@@ -60,6 +60,8 @@ class VariantCardRow(_Frozen):
     ppl_err: float | None = None
     kld_mean: float | None = None
     kld_p99: float | None = None
+    #: What ``quantforge fit`` predicted for a solved variant (its manifest's ``fit`` section).
+    kld_predicted: float | None = None
     fits: tuple[FitCell, ...] = ()
     command: tuple[str, ...] = ()  # the portable llama-quantize command (argv)
     types: tuple[str, ...] = ()  # the tensor types the file holds
@@ -232,6 +234,7 @@ def _needs_ik(data: CardData) -> bool:
 def render_card(data: CardData) -> str:
     """Markdown with YAML front matter; raises ``PublishError`` if huggingface_hub cannot parse it."""
     lines: list[str] = ["---", front_matter(data).rstrip("\n"), "---", ""]
+    predicted = any(v.kld_predicted is not None for v in data.variants)
     title = f"{data.model_name} GGUF"
     lines += [f"# {title}", ""]
     base = f"[{data.base_model}](https://huggingface.co/{data.base_model})" if data.base_model else data.model_name
@@ -254,16 +257,24 @@ def render_card(data: CardData) -> str:
         "## Quants",
         "",
         "| Quant | Size (GiB) | Row metadata (GiB) | File (bytes) | BPW | PPL ± err | KLD mean | KLD 99% "
-        "| Fits (target: max context) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        + ("| KLD predicted " if predicted else "") + "| Fits (target: max context) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | " + ("---: | " if predicted else "") + "--- |",
     ]
     for v in data.variants:
         size = f"{v.tensor_bytes / GIB:.3f}" if v.tensor_bytes is not None else NOT_MEASURED
         meta = f"{v.row_meta_bytes / GIB:.3f}" if v.row_meta_bytes is not None else NOT_MEASURED
+        pred = f"| {_num(v.kld_predicted, '.6f')} " if predicted else ""
         lines.append(
             f"| {v.name} | {size} | {meta} | {v.bytes:,} | {_num(v.bpw, '.3f')} | {_ppl(v)} "
-            f"| {_num(v.kld_mean, '.6f')} | {_num(v.kld_p99, '.6f')} | {_md_cell(_fits(v))} |"
+            f"| {_num(v.kld_mean, '.6f')} | {_num(v.kld_p99, '.6f')} {pred}| {_md_cell(_fits(v))} |"
         )
+    if predicted:
+        lines += [
+            "",
+            "*KLD predicted* is what `quantforge fit` expected of a variant it solved for (the KLD of its base "
+            "variant plus the measured cost of each tensor group it changed), beside the KLD measured on the "
+            "built file.",
+        ]
     lines += [
         "",
         "Size is the tensor data (GiB = 2^30 bytes) as llama.cpp's load log prints it, ik_llama.cpp's per-row "
@@ -446,7 +457,15 @@ def eval_numbers(man: object) -> dict[str, float | None]:
         "ppl_err": _float(ev, "ppl_err"),
         "kld_mean": _float(kld, "mean"),
         "kld_p99": _kld_p99(kld) if kld else None,
+        "kld_predicted": _float(_fit_record(man), "predicted_kld"),
     }
+
+
+def _fit_record(man: object) -> dict[str, object] | None:
+    """The ``fit`` section ``quantforge fit --verify`` adds to a manifest (predicted vs measured KLD)."""
+    extra = getattr(man, "model_extra", None) or {}
+    section = extra.get("fit") if isinstance(extra, dict) else None
+    return section if isinstance(section, dict) else None
 
 
 def plot_files(man_path: Path, man: object) -> list[Path]:

@@ -156,18 +156,30 @@ def import_dialect(
     from quantforge.catalogue import ftype as lookup_ftype
     from quantforge.fsutil import atomic_write_text
     from quantforge.inventory import load_source
+    from quantforge.paths import MAX_RECIPE_BYTES, read_input_text, refuse_input_as_output
     from quantforge.plan._engine import skip_reason
     from quantforge.recipe import QuantSection, RuleSpec, parse_recipe, variant_table
+    from quantforge.regex_dialect import RegexError
+    from quantforge.regex_dialect import check as check_engine_regex
 
     p = Path(source)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError("no such file", where=source, hint="give the dialect file's path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the file: {exc}", where=source, hint="give a UTF-8 text file") from None
+    if output is not None:
+        # checked before anything is read: an input is never an output, with --force or not
+        inputs = [("the rule file it is imported from", source)]
+        if not model.startswith("hf://") and Path(model).exists():
+            inputs.append(("the model it is imported for", model))
+        refuse_input_as_output(Path(output), inputs, field="--output", hint="write the recipe to a new .toml file")
+    # a regular file of bounded size, never a FIFO or device (opening one would block)
+    text = read_input_text(p, what="rule file", max_bytes=MAX_RECIPE_BYTES, error=UsageError)
     dia = dialect or detect_dialect(text, p.name)
     parsed = parse_dialect(text, dia, where=source)
+    rx_of: dict[str, Any] = {}
+    for r in parsed.rules:
+        try:  # llama-quantize matches with std::regex: the one dialect checker decides
+            rx_of[r.pattern] = check_engine_regex(r.pattern)
+        except RegexError as exc:
+            raise UsageError(f"bad match regex {r.pattern!r}: {exc}", where=f"{source}:{r.line}",
+                             hint="fix the regex in the rule file") from None
     eng = engine or _ENGINE_OF[dia]
     src = load_source(model, engine=eng, layout=layout)  # type: ignore[arg-type]
     inferred = layout is None and src.kind in ("shipped", "config") and src.inventory.layout is not None
@@ -181,7 +193,7 @@ def import_dialect(
     kept: list[DialectRule] = []
     dropped: list[str] = []
     for r in parsed.rules:
-        rx = re.compile(r.pattern)
+        rx = rx_of[r.pattern]
         if not any(rx.search(n) for n in quantizable) and any(rx.search(t.name) for t in inv.tensors):
             dropped.append(f"{r.pattern}={r.type}")  # only ever meets tensors that are copied as they are
             continue

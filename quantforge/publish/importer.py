@@ -145,6 +145,12 @@ def import_recipe(
     from quantforge.inventory import load_source
     from quantforge.recipe import QuantSection, RuleSpec, parse_recipe, variant_table
 
+    if output is not None and not source.startswith("hf://"):
+        from quantforge.paths import refuse_input_as_output
+
+        # before the source is read: whatever it turns out to be, it is never overwritten
+        refuse_input_as_output(Path(output), [("the quant it is imported from", source)], field="--output",
+                               hint="write the recipe to a new .toml file")
     src = load_source(source, engine=engine)  # type: ignore[arg-type]
     if src.recipe is not None:
         raise UsageError(f"{_display(source)} is already a recipe", where="SOURCE",
@@ -180,8 +186,9 @@ def import_recipe(
         imx.add(tomlkit.comment(f"the source was made with an importance matrix ({im_file}, "
                                 f"dataset {_kv(kv, 'quantize.imatrix.dataset') or 'unknown'})"))
         imx.add("file", Path(str(im_file)).name)
-        if _kv(kv, "quantize.imatrix.chunks_count"):
-            imx.add("chunks", int(_kv(kv, "quantize.imatrix.chunks_count")))
+        chunks = _kv(kv, "quantize.imatrix.chunks_count")
+        if isinstance(chunks, int) and not isinstance(chunks, bool) and chunks > 0:  # metadata may be anything
+            imx.add("chunks", chunks)
         doc.add("imatrix", imx)
     section = QuantSection(
         name=variant_name,
@@ -204,7 +211,7 @@ def import_recipe(
         out = Path(output)
         if out.exists() and not force:
             raise UsageError(f"{out} exists", where="--output", hint="pass --force to overwrite it")
-        atomic_write_text(out, text)
+        atomic_write_text(out, text, what="recipe")
         path = str(out)
     return ImportResult(source=_display(source), engine=eng, name=variant_name, ftype=ftype, default=default,
                         rules=tuple(rules), text=text, path=path, n_tensors=len(tensors),

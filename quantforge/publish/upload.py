@@ -16,6 +16,7 @@ a log line or an error message: every message that leaves this module goes throu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -135,10 +136,14 @@ def layout_variant(variant: VariantFiles, *, max_file_bytes: int = HF_MAX_FILE_B
     if not variant.files:
         raise PublishError(f"variant {variant.name} has no built files", where=variant.name,
                            hint=f"run: quantforge build RECIPE --quant {variant.name}")
+    from quantforge.paths import check_name
+
+    check_name(variant.name, field="variant name", where=variant.name, error=PublishError)
     split = len(variant.files) > 1 or bool(SPLIT_RE.search(Path(variant.files[0].path).name))
     out: list[StagedFile] = []
     for f in variant.files:
-        name = Path(f.path).name
+        name = check_name(Path(f.path).name, field="file name", where=variant.name, error=PublishError,
+                          max_bytes=255)
         if f.bytes > max_file_bytes:
             raise PublishError(
                 f"{name} is {f.bytes} bytes, over the Hub's per-file limit of {max_file_bytes} bytes, "
@@ -251,38 +256,75 @@ def build_plan(
     )
 
 
-def write_staging(plan: UploadPlan, staging: Path, *, force: bool = False) -> UploadPlan:
+STAGING_PLAN = "upload-plan.json"
+
+
+def _is_staging(folder: Path) -> bool:
+    """A folder quantforge staged: ``repo/`` and ``upload-plan.json``, nothing else."""
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError:
+        return False
+    return names <= {"repo", STAGING_PLAN} and (folder / STAGING_PLAN).is_file()
+
+
+def write_staging(plan: UploadPlan, staging: Path, *, force: bool = False,
+                  protect: Sequence[tuple[str, str | os.PathLike[str]]] = ()) -> UploadPlan:
     """Write the exact folder that would be uploaded, plus ``upload-plan.json`` beside it.
 
     GGUFs are hard-linked when staging is on the same file system (a 300 GB quant is not
     copied), else copied. The plan file lists files, sizes, hashes and commit order.
+
+    Nothing is lost: the staging folder may not be, or contain, the build folder or an input
+    (``protect``: ``(what, path)`` pairs), with ``--force`` or without; ``--force`` replaces only
+    a folder that quantforge staged itself. Every repo path stays inside the staging folder.
     """
+    from quantforge.paths import check_relative, confined, os_error, refuse_overlap
+
     staging = Path(staging)
+    for what, path in protect:
+        if Path(path).resolve() == staging.resolve() or Path(staging).resolve() in Path(path).resolve().parents:
+            refuse_overlap(staging, [(what, path)], field="--staging",
+                           hint="stage into a new folder of its own: it is replaced as a whole")
+    if staging.exists() and not staging.is_dir():
+        raise UsageError(f"{staging} exists and is not a folder", where="--staging",
+                         hint="give a new folder for the staging")
     if staging.exists() and any(staging.iterdir()):
         if not force:
             raise UsageError(f"staging folder {staging} is not empty", where="--staging",
                              hint="give an empty or new folder, or --force to replace it")
-        shutil.rmtree(staging)
+        if not _is_staging(staging):
+            raise UsageError(f"staging folder {staging} holds files quantforge did not stage", where="--staging",
+                             hint="--force replaces only an earlier staging folder; give a new folder")
     tmp = staging.with_name(staging.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "repo").mkdir(parents=True)
-    for f in plan.files:
-        dst = tmp / "repo" / f.path_in_repo
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if f.kind == "card":
-            dst.write_text(plan.card, encoding="utf-8")
-            continue
-        assert f.source is not None
-        try:
-            os.link(f.source, dst)
-        except OSError:
-            shutil.copyfile(f.source, dst)
-    out = plan.model_copy(update={"staging": str(staging)})
-    (tmp / "upload-plan.json").write_text(json.dumps(plan_json(out), indent=2) + "\n", encoding="utf-8")
-    if staging.exists():
-        staging.rmdir()
-    os.replace(tmp, staging)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        (tmp / "repo").mkdir(parents=True)
+        root = tmp / "repo"
+        for f in plan.files:
+            check_relative(f.path_in_repo, field="repo path", where=f.variant or f.path_in_repo, error=PublishError)
+            dst = confined(root, f.path_in_repo, what="the staging folder")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if f.kind == "card":
+                dst.write_text(plan.card, encoding="utf-8")
+                continue
+            assert f.source is not None
+            try:
+                os.link(f.source, dst)
+            except OSError:
+                shutil.copyfile(f.source, dst)
+        out = plan.model_copy(update={"staging": str(staging)})
+        (tmp / STAGING_PLAN).write_text(json.dumps(plan_json(out), indent=2) + "\n", encoding="utf-8")
+        if staging.exists():
+            shutil.rmtree(staging)
+        os.replace(tmp, staging)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise os_error(exc, getattr(exc, "filename", None) or staging, what="staging folder", action="write") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 
@@ -498,6 +540,41 @@ def _variant_files(man_path: Path, man: Any) -> VariantFiles:
     return VariantFiles(name=man.name, files=tuple(files))
 
 
+def _staged_source(path: Path, man_path: Path, *, what: str) -> Path:
+    """``path`` when it lies inside the output folder (the manifest's), after resolving links; a manifest
+    edited to name ``../secret/id_rsa`` is refused, never uploaded."""
+    from quantforge.errors import InputError
+    from quantforge.paths import is_within
+
+    if not is_within(path, man_path.resolve().parent):
+        raise InputError(f"the {what} {path} named by {man_path.name} escapes the output folder",
+                         where=man_path.name, hint="only files inside the output folder are published")
+    return path.resolve()
+
+
+def _imatrix_source(recipe: Any, man_path: Path, record: dict[str, Any]) -> Path | None:
+    """The importance matrix to publish: the manifest's, when it is inside the output folder or is the
+    recipe's own ``[imatrix] file`` (a trusted input), and its sha256 is the one the build recorded."""
+    from quantforge.errors import InputError
+    from quantforge.manifest import resolve_file
+    from quantforge.paths import is_within, same_file
+
+    im = resolve_file(man_path, str(record["path"]))
+    own = recipe.resolve_path(recipe.imatrix.file) if recipe.imatrix is not None and recipe.imatrix.file else None
+    trusted = own is not None and not own.startswith("hf://") and same_file(im, own)
+    if not trusted and not is_within(im, man_path.resolve().parent):
+        raise InputError(f"the importance matrix {im} named by {man_path.name} escapes the output folder",
+                         where=man_path.name,
+                         hint="publish with --no-imatrix, or put the imatrix in the output folder or the recipe")
+    if not im.is_file():
+        return None
+    want = record.get("sha256")
+    if want and cached_sha256(im) != want:
+        raise InputError(f"{im.name} is not the importance matrix the variants were built with (sha256 differs)",
+                         where=man_path.name, hint="publish with --no-imatrix, or rebuild the variants")
+    return im
+
+
 def collect(
     recipe: Any,
     *,
@@ -532,17 +609,16 @@ def collect(
 
     for p, m in mans:
         for png in plot_files(p, m):
+            _staged_source(png, p, what="plot")
             rel = f"plots/{png.name}"
             if rel not in [e[0] for e in extras]:
                 extras.append((rel, str(png), "plot"))
                 plots.append(Plot(title=png.stem.replace("_", " ").replace("-", " "), path=rel))
     if include_imatrix:
-        from quantforge.manifest import resolve_file
-
         for p, m in mans:
             if m.imatrix and m.imatrix.get("path"):
-                im = resolve_file(p, m.imatrix["path"])
-                if im.is_file():
+                im = _imatrix_source(recipe, p, m.imatrix)
+                if im is not None:
                     extras.append((im.name, str(im), "imatrix"))
                 break
     # The run commands name the file a reader downloads (the first shard of a split set).
@@ -578,15 +654,27 @@ def make_card(
     repo = repo or (recipe.publish.repo if recipe.publish else None)
     if repo:
         check_repo_id(repo)
+    if output is not None:
+        from quantforge.paths import refuse_input_as_output
+
+        refuse_input_as_output(output, [("the recipe", recipe_path)], field="--output",
+                               hint="write the card to README.md or another new file")
     col = collect(recipe, repo=repo, quants=quants, out_dir=out_dir, targets=targets, fit_ctx=fit_ctx)
     path = None
     if output is not None:
+        from quantforge.fsutil import atomic_write_text
+        from quantforge.paths import refuse_input_as_output
+
         out = Path(output)
+        inputs: list[tuple[str, str | os.PathLike[str]]] = [("the recipe", recipe_path)]
+        inputs += [("a manifest", m) for m in col.manifests]
+        inputs += [("a built file", f.path) for v in col.variants for f in v.files]
+        refuse_input_as_output(out, inputs, field="--output", hint="write the card to README.md or another new file")
         if out.exists() and not force:
             raise UsageError(f"{out} exists", where="--output", hint="pass --force to overwrite it")
-        tmp = out.with_name(out.name + ".partial")
-        tmp.write_text(col.card, encoding="utf-8")
-        os.replace(tmp, out)
+        if out.exists() and not out.is_file():
+            raise UsageError(f"{out} is not a file", where="--output", hint="give a file name for the card")
+        atomic_write_text(out, col.card, what="model card")
         path = str(out)
     return CardResult(path=path, text=col.card, variants=tuple(v.name for v in col.variants))
 
@@ -606,6 +694,7 @@ def publish(
     progress: bool = False,
     targets: Sequence[str] | None = None,
     fit_ctx: int | None = None,
+    wait: bool = False,
 ) -> UploadResult:
     """Publish the built variants of a recipe: card + files, card last.
 
@@ -621,19 +710,34 @@ def publish(
         raise UsageError("no repo to publish to", where="--repo",
                          hint="pass --repo ORG/NAME or set [publish] repo in the recipe")
     check_repo_id(repo)
-    col = collect(recipe, repo=repo, quants=quants, out_dir=out_dir, max_file_bytes=max_file_bytes,
-                  include_imatrix=include_imatrix, targets=targets, fit_ctx=fit_ctx)
-    plan = build_plan(repo=repo, recipe_sha256=col.recipe_sha256, card=col.card, variants=col.variants,
-                      extras=col.extras, private=private, max_file_bytes=max_file_bytes)
-    if dry_run:
-        if staging is not None:
-            plan = write_staging(plan, Path(staging), force=force)
-        return UploadResult(repo=repo, url="", plan=plan, commits=(), uploaded=(), skipped=(), bytes_uploaded=0,
-                            dry_run=True)
-    token = resolve_token()
-    result = execute(plan, token=token, progress=progress)
-    _record(col, result)
-    return result
+    from quantforge.lock import folder_lock
+
+    folder = Path(out_dir) if out_dir else (Path(recipe.path).parent if recipe.path else Path.cwd())
+    with contextlib.ExitStack() as held:
+        if folder.is_dir():  # nothing is built there otherwise, and collect says so
+            held.enter_context(folder_lock(folder, purpose=f"quantforge publish {repo}", wait=wait))
+        col = collect(recipe, repo=repo, quants=quants, out_dir=out_dir, max_file_bytes=max_file_bytes,
+                      include_imatrix=include_imatrix, targets=targets, fit_ctx=fit_ctx)
+        plan = build_plan(repo=repo, recipe_sha256=col.recipe_sha256, card=col.card, variants=col.variants,
+                          extras=col.extras, private=private, max_file_bytes=max_file_bytes)
+        if dry_run:
+            if staging is not None:
+                st = Path(staging)
+                protect: list[tuple[str, str | os.PathLike[str]]] = [("the build folder", folder.resolve())]
+                if recipe.path:
+                    protect.append(("the recipe", recipe.path))
+                protect += [("a published file", f.source) for f in plan.files if f.source]
+                protect += [("a manifest", m) for m in col.manifests]
+                parent = st.absolute().parent
+                held.enter_context(folder_lock(parent, purpose=f"quantforge publish --staging {st.name}", wait=wait,
+                                               name=f".{st.name}.staging.lock", where=str(st)))
+                plan = write_staging(plan, st, force=force, protect=protect)
+            return UploadResult(repo=repo, url="", plan=plan, commits=(), uploaded=(), skipped=(),
+                                bytes_uploaded=0, dry_run=True)
+        token = resolve_token()
+        result = execute(plan, token=token, progress=progress)
+        _record(col, result)
+        return result
 
 
 def _record(col: Collected, result: UploadResult) -> None:

@@ -13,6 +13,13 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_CACHE = Path(os.environ.get("QUANTFORGE_TEST_CACHE", REPO / ".qf-cache"))
 
 
+def deepseek_names() -> tuple[str, ...]:
+    """The 1147 tensor names of DeepSeek-R1 (ik layout), from the shipped offline inventory."""
+    from quantforge.inventory import load_inventory
+
+    return tuple(t.name for t in load_inventory("deepseek-ai/DeepSeek-R1-0528", engine="ik").tensors)
+
+
 def sigint_default() -> None:
     """``preexec_fn`` for a child the test will interrupt: SIGINT at its default disposition.
 

@@ -111,6 +111,10 @@ class HubStandIn:
         #: Byte counts after which the next file-body GETs are cut off (one entry per dropped GET).
         self.download_faults: list[int] = []
         self.download_bytes_sent = 0
+        #: Answers that differ from the Hub's, per route ("resolve", "model_info"): ``headers``
+        #: replace the Hub's headers (an ETag like ``../../x``), or ``status`` (+ ``body``) replaces
+        #: the whole answer. For tests of what a broken or hostile endpoint can make the client do.
+        self.answers: dict[str, dict[str, Any]] = {}
         self.held = threading.Event()
         self.release = threading.Event()
         self.lock = threading.Lock()
@@ -258,6 +262,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, {"errors": [], "warnings": []})
 
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+        if m and method == "GET" and self._answered("model_info", head=False):
+            return
         if m and method == "GET":
             repo = self._repo(m.group(1))
             if repo is None:
@@ -422,7 +428,18 @@ class _Handler(BaseHTTPRequestHandler):
         out = [{"type": "directory", "path": d, "oid": "0" * 40} for d in sorted(dirs)] + out
         self._send(200, out)
 
+    def _answered(self, route: str, *, head: bool) -> bool:
+        """Send a replacement answer for ``route`` when the test set one with a ``status``."""
+        answer = self.server_hub.answers.get(route)
+        if not answer or "status" not in answer:
+            return False
+        raw = str(answer.get("body", "")).encode()
+        self._send(int(answer["status"]), raw=raw, headers=dict(answer.get("headers", {})), head=head)
+        return True
+
     def _resolve(self, repo_id: str, path: str, *, head: bool) -> None:
+        if self._answered("resolve", head=head):
+            return
         repo = self._repo(repo_id)
         if repo is None:
             return self._send(404, {"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound"}, head=head)
@@ -434,6 +451,7 @@ class _Handler(BaseHTTPRequestHandler):
         if f.lfs_sha256 is not None:
             headers["X-Linked-Etag"] = f'"{f.lfs_sha256}"'
             headers["X-Linked-Size"] = str(f.size)
+        headers.update(self.server_hub.answers.get("resolve", {}).get("headers", {}))
         rng = self.headers.get("Range")
         if rng:
             m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())

@@ -7,6 +7,8 @@ SmolLM2's 576-wide rows, built by the real bundled ik ``llama-quantize`` through
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -31,16 +33,28 @@ rules = [
 
 def ladder_dir(cache: Path, base: Path) -> Path:
     d = cache / "publish-ladder"
-    d.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO / "recipes" / "smollm2-135m.imatrix", d / "smollm2-135m.imatrix")
     text = (REPO / "recipes" / "smollm2-135m.toml").read_text()
     text = text.replace('base = "smollm2-135m-f16.gguf"', f'base = "{base}"')
     assert f'base = "{base}"' in text
     recipe = d / "smollm2-135m.toml"
     new = text + R4_VARIANT
+    if d.is_dir() and any(_recipe_sha(m) != hashlib.sha256(new.encode("utf-8")).hexdigest()
+                          for m in d.glob("*.manifest.json")):
+        # The shipped recipe changed: a build of the same plans would skip the outputs and keep
+        # manifests naming the old recipe's sha256, which card and publish refuse. Start afresh.
+        shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPO / "recipes" / "smollm2-135m.imatrix", d / "smollm2-135m.imatrix")
     if not recipe.is_file() or recipe.read_text() != new:
         recipe.write_text(new)
     return d
+
+
+def _recipe_sha(manifest: Path) -> str | None:
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8"))["recipe"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def build_ladder(cache: Path, base: Path, quantize: Path) -> tuple[Path, dict[str, Path]]:
