@@ -261,3 +261,44 @@ def test_worker_killed_mid_build_then_rerun_resumes(
     node = read_manifest(final).node
     assert node is not None and node["node_id"] != dead and node["out_dir"] == str(out)
     assert "pulled" not in node  # written in place on the shared folder
+
+
+def test_sensitivity_runs_are_tasks_and_fill_the_same_cache(
+    cluster: Any, tmp_path: Path, smol_f16: Path, smol_imatrix: Path, ik_quantize: Path,
+    monkeypatch: pytest.MonkeyPatch, ik_fixtures: Path,
+) -> None:  # fmt: skip
+    """The base run and one group measured as two tasks on two nodes; a local rerun then finds both
+    in its cache (the same keys) and measures nothing; the baseline is the local Q8_0's KLD."""
+    from support import cached_quant
+
+    from quantforge import constants
+    from quantforge.evaluate.perplexity import evaluate
+
+    monkeypatch.setattr(constants, "CACHE_DIR", tmp_path / "cache")  # nothing measured before
+    d = tmp_path / "sens"
+    d.mkdir()
+    (d / "r.toml").write_text((REPO / "recipes" / "smollm2-135m.toml").read_text())
+    (d / "smollm2-135m-f16.gguf").symlink_to(smol_f16)
+    (d / "smollm2-135m.imatrix").symlink_to(smol_imatrix)
+    corpus = d / "eval.txt"
+    text = (ik_fixtures / "corpus.txt").read_text(encoding="utf-8")
+    corpus.write_text(text[int(len(text) * 0.6):], encoding="utf-8")
+    args = ["sensitivity", str(d / "r.toml"), "--quant", "Q8_0", "--corpus", str(corpus), "--kind", "ffn_down",
+            "--buckets", "1", "--type", "iq4_nl", "--no-check", "--ctx", "256", "--chunks", "2", "--no-progress",
+            "-o", str(d / "t.csv"), "--json"]  # fmt: skip
+    rc, text_out = run_cli([*args, "--cluster", cluster.address])
+    assert rc == 0
+    there = json.loads(text_out)
+    assert (there["measured"], there["cached"]) == (2, 0)
+    table = there["table"]
+    (entry,) = table["entries"]
+    assert (entry["group"], entry["type"], entry["written"]) == ("ffn_down@0-29", "iq4_nl", ["iq4_nl"] * 30)
+    assert entry["delta"] > 0
+    q8 = cached_quant(ik_quantize, smol_f16, "Q8_0", imatrix=smol_imatrix)
+    direct = evaluate(q8, engine="bundled", corpus=corpus, ctx=256, chunks=2, base=smol_f16)
+    assert direct.kld is not None and table["baseline"] == pytest.approx(direct.kld.mean, rel=1e-9)
+    rc, text_out = run_cli([*args[:-3], "-o", str(d / "t2.csv"), "--json"])  # locally, same method
+    assert rc == 0
+    here = json.loads(text_out)
+    assert (here["measured"], here["cached"]) == (0, 2)
+    assert here["table"]["entries"] == table["entries"] and here["table"]["baseline"] == table["baseline"]

@@ -205,3 +205,66 @@ def _sweep(spec: dict[str, Any], report: Reporter, ident: dict[str, Any]) -> dic
     report("sweep", 0, 1)
     value: dict[str, Any] = spec["execute"](model, spec["threads"])
     return {"result": value}
+
+
+# ---------------------------------------------------------------------------------------- sensitivity
+
+
+def sensitivity_task(spec: dict[str, Any], board: Any, key: str) -> dict[str, Any]:
+    return _guarded(_sensitivity, spec, board, key)
+
+
+def _sensitivity(spec: dict[str, Any], report: Reporter, ident: dict[str, Any]) -> dict[str, Any]:
+    import threading
+    import time
+
+    from quantforge import build as qb
+    from quantforge.sensitivity.measure import _kld, _remove_outputs
+
+    t0 = time.monotonic()
+    recipe = spec["recipe"]
+    base = spec["base"]
+    if not base.startswith("hf://"):
+        _local_input({"path": base, "bytes": spec["base_bytes"]}, what="base", ident=ident)
+    imatrix = _local_input(spec.get("imatrix"), what="imatrix", ident=ident)
+    logits = _local_input(spec["logits"], what="base logits", ident=ident)
+    corpus = _local_input(spec["corpus"], what="corpus", ident=ident)
+    assert logits is not None and corpus is not None
+    engine = spec["engine"]
+    if engine == "bundled":
+        from quantforge.evaluate.bundled import bundled_version
+
+        binary, version = None, bundled_version()
+    else:
+        from quantforge.evaluate.perplexity import find_perplexity
+
+        binary, ver = find_perplexity(engine, bin_dir=spec.get("bin_dir"))
+        version = ver or Path(binary).name
+    if version != spec["eval_version"]:
+        raise ClusterError(
+            f"node {node_label(ident)} evaluates with {engine} {version}, the driver's method key names "
+            f"{spec['eval_version']}",
+            where=binary or engine, hint="install the same evaluator on every node",
+        )
+    out_dir = scratch_dir() / "sensitivity" / spec["method_key"]
+    ctx = qb.prepare(recipe, out_dir=out_dir, base=base, imatrix=str(imatrix) if imatrix else None,
+                     bin_dir=spec.get("bin_dir"), threads=spec["threads"])
+    tc = ctx.toolchain
+    if {"engine": tc.engine, "version": tc.version, "commit": tc.commit} != spec["toolchain"]:
+        raise ClusterError(
+            f"node {node_label(ident)} has {tc.label} {tc.version} (commit {tc.commit}), the driver's method key "
+            f"names {spec['toolchain']['version']} (commit {spec['toolchain']['commit']})",
+            where=tc.quantize, hint="install the same engine build on every node",
+        )
+    with folder_lock(out_dir, purpose=f"quantforge sensitivity run {spec['run']} (cluster task)",
+                     name=f".quantforge-{spec['run']}.lock"):
+        b = qb.build_variant(ctx, spec["run"], force=True, split_max_bytes=None, progress=report)
+        t_build = time.monotonic() - t0
+        report("kld", 0, 1)
+        res = _kld(Path(b.output), engine=engine, logits=logits, corpus=corpus, corpus_sha=spec["corpus_sha256"],
+                   threads=spec["threads"], binary=binary, version=version, stop=threading.Event())
+        if not spec["keep"]:
+            _remove_outputs(Path(b.output))
+    assert res.kld is not None
+    return {"kld": res.kld.mean, "kld_err": res.kld.mean_err, "ppl": res.ppl, "build_s": round(t_build, 2),
+            "seconds": round(time.monotonic() - t0, 2)}
