@@ -84,10 +84,9 @@ def sensitivity_cmd(
         return
     if curve or baseline is not None or baseline_type:
         raise UsageError("--curve, --baseline and --baseline-type go with --import", where="sensitivity")
-    from quantforge.sensitivity.measure import run_sensitivity
-
     from quantforge.cluster.config import resolve_cluster
     from quantforge.recipe import load_recipe
+    from quantforge.sensitivity.measure import run_sensitivity
 
     eng: Any = engine  # checked above
     spec = resolve_cluster(cluster, recipe=load_recipe(recipe))

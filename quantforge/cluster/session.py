@@ -9,7 +9,9 @@ back as ``{"error": {...}}`` and is raised again on the driver as the same class
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -256,12 +258,31 @@ def rebuild_error(rec: dict[str, Any], *, node: str) -> QuantforgeError:
     return cls(message, where=rec.get("where"), hint=rec.get("hint"))
 
 
+def _reachable(spec: ClusterSpec, timeout: float = 5.0) -> None:
+    """A quick TCP check before Ray's own connect, which retries for half a minute before it says so."""
+    hostport = spec.address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ClusterError(
+            f"nothing answers at {hostport} ({exc.strerror or type(exc).__name__})",
+            where=spec.address,
+            hint="start the head with `ray start --head` (Ray Client listens on port 10001), "
+            "or check the address and the firewall",
+        ) from None
+
+
 @contextlib.contextmanager
 def connect(spec: ClusterSpec) -> Iterator[Session]:
     """Connect to ``spec``'s cluster for the duration of the block (ClusterError when it cannot)."""
     ray = import_ray()
+    _reachable(spec)
     try:
-        ray.init(address=spec.address, log_to_driver=False, logging_level="ERROR")
+        with warnings.catch_warnings():  # Ray Client warns on stderr as well as raising: one line is ours
+            warnings.simplefilter("ignore")
+            ray.init(address=spec.address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         raise ClusterError(
             f"cannot connect to the Ray cluster: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",

@@ -53,7 +53,7 @@ REPO = HERE.parents[1]
 DOC = REPO / "docs" / "bad-inputs.md"
 
 AREAS = ("recipe", "regex", "gguf", "inventory", "imatrix", "target", "plan", "fit", "filesystem", "build", "card",
-         "publish", "environment", "hub", "interrupt", "eval", "sweep", "sensitivity")
+         "publish", "environment", "hub", "interrupt", "eval", "sweep", "sensitivity", "cluster")
 
 
 @dataclass(frozen=True)
