@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -209,33 +210,63 @@ def test_sweep_runs_on_the_node_of_its_rig(cluster: Any, local: dict[str, Any], 
     assert rc == 1  # no node offers rig:rig-z: refused at once instead of waiting forever
 
 
+def _shared_recipe(tmp_path: Path, smol_f16: Path, smol_imatrix: Path) -> tuple[Path, Path]:
+    shared = tmp_path / "nfs"
+    (shared / "out").mkdir(parents=True)
+    recipe = tmp_path / "smol.toml"
+    recipe.write_text(RECIPE.format(base=smol_f16, imatrix=smol_imatrix, cluster=f'\n[cluster]\nshared = "{shared}"\n'))
+    return recipe, shared / "out"
+
+
+def _driver(args: list[str]) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", "quantforge", *args, "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, text=True)
+
+
+def _writing(partials: list[Path], timeout: float = 120) -> list[int]:
+    """The llama-quantize pids once every one of ``partials`` is being written."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tools = [pid for p in partials for pid in processes_with(str(p))]
+        if len(tools) >= len(partials) and all(p.is_file() and p.stat().st_size > 4 * 1024**2 for p in partials):
+            return tools
+        time.sleep(0.05)
+    pytest.fail("llama-quantize never started writing every partial output")
+
+
+def test_ctrl_c_on_the_driver_cancels_every_task(
+    cluster: Any, tmp_path: Path, smol_f16: Path, smol_imatrix: Path
+) -> None:
+    recipe, out = _shared_recipe(tmp_path, smol_f16, smol_imatrix)
+    partials = [out / f"SmolLM2-135M-Instruct-{n}.gguf.partial" for n in VARIANTS]
+    driver = _driver(["build", str(recipe), "--all", "--out", str(out), "--cluster", cluster.address])
+    try:
+        tools = _writing(partials)  # both variants quantizing, one on each worker node
+        driver.send_signal(signal.SIGINT)
+        _, stderr = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Ctrl-C: cancelled 2 cluster task(s)" in lines[0], stderr
+    time.sleep(0.5)
+    assert not [pid for pid in tools if Path(f"/proc/{pid}").exists()]  # every tool stopped
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".log")) == []  # nothing partial, nothing final
+
+
 def test_worker_killed_mid_build_then_rerun_resumes(
     cluster: Any, local: dict[str, Any], tmp_path: Path, smol_f16: Path, smol_imatrix: Path
 ) -> None:
     """A node dies while llama-quantize writes into the shared folder: its .partial stays, never a
     final name; the driver says what was lost; the rerun on the surviving nodes replaces it."""
-    shared = tmp_path / "nfs"
-    (shared / "out").mkdir(parents=True)
-    recipe = tmp_path / "smol.toml"
-    recipe.write_text(RECIPE.format(base=smol_f16, imatrix=smol_imatrix, cluster=f'\n[cluster]\nshared = "{shared}"\n'))
-    out = shared / "out"
+    recipe, out = _shared_recipe(tmp_path, smol_f16, smol_imatrix)
     final = out / "SmolLM2-135M-Instruct-IQ4_KS.gguf"
     partial = out / f"{final.name}.partial"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "quantforge", "build", str(recipe), "-q", "IQ4_KS", "--out", str(out),
-         "--cluster", cluster.address, "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
-    )  # fmt: skip
+    driver = _driver(["build", str(recipe), "-q", "IQ4_KS", "--out", str(out), "--cluster", cluster.address])
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            tools = processes_with(str(partial))
-            if tools and partial.is_file() and partial.stat().st_size > 4 * 1024**2:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("llama-quantize never started writing the partial output")
+        tools = _writing([partial])
         victim = cluster.node_of_pid(tools[0])
         assert victim is not None
         dead = victim.node_id
