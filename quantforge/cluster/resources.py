@@ -4,7 +4,7 @@
   base through mmap (page cache, which the kernel gives back) and holds one tensor at a time in
   three buffers: the source bytes, their f32 conversion and the f32-sized output work buffer
   (``llama_model_quantize_impl``: ``read_data``, ``f32_conv_buf``, ``work``). So a 1.3 TB
-  DeepSeek BF16 asks for ~25 GiB (its 3.76 G-element expert tensors), and a box with 64 GiB can
+  DeepSeek BF16 asks for 35.5 GiB (its 3.76 G-element expert tensors), and a box with 64 GiB can
   build it. CPUs: ``--threads``, else the fewest CPUs of a node that has the memory, so every
   such node can take it (a homogeneous cluster then runs one build per node with all its cores,
   like a local build does).
