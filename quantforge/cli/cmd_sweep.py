@@ -155,6 +155,9 @@ def sweep_cmd(
         """The sweep(s) themselves: here, or on the rig's node with that node's copy of the model."""
         configs = []
         metas = []
+        nonlocal argv
+        if argv is not None and path is not None and model_path is not None and model_path != path:
+            argv = [str(model_path) if a == str(path) else a for a in argv]  # the node's copy of the model
         if vary:
             for v in values:
                 if argv is not None:
