@@ -26,6 +26,8 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 #: After a polite cancel (KeyboardInterrupt inside the task: the tool's process group is killed and
 #: its partial removed, as on a local Ctrl-C), tasks still running this long are killed outright.
 CANCEL_GRACE_S = 15.0
+#: Connection attempts when the head's per-driver server fails its first start (a loaded head).
+CONNECT_ATTEMPTS = 3
 
 #: progress(task, node, kind, done, total): one line of the cluster's progress view.
 TaskProgress = Callable[[str, str, str, int, int], None]
@@ -279,18 +281,31 @@ def connect(spec: ClusterSpec) -> Iterator[Session]:
     """Connect to ``spec``'s cluster for the duration of the block (ClusterError when it cannot)."""
     ray = import_ray()
     _reachable(spec)
-    try:
-        with warnings.catch_warnings():  # Ray Client warns on stderr as well as raising: one line is ours
-            warnings.simplefilter("ignore")
-            ray.init(address=spec.address, log_to_driver=False, logging_level="ERROR")
-    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
-        raise ClusterError(
-            f"cannot connect to the Ray cluster: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-            where=spec.address,
-            hint="start the head with `ray start --head` (Ray Client listens on port 10001) and check the address",
-        ) from None
+    for attempt in range(CONNECT_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # Ray Client warns on stderr as well as raising: one line is ours
+                warnings.simplefilter("ignore")
+                ray.init(address=spec.address, log_to_driver=False, logging_level="ERROR")
+            break
+        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+            # The head starts a server per driver; on a loaded head its first start can miss Ray
+            # Client's deadline ("Initialization failure from server"): the next attempt finds it warm.
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if attempt + 1 < CONNECT_ATTEMPTS and "Initialization failure" in str(exc):
+                time.sleep(2.0 * (attempt + 1))
+                continue
+            raise _connect_error(spec, exc) from None
     try:
         yield Session(ray, spec)
     finally:
         with contextlib.suppress(Exception):
             ray.shutdown()
+
+
+def _connect_error(spec: ClusterSpec, exc: BaseException) -> ClusterError:
+    return ClusterError(
+        f"cannot connect to the Ray cluster: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+        where=spec.address,
+        hint="start the head with `ray start --head` (Ray Client listens on port 10001) and check the address",
+    )
