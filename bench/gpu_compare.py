@@ -45,7 +45,21 @@ def main(argv: list[str]) -> int:
     if smi.is_file():
         print(f"Device: {device_line(smi.read_text())}\n")
     print(markdown_table(rows))
-    return 0 if all(r.ok for r in rows) else 1
+    ok = all(r.ok for r in rows)
+    rw = logs / "realwidth"
+    if rw.is_dir():  # the real-width H200 grid, both engines (docs/memory-validation.md)
+        from quantforge.fit.validate import realwidth_rows
+
+        rrows = realwidth_rows(rw)
+        if (rw / "device.txt").is_file():
+            print(f"\nReal-width grid, device: {device_line((rw / 'device.txt').read_text())}\n")
+        print(markdown_table([r for _s, _e, r in rrows]))
+        for split in ("fit", "holdout"):
+            sel = [r for s, _e, r in rrows if s == split]
+            print(f"\n{split}: {sum(r.ok for r in sel)} of {len(sel)} buffers within the acceptance, "
+                  f"largest |diff| {max(abs(r.diff_mib) for r in sel):.2f} MiB")
+        ok = ok and all(r.ok for _s, _e, r in rrows)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

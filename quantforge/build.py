@@ -626,6 +626,18 @@ def _build_key(ctx: _Context, plan: Any) -> dict[str, Any]:
     }
 
 
+def _record_recipe(man_path: Path, ctx: _Context) -> None:
+    """A skipped variant was built from an earlier version of the recipe whose plan is the same
+    (a comment, the publish table, another variant edited): record the recipe it now belongs to,
+    so card and publish, which check the recipe's sha256, take the verified output as built."""
+    from quantforge.manifest import read_manifest, update_manifest
+
+    man = read_manifest(man_path)
+    rec = {**man.recipe, "path": ctx.recipe.path, "sha256": ctx.recipe.sha256}
+    if rec != man.recipe:
+        update_manifest(man_path, recipe=rec)
+
+
 def _manifest_matches(man_path: Path, key: dict[str, Any], files: list[Path]) -> bool:
     from quantforge.manifest import read_manifest, resolve_file
 
@@ -848,6 +860,7 @@ def build_variant(
         if existing and not force:
             if _manifest_matches(man_path, _build_key(ctx, plan), existing):
                 verify_output(existing, plan, expect_kv=_expected_kv(ctx, plan))
+                _record_recipe(man_path, ctx)
                 return result("skipped", existing, cmd_final, sum(p.stat().st_size for p in existing), plan.file_bytes)
             adopted = None
             if not man_path.exists():

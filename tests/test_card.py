@@ -224,9 +224,9 @@ def test_card_fit_matrix_is_the_planners_on_every_shipped_target(card, ladder):
         assert _row(card, name)[8] == f"all {len(shipped)} targets: 8K"
     assert _run_commands(card) == cmds
     assert cmds[("IQ4_KS", "cpu-128gb")] == (
-        "llama-server -m SmolLM2-135M-Instruct-IQ4_KS.gguf -c 8192 -fa -ctk f16 -ctv f16 -b 2048 -ub 512 -t 16")
+        "llama-server -m SmolLM2-135M-Instruct-IQ4_KS.gguf -c 8192 -fa on -ctk f16 -ctv f16 -b 2048 -ub 512 -t 16")
     assert cmds[("IQ2_KS", "512gb-4x24gb")] == (
-        "llama-server -m SmolLM2-135M-Instruct-IQ2_KS.gguf -c 8192 -ngl 99 -ts 8,8,7,7 -fa -ctk f16 -ctv f16 "
+        "llama-server -m SmolLM2-135M-Instruct-IQ2_KS.gguf -c 8192 -ngl 999 -ts 24576,24576,24576,24576 -fa on -ctk f16 -ctv f16 "
         "-b 2048 -ub 512 -t 32")
     assert "Planned by quantforge at 8K context (-ctk f16 -ctv f16, -b 2048 -ub 512, flash attention)" in card
 
@@ -265,7 +265,7 @@ def test_card_fit_small_machines_give_every_verdict(ladder, tmp_path):
     assert _row(card, "IQ2_KS")[8] == "8K: cpu-128gb, sbc-370<br>512 only: sbc-200"
     # A smaller context only: the command runs at the largest context that fits; none where nothing fits.
     assert cmds[("IQ4_KS", "sbc-200")] == (
-        "llama-server -m SmolLM2-135M-Instruct-IQ4_KS.gguf -c 256 -fa -ctk f16 -ctv f16 -b 2048 -ub 512 -t 4")
+        "llama-server -m SmolLM2-135M-Instruct-IQ4_KS.gguf -c 256 -fa on -ctk f16 -ctv f16 -b 2048 -ub 512 -t 4")
     assert ("IQ5_KS", "sbc-200") not in _run_commands(card)
 
 

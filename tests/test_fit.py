@@ -9,18 +9,21 @@ from typing import Any
 import pytest
 
 from quantforge.cli import main
-from quantforge.fit.compute import compute_buffer, host_compute_buffer
+from quantforge.fit.buffers import ik_layer_devices, ik_layer_sizes, run_buffers
+from quantforge.fit.cmdline import parse_command
 from quantforge.fit.dims import dims_from_hparams
 from quantforge.fit.kv import kv_cache, padded_ctx
 from quantforge.fit.placement import (
     FitTensor,
     apply_overrides,
     device_weight_bytes,
+    fit_tensors,
     layer_device,
     prepare,
 )
 from quantforge.fit.probe import parse_buffer_log, probe_load
 from quantforge.fit.report import Settings, plan_fit
+from quantforge.fit.validate import model_facts
 from quantforge.targets import list_targets, load_target
 
 MIB = 1 << 20
@@ -134,31 +137,24 @@ def _close(pred: int, logged_mib: float) -> bool:
     return abs(pred / MIB - logged_mib) <= max(0.05 * logged_mib, 64)
 
 
-def test_compute_buffers_vs_fixture_logs(ik_fixtures: Path, smol_dims: Any) -> None:
-    for log in (
-        "gpu-sweep-full.log",
-        "gpu-sweep-hybrid-ub512.log",
-        "gpu-sweep-hybrid-ub2048.log",
-        "sweep-cpu.log",
-    ):
-        b = parse_buffer_log((ik_fixtures / "logs" / log).read_text())
-        fa = bool(b.params["flash_attn"])
-        kv_size = padded_ctx(b.params["n_ctx"], fa)
-        main_dev = "CUDA0" if "CUDA0" in b.compute_mib else "CPU"
-        # with -ot ffn_.*=CPU the GPU runs the FFN matmuls of the u-batch on a copy of the
-        # largest RAM-resident weight (ffn_down, q6_K 1536x576: 0.69 MiB)
-        copy = 725760 if "hybrid" in log else 0
-        pred = compute_buffer(
-            smol_dims, kv_size=kv_size, ub=b.params["n_ubatch"], flash_attn=fa, offload_copy=copy,
-            cuda=main_dev == "CUDA0",
-        )  # fmt: skip
-        assert _close(pred, b.compute_mib[main_dev]), (log, pred / MIB, b.compute_mib)
-        assert abs(pred / MIB - b.compute_mib[main_dev]) / b.compute_mib[main_dev] < 0.02
-        if main_dev == "CUDA0":  # the GPU logs: exact to the printed 0.01 MiB
-            assert _mib(pred) == b.compute_mib["CUDA0"], (log, pred / MIB, b.compute_mib)
-        if "CUDA_Host" in b.compute_mib:
-            host = host_compute_buffer(smol_dims, kv_size=kv_size, ub=b.params["n_ubatch"], flash_attn=fa)
-            assert _mib(host) == pytest.approx(b.compute_mib["CUDA_Host"], abs=0.05)
+@pytest.mark.parametrize(
+    ("log", "argv", "n_gpus"),
+    [
+        ("gpu-sweep-full.log", "-c 4096 -b 2048 -ub 512 -ngl 99", 1),
+        ("gpu-sweep-hybrid-ub512.log", "-c 4096 -b 2048 -ub 512 -ngl 99 -ot ffn_.*=CPU", 1),
+        ("gpu-sweep-hybrid-ub2048.log", "-c 4096 -b 2048 -ub 2048 -ngl 99 -ot ffn_.*=CPU", 1),
+        ("sweep-cpu.log", "-c 4096 -b 2048 -ub 512", 0),
+    ],
+)
+def test_compute_buffers_vs_fixture_logs(ik_fixtures: Path, smol_dims: Any, log: str, argv: str, n_gpus: int) -> None:
+    """The H100 and CPU runs of the fixtures (ik's own sweep-bench on SmolLM2 quant c): every
+    compute buffer of the simulated graph exact to the printed 0.01 MiB."""
+    b = parse_buffer_log((ik_fixtures / "logs" / log).read_text())
+    cmd = parse_command("llama-sweep-bench " + argv, engine="ik")
+    assert (b.params["n_ctx"], b.params["n_ubatch"]) == (cmd.n_ctx, cmd.effective_ubatch)
+    rb = run_buffers(_listing(ik_fixtures / "tensors-smol-custom.txt"), smol_dims, cmd, n_gpus=n_gpus)
+    got = {d: _mib(rb.get(d, "compute")) for d in b.compute_mib}
+    assert got == pytest.approx(b.compute_mib, abs=0.011), (log, got, b.compute_mib)
 
 
 @pytest.mark.parametrize(
@@ -180,8 +176,9 @@ def test_real_cpu_load_matches_prediction(
     kv = kv_cache(smol_dims, n_ctx=n_ctx, flash_attn=fa)
     assert _mib(kv.total) == b.kv_self_mib
     assert b.weights_mib == {"CPU": 256.63}
-    pred = compute_buffer(smol_dims, kv_size=kv.kv_size, ub=ub, flash_attn=fa)
-    assert _close(pred, b.compute_mib["CPU"]), (pred / MIB, b.compute_mib)
+    cmd = parse_command(f"llama-cli -c {n_ctx} -b 2048 -ub {ub} -fa {'on' if fa else 'off'}", engine="ik")
+    rb = run_buffers(model_facts(smol_f16).tensors, smol_dims, cmd, n_gpus=0)
+    assert _close(rb.get("CPU", "compute"), b.compute_mib["CPU"]), (rb.get("CPU", "compute") / MIB, b.compute_mib)
 
 
 # ------------------------------------------------------------------------ placement and -ot
@@ -202,17 +199,22 @@ def test_ot_arguments_replay_to_the_plan(r1: tuple[list[Any], Any]) -> None:
             r = plan_fit(p, dims, t, settings=Settings(n_ctx=32768), with_placement=True)
             assert r.placement is not None
             n_gpu = len(t.gpu)
-            counts = r.tensor_split or [dims.n_layer]
+            # the layers' devices are what the emitted -ngl/-ts give on ik's loader
+            cmd = parse_command(r.command, engine="ik")
+            kv = kv_cache(dims, n_ctx=32768, type_k="f16", type_v="f16", flash_attn=True, mla=3, engine="ik")
+            sizes, max_compute = ik_layer_sizes(fit_tensors(p), dims, kv.per_layer, n_ubatch=cmd.effective_ubatch,
+                                                n_ctx=32768, mla=cmd.mla, amb=cmd.amb)  # fmt: skip
+            ldev = ik_layer_devices(sizes, max_compute, ngl=int(cmd.n_gpu_layers or 0), n_gpus=n_gpu,
+                                    tensor_split=cmd.tensor_split)  # fmt: skip
+            assert sorted(set(ldev)) == list(range(n_gpu)), (p.name, t.name)  # every GPU gets layers
 
-            def default(name: str, counts: list[int] = counts, n_gpu: int = n_gpu) -> str:
+            def default(name: str, ldev: list[int] = ldev) -> str:
                 if name == "token_embd.weight":
                     return "CPU"
                 if name.startswith("blk."):
-                    return f"CUDA{layer_device(int(name.split('.')[1]), counts)}"
-                return f"CUDA{n_gpu - 1}"
+                    return f"CUDA{ldev[int(name.split('.')[1])]}"
+                return f"CUDA{ldev[-1]}"
 
-            if r.override_args:
-                assert r.override_args[-1].endswith("=CPU") and r.override_args[-1].startswith("^")
             got = apply_overrides([x.name for x in p.tensors], r.override_args, default)
             assert got == r.placement, (p.name, t.name)
             checked += 1
@@ -311,14 +313,19 @@ def test_command_flags_ik(r1: tuple[list[Any], Any]) -> None:
     assert cmd[cmd.index("-fa") + 1] in ("on", "off")
     assert int(cmd[cmd.index("-b") + 1]) >= int(cmd[cmd.index("-ub") + 1])
     assert cmd[cmd.index("-c") + 1] == "32768"
-    r3 = plan_fit(plans[0], dims, load_target("256gb-3x24gb"), settings=Settings(n_ctx=32768))
-    assert r3.command[r3.command.index("-ts") + 1] == "21,20,20"
+    r3 = plan_fit(plans[0], dims, load_target("256gb-3x24gb"), settings=Settings(n_ctx=32768), with_placement=True)
+    assert r3.placement is not None
+    gpu_of = {layer: int(r3.placement[f"blk.{layer}.attn_norm.weight"][-1]) for layer in range(61)}
+    assert sorted(set(gpu_of.values())) == [0, 1, 2] and list(gpu_of.values()) == sorted(gpu_of.values())
+    # -ts: each GPU's memory in MiB (three 24 GiB cards), which ik's loader turns into its layer split
+    assert r3.command[r3.command.index("-ts") + 1] == "24576,24576,24576"
+    assert r3.tensor_split == [24576, 24576, 24576]
     # each GPU holds the experts of its own layers first: its own expert layers are the first
     # ones of its range (others' layers only take the room its next own layer did not fit in)
     for d in r3.devices[1:]:
         k = int(d.name[-1])
-        mine = [layer for layer in range(3, 61) if layer_device(layer, [21, 20, 20]) == k]
-        own = [layer for layer in d.expert_layers if layer_device(layer, [21, 20, 20]) == k]
+        mine = [layer for layer in range(3, 61) if gpu_of[layer] == k]
+        own = [layer for layer in d.expert_layers if gpu_of[layer] == k]
         assert len(own) >= 3 and own == mine[: len(own)], (d.name, d.expert_layers)
 
 

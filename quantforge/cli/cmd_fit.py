@@ -41,6 +41,10 @@ def _render_report(r: Any) -> str:
             + (f"  experts of layers {_ranges(d.expert_layers)}" if d.expert_layers else "")
             + ("  (pinned, mmap off)" if d.pinned else "")
         )
+    margins = [d for d in r.devices if d.kind == "gpu" and d.margin_source]
+    if margins:
+        lines += ["", "margin kept beyond the buffers (in overhead, with the target's gpu_margin):"]
+        lines += [f"  {d.name}: {_gib(d.margin_bytes)}: {d.margin_source}" for d in margins]
     if r.cheapest_change:
         lines += ["", f"cheapest change: {r.cheapest_change}"]
     lines += ["", f"token generation upper bound: {r.tg_tokens_per_s:.1f} t/s"]
@@ -86,9 +90,28 @@ def _render_matrix(m: Any) -> str:
     return "\n".join(lines)
 
 
+def _render_command_plan(p: Any) -> str:
+    from quantforge.units import human_bytes as _gib
+
+    head = f"{p.engine} command at -c {p.n_ctx} ({p.kv_size} KV cells), -ub {p.n_ubatch}, FA {'on' if p.flash_attn else 'off'}"
+    if p.gpu_layers:
+        head += ", layers per GPU " + "/".join(str(n) for n in p.gpu_layers)
+    lines = [head, "", f"{'buffer':12s} {'kind':8s} {'size':>11s}"]
+    for b in p.buffers:
+        lines.append(f"{b.device:12s} {b.kind:8s} {_gib(b.bytes):>11s}")
+    if p.verdict:
+        lines += ["", f"on {p.target}: {p.verdict.replace('_', ' ').upper()}"]
+        for d in p.devices:
+            lines.append(f"  {d.name:8s} total {_gib(d.total_bytes):>11s} of {_gib(d.capacity_bytes):>11s}, "
+                         f"headroom {_gib(d.headroom_bytes):>11s}")  # fmt: skip
+            if d.kind == "gpu":
+                lines.append(f"           margin kept {_gib(d.margin_bytes)}: {d.margin_source}")
+    return "\n".join(lines)
+
+
 @app.command("plan")
 def plan_cmd(
-    recipe: Path = typer.Argument(..., help="Recipe TOML."),
+    recipe: Path = typer.Argument(..., help="Recipe TOML (or, with --command, a GGUF file or any shard of a set)."),
     quant: VariantOpt = None,
     target: str = typer.Option(None, "--target", "-t", help="Hardware target TOML (or a shipped name)."),
     ctx: int = typer.Option(32768, "--ctx", "-c", help="Context length in tokens."),
@@ -107,6 +130,15 @@ def plan_cmd(
     placement: bool = typer.Option(
         False, "--placement", help="Include the tensor -> device map in the JSON."
     ),
+    command: str = typer.Option(
+        None, "--command", help="Size the buffers of this llama-server/llama-cli/llama-sweep-bench command line "
+        "(its -ngl, -ot, -ts, -c, -b, -ub, -fa, -mla, -amb, -ctk/-ctv, -ncmoe) instead of planning one.",
+    ),
+    engine: str = typer.Option(None, "--engine", help="With --command on a GGUF: ik or mainline (default ik)."),
+    engine_version: str = typer.Option(
+        None, "--engine-version", help="With --command: the ik build (commit count) the command runs on, e.g. 4300 "
+        "(ik before 4327 split layers over GPUs by count, since then by bytes).",
+    ),
     as_json: JsonOpt = False,
 ) -> None:
     """Does a recipe variant fit a machine? Memory per device, verdict, largest context, command.
@@ -116,10 +148,31 @@ def plan_cmd(
       quantforge plan recipes/deepseek-r1-0528.toml --quant IQ2_K_R4 --target hw_targets/256gb-24gb.toml --ctx 32768
 
       quantforge plan recipes/deepseek-r1-0528.toml --matrix --json
+
+      quantforge plan model.gguf --command 'llama-server -m model.gguf -c 32768 -ngl 99 -ot exps=CPU' --target 256gb-24gb
     """
     from quantforge.cli._output import emit
     from quantforge.errors import UsageError
-    from quantforge.fit.api import fit_recipe, recipe_matrix
+    from quantforge.fit.api import fit_recipe, plan_source_command, recipe_matrix
+
+    if command is not None:
+        if matrix:
+            raise UsageError("--command and --matrix: choose one", hint="--command sizes one command line")
+        if engine not in (None, "ik", "mainline"):
+            raise UsageError(f"--engine {engine!r}: expected ik or mainline", hint="--engine mainline")
+        build = None
+        if engine_version is not None:
+            from quantforge.plan._versions import parse_engine_version
+
+            try:
+                build = parse_engine_version(engine_version, where="--engine-version")
+            except Exception as e:  # a RecipeError names the recipe key; this is a flag
+                raise UsageError(f"--engine-version {engine_version!r}: not a build number",
+                                 hint="e.g. --engine-version 4300") from e  # fmt: skip
+        cp = plan_source_command(recipe, command, quant=quant, target=target, engine=engine,  # type: ignore[arg-type]
+                                 engine_build=build)  # fmt: skip
+        emit(cp, as_json=as_json, human=_render_command_plan)
+        return
 
     s = _settings(ctx, ctk, ctv, mla, fa, ub, amb)
     if matrix:

@@ -7,8 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from quantforge.catalogue import Engine
 from quantforge.fit.dims import ModelDims, dims_from_hparams
-from quantforge.fit.report import FitReport, Settings, Verdict, plan_fit
+from quantforge.fit.placement import FitTensor
+from quantforge.fit.report import CommandPlan, FitReport, Settings, Verdict, plan_command, plan_fit
 from quantforge.targets import HardwareTarget, list_targets, load_target
 
 
@@ -103,3 +105,49 @@ def recipe_matrix(
     plans, dims = recipe_plans(recipe, quant)
     model = recipe.model.name or recipe.model.id or str(recipe_path)
     return breakpoint_matrix(plans, dims, list_targets(targets_dir), settings=settings, model=model)
+
+
+def plan_source_command(
+    source: str | Path, command: str, *, quant: str | None = None, target: str | Path | None = None,
+    engine: Engine | None = None, engine_build: int | None = None,
+) -> CommandPlan:  # fmt: skip
+    """``plan SOURCE --command …``: the buffers of a command line for a recipe variant (the
+    planned tensors) or a GGUF (its own tensors and offsets: a local file, or any shard of a set)."""
+    from quantforge.fit.dims import extras_from_hparams
+    from quantforge.fit.placement import fit_tensors
+    from quantforge.inventory import load_source
+
+    tgt = load_target(target) if target else None
+    text = str(source)
+    if Path(text).suffix.lower() == ".toml":
+        from quantforge.recipe import load_recipe
+
+        recipe = load_recipe(text)
+        inv = recipe_inventory(recipe)
+        plans, dims = recipe_plans(recipe, quant or recipe.quants[0].name)
+        eng: Engine = engine or recipe.engine
+        ex = extras_from_hparams(inv.arch, inv.hparams, layout=inv.layout or "ik")
+        return plan_command(fit_tensors(plans[0]), dims, command, engine=eng, target=tgt, extras=ex,
+                            engine_build=engine_build)  # fmt: skip
+    eng = engine or "ik"
+    src = load_source(text, engine=eng)
+    inv = src.inventory
+    if src.kind == "gguf" and len({t.shard for t in inv.tensors}) == 1 and Path(text).is_file():
+        from quantforge.fit.validate import facts_from_header
+        from quantforge.gguf_header import read_header
+
+        f = facts_from_header(read_header(text), engine=eng)
+        return plan_command(f.tensors, f.dims, command, engine=eng, target=tgt, extras=f.extras,
+                            offsets=f.offsets, engine_build=engine_build)  # fmt: skip
+    from quantforge.catalogue import catalogue
+
+    cat = catalogue(eng)
+    tensors = []
+    for t in inv.tensors:
+        qt = cat.get(t.dtype)
+        layer = int(t.name.split(".")[1]) if t.name.startswith("blk.") else None
+        tensors.append(FitTensor(name=t.name, shape=tuple(t.shape), type=qt.name, bytes=qt.tensor_bytes(t.shape),
+                                 layer=layer))  # fmt: skip
+    dims = dims_from_hparams(inv.arch, inv.hparams)
+    ex = extras_from_hparams(inv.arch, inv.hparams, layout=inv.layout or "ik")
+    return plan_command(tensors, dims, command, engine=eng, target=tgt, extras=ex, engine_build=engine_build)

@@ -14,12 +14,14 @@ Buffer names are the engines' own: ``CPU`` (mapped weights, ik), ``CPU_Mapped`` 
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from quantforge.catalogue import Engine, catalogue
@@ -28,7 +30,7 @@ from quantforge.fit.dims import ModelDims
 from quantforge.fit.ggml_sim import CUDA_ROW_PADDING, Backend, schedule
 from quantforge.fit.graphs import GraphConfig, ModelWeights, WeightInfo, build_graph
 from quantforge.fit.kv import kv_cache
-from quantforge.fit.placement import FitTensor, layer_device
+from quantforge.fit.placement import FitTensor
 
 BufferKind = Literal["weights", "kv", "compute", "output"]
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.")
@@ -82,50 +84,221 @@ def _pad(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
-def layer_devices(n_layer: int, ngl: int, n_gpus: int, tensor_split: Sequence[float]) -> list[int]:
-    """The device of each layer: the last ``ngl`` layers on GPUs, split by ``-ts`` (default: evenly),
-    the rest on the CPU (-1); llama.cpp's float32 ``std::upper_bound`` over the cumulative split."""
-    if n_gpus == 0 or ngl <= 0:
-        return [-1] * n_layer
-    start = max(n_layer - ngl, 0)
-    split = list(tensor_split[:n_gpus]) if tensor_split else [1.0] * n_gpus
+def _cumulative_splits(split: Sequence[float]) -> list[np.float32]:
+    """llama.cpp's split points: the running sum of the split in float32, normalized."""
+    acc = np.float32(0)
+    cum = []
+    for x in split:
+        acc = np.float32(acc + np.float32(x))
+        cum.append(acc)
+    return [np.float32(c / acc) for c in cum]
+
+
+def _default_split(n_gpus: int, tensor_split: Sequence[float], gpu_free: Sequence[int] | None) -> list[float]:
+    split = [float(x) for x in tensor_split[:n_gpus]]
     split += [0.0] * (n_gpus - len(split))
-    if not any(split):
-        split = [1.0] * n_gpus
-    counts = _counts_from_split(n_layer - start, split)
-    out = [-1] * start
-    for i in range(n_layer - start):
-        out.append(layer_device(i, counts))
+    if not any(split):  # no -ts: by each GPU's free memory (equal when unknown)
+        split = [float(x) for x in gpu_free] if gpu_free else [1.0] * n_gpus
+    return split
+
+
+def layer_devices(n_layer: int, ngl: int, n_gpus: int, tensor_split: Sequence[float],
+                  gpu_free: Sequence[int] | None = None) -> list[int]:  # fmt: skip
+    """Mainline's assignment of layers ``0..n_layer`` (the last entry is the output layer) to
+    devices (-1: CPU): the output counts as a layer, so ``-ngl N`` offloads the output and the
+    last ``N - 1`` repeating layers; the ``-ts`` split is cut by layer count (float32
+    ``std::upper_bound`` of ``(il - i_gpu_start) / act_gpu_layers`` over the cumulative split)."""
+    if n_gpus == 0 or ngl <= 0:
+        return [-1] * (n_layer + 1)
+    start = max(n_layer + 1 - ngl, 0)
+    act = min(ngl, n_layer + 1)
+    cum = _cumulative_splits(_default_split(n_gpus, tensor_split, gpu_free))
+    out = []
+    for il in range(n_layer + 1):
+        if il < start or il - start >= act:
+            out.append(-1)
+            continue
+        x = np.float32(np.float32(il - start) / np.float32(act))
+        out.append(min(bisect.bisect_right(cum, x), n_gpus - 1))
     return out
 
 
-def _counts_from_split(n: int, split: Sequence[float]) -> list[int]:
-    # layer_device works on integer counts; llama.cpp splits fractions of the layer range the same way
-    total = sum(split)
-    cum = 0.0
-    bounds = []
-    for s in split:
-        cum += s / total
-        bounds.append(cum)
-    counts = [0] * len(split)
-    for i in range(n):
-        x = i / n
-        k = next((j for j, c in enumerate(bounds) if c > x), len(split) - 1)
-        counts[k] += 1
-    return counts
+_IK_NORMS = ("attn_norm", "attn_norm_2", "attn_output_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm",
+             "layer_output_norm")  # fmt: skip
+_IK_DENSE = ("ffn_up", "ffn_gate", "ffn_down")
+_IK_SHEXP = ("ffn_up_shexp", "ffn_gate_shexp", "ffn_down_shexp")
+_IK_EXPS = ("ffn_up_exps", "ffn_gate_exps", "ffn_down_exps", "ffn_gate_up_exps")
+IK_DEFAULT_FIT_MARGIN = 1 << 30
+#: ik build (commit count) of 0871ab296, PR #1466 "Take into account layer sizes for setting GPU
+#: layers" (2026-03-20): before it, ik split layers by count as below in ``ik_count_layer_devices``.
+IK_SIZE_BASED_SPLIT_BUILD = 4327
+
+
+def ik_count_layer_devices(n_layer: int, ngl: int, n_gpus: int, tensor_split: Sequence[float],
+                           gpu_free: Sequence[int] | None = None) -> list[int]:  # fmt: skip
+    """ik before ``IK_SIZE_BASED_SPLIT_BUILD``: repeating layer ``i`` of the last ``-ngl`` goes to
+    ``upper_bound(splits, (i - i_gpu_start) / act_gpu_layers)`` with ``act_gpu_layers = min(ngl,
+    n_layer + 1)``, the output (when ``-ngl`` > n_layer) to the split of ``(act - 1) / act``."""
+    if n_gpus == 0 or ngl <= 0:
+        return [-1] * (n_layer + 1)
+    start = max(n_layer - ngl, 0)
+    act = min(ngl, n_layer + 1)
+    cum = _cumulative_splits(_default_split(n_gpus, tensor_split, gpu_free))
+
+    def dev(x: int) -> int:
+        return min(bisect.bisect_right(cum, np.float32(np.float32(x) / np.float32(act))), n_gpus - 1)
+
+    out = [-1 if il < start else dev(il - start) for il in range(n_layer)]
+    out.append(dev(act - 1) if ngl > n_layer else -1)
+    return out  # k_default_mem_margin: kept free per GPU when splitting by free memory
+
+
+def ik_layer_sizes(tensors: Sequence[FitTensor], dims: ModelDims, kv_per_layer: Sequence[int], *, n_ubatch: int,
+                   n_ctx: int, mla: int, amb: int) -> tuple[list[float], float]:  # fmt: skip
+    """ik's ``get_layer_sizes``: bytes of every layer (all its tensors, routed experts included
+    whatever ``-ot`` says, plus its KV cache), the output layer last (output.weight or the tied
+    token_embd, plus the logits beyond the largest compute estimate), and that estimate
+    (``max_compute``: the largest FFN/MLA intermediate of a layer at this u-batch)."""
+    nl = dims.n_layer
+    result = [0.0] * (nl + 1)
+    compute = [0.0] * (nl + 1)
+    ffn_exps = [0] * nl
+    ffn_shexp = [0] * nl
+    ffn_dense = [0] * nl
+    norm = [False] * nl
+    mla_t: dict[int, dict[str, FitTensor]] = {}
+    ow = embd = 0
+    first_nextn = nl - dims.nextn_layers
+    for t in tensors:
+        if t.name == "token_embd.weight":
+            embd = t.bytes
+            continue
+        if t.name == "output.weight":
+            ow += t.bytes
+            continue
+        if t.layer is None or not 0 <= t.layer < nl or t.layer >= first_nextn:
+            continue
+        il = t.layer
+        result[il] += t.bytes
+        kind, _, suffix = t.name.split(".", 2)[2].rpartition(".")
+        if suffix in ("bias", "scale"):
+            continue
+        if dims.is_mla and kind in ("attn_k_b", "attn_v_b", "attn_kv_b"):
+            mla_t.setdefault(il, {})[kind] = t
+            continue
+        rows = t.shape[1] if len(t.shape) > 1 else 1
+        if kind in _IK_EXPS:
+            ffn_exps[il] += rows * n_ubatch * dims.n_expert_used * 4
+        elif kind in _IK_SHEXP:
+            ffn_shexp[il] += rows * n_ubatch * 4
+        elif kind in _IK_DENSE:
+            ffn_dense[il] += rows * n_ubatch * 4
+        elif kind in _IK_NORMS:
+            norm[il] = True
+    for il in range(nl):
+        inp = dims.n_embd * n_ubatch * 4 * (2 if norm[il] else 1)
+        compute[il] = max(compute[il], float(max(ffn_exps[il], ffn_shexp[il], ffn_dense[il]) + inp))
+    for il, m in mla_t.items():
+        kb, vb, kvb = m.get("attn_k_b"), m.get("attn_v_b"), m.get("attn_kv_b")
+        if kb is not None and vb is not None and kvb is None:
+            qt = catalogue("ik").get(kb.type)
+            row_t = catalogue("ik").get("q8_0") if qt.block_size > 1 else qt
+            heads = vb.shape[2] if len(vb.shape) > 2 else 1
+            result[il] += row_t.row_bytes(vb.shape[0]) * (vb.shape[1] + kb.shape[1]) * heads * 2
+        elif kvb is not None:
+            if kb is None:
+                result[il] += kvb.bytes // 2
+            if vb is None:
+                result[il] += kvb.bytes // 2
+        if mla == 3 and vb is not None:
+            n_head = vb.shape[2] if len(vb.shape) > 2 else 1
+            f32_mib = (2 * vb.shape[1] * n_head * n_ctx * 4) / (1024.0 * 1024.0)
+            n_max = n_head
+            if amb > 0 and f32_mib > amb:
+                n_max = 1
+                for it in range(2, n_head):
+                    if n_head % it == 0 and f32_mib / it <= amb:
+                        n_max = n_head // it
+                        break
+            compute[il] = max(compute[il], 2.0 * vb.shape[1] * n_max * n_ctx * 4)
+    result[nl] = float(ow or embd)
+    max_compute = max(compute[:nl], default=0.0)
+    for il in range(nl):
+        result[il] += kv_per_layer[il] if il < len(kv_per_layer) else 0
+    result[nl] += max(dims.n_vocab * n_ubatch * 4 - max_compute, 0.0)
+    return result, max_compute
+
+
+def ik_layer_devices(sizes: Sequence[float], max_compute: float, *, ngl: int, n_gpus: int,
+                     tensor_split: Sequence[float], gpu_free: Sequence[int] | None = None) -> list[int]:  # fmt: skip
+    """ik's assignment of layers ``0..n_layer`` (the last entry is the output layer) to devices
+    (-1: CPU): the last ``-ngl`` repeating layers (and the output when ``-ngl`` > n_layer) go to
+    GPUs filled in order, each up to its share of the split of the layers' bytes plus one compute
+    estimate per GPU, a layer that crosses the share kept when it is more than half inside (the
+    float32/double arithmetic of ``llm_load_tensors`` kept)."""
+    nl = len(sizes) - 1
+    if n_gpus == 0 or ngl <= 0:
+        return [-1] * (nl + 1)
+    start = max(nl - ngl, 0)
+    out = [-1] * start + [n_gpus - 1] * (nl + 1 - start)
+    if ngl <= nl:
+        out[nl] = -1
+    if n_gpus == 1:
+        return out
+    free = [max(int(f) - IK_DEFAULT_FIT_MARGIN, 0) for f in gpu_free] if gpu_free else None
+    split = _default_split(n_gpus, tensor_split, free)
+    cum = _cumulative_splits(split)
+    if not any(tensor_split) and free:
+        required = sum(sizes)
+        available = sum(f - max_compute for f in free if f > max_compute)
+        if required > available:
+            cum = _cumulative_splits([max(f - max_compute, 0.0) for f in free])
+    n_last = nl + 1 if ngl > nl else nl
+    total = max_compute * n_gpus + sum(sizes[start:n_last])
+    last = start
+    loaded = np.float32(0)
+    for dev in range(n_gpus):
+        loaded = np.float32(float(loaded) + max_compute)
+        share = np.float32(float(cum[dev]) * total)
+        il = last
+        while il < n_last:
+            if float(loaded) + sizes[il] <= float(share):
+                out[il] = dev
+                loaded = np.float32(float(loaded) + sizes[il])
+                il += 1
+                continue
+            if float(loaded) + sizes[il] - float(share) < float(np.float32(share - loaded)):
+                out[il] = dev
+                loaded = np.float32(float(loaded) + sizes[il])
+                il += 1
+            break
+        last = il
+    return out
 
 
 def place_tensors(
-    tensors: Sequence[FitTensor], dims: ModelDims, cmd: RunCommand, *, n_gpus: int
-) -> tuple[dict[str, str], list[int], bool]:
-    """tensor -> device name (``CPU`` or ``CUDAn``), the layer devices, and whether the output is on a GPU."""
+    tensors: Sequence[FitTensor], dims: ModelDims, cmd: RunCommand, *, n_gpus: int,
+    kv_per_layer: Sequence[int] = (), gpu_free: Sequence[int] | None = None, engine_build: int | None = None,
+) -> tuple[dict[str, str], list[int], str]:  # fmt: skip
+    """tensor -> device name (``CPU`` or ``CUDAn``), the layer devices, and the output layer's device.
+    ``gpu_free``: each GPU's free bytes, which split the layers when the command has no ``-ts``."""
     nl = dims.n_layer
     ngl = 999 if cmd.n_gpu_layers is None or cmd.n_gpu_layers < 0 else cmd.n_gpu_layers
     if n_gpus == 0:
         ngl = 0
-    ldev = layer_devices(nl, min(ngl, nl), n_gpus, cmd.tensor_split)
-    out_gpu = n_gpus > 0 and ngl > nl
-    out_dev = f"CUDA{ldev[-1] if ldev and ldev[-1] >= 0 else n_gpus - 1}" if out_gpu else "CPU"
+    if cmd.engine == "ik" and engine_build is not None and engine_build < IK_SIZE_BASED_SPLIT_BUILD:
+        devs = ik_count_layer_devices(nl, ngl, n_gpus, cmd.tensor_split, gpu_free)
+    elif cmd.engine == "ik":
+        sizes, max_compute = ik_layer_sizes(tensors, dims, kv_per_layer, n_ubatch=cmd.effective_ubatch,
+                                            n_ctx=cmd.n_ctx or dims.n_ctx_train or 4096, mla=cmd.mla,
+                                            amb=cmd.amb)  # fmt: skip
+        devs = ik_layer_devices(sizes, max_compute, ngl=ngl, n_gpus=n_gpus, tensor_split=cmd.tensor_split,
+                                gpu_free=gpu_free)  # fmt: skip
+    else:
+        devs = layer_devices(nl, ngl, n_gpus, cmd.tensor_split, gpu_free)
+    ldev, odev = devs[:nl], devs[nl]
+    out_gpu = odev >= 0
+    out_dev = f"CUDA{odev}" if out_gpu else "CPU"
     compiled = [(re.compile(p), b) for p, b in cmd.overrides] if n_gpus > 0 else []
     cpu_moe_layers: set[int] = set()
     moe_layers = sorted({int(m.group(1)) for t in tensors if (m := _EXPERT_RE.match(t.name))})
@@ -151,7 +324,7 @@ def place_tensors(
             else:
                 dev = out_dev
         placement[t.name] = dev
-    return placement, ldev, out_gpu
+    return placement, ldev, out_dev
 
 
 def _repacked(type_name: str, shape: tuple[int, ...], engine: Engine) -> str:
@@ -195,6 +368,8 @@ def run_buffers(
     extras: ModelExtras | None = None,
     gpu_backend: str = "CUDA",
     offsets: Sequence[int] | None = None,
+    gpu_free: Sequence[int] | None = None,
+    engine_build: int | None = None,
 ) -> RunBuffers:
     """Every buffer ``cmd`` allocates for a model with these tensors (in file order)."""
     engine = cmd.engine
@@ -212,7 +387,11 @@ def run_buffers(
                 o += _pad(t.bytes, GGUF_ALIGNMENT)
             offsets = [offs[i] for i in keep]
         tensors = [tensors[i] for i in keep]
-    placement, ldev, _ = place_tensors(tensors, dims, cmd, n_gpus=n_gpus)
+    n_ctx = cmd.n_ctx or dims.n_ctx_train or 4096
+    kv = kv_cache(dims, n_ctx=n_ctx, type_k=cmd.type_k, type_v=cmd.type_v, flash_attn=cmd.flash_attn,
+                  mla=cmd.mla if engine == "ik" else 1, engine=engine)  # fmt: skip
+    placement, ldev, out_dev = place_tensors(tensors, dims, cmd, n_gpus=n_gpus, kv_per_layer=kv.per_layer,
+                                             gpu_free=gpu_free, engine_build=engine_build)  # fmt: skip
     gpus = [f"{gpu_backend}{i}" for i in range(n_gpus)]
     any_cpu_override = n_gpus > 0 and any(
         placement[t.name] == "CPU" for t in tensors if t.name != "token_embd.weight"
@@ -253,17 +432,14 @@ def run_buffers(
         wsum[host_w] = wsum.get(host_w, 0) + cpu_range[1] - cpu_range[0]
     # a tied output (no output.weight) is a copy of token_embd on the output's GPU
     names = {t.name for t in tensors}
-    if "output.weight" not in names and n_gpus > 0 and ldev and ldev[-1] >= 0:
+    tied_dev = out_dev if ("output.weight" not in names and out_dev != "CPU") else None
+    if tied_dev:
         embd = next(t for t in tensors if t.name == "token_embd.weight")
-        d = gpus[ldev[-1]]
-        wsum[d] = wsum.get(d, 0) + _cuda_alloc(embd, engine)
+        wsum[tied_dev] = wsum.get(tied_dev, 0) + _cuda_alloc(embd, engine)
     for dev in [host_w, *gpus]:
         if wsum.get(dev):
             buffers.append(BufferBytes(device=dev, kind="weights", bytes=wsum[dev]))
     # ---- KV cache
-    n_ctx = cmd.n_ctx or dims.n_ctx_train or 4096
-    kv = kv_cache(dims, n_ctx=n_ctx, type_k=cmd.type_k, type_v=cmd.type_v, flash_attn=cmd.flash_attn,
-                  mla=cmd.mla if engine == "ik" else 1, engine=engine)  # fmt: skip
     kv_dev: dict[int, str] = {}
     kvb: dict[str, int] = {}
     for il in range(len(kv.per_layer)):
@@ -276,7 +452,6 @@ def run_buffers(
             buffers.append(BufferBytes(device=dev, kind="kv", bytes=kvb[dev]))
     # ---- compute
     host_c = "CUDA_Host" if n_gpus > 0 else "CPU"
-    tied_dev = gpus[ldev[-1]] if ("output.weight" not in names and n_gpus > 0 and ldev and ldev[-1] >= 0) else None
     comp = _compute(tensors, types, placement, host_w, dims, cmd, kv.kv_size, kv_dev, gpus, host_c, ex, engine,
                     tied_output=tied_dev)  # fmt: skip
     for dev in [*gpus, host_c]:

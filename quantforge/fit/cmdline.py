@@ -11,6 +11,7 @@ commands against the binary's ``--help``).
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 from typing import Literal
@@ -143,15 +144,15 @@ def parse_command(argv: str | Sequence[str], *, engine: Engine) -> RunCommand:
         elif a in ("-mla", "--mla-use"):
             out["mla"] = _int(a, value())
         elif a in ("-amb", "--attention-max-batch"):
-            v = _int(a, value())
-            out["amb"] = 128 if 0 < v < 128 else v  # ik raises -amb below 128 to 128
+            amb = _int(a, value())
+            out["amb"] = 128 if 0 < amb < 128 else amb  # ik raises -amb below 128 to 128
         elif a in ("-ctk", "--cache-type-k"):
             out["type_k"] = value()
         elif a in ("-ctv", "--cache-type-v"):
             out["type_v"] = value()
         elif a in ("-ngl", "--gpu-layers", "--n-gpu-layers"):
-            v = value()
-            out["n_gpu_layers"] = None if v in ("auto", "all") else _int(a, v)
+            ngl = value()
+            out["n_gpu_layers"] = None if ngl in ("auto", "all") else _int(a, ngl)
         elif a in ("-ot", "--override-tensor"):
             for piece in value().split(","):
                 pat, sep, buft = piece.rpartition("=")
@@ -165,10 +166,10 @@ def parse_command(argv: str | Sequence[str], *, engine: Engine) -> RunCommand:
             except ValueError:
                 raise UsageError(f"-ts {raw!r}: expected numbers separated by commas", hint="e.g. -ts 3,2") from None
         elif a in ("-sm", "--split-mode"):
-            v = value()
-            if v not in ("layer", "row", "graph", "attn", "tensor", "none"):
-                raise UsageError(f"-sm {v!r}: unknown split mode", hint="layer, row or graph (ik)")
-            out["split_mode"] = v
+            mode = value()
+            if mode not in ("layer", "row", "graph", "attn", "tensor", "none"):
+                raise UsageError(f"-sm {mode!r}: unknown split mode", hint="layer, row or graph (ik)")
+            out["split_mode"] = mode
         elif a in ("-mg", "--main-gpu"):
             out["main_gpu"] = _int(a, value())
         elif a in ("-ncmoe", "--n-cpu-moe"):
@@ -201,3 +202,32 @@ def parse_command(argv: str | Sequence[str], *, engine: Engine) -> RunCommand:
         i += 1
     out["overrides"] = tuple(overrides)
     return RunCommand.model_validate(out)
+
+
+_HELP_FLAG = re.compile(r"(?:^|[\s,])(-{1,2}[A-Za-z][\w-]*)")
+
+
+def known_flags(help_text: str) -> frozenset[str]:
+    """Every flag a binary's ``--help`` lists (the option column of each line: ``-ub, --ubatch-size N``)."""
+    flags: set[str] = set()
+    for line in help_text.splitlines():
+        head = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0] if line.strip().startswith("-") else ""
+        flags.update(m.group(1) for m in _HELP_FLAG.finditer(" " + head))
+    return frozenset(flags)
+
+
+def command_problems(argv: str | Sequence[str], help_text: str) -> list[str]:
+    """What the binary's own parser would refuse or read otherwise in an emitted command: flags its
+    ``--help`` does not list, a u-batch above the batch (clamped), ``-fa`` without its value."""
+    args = split_command_line(argv)[1:]
+    known = known_flags(help_text)
+    out = [f"{a}: not a flag of this build" for a in args if a.startswith("-") and a not in known
+           and not re.fullmatch(r"-?\d+(\.\d+)?", a)]  # fmt: skip
+    for i, a in enumerate(args):
+        if a in ("-fa", "--flash-attn") and (i + 1 >= len(args) or args[i + 1] not in ("on", "off", "auto")):
+            out.append("-fa without on|off|auto: current builds read the next word as its value")
+    b = args[args.index("-b") + 1] if "-b" in args else "2048"
+    ub = args[args.index("-ub") + 1] if "-ub" in args else "512"
+    if int(ub) > int(b):
+        out.append(f"-ub {ub} above -b {b}: llama.cpp clamps the u-batch to the batch")
+    return out

@@ -699,25 +699,25 @@ def _allocate(
         allocated[id(t)] = False
         live.pop(id(t), None)
 
-    for lf, b in leafs:
-        if b >= 0:
-            allocate(lf, b)
-    for n, b in gnodes:
+    for lf, bi in leafs:
+        if bi >= 0:
+            allocate(lf, bi)
+    for n, bi in gnodes:
         if n.view_src is not None and n.op != "NONE":
             views[id(n.view_src)] = views.get(id(n.view_src), 0) + 1
         if n.flags & FLAG_INPUT:
-            allocate(n, b)
+            allocate(n, bi)
         for s in srcs(n):
             if s is None:
                 continue
             children[id(s)] = children.get(id(s), 0) + 1
             if s.flags & FLAG_INPUT:
-                allocate(s, b)
-    for n, b in gnodes:
+                allocate(s, bi)
+    for n, bi in gnodes:
         for p in srcs(n):
             if p is not None:
-                allocate(p, b)
-        allocate(n, b)
+                allocate(p, bi)
+        allocate(n, bi)
         for p in srcs(n):
             if p is None:
                 continue

@@ -239,7 +239,7 @@ class IkBuilder(_Builder):
                     v_i = g.view_nd(v, (v.ne[0], v.ne[1], 1), (v.nb[1], v.nb[2]), v.nb[2] * h)
                     kqv_i = g.mul_mat(v_i, kq_i)
                     kqv = kqv_i if kqv is None else g.concat(kqv, kqv_i, 2)
-                assert kqv is not None
+            assert kqv is not None
             merged = g.permute(kqv, 0, 2, 1, 3)
             cur = g.cont(merged, hv * n_head, T, name=f"kqv_merged_cont-{il}")
         g.expand(cur)

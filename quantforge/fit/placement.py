@@ -153,7 +153,9 @@ def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None
     for i, t in enumerate(tensors):
         part = expert_part(t.name) if "_exps." in t.name else None
         if part is not None and t.layer is not None and t.layer < nl:
-            key = (t.layer, "down" if part == "down" else "gate_up")
+            # ik fuses gate and up into one op (-fmoe, its default), so they move together;
+            # mainline runs them as separate matmuls, so each may sit on its own device
+            key = (t.layer, "down" if part == "down" else ("gate_up" if engine == "ik" or part == "gate_up" else part))
             groups.setdefault(key, []).append(i)
             p.layer_expert_cpu[t.layer] += cpu_b[i]
             continue
@@ -174,11 +176,12 @@ def prepare(tensors: Sequence[FitTensor], *, engine: Engine, n_layer: int | None
         else:
             p.out_idx.append(i)
             p.out_raw += t.bytes
-    for (layer, kind), idx in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "gate_up")):
+    order = {"gate_up": 0, "gate": 1, "up": 2, "down": 3}
+    for (layer, kind), idx in sorted(groups.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
         forced = {tensors[i].place for i in idx} - {None}
         p.units.append(
             Unit(
-                layer=layer, parts=("gate", "up") if kind == "gate_up" else ("down",), idx=idx,
+                layer=layer, parts=("gate", "up") if kind == "gate_up" else (kind,), idx=idx,
                 cpu_bytes=sum(cpu_b[i] for i in idx), gpu_bytes=sum(gpu_b[i] for i in idx),
                 cuda_ok=all(cuda_ok[i] or not inter[i] for i in idx),
                 forced=forced.pop() if len(forced) == 1 else None, raw_bytes=sum(tensors[i].bytes for i in idx),
@@ -254,25 +257,25 @@ def override_args(
     """The ordered ``-ot`` arguments: GPU-resident expert layers per GPU first, explicit CPU
     tensors next, the CPU catch-all for routed experts last. Anchored patterns; first match wins."""
     args: list[str] = []
-    by_dev: dict[str, dict[tuple[str, ...], list[int]]] = {}
+    by_dev: dict[str, dict[int, set[str]]] = {}
     any_cpu_expert = False
     for ui, u in enumerate(prep.units):
         dev = unit_dev.get(ui, cpu_name)
         if dev == cpu_name:
             any_cpu_expert = True
             continue
-        by_dev.setdefault(dev, {}).setdefault(u.parts, []).append(u.layer)
+        by_dev.setdefault(dev, {}).setdefault(u.layer, set()).update(u.parts)
+    rank = {"gate": 0, "up": 1, "down": 2}
     for dev in sorted(by_dev):
-        parts_map = by_dev[dev]
-        full = set(parts_map.get(("gate", "up"), [])) & set(parts_map.get(("down",), []))
-        if full:
-            args.append(rf"^blk\.{_alternation(sorted(full))}\.ffn_(up|gate|down)_exps\.weight$={dev}")
-        gu = sorted(set(parts_map.get(("gate", "up"), [])) - full)
-        if gu:
-            args.append(rf"^blk\.{_alternation(gu)}\.ffn_(up|gate)_exps\.weight$={dev}")
-        dn = sorted(set(parts_map.get(("down",), [])) - full)
-        if dn:
-            args.append(rf"^blk\.{_alternation(dn)}\.ffn_down_exps\.weight$={dev}")
+        # layers with the same parts on this device share one pattern: whole layers first, then
+        # gate+up, then down alone (and mainline's single gate or up)
+        groups: dict[frozenset[str], list[int]] = {}
+        for layer, layer_parts in by_dev[dev].items():
+            groups.setdefault(frozenset(layer_parts), []).append(layer)
+        for group in sorted(groups, key=lambda ps: (-len(ps), sorted(rank[x] for x in ps))):
+            alt = "|".join(sorted(group, key=lambda x: {"up": 0, "gate": 1, "down": 2}[x]))
+            part_rx = f"({alt})" if len(group) > 1 else alt
+            args.append(rf"^blk\.{_alternation(sorted(groups[group]))}\.ffn_{part_rx}_exps\.weight$={dev}")
     for i in prep.forced_cpu_idx:
         args.append("^" + re.escape(prep.tensors[i].name).replace(r"\_", "_") + f"$={cpu_name}")
     if any_cpu_expert:

@@ -344,3 +344,30 @@ def device_line(nvidia_smi: str) -> str:
     if cuda:
         parts.append(f"CUDA {cuda.group(1)}")
     return ", ".join(parts)
+
+
+def realwidth_rows(log_dir: str | Path) -> list[tuple[str, str, BufferRow]]:
+    """Every logged buffer of the real-width H200 runs (``runs.tsv`` + ``logs/``) with its
+    prediction: (split, engine, row). The models are the headers ``quantforge.fit.realwidth``
+    writes (the runs loaded those very files; no weights needed)."""
+    import shlex
+
+    from quantforge.fit.realwidth import VALIDATION_MODELS, realwidth_header
+
+    d = Path(log_dir)
+    facts: dict[str, ModelFacts] = {}
+    out = []
+    for line in (d / "runs.tsv").read_text().splitlines():
+        if not line or line.startswith(("#", "name\t")):
+            continue
+        name, engine, model, split, command = line.split("\t")
+        log = d / "logs" / f"{name}.log"
+        if not log.is_file():
+            continue  # the dbg-* runs are kept compressed (.log.xz), for reading
+        if model not in facts:
+            facts[model] = facts_from_header(realwidth_header(VALIDATION_MODELS[model]), engine="ik")
+        run = RunSpec(name=name, model=model, command=tuple(shlex.split(command)))
+        eng: Engine = "ik" if engine == "ik" else "mainline"
+        for r in compare_log(facts[model], run, log.read_text(errors="replace"), engine=eng):
+            out.append((split, engine, r))
+    return out
