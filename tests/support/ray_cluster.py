@@ -1,11 +1,15 @@
 """A real multi-node Ray cluster on loopback for the cluster tests and bench/cluster_overhead.py.
 
 Every node is its own raylet (``ray.cluster_utils.Cluster`` starts them as separate processes,
-as ``ray start --head`` / ``ray start --address`` would on separate machines), on 127.0.0.1,
-with its own CPUs, memory, custom resources (``rig:NAME``) and its own scratch and cache
+as ``ray start --head`` / ``ray start --address`` would on separate machines), all on this
+machine, with its own CPUs, memory, custom resources (``rig:NAME``) and its own scratch and cache
 folders (``QUANTFORGE_SCRATCH`` / ``QUANTFORGE_CACHE`` in the node's environment). The head has
 no CPUs, like a head that only coordinates, so every task runs on a worker node. The driver
 connects through Ray Client (``ray://127.0.0.1:PORT``), exactly as ``--cluster`` does.
+
+The nodes keep Ray's own choice of address (this machine's, so nothing leaves it): started with
+``node_ip_address="127.0.0.1"``, Ray 2.60's per-driver client server cannot reach the GCS and
+every connection fails with "Initialization failure from server".
 """
 
 from __future__ import annotations
