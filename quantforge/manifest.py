@@ -61,6 +61,7 @@ class Manifest(BaseModel):
     created: str | None = None
     eval: dict[str, Any] | None = None
     publish: dict[str, Any] | None = None
+    node: dict[str, Any] | None = None  # cluster builds: the Ray node that built it (id, ip, hostname, folder)
 
 
 def manifest_path(output: str | os.PathLike[str]) -> Path:

@@ -53,3 +53,12 @@ RecipeArg = Annotated[str, typer.Argument(help="Recipe TOML file.")]
 WaitOpt = Annotated[
     bool, typer.Option("--wait", help="If another quantforge run is using the folder, wait for it instead of stopping.")
 ]
+#: A Ray cluster to run on (build, eval, sensitivity, sweep); resolved by quantforge.cluster.config.
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        help="Run the tasks on a Ray cluster: ray://HOST:PORT (default: QUANTFORGE_CLUSTER, else [cluster] "
+        "address in the user config; 'local' runs here).",
+    ),
+]

@@ -178,6 +178,7 @@ def run_sensitivity(
     keep: bool = False,
     wait: bool = False,
     progress: Callable[[Progress], None] | None = None,
+    cluster: Any = None,
 ) -> SensitivityResult:
     """Measure the recipe's ``[sensitivity]`` groups around ``quant`` (the base variant) and write the table.
 
@@ -339,7 +340,29 @@ def run_sensitivity(
             return Path(b.output), time.monotonic() - t0
 
         try:
-            if n_jobs == 1:
+            if cluster is not None:  # a quantforge.cluster.ClusterSpec: each pending run is one Ray task
+                from quantforge.cluster.sensitivity import measure_on_cluster
+
+                def record(r: Run, value: dict[str, Any]) -> None:
+                    nonlocal base_value
+                    p = plans[r.name]
+                    res = RunResult(
+                        key=r.key, label=r.label, value=value["kld"], value_err=value["kld_err"], ppl=value["ppl"],
+                        written={t.name: t.type for t in p.tensors}, tensor_bytes=p.tensor_bytes,
+                        seconds=value["seconds"], measured=_util.now_iso(),
+                    )  # fmt: skip
+                    atomic_write_text(runs_dir / f"{r.key}.json", res.model_dump_json())
+                    results[r.key] = res
+                    if r.kind == "base":
+                        base_value = res.value
+                    report(r, res, cached=False)
+
+                measure_on_cluster(
+                    cluster, pending, derived=derived, ctx=ctx0, plans=plans, method_key=method_key, logits=logits,
+                    corpus=corpus_p, corpus_sha=corpus_sha, engine=engine_e, eval_version=eval_version,
+                    threads=threads, bin_dir=bin_dir, keep=keep, on_run=record,
+                )  # fmt: skip
+            elif n_jobs == 1:
                 for r in pending:
                     gguf, tb = build_one(r)
                     res = measure(r, gguf, tb)

@@ -53,7 +53,7 @@ REPO = HERE.parents[1]
 DOC = REPO / "docs" / "bad-inputs.md"
 
 AREAS = ("recipe", "regex", "gguf", "inventory", "imatrix", "target", "plan", "fit", "filesystem", "build", "card",
-         "publish", "environment", "hub", "interrupt", "eval", "sweep", "sensitivity")
+         "publish", "environment", "hub", "interrupt", "eval", "sweep", "sensitivity", "cluster")
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,9 @@ def materialise(case: Case, case_dir: Path, values: dict[str, str]) -> list[sock
                 *parents, last = dotted.split(".")
                 node = data
                 for part in parents:
-                    node = node.setdefault(part, {})
+                    if not isinstance(node.get(part), dict):  # absent, or null in a manifest never evaluated
+                        node[part] = {}
+                    node = node[part]
                 node[last] = fill(value, values) if isinstance(value, str) else value
             dst.write_text(json.dumps(data), encoding="utf-8")
         elif "mode" in spec:
