@@ -64,11 +64,13 @@ from quantforge.lock import folder_lock
 from quantforge.manifest import (
     Manifest,
     ManifestFile,
+    RecipeRecord,
     VerificationRecord,
     manifest_path,
     read_manifest,
     relative_to_manifest,
     resolve_file,
+    update_manifest,
     write_manifest,
 )
 from quantforge.names import (
@@ -483,6 +485,18 @@ def _build_key(ctx: BuildContext, plan: QuantPlan) -> dict[str, Any]:
     }
 
 
+def _record_recipe(man_path: Path, ctx: BuildContext) -> None:
+    """A skipped variant was built from an earlier version of the recipe whose plan is the same
+    (a comment, the publish table, another variant edited): record the recipe it now belongs to,
+    so card and publish, which check the recipe's sha256, take the verified output as built."""
+    man = read_manifest(man_path)
+    if man.recipe is None:
+        return
+    rec: RecipeRecord = {**man.recipe, "path": ctx.recipe.path, "sha256": ctx.recipe.sha256}
+    if rec != man.recipe:
+        update_manifest(man_path, recipe=rec)
+
+
 def _manifest_matches(man_path: Path, key: dict[str, Any], files: list[Path]) -> bool:
     try:
         man = read_manifest(man_path)
@@ -686,6 +700,7 @@ def build_variant(
         if existing and not force:
             if _manifest_matches(man_path, _build_key(ctx, plan), existing):
                 verify_output(existing, plan, expect_kv=_expected_kv(ctx, plan))
+                _record_recipe(man_path, ctx)
                 return result("skipped", existing, cmd_final, sum(p.stat().st_size for p in existing),
                               plan.file_bytes)
             adopted = None

@@ -33,6 +33,11 @@ CONFIG_FILE = Path(
     os.environ.get("QUANTFORGE_CONFIG", "") or Path.home() / ".config" / "quantforge" / "config.toml"
 )
 
+#: A Ray cluster to run build/eval/sensitivity/sweep tasks on (``ray://HOST:PORT``); ``--cluster`` wins.
+CLUSTER_ADDRESS = os.environ.get("QUANTFORGE_CLUSTER") or None
+#: This node's scratch folder for cluster tasks (outputs built before they are pulled, shipped inputs).
+SCRATCH_DIR = Path(os.environ["QUANTFORGE_SCRATCH"]) if os.environ.get("QUANTFORGE_SCRATCH") else None
+
 #: Hugging Face's hard per-file limit; outputs above it are split with llama-gguf-split.
 HF_MAX_FILE_BYTES = 50 * 1000**3
 

@@ -72,6 +72,10 @@ class PublishError(QuantforgeError):
     """A model card or an upload cannot be produced."""
 
 
+class ClusterError(QuantforgeError):
+    """A cluster run cannot start or lost a task: no Ray, no connection, no node that fits, a node died."""
+
+
 class FileSystemError(QuantforgeError):
     """The file system failed under a valid request: disk full, I/O error, quota. Exit code 1."""
 

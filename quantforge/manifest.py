@@ -127,6 +127,24 @@ class PublishRecord(TypedDict, total=False):
     head_commit: str | None
 
 
+class PulledRecord(TypedDict):
+    bytes: int
+    seconds: float
+
+
+class NodeRecord(TypedDict, total=False):
+    """The Ray node a cluster build ran on (``cluster.tasks.identity``), and how the output came back."""
+
+    node_id: str
+    ip: str
+    hostname: str
+    pid: int
+    scratch: str
+    cluster: str
+    out_dir: str
+    pulled: PulledRecord
+
+
 #: A speed sweep recorded beside the variant: ``quantforge sweep`` stores the whole
 #: ``evaluate.models.SweepResult`` as JSON; the demo names its files (json, jsonl, plots).
 SweepRecord = dict[str, Any]
@@ -164,6 +182,7 @@ class Manifest(BaseModel):
     sweeps: dict[str, SweepRecord] | None = None
     fit: FitRecord | None = None
     publish: PublishRecord | None = None
+    node: NodeRecord | None = None  # cluster builds: the Ray node that built it
 
     def latest_eval(self) -> dict[str, Any]:
         """The newest evaluation recorded (``{}`` when none): ``eval.latest``, or a flat old record."""

@@ -187,6 +187,22 @@ class PublishSection(BaseModel):
     ctx: int | None = Field(default=None, gt=0, description="Context used for the card's fit table.")
 
 
+class ClusterSection(BaseModel):
+    """Where a cluster run (``--cluster``) keeps its artifacts; see ``quantforge.cluster``."""
+
+    model_config = _FROZEN
+    shared: str | None = Field(
+        default=None,
+        description="A folder every node sees at the same path (NFS …): outputs are written there directly. "
+        "Without it, outputs are built in each node's scratch folder and pulled back to the driver.",
+    )
+    retries: int = Field(
+        default=0, ge=0, le=10,
+        description="How often Ray re-runs a task whose node died, on another node (0: report it; the rerun "
+                    "resumes).",
+    )
+
+
 class RecipeFile(BaseModel):
     """The whole TOML document."""
 
@@ -197,6 +213,7 @@ class RecipeFile(BaseModel):
     eval: EvalSection | None = None
     publish: PublishSection | None = None
     sensitivity: SensitivitySection | None = None
+    cluster: ClusterSection | None = None
 
 
 # --------------------------------------------------------------------------- resolved models
@@ -237,6 +254,7 @@ class Recipe(BaseModel):
     eval: EvalSection | None = None
     publish: PublishSection | None = None
     sensitivity: SensitivitySection | None = None
+    cluster: ClusterSection | None = None
 
     def variant(self, name: str | None = None) -> QuantVariant:
         """The variant called ``name`` (case-insensitive); ``None`` gives the first."""
@@ -725,6 +743,7 @@ def _resolve(spec: RecipeFile, *, text: str, path: str | None, label: str, locat
         eval=spec.eval,
         publish=spec.publish,
         sensitivity=spec.sensitivity,
+        cluster=spec.cluster,
     )
 
 

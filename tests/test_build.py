@@ -167,6 +167,31 @@ def test_second_run_skips_everything_and_a_moved_folder_still_resumes(
     assert [r["status"] for r in res] == ["skipped"] * 3
 
 
+def test_recipe_edit_that_keeps_the_plans_is_recorded_on_skip(
+    ik_ladder: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A comment added to the recipe changes its sha256 but no plan: the rerun skips every variant
+    and records the new recipe in each manifest, which card and publish check."""
+    import shutil
+
+    from quantforge.manifest import read_manifest
+    from quantforge.recipe import load_recipe
+
+    moved = tmp_path / "moved"
+    shutil.copytree(ik_ladder["out"], moved)
+    recipe = tmp_path / "smol.toml"
+    recipe.write_text(Path(ik_ladder["recipe"]).read_text()
+                      + "# a comment changes the sha256, not the plans\n")
+    before = {m.name: read_manifest(m).recipe["sha256"] for m in moved.glob("*.manifest.json")}
+    assert main(["build", str(recipe), "--all", "--out", str(moved), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)["results"]
+    assert [r["status"] for r in res] == ["skipped"] * 3
+    new = load_recipe(recipe).sha256
+    after = {m.name: read_manifest(m).recipe for m in moved.glob("*.manifest.json")}
+    assert len(after) == 3 and set(before.values()) != {new}
+    assert all(r["sha256"] == new and r["path"] == str(recipe) for r in after.values())
+
+
 @pytest.mark.mainline
 def test_mainline_imatrix_then_quantize_and_split(
     tmp_path: Path,

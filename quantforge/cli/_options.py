@@ -60,6 +60,15 @@ WaitOpt = Annotated[
     bool, typer.Option("--wait",
                        help="If another quantforge run is using the folder, wait for it instead of stopping.")
 ]
+#: A Ray cluster to run on (build, eval, sensitivity, sweep); resolved by quantforge.cluster.config.
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        help="Run the tasks on a Ray cluster: ray://HOST:PORT (default: QUANTFORGE_CLUSTER, else [cluster] "
+        "address in the user config; 'local' runs here).",
+    ),
+]
 
 
 def recipe_variants(recipe_path: str, quant: str | None, all_: bool,

@@ -12,6 +12,7 @@ import typer
 from quantforge.cli._app import app
 from quantforge.cli._options import (
     BinDirOpt,
+    ClusterOpt,
     ForceOpt,
     ImatrixOpt,
     JsonOpt,
@@ -21,7 +22,7 @@ from quantforge.cli._options import (
     ThreadsOpt,
     WaitOpt,
 )
-from quantforge.cli._progress import Bars, progress_enabled
+from quantforge.cli._progress import Bars, TaskBars, progress_enabled
 from quantforge.errors import BuildError, UsageError
 from quantforge.units import human_bytes
 
@@ -171,6 +172,7 @@ def build_cmd(
         None, "--progress/--no-progress", help="Show a progress bar (default: on a terminal)."
     ),
     wait: WaitOpt = False,
+    cluster: ClusterOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Quantize recipe variants with llama-quantize, verify them against the plan, write manifests.
@@ -186,6 +188,8 @@ def build_cmd(
       quantforge build recipes/smollm2-135m.toml --quant IQ4_KS
 
       quantforge build recipes/deepseek-r1.toml --all --out /models/out --threads 32
+
+      quantforge build recipes/deepseek-r1.toml --all --out /nfs/quants --cluster ray://10.0.0.1:10001
     """
     from quantforge.build import build, parse_size  # startup
     from quantforge.cli._output import emit  # startup
@@ -207,13 +211,30 @@ def build_cmd(
                 file=sys.stderr,
             )
 
+    from quantforge.cluster.config import resolve_cluster  # startup
+
+    spec = resolve_cluster(cluster, recipe=r)
     try:
-        result = build(
-            r, variants=names, out_dir=Path(out) if out else None, base=base, imatrix=imatrix,
-            bin_dir=bin_dir,
-            threads=threads, force=force, min_free=parse_size(min_free), split_max_bytes=split_bytes or None,
-            timeout=timeout, progress=bars, on_result=on_result, wait=wait,
-        )  # fmt: skip
+        if spec is not None:
+            from quantforge.cluster.build import build_on_cluster  # startup
+
+            task_bars = TaskBars(bars.enabled)
+            bars = task_bars  # type: ignore[assignment]  # on_result closes it like the local bar
+            result = build_on_cluster(
+                r, cluster=spec, variants=names, out_dir=Path(out) if out else None, base=base,
+                imatrix=imatrix,
+                bin_dir=bin_dir, threads=threads, force=force, min_free=parse_size(min_free),
+                split_max_bytes=split_bytes or None, timeout=timeout, progress=task_bars, on_result=on_result,
+                wait=wait,
+            )  # fmt: skip
+        else:
+            result = build(
+                r, variants=names, out_dir=Path(out) if out else None, base=base, imatrix=imatrix,
+                bin_dir=bin_dir,
+                threads=threads, force=force, min_free=parse_size(min_free),
+                split_max_bytes=split_bytes or None,
+                timeout=timeout, progress=bars, on_result=on_result, wait=wait,
+            )  # fmt: skip
     finally:
         bars.close()
 

@@ -10,6 +10,7 @@ import typer
 from quantforge.cli._app import app
 from quantforge.cli._options import (
     BinDirOpt,
+    ClusterOpt,
     JsonOpt,
     OutDirOpt,
     ThreadsOpt,
@@ -41,6 +42,8 @@ def _fmt_eval(r: Any) -> str:
             f"   PPL(Q)/PPL(base) {k.ppl_ratio:.6f} ± {k.ppl_ratio_err:.6f}",
             f"  base {Path(r.base).name if r.base else '?'}  PPL {k.ppl_base:.4f} ± {k.ppl_base_err:.4f}",
         ]
+    if r.node:
+        lines.append(f"  node {r.node.get('ip')} {str(r.node.get('node_id'))[:8]} ({r.node.get('hostname')})")
     return "\n".join(lines)
 
 
@@ -86,6 +89,7 @@ def eval_cmd(
     no_manifest: bool = typer.Option(False, "--no-manifest",
                                      help="Do not record results in the variants' manifests."),
     wait: WaitOpt = False,
+    cluster: ClusterOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """PPL and KLD of built variants (or any GGUF), the way llama-perplexity computes them.
@@ -95,6 +99,8 @@ def eval_cmd(
       quantforge eval recipes/smollm2.toml --quant Q4_K_M --kld --corpus eval.txt --chunks 8
 
       quantforge eval --model smol-Q8_0.gguf --base smol-f16.gguf --corpus eval.txt --engine mainline --json
+
+      quantforge eval recipes/smollm2.toml --all --kld --cluster ray://10.0.0.1:10001   (one task per variant)
     """
     from quantforge.cli._output import emit  # startup
     from quantforge.evaluate.perplexity import evaluate, record_in_manifest  # startup
@@ -127,6 +133,29 @@ def eval_cmd(
         raise UsageError("--kld needs a reference model", where="--kld", hint="pass --base FILE.gguf")
     results = []
     eng: Any = engine  # checked above: bundled | ik | mainline
+    from quantforge.cluster.config import resolve_cluster  # startup
+
+    spec_cluster = resolve_cluster(cluster, recipe=_load(recipe) if recipe else None)
+    if spec_cluster is not None:
+        from quantforge.cli._progress import TaskBars, progress_enabled  # startup
+        from quantforge.cluster.evaluate import eval_on_cluster  # startup
+
+        view = TaskBars(progress_enabled(None) and not as_json)
+        try:
+            results = eval_on_cluster(
+                [p for _, p in targets], cluster=spec_cluster, engine=eng, corpus=corpus, ctx=ctx,
+                chunks=chunks,
+                base=base_model if want_kld else None, base_logits=base_logits if want_kld else None,
+                kld=want_kld,
+                threads=threads, batch=batch, binary=binary, bin_dir=bin_dir, progress=view,
+            )  # fmt: skip
+        finally:
+            view.close()
+        for (_, path), res in zip(targets, results, strict=True):
+            man = Path(str(path) + ".manifest.json")
+            if not no_manifest and man.is_file():
+                record_in_manifest(man, res, wait=wait)
+        targets = []  # measured on the cluster
     for _, path in targets:
         res = evaluate(path, engine=eng, corpus=corpus, ctx=ctx, chunks=chunks,
                        base=base_model if want_kld else None,
@@ -140,6 +169,12 @@ def eval_cmd(
     data: Any = results[0] if len(results) == 1 else results
     emit(data, as_json=as_json,
          human=lambda d: "\n".join(_fmt_eval(r) for r in (d if isinstance(d, list) else [d])))
+
+
+def _load(recipe: str) -> Any:
+    from quantforge.recipe import load_recipe  # startup
+
+    return load_recipe(recipe)
 
 
 plot_app = typer.Typer(help="Charts (PNG + SVG): speed vs N_KV, quality vs size.", no_args_is_help=True)

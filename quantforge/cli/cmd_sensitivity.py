@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from quantforge.cli._app import app
-from quantforge.cli._options import BinDirOpt, ForceOpt, ImatrixOpt, JsonOpt, ThreadsOpt, WaitOpt
+from quantforge.cli._options import BinDirOpt, ClusterOpt, ForceOpt, ImatrixOpt, JsonOpt, ThreadsOpt, WaitOpt
 from quantforge.errors import UsageError
 
 
@@ -60,6 +60,7 @@ def sensitivity_cmd(
     progress: bool = typer.Option(None, "--progress/--no-progress", help="One line per run on stderr."),
     force: ForceOpt = False,
     wait: WaitOpt = False,
+    cluster: ClusterOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure each tensor group's KLD cost at each candidate type with the real engine (resumable).
@@ -74,6 +75,9 @@ def sensitivity_cmd(
 
       quantforge sensitivity recipes/deepseek-r1-0528.toml --import kld_results.csv --curve
       group0/kld_results.csv -o r1.csv
+
+      quantforge sensitivity recipes/smollm2-135m.toml --quant Q8_0 --cluster ray://10.0.0.1:10001
+      (a task per run)
     """
     from quantforge.cli._output import emit  # startup
     from quantforge.cli._progress import progress_enabled  # startup
@@ -90,14 +94,17 @@ def sensitivity_cmd(
         return
     if curve or baseline is not None or baseline_type:
         raise UsageError("--curve, --baseline and --baseline-type go with --import", where="sensitivity")
+    from quantforge.cluster.config import resolve_cluster  # startup
+    from quantforge.recipe import load_recipe  # startup
     from quantforge.sensitivity.measure import run_sensitivity  # startup
 
     eng: Any = engine  # checked above
+    spec = resolve_cluster(cluster, recipe=load_recipe(recipe))
     res = run_sensitivity(
         recipe, quant=quant, output=output, engine=eng, corpus=corpus, ctx=ctx, chunks=chunks,
         kinds=kind or None, types=type_ or None, buckets=buckets, check=check, jobs=jobs, threads=threads,
         bin_dir=bin_dir, base=base, imatrix=imatrix, force=force, keep=keep, wait=wait,
-        progress=_progress_line if progress_enabled(progress) else None,
+        progress=_progress_line if progress_enabled(progress) else None, cluster=spec,
     )  # fmt: skip
     emit(res, as_json=as_json, human=lambda r: r.summary())
 

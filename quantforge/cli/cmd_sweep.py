@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from quantforge.cli._app import app
-from quantforge.cli._options import BinDirOpt, ForceOpt, JsonOpt, ThreadsOpt, VariantOpt, recipe_variants
+from quantforge.cli._options import (
+    BinDirOpt,
+    ClusterOpt,
+    ForceOpt,
+    JsonOpt,
+    ThreadsOpt,
+    VariantOpt,
+    recipe_variants,
+)
 from quantforge.errors import InputError, UsageError
 
 sweep_app = typer.Typer(
@@ -37,6 +46,8 @@ def _fmt_sweep(r: Any) -> str:
         lines.append(f"build: {r.build}")
     if r.raw_jsonl:
         lines.append(f"raw runs: {r.raw_jsonl}")
+    if r.node:
+        lines.append(f"node: {r.node.get('ip')} {str(r.node.get('node_id'))[:8]} (rig:{r.node.get('rig')})")
     return "\n".join(lines)
 
 
@@ -94,6 +105,10 @@ def sweep_cmd(
                             help="Write the result JSON here (raw runs go to OUT.jsonl)."),
     force: ForceOpt = False,
     no_manifest: bool = typer.Option(False, "--no-manifest", help="Do not record results in the manifest."),
+    rig: str = typer.Option(None, "--rig",
+                            help="With --cluster: run on the node that offers the resource rig:RIG "
+                            "(default: the --target's name)."),
+    cluster: ClusterOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a speed sweep N times; mean ± sd per N_KV row; raw runs in JSONL.
@@ -109,6 +124,8 @@ def sweep_cmd(
       quantforge sweep --cmd "llama-sweep-bench -m m.gguf -c 16384 -ub 4096 -ot exps=CPU" --vary rtr=off,on
 
       quantforge sweep compare q8-old.json q8-new.json
+
+      quantforge sweep --recipe r.toml -q IQ2_KS --target 256gb-24gb --engine ik --cluster ray://head:10001
     """
     if ctx_.invoked_subcommand is not None:
         return
@@ -157,27 +174,56 @@ def sweep_cmd(
         _refuse_overwrite(out, True, also_jsonl=True, inputs=(("the model", path),
                                                               ))  # a recipe's built variant
     bundled_opts: dict[str, Any] = {"ctx": ctx, "ubatch": ubatch, "tg": tg, "threads": threads}
+    knob, values = parse_vary(vary) if vary else ("", [])
+
+    def measure(model_path: Path | None, raw: Path | None) -> list[Any]:
+        """The sweep(s) themselves: here, or on the rig's node with that node's copy of the model."""
+        configs = []
+        metas = []
+        nonlocal argv
+        if argv is not None and path is not None and model_path is not None and model_path != path:
+            argv = [str(model_path) if a == str(path) else a for a in argv]  # the node's copy of the model
+        if vary:
+            for v in values:
+                if argv is not None:
+                    configs.append((f"{knob}={v}", binary_runner(with_knob(argv, knob, v),
+                                                                 keep_warmup=keep_warmup)))
+                    metas.append({**meta, "command": with_knob(argv, knob, v)})
+                else:
+                    assert model_path is not None
+                    opts = {**bundled_opts, **bundled_vary_options(knob, v)}
+                    configs.append((f"{knob}={v}", bundled_runner(model_path, **opts)))
+                    metas.append({**meta, "ctx": opts["ctx"], "ubatch": opts["ubatch"], "tg": opts["tg"],
+                                  "threads": opts["threads"]})
+            return run_sweeps(configs, repeat=repeat, meta=metas, raw_jsonl=raw, warmup=warmup,
+                              progress=_progress_line)
+        if argv is not None:
+            runner = binary_runner(argv, keep_warmup=keep_warmup)
+            one = {**meta, "command": argv}
+        else:
+            assert model_path is not None
+            runner = bundled_runner(model_path, **bundled_opts)
+            one = {**meta, "ctx": ctx, "ubatch": ubatch, "tg": tg, "threads": threads}
+        return run_sweeps([(label, runner)], repeat=repeat, meta=[one], raw_jsonl=raw, warmup=warmup)
+
     if vary:
-        knob, values = parse_vary(vary)
         base = Path(plot) if plot else (Path(out).with_suffix("") if out else Path(f"sweep-vary-{knob}"))
         for ext in (".png", ".svg"):
             _refuse_overwrite(str(base.with_suffix(ext)), force)
-        configs = []
-        metas = []
-        for v in values:
-            if argv is not None:
-                configs.append((f"{knob}={v}", binary_runner(with_knob(argv, knob, v),
-                                                             keep_warmup=keep_warmup)))
-                metas.append({**meta, "command": with_knob(argv, knob, v)})
-            else:
-                assert path is not None
-                opts = {**bundled_opts, **bundled_vary_options(knob, v)}
-                configs.append((f"{knob}={v}", bundled_runner(path, **opts)))
-                metas.append({**meta, "ctx": opts["ctx"], "ubatch": opts["ubatch"], "tg": opts["tg"],
-                              "threads": opts["threads"]})
-        raw = Path(out).with_suffix(".jsonl") if out else None
-        results = run_sweeps(configs, repeat=repeat, meta=metas, raw_jsonl=raw, warmup=warmup,
-                             progress=_progress_line)
+    raw = Path(out).with_suffix(".jsonl") if out else None
+    from quantforge.cluster.config import resolve_cluster  # startup
+
+    spec_cluster = resolve_cluster(cluster, recipe=_load_recipe(recipe) if recipe else None)
+    if spec_cluster is not None:
+        results = _sweep_on_rig(spec_cluster, rig or (Path(target).stem if target else None), path, measure,
+                                raw,
+                                label)
+    else:
+        if rig:
+            raise UsageError("--rig names a cluster resource", where="--rig",
+                             hint="use it with --cluster ray://HOST:PORT (or QUANTFORGE_CLUSTER)")
+        results = measure(path, raw)
+    if vary:
         rep = vary_report(knob, values, results)
         from quantforge.evaluate.plots import plot_vary  # startup
 
@@ -190,15 +236,7 @@ def sweep_cmd(
             atomic_write_text(Path(out), rep.model_dump_json(indent=2))
         emit(rep, as_json=as_json, human=_fmt_vary)
         return
-    if argv is not None:
-        runner = binary_runner(argv, keep_warmup=keep_warmup)
-        meta["command"] = argv
-    else:
-        assert path is not None
-        runner = bundled_runner(path, **bundled_opts)
-        meta.update(ctx=ctx, ubatch=ubatch, tg=tg, threads=threads)
-    raw = Path(out).with_suffix(".jsonl") if out else None
-    (res,) = run_sweeps([(label, runner)], repeat=repeat, meta=[meta], raw_jsonl=raw, warmup=warmup)
+    (res,) = results
     if out:
         save_result(res, out)
     if path is not None and not no_manifest:
@@ -209,6 +247,46 @@ def sweep_cmd(
         if man.is_file():
             record_sweep(man, res)
     emit(res, as_json=as_json, human=_fmt_sweep)
+
+
+def _load_recipe(recipe: str) -> Any:
+    from quantforge.recipe import load_recipe  # startup
+
+    return load_recipe(recipe)
+
+
+def _sweep_on_rig(spec: Any, rig: str | None, path: Path | None, measure: Any, raw: Path | None,
+                  label: str) -> list[Any]:
+    """Run ``measure`` on the rig's node; the results name the driver's files and carry the node."""
+    from quantforge.cli._progress import TaskBars, progress_enabled  # startup
+    from quantforge.cluster.evaluate import sweep_on_cluster  # startup
+    from quantforge.evaluate.models import SweepResult  # startup
+    from quantforge.fsutil import atomic_write_text  # startup
+
+    if not rig:
+        raise UsageError("a sweep on a cluster needs the rig it measures", where="--rig",
+                         hint="pass --rig NAME (nodes offer it as rig:NAME) or --target NAME")
+
+    def execute(model_on_node: Path | None, cpus: int) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="quantforge-sweep-") as tmp:
+            node_raw = Path(tmp) / "raw.jsonl"
+            found = measure(model_on_node, node_raw)
+            return {"results": [r.model_dump(mode="json") for r in found],
+                    "raw": node_raw.read_text(encoding="utf-8") if node_raw.is_file() else None}
+
+    view = TaskBars(progress_enabled(None))
+    try:
+        value, node = sweep_on_cluster(cluster=spec, rig=rig, model=path, execute=execute, label=label,
+                                       progress=view)
+    finally:
+        view.close()
+    if raw is not None and value.get("raw") is not None:
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(raw, value["raw"])
+    update: dict[str, Any] = {"node": node, "raw_jsonl": str(raw) if raw is not None else None}
+    if path is not None:
+        update["model"] = str(path)
+    return [SweepResult.model_validate(r).model_copy(update=update) for r in value["results"]]
 
 
 def _refuse_overwrite(out: str | None, force: bool, *, also_jsonl: bool = False,

@@ -7,7 +7,7 @@ compared with anything.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -128,6 +128,7 @@ class EvalResult(_Frozen):
     base_sha256: str | None = None
     wall_s: float
     created: str
+    node: dict[str, Any] | None = None  # run on a cluster (--cluster): the Ray node (id, ip, hostname)
 
 
 class SweepRow(_Frozen):
@@ -226,6 +227,7 @@ class SweepResult(_Frozen):
     system_info: str | None = None
     spread: tuple[ReportedSpread, ...] = ()
     notes: tuple[str, ...] = ()
+    node: dict[str, Any] | None = None  # run on a cluster (--cluster): the Ray node (id, ip, hostname, rig)
 
 
 Metric = Literal["pp", "tg"]

@@ -395,10 +395,11 @@ def sweep_command_from_run(run_cmd: Sequence[str], *, model: str | Path, engine:
 
 
 def record_sweep(manifest: str | Path, result: SweepResult, *, wait: bool = False) -> Manifest:
-    """Add ``result`` to the variant's manifest ``sweeps`` section, under ``<engine>:<label>`` (a
-    rerun of the same label replaces it). The read-modify-write holds the folder's lock, like
-    ``record_in_manifest``."""
+    """Add ``result`` to the variant's manifest ``sweeps`` section, under ``<engine>:<label>`` (and
+    ``@<rig>`` when a cluster's rig ran it; a rerun of the same key replaces it). The
+    read-modify-write holds the folder's lock, like ``record_in_manifest``."""
+    key = f"{result.engine}:{result.label}" + (f"@{result.node['rig']}" if result.node else "")
     with folder_lock(Path(manifest).parent, purpose="quantforge sweep", wait=wait):
         sweeps = dict(read_manifest(manifest).sweeps or {})
-        sweeps[f"{result.engine}:{result.label}"] = result.model_dump(mode="json")
+        sweeps[key] = result.model_dump(mode="json")
         return update_manifest(manifest, sweeps=sweeps)

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from quantforge.catalogue import Engine, catalogue
+from quantforge.errors import InventoryError
 from quantforge.fit.cmdline import RunCommand
 from quantforge.fit.dims import ModelDims, ModelExtras
 from quantforge.fit.ggml_sim import CUDA_ROW_PADDING, Backend, schedule
@@ -488,8 +489,14 @@ def _compute(
         cpu_only=not gpus, fused_moe=cmd.fused_moe,
     )  # fmt: skip
     kvk = tuple(sorted((il, "kv:" + kv_dev[il]) for il in layers if il in kv_dev))
-    return dict(_simulate(engine, dims, cfg, tuple(layers), tuple(key_tensors), kvk, tuple(gpus), host_c, host_w,
-                          ex))  # fmt: skip
+    try:
+        return dict(_simulate(engine, dims, cfg, tuple(layers), tuple(key_tensors), kvk, tuple(gpus), host_c,
+                              host_w, ex))  # fmt: skip
+    except KeyError as exc:  # the engine's graph for this architecture needs a tensor the model lacks
+        raise InventoryError(
+            f"tensor {exc.args[0]} is missing: the {dims.arch} graph the engine builds needs it",
+            hint="the model file is incomplete or not of this architecture (check it with quantforge inventory)",
+        ) from None
 
 
 @lru_cache(maxsize=2048)

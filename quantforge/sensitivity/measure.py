@@ -32,20 +32,20 @@ from quantforge.build import BuildContext, build_variant
 from quantforge.build import prepare as prepare_build
 from quantforge.catalogue import catalogue
 from quantforge.catalogue import ftype as lookup_ftype
-from quantforge.errors import EvalError, Interrupted, RecipeError, UsageError
+from quantforge.cluster.sensitivity import measure_on_cluster
+from quantforge.errors import Interrupted, RecipeError, UsageError
 from quantforge.evaluate import _util
-from quantforge.evaluate.bundled import bundled_version, kld_bundled
-from quantforge.evaluate.models import EvalEngine, EvalResult
-from quantforge.evaluate.perplexity import ensure_base_logits, find_perplexity, perplexity_binary
+from quantforge.evaluate.bundled import bundled_version
+from quantforge.evaluate.models import EvalEngine
+from quantforge.evaluate.perplexity import ensure_base_logits, find_perplexity
 from quantforge.fsutil import atomic_write_text, cached_sha256, remove_quietly
 from quantforge.imatrix import ImatrixMeta, quantize_meta
 from quantforge.lock import folder_lock
-from quantforge.manifest import manifest_path
-from quantforge.names import log_file
 from quantforge.paths import refuse_input_as_output
 from quantforge.plan import expand
 from quantforge.recipe import QuantSection, Recipe, RuleSpec, load_recipe, parse_recipe, variant_table
 from quantforge.sensitivity.groups import GroupSpec, resolve_groups
+from quantforge.sensitivity.scoring import Cancelled, remove_outputs, score_kld
 from quantforge.sensitivity.table import (
     InteractionCheck,
     SensitivityEntry,
@@ -113,10 +113,6 @@ class SensitivityResult(BaseModel):
         )
 
 
-class _Cancelled(Exception):
-    pass
-
-
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -181,6 +177,7 @@ def run_sensitivity(
     keep: bool = False,
     wait: bool = False,
     progress: Callable[[Progress], None] | None = None,
+    cluster: Any = None,
 ) -> SensitivityResult:
     """Measure the recipe's ``[sensitivity]`` groups around ``quant`` (the base variant) and write the table.
 
@@ -327,7 +324,7 @@ def run_sensitivity(
 
         def measure(r: Run, gguf: Path, t_build: float) -> RunResult:
             t0 = time.monotonic()
-            res = _kld(gguf, engine=engine_e, logits=logits, corpus=corpus_p, corpus_sha=corpus_sha,
+            res = score_kld(gguf, engine=engine_e, logits=logits, corpus=corpus_p, corpus_sha=corpus_sha,
                        threads=per_job,
                        binary=ppl_binary, version=eval_version, stop=stop)  # fmt: skip
             assert res.kld is not None
@@ -339,7 +336,7 @@ def run_sensitivity(
             )  # fmt: skip
             atomic_write_text(runs_dir / f"{r.key}.json", out.model_dump_json())
             if not keep:
-                _remove_outputs(gguf)
+                remove_outputs(gguf)
             return out
 
         def build_one(r: Run) -> tuple[Path, float]:
@@ -348,7 +345,30 @@ def run_sensitivity(
             return Path(b.output), time.monotonic() - t0
 
         try:
-            if n_jobs == 1:
+            if cluster is not None:  # a quantforge.cluster.ClusterSpec: each pending run is one Ray task
+
+                def record(r: Run, value: dict[str, Any]) -> None:
+                    nonlocal base_value
+                    p = plans[r.name]
+                    res = RunResult(
+                        key=r.key, label=r.label, value=value["kld"], value_err=value["kld_err"],
+                        ppl=value["ppl"],
+                        written={t.name: t.type for t in p.tensors}, tensor_bytes=p.tensor_bytes,
+                        seconds=value["seconds"], measured=_util.now_iso(),
+                    )  # fmt: skip
+                    atomic_write_text(runs_dir / f"{r.key}.json", res.model_dump_json())
+                    results[r.key] = res
+                    if r.kind == "base":
+                        base_value = res.value
+                    report(r, res, cached=False)
+
+                measure_on_cluster(
+                    cluster, pending, derived=derived, ctx=ctx0, plans=plans, method_key=method_key,
+                    logits=logits,
+                    corpus=corpus_p, corpus_sha=corpus_sha, engine=engine_e, eval_version=eval_version,
+                    threads=threads, bin_dir=bin_dir, keep=keep, on_run=record,
+                )  # fmt: skip
+            elif n_jobs == 1:
                 for r in pending:
                     gguf, tb = build_one(r)
                     res = measure(r, gguf, tb)
@@ -389,7 +409,7 @@ def run_sensitivity(
                 f"Ctrl-C: stopped; {len(results)} of {len(keyed)} runs are in the cache",
                 where=str(cdir), hint="run the same command again to resume",
             ) from None
-        except _Cancelled:  # pragma: no cover - only raised after stop was set above
+        except Cancelled:  # pragma: no cover - only raised after stop was set above
             raise Interrupted("stopped", where=str(cdir),
                               hint="run the same command again to resume") from None
         if not keep:
@@ -405,32 +425,6 @@ def run_sensitivity(
 
 def _imatrix_meta(ctx: BuildContext) -> ImatrixMeta | Literal[False]:
     return quantize_meta(ctx.imatrix) if ctx.imatrix is not None else False
-
-
-def _remove_outputs(gguf: Path) -> None:
-    remove_quietly([gguf, log_file(gguf), manifest_path(gguf)])
-
-
-def _kld(
-    gguf: Path, *, engine: EvalEngine, logits: Path, corpus: Path, corpus_sha: str, threads: int,
-    binary: str | None, version: str | None, stop: threading.Event,
-) -> EvalResult:  # fmt: skip
-    if engine == "bundled":
-        def check_stop(done: int, total: int) -> None:
-            if stop.is_set():
-                raise _Cancelled()
-
-        return kld_bundled(gguf, base_logits=logits, threads=threads, corpus=corpus, corpus_sha256=corpus_sha,
-                           progress=check_stop)  # fmt: skip
-
-    assert binary is not None
-    res, _ = perplexity_binary(gguf, binary=binary, engine=engine, corpus=None,
-                               ctx=_util.read_logits_header(logits)[0],
-                               threads=threads, kl_divergence_base=logits, kl_divergence=True,
-                               engine_version=version)  # fmt: skip
-    if res.kld is None:  # pragma: no cover - perplexity_binary raises first
-        raise EvalError("the KLD run printed no statistics", where=str(gguf))
-    return res
 
 
 def _table(

@@ -53,8 +53,7 @@ REPO = HERE.parents[1]
 DOC = REPO / "docs" / "bad-inputs.md"
 
 AREAS = ("recipe", "regex", "gguf", "inventory", "imatrix", "target", "plan", "fit", "filesystem", "build",
-         "card",
-         "publish", "environment", "hub", "interrupt", "eval", "sweep", "sensitivity")
+         "card", "publish", "environment", "hub", "interrupt", "eval", "sweep", "sensitivity", "cluster")
 
 
 @dataclass(frozen=True)
@@ -236,8 +235,7 @@ def materialise(case: Case, case_dir: Path, values: dict[str, str]) -> list[sock
                 *parents, last = dotted.split(".")
                 node = data
                 for part in parents:
-                    # a section the cached build has not filled yet (eval before any `quantforge eval`)
-                    if node.get(part) is None:
+                    if not isinstance(node.get(part), dict):  # absent, or null in a manifest never evaluated
                         node[part] = {}
                     node = node[part]
                 node[last] = fill(value, values) if isinstance(value, str) else value
