@@ -17,12 +17,18 @@ differ only by what quantforge adds (start-up, plan, verification, sha256, manif
 - ``os.sync()`` before every timed run, so that neither run pays for the other's dirty pages
   being written back.
 
-An earlier version timed the direct command writing over the same file every round (ext4
-truncates it and, with ``auto_da_alloc``, writes the new data back when it is closed), to
-``/dev/null`` output, in another folder and without the sync: the baseline then measured the
-disk rather than llama-quantize and came out slower than the wrapper that runs it. Each round
-also prints quantforge's own ``quantize_s`` (the child's wall time inside quantforge, from the
-manifest), so a difference in the tool's own time shows apart from quantforge's fixed cost.
+Why the earlier version came out with the raw command slower than the wrapper that runs it:
+quantforge's runner starts every tool in a session of its own (``start_new_session``), and Linux
+schedules CPU time per session group (autogroup, ``/proc/sys/kernel/sched_autogroup_enabled``):
+the raw command, run in the bench's own session, shared that group's share with whatever else
+ran in the same session (the shell and its background jobs), while quantforge's llama-quantize
+had a group to itself. A CPU-bound child beside two busy loops of its session took 4.5-6.5 s,
+the same child in a session of its own 2.1-2.6 s (``start_new_session`` only, same machine, 2
+loaded cores). The direct run now gets its own session too. It also wrote over the same file
+every round, to ``/dev/null`` output, from another folder and without the sync; those are made
+the same as well. Each round prints quantforge's own ``quantize_s`` (the child's wall time inside
+quantforge, from the manifest), so a difference in the tool's own time shows apart from
+quantforge's fixed cost.
 
 Exits 1 when the median overhead is 5 % or more.
 
