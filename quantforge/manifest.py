@@ -247,7 +247,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         ) from exc
 
 
-def update_manifest(path: str | os.PathLike[str], **sections: Any) -> Manifest:
+def update_manifest(path: str | os.PathLike[str], **sections: object) -> Manifest:
     """Set top-level sections (``eval=...``, ``publish=...``) and rewrite atomically."""
     p = Path(path)
     if not p.name.endswith(MANIFEST_SUFFIX) and p.suffix != ".json":

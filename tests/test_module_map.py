@@ -232,3 +232,45 @@ def test_only_runner_starts_child_processes() -> None:
                                   "os.system('x')", "from multiprocessing import Pool"])
 def test_the_process_check_sees_the_usual_spellings(line: str) -> None:
     assert _PROCESS_START.search(line)
+
+
+#: Where one stage hands over to the next (DESIGN.md, "Core models"): each is typed with the stages' own
+#: models, so a renamed field fails in mypy, not at run time.
+STAGE_ENTRY_POINTS = [
+    ("quantforge.recipe", "load_recipe"), ("quantforge.recipe", "parse_recipe"),
+    ("quantforge.inventory", "load_inventory"), ("quantforge.inventory", "recipe_inventory"),
+    ("quantforge.inventory", "load_source"),
+    ("quantforge.plan._expand", "expand"),
+    ("quantforge.fit.report", "plan_fit"), ("quantforge.fit.report", "plan_command"),
+    ("quantforge.fit.api", "plan_source_command"), ("quantforge.fit.api", "breakpoint_matrix"),
+    ("quantforge.fit.solver", "solve_recipe"), ("quantforge.fit.ladder", "solve_ladder"),
+    ("quantforge.build", "prepare"), ("quantforge.build", "build_variant"), ("quantforge.build", "build"),
+    ("quantforge.evaluate.perplexity", "evaluate"), ("quantforge.evaluate.sweep", "run_sweeps"),
+    ("quantforge.sensitivity.measure", "run_sensitivity"),
+    ("quantforge.publish.card", "card_data_from_manifests"), ("quantforge.publish.card", "render_card"),
+    ("quantforge.publish.upload", "build_plan"), ("quantforge.publish.upload", "publish"),
+    ("quantforge.publish.upload", "execute"),
+    ("quantforge.cluster.build", "build_on_cluster"),
+    ("quantforge.cluster.sensitivity", "measure_on_cluster"),
+]  # fmt: skip
+
+
+def _signature_annotations(mod: str, name: str) -> list[str]:
+    tree = ast.parse(MODULES[mod].read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            a = node.args
+            params = [*a.posonlyargs, *a.args, *a.kwonlyargs, *filter(None, [a.vararg, a.kwarg])]
+            out = [f"{p.arg}: {ast.unparse(p.annotation)}" for p in params if p.annotation is not None]
+            missing = [p.arg for p in params if p.annotation is None and p.arg not in ("self", "cls")]
+            assert not missing, f"{mod}.{name}: parameters without a type: {missing}"
+            assert node.returns is not None, f"{mod}.{name} has no return type"
+            return [*out, f"return: {ast.unparse(node.returns)}"]
+    raise AssertionError(f"{mod}.{name} is not a module-level function any more: update STAGE_ENTRY_POINTS")
+
+
+@pytest.mark.parametrize(("mod", "name"), STAGE_ENTRY_POINTS, ids=[f"{m}.{n}" for m, n in STAGE_ENTRY_POINTS])
+def test_stage_entry_points_have_no_any(mod: str, name: str) -> None:
+    loose = [a for a in _signature_annotations(mod, name) if re.search(r"\bAny\b", a)]
+    assert loose == []
+

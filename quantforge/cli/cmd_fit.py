@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -12,6 +12,9 @@ from quantforge.cli._app import app
 from quantforge.cli._options import BinDirOpt, ForceOpt, JsonOpt, OutDirOpt, VariantOpt
 from quantforge.errors import UsageError
 from quantforge.units import human_bytes as _gib
+
+if TYPE_CHECKING:  # the solver is imported when fit runs, not at CLI start-up
+    from quantforge.fit.solver import VerifyOptions
 
 target_app = typer.Typer(
     help="Hardware targets: detect this machine, list and show the shipped ones.", no_args_is_help=True
@@ -248,7 +251,7 @@ def fit_cmd(
         raise UsageError(f"--repack {repack!r}", where="--repack", hint="auto, always or never")
     rp: Any = repack
     s = _settings(ctx, ctk, ctv, 3, True, ub, 512)
-    vopts = {"corpus": corpus, "chunks": chunks, "out_dir": out_dir, "bin_dir": bin_dir}
+    vopts: VerifyOptions = {"corpus": corpus, "chunks": chunks, "out_dir": out_dir, "bin_dir": bin_dir}
     if ladder:
         if target or budget:
             raise UsageError("--ladder replaces --target/--budget", where="--ladder")

@@ -42,15 +42,16 @@ from quantforge.fsutil import (
     remove_quietly,
     sha256_background,
 )
-from quantforge.imatrix import quantize_meta
+from quantforge.imatrix import ImatrixMeta, quantize_meta
 from quantforge.lock import folder_lock
 from quantforge.manifest import Manifest, manifest_path, relative_to_manifest, update_manifest, write_manifest
 from quantforge.names import existing_outputs, output_stem, split_work_dir
-from quantforge.plan import expand
+from quantforge.plan import QuantPlan, expand
+from quantforge.recipe import Recipe
 
 
 def build_on_cluster(
-    recipe: Any,
+    recipe: Recipe,
     *,
     cluster: ClusterSpec,
     variants: Sequence[str] | None = None,
@@ -105,7 +106,8 @@ def build_on_cluster(
     return _ladder(ctx, names, results)
 
 
-def _run(recipe: Any, ctx: Any, cluster: ClusterSpec, todo: list[str], plans: dict[str, Any],
+def _run(recipe: Recipe, ctx: qb.BuildContext, cluster: ClusterSpec, todo: list[str],
+         plans: dict[str, QuantPlan],
          base_digest: Callable[[], str], done: Callable[[qb.BuildResult], None],
          failures: list[tuple[str, QuantforgeError]], *, bin_dir: str | None, threads: int | None,
          force: bool,
@@ -146,16 +148,18 @@ def _run(recipe: Any, ctx: Any, cluster: ClusterSpec, todo: list[str], plans: di
         session.run(jobs, progress=progress, on_outcome=on_outcome)
 
 
-def _plan(ctx: Any, name: str) -> Any:
-    imeta: Any = quantize_meta(ctx.imatrix) if ctx.imatrix is not None else False
+def _plan(ctx: qb.BuildContext, name: str) -> QuantPlan:
+    imeta: ImatrixMeta | Literal[False] = quantize_meta(ctx.imatrix) if ctx.imatrix is not None else False
     return expand(ctx.recipe, name, ctx.inventory, imatrix=imeta)
 
 
-def _output(ctx: Any, name: str) -> Path:
+def _output(ctx: qb.BuildContext, name: str) -> Path:
     return Path(ctx.out_dir) / f"{output_stem(ctx.recipe, ctx.base_path)}-{name}.gguf"
 
 
-def _verified(ctx: Any, name: str, plan: Any, *, pulled: bool, force: bool) -> qb.BuildResult | None:
+def _verified(
+    ctx: qb.BuildContext, name: str, plan: QuantPlan, *, pulled: bool, force: bool
+) -> qb.BuildResult | None:
     """The skip of a local build: outputs that verify against their manifest and the plan; for pulled
     outputs also the completion of a commit that was cut short (its journal), as a local build does."""
     t0 = time.monotonic()
@@ -179,7 +183,7 @@ def _verified(ctx: Any, name: str, plan: Any, *, pulled: bool, force: bool) -> q
     )  # fmt: skip
 
 
-def _refuse_existing(ctx: Any, name: str, plan: Any) -> None:
+def _refuse_existing(ctx: qb.BuildContext, name: str, plan: QuantPlan) -> None:
     """As locally: an output that is not this variant's verified build is not replaced without --force,
     unless it has no manifest and verifies against the plan (a commit cut short): then the pull replaces
     it with the node's verified copy and writes the manifest."""
@@ -199,7 +203,7 @@ def _refuse_existing(ctx: Any, name: str, plan: Any) -> None:
         )
 
 
-def _imatrix_entry(session: Session, ctx: Any, cluster: ClusterSpec) -> dict[str, Any] | None:
+def _imatrix_entry(session: Session, ctx: qb.BuildContext, cluster: ClusterSpec) -> dict[str, Any] | None:
     im = ctx.imatrix
     if im is None:
         return None
@@ -207,11 +211,15 @@ def _imatrix_entry(session: Session, ctx: Any, cluster: ClusterSpec) -> dict[str
     if cluster.shared is not None and (cluster.shared in path.resolve().parents):
         return {"path": str(path), "bytes": path.stat().st_size}
     # Shipped under its own name: llama-quantize records the bare file name in quantize.imatrix.file.
-    return ship_file(session, path, sha256=im.sha256, limit=cluster.ship_max_bytes, what="imatrix")
+    # An imatrix read without its digest (read_imatrix's default) is hashed here: the node checks
+    # the shipped bytes against it.
+    return ship_file(session, path, sha256=im.sha256 or cached_sha256(path), limit=cluster.ship_max_bytes,
+                     what="imatrix")
 
 
-def _commit(session: Session, ctx: Any, cluster: ClusterSpec, name: str, plan: Any, value: dict[str, Any],
-            base_digest: Callable[[], str], *, force: bool, progress: TaskProgress | None) -> qb.BuildResult:
+def _commit(session: Session, ctx: qb.BuildContext, cluster: ClusterSpec, name: str, plan: QuantPlan,
+            value: dict[str, Any], base_digest: Callable[[], str], *, force: bool,
+            progress: TaskProgress | None) -> qb.BuildResult:
     node = value["node"]
     node_man = value["manifest"]
     result = qb.BuildResult.model_validate(value["result"])
@@ -316,7 +324,9 @@ def _summarise(failures: list[tuple[str, QuantforgeError]], total: int) -> Quant
     )
 
 
-def _ladder(ctx: Any, names: Sequence[str], results: dict[str, qb.BuildResult]) -> qb.LadderResult:
+def _ladder(
+    ctx: qb.BuildContext, names: Sequence[str], results: dict[str, qb.BuildResult]
+) -> qb.LadderResult:
     tc = ctx.toolchain
     return qb.LadderResult(
         recipe=ctx.recipe.path, engine=tc.engine, toolchain=f"{tc.label} {tc.version} ({tc.source})",

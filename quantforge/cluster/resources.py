@@ -17,12 +17,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from quantforge.catalogue import catalogue
 from quantforge.errors import ClusterError
+from quantforge.inventory_models import TensorInventory
+from quantforge.plan import QuantPlan
 from quantforge.units import human_bytes
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -74,7 +75,7 @@ class NodeInfo(BaseModel):
         )
 
 
-def quantize_working_set(plan: Any, inventory: Any) -> int:
+def quantize_working_set(plan: QuantPlan, inventory: TensorInventory) -> int:
     """Bytes ``llama-quantize`` holds at its peak: the largest tensor's three buffers plus the process."""
     cat = catalogue(plan.engine)
     source = {t.name: t for t in inventory.tensors}
@@ -90,7 +91,7 @@ def quantize_working_set(plan: Any, inventory: Any) -> int:
     return peak + PROCESS_RESERVE_BYTES
 
 
-def build_resources(plan: Any, inventory: Any, *, threads: int | None,
+def build_resources(plan: QuantPlan, inventory: TensorInventory, *, threads: int | None,
                     nodes: Sequence[NodeInfo]) -> TaskResources:
     memory = quantize_working_set(plan, inventory)
     return TaskResources(cpus=threads or _fewest_cpus(nodes, memory), memory=memory)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
+
+from typing_extensions import TypedDict
 
 from quantforge import __version__
 from quantforge.cluster import tasks
@@ -21,25 +23,43 @@ from quantforge.cluster.evaluate import _Inputs
 from quantforge.cluster.resources import TaskResources, build_resources, check_feasible, eval_resources
 from quantforge.cluster.session import Job, Outcome, connect
 from quantforge.errors import QuantforgeError
+from quantforge.evaluate.models import EvalEngine
+
+
+class MeasuredRun(TypedDict):
+    """What one sensitivity task sends back (``tasks._sensitivity``)."""
+
+    kld: float
+    kld_err: float
+    ppl: float
+    build_s: float
+    seconds: float
+
+
+if TYPE_CHECKING:  # sensitivity.measure calls this module: its models are only annotations here
+    from quantforge.build import BuildContext
+    from quantforge.plan import QuantPlan
+    from quantforge.recipe import Recipe
+    from quantforge.sensitivity.measure import Run
 
 
 def measure_on_cluster(
     cluster: ClusterSpec,
-    runs: Sequence[Any],
+    runs: Sequence[Run],
     *,
-    derived: Any,
-    ctx: Any,
-    plans: dict[str, Any],
+    derived: Recipe,
+    ctx: BuildContext,
+    plans: dict[str, QuantPlan],
     method_key: str,
     logits: Path,
     corpus: Path,
     corpus_sha: str,
-    engine: str,
+    engine: EvalEngine,
     eval_version: str,
     threads: int | None,
     bin_dir: str | None,
     keep: bool,
-    on_run: Callable[[Any, dict[str, Any]], None],
+    on_run: Callable[[Run, MeasuredRun], None],
 ) -> None:
     """Measure ``runs`` (sensitivity ``Run`` models) on ``cluster``; ``on_run(run, value)`` as each ends."""
     failures: list[tuple[str, QuantforgeError]] = []
@@ -74,7 +94,7 @@ def measure_on_cluster(
                 failures.append((by_key[o.key].label, o.error))
                 return
             assert o.value is not None
-            on_run(by_key[o.key], o.value)
+            on_run(by_key[o.key], cast(MeasuredRun, o.value))
 
         session.run(jobs, on_outcome=on_outcome)
     if failures:

@@ -9,12 +9,13 @@ engine commit and the exact command.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from pydantic import ValidationError
 
@@ -28,6 +29,9 @@ from quantforge.lock import folder_lock
 from quantforge.manifest import Manifest, read_manifest, update_manifest
 from quantforge.paths import read_input_json
 from quantforge.toolchain import find_toolchain
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 # ---------------------------------------------------------------- binaries
 
@@ -118,20 +122,23 @@ def _default_threads() -> int:
 # ---------------------------------------------------------------- the entry point
 
 
-def evaluate(model: str | Path, **kwargs: Any) -> EvalResult:
-    """PPL of ``model`` over ``corpus``; with a ``base`` also KLD against it (see ``_evaluate``).
+def _ctrl_c_as_interrupted(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Ctrl-C becomes ``Interrupted``: the bundled evaluator runs in this process, and typer
+    (0.29) turns a bare KeyboardInterrupt into a silent exit status 0."""
 
-    Ctrl-C becomes ``Interrupted`` here: the bundled evaluator runs in this process, and typer
-    (0.29) turns a bare KeyboardInterrupt into a silent exit status 0.
-    """
-    try:
-        return _evaluate(model, **kwargs)
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted",
-                          hint="partial base logits were removed; run the same command again") from None
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted",
+                              hint="partial base logits were removed; run the same command again") from None
+
+    return wrapper
 
 
-def _evaluate(
+@_ctrl_c_as_interrupted
+def evaluate(
     model: str | Path, *, engine: EvalEngine = "bundled", corpus: str | Path, ctx: int = 512,
     chunks: int | None = None, base: str | Path | None = None, base_logits: str | Path | None = None,
     kld: bool | None = None, threads: int | None = None, batch: int | None = None, ubatch: int | None = None,

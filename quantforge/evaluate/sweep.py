@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,7 @@ def _as_output(value: tuple[SweepRow, ...] | RunOutput) -> RunOutput:
 
 def run_sweeps(
     configs: Sequence[tuple[str, Runner]], *, repeat: int = 3, interleave: bool = True,
-    meta: Sequence[dict[str, Any]] | None = None, raw_jsonl: str | Path | None = None,
+    meta: Sequence[Mapping[str, object]] | None = None, raw_jsonl: str | Path | None = None,
     progress: Callable[[str, int, int], None] | None = None, warmup: int = 0,
 ) -> list[SweepResult]:
     """Run each (label, runner) ``repeat`` times, interleaved and counterbalanced (A B, B A, A B …)
@@ -127,26 +127,29 @@ def run_sweeps(
     created = _util.now_iso()
     results = []
     for i, (label, _) in enumerate(configs):
-        m = dict(meta[i]) if meta else {}
+        m: dict[str, object] = dict(meta[i]) if meta else {}
         outs = outputs[i]
         runs = tuple(run for o in outs for run in o.runs)
         first = runs[0]
         notes = tuple(dict.fromkeys(note for o in outs for note in o.notes))
         if warmup:
             notes = (f"{warmup} warm-up run{'s' if warmup > 1 else ''} discarded", *notes)
-        settings = {**outs[0].settings, **m.pop("settings", {})}
+        extra_settings = m.pop("settings", None) or {}
+        assert isinstance(extra_settings, Mapping)
         builds = {o.build for o in outs if o.build}
-        results.append(
-            SweepResult(
-                label=label, engine=m.pop("engine", "bundled"),
-                ctx=m.pop("ctx", first[-1].n_kv + first[-1].pp),
-                ubatch=m.pop("ubatch", first[0].pp), tg=m.pop("tg", first[0].tg), runs=runs,
-                summary=summarize(runs), created=created, raw_jsonl=str(raw_jsonl) if raw_jsonl else None,
-                settings=settings, build=m.pop("build", None) or (builds.pop() if len(builds) == 1 else None),
-                system_info=m.pop("system_info", None) or outs[0].system_info,
-                source_format=m.pop("source_format", None) or outs[0].format, notes=notes, **m,
-            )
-        )
+        # What the caller states about a configuration wins over what the runs show; the model
+        # validates the caller's fields (they are SweepResult's own).
+        data: dict[str, object] = {
+            "engine": "bundled", "ctx": first[-1].n_kv + first[-1].pp, "ubatch": first[0].pp,
+            "tg": first[0].tg, **m, "label": label, "runs": runs, "summary": summarize(runs),
+            "created": created, "raw_jsonl": str(raw_jsonl) if raw_jsonl else None,
+            "settings": {**outs[0].settings, **extra_settings}, "notes": notes,
+        }  # fmt: skip
+        fallbacks = {"build": builds.pop() if len(builds) == 1 else None, "system_info": outs[0].system_info,
+                     "source_format": outs[0].format}  # fmt: skip
+        for key, value in fallbacks.items():
+            data[key] = data.get(key) or value
+        results.append(SweepResult.model_validate(data))
     if raw_jsonl is not None:
         write_raw_jsonl(raw_jsonl, results)
     return results

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -67,7 +66,8 @@ class BreakpointMatrix(BaseModel):
 
 
 def breakpoint_matrix(
-    plans: list[Any], dims: ModelDims, targets: list[HardwareTarget], *, settings: Settings, model: str = ""
+    plans: list[QuantPlan], dims: ModelDims, targets: list[HardwareTarget], *, settings: Settings,
+    model: str = "",
 ) -> BreakpointMatrix:
     """Every plan x every target at ``settings`` (the model card's table)."""
     cells = []

@@ -16,6 +16,7 @@ from quantforge.fit.solver import (
     ParetoPoint,
     Repack,
     SolveResult,
+    VerifyOptions,
     _options,
     _solve_milp,
     groups_from_table,
@@ -114,7 +115,7 @@ def solve_ladder(
     sensitivity: str | Path | None = None, curve: str | Path | None = None, min_tg: float | None = None,
     down_step: bool | None = None, repack: Repack = "auto", write: bool = False, force: bool = False,
     plot: str | Path | None = None, budget_mode: bool = False, points: int = 16, time_limit: float = 10.0,
-    verify: bool = False, verify_options: dict[str, Any] | None = None,
+    verify: bool = False, verify_options: VerifyOptions | None = None,
 ) -> LadderResult:  # fmt: skip
     """One variant per target (or per budget with ``budget_mode``) and the Pareto front."""
     variants = []

@@ -35,16 +35,18 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+from typing_extensions import TypedDict
 
 from quantforge import units
 from quantforge.build import build_variant
 from quantforge.build import prepare as prepare_build
 from quantforge.catalogue import Engine, catalogue
 from quantforge.errors import InputError, RecipeError, UsageError
+from quantforge.evaluate.models import EvalEngine
 from quantforge.evaluate.perplexity import evaluate, record_in_manifest
 from quantforge.fit.api import recipe_inventory, recipe_plans
 from quantforge.fit.dims import ModelDims
@@ -87,6 +89,19 @@ class ParetoPoint(BaseModel):
     tensor_bytes: int
     predicted: float
     label: str | None = None
+
+
+class VerifyOptions(TypedDict, total=False):
+    """How ``--verify`` builds and measures the chosen variant; an absent or None key takes the
+    sensitivity table's own method (its corpus, evaluator, context and chunks)."""
+
+    corpus: str | None
+    engine: EvalEngine | None
+    ctx: int | None
+    chunks: int | None
+    out_dir: str | None
+    bin_dir: str | None
+    threads: int | None
 
 
 class SolveResult(BaseModel):
@@ -1270,7 +1285,7 @@ def solve_recipe(
     write: bool = False,
     force: bool = False,
     verify: bool = False,
-    verify_options: dict[str, Any] | None = None,
+    verify_options: VerifyOptions | None = None,
     time_limit: float = 10.0,
 ) -> SolveResult:
     """Solve one variant of ``recipe_path`` for a target (or a tensor-data budget), optionally write
@@ -1356,7 +1371,7 @@ def solve_recipe(
 
 
 def _verify(
-    recipe: Any, name: str, *, predicted: float, table: SensitivityTable | None, options: dict[str, Any],
+    recipe: Any, name: str, *, predicted: float, table: SensitivityTable | None, options: VerifyOptions,
     force: bool, comment: str, recipe_path: Path,
 ) -> dict[str, Any]:  # fmt: skip
     """Build the variant (build stage), measure its KLD (evaluate stage) as the table was measured,
@@ -1365,11 +1380,18 @@ def _verify(
     if corpus is None or not Path(corpus).is_file():
         raise UsageError("--verify needs the evaluation corpus the sensitivity was measured on",
                          where="--corpus", hint="pass --corpus FILE")  # fmt: skip
-    engine = options.get("engine") or ((table.evaluator or "bundled").split()[0] if table is not None
-                                       else "bundled")
+    engine_s = options.get("engine") or ((table.evaluator or "bundled").split()[0] if table is not None
+                                         else "bundled")
+    if engine_s not in ("ik", "mainline", "bundled"):  # a table imported from elsewhere names its own tool
+        raise UsageError(f"--verify cannot measure with the table's evaluator {engine_s!r}",
+                         where="--verify",
+                         hint="--verify measures as its table was measured (ik, mainline or bundled): "
+                              "measure one with `quantforge sensitivity`, or leave out --verify")  # fmt: skip
+    engine = cast(EvalEngine, engine_s)
     ctx_n = options.get("ctx") or (table.ctx if table is not None and table.ctx else 512)
     chunks = options.get("chunks") or (table.chunks if table is not None else None)
-    bctx = prepare_build(recipe, out_dir=options.get("out_dir"), bin_dir=options.get("bin_dir"),
+    out_dir = options.get("out_dir")
+    bctx = prepare_build(recipe, out_dir=Path(out_dir) if out_dir else None, bin_dir=options.get("bin_dir"),
                          threads=options.get("threads"))  # fmt: skip
     # one run per build folder, as `quantforge build` holds it (the manifest writes re-enter the lock)
     with folder_lock(bctx.out_dir, purpose=f"quantforge fit --verify {recipe_path.name}"):

@@ -32,7 +32,8 @@ from quantforge.build import BuildContext, build_variant
 from quantforge.build import prepare as prepare_build
 from quantforge.catalogue import catalogue
 from quantforge.catalogue import ftype as lookup_ftype
-from quantforge.cluster.sensitivity import measure_on_cluster
+from quantforge.cluster.config import ClusterSpec
+from quantforge.cluster.sensitivity import MeasuredRun, measure_on_cluster
 from quantforge.errors import Interrupted, RecipeError, UsageError
 from quantforge.evaluate import _util
 from quantforge.evaluate.bundled import bundled_version
@@ -177,7 +178,7 @@ def run_sensitivity(
     keep: bool = False,
     wait: bool = False,
     progress: Callable[[Progress], None] | None = None,
-    cluster: Any = None,
+    cluster: ClusterSpec | None = None,
 ) -> SensitivityResult:
     """Measure the recipe's ``[sensitivity]`` groups around ``quant`` (the base variant) and write the table.
 
@@ -347,7 +348,7 @@ def run_sensitivity(
         try:
             if cluster is not None:  # a quantforge.cluster.ClusterSpec: each pending run is one Ray task
 
-                def record(r: Run, value: dict[str, Any]) -> None:
+                def record(r: Run, value: MeasuredRun) -> None:
                     nonlocal base_value
                     p = plans[r.name]
                     res = RunResult(
