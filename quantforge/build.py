@@ -254,16 +254,6 @@ def verify_output(
 # names, base, imatrix
 
 
-def parse_size(text: str | int | None) -> int | None:
-    """``"50G"``/``"40M"``/``"1.5T"``/``"123"`` → bytes (decimal units, like llama-gguf-split and the Hub)."""
-    if text is None:
-        return None
-    try:
-        return units.parse_size(text, bare=True)
-    except ValueError:
-        raise UsageError(f"bad size {text!r}", hint="write e.g. 50G, 40M, 500000000") from None
-
-
 def check_disk(out_dir: Path, needed: int, *, min_free: int | None) -> None:
     """BuildError when ``out_dir`` lacks ``needed`` bytes plus the free-space reserve."""
     reserve = DEFAULT_MARGIN_BYTES if min_free is None else min_free

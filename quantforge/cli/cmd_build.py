@@ -21,6 +21,7 @@ from quantforge.cli._options import (
     RecipeArg,
     ThreadsOpt,
     WaitOpt,
+    size_flag,
 )
 from quantforge.cli._progress import Bars, TaskBars, progress_enabled
 from quantforge.errors import BuildError, UsageError
@@ -191,7 +192,7 @@ def build_cmd(
 
       quantforge build recipes/deepseek-r1.toml --all --out /nfs/quants --cluster ray://10.0.0.1:10001
     """
-    from quantforge.build import build, parse_size  # startup
+    from quantforge.build import build  # startup
     from quantforge.cli._output import emit  # startup
     from quantforge.recipe import load_recipe  # startup
 
@@ -199,7 +200,7 @@ def build_cmd(
         raise UsageError("--quant and --all exclude each other", hint="give one")
     r = load_recipe(recipe)
     names = [q.name for q in r.quants] if all_ else (list(quant) if quant else None)
-    split_bytes = parse_size(split_max)
+    split_bytes = size_flag(split_max, "--split-max")
     bars = Bars(progress_enabled(progress))
 
     def on_result(res: Any) -> None:
@@ -223,7 +224,7 @@ def build_cmd(
             result = build_on_cluster(
                 r, cluster=spec, variants=names, out_dir=Path(out) if out else None, base=base,
                 imatrix=imatrix,
-                bin_dir=bin_dir, threads=threads, force=force, min_free=parse_size(min_free),
+                bin_dir=bin_dir, threads=threads, force=force, min_free=size_flag(min_free, "--min-free"),
                 split_max_bytes=split_bytes or None, timeout=timeout, progress=task_bars, on_result=on_result,
                 wait=wait,
             )  # fmt: skip
@@ -231,7 +232,7 @@ def build_cmd(
             result = build(
                 r, variants=names, out_dir=Path(out) if out else None, base=base, imatrix=imatrix,
                 bin_dir=bin_dir,
-                threads=threads, force=force, min_free=parse_size(min_free),
+                threads=threads, force=force, min_free=size_flag(min_free, "--min-free"),
                 split_max_bytes=split_bytes or None,
                 timeout=timeout, progress=bars, on_result=on_result, wait=wait,
             )  # fmt: skip

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from quantforge import constants
 from quantforge.errors import InputError, UsageError
+from quantforge.recipe import Recipe
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 _ADDRESS_RE = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
@@ -82,7 +83,7 @@ def _config_cluster() -> dict[str, object]:
     return section
 
 
-def resolve_cluster(flag: str | None, *, recipe: object | None = None) -> ClusterSpec | None:
+def resolve_cluster(flag: str | None, *, recipe: Recipe | None = None) -> ClusterSpec | None:
     """The cluster a command runs on, or None for a local run.
 
     ``recipe`` (a ``quantforge.recipe.Recipe``) contributes its ``[cluster]`` section.
@@ -99,13 +100,13 @@ def resolve_cluster(flag: str | None, *, recipe: object | None = None) -> Cluste
     if address.strip().lower() in ("local", "none", "off"):
         return None  # --cluster local: override a configured cluster for one run
     address = check_address(address, where=where)
-    section = getattr(recipe, "cluster", None)
+    section = recipe.cluster if recipe is not None else None
     shared: Path | None = None
     retries = 0
     if section is not None:
         if section.shared:
             raw = Path(section.shared).expanduser()
-            rpath = getattr(recipe, "path", None)
+            rpath = recipe.path if recipe is not None else None
             if not raw.is_absolute() and rpath:
                 raw = Path(rpath).parent / raw
             shared = raw.resolve()

@@ -212,7 +212,7 @@ def expand(
         )  # fmt: skip
     args = quantize_args_for(engine, v, cat, engine_build=build)
     header, exact = _header_size(inventory, plans, cat, ft.value, imeta)
-    spec = getattr(recipe, "imatrix", None)
+    spec = recipe.imatrix
     if imatrix is None and imeta is None and spec is not None and (spec.file or spec.corpus):
         exact = False  # the build will add quantize.imatrix.* KV we cannot size yet
     file_bytes = None
