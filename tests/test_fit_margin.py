@@ -3,14 +3,19 @@ H200, and the user's Qwen3-235B 4x24 GB command (issue 10 acceptance)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 from pathlib import Path
 
 import pytest
 
-from quantforge.fit.margin import MEASURED_MARGINS, SAFETY_BYTES, envelope, gpu_margin, measure_margins
+from quantforge.fit.margin import EXPERT_SPLIT, MEASURED_MARGINS, SAFETY_BYTES, envelope, gpu_margin
 from quantforge.fit.probe import parse_buffer_log
+from quantforge.fit.realwidth import VALIDATION_MODELS, realwidth_header
+from quantforge.fit.report import plan_command
+from quantforge.fit.validate import ModelFacts, facts_from_header, measure_margins
+from quantforge.targets import HardwareTarget
 
 REPO = Path(__file__).resolve().parents[1]
 RW = REPO / "docs" / "gpu-logs" / "realwidth"
@@ -33,12 +38,34 @@ def test_fit_rows_envelope_vs_holdout() -> None:
     for m in MEASURED_MARGINS:
         if m.split != "holdout" or not (m.flash_attn or (m.engine == "ik" and m.attention == "mla")):
             continue
-        env = envelope(fit, engine=m.engine, attention=m.attention, ubatch=m.ubatch)
+        env = envelope(fit, engine=m.engine, attention=m.attention, ubatch=m.ubatch,
+                       experts_on_gpu=m.experts_on_gpu)
         assert env is not None
         if m.margin_mib > env.margin_mib + SAFETY_BYTES / MIB:
             missed.append(m.run)
     assert missed == ["ik-air-full-c128k-ub2048-q8kv", "ik-glm-full-c32k-ub2048", "ik-glm-part-c32k-ub2048",
                       "ml-ds-full-c32k-ub512", "ml-ds-hyb-c32k-ub512"]  # fmt: skip
+
+
+def test_expert_split_is_where_the_runs_show_it() -> None:
+    """ik GQA: every run with routed experts on the GPU at -ub 2048 took more than every run
+    without them at -ub 2048 and 4096; so a GPU without experts keeps the smaller envelope there.
+    ik MLA: the hybrid runs are as large as the full ones (no split); a GPU without experts
+    keeps what one with them keeps."""
+    def rows(engine: str, attention: str, experts: bool, ubs: tuple[int, ...]) -> list[float]:
+        return [m.margin_mib for m in MEASURED_MARGINS if m.engine == engine and m.attention == attention
+                and m.flash_attn and m.experts_on_gpu == experts and m.ubatch in ubs]  # fmt: skip
+
+    assert min(rows("ik", "gqa", True, (2048,))) > max(rows("ik", "gqa", False, (2048, 4096)))
+    assert max(rows("ik", "mla", False, (4096,))) >= max(rows("ik", "mla", True, (4096,)))
+    assert EXPERT_SPLIT == {("ik", "gqa")}
+    gqa = [gpu_margin(engine="ik", attention="gqa", flash_attn=True, ubatch=4096, n_kv=32768, n_head=96,
+                      experts_on_gpu=e) for e in (True, False)]  # fmt: skip
+    assert [g.measured_bytes // MIB for g in gqa] == [1531, 1229]
+    assert "without routed experts" in gqa[1].source and "ik-glm-hyb-c32k-ub4096-q8kv" in gqa[1].source
+    mla = [gpu_margin(engine="ik", attention="mla", flash_attn=True, ubatch=2048, n_kv=32768, n_head=128,
+                      experts_on_gpu=e) for e in (True, False)]  # fmt: skip
+    assert mla[0].bytes == mla[1].bytes
 
 
 def test_margin_is_monotone_and_adds_scores_without_fa() -> None:
@@ -55,31 +82,52 @@ def _boundary_rows() -> list[dict[str, object]]:
     return [json.loads(x) for x in (RW / "boundary.jsonl").read_text().splitlines() if x.strip()]
 
 
+#: Without FA the planner keeps the f16 scores of the full context; these runs were stopped after
+#: their first steps (up to 7K cached tokens) and so neither confirm nor refute "does not fit".
+_INCONCLUSIVE = {"b-ik-air-full-c16k-ub1024-nofa-p256", "b-ik-air-full-c16k-ub1024-nofa-m32"}
+
+
+@functools.cache
+def _facts(model: str) -> ModelFacts:
+    return facts_from_header(realwidth_header(VALIDATION_MODELS[model]), engine="ik")
+
+
+def _cut_target(free_mib: float) -> HardwareTarget:
+    """One GPU with exactly the free memory the hog process left, and no margin of the user's."""
+    return HardwareTarget.model_validate({
+        "name": "boundary", "ram": {"total": "1 TiB"}, "cpu": {"physical_cores": 16},
+        "gpu": [{"name": "H200 (cut)", "vram": int(free_mib * MIB)}], "gpu_margin": 0,
+    })  # fmt: skip
+
+
 @pytest.mark.parametrize("row", _boundary_rows(), ids=lambda r: str(r["name"]))
 def test_boundary_verdicts(row: dict[str, object]) -> None:
-    """The GPU's free memory cut to just above / below what the run took (b-*-p256 / -m32): the
-    logged buffers of the reference run plus the planner's margin against that free memory.
-    DeepSeek widths: every verdict right (3 ran, 3 failed to allocate). GLM-4.5-Air without FA:
-    both ran their first sweep steps, while the planner (f16 scores at the full 16K context,
-    3 GiB) says neither holds the whole context: a pool that grows as the context fills, which
-    the first steps do not reach; recorded, not a confirmed boundary case."""
-    log = (RW / "logs" / f"{row['ref']}.log").read_text(errors="replace")
-    b = parse_buffer_log(log)
-    buffers = b.weights_mib.get("CUDA0", 0.0) + b.compute_mib.get("CUDA0", 0.0)
-    buffers += b.kv_self_mib if b.kv_self_mib is not None else sum(b.kv_mib.values())
-    argv = shlex.split(str(row["args"]))
-    fa = argv[argv.index("-fa") + 1] == "on"
-    ub = int(argv[argv.index("-ub") + 1])
-    n_ctx = int(argv[argv.index("-c") + 1])
-    mla = row["model"] in ("ds", "kimi")
-    m = gpu_margin(engine="ik", attention="mla" if mla else "gqa", flash_attn=fa, ubatch=ub, n_kv=n_ctx,
-                   n_head=96 if row["model"] == "air" else 128)  # fmt: skip
-    fits = buffers * MIB + m.bytes <= float(row["free_mib"]) * MIB  # type: ignore[arg-type]
-    if row["model"] == "ds":
-        assert fits == bool(row["step"]), (buffers, m.bytes / MIB, row["free_mib"])
-        assert bool(row["oom"]) == (not row["step"])
-    else:
-        assert not fits and row["step"]
+    """The GPU's free memory cut to just above / below what the run took (b-*-p256: 256 MiB over
+    the reference run's process memory, b-*-m32: 32 MiB under). The planner's own verdict for the
+    run's command on the header the run loaded, against one GPU of that free memory, must be what
+    the engine did: "fits" ran its first sweep step, "does not fit" failed to allocate. DeepSeek
+    widths (MLA) and GLM-4.5 / GLM-4.5-Air widths (GQA, FA): 14 cases, all right."""
+    facts = _facts(str(row["model"]))
+    argv = ["llama-sweep-bench", "-m", f"{row['model']}.gguf", *shlex.split(str(row["args"]))]
+    target = _cut_target(float(row["free_mib"]))  # type: ignore[arg-type]
+    plan = plan_command(facts.tensors, facts.dims, argv, engine="ik", target=target, extras=facts.extras,
+                        offsets=facts.offsets)  # fmt: skip
+    log = parse_buffer_log((RW / "logs" / f"{row['ref']}.log").read_text(errors="replace"))
+    gpu = next(b for b in plan.buffers if b.device == "CUDA0" and b.kind == "weights")
+    assert gpu.bytes == pytest.approx(log.weights_mib["CUDA0"] * MIB, abs=0.01 * MIB)  # the run it stands for
+    if row["name"] in _INCONCLUSIVE:
+        assert plan.verdict == "does_not_fit" and row["step"]
+        return
+    headroom = [d.headroom_bytes / MIB for d in plan.devices]
+    assert plan.verdict == ("fits" if row["step"] else "does_not_fit"), headroom
+    assert bool(row["oom"]) == (not row["step"])
+
+
+def test_boundary_cases_cover_two_architectures() -> None:
+    rows = [r for r in _boundary_rows() if r["name"] not in _INCONCLUSIVE]
+    arch = {VALIDATION_MODELS[str(r["model"])].model for r in rows}
+    assert len(rows) == 14 and arch == {"deepseek-v3", "glm-4.5", "glm-4.5-air"}
+    assert sum(1 for r in rows if r["step"]) == 7 and sum(1 for r in rows if r["oom"]) == 7
 
 
 def test_qwen3_235b_four_gpus_users_command() -> None:

@@ -18,7 +18,15 @@ from quantforge.fit.cmdline import RunCommand, parse_command, split_command_line
 from quantforge.fit.dims import ModelDims, ModelExtras
 from quantforge.fit.kv import KVCache, check_kv_type, kv_cache, kv_padding
 from quantforge.fit.margin import GpuMargin, gpu_margin
-from quantforge.fit.placement import FitInput, FitTensor, Prepared, fit_tensors, override_args, prepare
+from quantforge.fit.placement import (
+    FitInput,
+    FitTensor,
+    Prepared,
+    expert_part,
+    fit_tensors,
+    override_args,
+    prepare,
+)
 from quantforge.plan import QuantPlan
 from quantforge.targets import HardwareTarget
 
@@ -156,17 +164,21 @@ def _run_command(s: Settings, n_ctx: int, engine: Engine, target: HardwareTarget
     )  # fmt: skip
 
 
-def gpu_margins(dims: ModelDims, target: HardwareTarget, cmd: RunCommand, kv_size: int) -> list[GpuMargin]:
-    """The measured margin each GPU of ``target`` keeps beyond its buffers (``quantforge.fit.margin``)."""
+def gpu_margins(dims: ModelDims, target: HardwareTarget, cmd: RunCommand, rb: RunBuffers, *,
+                experts: bool | None = None) -> list[GpuMargin]:  # fmt: skip
+    """The measured margin each GPU of ``target`` keeps beyond its buffers (``quantforge.fit.margin``),
+    by whether the simulated command puts routed experts on it (``experts``: as if it did or not)."""
+    with_experts = {buf for name, buf in rb.placement.items() if expert_part(name) is not None}
     out = []
-    for _g in target.gpu:
+    for k, _g in enumerate(target.gpu):
         if target.unified_memory:
             out.append(GpuMargin(bytes=0, measured_bytes=0, kq_scratch_bytes=0, safety_bytes=0,
                                  source="not measured on unified memory (Metal): only the target's gpu_margin"))
             continue
         out.append(gpu_margin(engine=cmd.engine, attention="mla" if dims.is_mla else "gqa",
-                              flash_attn=cmd.flash_attn, ubatch=cmd.effective_ubatch, n_kv=kv_size,
-                              n_head=dims.n_head))  # fmt: skip
+                              flash_attn=cmd.flash_attn, ubatch=cmd.effective_ubatch, n_kv=rb.kv_size,
+                              n_head=dims.n_head,
+                              experts_on_gpu=f"CUDA{k}" in with_experts if experts is None else experts))  # fmt: skip
     return out
 
 
@@ -175,7 +187,7 @@ def _usage(rb: RunBuffers, dims: ModelDims, target: HardwareTarget, cmd: RunComm
     """Per-device usage of one simulated command (CPU first, then each GPU)."""
     names = _names(target)
     gpu_buf = [f"CUDA{k}" for k in range(len(target.gpu))]
-    margins = gpu_margins(dims, target, cmd, rb.kv_size)
+    margins = gpu_margins(dims, target, cmd, rb)
     devices: list[DeviceUsage] = []
     gpu_used = 0
     exp_layers: list[set[int]] = [set() for _ in target.gpu]
@@ -298,7 +310,13 @@ def _evaluate(
                     place(ui, k)
             return added
 
-        added = fill_pass([d.headroom_bytes for d in devices[1:]])
+        def room_for_experts() -> list[int]:
+            """Headroom per GPU, less the larger margin a GPU takes once it holds routed experts."""
+            with_exp = gpu_margins(dims, target, cmd, rb, experts=True)
+            return [d.headroom_bytes - max(0, m.bytes - d.margin_bytes)
+                    for d, m in zip(devices[1:], with_exp, strict=True)]  # fmt: skip
+
+        added = fill_pass(room_for_experts())
         # Re-simulate after each pass: GPU-resident experts grow a GPU's compute buffer (their
         # FFN runs there) and take away the copy a large u-batch made of a RAM-resident expert
         # (which shrinks it), so what fits is only known from the final command. Units come back
@@ -325,7 +343,7 @@ def _evaluate(
                                                   engine_build, ngl)  # fmt: skip
                 if max(-d.headroom_bytes for d in devices[1:]) > 0:
                     continue  # still over: take more back in the next round
-            added = fill_pass([d.headroom_bytes for d in devices[1:]])
+            added = fill_pass(room_for_experts())
             if not added and tries < 3:
                 # Nothing fits by the numbers, but moving the last experts out of RAM also removes
                 # the copy of the largest RAM-resident expert that a large u-batch keeps in the
@@ -335,7 +353,7 @@ def _evaluate(
                              and prep.units[ui].cuda_ok and prep.units[ui].forced != "cpu"]  # fmt: skip
                 if cpu_units:
                     copy = max(prep.units[ui].max_gpu_tensor for ui in cpu_units)
-                    room = [d.headroom_bytes for d in devices[1:]]
+                    room = room_for_experts()
                     ui = cpu_units[0]
                     k = max(range(n_gpu), key=lambda j: room[j])
                     if room[k] + copy >= prep.units[ui].gpu_bytes:

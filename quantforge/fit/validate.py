@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import re
 import shlex
 import shutil
@@ -30,7 +31,8 @@ from quantforge.errors import InputError, ToolError
 from quantforge.fit.buffers import run_buffers
 from quantforge.fit.cmdline import parse_command
 from quantforge.fit.dims import ModelDims, ModelExtras, dims_from_hparams, extras_from_hparams
-from quantforge.fit.placement import FitTensor, Prepared, prepare
+from quantforge.fit.margin import AttentionKind, MeasuredMargin
+from quantforge.fit.placement import FitTensor, Prepared, expert_part, prepare
 from quantforge.fit.probe import LoadBuffers, parse_buffer_log
 from quantforge.fit.realwidth import VALIDATION_MODELS, realwidth_header
 from quantforge.fsutil import sha256_file
@@ -363,4 +365,44 @@ def realwidth_rows(log_dir: str | Path) -> list[tuple[str, str, BufferRow]]:
         eng: Engine = "ik" if engine == "ik" else "mainline"
         for r in compare_log(facts[model], run, log.read_text(errors="replace"), engine=eng):
             out.append((split, engine, r))
+    return out
+
+
+def measure_margins(log_dir: str | Path) -> list[MeasuredMargin]:
+    """``quantforge.fit.margin.MEASURED_MARGINS`` recomputed from a run folder (``runs.tsv``,
+    ``results.jsonl``, ``logs/``): per-process GPU memory at the first sweep step minus the CUDA0
+    weights, KV and compute logged; whether routed experts were on the GPU from the run's command,
+    placed by the simulation on the model header the run loaded."""
+    d = Path(log_dir)
+    results = {}
+    for line in (d / "results.jsonl").read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            results[r["name"]] = r
+    facts: dict[str, ModelFacts] = {}
+    out = []
+    for line in (d / "runs.tsv").read_text().splitlines():
+        if not line or line.startswith(("#", "name\t")):
+            continue
+        name, engine, model, split, command = line.split("\t")
+        r = results.get(name)
+        log = d / "logs" / f"{name}.log"
+        if not r or not r.get("step") or not log.is_file():
+            continue
+        b = parse_buffer_log(log.read_text(errors="replace"))
+        cuda0 = b.weights_mib.get("CUDA0", 0.0) + b.compute_mib.get("CUDA0", 0.0)
+        cuda0 += b.kv_self_mib if b.kv_self_mib is not None else sum(b.kv_mib.values())
+        proc = (r.get("at_row") or {}).get("proc_mib") or r["peak_proc_mib"]
+        eng: Engine = "ik" if engine == "ik" else "mainline"
+        cmd = parse_command(command, engine=eng)
+        spec = VALIDATION_MODELS[model]
+        if model not in facts:
+            facts[model] = facts_from_header(realwidth_header(spec), engine="ik")
+        f = facts[model]
+        rb = run_buffers(f.tensors, f.dims, cmd, n_gpus=1, extras=f.extras, offsets=f.offsets)
+        experts = any(buf == "CUDA0" and expert_part(t) is not None for t, buf in rb.placement.items())
+        attention: AttentionKind = "mla" if spec.model.startswith(("deepseek", "kimi")) else "gqa"
+        out.append(MeasuredMargin(name, eng, attention, cmd.flash_attn, cmd.effective_ubatch,
+                                  round(proc - cuda0, 1), "holdout" if split == "holdout" else "fit",
+                                  experts))  # fmt: skip
     return out
