@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from quantforge.catalogue import catalogue
+from quantforge.catalogue import Engine, catalogue
 from quantforge.catalogue import ftype as lookup_ftype
 from quantforge.errors import RecipeError
 from quantforge.fsutil import atomic_write_text
@@ -34,7 +34,6 @@ from quantforge.paths import MAX_RECIPE_BYTES, check_name, name_problem, read_in
 from quantforge.regex_dialect import EngineRegex, RegexError, check_prefixed
 from quantforge.regex_dialect import check as check_engine_regex
 
-Engine = Literal["ik", "mainline"]
 Layout = Literal["ik", "mainline", "legacy"]
 Place = Literal["cpu", "gpu"]
 

@@ -15,11 +15,12 @@ import re
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from pydantic import ValidationError
 
 from quantforge import constants
+from quantforge.catalogue import Engine
 from quantforge.errors import EvalError, InputError, Interrupted, ToolError
 from quantforge.evaluate import _util
 from quantforge.evaluate.bundled import default_threads, kld_bundled, perplexity_bundled
@@ -36,7 +37,7 @@ _R = TypeVar("_R")
 # ---------------------------------------------------------------- binaries
 
 
-def find_perplexity(engine: Literal["ik", "mainline"], *, binary: str | None = None,
+def find_perplexity(engine: Engine, *, binary: str | None = None,
                     bin_dir: str | None = None) -> tuple[str, str | None]:
     """(path of llama-perplexity, engine version) for ``engine``; ToolError with the fix when absent."""
     if binary:
@@ -65,7 +66,7 @@ def _check_too_short(out: str, ctx: int, corpus: str | Path | None) -> None:
 
 
 def perplexity_binary(
-    model: str | Path, *, binary: str, engine: Literal["ik", "mainline"], corpus: str | Path | None,
+    model: str | Path, *, binary: str, engine: Engine, corpus: str | Path | None,
     ctx: int = 512, chunks: int | None = None, threads: int | None = None, batch: int | None = None,
     ubatch: int | None = None, kl_divergence_base: str | Path | None = None, kl_divergence: bool = False,
     engine_version: str | None = None, extra_args: list[str] | None = None, timeout: float | None = None,
