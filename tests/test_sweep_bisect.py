@@ -153,8 +153,10 @@ def test_bisect_refuses_what_it_cannot_bisect(repo: tuple[Path, list[str]], q8: 
         (["--good", shas[5], "--bad", shas[0]], 2, "is not an ancestor of --bad"),
         (["--good", "no-such-rev", "--bad", shas[5]], 2, "--good: unknown revision 'no-such-rev'"),
         (["--good", shas[0], "--bad", shas[2]], 1, "the BAD revision"),  # c2 does not build
-        (["--good", shas[0], "--bad", shas[1]], 1,
-         "is not measurably slower than GOOD"),  # no regression there
+        # no regression there. The two references are measured one after the other (each is built in
+        # place, as a real engine is), so a load change between the blocks shows in the comparison: 10 %
+        # on a busy 2-core machine; the user's --threshold says what counts (c4 is ~3x slower)
+        (["--good", shas[0], "--bad", shas[1], "--threshold", "25"], 1, "is not measurably slower than GOOD"),
     ]
     for extra, code, text in cases:
         rc = main([*base, *extra])
