@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from typing_extensions import TypedDict
-
 from quantforge import __version__
 from quantforge.cluster import tasks
 from quantforge.cluster.build import _summarise
@@ -22,19 +20,9 @@ from quantforge.cluster.config import ClusterSpec
 from quantforge.cluster.evaluate import _Inputs
 from quantforge.cluster.resources import TaskResources, build_resources, check_feasible, eval_resources
 from quantforge.cluster.session import Job, Outcome, connect
+from quantforge.cluster.tasks import MeasuredRun
 from quantforge.errors import QuantforgeError
 from quantforge.evaluate.models import EvalEngine
-
-
-class MeasuredRun(TypedDict):
-    """What one sensitivity task sends back (``tasks._sensitivity``)."""
-
-    kld: float
-    kld_err: float
-    ppl: float
-    build_s: float
-    seconds: float
-
 
 if TYPE_CHECKING:  # sensitivity.measure calls this module: its models are only annotations here
     from quantforge.build import BuildContext

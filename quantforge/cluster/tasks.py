@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import TypedDict
+
 from quantforge import __version__, constants
 from quantforge import build as qb
 from quantforge.cluster.session import Reporter, error_record
@@ -212,11 +214,21 @@ def _sweep(spec: dict[str, Any], report: Reporter, ident: dict[str, Any]) -> dic
 # ---------------------------------------------------------------------------------------- sensitivity
 
 
+class MeasuredRun(TypedDict):
+    """What one sensitivity task sends back (``_sensitivity``)."""
+
+    kld: float
+    kld_err: float
+    ppl: float
+    build_s: float
+    seconds: float
+
+
 def sensitivity_task(spec: dict[str, Any], board: Any, key: str) -> dict[str, Any]:
     return _guarded(_sensitivity, spec, board, key)
 
 
-def _sensitivity(spec: dict[str, Any], report: Reporter, ident: dict[str, Any]) -> dict[str, Any]:
+def _sensitivity(spec: dict[str, Any], report: Reporter, ident: dict[str, Any]) -> MeasuredRun:
     t0 = time.monotonic()
     recipe = spec["recipe"]
     base = spec["base"]
@@ -260,5 +272,5 @@ def _sensitivity(spec: dict[str, Any], report: Reporter, ident: dict[str, Any]) 
         if not spec["keep"]:
             remove_outputs(Path(b.output))
     assert res.kld is not None
-    return {"kld": res.kld.mean, "kld_err": res.kld.mean_err, "ppl": res.ppl, "build_s": round(t_build, 2),
-            "seconds": round(time.monotonic() - t0, 2)}
+    return MeasuredRun(kld=res.kld.mean, kld_err=res.kld.mean_err, ppl=res.ppl, build_s=round(t_build, 2),
+                       seconds=round(time.monotonic() - t0, 2))

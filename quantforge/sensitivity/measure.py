@@ -33,7 +33,8 @@ from quantforge.build import prepare as prepare_build
 from quantforge.catalogue import catalogue
 from quantforge.catalogue import ftype as lookup_ftype
 from quantforge.cluster.config import ClusterSpec
-from quantforge.cluster.sensitivity import MeasuredRun, measure_on_cluster
+from quantforge.cluster.sensitivity import measure_on_cluster
+from quantforge.cluster.tasks import MeasuredRun
 from quantforge.errors import Interrupted, RecipeError, UsageError
 from quantforge.evaluate import _util
 from quantforge.evaluate.bundled import bundled_version
