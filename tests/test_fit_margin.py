@@ -3,7 +3,6 @@ H200, and the user's Qwen3-235B 4x24 GB command (issue 10 acceptance)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import shlex
 from pathlib import Path
@@ -12,9 +11,9 @@ import pytest
 
 from quantforge.fit.margin import EXPERT_SPLIT, MEASURED_MARGINS, SAFETY_BYTES, envelope, gpu_margin
 from quantforge.fit.probe import parse_buffer_log
-from quantforge.fit.realwidth import VALIDATION_MODELS, realwidth_header
+from quantforge.fit.realwidth import VALIDATION_MODELS
 from quantforge.fit.report import plan_command
-from quantforge.fit.validate import ModelFacts, facts_from_header, measure_margins
+from quantforge.fit.validate import measure_margins, realwidth_facts
 from quantforge.targets import HardwareTarget
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,11 +86,6 @@ def _boundary_rows() -> list[dict[str, object]]:
 _INCONCLUSIVE = {"b-ik-air-full-c16k-ub1024-nofa-p256", "b-ik-air-full-c16k-ub1024-nofa-m32"}
 
 
-@functools.cache
-def _facts(model: str) -> ModelFacts:
-    return facts_from_header(realwidth_header(VALIDATION_MODELS[model]), engine="ik")
-
-
 def _cut_target(free_mib: float) -> HardwareTarget:
     """One GPU with exactly the free memory the hog process left, and no margin of the user's."""
     return HardwareTarget.model_validate({
@@ -107,7 +101,7 @@ def test_boundary_verdicts(row: dict[str, object]) -> None:
     run's command on the header the run loaded, against one GPU of that free memory, must be what
     the engine did: "fits" ran its first sweep step, "does not fit" failed to allocate. DeepSeek
     widths (MLA) and GLM-4.5 / GLM-4.5-Air widths (GQA, FA): 14 cases, all right."""
-    facts = _facts(str(row["model"]))
+    facts = realwidth_facts(str(row["model"]))
     argv = ["llama-sweep-bench", "-m", f"{row['model']}.gguf", *shlex.split(str(row["args"]))]
     target = _cut_target(float(row["free_mib"]))  # type: ignore[arg-type]
     plan = plan_command(facts.tensors, facts.dims, argv, engine="ik", target=target, extras=facts.extras,

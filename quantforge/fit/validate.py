@@ -14,13 +14,14 @@ weights and KV exact (to the 0.01 MiB the libraries print), compute buffers with
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import re
 import shlex
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -345,26 +346,33 @@ def device_line(nvidia_smi: str) -> str:
     return ", ".join(parts)
 
 
-def realwidth_rows(log_dir: str | Path) -> list[tuple[str, str, BufferRow]]:
-    """Every logged buffer of the real-width H200 runs (``runs.tsv`` + ``logs/``) with its
-    prediction: (split, engine, row). The models are the headers ``quantforge.fit.realwidth``
-    writes (the runs loaded those very files; no weights needed)."""
-    d = Path(log_dir)
-    facts: dict[str, ModelFacts] = {}
-    out = []
+@functools.cache
+def realwidth_facts(model: str) -> ModelFacts:
+    """The facts of a ``VALIDATION_MODELS`` header (the very file the GPU runs loaded)."""
+    return facts_from_header(realwidth_header(VALIDATION_MODELS[model]), engine="ik")
+
+
+def _grid_runs(d: Path) -> Iterator[tuple[str, Engine, str, str, str, Path]]:
+    """(name, engine, model, split, command, log) of every ``runs.tsv`` row whose log is there (the
+    dbg-* runs are kept compressed, .log.xz, for reading)."""
     for line in (d / "runs.tsv").read_text().splitlines():
         if not line or line.startswith(("#", "name\t")):
             continue
         name, engine, model, split, command = line.split("\t")
         log = d / "logs" / f"{name}.log"
-        if not log.is_file():
-            continue  # the dbg-* runs are kept compressed (.log.xz), for reading
-        if model not in facts:
-            facts[model] = facts_from_header(realwidth_header(VALIDATION_MODELS[model]), engine="ik")
+        if log.is_file():
+            yield name, "ik" if engine == "ik" else "mainline", model, split, command, log
+
+
+def realwidth_rows(log_dir: str | Path) -> list[tuple[str, Engine, BufferRow]]:
+    """Every logged buffer of the real-width H200 runs (``runs.tsv`` + ``logs/``) with its
+    prediction: (split, engine, row). The models are the headers ``quantforge.fit.realwidth``
+    writes (the runs loaded those very files; no weights needed)."""
+    out = []
+    for name, eng, model, split, command, log in _grid_runs(Path(log_dir)):
         run = RunSpec(name=name, model=model, command=tuple(shlex.split(command)))
-        eng: Engine = "ik" if engine == "ik" else "mainline"
-        for r in compare_log(facts[model], run, log.read_text(errors="replace"), engine=eng):
-            out.append((split, engine, r))
+        for r in compare_log(realwidth_facts(model), run, log.read_text(errors="replace"), engine=eng):
+            out.append((split, eng, r))
     return out
 
 
@@ -379,26 +387,18 @@ def measure_margins(log_dir: str | Path) -> list[MeasuredMargin]:
         if line.strip():
             r = json.loads(line)
             results[r["name"]] = r
-    facts: dict[str, ModelFacts] = {}
     out = []
-    for line in (d / "runs.tsv").read_text().splitlines():
-        if not line or line.startswith(("#", "name\t")):
-            continue
-        name, engine, model, split, command = line.split("\t")
+    for name, eng, model, split, command, log in _grid_runs(d):
         r = results.get(name)
-        log = d / "logs" / f"{name}.log"
-        if not r or not r.get("step") or not log.is_file():
+        if not r or not r.get("step"):
             continue
         b = parse_buffer_log(log.read_text(errors="replace"))
         cuda0 = b.weights_mib.get("CUDA0", 0.0) + b.compute_mib.get("CUDA0", 0.0)
         cuda0 += b.kv_self_mib if b.kv_self_mib is not None else sum(b.kv_mib.values())
         proc = (r.get("at_row") or {}).get("proc_mib") or r["peak_proc_mib"]
-        eng: Engine = "ik" if engine == "ik" else "mainline"
         cmd = parse_command(command, engine=eng)
         spec = VALIDATION_MODELS[model]
-        if model not in facts:
-            facts[model] = facts_from_header(realwidth_header(spec), engine="ik")
-        f = facts[model]
+        f = realwidth_facts(model)
         rb = run_buffers(f.tensors, f.dims, cmd, n_gpus=1, extras=f.extras, offsets=f.offsets)
         experts = any(buf == "CUDA0" and expert_part(t) is not None for t, buf in rb.placement.items())
         attention: AttentionKind = "mla" if spec.model.startswith(("deepseek", "kimi")) else "gqa"
