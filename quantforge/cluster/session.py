@@ -21,7 +21,6 @@ from quantforge import errors
 from quantforge.cluster.config import ClusterSpec
 from quantforge.cluster.resources import NodeInfo, TaskResources
 from quantforge.errors import ClusterError, Interrupted, QuantforgeError, ToolError
-from quantforge.fsutil import interrupts_deferred
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 #: After a polite cancel (KeyboardInterrupt inside the task: the tool's process group is killed and
@@ -176,12 +175,8 @@ class Session:
         seen: dict[str, tuple[str, str, int, int, float]] = {}
         try:
             while pending:
-                # A Ctrl-C is held while Ray Client's gRPC calls run and delivered as they return
-                # (at most poll_s later): raised inside them it can end as a retried RPC, and the run
-                # went on to exit 0 (seen once in a full test run).
-                with interrupts_deferred():
-                    ready, pending = self.ray.wait(pending, num_returns=1, timeout=poll_s)
-                    seen = self._show(seen, progress)
+                ready, pending = self.ray.wait(pending, num_returns=1, timeout=poll_s)
+                seen = self._show(seen, progress)
                 for ref in ready:
                     job = refs[ref]
                     outcome = self._outcome(job, ref, seen)
