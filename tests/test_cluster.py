@@ -28,6 +28,7 @@ from quantforge.manifest import read_manifest, resolve_file
 
 pytest.importorskip("ray", reason="the cluster tests need Ray: pip install -e '.[test]'")
 
+from support import sigint_default  # noqa: E402
 from support.ray_cluster import LoopbackCluster, processes_with  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -225,9 +226,11 @@ def _shared_recipe(tmp_path: Path, smol_f16: Path, smol_imatrix: Path) -> tuple[
 
 def _driver(args: list[str]) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # SIGINT back to its default in the driver: a suite started in the background (nohup, `&`) runs
+    # with SIGINT ignored, which children inherit, and the Ctrl-C test would never interrupt it
     return subprocess.Popen([sys.executable, "-m", "quantforge", *args, "--no-progress"],
                             stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, text=True)
+                            stderr=subprocess.PIPE, env=env, text=True, preexec_fn=sigint_default)
 
 
 def _writing(partials: list[Path], timeout: float = 120) -> list[int]:
